@@ -1,0 +1,48 @@
+/**
+ * Build: typecheck-free bundling of each cmd/ entry into an executable file under dist/bin, plus
+ * the setns addon under dist/native. `npm run typecheck` runs tsc separately.
+ *
+ * Bundles are CommonJS (what a Node single executable application needs) with a shebang naming
+ * the Node binary that ran the build (the project's pinned Node 24), so `dist/bin/weft` is
+ * exec'able as is, the way kubelet runs a CNI plugin.
+ */
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { build } from 'esbuild';
+
+const root = join(import.meta.dirname, '..');
+const dist = join(root, 'dist');
+mkdirSync(join(dist, 'bin'), { recursive: true });
+mkdirSync(join(dist, 'native'), { recursive: true });
+
+execFileSync('cc', [
+  '-O2', '-Wall', '-Werror', '-shared', '-fPIC',
+  '-I', join(root, 'node_modules', 'node-api-headers', 'include'),
+  '-o', join(dist, 'native', 'setns.node'),
+  join(root, 'src', 'netns', 'native', 'setns.c'),
+], { stdio: 'inherit' });
+
+const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts'));
+await Promise.all(
+  entries.map(async (file) => {
+    const name = file.replace(/\.ts$/, '');
+    const outfile = join(dist, 'bin', name);
+    await build({
+      entryPoints: [join(root, 'cmd', file)],
+      outfile,
+      bundle: true,
+      platform: 'node',
+      target: 'node24',
+      format: 'cjs',
+      minifySyntax: true,
+      sourcemap: false,
+      // Native and optional pieces resolved at run time from node_modules beside dist/.
+      external: ['netlink', 'cpu-features', 'ssh2'],
+      banner: { js: `#!${process.execPath}` },
+      logLevel: 'warning',
+    });
+    chmodSync(outfile, 0o755);
+  }),
+);
+console.log(`built ${entries.map((e) => `dist/bin/${e.replace(/\.ts$/, '')}`).join(', ')} and dist/native/setns.node`);

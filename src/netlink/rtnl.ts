@@ -1,0 +1,340 @@
+/**
+ * {@link Netlink} over the `netlink` package's rtnetlink socket. The package types most
+ * messages; IFLA_LINKINFO (veth peer, vxlan), bridge-port protinfo and the onlink route flag
+ * are left raw there, so they are encoded here with ./attrs.
+ */
+import { createRtNetlink, FlagsNew, type RtNetlinkSocket } from 'netlink';
+import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
+import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from './attrs.ts';
+import { LinkNotFoundError, NetlinkError } from './errors.ts';
+import type { Addr, Fdb, Link, LinkSpec, Neigh, Netlink, Route, VxlanInfo } from './types.ts';
+
+const AF_INET = 2;
+const AF_BRIDGE = 7;
+const RT_TABLE_MAIN = 254;
+const RTNH_F_ONLINK = 4;
+const RTM_SETLINK = 19;
+
+// rtnetlink attribute numbers (linux/if_link.h, linux/veth.h, linux/if_bridge.h)
+const IFLA_IFNAME = 3;
+const IFLA_MTU = 4;
+const IFLA_PROTINFO = 12;
+const IFLA_NET_NS_FD = 28;
+const IFLA_INFO_KIND = 1;
+const IFLA_INFO_DATA = 2;
+const VETH_INFO_PEER = 1;
+const IFLA_VXLAN_ID = 1;
+const IFLA_VXLAN_LINK = 3;
+const IFLA_VXLAN_LOCAL = 4;
+const IFLA_VXLAN_LEARNING = 7;
+const IFLA_VXLAN_PORT = 15;
+const IFLA_BRPORT_MODE = 4;
+
+const CREATE_EXCL = FlagsNew.CREATE | FlagsNew.EXCL;
+const CREATE_REPLACE = FlagsNew.CREATE | FlagsNew.REPLACE;
+
+/** The package reports kernel rejections as `Error('Request rejected: EEXIST')`; keep the errno. */
+function wrap(op: string, err: unknown): Error {
+  const msg = err instanceof Error ? err.message : String(err);
+  const m = /Request rejected: (\w+)/.exec(msg);
+  return m ? new NetlinkError(op, m[1], { cause: err }) : new Error(op, { cause: err });
+}
+
+async function call<T>(op: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw wrap(op, err);
+  }
+}
+
+function linkInfo(spec: LinkSpec): Buffer {
+  const kind = nla(IFLA_INFO_KIND, cstr(spec.kind));
+  switch (spec.kind) {
+    case 'bridge':
+      return kind;
+    case 'veth': {
+      const peerAttrs = [nla(IFLA_IFNAME, cstr(spec.peerName))];
+      if (spec.peerMtu ?? spec.mtu) peerAttrs.push(nla(IFLA_MTU, u32((spec.peerMtu ?? spec.mtu)!)));
+      if (spec.peerNetnsFd !== undefined) peerAttrs.push(nla(IFLA_NET_NS_FD, u32(spec.peerNetnsFd)));
+      const peer = nla(VETH_INFO_PEER | NLA_F_NESTED, Buffer.concat([ifinfomsg(), ...peerAttrs]));
+      return Buffer.concat([kind, nla(IFLA_INFO_DATA | NLA_F_NESTED, peer)]);
+    }
+    case 'vxlan': {
+      const data = Buffer.concat([
+        nla(IFLA_VXLAN_ID, u32(spec.vni)),
+        nla(IFLA_VXLAN_LINK, u32(spec.parentIndex)),
+        nla(IFLA_VXLAN_LOCAL, ipv4ToBuffer(parseIPv4(spec.local))),
+        nla(IFLA_VXLAN_LEARNING, u8(spec.learning ? 1 : 0)),
+        nla(IFLA_VXLAN_PORT, u16be(spec.port)),
+      ]);
+      return Buffer.concat([kind, nla(IFLA_INFO_DATA | NLA_F_NESTED, data)]);
+    }
+  }
+}
+
+function parseVxlan(data: Buffer): VxlanInfo {
+  const a = parseAttrs(data);
+  const id = a.get(IFLA_VXLAN_ID);
+  const link = a.get(IFLA_VXLAN_LINK);
+  const local = a.get(IFLA_VXLAN_LOCAL);
+  const learning = a.get(IFLA_VXLAN_LEARNING);
+  const port = a.get(IFLA_VXLAN_PORT);
+  return {
+    vni: id ? id.readUInt32LE(0) : 0,
+    port: port ? port.readUInt16BE(0) : 0,
+    local: local ? formatIPv4(bufferToIPv4(local)) : undefined,
+    parentIndex: link ? link.readUInt32LE(0) || undefined : undefined,
+    learning: learning ? learning[0] !== 0 : true,
+  };
+}
+
+interface RawLink {
+  data: { index?: number; flags?: { up?: true } };
+  attrs: { ifname?: string; mtu?: number; address?: Buffer; master?: number; linkinfo?: Buffer };
+}
+
+function toLink(m: RawLink): Link {
+  const link: Link = {
+    index: m.data.index ?? 0,
+    name: m.attrs.ifname ?? '',
+    mtu: m.attrs.mtu ?? 0,
+    mac: m.attrs.address ? bufferToMAC(m.attrs.address) : '',
+    up: Boolean(m.data.flags?.up),
+  };
+  if (m.attrs.master) link.masterIndex = m.attrs.master;
+  if (m.attrs.linkinfo) {
+    const info = parseAttrs(m.attrs.linkinfo);
+    const kind = info.get(IFLA_INFO_KIND);
+    if (kind) link.kind = kind.toString('utf8').replace(/\0+$/, '');
+    const data = info.get(IFLA_INFO_DATA);
+    if (link.kind === 'vxlan' && data) link.vxlan = parseVxlan(data);
+  }
+  return link;
+}
+
+function routeMsg(r: Route) {
+  const dst = parseCIDR(r.dst);
+  const table = r.table ?? RT_TABLE_MAIN;
+  const scope = r.scope === 'link' ? 253 : r.scope === 'host' ? 254 : 0;
+  const data = {
+    family: AF_INET,
+    dstLen: dst.prefixLen,
+    table: table < 256 ? table : 252,
+    protocol: 4 /* RTPROT_STATIC: installed on purpose, survives kernel cleanup */,
+    scope,
+    type: 1 /* unicast */,
+    flags: r.onlink ? { __unknown: RTNH_F_ONLINK } : {},
+  };
+  const attrs: Record<string, unknown> = { dst: ipv4ToBuffer(dst.ip) };
+  if (table >= 256) attrs.table = table;
+  if (r.gateway) attrs.gateway = ipv4ToBuffer(parseIPv4(r.gateway));
+  if (r.index) attrs.oif = r.index;
+  return { data, attrs };
+}
+
+class RtNetlink implements Netlink {
+  readonly #sock: RtNetlinkSocket;
+
+  constructor(sock: RtNetlinkSocket) {
+    this.#sock = sock;
+  }
+
+  async links(): Promise<Link[]> {
+    const msgs = await call('list links', () => this.#sock.getLinks());
+    return msgs.map((m) => toLink(m as RawLink));
+  }
+
+  async linkByName(name: string): Promise<Link> {
+    try {
+      const msgs = await this.#sock.getLink({}, { ifname: name });
+      if (!msgs.length) throw new LinkNotFoundError(name);
+      return toLink(msgs[0] as RawLink);
+    } catch (err) {
+      if (err instanceof LinkNotFoundError) throw err;
+      const e = wrap(`get link "${name}"`, err);
+      if (e instanceof NetlinkError && e.errno === 'ENODEV') throw new LinkNotFoundError(name);
+      throw e;
+    }
+  }
+
+  async linkByIndex(index: number): Promise<Link> {
+    try {
+      const msgs = await this.#sock.getLink({ index });
+      if (!msgs.length) throw new LinkNotFoundError(index);
+      return toLink(msgs[0] as RawLink);
+    } catch (err) {
+      if (err instanceof LinkNotFoundError) throw err;
+      const e = wrap(`get link ${index}`, err);
+      if (e instanceof NetlinkError && e.errno === 'ENODEV') throw new LinkNotFoundError(index);
+      throw e;
+    }
+  }
+
+  async linkAdd(spec: LinkSpec): Promise<void> {
+    const attrs: Record<string, unknown> = { ifname: spec.name, linkinfo: linkInfo(spec) };
+    if (spec.mtu) attrs.mtu = spec.mtu;
+    if (spec.mac) attrs.address = macToBuffer(spec.mac);
+    await call(`create ${spec.kind} "${spec.name}"`, () => this.#sock.newLink({}, attrs, { flags: CREATE_EXCL }));
+  }
+
+  async linkDel(index: number): Promise<void> {
+    await call(`delete link ${index}`, () => this.#sock.delLink({ index }));
+  }
+
+  async linkSetUp(index: number): Promise<void> {
+    await call(`set link ${index} up`, () => this.#sock.setLink({ index, flags: { up: true }, change: { up: true } }));
+  }
+
+  async linkSetMtu(index: number, mtu: number): Promise<void> {
+    await call(`set link ${index} mtu ${mtu}`, () => this.#sock.setLink({ index }, { mtu }));
+  }
+
+  async linkSetMaster(index: number, masterIndex: number): Promise<void> {
+    await call(`set link ${index} master ${masterIndex}`, () => this.#sock.setLink({ index }, { master: masterIndex }));
+  }
+
+  async linkSetNetns(index: number, netnsFd: number): Promise<void> {
+    await call(`move link ${index} to netns`, () => this.#sock.setLink({ index }, { netNsFd: netnsFd }));
+  }
+
+  async linkSetHairpin(index: number, on: boolean): Promise<void> {
+    // AF_BRIDGE SETLINK with a *nested* IFLA_PROTINFO; the package cannot set NLA_F_NESTED.
+    const body = Buffer.concat([
+      ifinfomsg({ family: AF_BRIDGE, index }),
+      nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0))),
+    ]);
+    await call(`set hairpin on link ${index}`, () => this.#sock.request(RTM_SETLINK, body));
+  }
+
+  async addrs(index?: number): Promise<Addr[]> {
+    const msgs = await call('list addresses', () => this.#sock.getAddresses({ family: AF_INET }));
+    const out: Addr[] = [];
+    for (const m of msgs) {
+      const raw = m.attrs.local ?? m.attrs.address;
+      if (!raw || m.data.family !== AF_INET) continue;
+      if (index !== undefined && m.data.index !== index) continue;
+      out.push({ index: m.data.index ?? 0, ip: formatIPv4(bufferToIPv4(raw)), prefixLen: m.data.prefixlen ?? 32 });
+    }
+    return out;
+  }
+
+  async addrAdd(a: Addr): Promise<void> {
+    const ip = ipv4ToBuffer(parseIPv4(a.ip));
+    await call(`add address ${a.ip}/${a.prefixLen} to link ${a.index}`, () =>
+      this.#sock.newAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }, { flags: CREATE_EXCL }),
+    );
+  }
+
+  async addrDel(a: Addr): Promise<void> {
+    const ip = ipv4ToBuffer(parseIPv4(a.ip));
+    await call(`delete address ${a.ip}/${a.prefixLen} from link ${a.index}`, () =>
+      this.#sock.delAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }),
+    );
+  }
+
+  async routes(table = RT_TABLE_MAIN): Promise<Route[]> {
+    const msgs = await call('list routes', () => this.#sock.getRoutes({ family: AF_INET }));
+    const out: Route[] = [];
+    for (const m of msgs) {
+      const t = m.attrs.table ?? m.data.table;
+      if (t !== table) continue;
+      const type = m.data.type;
+      if (type !== undefined && type !== 1 && type !== 'UNICAST') continue;
+      const dstIp = m.attrs.dst ? bufferToIPv4(m.attrs.dst) : 0;
+      const r: Route = { dst: `${formatIPv4(dstIp)}/${m.data.dstLen ?? 0}`, table: t };
+      if (m.attrs.gateway) r.gateway = formatIPv4(bufferToIPv4(m.attrs.gateway));
+      if (m.attrs.oif) r.index = m.attrs.oif;
+      const flags = m.data.flags as { __unknown?: number } | undefined;
+      if (flags?.__unknown && flags.__unknown & RTNH_F_ONLINK) r.onlink = true;
+      const scope = m.data.scope;
+      r.scope = scope === 253 || scope === 'LINK' ? 'link' : scope === 254 || scope === 'HOST' ? 'host' : 'universe';
+      out.push(r);
+    }
+    return out;
+  }
+
+  async routeReplace(r: Route): Promise<void> {
+    const { data, attrs } = routeMsg(r);
+    await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () =>
+      this.#sock.newRoute(data as never, attrs, { flags: CREATE_REPLACE }),
+    );
+  }
+
+  async routeDel(r: Route): Promise<void> {
+    const { data, attrs } = routeMsg(r);
+    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(data as never, attrs));
+  }
+
+  async neighs(index?: number): Promise<Neigh[]> {
+    const msgs = await call('list neighbors', () => this.#sock.getNeighbors({ family: AF_INET }));
+    const out: Neigh[] = [];
+    for (const m of msgs) {
+      if (m.data.family !== AF_INET || !m.attrs.dst || !m.attrs.lladdr) continue;
+      if (index !== undefined && m.data.ifindex !== index) continue;
+      out.push({
+        index: m.data.ifindex ?? 0,
+        ip: formatIPv4(bufferToIPv4(m.attrs.dst)),
+        mac: bufferToMAC(m.attrs.lladdr),
+        permanent: Boolean(m.data.state?.permanent),
+      });
+    }
+    return out;
+  }
+
+  async neighReplace(n: Neigh): Promise<void> {
+    await call(`replace neighbor ${n.ip} -> ${n.mac}`, () =>
+      this.#sock.newNeighbor(
+        { family: AF_INET, ifindex: n.index, state: n.permanent === false ? { reachable: true } : { permanent: true } },
+        { dst: ipv4ToBuffer(parseIPv4(n.ip)), lladdr: macToBuffer(n.mac) },
+        { flags: CREATE_REPLACE },
+      ),
+    );
+  }
+
+  async neighDel(n: Neigh): Promise<void> {
+    await call(`delete neighbor ${n.ip}`, () =>
+      this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }),
+    );
+  }
+
+  async fdbs(index?: number): Promise<Fdb[]> {
+    const msgs = await call('list fdb', () => this.#sock.getNeighbors({ family: AF_BRIDGE }));
+    const out: Fdb[] = [];
+    for (const m of msgs) {
+      if (!m.attrs.dst || !m.attrs.lladdr || m.attrs.dst.length !== 4) continue;
+      if (index !== undefined && m.data.ifindex !== index) continue;
+      out.push({ index: m.data.ifindex ?? 0, mac: bufferToMAC(m.attrs.lladdr), dst: formatIPv4(bufferToIPv4(m.attrs.dst)) });
+    }
+    return out;
+  }
+
+  async fdbReplace(f: Fdb): Promise<void> {
+    await call(`replace fdb ${f.mac} -> ${f.dst}`, () =>
+      this.#sock.newNeighbor(
+        { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
+        { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
+        { flags: CREATE_REPLACE },
+      ),
+    );
+  }
+
+  async fdbDel(f: Fdb): Promise<void> {
+    await call(`delete fdb ${f.mac} -> ${f.dst}`, () =>
+      this.#sock.delNeighbor(
+        { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
+        { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
+      ),
+    );
+  }
+
+  close(): void {
+    this.#sock.socket.close();
+  }
+}
+
+/** Creates an rtnetlink socket in the calling thread's current namespace. */
+export function createRtnl(): Netlink {
+  return new RtNetlink(createRtNetlink());
+}
+

@@ -1,0 +1,113 @@
+/**
+ * The netlink interface the rest of weft uses. Addresses are dotted strings and MACs
+ * colon-separated lower-case strings; conversion to wire bytes stays inside the implementation.
+ */
+
+export type LinkKind = 'bridge' | 'veth' | 'vxlan' | string;
+
+export interface VxlanInfo {
+  vni: number;
+  port: number;
+  /** Local (source) IPv4 address, when set. */
+  local?: string;
+  /** Index of the parent (underlay) device, when set. */
+  parentIndex?: number;
+  learning: boolean;
+}
+
+export interface Link {
+  index: number;
+  name: string;
+  /** IFLA_INFO_KIND, when the driver reports one. */
+  kind?: LinkKind;
+  mtu: number;
+  mac: string;
+  /** Administratively up (IFF_UP). */
+  up: boolean;
+  /** Index of the master (bridge) device, when enslaved. */
+  masterIndex?: number;
+  vxlan?: VxlanInfo;
+}
+
+interface LinkSpecBase {
+  name: string;
+  mtu?: number;
+  mac?: string;
+}
+
+export type LinkSpec =
+  | (LinkSpecBase & { kind: 'bridge' })
+  | (LinkSpecBase & {
+      kind: 'veth';
+      peerName: string;
+      /** Namespace fd the peer is created in (the pod's); host namespace of the socket otherwise. */
+      peerNetnsFd?: number;
+      peerMtu?: number;
+    })
+  | (LinkSpecBase & { kind: 'vxlan'; vni: number; port: number; local: string; parentIndex: number; learning?: boolean });
+
+export interface Addr {
+  index: number;
+  ip: string;
+  prefixLen: number;
+}
+
+export interface Route {
+  /** Destination CIDR; `0.0.0.0/0` for default. */
+  dst: string;
+  gateway?: string;
+  /** Output interface index. */
+  index?: number;
+  /** RTNH_F_ONLINK: the gateway is on-link even though no address covers it. */
+  onlink?: boolean;
+  /** RT_SCOPE_LINK for device routes without a gateway; universe otherwise. */
+  scope?: 'universe' | 'link' | 'host';
+  table?: number;
+}
+
+/** An IPv4 neighbor (ARP) entry. */
+export interface Neigh {
+  index: number;
+  ip: string;
+  mac: string;
+  permanent?: boolean;
+}
+
+/** A bridge/VXLAN forwarding entry (AF_BRIDGE, NTF_SELF): `mac` is reached via `dst`. */
+export interface Fdb {
+  index: number;
+  mac: string;
+  dst: string;
+}
+
+export interface Netlink {
+  links(): Promise<Link[]>;
+  /** Throws LinkNotFoundError. */
+  linkByName(name: string): Promise<Link>;
+  /** Throws LinkNotFoundError. */
+  linkByIndex(index: number): Promise<Link>;
+  /** Throws NetlinkError with errno 'EEXIST' when the name is taken. */
+  linkAdd(spec: LinkSpec): Promise<void>;
+  linkDel(index: number): Promise<void>;
+  linkSetUp(index: number): Promise<void>;
+  linkSetMtu(index: number, mtu: number): Promise<void>;
+  linkSetMaster(index: number, masterIndex: number): Promise<void>;
+  /** Moves the link into the namespace behind `netnsFd`. */
+  linkSetNetns(index: number, netnsFd: number): Promise<void>;
+  /** Bridge port hairpin mode (IFLA_BRPORT_MODE). */
+  linkSetHairpin(index: number, on: boolean): Promise<void>;
+  addrs(index?: number): Promise<Addr[]>;
+  /** Throws NetlinkError 'EEXIST' when present. */
+  addrAdd(addr: Addr): Promise<void>;
+  addrDel(addr: Addr): Promise<void>;
+  routes(table?: number): Promise<Route[]>;
+  routeReplace(route: Route): Promise<void>;
+  routeDel(route: Route): Promise<void>;
+  neighs(index?: number): Promise<Neigh[]>;
+  neighReplace(neigh: Neigh): Promise<void>;
+  neighDel(neigh: Neigh): Promise<void>;
+  fdbs(index?: number): Promise<Fdb[]>;
+  fdbReplace(fdb: Fdb): Promise<void>;
+  fdbDel(fdb: Fdb): Promise<void>;
+  close(): void;
+}

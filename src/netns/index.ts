@@ -1,0 +1,128 @@
+/**
+ * Network namespaces: open one by path and run synchronous code inside it.
+ *
+ * `setns(2)` moves only the calling thread. We switch the main thread, run a synchronous
+ * function (create a netlink socket, write a sysctl) and switch straight back before any
+ * await, so no callback or libuv thread ever observes the foreign namespace. A netlink socket
+ * stays bound to the namespace it was created in, which is all the rest of weft needs.
+ * See README.md in this folder.
+ */
+import { closeSync, openSync, writeFileSync, readFileSync, constants as fsc } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+const CLONE_NEWNET = 0x40000000;
+
+/** The namespace path does not exist or is not a network namespace. */
+export class NetnsNotFoundError extends Error {
+  readonly path: string;
+  constructor(path: string, options?: { cause?: unknown }) {
+    super(`network namespace "${path}" not found or not a namespace`, options);
+    this.name = 'NetnsNotFoundError';
+    this.path = path;
+  }
+}
+
+/** An open handle on a network namespace; keep it open while you use sockets made in it. */
+export interface NetNs {
+  readonly path: string;
+  readonly fd: number;
+  close(): void;
+}
+
+interface SetnsAddon {
+  setns(fd: number, nstype: number): void;
+}
+
+let addon: SetnsAddon | undefined;
+
+/**
+ * Where the addon lives: beside the bundle (`dist/bin/../native`) or, when an executable is
+ * packaged, in `WEFT_NATIVE_DIR`. Loaded with `process.dlopen` so a bundler never sees it.
+ */
+function loadAddon(): SetnsAddon {
+  if (addon) return addon;
+  const candidates: string[] = [];
+  if (process.env.WEFT_NATIVE_DIR) candidates.push(join(process.env.WEFT_NATIVE_DIR, 'setns.node'));
+  const main = process.argv[1] ? dirname(process.argv[1]) : process.cwd();
+  candidates.push(join(main, '..', 'native', 'setns.node'));
+  candidates.push(join(dirname(process.execPath), '..', 'lib', 'weft', 'setns.node'));
+  candidates.push(join(process.cwd(), 'dist', 'native', 'setns.node'));
+  let lastErr: unknown;
+  for (const file of candidates) {
+    try {
+      const mod = { exports: {} as SetnsAddon };
+      process.dlopen(mod, file);
+      addon = mod.exports;
+      return addon;
+    } catch (err) {
+      lastErr = err;
+    }
+  }
+  throw new Error(`load native setns addon (looked in ${candidates.join(', ')})`, { cause: lastErr });
+}
+
+/** Opens a namespace by path (`/run/netns/X`, `/proc/PID/ns/net`). Throws {@link NetnsNotFoundError}. */
+export function openNetns(path: string): NetNs {
+  let fd: number;
+  try {
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_CLOEXEC);
+  } catch (cause) {
+    throw new NetnsNotFoundError(path, { cause });
+  }
+  let closed = false;
+  const ns: NetNs = {
+    path,
+    fd,
+    close() {
+      if (!closed) closeSync(fd);
+      closed = true;
+    },
+  };
+  // Entering and leaving proves it is a network namespace (EINVAL otherwise).
+  try {
+    withNetns(ns, () => undefined);
+  } catch (cause) {
+    ns.close();
+    throw new NetnsNotFoundError(path, { cause });
+  }
+  return ns;
+}
+
+/** The namespace the calling thread is in now. */
+export function currentNetns(): NetNs {
+  return openNetns('/proc/thread-self/ns/net');
+}
+
+/**
+ * Runs `fn` synchronously with the main thread inside `ns`, then switches back. `fn` must not
+ * await: anything scheduled for later runs in the original namespace.
+ */
+export function withNetns<T>(ns: NetNs, fn: () => T): T {
+  const native = loadAddon();
+  const home = openSync('/proc/thread-self/ns/net', fsc.O_RDONLY | fsc.O_CLOEXEC);
+  try {
+    native.setns(ns.fd, CLONE_NEWNET);
+    try {
+      const result = fn();
+      if (result instanceof Promise) throw new Error('withNetns: fn must be synchronous');
+      return result;
+    } finally {
+      native.setns(home, CLONE_NEWNET);
+    }
+  } finally {
+    closeSync(home);
+  }
+}
+
+/**
+ * Sets a `/proc/sys/net/...` value inside `ns` (or here when omitted). The write is a
+ * synchronous call made while switched: /proc/sys/net resolves to the opener's namespace.
+ */
+export function setSysctl(name: string, value: string, ns?: NetNs): void {
+  const file = `/proc/sys/${name.replaceAll('.', '/')}`;
+  const write = () => {
+    if (readFileSync(file, 'utf8').trim() !== value) writeFileSync(file, value);
+  };
+  if (ns) withNetns(ns, write);
+  else write();
+}
