@@ -65,7 +65,7 @@ function loadAddon(): SetnsAddon {
 export function openNetns(path: string): NetNs {
   let fd: number;
   try {
-    fd = openSync(path, fsc.O_RDONLY | fsc.O_CLOEXEC);
+    fd = openSync(path, fsc.O_RDONLY);
   } catch (cause) {
     throw new NetnsNotFoundError(path, { cause });
   }
@@ -99,7 +99,7 @@ export function currentNetns(): NetNs {
  */
 export function withNetns<T>(ns: NetNs, fn: () => T): T {
   const native = loadAddon();
-  const home = openSync('/proc/thread-self/ns/net', fsc.O_RDONLY | fsc.O_CLOEXEC);
+  const home = openSync('/proc/thread-self/ns/net', fsc.O_RDONLY);
   try {
     native.setns(ns.fd, CLONE_NEWNET);
     try {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite (README's test command; .ci/run calls it). Installs what it needs, builds,
+# typechecks, runs every ava test (unit and privileged, in throwaway namespaces) and ends with
+# one line: `tests: N passed, N failed`. Exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if ! bash scripts/bootstrap.sh; then
+  echo "tests: 0 passed, 1 failed"
+  exit 1
+fi
+export PATH="$PWD/node_modules/.bin:$PATH"
+
+failed=0
+if ! tsc -p tsconfig.json --noEmit; then
+  echo "typecheck failed" >&2
+  failed=1
+fi
+
+tap=$(mktemp)
+trap 'rm -f "$tap"' EXIT
+ava --tap "$@" 2>&1 | tee "$tap"
+ava_rc=${PIPESTATUS[0]}
+
+pass=$(grep -cE '^ok ' "$tap" || true)
+fail=$(grep -cE '^not ok ' "$tap" || true)
+fail=$((fail + failed))
+if [ "$ava_rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
+  fail=1  # ava failed without reporting a test (crash, uncaught error): still a failure
+fi
+leftover=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^wt-' || true)
+if [ -n "$leftover" ]; then
+  echo "namespaces left behind by tests: $leftover" >&2
+  fail=$((fail + 1))
+fi
+echo "tests: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,56 @@
+import test from 'ava';
+import { openNetlink, LinkNotFoundError, NetlinkError } from '../../src/netlink/index.ts';
+import { openNetns, NetnsNotFoundError, setSysctl } from '../../src/netns/index.ts';
+import { inNs, ipJson, Scope } from '../helpers/netns.ts';
+
+test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, fdb and onlink route', async (t) => {
+  const scope = new Scope();
+  t.teardown(() => scope.cleanup());
+  const nodeName = scope.netns('node');
+  const podName = scope.netns('pod');
+  const node = openNetns(`/run/netns/${nodeName}`);
+  const pod = openNetns(`/run/netns/${podName}`);
+  scope.defer(() => (node.close(), pod.close()));
+  const nl = openNetlink({ netns: node });
+  const pnl = openNetlink({ netns: pod });
+  scope.defer(() => (nl.close(), pnl.close()));
+
+  await nl.linkAdd({ kind: 'bridge', name: 'br-t', mtu: 1450 });
+  const br = await nl.linkByName('br-t');
+  t.is(br.kind, 'bridge');
+  await nl.linkAdd({ kind: 'veth', name: 'veth-t', peerName: 'eth0', peerNetnsFd: pod.fd, mtu: 1450 });
+  const host = await nl.linkByName('veth-t');
+  await nl.linkSetMaster(host.index, br.index);
+  await nl.linkSetHairpin(host.index, true);
+  const eth0 = await pnl.linkByName('eth0');
+  t.is(eth0.mtu, 1450);
+  await t.throwsAsync(nl.linkByName('eth0'), { instanceOf: LinkNotFoundError });
+  const err = await t.throwsAsync(nl.linkAdd({ kind: 'bridge', name: 'br-t' }), { instanceOf: NetlinkError });
+  t.is(err?.errno, 'EEXIST');
+  const hostJson = ipJson(nodeName, '-d', 'link', 'show', 'veth-t')[0];
+  t.is(hostJson.master, 'br-t');
+  t.is(hostJson.linkinfo.info_slave_data.hairpin, true);
+
+  await nl.linkAdd({ kind: 'veth', name: 'ul0', peerName: 'ul1' });
+  const ul = await nl.linkByName('ul0');
+  await nl.addrAdd({ index: ul.index, ip: '198.51.100.10', prefixLen: 24 });
+  await nl.linkAdd({ kind: 'vxlan', name: 'vx-t', vni: 1, port: 8472, local: '198.51.100.10', parentIndex: ul.index });
+  const vx = await nl.linkByName('vx-t');
+  t.deepEqual(vx.vxlan, { vni: 1, port: 8472, local: '198.51.100.10', parentIndex: ul.index, learning: false });
+  await nl.linkSetUp(vx.index);
+  await nl.neighReplace({ index: vx.index, ip: '198.18.2.0', mac: 'aa:bb:cc:dd:ee:02' });
+  await nl.fdbReplace({ index: vx.index, mac: 'aa:bb:cc:dd:ee:02', dst: '198.51.100.11' });
+  await nl.routeReplace({ dst: '198.18.2.0/24', gateway: '198.18.2.0', index: vx.index, onlink: true });
+  const routes = ipJson(nodeName, 'route', 'show', 'dev', 'vx-t');
+  t.deepEqual(routes.map((r) => [r.dst, r.gateway, r.flags]), [['198.18.2.0/24', '198.18.2.0', ['onlink']]]);
+  t.deepEqual(await nl.fdbs(vx.index), [{ index: vx.index, mac: 'aa:bb:cc:dd:ee:02', dst: '198.51.100.11' }]);
+  t.true(inNs(nodeName, 'bridge', ['fdb', 'show', 'dev', 'vx-t']).includes('aa:bb:cc:dd:ee:02 dst 198.51.100.11 self permanent'));
+
+  setSysctl('net.ipv4.ip_forward', '1', node);
+  t.is(inNs(nodeName, 'cat', ['/proc/sys/net/ipv4/ip_forward']).trim(), '1');
+});
+
+test('openNetns rejects paths that are not network namespaces', (t) => {
+  t.throws(() => openNetns('/nonexistent/netns'), { instanceOf: NetnsNotFoundError });
+  t.throws(() => openNetns('/etc/hostname'), { instanceOf: NetnsNotFoundError });
+});
