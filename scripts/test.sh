@@ -22,8 +22,9 @@ trap 'rm -f "$tap"' EXIT
 ava --tap "$@" 2>&1 | tee "$tap"
 ava_rc=${PIPESTATUS[0]}
 
-pass=$(grep -cE '^ok ' "$tap" || true)
-fail=$(grep -cE '^not ok ' "$tap" || true)
+# Skipped tests ("ok ... # SKIP") are not passes; todo tests ("not ok ... # TODO") are not failures.
+pass=$(grep -E '^ok ' "$tap" | grep -cvE '# SKIP' || true)
+fail=$(grep -E '^not ok ' "$tap" | grep -cvE '# TODO' || true)
 fail=$((fail + failed))
 if [ "$ava_rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
   fail=1  # ava failed without reporting a test (crash, uncaught error): still a failure
