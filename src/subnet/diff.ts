@@ -1,0 +1,30 @@
+/** Pure lease diffing: what changed between two views of the lease table. */
+import { leaseId, sameAttrs, type Lease } from './lease.ts';
+
+export interface LeaseDiff {
+  added: Lease[];
+  changed: Array<{ before: Lease; after: Lease }>;
+  removed: Lease[];
+}
+
+/** Compares two lease sets by subnet; a lease whose published attributes differ is "changed". */
+export function diffLeases(before: Iterable<Lease>, after: Iterable<Lease>): LeaseDiff {
+  const old = new Map<string, Lease>();
+  for (const l of before) old.set(leaseId(l), l);
+  const out: LeaseDiff = { added: [], changed: [], removed: [] };
+  const seen = new Set<string>();
+  for (const l of after) {
+    const id = leaseId(l);
+    seen.add(id);
+    const prev = old.get(id);
+    if (!prev) out.added.push(l);
+    else if (!sameAttrs(prev, l)) out.changed.push({ before: prev, after: l });
+  }
+  for (const [id, l] of old) if (!seen.has(id)) out.removed.push(l);
+  return out;
+}
+
+/** True when the diff is empty. */
+export function isEmptyDiff(d: LeaseDiff): boolean {
+  return !d.added.length && !d.changed.length && !d.removed.length;
+}

@@ -1,0 +1,282 @@
+/**
+ * {@link SubnetManager} on etcd v3 (flannel's schema, so weft and flannel nodes can share one
+ * etcd). Design notes:
+ * - Acquire: list, choose, then `txn(version(key) == 0) put(key, value, lease)`; a lost race
+ *   (another node took the subnet between our list and our txn) is retried with a fresh list
+ *   (flannel gives up there).
+ * - Renew: like flannel, grant a fresh etcd lease and re-put the key under it, guarded by the
+ *   key's mod revision; the old etcd lease is revoked. A deleted key is taken again with the
+ *   create transaction, so the same subnet comes back while the data plane stays up.
+ * - Watch: from the snapshot revision + 1. After compaction (the watch is cancelled) or a
+ *   reconnect (events may have been missed) we re-list and hand the handler a new snapshot; the
+ *   caller diffs it.
+ */
+import { readFileSync } from 'node:fs';
+import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
+import type { IPv4Net } from '../ip/ipv4.ts';
+import { chooseSubnet, describeSubnet } from './choose.ts';
+import { systemClock, type Clock } from './clock.ts';
+import { ConfigError, parseNetworkConfig, type NetworkConfig } from './config.ts';
+import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
+import { LeaseLostError, type LeaseWatchHandler, type SubnetManager } from './manager.ts';
+
+export const DEFAULT_ETCD_PREFIX = '/coreos.com/network';
+
+export interface EtcdOptions {
+  endpoints: string[];
+  prefix?: string;
+  cafile?: string;
+  certfile?: string;
+  keyfile?: string;
+  /** Per-call deadline (ms); streams are exempt. */
+  callTimeoutMs?: number;
+  clock?: Clock;
+  /** Called with every failed etcd call (metrics). */
+  onError?: (err: unknown) => void;
+  /** Called with lines worth logging (resyncs, lost races). */
+  log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
+}
+
+/** etcd could not be reached or answered with an error; worth retrying. */
+export class EtcdUnavailableError extends Error {
+  constructor(op: string, options?: { cause?: unknown }) {
+    super(`etcd ${op} failed${options?.cause instanceof Error ? `: ${options.cause.message}` : ''}`, options);
+    this.name = 'EtcdUnavailableError';
+  }
+}
+
+/** Builds etcd3 client options from endpoints and TLS files (shared with weftctl). */
+export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile' | 'certfile' | 'keyfile' | 'callTimeoutMs'>): IOptions {
+  const timeout = opts.callTimeoutMs ?? 5000;
+  const o: IOptions = {
+    hosts: opts.endpoints,
+    dialTimeout: timeout,
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+    // Reconnect watches quickly after an etcd restart (the default backs off up to 30 s).
+    faultHandling: { watchBackoff: constantBackoff(1000) },
+  };
+  if (opts.cafile || opts.certfile || opts.keyfile) {
+    if (!opts.cafile) throw new Error('etcd TLS: a CA file is required with a client certificate');
+    o.credentials = {
+      rootCertificate: readFileSync(opts.cafile),
+      privateKey: opts.keyfile ? readFileSync(opts.keyfile) : undefined,
+      certChain: opts.certfile ? readFileSync(opts.certfile) : undefined,
+    };
+  }
+  return o;
+}
+
+interface Backoff {
+  duration: number;
+  next(): Backoff;
+}
+
+function constantBackoff(ms: number): Backoff {
+  const b: Backoff = { duration: ms, next: () => b };
+  return b;
+}
+
+/** Parses one key/value from the subnets prefix; undefined (with a reason) for foreign entries. */
+export function leaseFromKv(kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision'>): Lease | { skip: string } {
+  const key = kv.key.toString();
+  const subnet = parseSubnetKey(key);
+  if (!subnet) return { skip: `key "${key}" is not a subnet key` };
+  try {
+    const attrs = parseLeaseValue(kv.value.toString());
+    return { subnet, ...attrs, modRevision: kv.mod_revision };
+  } catch (err) {
+    return { skip: `lease "${key}": ${(err as Error).message}` };
+  }
+}
+
+export class EtcdSubnetManager implements SubnetManager {
+  readonly client: Etcd3;
+  readonly prefix: string;
+  readonly #clock: Clock;
+  readonly #opts: EtcdOptions;
+
+  constructor(opts: EtcdOptions) {
+    this.#opts = opts;
+    this.prefix = (opts.prefix ?? DEFAULT_ETCD_PREFIX).replace(/\/+$/, '');
+    this.#clock = opts.clock ?? systemClock;
+    this.client = new Etcd3(etcdClientOptions(opts));
+  }
+
+  async #call<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (cause) {
+      this.#opts.onError?.(cause);
+      throw new EtcdUnavailableError(op, { cause });
+    }
+  }
+
+  #log(level: 'info' | 'warn' | 'debug', msg: string): void {
+    this.#opts.log?.(level, msg);
+  }
+
+  async getConfig(): Promise<NetworkConfig> {
+    const key = `${this.prefix}/config`;
+    const text = await this.#call(`get "${key}"`, () => this.client.get(key).string());
+    if (text === null) throw new ConfigError(`network config not found at etcd key "${key}"`);
+    try {
+      return parseNetworkConfig(text);
+    } catch (err) {
+      if (err instanceof ConfigError) throw new ConfigError(`${err.message} (etcd key "${key}")`, { cause: err });
+      throw err;
+    }
+  }
+
+  async listLeases(): Promise<{ leases: Lease[]; revision: string }> {
+    const res = await this.#call('list leases', () => this.client.getAll().prefix(subnetsPrefix(this.prefix)).exec());
+    const leases: Lease[] = [];
+    for (const kv of res.kvs) {
+      const l = leaseFromKv(kv);
+      if ('skip' in l) this.#log('warn', `ignoring ${l.skip}`);
+      else leases.push(l);
+    }
+    return { leases, revision: res.header.revision };
+  }
+
+  async #grant(ttlSeconds: number): Promise<{ id: string; expiresAt: number }> {
+    const start = this.#clock.now();
+    const res = await this.#call('grant lease', () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }));
+    return { id: String(res.ID), expiresAt: start + Number(res.TTL) * 1000 };
+  }
+
+  async #revoke(id: string): Promise<void> {
+    try {
+      await this.client.leaseClient.leaseRevoke({ ID: id });
+    } catch {
+      /* it expires by itself */
+    }
+  }
+
+  /** Creates the key if absent; false when another node got there first. */
+  async #create(subnet: IPv4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<Lease | undefined> {
+    const key = subnetKey(this.prefix, subnet);
+    const g = await this.#grant(ttlSeconds);
+    const res = await this.#call(`create "${key}"`, () =>
+      this.client.if(key, 'Version', '==', 0).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
+    );
+    if (!res.succeeded) {
+      await this.#revoke(g.id);
+      return undefined;
+    }
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision };
+  }
+
+  /** Re-puts an existing key under a fresh etcd lease if it is unchanged since `modRevision`. */
+  async #refresh(subnet: IPv4Net, attrs: LeaseAttrs, modRevision: string, ttlSeconds: number): Promise<Lease | undefined> {
+    const key = subnetKey(this.prefix, subnet);
+    const old = await this.#call(`get "${key}"`, () => this.client.get(key).exec());
+    const oldLease = old.kvs[0]?.lease;
+    const g = await this.#grant(ttlSeconds);
+    const res = await this.#call(`renew "${key}"`, () =>
+      this.client.if(key, 'Mod', '==', modRevision).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
+    );
+    if (!res.succeeded) {
+      await this.#revoke(g.id);
+      return undefined;
+    }
+    if (oldLease && String(oldLease) !== '0') await this.#revoke(String(oldLease));
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision };
+  }
+
+  async acquireLease(config: NetworkConfig, attrs: LeaseAttrs, opts: { previous?: IPv4Net; ttlSeconds: number }): Promise<Lease> {
+    for (let attempt = 1; ; attempt++) {
+      const { leases } = await this.listLeases();
+      const choice = chooseSubnet({ config, leases, publicIP: attrs.publicIP, previous: opts.previous });
+      let lease: Lease | undefined;
+      if (choice.kind === 'existing') {
+        lease = await this.#refresh(choice.lease.subnet, attrs, choice.lease.modRevision!, opts.ttlSeconds);
+      } else {
+        lease = await this.#create(choice.subnet, attrs, opts.ttlSeconds);
+      }
+      if (lease) return lease;
+      const subnet = describeSubnet(choice.kind === 'existing' ? choice.lease.subnet : choice.subnet);
+      this.#log('info', `subnet ${subnet} changed under us (another node won the race), retrying (attempt ${attempt})`);
+      if (attempt >= 20) throw new EtcdUnavailableError(`acquire a subnet after ${attempt} lost races`);
+    }
+  }
+
+  async renewLease(lease: Lease, attrs: LeaseAttrs, opts: { ttlSeconds: number }): Promise<Lease> {
+    const key = subnetKey(this.prefix, lease.subnet);
+    for (let attempt = 1; attempt <= 5; attempt++) {
+      const res = await this.#call(`get "${key}"`, () => this.client.get(key).exec());
+      const kv = res.kvs[0];
+      if (!kv) {
+        const created = await this.#create(lease.subnet, attrs, opts.ttlSeconds);
+        if (created) {
+          this.#log('info', `lease for ${describeSubnet(lease.subnet)} was gone; took the same subnet again`);
+          return created;
+        }
+        continue;
+      }
+      const current = leaseFromKv(kv);
+      if ('skip' in current || current.publicIP !== attrs.publicIP) {
+        throw new LeaseLostError(describeSubnet(lease.subnet), 'skip' in current ? 'an unreadable lease' : current.publicIP);
+      }
+      const refreshed = await this.#refresh(lease.subnet, attrs, kv.mod_revision, opts.ttlSeconds);
+      if (refreshed) return refreshed;
+    }
+    throw new EtcdUnavailableError(`renew "${key}": the key kept changing`);
+  }
+
+  async watchLeases(signal: AbortSignal, handler: LeaseWatchHandler): Promise<void> {
+    const prefix = subnetsPrefix(this.prefix);
+    while (!signal.aborted) {
+      let snap: { leases: Lease[]; revision: string };
+      try {
+        snap = await this.listLeases();
+      } catch {
+        await this.#clock.sleep(1000, signal);
+        continue;
+      }
+      handler.snapshot(snap.leases);
+      const reason = await this.#watchOnce(prefix, BigInt(snap.revision) + 1n, signal, handler);
+      if (reason) this.#log('info', `lease watch: ${reason}; re-listing`);
+    }
+  }
+
+  /** One watch from `rev`; resolves with why it ended (undefined when aborted). */
+  async #watchOnce(prefix: string, rev: bigint, signal: AbortSignal, handler: LeaseWatchHandler): Promise<string | undefined> {
+    const watcher = this.client.watch().prefix(prefix).startRevision(rev.toString()).watcher();
+    return await new Promise<string | undefined>((resolve) => {
+      let disconnected = false;
+      const finish = (why: string | undefined) => {
+        signal.removeEventListener('abort', onAbort);
+        watcher.removeAllListeners();
+        watcher.on('error', () => undefined);
+        watcher.cancel().catch(() => undefined);
+        resolve(why);
+      };
+      const onAbort = () => finish(undefined);
+      signal.addEventListener('abort', onAbort, { once: true });
+      watcher.on('put', (kv) => {
+        const l = leaseFromKv(kv);
+        if ('skip' in l) this.#log('warn', `ignoring ${l.skip}`);
+        else handler.event({ type: 'put', lease: l });
+      });
+      watcher.on('delete', (kv) => {
+        const subnet = parseSubnetKey(kv.key.toString());
+        if (subnet) handler.event({ type: 'delete', subnet });
+      });
+      watcher.on('disconnected', (err) => {
+        disconnected = true;
+        this.#opts.onError?.(err);
+      });
+      watcher.on('connected', () => {
+        if (disconnected) finish('reconnected to etcd');
+      });
+      watcher.on('error', (err) => {
+        this.#opts.onError?.(err);
+        finish(`watch cancelled (${err.message})`);
+      });
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

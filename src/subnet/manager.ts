@@ -1,0 +1,40 @@
+/** What the daemon needs from a lease store; {@link EtcdSubnetManager} is the etcd implementation. */
+import type { IPv4Net } from '../ip/ipv4.ts';
+import type { NetworkConfig } from './config.ts';
+import type { Lease, LeaseAttrs } from './lease.ts';
+
+/** A watch event on the lease table. */
+export type LeaseEvent = { type: 'put'; lease: Lease } | { type: 'delete'; subnet: IPv4Net };
+
+export interface LeaseWatchHandler {
+  /** The full table; called first and again after any resync (compaction, reconnect). */
+  snapshot(leases: Lease[]): void;
+  event(ev: LeaseEvent): void;
+}
+
+export interface SubnetManager {
+  /** Throws ConfigError when missing or invalid. */
+  getConfig(): Promise<NetworkConfig>;
+  listLeases(): Promise<{ leases: Lease[]; revision: string }>;
+  /**
+   * Takes a subnet for `attrs.publicIP` (see chooseSubnet) and returns our lease. Retries when
+   * another node wins the race for the chosen subnet; throws OutOfSubnetsError when none is free.
+   */
+  acquireLease(config: NetworkConfig, attrs: LeaseAttrs, opts: { previous?: IPv4Net; ttlSeconds: number }): Promise<Lease>;
+  /**
+   * Extends our lease by `ttlSeconds`. If the key was deleted the same subnet is taken again;
+   * throws LeaseLostError when another node holds it now.
+   */
+  renewLease(lease: Lease, attrs: LeaseAttrs, opts: { ttlSeconds: number }): Promise<Lease>;
+  /** Watches the lease table until `signal` aborts, resyncing after compaction or reconnects. */
+  watchLeases(signal: AbortSignal, handler: LeaseWatchHandler): Promise<void>;
+  close(): void;
+}
+
+/** Our subnet is held by another node now; a new one must be acquired. */
+export class LeaseLostError extends Error {
+  constructor(subnet: string, holder: string) {
+    super(`lease for subnet ${subnet} is now held by ${holder}`);
+    this.name = 'LeaseLostError';
+  }
+}
