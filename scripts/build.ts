@@ -39,7 +39,7 @@ await Promise.all(
       sourcemap: false,
       // Native and optional pieces resolved at run time from node_modules beside dist/.
       external: ['netlink', 'cpu-features', 'ssh2'],
-      banner: { js: `#!${process.execPath}` },
+      banner: { js: `#!${process.env.WEFT_SHEBANG ?? process.execPath}` },
       logLevel: 'warning',
     });
     chmodSync(outfile, 0o755);

@@ -1,0 +1,44 @@
+# The image the DaemonSet runs (install/30-daemonset.yaml): weftd and weftctl on Node 24, and
+# the packaged CNI plugin (a Node single executable application plus its native addons) that
+# the install-cni init container copies onto hosts without Node.js.
+#
+#   docker build -t weft:0.1.0 .
+
+FROM node:24-bookworm-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY cmd cmd
+COPY src src
+COPY scripts scripts
+# Bundles name the interpreter they run under in the final image.
+ENV WEFT_SHEBANG=/usr/local/bin/node
+RUN node scripts/build.ts && node scripts/package.ts
+
+FROM debian:bookworm-slim AS cni-plugins
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends containernetworking-plugins \
+ && rm -rf /var/lib/apt/lists/*
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /usr/local/bin/node /usr/local/bin/node
+# weftd and weftctl: bundles; the setns addon beside them (bin/../native); the one native
+# module the bundles leave external, resolved from /opt/weft/node_modules.
+COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftctl /opt/weft/bin/
+COPY --from=build /src/dist/native/ /opt/weft/native/
+COPY --from=build /src/node_modules/netlink /opt/weft/node_modules/netlink
+COPY --from=build /src/node_modules/node-gyp-build /opt/weft/node_modules/node-gyp-build
+# The CNI plugin as installed on hosts: bin/weft finds its addons in bin/../lib/weft.
+COPY --from=build /src/dist/pkg/ /opt/weft/cni/
+COPY --from=cni-plugins /usr/lib/cni/portmap /opt/weft/cni/bin/portmap
+COPY cni-conf/10-weft.conflist /opt/weft/cni/10-weft.conflist
+COPY install/install-cni.sh /opt/weft/install-cni.sh
+RUN ln -s /opt/weft/bin/weftd /opt/weft/bin/weftctl /usr/local/bin/
+ENTRYPOINT ["/opt/weft/bin/weftd"]

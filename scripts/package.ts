@@ -1,0 +1,104 @@
+/**
+ * Packages the CNI plugin for hosts without Node.js: a Node single executable application
+ * (SEA) at `dist/pkg/bin/weft` plus its native addons in `dist/pkg/lib/weft/`, the layout the
+ * install-cni init container copies to `/opt/cni/bin/weft` and `/opt/cni/lib/weft/`.
+ *
+ * A SEA's embedded script can `require` only built-in modules, so everything is bundled, and
+ * the two native addons are loaded at run time with `process.dlopen` from a known directory:
+ * `WEFT_NATIVE_DIR`, else `<executable>/../lib/weft` (src/netns searches the same places for
+ * setns.node). netlink loads its prebuilt binary through `node-gyp-build(__dirname + '/..')`,
+ * which cannot work inside a bundle; an esbuild plugin replaces that module with the loader
+ * below. The executable is a copy of the running Node 24 with the bundle injected by postject;
+ * V8's code cache for the bundle is embedded to cut start-up time.
+ *
+ *   node scripts/package.ts            # after `node scripts/build.ts` (needs dist/native)
+ */
+import { execFileSync } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { build, type Plugin } from 'esbuild';
+
+const root = join(import.meta.dirname, '..');
+const out = join(root, 'dist', 'pkg');
+const work = join(out, '.work');
+const binDir = join(out, 'bin');
+const libDir = join(out, 'lib', 'weft');
+
+/** The SEA fuse postject flips; fixed by Node (see node/doc/api/single-executable-applications.md). */
+const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
+
+/** Replaces `node-gyp-build` (netlink's loader) with a `process.dlopen` of `netlink.node`. */
+const nativeNetlink: Plugin = {
+  name: 'weft-native-netlink',
+  setup(b) {
+    b.onResolve({ filter: /^node-gyp-build$/ }, () => ({ path: 'node-gyp-build', namespace: 'weft-native' }));
+    b.onLoad({ filter: /.*/, namespace: 'weft-native' }, () => ({
+      loader: 'js',
+      contents: `
+        const { join, dirname } = require('node:path');
+        module.exports = function loadNetlinkBinding() {
+          const dirs = [];
+          if (process.env.WEFT_NATIVE_DIR) dirs.push(process.env.WEFT_NATIVE_DIR);
+          dirs.push(join(dirname(process.execPath), '..', 'lib', 'weft'));
+          let lastErr;
+          for (const dir of dirs) {
+            try {
+              const mod = { exports: {} };
+              process.dlopen(mod, join(dir, 'netlink.node'));
+              return mod.exports;
+            } catch (err) {
+              lastErr = err;
+            }
+          }
+          throw new Error('load native netlink addon (looked in ' + dirs.join(', ') + ')', { cause: lastErr });
+        };
+      `,
+    }));
+  },
+};
+
+/** Bundles `cmd/<name>.ts` into one CommonJS file with no run-time requires but built-ins. */
+async function bundle(name: string, outfile: string): Promise<void> {
+  await build({
+    entryPoints: [join(root, 'cmd', `${name}.ts`)],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    target: 'node24',
+    format: 'cjs',
+    minifySyntax: true,
+    plugins: [nativeNetlink],
+    logLevel: 'warning',
+  });
+}
+
+/** Turns a bundle into a single executable at `exe` (atomically: written aside, then renamed). */
+function makeExecutable(script: string, exe: string): void {
+  const blob = join(work, 'sea.blob');
+  const config = join(work, 'sea-config.json');
+  writeFileSync(config, JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }));
+  execFileSync(process.execPath, ['--experimental-sea-config', config], { stdio: 'pipe' });
+  const tmp = `${exe}.tmp`;
+  copyFileSync(process.execPath, tmp);
+  chmodSync(tmp, 0o755);
+  const postject = join(root, 'node_modules', '.bin', 'postject');
+  execFileSync(postject, [tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], { stdio: 'pipe' });
+  renameSync(tmp, exe);
+}
+
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+mkdirSync(binDir, { recursive: true });
+mkdirSync(libDir, { recursive: true });
+
+const script = join(work, 'weft.cjs');
+await bundle('weft', script);
+makeExecutable(script, join(binDir, 'weft'));
+
+const require = createRequire(import.meta.url);
+const netlinkDir = join(require.resolve('netlink/package.json'), '..');
+copyFileSync(join(netlinkDir, 'prebuilds', `linux-${process.arch}`, 'node.napi.node'), join(libDir, 'netlink.node'));
+copyFileSync(join(root, 'dist', 'native', 'setns.node'), join(libDir, 'setns.node'));
+rmSync(work, { recursive: true, force: true });
+console.log('packaged dist/pkg/bin/weft with dist/pkg/lib/weft/{netlink,setns}.node');

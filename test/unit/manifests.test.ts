@@ -1,0 +1,218 @@
+/**
+ * The install manifests, the conflist and the Dockerfile must agree with each other: no Docker
+ * engine or cluster runs here, so this is where a renamed ConfigMap key, a probe on the wrong
+ * port or an image path the Dockerfile never creates gets caught.
+ */
+import test from 'ava';
+import { readFileSync, readdirSync } from 'node:fs';
+import { dirname, join, posix } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+
+const root = join(import.meta.dirname, '..', '..');
+const installDir = join(root, 'install');
+
+type Obj = Record<string, any>;
+
+function loadManifests(): Obj[] {
+  const objs: Obj[] = [];
+  for (const file of readdirSync(installDir).filter((f) => f.endsWith('.yaml')).sort()) {
+    for (const doc of parseAllDocuments(readFileSync(join(installDir, file), 'utf8'))) {
+      if (doc.errors.length) throw new Error(`${file}: ${doc.errors[0]!.message}`);
+      const obj = doc.toJS();
+      if (obj) objs.push(obj);
+    }
+  }
+  return objs;
+}
+
+const objs = loadManifests();
+const one = (kind: string): Obj => {
+  const found = objs.filter((o) => o.kind === kind);
+  if (found.length !== 1) throw new Error(`expected one ${kind}, found ${found.length}`);
+  return found[0]!;
+};
+const ns = one('Namespace');
+const sa = one('ServiceAccount');
+const role = one('ClusterRole');
+const binding = one('ClusterRoleBinding');
+const cm = one('ConfigMap');
+const ds = one('DaemonSet');
+const pod = ds.spec.template.spec;
+const allContainers: Obj[] = [...(pod.initContainers ?? []), ...pod.containers];
+const weftd = pod.containers.find((c: Obj) => c.name === 'weftd');
+const conflist = JSON.parse(readFileSync(join(root, 'cni-conf', '10-weft.conflist'), 'utf8'));
+
+/** Dockerfile instructions of the final stage, continuation lines joined. */
+function dockerfile(): { stages: string[][]; final: string[] } {
+  const lines = readFileSync(join(root, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ').split('\n');
+  const stages: string[][] = [];
+  for (const line of lines.map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))) {
+    if (/^FROM\s/i.test(line)) stages.push([]);
+    stages.at(-1)?.push(line);
+  }
+  return { stages, final: stages.at(-1)! };
+}
+
+/** Every path the final image gets from COPY (destinations, with sources' basenames under dirs). */
+function imagePaths(): Set<string> {
+  const paths = new Set<string>();
+  for (const line of dockerfile().final) {
+    const m = /^COPY\s+(?:--from=\S+\s+)?(.+)$/i.exec(line);
+    if (m) {
+      const parts = m[1]!.split(/\s+/);
+      const dest = parts.pop()!;
+      paths.add(dest.replace(/\/$/, ''));
+      if (dest.endsWith('/')) for (const src of parts) paths.add(posix.join(dest, posix.basename(src)));
+    }
+    const ln = /^RUN\s+ln\s+-s\s+(.+)$/.exec(line);
+    if (ln) {
+      const parts = ln[1]!.split(/\s+/);
+      const dest = parts.pop()!;
+      for (const src of parts) paths.add(posix.join(dest, posix.basename(src)));
+    }
+  }
+  return paths;
+}
+
+test('every manifest parses and carries the kinds an install needs', (t) => {
+  t.deepEqual(
+    objs.map((o) => o.kind).sort(),
+    ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount'],
+  );
+  for (const o of objs) t.truthy(o.apiVersion, `${o.kind} has an apiVersion`);
+});
+
+test('namespaced objects live in the Namespace, the binding names the role and account', (t) => {
+  for (const o of [sa, cm, ds]) t.is(o.metadata.namespace, ns.metadata.name, `${o.kind} namespace`);
+  t.is(binding.roleRef.kind, 'ClusterRole');
+  t.is(binding.roleRef.name, role.metadata.name);
+  t.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: sa.metadata.name, namespace: ns.metadata.name }]);
+  t.is(pod.serviceAccountName, sa.metadata.name);
+});
+
+test('RBAC grants nothing weftd does not use (it reads etcd and the downward API only)', (t) => {
+  t.deepEqual(role.rules, []);
+  t.false(pod.automountServiceAccountToken);
+  const fieldRefs = weftd.env.filter((e: Obj) => e.valueFrom?.fieldRef).map((e: Obj) => e.valueFrom.fieldRef.fieldPath);
+  t.deepEqual(fieldRefs.sort(), ['spec.nodeName', 'status.hostIP']);
+});
+
+test('ConfigMap keys referenced by env and volumes exist; its conflist is cni-conf/10-weft.conflist', (t) => {
+  const keys = new Set(Object.keys(cm.data));
+  for (const c of allContainers) {
+    for (const e of c.env ?? []) {
+      const ref = e.valueFrom?.configMapKeyRef;
+      if (ref) {
+        t.is(ref.name, cm.metadata.name, `${c.name} ${e.name}`);
+        t.true(keys.has(ref.key), `${c.name} ${e.name} -> ${ref.key}`);
+      }
+    }
+  }
+  const cmVolumes = pod.volumes.filter((v: Obj) => v.configMap);
+  t.true(cmVolumes.length > 0);
+  for (const v of cmVolumes) {
+    t.is(v.configMap.name, cm.metadata.name);
+    for (const item of v.configMap.items ?? []) t.true(keys.has(item.key), `volume item ${item.key}`);
+  }
+  t.deepEqual(JSON.parse(cm.data['cni-conf.json']), conflist);
+  const net = JSON.parse(cm.data['net-conf.json']);
+  t.regex(net.Network, /^\d+\.\d+\.\d+\.\d+\/\d+$/);
+  t.is(net.Backend.Type, 'vxlan');
+});
+
+test('conflist: CNI 1.1.0, weft then the reference portmap with portMappings', (t) => {
+  t.is(conflist.cniVersion, '1.1.0');
+  t.is(conflist.name, 'weft');
+  t.deepEqual(conflist.plugins.map((p: Obj) => p.type), ['weft', 'portmap']);
+  t.deepEqual(conflist.plugins[1].capabilities, { portMappings: true });
+});
+
+test('DaemonSet: host network, tolerates every taint, requests resources, least capabilities', (t) => {
+  t.true(pod.hostNetwork);
+  t.true(pod.tolerations.some((tol: Obj) => tol.operator === 'Exists' && tol.effect === 'NoSchedule' && !tol.key));
+  t.true(pod.tolerations.some((tol: Obj) => tol.operator === 'Exists' && tol.effect === 'NoExecute' && !tol.key));
+  for (const c of allContainers) t.truthy(c.resources?.requests?.memory, `${c.name} requests memory`);
+  t.false(weftd.securityContext.privileged);
+  t.deepEqual(weftd.securityContext.capabilities.add.sort(), ['NET_ADMIN', 'NET_RAW']);
+  const selector = ds.spec.selector.matchLabels;
+  for (const [k, v] of Object.entries(selector)) t.is(ds.spec.template.metadata.labels[k], v);
+});
+
+test('volume mounts name declared volumes; hostPaths cover the subnet file and CNI dirs', (t) => {
+  const volumes = new Map<string, Obj>(pod.volumes.map((v: Obj) => [v.name, v]));
+  for (const c of allContainers) {
+    for (const m of c.volumeMounts ?? []) t.true(volumes.has(m.name), `${c.name} mounts ${m.name}`);
+  }
+  const hostPaths = pod.volumes.filter((v: Obj) => v.hostPath).map((v: Obj) => v.hostPath.path).sort();
+  t.deepEqual(hostPaths, ['/etc/cni/net.d', '/opt/cni', '/run/flannel']);
+
+  // weftd writes the subnet file into the hostPath the CNI plugin (on the host) reads it from.
+  const subnetFile = weftd.args.find((a: string) => a.startsWith('--subnet-file=')).split('=')[1];
+  t.is(subnetFile, conflist.plugins[0].subnetFile);
+  const mount = weftd.volumeMounts.find((m: Obj) => m.mountPath === dirname(subnetFile));
+  t.truthy(mount, 'weftd mounts the subnet file directory');
+  t.is(volumes.get(mount.name)!.hostPath.path, dirname(conflist.plugins[0].subnetFile));
+});
+
+test('install-cni writes where kubelet and the packaged plugin look', (t) => {
+  const init = pod.initContainers.find((c: Obj) => c.name === 'install-cni');
+  const env = Object.fromEntries(init.env.map((e: Obj) => [e.name, e.value]));
+  const hostPathOf = (containerPath: string): string => {
+    const m = init.volumeMounts.find((vm: Obj) => containerPath === vm.mountPath || containerPath.startsWith(`${vm.mountPath}/`));
+    t.truthy(m, `${containerPath} is on a mount`);
+    const vol = pod.volumes.find((v: Obj) => v.name === m.name);
+    return posix.join(vol.hostPath.path, containerPath.slice(m.mountPath.length));
+  };
+  const binDir = hostPathOf(env.WEFT_HOST_CNI_BIN_DIR);
+  t.is(binDir, '/opt/cni/bin');
+  // The packaged plugin loads its addons from <executable>/../lib/weft (scripts/package.ts).
+  t.is(hostPathOf(env.WEFT_HOST_CNI_LIB_DIR), posix.join(binDir, '..', 'lib', 'weft'));
+  t.is(hostPathOf(env.WEFT_HOST_CNI_CONF_DIR), '/etc/cni/net.d');
+  const confMount = init.volumeMounts.find((vm: Obj) => env.WEFT_CNI_CONF_FILE.startsWith(`${vm.mountPath}/`));
+  const confVol = pod.volumes.find((v: Obj) => v.name === confMount.name);
+  t.true(
+    confVol.configMap.items.some((i: Obj) => posix.join(confMount.mountPath, i.path) === env.WEFT_CNI_CONF_FILE && i.key === 'cni-conf.json'),
+  );
+  const script = readFileSync(join(installDir, 'install-cni.sh'), 'utf8');
+  for (const name of ['WEFT_HOST_CNI_BIN_DIR', 'WEFT_HOST_CNI_LIB_DIR', 'WEFT_HOST_CNI_CONF_DIR', 'WEFT_CNI_CONF_FILE']) {
+    t.true(script.includes(`\${${name}:-`), `install-cni.sh reads ${name}`);
+  }
+  t.regex(script, /src=\$\{WEFT_CNI_SRC_DIR:-\/opt\/weft\/cni\}/);
+  t.true(imagePaths().has('/opt/weft/cni'), 'the image has the packaged plugin where install-cni looks');
+});
+
+test('probes hit weftd health endpoints on the address it is told to serve', (t) => {
+  const addr = weftd.args.find((a: string) => a.startsWith('--healthz-addr=')).split('=')[1];
+  const [host, port] = addr.split(':');
+  for (const [probe, path] of [[weftd.livenessProbe, '/healthz'], [weftd.readinessProbe, '/readyz']] as const) {
+    t.is(probe.httpGet.path, path);
+    t.is(String(probe.httpGet.port), port);
+    t.is(probe.httpGet.host, host);
+  }
+});
+
+test('every command the manifests run is a file the Dockerfile puts in the image', (t) => {
+  const paths = imagePaths();
+  const images = new Set(allContainers.map((c) => c.image));
+  t.is(images.size, 1, 'one image for all containers');
+  for (const c of allContainers) t.true(paths.has(c.command[0]), `${c.name}: ${c.command[0]} in the image`);
+});
+
+test('Dockerfile: multi-stage on Node 24, final image has nft, node and the external modules', (t) => {
+  const { stages, final } = dockerfile();
+  t.true(stages.length >= 2);
+  t.regex(stages[0]![0]!, /^FROM node:24/);
+  t.true(final.some((l) => /apt-get install .*nftables/.test(l)));
+  const paths = imagePaths();
+  t.true(paths.has('/usr/local/bin/node'));
+  // weftd/weftctl are bundles that leave some modules external (scripts/build.ts): the image must
+  // ship the required ones; the others are optional dependencies of @kubernetes/client-node.
+  const build = readFileSync(join(root, 'scripts', 'build.ts'), 'utf8');
+  const externals = JSON.parse(/external: (\[[^\]]*\])/.exec(build)![1]!.replaceAll("'", '"')) as string[];
+  const optional = new Set(['cpu-features', 'ssh2']);
+  for (const mod of externals.filter((m) => !optional.has(m))) {
+    t.true(paths.has(`/opt/weft/node_modules/${mod}`), `${mod} is in /opt/weft/node_modules`);
+  }
+  t.true(final.some((l) => l.includes('/opt/weft/native')), 'setns addon beside the bundles (bin/../native)');
+  t.true(stages[0]!.some((l) => /WEFT_SHEBANG=\/usr\/local\/bin\/node/.test(l)), 'bundles name the image node');
+});
