@@ -1,0 +1,422 @@
+/**
+ * A multi-node weft cluster in network namespaces on one machine, for the lab CLI and the
+ * multi-node tests:
+ *
+ * ```
+ *   <p>-cp-<id>  etcd on 198.51.100.2 ─┐
+ *   <p>-n1-<id>  eth0 198.51.100.11 ───┤ bridge br0 in <p>-ul-<id> (the underlay)
+ *   <p>-n2-<id>  eth0 198.51.100.12 ───┘
+ *   pods: <p>-n1p1-<id> ... made by the real CNI binary inside their node namespace
+ * ```
+ *
+ * Each node runs `weftd` via `nsenter --net=` with its own subnet file, IPAM dir and log under
+ * `workDir/<node>/`. Everything is recorded in `workDir/state.json`, so another process (the lab
+ * CLI's `down`) can tear it down with {@link destroyTopology}. Teardown is idempotent.
+ */
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { EtcdServer, killAndWait } from './etcd.ts';
+
+const execFileP = promisify(execFile);
+const ROOT = resolve(import.meta.dirname, '..');
+
+export interface TopologyOptions {
+  /** Directory for state, logs, subnet files, IPAM stores and etcd data (created). */
+  workDir: string;
+  /** Namespace name prefix; `wt` (what test.sh checks for leftovers) by default. */
+  prefix?: string;
+  /** Random suffix by default. */
+  id?: string;
+  /** First three octets of the underlay /24: `198.51.100` (default) or `203.0.113`. */
+  underlay?: string;
+  /** Pod network written to etcd's config; default 198.18.0.0/16 with /24 per node. */
+  podNetwork?: string;
+  subnetLen?: number;
+  etcdPrefix?: string;
+  /** Extra config keys merged into the network config (SubnetMin, Backend, ...). */
+  networkConfig?: Record<string, unknown>;
+  /** weftd flags added to every daemon (e.g. short --lease-ttl for tests). */
+  weftdArgs?: string[];
+  weftdBin?: string;
+  weftBin?: string;
+  /** Processes outlive the creating process (lab CLI). */
+  detached?: boolean;
+}
+
+export interface LabNode {
+  name: string;
+  index: number;
+  netns: string;
+  ip: string;
+  dir: string;
+  subnetFile: string;
+  dataDir: string;
+  logFile: string;
+  /** 127.0.0.1:9333 inside the node namespace. */
+  healthzAddr: string;
+  pid?: number;
+}
+
+export interface LabPod {
+  name: string;
+  node: string;
+  netns: string;
+  containerId: string;
+  /** Pod address without prefix length. */
+  ip: string;
+  result: unknown;
+}
+
+export interface TopologyState {
+  id: string;
+  prefix: string;
+  workDir: string;
+  underlay: string;
+  podNetwork: string;
+  etcdPrefix: string;
+  etcdNetns: string;
+  underlayNetns: string;
+  etcdEndpoint: string;
+  etcdPid?: number;
+  nodes: LabNode[];
+  pods: LabPod[];
+}
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function ipn(ns: string, ...args: string[]): string {
+  return sh('ip', ['-n', ns, ...args]);
+}
+
+/** A running lab cluster. */
+export class Topology {
+  readonly state: TopologyState;
+  readonly etcd: EtcdServer;
+  readonly #opts: TopologyOptions;
+
+  private constructor(opts: TopologyOptions, state: TopologyState, etcd: EtcdServer) {
+    this.#opts = opts;
+    this.state = state;
+    this.etcd = etcd;
+  }
+
+  /**
+   * Builds the underlay and the control-plane namespace, starts etcd and stores the network
+   * config. Nodes are added with {@link addNode}. On failure everything made so far is removed.
+   */
+  static async create(opts: TopologyOptions): Promise<Topology> {
+    const prefix = opts.prefix ?? 'wt';
+    const id = opts.id ?? randomBytes(3).toString('hex');
+    const workDir = resolve(opts.workDir);
+    mkdirSync(workDir, { recursive: true });
+    const underlay = opts.underlay ?? '198.51.100';
+    const state: TopologyState = {
+      id,
+      prefix,
+      workDir,
+      underlay,
+      podNetwork: opts.podNetwork ?? '198.18.0.0/16',
+      etcdPrefix: opts.etcdPrefix ?? '/coreos.com/network',
+      underlayNetns: `${prefix}-ul-${id}`,
+      etcdNetns: `${prefix}-cp-${id}`,
+      etcdEndpoint: `http://${underlay}.2:2379`,
+      nodes: [],
+      pods: [],
+    };
+    const etcd = new EtcdServer({
+      netns: state.etcdNetns,
+      ip: `${underlay}.2`,
+      dataDir: join(workDir, 'etcd'),
+      logFile: join(workDir, 'etcd.log'),
+      detached: opts.detached,
+    });
+    const topo = new Topology(opts, state, etcd);
+    try {
+      topo.#save();
+      sh('ip', ['netns', 'add', state.underlayNetns]);
+      ipn(state.underlayNetns, 'link', 'set', 'lo', 'up');
+      ipn(state.underlayNetns, 'link', 'add', 'br0', 'type', 'bridge');
+      ipn(state.underlayNetns, 'link', 'set', 'br0', 'up');
+      topo.#attach(state.etcdNetns, 'vcp', `${underlay}.2`);
+      await etcd.start();
+      state.etcdPid = etcd.pid;
+      const config = {
+        Network: state.podNetwork,
+        SubnetLen: opts.subnetLen ?? 24,
+        Backend: { Type: 'vxlan', VNI: 1, Port: 8472 },
+        ...opts.networkConfig,
+      };
+      await etcd.put(`${state.etcdPrefix}/config`, JSON.stringify(config));
+      topo.#save();
+      return topo;
+    } catch (err) {
+      await topo.destroy();
+      throw err;
+    }
+  }
+
+  /** Creates namespace `ns`, wires its eth0 to the underlay bridge and gives it `ip`/24. */
+  #attach(ns: string, hostEnd: string, ip: string): void {
+    sh('ip', ['netns', 'add', ns]);
+    ipn(ns, 'link', 'set', 'lo', 'up');
+    ipn(this.state.underlayNetns, 'link', 'add', hostEnd, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+    ipn(this.state.underlayNetns, 'link', 'set', hostEnd, 'master', 'br0', 'up');
+    ipn(ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0');
+    ipn(ns, 'link', 'set', 'eth0', 'up');
+  }
+
+  #save(): void {
+    writeFileSync(join(this.state.workDir, 'state.json'), JSON.stringify(this.state, null, 2) + '\n');
+  }
+
+  node(name: string): LabNode {
+    const n = this.state.nodes.find((x) => x.name === name);
+    if (!n) throw new Error(`lab node "${name}" not found`);
+    return n;
+  }
+
+  /** Adds node `n<k>` (namespace, underlay link, address). Starts weftd unless `start: false`. */
+  async addNode(opts: { start?: boolean; args?: string[] } = {}): Promise<LabNode> {
+    const index = this.state.nodes.reduce((m, n) => Math.max(m, n.index), 0) + 1;
+    if (index > 200) throw new Error('lab: too many nodes');
+    const name = `n${index}`;
+    const dir = join(this.state.workDir, name);
+    mkdirSync(dir, { recursive: true });
+    const node: LabNode = {
+      name,
+      index,
+      netns: `${this.state.prefix}-${name}-${this.state.id}`,
+      ip: `${this.state.underlay}.${10 + index}`,
+      dir,
+      subnetFile: join(dir, 'subnet.env'),
+      dataDir: join(dir, 'ipam'),
+      logFile: join(dir, 'weftd.log'),
+      healthzAddr: '127.0.0.1:9333',
+    };
+    this.state.nodes.push(node);
+    this.#save();
+    this.#attach(node.netns, `v${name}`, node.ip);
+    if (opts.start ?? true) await this.startDaemon(name, { args: opts.args });
+    return node;
+  }
+
+  /** The weftd command line for a node (without extra args). */
+  weftdArgs(node: LabNode): string[] {
+    return [
+      '--etcd-endpoints', this.state.etcdEndpoint,
+      '--etcd-prefix', this.state.etcdPrefix,
+      '--iface', 'eth0',
+      '--subnet-file', node.subnetFile,
+      '--healthz-addr', node.healthzAddr,
+      '--node-name', node.name,
+      '--ip-masq',
+      '--log-level', 'debug',
+      ...(this.#opts.weftdArgs ?? []),
+    ];
+  }
+
+  /**
+   * Starts weftd in the node's namespace (log appended to node.logFile). With `wait` (default)
+   * resolves once /readyz answers 200.
+   */
+  async startDaemon(name: string, opts: { args?: string[]; wait?: boolean; timeoutMs?: number } = {}): Promise<number> {
+    const node = this.node(name);
+    if (node.pid && isAlive(node.pid)) throw new Error(`weftd on "${name}" is already running (pid ${node.pid})`);
+    const bin = this.#opts.weftdBin ?? join(ROOT, 'dist', 'bin', 'weftd');
+    const fd = openSync(node.logFile, 'a');
+    const child = spawn('nsenter', [`--net=/run/netns/${node.netns}`, '--', bin, ...this.weftdArgs(node), ...(opts.args ?? [])], {
+      stdio: ['ignore', fd, fd],
+      detached: this.#opts.detached ?? false,
+    });
+    closeSync(fd);
+    if (this.#opts.detached) child.unref();
+    node.pid = child.pid;
+    this.#save();
+    if (opts.wait ?? true) await this.waitReady(name, opts.timeoutMs);
+    return node.pid!;
+  }
+
+  /** Stops a node's weftd and waits for it to exit. */
+  async stopDaemon(name: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const node = this.node(name);
+    if (node.pid) await killAndWait(node.pid, signal);
+    node.pid = undefined;
+    this.#save();
+  }
+
+  /** GET a daemon endpoint (/healthz, /readyz, /metrics) from inside the node namespace. */
+  async http(name: string, path: string): Promise<{ status: number; body: string }> {
+    const node = this.node(name);
+    const { stdout } = await execFileP(
+      'nsenter',
+      [`--net=/run/netns/${node.netns}`, '--', 'curl', '-s', '-m', '3', '-w', '\n%{http_code}', `http://${node.healthzAddr}${path}`],
+      { encoding: 'utf8', timeout: 10_000 },
+    ).catch(() => ({ stdout: '\n0' }));
+    const cut = stdout.lastIndexOf('\n');
+    return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
+  }
+
+  async waitReady(name: string, timeoutMs = 30_000): Promise<void> {
+    const node = this.node(name);
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end) {
+      if (node.pid && !isAlive(node.pid)) throw new Error(`weftd on "${name}" exited; see ${node.logFile}:\n${tail(node.logFile)}`);
+      if ((await this.http(name, '/readyz')).status === 200) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error(`weftd on "${name}" not ready after ${timeoutMs} ms; see ${node.logFile}:\n${tail(node.logFile)}`);
+  }
+
+  /** The node's FLANNEL_* subnet file as a map (empty when absent). */
+  subnetEnv(name: string): Record<string, string> {
+    const file = this.node(name).subnetFile;
+    if (!existsSync(file)) return {};
+    const out: Record<string, string> = {};
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const m = /^(\w+)=(.*)$/.exec(line);
+      if (m) out[m[1]] = m[2];
+    }
+    return out;
+  }
+
+  #cniConf(node: LabNode): string {
+    return JSON.stringify({
+      cniVersion: '1.0.0',
+      name: 'weft-lab',
+      type: 'weft',
+      bridge: 'cni0',
+      subnetFile: node.subnetFile,
+      dataDir: node.dataDir,
+    });
+  }
+
+  async #cni(node: LabNode, command: 'ADD' | 'DEL', pod: { netns: string; containerId: string }): Promise<string> {
+    const bin = this.#opts.weftBin ?? join(ROOT, 'dist', 'bin', 'weft');
+    const p = execFileP('nsenter', [`--net=/run/netns/${node.netns}`, '--', bin], {
+      encoding: 'utf8',
+      timeout: 30_000,
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: pod.containerId,
+        CNI_NETNS: `/run/netns/${pod.netns}`,
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: '/usr/lib/cni',
+      },
+    });
+    p.child.stdin?.end(this.#cniConf(node));
+    try {
+      return (await p).stdout;
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string };
+      throw new Error(`weft CNI ${command} on "${node.name}" failed: ${e.stdout ?? ''} ${e.stderr ?? ''}`.trim(), { cause: err });
+    }
+  }
+
+  /** Creates a pod namespace on `nodeName` and runs the real CNI binary's ADD for it. */
+  async addPod(nodeName: string): Promise<LabPod> {
+    const node = this.node(nodeName);
+    const k = this.state.pods.filter((p) => p.node === nodeName).length + 1;
+    const name = `${nodeName}p${k}`;
+    const pod: LabPod = { name, node: nodeName, netns: `${this.state.prefix}-${name}-${this.state.id}`, containerId: `lab-${this.state.id}-${name}`, ip: '', result: null };
+    sh('ip', ['netns', 'add', pod.netns]);
+    this.state.pods.push(pod);
+    this.#save();
+    ipn(pod.netns, 'link', 'set', 'lo', 'up');
+    const out = await this.#cni(node, 'ADD', pod);
+    const result = JSON.parse(out) as { ips?: Array<{ address: string }> };
+    const addr = result.ips?.[0]?.address;
+    if (!addr) throw new Error(`weft CNI ADD on "${nodeName}" returned no address: ${out}`);
+    pod.ip = addr.split('/')[0];
+    pod.result = result;
+    this.#save();
+    return pod;
+  }
+
+  /** Runs CNI DEL for a pod and deletes its namespace. */
+  async removePod(name: string): Promise<void> {
+    const pod = this.state.pods.find((p) => p.name === name);
+    if (!pod) return;
+    await this.#cni(this.node(pod.node), 'DEL', pod).catch(() => undefined);
+    try {
+      sh('ip', ['netns', 'del', pod.netns]);
+    } catch {
+      /* already gone */
+    }
+    this.state.pods = this.state.pods.filter((p) => p !== pod);
+    this.#save();
+  }
+
+  /** Stops etcd (SIGTERM by default) and waits; the data dir and leases are kept. */
+  async stopEtcd(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.etcd.stop(signal);
+    this.state.etcdPid = undefined;
+    this.#save();
+  }
+
+  /** Starts etcd again on the same data dir and waits until healthy. */
+  async startEtcd(): Promise<void> {
+    await this.etcd.start();
+    this.state.etcdPid = this.etcd.pid;
+    this.#save();
+  }
+
+  /** Stops every process and deletes every namespace; logs stay in the work dir. */
+  async destroy(): Promise<void> {
+    this.state.etcdPid = this.etcd.pid;
+    await destroyTopology(this.state);
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/ Z /.test(stat.slice(stat.lastIndexOf(')')));
+  } catch {
+    return false;
+  }
+}
+
+function tail(file: string, lines = 20): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Tears down a topology from its state (object or `workDir` holding state.json): kills weftd
+ * and etcd, deletes pod, node, control-plane and underlay namespaces. Idempotent; keeps the work
+ * dir's logs unless `removeWorkDir`.
+ */
+export async function destroyTopology(stateOrDir: TopologyState | string, opts: { removeWorkDir?: boolean } = {}): Promise<void> {
+  let state: TopologyState;
+  if (typeof stateOrDir === 'string') {
+    const file = join(stateOrDir, 'state.json');
+    if (!existsSync(file)) return;
+    state = JSON.parse(readFileSync(file, 'utf8')) as TopologyState;
+  } else {
+    state = stateOrDir;
+  }
+  await Promise.all(state.nodes.map((n) => (n.pid && isAlive(n.pid) ? killAndWait(n.pid, 'SIGKILL') : undefined)));
+  if (state.etcdPid && isAlive(state.etcdPid)) await killAndWait(state.etcdPid, 'SIGKILL');
+  const names = [...state.pods.map((p) => p.netns), ...state.nodes.map((n) => n.netns), state.etcdNetns, state.underlayNetns];
+  for (const ns of names) {
+    try {
+      sh('ip', ['netns', 'del', ns]);
+    } catch {
+      /* already gone */
+    }
+  }
+  for (const n of state.nodes) n.pid = undefined;
+  state.etcdPid = undefined;
+  if (opts.removeWorkDir) rmSync(state.workDir, { recursive: true, force: true });
+  else if (existsSync(state.workDir)) writeFileSync(join(state.workDir, 'state.json'), JSON.stringify({ ...state, nodes: [], pods: [] }, null, 2) + '\n');
+}
