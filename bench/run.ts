@@ -13,11 +13,13 @@ import { sweepStale } from './lib/scope.ts';
 import { renderTable, unavailable, type BenchContext, type Figure } from './lib/report.ts';
 import { root } from './lib/paths.ts';
 import { figAddDel } from './figures/add-del.ts';
+import { figConcurrent } from './figures/concurrent.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
 const figures: Record<string, { title: string; run: FigureFn }> = {
   add: { title: 'pod ADD/DEL latency (standalone weft binary)', run: (ctx) => figAddDel(ctx) },
+  concurrent: { title: '100 concurrent ADDs, then 100 DELs', run: (ctx) => figConcurrent(ctx) },
 };
 
 async function main(): Promise<void> {

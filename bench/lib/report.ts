@@ -43,7 +43,7 @@ export function ratio(row: Row): number | null {
 
 function fmt(x: number | null | undefined, unit = ''): string {
   if (x === null || x === undefined || Number.isNaN(x)) return '-';
-  const v = Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2);
+  const v = Number.isInteger(x) ? String(x) : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2);
   return unit ? `${v} ${unit}` : v;
 }
 
