@@ -7,7 +7,7 @@
  * exec'able as is, the way kubelet runs a CNI plugin.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 
@@ -15,6 +15,9 @@ const root = join(import.meta.dirname, '..');
 const dist = join(root, 'dist');
 mkdirSync(join(dist, 'bin'), { recursive: true });
 mkdirSync(join(dist, 'native'), { recursive: true });
+// The bundles are CommonJS, but the root package.json says "type": "module", which Node applies
+// to extensionless files under it: this scope marker makes dist/bin/* load as CommonJS.
+writeFileSync(join(dist, 'package.json'), '{ "type": "commonjs" }\n');
 
 execFileSync('cc', [
   '-O2', '-Wall', '-Werror', '-shared', '-fPIC',
