@@ -1,0 +1,53 @@
+/**
+ * DEL: remove the veth pair and release the address. Idempotent: a namespace, link or
+ * allocation that is already gone counts as done, so DEL after a failed ADD, after the pod's
+ * namespace vanished, or twice in a row succeeds. Needs neither the subnet file nor the pod's
+ * namespace: the host veth's name derives from (containerID, ifname).
+ * The link goes first, the allocation last: a crash in between leaves only an allocation,
+ * which GC (or the next DEL) still finds.
+ */
+import { isGone, LinkNotFoundError, type Netlink } from '../netlink/index.ts';
+import { NetnsNotFoundError } from '../netns/index.ts';
+import { hostVethName, type Deps, type Request } from './plugin.ts';
+
+/** Deletes link `name` when it is a veth; gone already is fine. */
+export async function deleteVeth(nl: Netlink, name: string): Promise<boolean> {
+  try {
+    const link = await nl.linkByName(name);
+    if (link.kind !== undefined && link.kind !== 'veth') return false;
+    await nl.linkDel(link.index);
+    return true;
+  } catch (err) {
+    if (err instanceof LinkNotFoundError || isGone(err)) return false;
+    throw new Error(`delete veth "${name}"`, { cause: err });
+  }
+}
+
+export async function cmdDel(req: Request, deps: Deps): Promise<void> {
+  const { env, conf } = req;
+  const host = deps.openNetlink();
+  try {
+    await deleteVeth(host, hostVethName(env.containerID, env.ifname));
+  } finally {
+    host.close();
+  }
+  // The pair is normally gone with its host end; this covers a pod end left on its own.
+  if (env.netns) {
+    let pod;
+    try {
+      pod = deps.openNetns(env.netns);
+    } catch (err) {
+      if (!(err instanceof NetnsNotFoundError)) throw err;
+    }
+    if (pod) {
+      const nl = deps.openNetlink(pod);
+      try {
+        await deleteVeth(nl, env.ifname);
+      } finally {
+        nl.close();
+        pod.close();
+      }
+    }
+  }
+  await deps.store(conf).releaseByOwner({ containerID: env.containerID, ifname: env.ifname });
+}

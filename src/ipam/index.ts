@@ -1,0 +1,42 @@
+/** Pod IP address management: pick with the pure allocator, claim atomically in a store. */
+import { formatIPv4 } from '../ip/ipv4.ts';
+import { candidates, NoFreeAddressError, type Owner, type Range } from './allocator.ts';
+import type { Store } from './store.ts';
+
+export * from './allocator.ts';
+export type { Allocation, Store } from './store.ts';
+
+/** The owner already holds an address (host-local refuses duplicates too). */
+export class DuplicateAllocationError extends Error {
+  constructor(owner: Owner, ip: number) {
+    super(`${formatIPv4(ip)} is already allocated to container "${owner.containerID}" interface "${owner.ifname}"`);
+    this.name = 'DuplicateAllocationError';
+  }
+}
+
+/**
+ * Allocates an address for `owner`. Candidates already known to be taken are skipped; each
+ * claim is atomic in the store, so concurrent callers for different owners that race for the
+ * same address just move on to the next one. Throws {@link NoFreeAddressError} when exhausted.
+ */
+export async function allocate(store: Store, range: Range, owner: Owner): Promise<number> {
+  const existing = await store.list();
+  const mine = existing.find((a) => a.containerID === owner.containerID && a.ifname === owner.ifname);
+  if (mine) throw new DuplicateAllocationError(owner, mine.ip);
+  const taken = new Set(existing.map((a) => a.ip));
+  for (const ip of candidates(range, await store.lastReserved())) {
+    if (taken.has(ip)) continue;
+    if (await store.reserve(ip, owner)) {
+      await store.setLastReserved(ip);
+      return ip;
+    }
+  }
+  throw new NoFreeAddressError(range.subnet);
+}
+
+/** True when at least one address of the range is free. */
+export async function hasFree(store: Store, range: Range): Promise<boolean> {
+  const taken = new Set((await store.list()).map((a) => a.ip));
+  for (const ip of candidates(range)) if (!taken.has(ip)) return true;
+  return false;
+}
