@@ -1,0 +1,30 @@
+/**
+ * Builds the fast-path launcher: `node src/fastpath/build.ts [OUTFILE]` (default
+ * dist/bin/weft-fast). A static binary when the toolchain can link one (no loader, no libc
+ * lookups at start), else dynamic.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+const root = join(import.meta.dirname, '..', '..');
+
+/** The default output path of the launcher. */
+export const LAUNCHER = join(root, 'dist', 'bin', 'weft-fast');
+
+/** Compiles launcher.c to `outfile`; returns the path. */
+export function buildLauncher(outfile = LAUNCHER): string {
+  mkdirSync(dirname(outfile), { recursive: true });
+  const src = join(import.meta.dirname, 'launcher.c');
+  const args = ['-O2', '-Wall', '-Wextra', '-Werror', '-o', outfile, src];
+  try {
+    execFileSync('cc', ['-static', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch {
+    execFileSync('cc', args, { stdio: 'inherit' });
+  }
+  return outfile;
+}
+
+if (process.argv[1] === import.meta.filename) {
+  console.log(`built ${buildLauncher(process.argv[2])}`);
+}
