@@ -7,7 +7,7 @@
  * exec'able as is, the way kubelet runs a CNI plugin.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 
@@ -18,6 +18,9 @@ mkdirSync(join(dist, 'native'), { recursive: true });
 // The bundles are CommonJS, but the root package.json says "type": "module", which Node applies
 // to extensionless files under it: this scope marker makes dist/bin/* load as CommonJS.
 writeFileSync(join(dist, 'package.json'), '{ "type": "commonjs" }\n');
+// etcd3 reads its .proto files at run time from `<its lib dir>/../proto`; bundled, that is
+// dist/bin/../proto.
+cpSync(join(root, 'node_modules', 'etcd3', 'proto'), join(dist, 'proto'), { recursive: true });
 
 execFileSync('cc', [
   '-O2', '-Wall', '-Werror', '-shared', '-fPIC',
