@@ -14,12 +14,15 @@ import { renderTable, unavailable, type BenchContext, type Figure } from './lib/
 import { root } from './lib/paths.ts';
 import { figAddDel } from './figures/add-del.ts';
 import { figConcurrent } from './figures/concurrent.ts';
+import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
 const figures: Record<string, { title: string; run: FigureFn }> = {
   add: { title: 'pod ADD/DEL latency (standalone weft binary)', run: (ctx) => figAddDel(ctx) },
   concurrent: { title: '100 concurrent ADDs, then 100 DELs', run: (ctx) => figConcurrent(ctx) },
+  fast: { title: 'pod ADD/DEL latency via the fast path (launcher -> in-daemon CNI)', run: figFastAdd },
+  fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
 };
 
 async function main(): Promise<void> {

@@ -49,7 +49,7 @@ export async function addDelSamples(scope: BenchScope, sides: Side[], pods: numb
   }
 }
 
-export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; id?: string; title?: string; serve?: (nodeNs: string, dir: string) => Promise<object> } = {}): Promise<Figure> {
+export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {}): Promise<Figure> {
   const id = opts.id ?? 'add';
   const title = opts.title ?? 'pod ADD/DEL latency (standalone weft binary)';
   const plugin = opts.weftPlugin ?? bins.weft;
@@ -63,7 +63,7 @@ export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; 
     const wDir = scope.tmpdir('w');
     const rDir = scope.tmpdir('r');
     const subnetFile = writeSubnetEnv(wDir, SUBNET);
-    const extra = opts.serve ? await opts.serve(wNode, wDir) : {};
+    const extra = opts.serve ? await opts.serve(scope, wNode, wDir) : {};
     const weft: Side = { name: 'w', plugin, nodeNs: wNode, config: weftConfig(wDir, subnetFile, extra), add: [], del: [] };
     const ref: Side = { name: 'r', plugin: bins.bridge, nodeNs: rNode, config: refConfig(rDir, SUBNET), add: [], del: [] };
     const base: number[] = [];

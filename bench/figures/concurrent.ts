@@ -81,7 +81,7 @@ async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeN
   };
 }
 
-export async function figConcurrent(ctx: BenchContext, opts: { weftPlugin?: string; id?: string; title?: string; serve?: (nodeNs: string, dir: string) => Promise<object> } = {}): Promise<Figure> {
+export async function figConcurrent(ctx: BenchContext, opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {}): Promise<Figure> {
   const id = opts.id ?? 'concurrent';
   const title = opts.title ?? '100 concurrent ADDs, then 100 DELs';
   const plugin = opts.weftPlugin ?? bins.weft;
@@ -95,7 +95,7 @@ export async function figConcurrent(ctx: BenchContext, opts: { weftPlugin?: stri
     const wDir = scope.tmpdir('w');
     const rDir = scope.tmpdir('r');
     const subnetFile = writeSubnetEnv(wDir, SUBNET);
-    const extra = opts.serve ? await opts.serve(wNode, wDir) : {};
+    const extra = opts.serve ? await opts.serve(scope, wNode, wDir) : {};
     const wConf = weftConfig(wDir, subnetFile, extra);
     const rConf = refConfig(rDir, SUBNET);
     // Warm both up (bridge created, page cache filled) so the burst measures steady state.

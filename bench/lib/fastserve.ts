@@ -1,0 +1,38 @@
+/** Starts bench/lib/cni-server.ts in a node namespace and waits until it listens. */
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import type { BenchScope } from './scope.ts';
+import { root } from './paths.ts';
+
+export interface Served {
+  socket: string;
+  child: ChildProcess;
+  /** "handled <COMMAND> <ms>" lines seen so far, as [command, ms]. */
+  handled: Array<[string, number]>;
+}
+
+export async function startFastServer(scope: BenchScope, nodeNs: string, dir: string): Promise<Served> {
+  const socket = join(dir, 'cni.sock');
+  const child = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'cni-server.ts'), socket], {
+    ns: nodeNs,
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1' },
+  });
+  const handled: Array<[string, number]> = [];
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => {
+    for (const line of b.toString().split('\n')) {
+      const m = /^handled (\S+) ([\d.]+)$/.exec(line);
+      if (m) handled.push([m[1], Number(m[2])]);
+      else if (line) err += line + '\n';
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`fast-path server did not start: ${err}`)), 15_000);
+    child.stdout!.on('data', (b: Buffer) => {
+      if (b.toString().includes('ready')) (clearTimeout(timer), resolve());
+    });
+    child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`fast-path server exited ${code}: ${err.slice(0, 500)}`))));
+  });
+  return { socket, child, handled };
+}
