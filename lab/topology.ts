@@ -114,6 +114,8 @@ export class Topology {
     const id = opts.id ?? randomBytes(3).toString('hex');
     const workDir = resolve(opts.workDir);
     mkdirSync(workDir, { recursive: true });
+    // A new lab starts from an empty etcd (leases of an earlier lab would look like peers).
+    rmSync(join(workDir, 'etcd'), { recursive: true, force: true });
     const underlay = opts.underlay ?? '198.51.100';
     const state: TopologyState = {
       id,

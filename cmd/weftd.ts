@@ -1,0 +1,67 @@
+/**
+ * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the etcd subnet
+ * manager, netlink and the logger, and runs until SIGTERM/SIGINT. Exit codes: 0 after a clean
+ * stop, 2 on bad usage, 1 on a fatal error.
+ */
+import { hostname } from 'node:os';
+import { createLogger } from '../src/daemon/logger.ts';
+import { Metrics } from '../src/daemon/metrics.ts';
+import { parseOptions, usage, UsageError } from '../src/daemon/options.ts';
+import { runDaemon } from '../src/daemon/run.ts';
+import { openNetlink } from '../src/netlink/index.ts';
+import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
+
+async function main(): Promise<number> {
+  let opts;
+  try {
+    opts = parseOptions(process.argv.slice(2), process.env, hostname());
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`weftd: ${err.message}\n\n${usage()}`);
+      return 2;
+    }
+    throw err;
+  }
+  if (!opts) {
+    process.stdout.write(usage());
+    return 0;
+  }
+  const log = createLogger({ level: opts.logLevel, node: opts.nodeName });
+  const metrics = new Metrics();
+  const ac = new AbortController();
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      if (!ac.signal.aborted) log.info(`${sig}: stopping`);
+      ac.abort();
+    });
+  }
+  const manager = new EtcdSubnetManager({
+    endpoints: opts.etcdEndpoints,
+    prefix: opts.etcdPrefix,
+    cafile: opts.etcdCafile,
+    certfile: opts.etcdCertfile,
+    keyfile: opts.etcdKeyfile,
+    onError: () => metrics.etcdErrors++,
+    log: (level, msg) => log.log(level, msg),
+  });
+  const nl = openNetlink();
+  log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
+  try {
+    await runDaemon(opts, { nl, manager, log, metrics }, ac.signal);
+    return 0;
+  } catch (err) {
+    log.error(`fatal: ${(err as Error).message}`, { cause: String((err as Error).cause ?? '') });
+    return 1;
+  } finally {
+    manager.close();
+    nl.close();
+  }
+}
+
+main().then(
+  (code) => setTimeout(() => process.exit(code), 50),
+  (err) => {
+    process.stderr.write(`weftd: ${(err as Error).stack ?? err}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,29 @@
+/**
+ * The backend seam (flannel's backend.Backend / backend.Network split): the daemon hands a
+ * backend network the lease table, the backend turns it into kernel state. Only vxlan exists.
+ */
+import type { Lease } from '../subnet/lease.ts';
+
+export interface BackendNetwork {
+  /** The backend data this node publishes in its lease (opaque to the subnet manager). */
+  readonly backendData: unknown;
+  readonly backendType: string;
+  /** Replaces the whole peer set (initial list, resync after compaction or reconnect). */
+  applySnapshot(leases: Lease[]): Promise<void>;
+  /** A lease appeared or changed. */
+  applyPut(lease: Lease): Promise<void>;
+  /** A lease went away. */
+  applyDelete(lease: Pick<Lease, 'subnet'>): Promise<void>;
+  /** Compares kernel state with the peer set and repairs drift; returns how many fixes it made. */
+  reconcile(): Promise<number>;
+  /** Number of peers currently programmed. */
+  readonly peerCount: number;
+}
+
+/** The logging surface backends use (a winston Logger satisfies it). */
+export interface Log {
+  error(msg: string, meta?: Record<string, unknown>): unknown;
+  warn(msg: string, meta?: Record<string, unknown>): unknown;
+  info(msg: string, meta?: Record<string, unknown>): unknown;
+  debug(msg: string, meta?: Record<string, unknown>): unknown;
+}

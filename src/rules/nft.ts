@@ -1,0 +1,86 @@
+/**
+ * Masquerade and forward rules in weft's own nftables table (`table ip weft`), never touching
+ * anybody else's chains. The table is replaced in ONE `nft -f` transaction:
+ * `add table` (so the delete cannot fail), `delete table`, then the full new table. nftables
+ * applies a transaction atomically, so there is no moment without rules (flannel flushes and
+ * re-adds its iptables chains, which breaks egress during restarts: flannel#2237).
+ *
+ * `nft` is the ecosystem's own interface here (kube-proxy's nftables mode drives it the same
+ * way), which is why this is the one place in src/ that runs a child process.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { formatCIDR, type IPv4Net } from '../ip/ipv4.ts';
+
+export const TABLE = 'weft';
+
+export interface RulesSpec {
+  /** The whole pod network. */
+  network: IPv4Net;
+  /** This node's subnet. */
+  subnet: IPv4Net;
+  /** Add the nat postrouting chain (--ip-masq). The forward chain is always there. */
+  masquerade: boolean;
+}
+
+/** The complete `nft -f` script for `spec` (pure, for tests and `weftctl`). */
+export function rulesScript(spec: RulesSpec): string {
+  const net = formatCIDR(spec.network);
+  const sub = formatCIDR(spec.subnet);
+  const lines = [
+    `add table ip ${TABLE}`,
+    `delete table ip ${TABLE}`,
+    `table ip ${TABLE} {`,
+    '  chain forward {',
+    '    type filter hook forward priority filter; policy accept;',
+    `    ip saddr ${net} accept`,
+    `    ip daddr ${net} accept`,
+    '  }',
+  ];
+  if (spec.masquerade) {
+    lines.push(
+      '  chain postrouting {',
+      '    type nat hook postrouting priority srcnat; policy accept;',
+      // pod -> pod anywhere in the cluster keeps its source address
+      `    ip saddr ${net} ip daddr ${net} return`,
+      // pod -> outside (not multicast) leaves with the node's address
+      `    ip saddr ${net} ip daddr != 224.0.0.0/4 masquerade fully-random`,
+      // outside -> our own pods keeps its source
+      `    ip saddr != ${net} ip daddr ${sub} return`,
+      // outside -> other nodes' pods is masqueraded so replies come back through us
+      `    ip saddr != ${net} ip daddr ${net} masquerade fully-random`,
+      '  }',
+    );
+  }
+  lines.push('}');
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * The system's nft. Looked up in the sbin directories first: a PATH that starts with
+ * node_modules/.bin would find an unrelated npm package's `nft`.
+ */
+export function defaultNftBin(): string {
+  return ['/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft'].find((p) => existsSync(p)) ?? 'nft';
+}
+
+/** Runs `nft -f -` with `script`; rejects with nft's stderr. */
+export function nftApply(script: string, opts: { nftBin?: string; signal?: AbortSignal } = {}): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(opts.nftBin ?? defaultNftBin(), ['-f', '-'], { encoding: 'utf8', timeout: 30_000 }, (err, _out, stderr) => {
+      if (err) reject(new Error(`nft: ${stderr.trim() || err.message}`, { cause: err }));
+      else resolve();
+    });
+    child.stdin?.end(script);
+  });
+}
+
+/** Installs or atomically replaces weft's table. */
+export async function ensureRules(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<void> {
+  await nftApply(rulesScript(spec), opts);
+}
+
+/** Removes weft's table (idempotent). */
+export async function removeRules(opts: { nftBin?: string } = {}): Promise<void> {
+  await nftApply(`add table ip ${TABLE}\ndelete table ip ${TABLE}\n`, opts);
+}
