@@ -1,0 +1,175 @@
+/**
+ * The CNI fast path: the static launcher forwarding requests to a process serving the CNI
+ * handler in-process (bench/lib/cni-server.ts runs the same server weftd runs), compared with
+ * the standalone binary; and the launcher's fallback to the standalone binary when the server
+ * is absent, dead, or never acknowledges.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { buildLauncher, LAUNCHER } from '../../src/fastpath/build.ts';
+import { cni, cniFixture, WEFT_BIN, type CniEnvFixture } from '../helpers/cni.ts';
+import { eventually, ipJson, Scope } from '../helpers/netns.ts';
+
+const root = resolve(import.meta.dirname, '..', '..');
+
+test.before(() => {
+  const src = join(root, 'src', 'fastpath', 'launcher.c');
+  if (!existsSync(LAUNCHER) || statSync(LAUNCHER).mtimeMs < statSync(src).mtimeMs) buildLauncher();
+});
+
+interface Server {
+  socket: string;
+  handled: string[];
+  kill(signal: NodeJS.Signals): void;
+}
+
+/** Starts the fast-path server inside `node` and waits until it listens. */
+async function startServer(scope: Scope, node: string, fx: CniEnvFixture): Promise<Server> {
+  const socket = join(fx.dir, 'cni.sock');
+  const child = scope.spawn('nsenter', [`--net=/run/netns/${node}`, '--', process.execPath, join(root, 'bench', 'lib', 'cni-server.ts'), socket], {
+    cwd: root,
+    env: { PATH: process.env.PATH, WEFT_FASTPATH_TIMING: '1' },
+  });
+  const handled: string[] = [];
+  let log = '';
+  child.stderr!.on('data', (b: Buffer) => {
+    log += b.toString();
+    for (const m of b.toString().matchAll(/^handled (\S+) /gm)) handled.push(m[1]);
+  });
+  let ready = false;
+  child.stdout!.on('data', (b: Buffer) => (ready ||= b.toString().includes('ready')));
+  const ok = await eventually(() => ready || child.exitCode !== null, 20_000, 50);
+  if (!ok || !ready) throw new Error(`fast-path server did not start: ${log}`);
+  return { socket, handled, kill: (sig) => child.kill(sig) };
+}
+
+function setup(t: ExecutionContext, third: number) {
+  const scope = new Scope();
+  t.teardown(() => scope.cleanup());
+  const node = scope.netns('node');
+  const fx = cniFixture(scope, { third });
+  return { scope, node, fx };
+}
+
+function ipFiles(fx: CniEnvFixture): string[] {
+  return existsSync(fx.ipamDir) ? readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];
+}
+
+/** The pod's kernel state that an ADD is responsible for, minus per-run values (MACs). */
+function podState(pod: string) {
+  const eth0 = ipJson(pod, 'addr', 'show', 'dev', 'eth0')[0];
+  return {
+    mtu: eth0?.mtu,
+    up: eth0?.flags.includes('UP'),
+    addrs: (eth0?.addr_info ?? []).filter((a: any) => a.family === 'inet').map((a: any) => `${a.local}/${a.prefixlen}`),
+    routes: ipJson(pod, 'route', 'show').map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`).sort(),
+  };
+}
+
+function normalize(result: any) {
+  return {
+    ...result,
+    interfaces: result.interfaces.map((i: any) => ({ ...i, mac: typeof i.mac, sandbox: i.sandbox && 'sandbox' })),
+  };
+}
+
+test('ADD and DEL through the launcher with the server up match the standalone binary', async (t) => {
+  const fast = setup(t, 41);
+  const solo = setup(t, 41); // same subnet, its own node: results must be identical
+  const server = await startServer(fast.scope, fast.node, fast.fx);
+  const fastPod = fast.scope.netns('pod');
+  const soloPod = solo.scope.netns('pod');
+  const conf = (fx: CniEnvFixture) => fx.conf({ fastpathSocket: server.socket });
+
+  const a = await cni(fast.node, { bin: LAUNCHER, command: 'ADD', conf: conf(fast.fx), containerID: 'c1', netns: fastPod, ifname: 'eth0' });
+  const b = await cni(solo.node, { bin: WEFT_BIN, command: 'ADD', conf: solo.fx.conf(), containerID: 'c1', netns: soloPod, ifname: 'eth0' });
+  t.is(a.code, 0, a.stdout + a.stderr);
+  t.is(b.code, 0, b.stdout + b.stderr);
+  t.deepEqual(server.handled, ['ADD'], 'the request was served in-process');
+  t.deepEqual(normalize(a.json), normalize(b.json));
+  t.is(a.json.ips[0].address, '198.18.41.2/24');
+  t.deepEqual(podState(fastPod), podState(soloPod));
+  t.deepEqual(ipFiles(fast.fx), ['198.18.41.2']);
+  const veth = ipJson(fast.node, 'link', 'show', 'type', 'veth');
+  t.deepEqual(veth.map((l) => [l.ifname, l.master]), [[a.json.interfaces[1].name, 'cni0']]);
+
+  // Same error for the same bad request: a second ADD of the same interface.
+  const again = await cni(fast.node, { bin: LAUNCHER, command: 'ADD', conf: conf(fast.fx), containerID: 'c1', netns: fastPod, ifname: 'eth0' });
+  const againSolo = await cni(solo.node, { bin: WEFT_BIN, command: 'ADD', conf: solo.fx.conf(), containerID: 'c1', netns: soloPod, ifname: 'eth0' });
+  t.is(again.code, 1);
+  t.is(again.code, againSolo.code);
+  t.is(again.json.code, againSolo.json.code);
+
+  const d = await cni(fast.node, { bin: LAUNCHER, command: 'DEL', conf: conf(fast.fx), containerID: 'c1', netns: fastPod, ifname: 'eth0' });
+  t.is(d.code, 0, d.stdout + d.stderr);
+  t.is(d.stdout, '');
+  t.deepEqual(server.handled, ['ADD', 'ADD', 'DEL']);
+  t.deepEqual(ipJson(fastPod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(ipJson(fast.node, 'link', 'show', 'type', 'veth'), []);
+  t.deepEqual(ipFiles(fast.fx), []);
+
+  const v = await cni(fast.node, { bin: LAUNCHER, command: 'VERSION', conf: conf(fast.fx) });
+  t.is(v.code, 0);
+  t.true(v.json.supportedVersions.includes('1.1.0'));
+});
+
+test('20 concurrent ADDs through the server get distinct addresses; DELs release them all', async (t) => {
+  const { scope, node, fx } = setup(t, 42);
+  const server = await startServer(scope, node, fx);
+  const pods = Array.from({ length: 20 }, () => scope.netns('pod'));
+  const conf = fx.conf({ fastpathSocket: server.socket });
+  const adds = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
+  for (const a of adds) t.is(a.code, 0, a.stdout + a.stderr);
+  const ips = adds.map((a) => a.json.ips[0].address);
+  t.is(new Set(ips).size, 20);
+  pods.forEach((pod, i) => t.deepEqual(podState(pod).addrs, [ips[i]]));
+  t.is(server.handled.filter((c) => c === 'ADD').length, 20);
+  const dels = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'DEL', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
+  for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
+  t.deepEqual(ipFiles(fx), []);
+  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+});
+
+test('with no server, and with a dead server\'s stale socket, the launcher falls back to the standalone binary', async (t) => {
+  const { scope, node, fx } = setup(t, 43);
+  const pod = scope.netns('pod');
+  const absent = fx.conf({ fastpathSocket: join(fx.dir, 'nobody.sock') });
+  const add = await cni(node, { bin: LAUNCHER, command: 'ADD', conf: absent, containerID: 'c1', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+  t.is(add.code, 0, add.stdout + add.stderr);
+  t.regex(add.stderr, /falling back to .*weft/);
+  t.is(add.json.ips[0].address, '198.18.43.2/24');
+  t.deepEqual(podState(pod).addrs, ['198.18.43.2/24']);
+
+  // A server killed with SIGKILL leaves its socket file: connect is refused, fall back again.
+  const server = await startServer(scope, node, fx);
+  server.kill('SIGKILL');
+  await eventually(async () => {
+    const probe = await cni(node, { bin: LAUNCHER, command: 'VERSION', conf: fx.conf({ fastpathSocket: server.socket }), env: { WEFT_LAUNCHER_DEBUG: '1' } });
+    return /falling back/.test(probe.stderr);
+  });
+  t.true(existsSync(server.socket), 'stale socket file is still there');
+  const del = await cni(node, { bin: LAUNCHER, command: 'DEL', conf: fx.conf({ fastpathSocket: server.socket }), containerID: 'c1', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+  t.is(del.code, 0, del.stdout + del.stderr);
+  t.regex(del.stderr, /falling back/);
+  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(ipFiles(fx), []);
+  t.deepEqual(server.handled, []);
+});
+
+test('a server that accepts but never acknowledges is abandoned: the launcher falls back and the request runs once', async (t) => {
+  const { scope, node, fx } = setup(t, 44);
+  const pod = scope.netns('pod');
+  const socket = join(fx.dir, 'mute.sock');
+  const received: number[] = [];
+  const mute = createServer((sock) => sock.on('data', (b) => received.push(b.length)));
+  await new Promise<void>((r) => mute.listen(socket, r));
+  t.teardown(() => mute.close());
+  const add = await cni(node, { bin: LAUNCHER, command: 'ADD', conf: fx.conf({ fastpathSocket: socket }), containerID: 'c1', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+  t.is(add.code, 0, add.stdout + add.stderr);
+  t.regex(add.stderr, /falling back .*no acknowledgement/);
+  t.true(received.length > 0, 'the mute server got the request');
+  t.deepEqual(podState(pod).addrs, [add.json.ips[0].address]);
+  t.deepEqual(ipFiles(fx), [add.json.ips[0].address.split('/')[0]]);
+});
