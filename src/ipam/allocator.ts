@@ -44,7 +44,8 @@ export function isAssignable(range: Range, ip: number): boolean {
 export function capacity(range: Range): number {
   const { first, last } = bounds(range);
   const n = last - first + 1;
-  return Math.max(0, isAssignable(range, range.gateway) ? n - 1 : n);
+  const gatewayInside = range.gateway >= first && range.gateway <= last;
+  return Math.max(0, gatewayInside ? n - 1 : n);
 }
 
 /**
