@@ -15,6 +15,7 @@ import { root } from './lib/paths.ts';
 import { figAddDel } from './figures/add-del.ts';
 import { figConcurrent } from './figures/concurrent.ts';
 import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
+import { figWhere } from './figures/where.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
@@ -23,6 +24,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   concurrent: { title: '100 concurrent ADDs, then 100 DELs', run: (ctx) => figConcurrent(ctx) },
   fast: { title: 'pod ADD/DEL latency via the fast path (launcher -> in-daemon CNI)', run: figFastAdd },
   fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
+  where: { title: 'where the ADD time goes', run: figWhere },
 };
 
 async function main(): Promise<void> {

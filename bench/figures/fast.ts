@@ -4,28 +4,37 @@
  */
 import type { BenchScope } from '../lib/scope.ts';
 import { bins, missing } from '../lib/paths.ts';
-import { startFastServer } from '../lib/fastserve.ts';
-import { summarize } from '../lib/stats.ts';
+import { startFastServer, type Handled } from '../lib/fastserve.ts';
+import { median, round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure } from '../lib/report.ts';
 import { figAddDel } from './add-del.ts';
 import { figConcurrent } from './concurrent.ts';
 
-function serverFor(details: Record<string, unknown>) {
+function serverFor(box: { handled?: Handled[] }) {
   return async (scope: BenchScope, nodeNs: string, dir: string) => {
     const s = await startFastServer(scope, nodeNs, dir);
-    details.inProcess = s.handled;
+    box.handled = s.handled;
     return { fastpathSocket: s.socket };
   };
 }
 
-function inProcessSummary(fig: Figure, details: Record<string, unknown>): Figure {
-  const handled = (details.inProcess ?? []) as Array<[string, number]>;
-  const of = (cmd: string) => handled.filter(([c]) => c === cmd).map(([, ms]) => ms);
-  if (handled.length) {
-    const add = summarize(of('ADD'));
-    const del = summarize(of('DEL'));
-    fig.details.inProcess = { add, del };
-    fig.notes.push(`in-process handler time (inside the server, no start-up): ADD median ${add.median} ms, DEL median ${del.median} ms`);
+/** Medians of the in-process time and of each dependency's share, for one command. */
+export function breakdown(handled: Handled[], command: string): Record<string, number> | undefined {
+  const hs = handled.filter((h) => h.command === command);
+  if (!hs.length) return undefined;
+  const keys = Object.keys(hs[0].parts);
+  const out: Record<string, number> = { total: round(median(hs.map((h) => h.ms))) };
+  for (const k of keys) out[k] = round(median(hs.map((h) => h.parts[k])));
+  out.other = round(median(hs.map((h) => h.ms - keys.reduce((a, k) => a + h.parts[k], 0))));
+  return out;
+}
+
+function inProcessSummary(fig: Figure, handled: Handled[] = []): Figure {
+  for (const cmd of ['ADD', 'DEL']) {
+    const b = breakdown(handled, cmd);
+    if (!b) continue;
+    fig.details[`inProcess${cmd}`] = { ...b, samples: summarize(handled.filter((h) => h.command === cmd).map((h) => h.ms)) };
+    fig.notes.push(`in-process ${cmd} (inside the server, medians): ${Object.entries(b).map(([k, v]) => `${k} ${v} ms`).join(', ')}`);
   }
   return fig;
 }
@@ -34,16 +43,16 @@ export async function figFastAdd(ctx: BenchContext): Promise<Figure> {
   const title = 'pod ADD/DEL latency via the fast path (launcher -> in-daemon CNI)';
   const why = missing(bins.launcher, 'run `node src/fastpath/build.ts`');
   if (why) return unavailable('fast', title, why);
-  const details: Record<string, unknown> = {};
-  const fig = await figAddDel(ctx, { weftPlugin: bins.launcher, id: 'fast', title, serve: serverFor(details) });
-  return inProcessSummary(fig, details);
+  const box: { handled?: Handled[] } = {};
+  const fig = await figAddDel(ctx, { weftPlugin: bins.launcher, id: 'fast', title, serve: serverFor(box) });
+  return inProcessSummary(fig, box.handled);
 }
 
 export async function figFastConcurrent(ctx: BenchContext): Promise<Figure> {
   const title = '100 concurrent ADDs/DELs via the fast path';
   const why = missing(bins.launcher, 'run `node src/fastpath/build.ts`');
   if (why) return unavailable('fastconc', title, why);
-  const details: Record<string, unknown> = {};
-  const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(details) });
-  return inProcessSummary(fig, details);
+  const box: { handled?: Handled[] } = {};
+  const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(box) });
+  return fig;
 }

@@ -1,11 +1,53 @@
 /**
  * Serves the CNI fast path on its own, for the bench and the fast-path tests, without weftd:
  * `nsenter --net=/run/netns/NODE node bench/lib/cni-server.ts SOCKET`. Prints "ready" once
- * listening; exits on SIGTERM/SIGINT. With WEFT_FASTPATH_TIMING=1 each request's in-process
- * duration is logged to stderr as "handled <COMMAND> <ms>".
+ * listening; exits on SIGTERM/SIGINT. With WEFT_FASTPATH_TIMING=1 each request is logged to
+ * stderr as `handled <COMMAND> <ms> {"netlink":ms,"ipam":ms,"netns":ms,"sysctl":ms}`: its
+ * in-process duration and the time spent awaiting each kind of dependency.
  * Run it from the repository root (the setns addon is found under dist/native).
  */
-import { handleCni, serveCni } from '../../src/fastpath/index.ts';
+import { handleCniWith, serveCni } from '../../src/fastpath/index.ts';
+import type { Deps } from '../../src/cni/plugin.ts';
+
+type Acc = Record<'netlink' | 'ipam' | 'netns' | 'sysctl', number>;
+
+const now = () => process.hrtime.bigint();
+const since = (t0: bigint) => Number(now() - t0) / 1e6;
+
+/** Wraps every method of `obj` so the time until it returns (or settles) is added to acc[key]. */
+function timed<T extends object>(obj: T, acc: Acc, key: keyof Acc): T {
+  return new Proxy(obj, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => timeCall(() => v.apply(target, args), acc, key);
+    },
+  });
+}
+
+function timeCall<R>(fn: () => R, acc: Acc, key: keyof Acc): R {
+  const t0 = now();
+  let r: R;
+  try {
+    r = fn();
+  } catch (err) {
+    acc[key] += since(t0);
+    throw err;
+  }
+  if (r instanceof Promise) return r.finally(() => (acc[key] += since(t0))) as R;
+  acc[key] += since(t0);
+  return r;
+}
+
+function instrument(deps: Deps, acc: Acc): Deps {
+  return {
+    ...deps,
+    openNetlink: (ns) => timed(timeCall(() => deps.openNetlink(ns), acc, 'netns'), acc, 'netlink'),
+    openNetns: (path) => timeCall(() => deps.openNetns(path), acc, 'netns'),
+    writeSysctl: (path, value, ns) => timeCall(() => deps.writeSysctl(path, value, ns), acc, 'sysctl'),
+    store: (conf) => timed(deps.store(conf), acc, 'ipam'),
+  };
+}
 
 async function main(): Promise<void> {
   const path = process.argv[2];
@@ -17,9 +59,11 @@ async function main(): Promise<void> {
     path,
     signal: ac.signal,
     handler: async (req) => {
-      const t0 = process.hrtime.bigint();
-      const reply = await handleCni(req);
-      if (timing) process.stderr.write(`handled ${req.env.CNI_COMMAND} ${Number(process.hrtime.bigint() - t0) / 1e6}\n`);
+      if (!timing) return handleCniWith(req);
+      const acc: Acc = { netlink: 0, ipam: 0, netns: 0, sysctl: 0 };
+      const t0 = now();
+      const reply = await handleCniWith(req, (deps) => instrument(deps, acc));
+      process.stderr.write(`handled ${req.env.CNI_COMMAND} ${since(t0)} ${JSON.stringify(acc)}\n`);
       return reply;
     },
   });

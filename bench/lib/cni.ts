@@ -21,6 +21,8 @@ export interface CniCall {
   config: object;
   cniPath?: string;
   ifname?: string;
+  /** Added to the runtime environment (only to measure what a variable costs). */
+  extraEnv?: Record<string, string>;
 }
 
 export interface CniOutcome {
@@ -42,6 +44,7 @@ export function runtimeEnv(call: CniCall): Record<string, string> {
     CNI_IFNAME: call.ifname ?? 'eth0',
     CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=${call.containerId}`,
     CNI_PATH: call.cniPath ?? '/usr/lib/cni',
+    ...call.extraEnv,
   };
 }
 

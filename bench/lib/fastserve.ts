@@ -7,8 +7,14 @@ import { root } from './paths.ts';
 export interface Served {
   socket: string;
   child: ChildProcess;
-  /** "handled <COMMAND> <ms>" lines seen so far, as [command, ms]. */
-  handled: Array<[string, number]>;
+  /** Requests handled so far: command, in-process ms, and ms spent per kind of dependency. */
+  handled: Handled[];
+}
+
+export interface Handled {
+  command: string;
+  ms: number;
+  parts: Record<string, number>;
 }
 
 export async function startFastServer(scope: BenchScope, nodeNs: string, dir: string): Promise<Served> {
@@ -18,12 +24,15 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
     cwd: root,
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1' },
   });
-  const handled: Array<[string, number]> = [];
+  const handled: Handled[] = [];
   let err = '';
+  let partial = '';
   child.stderr!.on('data', (b: Buffer) => {
-    for (const line of b.toString().split('\n')) {
-      const m = /^handled (\S+) ([\d.]+)$/.exec(line);
-      if (m) handled.push([m[1], Number(m[2])]);
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      const m = /^handled (\S+) ([\d.]+) (\{.*\})$/.exec(line);
+      if (m) handled.push({ command: m[1], ms: Number(m[2]), parts: JSON.parse(m[3]) });
       else if (line) err += line + '\n';
     }
   });

@@ -36,7 +36,15 @@ function depsFor(req: CniRequest, log: (msg: string) => void): Deps {
 }
 
 /** Runs one forwarded request through the CNI skel. */
-export async function handleCni(req: CniRequest): Promise<CniReply> {
+export function handleCni(req: CniRequest): Promise<CniReply> {
+  return handleCniWith(req);
+}
+
+/**
+ * {@link handleCni} with a hook that may wrap the request's dependencies (the bench uses it to
+ * time netlink, IPAM and namespace calls separately).
+ */
+export async function handleCniWith(req: CniRequest, wrap: (deps: Deps) => Deps = (d) => d): Promise<CniReply> {
   let stdout = '';
   let stderr = '';
   const code = await runSkel(
@@ -46,7 +54,7 @@ export async function handleCni(req: CniRequest): Promise<CniReply> {
       stdout: (text) => (stdout += text),
       stderr: (text) => (stderr += text),
     },
-    depsFor(req, (msg) => (stderr += `${msg}\n`)),
+    wrap(depsFor(req, (msg) => (stderr += `${msg}\n`))),
   );
   return { code, stdout, stderr };
 }

@@ -6,7 +6,7 @@ import { handleCni } from './handler.ts';
 import { DEFAULT_SOCKET, serveCni, type FastpathServer } from './server.ts';
 
 export { DEFAULT_SOCKET, serveCni, type FastpathServer, type CniHandler } from './server.ts';
-export { handleCni } from './handler.ts';
+export { handleCni, handleCniWith } from './handler.ts';
 
 /** Serves the real CNI handler on `path` (default /run/weft/cni.sock) until `signal` aborts. */
 export function startCniFastpath(opts: { path?: string; signal?: AbortSignal; log?: (msg: string) => void } = {}): Promise<FastpathServer> {
