@@ -37,7 +37,9 @@ const nativeNetlink: Plugin = {
       loader: 'js',
       contents: `
         const { join, dirname } = require('node:path');
-        module.exports = function loadNetlinkBinding() {
+        let binding;
+        function load() {
+          if (binding) return binding;
           const dirs = [];
           if (process.env.WEFT_NATIVE_DIR) dirs.push(process.env.WEFT_NATIVE_DIR);
           dirs.push(join(dirname(process.execPath), '..', 'lib', 'weft'));
@@ -46,12 +48,18 @@ const nativeNetlink: Plugin = {
             try {
               const mod = { exports: {} };
               process.dlopen(mod, join(dir, 'netlink.node'));
-              return mod.exports;
+              binding = mod.exports;
+              return binding;
             } catch (err) {
               lastErr = err;
             }
           }
           throw new Error('load native netlink addon (looked in ' + dirs.join(', ') + ')', { cause: lastErr });
+        }
+        // Loaded on first use (opening a socket), not at start-up: a broken install then fails
+        // inside the plugin's error handling, as a CNI error, and VERSION works regardless.
+        module.exports = function nodeGypBuild() {
+          return new Proxy({}, { get: (_, prop) => load()[prop] });
         };
       `,
     }));
