@@ -394,6 +394,29 @@ function tail(file: string, lines = 20): string {
 }
 
 /**
+ * Last-resort synchronous teardown (for a `process.on('exit')` hook when a test runner dies):
+ * SIGKILL every recorded process and delete every recorded namespace.
+ */
+export function destroyTopologySync(state: TopologyState): void {
+  for (const pid of [...state.nodes.map((n) => n.pid), state.etcdPid]) {
+    if (pid && isAlive(pid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  for (const ns of [...state.pods.map((p) => p.netns), ...state.nodes.map((n) => n.netns), state.etcdNetns, state.underlayNetns]) {
+    try {
+      sh('ip', ['netns', 'del', ns]);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+/**
  * Tears down a topology from its state (object or `workDir` holding state.json): kills weftd
  * and etcd, deletes pod, node, control-plane and underlay namespaces. Idempotent; keeps the work
  * dir's logs unless `removeWorkDir`.
