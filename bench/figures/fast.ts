@@ -22,18 +22,27 @@ function serverFor(box: { handled?: Handled[] }) {
 export function breakdown(handled: Handled[], command: string): Record<string, number> | undefined {
   const hs = handled.filter((h) => h.command === command);
   if (!hs.length) return undefined;
-  const keys = Object.keys(hs[0].parts);
+  const keys = Object.keys(hs[0].parts).filter((k) => !k.includes('.'));
   const out: Record<string, number> = { total: round(median(hs.map((h) => h.ms))) };
-  for (const k of keys) out[k] = round(median(hs.map((h) => h.parts[k])));
-  out.other = round(median(hs.map((h) => h.ms - keys.reduce((a, k) => a + h.parts[k], 0))));
+  for (const k of keys) out[k] = round(median(hs.map((h) => h.parts[k] ?? 0)));
+  // Calls awaited in parallel can make the parts add up to more than the total: clamp at 0.
+  out.other = round(Math.max(0, median(hs.map((h) => h.ms - keys.reduce((a, k) => a + (h.parts[k] ?? 0), 0)))));
   return out;
+}
+
+/** Median ms per dependency method (e.g. "netlink.linkAdd") for one command, largest first. */
+export function methodBreakdown(handled: Handled[], command: string): Record<string, number> {
+  const hs = handled.filter((h) => h.command === command);
+  const keys = new Set(hs.flatMap((h) => Object.keys(h.parts).filter((k) => k.includes('.'))));
+  const pairs = [...keys].map((k) => [k, round(median(hs.map((h) => h.parts[k] ?? 0)))] as const);
+  return Object.fromEntries(pairs.sort((a, b) => b[1] - a[1]));
 }
 
 function inProcessSummary(fig: Figure, handled: Handled[] = []): Figure {
   for (const cmd of ['ADD', 'DEL']) {
     const b = breakdown(handled, cmd);
     if (!b) continue;
-    fig.details[`inProcess${cmd}`] = { ...b, samples: summarize(handled.filter((h) => h.command === cmd).map((h) => h.ms)) };
+    fig.details[`inProcess${cmd}`] = { ...b, methods: methodBreakdown(handled, cmd), samples: summarize(handled.filter((h) => h.command === cmd).map((h) => h.ms)) };
     fig.notes.push(`in-process ${cmd} (inside the server, medians): ${Object.entries(b).map(([k, v]) => `${k} ${v} ms`).join(', ')}`);
   }
   return fig;

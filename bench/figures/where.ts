@@ -14,7 +14,7 @@ import { startFastServer } from '../lib/fastserve.ts';
 import { median, round } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure, type Row } from '../lib/report.ts';
 import { verifyAdd } from './add-del.ts';
-import { breakdown } from './fast.ts';
+import { breakdown, methodBreakdown } from './fast.ts';
 
 const SUBNET = '198.18.0.0/24';
 
@@ -89,9 +89,10 @@ export async function figWhere(ctx: BenchContext): Promise<Figure> {
       available: true,
       rows,
       notes: [
+        `slowest dependency calls in an in-process ADD (medians): ${Object.entries(methodBreakdown(server.handled, 'ADD')).slice(0, 6).map(([k, v]) => `${k} ${v} ms`).join(', ')}`,
         `${rounds} interleaved rounds; in-process parts are time awaited on each dependency inside the warm server (netns = opening namespaces and netlink sockets in them); other = config, subnet file, result`,
       ],
-      details: { rounds, samples, inProcessADD: inproc, inProcessDEL: breakdown(server.handled, 'DEL') },
+      details: { rounds, samples, inProcessADD: inproc, inProcessADDMethods: methodBreakdown(server.handled, 'ADD') },
     };
   } catch (err) {
     return unavailable(id, title, (err as Error).message);

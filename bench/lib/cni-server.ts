@@ -9,33 +9,41 @@
 import { handleCniWith, serveCni } from '../../src/fastpath/index.ts';
 import type { Deps } from '../../src/cni/plugin.ts';
 
-type Acc = Record<'netlink' | 'ipam' | 'netns' | 'sysctl', number>;
+/** ms per kind ('netlink', 'ipam', 'netns', 'sysctl') and per method ('netlink.linkAdd'). */
+type Acc = Record<string, number>;
 
 const now = () => process.hrtime.bigint();
 const since = (t0: bigint) => Number(now() - t0) / 1e6;
 
-/** Wraps every method of `obj` so the time until it returns (or settles) is added to acc[key]. */
-function timed<T extends object>(obj: T, acc: Acc, key: keyof Acc): T {
+/**
+ * Wraps every method of `obj` so the time until it returns (or settles) is added to acc[key]
+ * and acc[`${key}.${method}`].
+ */
+function timed<T extends object>(obj: T, acc: Acc, key: string): T {
   return new Proxy(obj, {
     get(target, prop) {
       const v = Reflect.get(target, prop, target);
       if (typeof v !== 'function') return v;
-      return (...args: unknown[]) => timeCall(() => v.apply(target, args), acc, key);
+      return (...args: unknown[]) => timeCall(() => v.apply(target, args), acc, key, `${key}.${String(prop)}`);
     },
   });
 }
 
-function timeCall<R>(fn: () => R, acc: Acc, key: keyof Acc): R {
+function timeCall<R>(fn: () => R, acc: Acc, ...keys: string[]): R {
   const t0 = now();
+  const add = () => {
+    const ms = since(t0);
+    for (const k of keys) acc[k] = (acc[k] ?? 0) + ms;
+  };
   let r: R;
   try {
     r = fn();
   } catch (err) {
-    acc[key] += since(t0);
+    add();
     throw err;
   }
-  if (r instanceof Promise) return r.finally(() => (acc[key] += since(t0))) as R;
-  acc[key] += since(t0);
+  if (r instanceof Promise) return r.finally(add) as R;
+  add();
   return r;
 }
 
