@@ -33,6 +33,9 @@ COPY --from=build /usr/local/bin/node /usr/local/bin/node
 # module the bundles leave external, resolved from /opt/weft/node_modules.
 COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftctl /opt/weft/bin/
 COPY --from=build /src/dist/native/ /opt/weft/native/
+# etcd3's .proto files, read at run time from bin/../proto; the CommonJS scope marker.
+COPY --from=build /src/dist/proto/ /opt/weft/proto/
+COPY --from=build /src/dist/package.json /opt/weft/package.json
 COPY --from=build /src/node_modules/netlink /opt/weft/node_modules/netlink
 COPY --from=build /src/node_modules/node-gyp-build /opt/weft/node_modules/node-gyp-build
 # The CNI plugin as installed on hosts: bin/weft finds its addons in bin/../lib/weft.

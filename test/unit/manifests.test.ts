@@ -7,6 +7,7 @@ import test from 'ava';
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, posix } from 'node:path';
 import { parseAllDocuments } from 'yaml';
+import { parseOptions } from '../../src/daemon/options.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const installDir = join(root, 'install');
@@ -181,8 +182,11 @@ test('install-cni writes where kubelet and the packaged plugin look', (t) => {
   t.true(imagePaths().has('/opt/weft/cni'), 'the image has the packaged plugin where install-cni looks');
 });
 
-test('probes hit weftd health endpoints on the address it is told to serve', (t) => {
+test('probes hit weftd health endpoints on the address it is told to serve (its default)', (t) => {
   const addr = weftd.args.find((a: string) => a.startsWith('--healthz-addr=')).split('=')[1];
+  t.is(addr, parseOptions([], {}, 'node')!.healthzAddr, "the manifest states weftd's default explicitly");
+  // Every flag the DaemonSet passes is one weftd accepts.
+  t.notThrows(() => parseOptions(weftd.args, { WEFTD_ETCD_ENDPOINTS: 'http://198.51.100.2:2379' }, 'node'));
   const [host, port] = addr.split(':');
   for (const [probe, path] of [[weftd.livenessProbe, '/healthz'], [weftd.readinessProbe, '/readyz']] as const) {
     t.is(probe.httpGet.path, path);
@@ -214,5 +218,9 @@ test('Dockerfile: multi-stage on Node 24, final image has nft, node and the exte
     t.true(paths.has(`/opt/weft/node_modules/${mod}`), `${mod} is in /opt/weft/node_modules`);
   }
   t.true(final.some((l) => l.includes('/opt/weft/native')), 'setns addon beside the bundles (bin/../native)');
+  // scripts/build.ts writes what the bundles read at run time beside them: dist/proto (etcd3)
+  // and dist/package.json (CommonJS scope); the image keeps the same relative layout.
+  t.regex(build, /join\(dist, 'proto'\)/);
+  t.true(paths.has('/opt/weft/proto') && paths.has('/opt/weft/package.json'));
   t.true(stages[0]!.some((l) => /WEFT_SHEBANG=\/usr\/local\/bin\/node/.test(l)), 'bundles name the image node');
 });
