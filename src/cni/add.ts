@@ -12,7 +12,8 @@ import { CniError, ERR } from './errors.ts';
 import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
 import { buildResult, encodeResult, parsePrevResult } from './result.ts';
 import { readSubnetFile, type SubnetInfo } from './subnetfile.ts';
-import type { RouteConfig } from './types.ts';
+import type { NetNs } from '../netns/index.ts';
+import type { Result, RouteConfig } from './types.ts';
 
 /** ADD's steps, in order; `failAfter` names one of these. */
 export const STEPS = ['bridge', 'ipam', 'veth', 'host-veth', 'pod-addr', 'pod-routes', 'sysctl'] as const;
@@ -99,8 +100,31 @@ export async function cmdAdd(req: Request, deps: Deps): Promise<Record<string, u
   const subnet = readSubnetFile(conf.subnetFile);
   const mtu = conf.mtu ?? subnet.mtu;
   const pod = openPodNetns(deps, env.netns);
-  const host = deps.openNetlink();
-  const podNl = deps.openNetlink(pod);
+  let host: Netlink | undefined;
+  let podNl: Netlink | undefined;
+  try {
+    host = deps.openNetlink();
+    podNl = deps.openNetlink(pod);
+    return await attach(req, deps, { subnet, mtu, prev, pod, host, podNl });
+  } finally {
+    host?.close();
+    podNl?.close();
+    pod.close();
+  }
+}
+
+interface AttachCtx {
+  subnet: SubnetInfo;
+  mtu: number;
+  prev?: Result;
+  pod: NetNs;
+  host: Netlink;
+  podNl: Netlink;
+}
+
+async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<string, unknown>> {
+  const { env, conf } = req;
+  const { subnet, mtu, prev, pod, host, podNl } = ctx;
   const undo = new UndoStack(deps.log);
   const step = (name: (typeof STEPS)[number]) => {
     if (deps.failAfter === name) throw new Error(`injected failure after step "${name}"`);
@@ -187,9 +211,5 @@ export async function cmdAdd(req: Request, deps: Deps): Promise<Record<string, u
   } catch (err) {
     await undo.unwind();
     throw err;
-  } finally {
-    host.close();
-    podNl.close();
-    pod.close();
   }
 }
