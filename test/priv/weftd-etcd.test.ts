@@ -1,0 +1,61 @@
+/**
+ * etcd outages: while etcd is down the data plane stays; when it is back the daemons recover
+ * their watch (a new lease is programmed everywhere) and keep renewing (short TTL here).
+ */
+import test from 'ava';
+import { eventually } from '../helpers/netns.ts';
+import { reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
+
+let cluster: Cluster;
+
+test.before(async () => {
+  cluster = await startCluster({ nodes: 2, podsPerNode: 1, weftdArgs: ['--lease-ttl', '8s', '--renew-margin', '5s'] });
+});
+
+test.after.always(async () => {
+  await cluster?.destroy();
+});
+
+const FAKE_KEY = '/coreos.com/network/subnets/198.18.250.0-24';
+const FAKE = JSON.stringify({ PublicIP: '198.51.100.99', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:fa:01' } });
+
+function hasFake(node: string): boolean {
+  const o = cluster.overlay(node);
+  return (
+    o.routes.some((r) => r.dst === '198.18.250.0/24' && r.gateway === '198.18.250.0') &&
+    o.neighs.some((n) => n.dst === '198.18.250.0' && n.lladdr === '02:00:00:00:fa:01') &&
+    o.fdbs.some((f) => f.mac === '02:00:00:00:fa:01' && f.dst === '198.51.100.99')
+  );
+}
+
+test.serial('stop and restart etcd: data plane kept, watch recovered, renewals continue', async (t) => {
+  const [a, b] = [cluster.pods.find((p) => p.node === 'n1')!, cluster.pods.find((p) => p.node === 'n2')!];
+  const leasesBefore = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
+  t.is(leasesBefore.size, 2);
+
+  await cluster.topo.stopEtcd();
+  await new Promise((r) => setTimeout(r, 3000));
+  t.true(reachable(a.netns, b.ip), 'pods talk while etcd is down');
+  t.true(cluster.hasPeer('n1', 'n2') && cluster.hasPeer('n2', 'n1'));
+  for (const n of ['n1', 'n2']) {
+    t.is((await cluster.topo.http(n, '/healthz')).status, 200, `${n} stays alive`);
+    t.true(await eventually(async () => (await cluster.metric(n, 'weftd_etcd_errors_total')) > 0, 15_000), `${n} counted etcd errors`);
+  }
+  const renewals = { n1: await cluster.metric('n1', 'weftd_lease_renewals_total'), n2: await cluster.metric('n2', 'weftd_lease_renewals_total') };
+
+  await cluster.topo.startEtcd();
+  // Watch recovered: a lease written after the restart is programmed on both nodes.
+  await cluster.etcd.put(FAKE_KEY, FAKE);
+  for (const n of ['n1', 'n2']) t.true(await eventually(() => hasFake(n), 20_000), `${n} saw a lease put after etcd came back`);
+  await cluster.etcd.del(FAKE_KEY);
+  for (const n of ['n1', 'n2']) t.true(await eventually(() => !hasFake(n) && cluster.entriesFor(n, '198.18.250.0/24', '198.51.100.99') === 0, 20_000));
+
+  // Renewals continue, and the leases outlive their 8 s TTL.
+  for (const n of ['n1', 'n2'] as const) {
+    t.true(await eventually(async () => (await cluster.metric(n, 'weftd_lease_renewals_total')) >= renewals[n] + 2, 30_000), `${n} renews after the restart`);
+  }
+  const leasesAfter = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
+  t.deepEqual([...leasesAfter.keys()].sort(), [...leasesBefore.keys()].sort());
+  t.true(reachable(a.netns, b.ip));
+  t.true(reachable(b.netns, a.ip));
+});

@@ -1,0 +1,48 @@
+/**
+ * Daemon restarts leave the data plane alone: after SIGTERM or SIGKILL the node keeps its
+ * device, peer entries and rules, comes back with the same subnet, and a ping running across
+ * the restart loses no packets.
+ */
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { eventually } from '../helpers/netns.ts';
+import { pingStats, startCluster, type Cluster } from '../helpers/cluster.ts';
+
+const execFileP = promisify(execFile);
+let cluster: Cluster;
+
+test.before(async () => {
+  cluster = await startCluster({ nodes: 2, podsPerNode: 1 });
+});
+
+test.after.always(async () => {
+  await cluster?.destroy();
+});
+
+for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+  test.serial(`${signal}: same subnet afterwards and no packet lost by a ping across the restart`, async (t) => {
+    const [a, b] = [cluster.pods.find((p) => p.node === 'n1')!, cluster.pods.find((p) => p.node === 'n2')!];
+    const subnet = cluster.subnetOf('n1');
+    const mac = cluster.overlay('n1').mac;
+    const key = `/coreos.com/network/subnets/${subnet!.replace('/', '-')}`;
+    const pinging = execFileP('nsenter', [`--net=/run/netns/${b.netns}`, '--', 'ping', '-i', '0.1', '-c', '60', '-W', '1', a.ip], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    }).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? '' }));
+    await new Promise((r) => setTimeout(r, 700));
+    await cluster.topo.stopDaemon('n1', signal);
+    t.true(cluster.hasPeer('n1', 'n2'), 'peer entries stay while the daemon is down');
+    t.true(cluster.hasPeer('n2', 'n1'));
+    await cluster.topo.startDaemon('n1');
+    const { stdout } = await pinging;
+    const stats = pingStats(stdout);
+    t.is(stats.sent, 60, stdout);
+    t.is(stats.received, stats.sent, `no loss across the ${signal} restart:\n${stdout}`);
+    t.is(cluster.subnetOf('n1'), subnet);
+    t.is(cluster.overlay('n1').mac, mac, 'device reused with its MAC');
+    t.is(JSON.parse((await cluster.etcd.get(key))!).PublicIP, cluster.node('n1').ip);
+    t.true(await eventually(() => cluster.hasPeer('n1', 'n2') && cluster.hasPeer('n2', 'n1'), 10_000));
+    t.regex(cluster.log('n1'), /reusing device "flannel\.1"/);
+  });
+}

@@ -1,0 +1,71 @@
+/**
+ * Subnet exhaustion and configuration errors: two daemons racing for the last free subnet (one
+ * wins, the other says clearly that the network is out of subnets and keeps waiting), and a
+ * missing or invalid network config (one clear log line, no crash loop, ready once fixed).
+ */
+import test from 'ava';
+import { eventually } from '../helpers/netns.ts';
+import { startCluster, type Cluster } from '../helpers/cluster.ts';
+
+let cluster: Cluster;
+
+test.before(async () => {
+  cluster = await startCluster({ nodes: 3, start: false, networkConfig: { SubnetMin: '198.18.1.0', SubnetMax: '198.18.2.0' } });
+  await cluster.topo.startDaemon('n1');
+});
+
+test.after.always(async () => {
+  await cluster?.destroy();
+});
+
+const alive = (pid: number | undefined) => {
+  try {
+    return pid !== undefined && process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+};
+
+test.serial('two daemons racing for the last free subnet: one wins, the other reports out of subnets', async (t) => {
+  await Promise.all([cluster.topo.startDaemon('n2', { wait: false }), cluster.topo.startDaemon('n3', { wait: false })]);
+  const outcome = await eventually(async () => {
+    const ready = await Promise.all(['n2', 'n3'].map(async (n) => (await cluster.topo.http(n, '/readyz')).status === 200));
+    const out = ['n2', 'n3'].map((n) => /out of subnets: all 2 subnets of network 198\.18\.0\.0\/16 are leased/.test(cluster.log(n)));
+    if (ready[0] !== ready[1] && out[0] !== out[1] && ready[0] === out[1]) return ready[0] ? 'n2' : 'n3';
+    return undefined;
+  }, 30_000);
+  t.truthy(outcome, `one winner and one clear loser\n--- n2\n${cluster.log('n2')}\n--- n3\n${cluster.log('n3')}`);
+  const loser = outcome === 'n2' ? 'n3' : 'n2';
+  const leases = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
+  t.deepEqual([...leases.keys()].sort(), ['/coreos.com/network/subnets/198.18.1.0-24', '/coreos.com/network/subnets/198.18.2.0-24']);
+  const holders = [...leases.values()].map((v) => JSON.parse(v).PublicIP).sort();
+  t.deepEqual(holders, [cluster.node('n1').ip, cluster.node(outcome!).ip].sort());
+  // The loser keeps running, not ready, logging the condition without stack traces.
+  await new Promise((r) => setTimeout(r, 3000));
+  t.true(alive(cluster.node(loser).pid));
+  t.is((await cluster.topo.http(loser, '/readyz')).status, 503);
+  t.is((await cluster.topo.http(loser, '/healthz')).status, 200);
+  const log = cluster.log(loser);
+  t.is(log.match(/out of subnets/g)?.length, 1, log);
+  t.notRegex(log, /^\s+at /m);
+  await cluster.topo.stopDaemon(loser);
+});
+
+test.serial('missing, then invalid, then valid network config: clear log lines, no crash, ready when fixed', async (t) => {
+  const prefix = '/weft-test-missing';
+  await cluster.topo.startDaemon('n3', { args: ['--etcd-prefix', prefix], wait: false });
+  const missing = `network config not found at etcd key "${prefix}/config"`;
+  t.true(await eventually(() => cluster.log('n3').includes(missing), 15_000));
+  await new Promise((r) => setTimeout(r, 3000));
+  t.true(alive(cluster.node('n3').pid));
+  t.is(cluster.log('n3').split(missing).length - 1, 1, 'logged once, not once per retry');
+  t.is((await cluster.topo.http('n3', '/readyz')).status, 503);
+
+  await cluster.etcd.put(`${prefix}/config`, '{"Network":"198.18.0.0/33"}');
+  t.true(await eventually(() => cluster.log('n3').includes('"Network" is not a valid IPv4 CIDR'), 15_000));
+  t.notRegex(cluster.log('n3'), /^\s+at /m);
+
+  await cluster.etcd.put(`${prefix}/config`, JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } }));
+  await cluster.topo.waitReady('n3', 20_000);
+  t.regex(cluster.topo.subnetEnv('n3').FLANNEL_SUBNET, /^198\.19\.\d+\.1\/24$/);
+});
