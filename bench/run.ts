@@ -16,6 +16,7 @@ import { figAddDel } from './figures/add-del.ts';
 import { figConcurrent } from './figures/concurrent.ts';
 import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
 import { figWhere } from './figures/where.ts';
+import { figReady } from './figures/ready.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
@@ -25,6 +26,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   fast: { title: 'pod ADD/DEL latency via the fast path (launcher -> in-daemon CNI)', run: figFastAdd },
   fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
   where: { title: 'where the ADD time goes', run: figWhere },
+  ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
 };
 
 async function main(): Promise<void> {

@@ -1,0 +1,125 @@
+/**
+ * One weft node for the daemon figures: a node namespace with an underlay address on a veth
+ * eth0 (198.51.100.10/24), etcd inside it on 127.0.0.1 (lab/etcd.ts), the network config
+ * (198.18.0.0/15 in /26 subnets, vxlan VNI 1), and weftd started on demand the way a
+ * DaemonSet would: clean environment, its own subnet file.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { openSync, closeSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { EtcdServer } from '../../lab/etcd.ts';
+import { BenchScope, sh } from './scope.ts';
+import { bins, root } from './paths.ts';
+import { PEER_NETWORK, PEER_SUBNET_LEN } from './leases.ts';
+
+export const ETCD_PREFIX = '/coreos.com/network';
+export const NODE_IP = '198.51.100.10';
+
+export interface Rig {
+  ns: string;
+  dir: string;
+  etcd: EtcdServer;
+  subnetFile: string;
+  logFile: string;
+}
+
+export async function makeRig(scope: BenchScope): Promise<Rig> {
+  const ns = scope.netns('node');
+  // No dummy driver in this kernel: a veth pair whose peer stays down in the same namespace.
+  sh('ip', ['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'ul-peer']);
+  sh('ip', ['-n', ns, 'link', 'set', 'ul-peer', 'up']);
+  sh('ip', ['-n', ns, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'eth0']);
+  sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+  const dir = scope.tmpdir('rig');
+  const etcd = new EtcdServer({ netns: ns, ip: '127.0.0.1', dataDir: join(dir, 'etcd'), logFile: join(dir, 'etcd.log') });
+  scope.defer(() => {
+    if (etcd.pid) process.kill(etcd.pid, 'SIGKILL');
+  });
+  await etcd.start();
+  await etcd.put(`${ETCD_PREFIX}/config`, JSON.stringify({ Network: PEER_NETWORK, SubnetLen: PEER_SUBNET_LEN, Backend: { Type: 'vxlan', VNI: 1, Port: 8472 } }));
+  return { ns, dir, etcd, subnetFile: join(dir, 'subnet.env'), logFile: join(dir, 'weftd.log') };
+}
+
+export interface Daemon {
+  child: ChildProcess;
+  pid: number;
+  /** Spawn to first 200 from /readyz. */
+  readyMs: number;
+  /** Spawn to weftd's first log line (Node start-up and bundle load), from the log's wall clock. */
+  loadMs?: number;
+}
+
+/** Starts weftd in the rig and waits for /readyz (polled from inside the namespace). */
+export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000): Promise<Daemon> {
+  const args = [
+    '--etcd-endpoints', rig.etcd.endpoint,
+    '--etcd-prefix', ETCD_PREFIX,
+    '--iface', 'eth0',
+    '--subnet-file', rig.subnetFile,
+    '--healthz-addr', '127.0.0.1:9333',
+    '--node-name', 'bench',
+    '--log-level', 'info',
+  ];
+  // The poller starts (and pays its own start-up) before weftd; it reports the monotonic time
+  // of the first 200 from /readyz.
+  const poll = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'ready-poller.ts'), 'http://127.0.0.1:9333/readyz', '5'], { ns: rig.ns, env: { PATH: '/usr/bin:/bin' } });
+  let pollOut = '';
+  await new Promise<void>((resolve, reject) => {
+    poll.stdout!.on('data', (b: Buffer) => {
+      pollOut += b.toString();
+      if (pollOut.includes('armed')) resolve();
+    });
+    poll.once('exit', () => reject(new Error('ready poller exited early')));
+  });
+  const log = openSync(rig.logFile, 'a');
+  const logStart = (() => {
+    try {
+      return readFileSync(rig.logFile, 'utf8').length;
+    } catch {
+      return 0;
+    }
+  })();
+  const wall0 = Date.now();
+  const t0 = process.hrtime.bigint();
+  const child = scope.spawn(bins.weftd, args, { ns: rig.ns, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, stdio: ['ignore', log, log] });
+  closeSync(log);
+  const readyMs = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => (poll.kill('SIGKILL'), reject(new Error(`weftd not ready after ${timeoutMs} ms: ${tail(rig.logFile)}`))), timeoutMs);
+    child.once('exit', (code) => (clearTimeout(timer), poll.kill('SIGKILL'), reject(new Error(`weftd exited ${code}: ${tail(rig.logFile)}`))));
+    poll.once('exit', () => {
+      clearTimeout(timer);
+      const m = /^(\d+)$/m.exec(pollOut.replace('armed', ''));
+      if (m) resolve(Number(BigInt(m[1]) - t0) / 1e6);
+      else reject(new Error('ready poller gave no time'));
+    });
+  });
+  child.removeAllListeners('exit');
+  const first = /^(\S+Z) /m.exec(readFileSync(rig.logFile, 'utf8').slice(logStart));
+  const loadMs = first ? Date.parse(first[1]) - wall0 : undefined;
+  return { child, pid: child.pid!, readyMs, loadMs };
+}
+
+/** SIGTERM, then wait for the exit. */
+export function stopWeftd(d: Daemon): Promise<void> {
+  if (d.child.exitCode !== null || d.child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => d.child.kill('SIGKILL'), 10_000);
+    d.child.once('exit', () => (clearTimeout(kill), resolve()));
+    d.child.kill('SIGTERM');
+  });
+}
+
+export function tail(file: string, lines = 8): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** VmRSS of a process in MiB. */
+export function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) / 1024;
+}
