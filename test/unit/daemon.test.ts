@@ -1,0 +1,116 @@
+import test from 'ava';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseCIDR } from '../../src/ip/ipv4.ts';
+import { Metrics } from '../../src/daemon/metrics.ts';
+import { envName, parseDuration, parseOptions, usage, UsageError } from '../../src/daemon/options.ts';
+import { parseListenAddr } from '../../src/daemon/server.ts';
+import { formatSubnetFile, readPreviousSubnet, writeSubnetFile } from '../../src/daemon/subnetfile.ts';
+import { errText } from '../../src/daemon/run.ts';
+
+test('options: defaults', (t) => {
+  const o = parseOptions([], {}, 'host-a')!;
+  t.deepEqual(o, {
+    etcdEndpoints: ['http://127.0.0.1:2379'],
+    etcdPrefix: '/coreos.com/network',
+    etcdCafile: undefined,
+    etcdCertfile: undefined,
+    etcdKeyfile: undefined,
+    iface: undefined,
+    publicIP: undefined,
+    subnetFile: '/run/flannel/subnet.env',
+    ipMasq: false,
+    healthzAddr: '127.0.0.1:9333',
+    nodeName: 'host-a',
+    leaseTtlSeconds: 86_400,
+    renewMarginSeconds: 3600,
+    reconcileIntervalMs: 1000,
+    logLevel: 'info',
+  });
+});
+
+test('options: every flag also from WEFTD_* env, flags win', (t) => {
+  t.is(envName('etcd-endpoints'), 'WEFTD_ETCD_ENDPOINTS');
+  const env = {
+    WEFTD_ETCD_ENDPOINTS: 'http://198.51.100.2:2379,https://198.51.100.3:2379',
+    WEFTD_ETCD_PREFIX: '/weft/network',
+    WEFTD_IP_MASQ: 'true',
+    WEFTD_PUBLIC_IP: '198.51.100.11',
+    WEFTD_LEASE_TTL: '90s',
+    WEFTD_RENEW_MARGIN: '30s',
+    WEFTD_SUBNET_FILE: '/run/weft/n1.env',
+  };
+  const o = parseOptions(['--etcd-prefix', '/from/flag', '--node-name', 'n1'], env, 'h')!;
+  t.deepEqual(o.etcdEndpoints, ['http://198.51.100.2:2379', 'https://198.51.100.3:2379']);
+  t.is(o.etcdPrefix, '/from/flag');
+  t.true(o.ipMasq);
+  t.is(o.publicIP, '198.51.100.11');
+  t.is(o.leaseTtlSeconds, 90);
+  t.is(o.renewMarginSeconds, 30);
+  t.is(o.subnetFile, '/run/weft/n1.env');
+  t.is(o.nodeName, 'n1');
+  t.is(parseOptions(['--help'], {}, 'h'), undefined);
+  t.true(usage().includes('--etcd-endpoints') && usage().includes('[$WEFTD_ETCD_ENDPOINTS]'));
+});
+
+test('options: bad values are usage errors that say what is wrong', (t) => {
+  const bad: Array<[string[], Record<string, string>, RegExp]> = [
+    [['--bogus'], {}, /bogus/],
+    [['--etcd-endpoints', '198.51.100.2:2379'], {}, /not an http\(s\):\/\/host:port URL/],
+    [['--public-ip', 'eth0'], {}, /--public-ip: "eth0" is not an IPv4 address/],
+    [['--subnet-file', 'rel/path'], {}, /not an absolute path/],
+    [['--lease-ttl', '1h', '--renew-margin', '2h'], {}, /--renew-margin \(2h\) must be shorter than --lease-ttl \(1h\)/],
+    [['--lease-ttl', 'soon'], {}, /invalid duration "soon"/],
+    [['--log-level', 'loud'], {}, /"loud" is not one of/],
+    [['--etcd-certfile', '/c.pem'], {}, /go together/],
+    [[], { WEFTD_IP_MASQ: 'maybe' }, /WEFTD_IP_MASQ: expected true or false/],
+  ];
+  for (const [argv, env, re] of bad) {
+    const err = t.throws(() => parseOptions(argv, env, 'h'), { instanceOf: UsageError }, argv.join(' '));
+    t.regex(err!.message, re);
+  }
+});
+
+test('durations', (t) => {
+  t.is(parseDuration('24h', 'x'), 86_400_000);
+  t.is(parseDuration('90s', 'x'), 90_000);
+  t.is(parseDuration('90', 'x'), 90_000);
+  t.is(parseDuration('500ms', 'x'), 500);
+  t.is(parseDuration('1.5m', 'x'), 90_000);
+});
+
+test('subnet file: flannel\'s variables, written atomically, previous subnet read back', (t) => {
+  const c = { network: parseCIDR('10.244.0.0/16'), subnet: parseCIDR('10.244.7.0/24'), mtu: 1450, ipMasq: true };
+  t.is(formatSubnetFile(c), 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n');
+  const dir = mkdtempSync(join(tmpdir(), 'weft-sf-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'sub', 'subnet.env');
+  t.is(readPreviousSubnet(file), undefined);
+  writeSubnetFile(file, c);
+  t.is(readFileSync(file, 'utf8'), formatSubnetFile(c));
+  t.deepEqual(readdirSync(join(dir, 'sub')), ['subnet.env'], 'no temp file left behind');
+  t.deepEqual(readPreviousSubnet(file), parseCIDR('10.244.7.0/24'));
+});
+
+test('metrics: Prometheus text with the four required families', (t) => {
+  const m = new Metrics();
+  m.peers = 3;
+  m.leaseExpiresAt = 100_000;
+  m.etcdErrors = 2;
+  m.repairs = 5;
+  const text = m.render(40_000);
+  t.regex(text, /^# TYPE weftd_peers gauge\nweftd_peers 3$/m);
+  t.regex(text, /^weftd_lease_expiry_seconds 60$/m);
+  t.regex(text, /^weftd_lease_expiry_timestamp_seconds 100$/m);
+  t.regex(text, /^# TYPE weftd_etcd_errors_total counter\nweftd_etcd_errors_total 2$/m);
+  t.regex(text, /^weftd_reconcile_repairs_total 5$/m);
+  t.regex(text, /^weftd_ready 0$/m);
+});
+
+test('listen address and error text helpers', (t) => {
+  t.deepEqual(parseListenAddr('127.0.0.1:9333'), { host: '127.0.0.1', port: 9333 });
+  t.deepEqual(parseListenAddr(':9333'), { host: '0.0.0.0', port: 9333 });
+  t.throws(() => parseListenAddr('9333'), { message: /invalid listen address/ });
+  t.is(errText(new Error('outer', { cause: new Error('inner') })), 'outer: inner');
+});

@@ -1,0 +1,31 @@
+import test from 'ava';
+import { parseCIDR } from '../../src/ip/ipv4.ts';
+import { rulesScript } from '../../src/rules/nft.ts';
+
+const spec = { network: parseCIDR('10.244.0.0/16'), subnet: parseCIDR('10.244.3.0/24') };
+
+test('rules: one transaction that replaces weft\'s own table (add, delete, define)', (t) => {
+  const lines = rulesScript({ ...spec, masquerade: true }).split('\n');
+  t.deepEqual(lines.slice(0, 3), ['add table ip weft', 'delete table ip weft', 'table ip weft {']);
+  t.false(lines.some((l) => /flush ruleset|table ip (nat|filter)\b/.test(l)), 'never touches other tables');
+});
+
+test('rules: masquerade pod traffic leaving the network, keep pod-to-pod, accept forwarding', (t) => {
+  const s = rulesScript({ ...spec, masquerade: true });
+  t.true(s.includes('type nat hook postrouting priority srcnat; policy accept;'));
+  t.true(s.includes('ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return'));
+  t.true(s.includes('ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random'));
+  t.true(s.includes('ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return'));
+  t.true(s.includes('ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random'));
+  t.true(s.includes('type filter hook forward priority filter; policy accept;'));
+  t.true(s.includes('ip saddr 10.244.0.0/16 accept'));
+  t.true(s.includes('ip daddr 10.244.0.0/16 accept'));
+  const order = ['ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return', 'ip daddr != 224.0.0.0/4 masquerade'].map((x) => s.indexOf(x));
+  t.true(order[0] < order[1], 'pod-to-pod return comes before masquerade');
+});
+
+test('rules: without masquerade only the forward chain', (t) => {
+  const s = rulesScript({ ...spec, masquerade: false });
+  t.false(s.includes('postrouting'));
+  t.true(s.includes('chain forward'));
+});
