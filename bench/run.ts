@@ -17,6 +17,7 @@ import { figConcurrent } from './figures/concurrent.ts';
 import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
 import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
+import { figPeers } from './figures/peers.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
@@ -26,6 +27,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   fast: { title: 'pod ADD/DEL latency via the fast path (launcher -> in-daemon CNI)', run: figFastAdd },
   fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
   where: { title: 'where the ADD time goes', run: figWhere },
+  peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
 };
 

@@ -4,7 +4,8 @@
  * Reads one JSON command per stdin line and answers one JSON line on stdout; times are
  * `process.hrtime.bigint()` (CLOCK_MONOTONIC, comparable across processes) as strings.
  *
- *   {"op":"bulk","indexes":[...]}  -> {"t0":..,"t1":..}   all puts pipelined, t0 before the first
+ *   {"op":"bulk","indexes":[...]}  -> {"t0":..,"t1":..}   transactions of 100 puts, all in flight at
+ *                                                          once; t0 before the first
  *   {"op":"one","index":N}         -> {"t0":..,"t1":..}   t0 just before the put, t1 once acked
  *   {"op":"del","indexes":[...]}   -> {"t0":..,"t1":..}
  */
@@ -22,6 +23,17 @@ async function main(): Promise<void> {
     const l = leaseFor(i, prefix);
     return client.put(l.key).value(l.value).lease(leaseId).exec();
   };
+  const putMany = async (idx: number[]) => {
+    const batches: Array<Promise<unknown>> = [];
+    for (let k = 0; k < idx.length; k += 100) {
+      const success = idx.slice(k, k + 100).map((i) => {
+        const l = leaseFor(i, prefix);
+        return { request_put: { key: Buffer.from(l.key), value: Buffer.from(l.value), lease: leaseId } };
+      });
+      batches.push(client.kv.txn({ compare: [], success, failure: [] }));
+    }
+    await Promise.all(batches);
+  };
   const now = () => process.hrtime.bigint().toString();
   const reply = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
   process.stdout.write('ready\n');
@@ -30,7 +42,7 @@ async function main(): Promise<void> {
     const cmd = JSON.parse(line) as { op: string; index?: number; indexes?: number[] };
     try {
       const t0 = now();
-      if (cmd.op === 'bulk') await Promise.all(cmd.indexes!.map(put));
+      if (cmd.op === 'bulk') await putMany(cmd.indexes!);
       else if (cmd.op === 'one') await put(cmd.index!);
       else if (cmd.op === 'del') await Promise.all(cmd.indexes!.map((i) => client.delete().key(leaseFor(i, prefix).key).exec()));
       else throw new Error(`unknown op "${cmd.op}"`);

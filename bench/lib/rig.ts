@@ -1,6 +1,6 @@
 /**
  * One weft node for the daemon figures: a node namespace with an underlay address on a veth
- * eth0 (198.51.100.10/24), etcd inside it on 127.0.0.1 (lab/etcd.ts), the network config
+ * eth0 (198.51.100.10/24), etcd inside it on 127.0.0.1 (lab/etcd.ts, data in /dev/shm), the network config
  * (198.18.0.0/15 in /26 subnets, vxlan VNI 1), and weftd started on demand the way a
  * DaemonSet would: clean environment, its own subnet file.
  */
@@ -31,7 +31,8 @@ export async function makeRig(scope: BenchScope): Promise<Rig> {
   sh('ip', ['-n', ns, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'eth0']);
   sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
   const dir = scope.tmpdir('rig');
-  const etcd = new EtcdServer({ netns: ns, ip: '127.0.0.1', dataDir: join(dir, 'etcd'), logFile: join(dir, 'etcd.log') });
+  // etcd's data in memory (/dev/shm): the figures measure weftd, not this machine's fsync.
+  const etcd = new EtcdServer({ netns: ns, ip: '127.0.0.1', dataDir: join(scope.tmpdir('etcd', '/dev/shm'), 'data'), logFile: join(dir, 'etcd.log') });
   scope.defer(() => {
     if (etcd.pid) process.kill(etcd.pid, 'SIGKILL');
   });

@@ -91,9 +91,9 @@ export class BenchScope {
     return name;
   }
 
-  /** A fresh directory under the system temp dir, removed at cleanup. */
-  tmpdir(kind: string): string {
-    const dir = mkdtempSync(join(tmpdir(), `wt-bench-${kind}-`));
+  /** A fresh directory under the system temp dir (or `base`), removed at cleanup. */
+  tmpdir(kind: string, base = tmpdir()): string {
+    const dir = mkdtempSync(join(base, `wt-bench-${kind}-`));
     this.defer(() => rmSync(dir, { recursive: true, force: true }));
     return dir;
   }
