@@ -48,6 +48,7 @@ Connection (same flags and environment as weftd):
   --etcd-cafile FILE, --etcd-certfile FILE, --etcd-keyfile FILE
                                             [$WEFTD_ETCD_CAFILE, $WEFTD_ETCD_CERTFILE, $WEFTD_ETCD_KEYFILE]
   --timeout SECONDS       per etcd call (default 5)
+  --subnet-file FILE      (check) weftd's subnet file [$WEFTD_SUBNET_FILE, default /run/flannel/subnet.env]
 
 check runs on a node (inside its network namespace, e.g. nsenter --net=...) and compares the
 kernel state with etcd. Exit status: 0 ok, 1 check found differences, 2 error.
@@ -221,7 +222,7 @@ async function main(argv: string[]): Promise<number> {
         const nl = openNetlink();
         try {
           const report = await checkNode(mgr, nl, {
-            subnetFile: v['subnet-file'] ?? '/run/flannel/subnet.env',
+            subnetFile: v['subnet-file'] ?? process.env.WEFTD_SUBNET_FILE ?? '/run/flannel/subnet.env',
             device: v.device,
             publicIP: v['public-ip'],
           });

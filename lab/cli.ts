@@ -1,0 +1,360 @@
+/**
+ * The lab: a whole weft cluster on this machine, in network namespaces (lab/topology.ts builds
+ * it). `scripts/lab.sh` installs what is missing, builds, and runs this file:
+ *
+ *   node lab/cli.ts up [--nodes N] [--pods N]   underlay, etcd, N nodes running weftd, pods
+ *   node lab/cli.ts status                      what is running
+ *   node lab/cli.ts exec <target> <cmd...>      run a command in a node, pod, underlay or etcd
+ *   node lab/cli.ts down                        remove everything the lab made (safe twice)
+ *
+ * Common flags: --name (default "lab"), --state-dir (default /run/weft-lab), --prefix (namespace
+ * prefix, default "weft"), --underlay (198.51.100 or 203.0.113). Namespaces are named
+ * `<prefix>-<role>-<name>`, e.g. weft-n1-lab, weft-n1p2-lab; state, logs and subnet files live in
+ * `<state-dir>/<name>/`.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { destroyTopology, Topology, type LabNode, type LabPod, type TopologyState } from './topology.ts';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const BIN = join(ROOT, 'dist', 'bin');
+const started = Date.now();
+
+class UsageError extends Error {}
+
+interface LabArgs {
+  name: string;
+  stateDir: string;
+  prefix: string;
+  underlay: string;
+  nodes: number;
+  pods: number;
+}
+
+function parse(argv: string[]): { cmd: string; rest: string[]; args: LabArgs } {
+  const cmd = argv[0] ?? '';
+  // exec: lab flags come first, then the target; the command after it passes through untouched.
+  let end = argv.length;
+  if (cmd === 'exec') {
+    let i = 1;
+    while (i < argv.length && argv[i]!.startsWith('--')) i += argv[i]!.includes('=') ? 1 : 2;
+    end = Math.min(i + 1, argv.length);
+  }
+  const own = argv.slice(0, end);
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: own.slice(1),
+      allowPositionals: true,
+      options: {
+        name: { type: 'string', default: 'lab' },
+        'state-dir': { type: 'string', default: '/run/weft-lab' },
+        prefix: { type: 'string', default: 'weft' },
+        underlay: { type: 'string', default: '198.51.100' },
+        nodes: { type: 'string', default: '3' },
+        pods: { type: 'string', default: '2' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const v = parsed.values;
+  if (!/^[a-z0-9]{1,8}$/.test(v.name!)) throw new UsageError(`--name must be 1-8 lower-case letters or digits, got "${v.name}"`);
+  if (!/^[a-z]{1,6}$/.test(v.prefix!)) throw new UsageError(`--prefix must be 1-6 lower-case letters, got "${v.prefix}"`);
+  if (!['198.51.100', '203.0.113'].includes(v.underlay!)) {
+    throw new UsageError(`--underlay must be 198.51.100 or 203.0.113 (documentation ranges only), got "${v.underlay}"`);
+  }
+  const int = (s: string, flag: string, min: number, max: number) => {
+    if (!/^\d+$/.test(s) || Number(s) < min || Number(s) > max) throw new UsageError(`--${flag} must be a number from ${min} to ${max}, got "${s}"`);
+    return Number(s);
+  };
+  const rest = cmd === 'exec' ? [...parsed.positionals, ...argv.slice(own.length)] : parsed.positionals;
+  return {
+    cmd,
+    rest,
+    args: {
+      name: v.name!,
+      stateDir: resolve(v['state-dir']!),
+      prefix: v.prefix!,
+      underlay: v.underlay!,
+      nodes: int(v.nodes!, 'nodes', 1, 20),
+      pods: int(v.pods!, 'pods', 0, 10),
+    },
+  };
+}
+
+function step(msg: string): void {
+  const t = ((Date.now() - started) / 1000).toFixed(1).padStart(5);
+  process.stdout.write(`[${t}s] ${msg}\n`);
+}
+
+function workDir(a: LabArgs): string {
+  return join(a.stateDir, a.name);
+}
+
+function readState(a: LabArgs): TopologyState | undefined {
+  const file = join(workDir(a), 'state.json');
+  if (!existsSync(file)) return undefined;
+  return JSON.parse(readFileSync(file, 'utf8')) as TopologyState;
+}
+
+function netnsExists(name: string): boolean {
+  return existsSync(`/run/netns/${name}`);
+}
+
+function alive(pid: number | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs a command in a namespace; resolves with its output and exit code (never rejects). */
+function inNs(netns: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number; out: string }> {
+  return new Promise((res) => {
+    execFile('nsenter', [`--net=/run/netns/${netns}`, '--', cmd, ...args], { encoding: 'utf8', env, timeout: 60_000 }, (err, stdout, stderr) => {
+      res({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, out: stdout + stderr });
+    });
+  });
+}
+
+/** Environment for commands run on a node: weftctl on PATH, pointed at the lab's etcd and files. */
+function nodeEnv(state: TopologyState, node?: LabNode): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    PATH: `${BIN}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}`,
+    WEFTD_ETCD_ENDPOINTS: state.etcdEndpoint,
+    WEFTD_ETCD_PREFIX: state.etcdPrefix,
+    ...(node ? { WEFTD_SUBNET_FILE: node.subnetFile } : {}),
+  };
+}
+
+async function pingMatrix(pods: LabPod[]): Promise<{ text: string; ok: number; total: number }> {
+  const pairs = pods.flatMap((a) => pods.filter((b) => b !== a).map((b) => [a, b] as const));
+  const results = new Map<string, boolean>();
+  await Promise.all(
+    pairs.map(async ([a, b]) => {
+      let ok = false;
+      for (let attempt = 0; attempt < 3 && !ok; attempt++) ok = (await inNs(a.netns, 'ping', ['-c', '1', '-W', '2', b.ip])).code === 0;
+      results.set(`${a.name}>${b.name}`, ok);
+    }),
+  );
+  const w = Math.max(4, ...pods.map((p) => p.name.length));
+  const head = `${'from\\to'.padEnd(w + 2)}${pods.map((p) => p.name.padStart(w + 2)).join('')}`;
+  const rows = pods.map(
+    (a) => `${a.name.padEnd(w + 2)}${pods.map((b) => (a === b ? '-' : results.get(`${a.name}>${b.name}`) ? 'ok' : 'FAIL').padStart(w + 2)).join('')}`,
+  );
+  const ok = [...results.values()].filter(Boolean).length;
+  return { text: [head, ...rows].join('\n'), ok, total: pairs.length };
+}
+
+async function up(a: LabArgs): Promise<number> {
+  const existing = readState(a);
+  if (existing && [existing.underlayNetns, ...existing.nodes.map((n) => n.netns)].some(netnsExists)) {
+    process.stderr.write(`lab "${a.name}" is already up (state in ${workDir(a)}); see "./scripts/lab.sh status" or run "./scripts/lab.sh down" first\n`);
+    return 1;
+  }
+  if (existing) await destroyTopology(workDir(a), { removeWorkDir: true });
+  for (const bin of ['weft', 'weftd', 'weftctl']) {
+    if (!existsSync(join(BIN, bin))) throw new Error(`${join(BIN, bin)} is missing: run "node scripts/build.ts" (scripts/lab.sh does)`);
+  }
+
+  step(`creating lab "${a.name}": underlay ${a.underlay}.0/24, etcd, ${a.nodes} node(s) with ${a.pods} pod(s) each`);
+  let topo: Topology | undefined;
+  const abort = () => {
+    process.stderr.write('\ninterrupted: tearing the lab down\n');
+    void destroyTopology(workDir(a), { removeWorkDir: true }).finally(() => process.exit(130));
+  };
+  process.once('SIGINT', abort);
+  process.once('SIGTERM', abort);
+  try {
+    topo = await Topology.create({ workDir: workDir(a), prefix: a.prefix, id: a.name, underlay: a.underlay, detached: true });
+    const s = topo.state;
+    step(`underlay bridge br0 in ${s.underlayNetns}; etcd ready at ${s.etcdEndpoint} (in ${s.etcdNetns}); pod network ${s.podNetwork}`);
+    for (let i = 0; i < a.nodes; i++) {
+      const node = await topo.addNode();
+      const env = topo.subnetEnv(node.name);
+      step(`node ${node.name} ${node.ip} (${node.netns}): weftd ready, subnet ${env.FLANNEL_SUBNET ?? '?'}, MTU ${env.FLANNEL_MTU ?? '?'}`);
+    }
+    for (const node of s.nodes) {
+      for (let k = 0; k < a.pods; k++) {
+        const pod = await topo.addPod(node.name);
+        step(`pod ${pod.name} on ${node.name} (${pod.netns}): ${pod.ip} via the weft CNI plugin`);
+      }
+    }
+  } catch (err) {
+    process.stderr.write(`lab up failed: ${(err as Error).message}\n`);
+    await destroyTopology(workDir(a));
+    process.stderr.write(`everything the lab made was removed; logs are kept in ${workDir(a)}\n`);
+    return 1;
+  } finally {
+    process.removeListener('SIGINT', abort);
+    process.removeListener('SIGTERM', abort);
+  }
+  const s = topo.state;
+
+  step('pinging every pod from every pod');
+  const matrix = await pingMatrix(s.pods);
+  process.stdout.write(`\n${matrix.text}\n${matrix.ok}/${matrix.total} pings ok\n\n`);
+
+  step('weftctl get nodes (run on n1)');
+  const n1 = s.nodes[0]!;
+  const get = await inNs(n1.netns, join(BIN, 'weftctl'), ['get', 'nodes'], nodeEnv(s, n1));
+  process.stdout.write(`\n${get.out}\n`);
+  let consistent = 0;
+  for (const node of s.nodes) {
+    const check = await inNs(node.netns, join(BIN, 'weftctl'), ['check'], nodeEnv(s, node));
+    if (check.code === 0) consistent++;
+    else process.stdout.write(`weftctl check on ${node.name}:\n${check.out}\n`);
+  }
+  step(`weftctl check: ${consistent}/${s.nodes.length} node(s) consistent with etcd`);
+
+  const pod = s.pods[0];
+  const other = s.pods.find((p) => p.node !== pod?.node) ?? s.pods[1];
+  const opt = [
+    a.name !== 'lab' ? ` --name ${a.name}` : '',
+    a.prefix !== 'weft' ? ` --prefix ${a.prefix}` : '',
+    a.stateDir !== '/run/weft-lab' ? ` --state-dir ${a.stateDir}` : '',
+  ].join('');
+  const lab = `./scripts/lab.sh`;
+  process.stdout.write(
+    [
+      `\nThe lab is up. Explore it:`,
+      pod && other ? `  ${lab} exec${opt} ${pod.name} ping -c 3 ${other.ip}      # a command in a pod` : '',
+      `  ${lab} exec${opt} n1 ip -d link show flannel.1      # a command on a node`,
+      `  ${lab} exec${opt} n1 ip route; ${lab} exec${opt} n1 bridge fdb show dev flannel.1`,
+      `  ${lab} exec${opt} n1 weftctl get nodes -o wide       # weftctl on a node (etcd preset)`,
+      `  ${lab} exec${opt} n1 weftctl check                   # kernel state vs etcd`,
+      `  ${lab} exec${opt} underlay tcpdump -ni br0 udp port 8472   # capture VXLAN on the underlay`,
+      `  ${lab} status${opt}`,
+      `  ${lab} down${opt}                                    # remove everything`,
+      `Logs: ${workDir(a)}/<node>/weftd.log, ${workDir(a)}/etcd.log`,
+      '',
+    ]
+      .filter((l) => l !== '')
+      .join('\n') + '\n',
+  );
+  return matrix.ok === matrix.total && consistent === s.nodes.length ? 0 : 1;
+}
+
+/** Namespaces of this lab, also ones a crashed `up` may not have recorded. */
+function labNamespaces(a: LabArgs): string[] {
+  const names = existsSync('/run/netns') ? readdirSync('/run/netns') : [];
+  const re = new RegExp(`^${a.prefix}-(ul|cp|n\\d+|n\\d+p\\d+)-${a.name}$`);
+  return names.filter((n) => re.test(n));
+}
+
+async function down(a: LabArgs): Promise<number> {
+  const state = readState(a);
+  const strays = labNamespaces(a);
+  if (!state && !strays.length) {
+    process.stdout.write(`lab "${a.name}": nothing to tear down\n`);
+    return 0;
+  }
+  if (state) await destroyTopology(workDir(a), { removeWorkDir: true });
+  for (const ns of labNamespaces(a)) {
+    await new Promise((r) => execFile('ip', ['netns', 'del', ns], r));
+  }
+  rmSync(workDir(a), { recursive: true, force: true });
+  const left = labNamespaces(a);
+  if (left.length) {
+    process.stderr.write(`lab "${a.name}": could not delete namespaces ${left.join(', ')}\n`);
+    return 1;
+  }
+  process.stdout.write(`lab "${a.name}" removed: processes stopped, namespaces and ${workDir(a)} deleted\n`);
+  return 0;
+}
+
+async function status(a: LabArgs): Promise<number> {
+  const s = readState(a);
+  if (!s || !netnsExists(s.underlayNetns)) {
+    process.stdout.write(`lab "${a.name}" is not up\n`);
+    return 1;
+  }
+  process.stdout.write(`lab "${a.name}": underlay ${s.underlay}.0/24 (${s.underlayNetns}), etcd ${s.etcdEndpoint} ${alive(s.etcdPid) ? 'running' : 'STOPPED'}\n`);
+  for (const n of s.nodes) {
+    const pods = s.pods.filter((p) => p.node === n.name).map((p) => `${p.name} ${p.ip}`);
+    process.stdout.write(`  ${n.name} ${n.ip} weftd ${alive(n.pid) ? `running (pid ${n.pid})` : 'STOPPED'}; pods: ${pods.join(', ') || 'none'}\n`);
+  }
+  const n1 = s.nodes[0];
+  if (n1 && alive(s.etcdPid)) {
+    const get = await inNs(n1.netns, join(BIN, 'weftctl'), ['get', 'nodes'], nodeEnv(s, n1));
+    process.stdout.write(`\n${get.out}`);
+  }
+  return 0;
+}
+
+function resolveTarget(s: TopologyState, target: string): { netns: string; node?: LabNode } {
+  if (target === 'underlay' || target === 'ul') return { netns: s.underlayNetns };
+  if (target === 'etcd' || target === 'cp') return { netns: s.etcdNetns };
+  const node = s.nodes.find((n) => n.name === target || n.netns === target);
+  if (node) return { netns: node.netns, node };
+  const pod = s.pods.find((p) => p.name === target || p.netns === target);
+  if (pod) return { netns: pod.netns, node: s.nodes.find((n) => n.name === pod.node) };
+  const names = ['underlay', 'etcd', ...s.nodes.map((n) => n.name), ...s.pods.map((p) => p.name)];
+  throw new UsageError(`no lab target "${target}"; one of: ${names.join(', ')}`);
+}
+
+async function exec(a: LabArgs, rest: string[]): Promise<number> {
+  const [target, ...cmd] = rest;
+  if (!target || !cmd.length) throw new UsageError('usage: lab.sh exec <node|pod|underlay|etcd> <command> [args...]');
+  const s = readState(a);
+  if (!s || !netnsExists(s.underlayNetns)) throw new UsageError(`lab "${a.name}" is not up (./scripts/lab.sh up)`);
+  const t = resolveTarget(s, target);
+  const child = spawn('nsenter', [`--net=/run/netns/${t.netns}`, '--', ...cmd], { stdio: 'inherit', env: nodeEnv(s, t.node) });
+  return await new Promise((res) => {
+    child.on('error', (err) => {
+      process.stderr.write(`lab exec: ${err.message}\n`);
+      res(127);
+    });
+    child.on('close', (code, signal) => res(code ?? (signal ? 128 : 1)));
+  });
+}
+
+const USAGE = `usage: ./scripts/lab.sh up|down|status|exec [flags]
+
+  up [--nodes N] [--pods N]   start the lab (default 3 nodes, 2 pods each); ends with a ping matrix
+  status                      what runs, and weftctl get nodes
+  exec TARGET CMD [ARGS...]   run CMD in a node (n1), pod (n1p1), "underlay" or "etcd" namespace;
+                              weftctl is on PATH there, pointed at the lab's etcd
+  down                        remove everything the lab made (safe to run twice)
+
+  --name NAME (default lab)  --state-dir DIR (default /run/weft-lab)
+  --prefix P (namespace prefix, default weft)  --underlay 198.51.100|203.0.113
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const { cmd, rest, args } = parse(argv);
+  switch (cmd) {
+    case 'up':
+      return await up(args);
+    case 'down':
+      return await down(args);
+    case 'status':
+      return await status(args);
+    case 'exec':
+      return await exec(args, rest);
+    case '':
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return cmd === '' ? 2 : 0;
+    default:
+      throw new UsageError(`unknown lab command "${cmd}"`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    const hint = err instanceof UsageError ? '\nRun "./scripts/lab.sh help" for usage.' : '';
+    process.stderr.write(`lab: ${(err as Error).message}${hint}\n`);
+    process.exit(2);
+  },
+);
