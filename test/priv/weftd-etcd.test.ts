@@ -47,8 +47,23 @@ test.serial('stop and restart etcd: data plane kept, watch recovered, renewals c
   // Watch recovered: a lease written after the restart is programmed on both nodes.
   await cluster.etcd.put(FAKE_KEY, FAKE);
   for (const n of ['n1', 'n2']) t.true(await eventually(() => hasFake(n), 20_000), `${n} saw a lease put after etcd came back`);
+  // The peer's MAC and IP change: new entries in, the old FDB entry out.
+  await cluster.etcd.put(FAKE_KEY, JSON.stringify({ PublicIP: '198.51.100.98', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:fa:02' } }));
+  for (const n of ['n1', 'n2']) {
+    t.true(
+      await eventually(() => {
+        const o = cluster.overlay(n);
+        return (
+          o.neighs.some((x) => x.dst === '198.18.250.0' && x.lladdr === '02:00:00:00:fa:02') &&
+          o.fdbs.some((f) => f.mac === '02:00:00:00:fa:02' && f.dst === '198.51.100.98') &&
+          !o.fdbs.some((f) => f.mac === '02:00:00:00:fa:01')
+        );
+      }, 20_000),
+      `${n} replaced the changed peer and removed its old FDB entry`,
+    );
+  }
   await cluster.etcd.del(FAKE_KEY);
-  for (const n of ['n1', 'n2']) t.true(await eventually(() => !hasFake(n) && cluster.entriesFor(n, '198.18.250.0/24', '198.51.100.99') === 0, 20_000));
+  for (const n of ['n1', 'n2']) t.true(await eventually(() => cluster.entriesFor(n, '198.18.250.0/24', '198.51.100.98') === 0, 20_000));
 
   // Renewals continue, and the leases outlive their 8 s TTL.
   for (const n of ['n1', 'n2'] as const) {

@@ -6,8 +6,8 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { eventually } from '../helpers/netns.ts';
-import { pingStats, startCluster, type Cluster } from '../helpers/cluster.ts';
+import { eventually, sh } from '../helpers/netns.ts';
+import { pingStats, reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
 
 const execFileP = promisify(execFile);
 let cluster: Cluster;
@@ -46,3 +46,32 @@ for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
     t.regex(cluster.log('n1'), /reusing device "flannel\.1"/);
   });
 }
+
+test.serial('on start, entries of peers that left while the daemon was down are removed', async (t) => {
+  const key = '/coreos.com/network/subnets/198.18.251.0-24';
+  await cluster.etcd.put(key, JSON.stringify({ PublicIP: '198.51.100.98', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:fb:01' } }));
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.251.0/24', '198.51.100.98') === 3, 10_000), 'departed peer programmed first');
+  await cluster.topo.stopDaemon('n1', 'SIGTERM');
+  await cluster.etcd.del(key);
+  t.is(cluster.entriesFor('n1', '198.18.251.0/24', '198.51.100.98'), 3, 'nobody removed them while the daemon was down');
+  await cluster.topo.startDaemon('n1');
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.251.0/24', '198.51.100.98') === 0, 10_000));
+  t.regex(cluster.log('n1'), /removed stale route 198\.18\.251\.0\/24/);
+  t.true(cluster.hasPeer('n1', 'n2'));
+});
+
+test.serial('an incompatible flannel.1 (other UDP port) is recreated with the right parameters and its MAC, and the reason is logged', async (t) => {
+  const n1 = cluster.node('n1');
+  const mac = cluster.overlay('n1').mac!;
+  await cluster.topo.stopDaemon('n1', 'SIGTERM');
+  sh('ip', ['-n', n1.netns, 'link', 'del', 'flannel.1']);
+  sh('ip', ['-n', n1.netns, 'link', 'add', 'flannel.1', 'address', mac, 'type', 'vxlan', 'id', '1', 'dstport', '4789', 'local', n1.ip, 'dev', 'eth0', 'nolearning']);
+  await cluster.topo.startDaemon('n1');
+  t.regex(cluster.log('n1'), /recreated device "flannel\.1": port 4789 != 8472/);
+  const info = JSON.parse(sh('ip', ['-n', n1.netns, '-d', '-j', 'link', 'show', 'flannel.1']))[0];
+  t.is(info.linkinfo.info_data.port, 8472);
+  t.is(info.address, mac);
+  t.true(await eventually(() => cluster.hasPeer('n1', 'n2') && cluster.hasPeer('n2', 'n1'), 10_000));
+  const [a, b] = [cluster.pods.find((p) => p.node === 'n1')!, cluster.pods.find((p) => p.node === 'n2')!];
+  t.true(await eventually(() => reachable(a.netns, b.ip), 10_000));
+});
