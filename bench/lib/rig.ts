@@ -52,6 +52,8 @@ export interface Daemon {
 
 /** Starts weftd in the rig and waits for /readyz (polled from inside the namespace). */
 export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000): Promise<Daemon> {
+  // WEFT_BENCH_WEFTD_NODE_OPTIONS lets one try V8 flags on the daemon without rebuilding it.
+  const nodeOptions = process.env.WEFT_BENCH_WEFTD_NODE_OPTIONS;
   const args = [
     '--etcd-endpoints', rig.etcd.endpoint,
     '--etcd-prefix', ETCD_PREFIX,
@@ -82,7 +84,8 @@ export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000
   })();
   const wall0 = Date.now();
   const t0 = process.hrtime.bigint();
-  const child = scope.spawn(bins.weftd, args, { ns: rig.ns, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, stdio: ['ignore', log, log] });
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}) };
+  const child = scope.spawn(bins.weftd, args, { ns: rig.ns, env, stdio: ['ignore', log, log] });
   closeSync(log);
   const readyMs = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => (poll.kill('SIGKILL'), reject(new Error(`weftd not ready after ${timeoutMs} ms: ${tail(rig.logFile)}`))), timeoutMs);
