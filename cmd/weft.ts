@@ -4,10 +4,7 @@
  * Keep this import graph small: every pod start pays for each module loaded.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { DiskStore } from '../src/ipam/disk.ts';
-import { openNetlink } from '../src/netlink/index.ts';
-import { openNetns, withNetns } from '../src/netns/index.ts';
-import type { Deps } from '../src/cni/plugin.ts';
+import { systemDeps } from '../src/cni/deps.ts';
 import { runSkel } from '../src/cni/skel.ts';
 
 function readStdin(): string {
@@ -18,25 +15,7 @@ function readStdin(): string {
   }
 }
 
-/** Writes `/proc/sys/<path>` synchronously while inside `netns` (it resolves per opener). */
-function writeSysctl(path: string, value: string, netns?: Parameters<typeof withNetns>[0]): void {
-  const file = `/proc/sys/${path}`;
-  const write = () => {
-    if (readFileSync(file, 'utf8').trim() !== value) writeFileSync(file, value);
-  };
-  if (netns) withNetns(netns, write);
-  else write();
-}
-
-const deps: Deps = {
-  openNetlink: (netns) => openNetlink(netns ? { netns } : {}),
-  openNetns,
-  writeSysctl,
-  store: (conf) => new DiskStore(conf.dataDir, conf.name),
-  // Honoured only when a test sets it; kubelet never does.
-  failAfter: process.env.WEFT_TEST_FAIL_AFTER || undefined,
-  log: (msg) => process.stderr.write(`${msg}\n`),
-};
+const deps = systemDeps({ env: process.env, log: (msg) => process.stderr.write(`${msg}\n`) });
 
 async function main(): Promise<number> {
   return runSkel(

@@ -117,9 +117,11 @@ export function withNetns<T>(ns: NetNs, fn: () => T): T {
 /**
  * Sets a `/proc/sys/net/...` value inside `ns` (or here when omitted). The write is a
  * synchronous call made while switched: /proc/sys/net resolves to the opener's namespace.
+ * `name` is dotted (`net.ipv4.ip_forward`) or a path (`net/ipv4/conf/eth0.1/arp_notify`; use
+ * the path form when an interface name may contain dots).
  */
 export function setSysctl(name: string, value: string, ns?: NetNs): void {
-  const file = `/proc/sys/${name.replaceAll('.', '/')}`;
+  const file = `/proc/sys/${name.includes('/') ? name : name.replaceAll('.', '/')}`;
   const write = () => {
     if (readFileSync(file, 'utf8').trim() !== value) writeFileSync(file, value);
   };
