@@ -18,6 +18,7 @@ import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
 import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
+import { figDataplane } from './figures/dataplane.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
@@ -28,6 +29,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
   where: { title: 'where the ADD time goes', run: figWhere },
   peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
+  dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
 };
 
