@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { createLogger } from '../src/daemon/logger.ts';
 import { Metrics } from '../src/daemon/metrics.ts';
 import { parseOptions, usage, UsageError } from '../src/daemon/options.ts';
-import { runDaemon } from '../src/daemon/run.ts';
+import { errText, runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
 
@@ -35,7 +35,9 @@ async function main(): Promise<number> {
       ac.abort();
     });
   }
-  const manager = new EtcdSubnetManager({
+  let manager: EtcdSubnetManager;
+  try {
+    manager = new EtcdSubnetManager({
     endpoints: opts.etcdEndpoints,
     prefix: opts.etcdPrefix,
     cafile: opts.etcdCafile,
@@ -43,14 +45,18 @@ async function main(): Promise<number> {
     keyfile: opts.etcdKeyfile,
     onError: () => metrics.etcdErrors++,
     log: (level, msg) => log.log(level, msg),
-  });
+    });
+  } catch (err) {
+    log.error(`fatal: ${errText(err)}`);
+    return 1;
+  }
   const nl = openNetlink();
   log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
   try {
     await runDaemon(opts, { nl, manager, log, metrics }, ac.signal);
     return 0;
   } catch (err) {
-    log.error(`fatal: ${(err as Error).message}`, { cause: String((err as Error).cause ?? '') });
+    log.error(`fatal: ${errText(err)}`);
     return 1;
   } finally {
     manager.close();

@@ -4,8 +4,8 @@
  * daemons in node namespaces reach it over the test underlay; root-namespace 127.0.0.1 is not
  * reachable from there. The data dir survives stop/start (a restart keeps the leases).
  */
-import { spawn, execFile } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -28,6 +28,36 @@ export interface EtcdServerOptions {
   etcdBin?: string;
   /** An already running server's pid (re-attaching to a lab). */
   pid?: number;
+  /** Serve TLS and require client certificates (see {@link makeTestPki}). */
+  tls?: TestPki;
+}
+
+/** PEM files of a throwaway CA, an etcd server certificate and a client certificate. */
+export interface TestPki {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+/**
+ * Creates a CA plus server (SAN = `serverIP`) and client certificates in `dir` with openssl.
+ * For tests and the lab only: keys are unencrypted and valid for a day.
+ */
+export function makeTestPki(dir: string, serverIP: string): TestPki {
+  mkdirSync(dir, { recursive: true });
+  const f = (n: string) => join(dir, n);
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=weft-test-ca', '-keyout', f('ca.key'), '-out', f('ca.pem'));
+  const leaf = (name: string, ext: string) => {
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=weft-test-${name}`, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`));
+    writeFileSync(f(`${name}.ext`), ext);
+    ssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '1', '-extfile', f(`${name}.ext`), '-out', f(`${name}.pem`));
+  };
+  leaf('server', `subjectAltName=IP:${serverIP}\nextendedKeyUsage=serverAuth\n`);
+  leaf('client', 'extendedKeyUsage=clientAuth\n');
+  return { ca: f('ca.pem'), serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
 }
 
 export class EtcdServer {
@@ -43,9 +73,9 @@ export class EtcdServer {
     this.#pid = opts.pid;
   }
 
-  /** `http://ip:port`, what weftd's --etcd-endpoints takes. */
+  /** `http(s)://ip:port`, what weftd's --etcd-endpoints takes. */
   get endpoint(): string {
-    return `http://${this.opts.ip}:${this.opts.clientPort}`;
+    return `${this.opts.tls ? 'https' : 'http'}://${this.opts.ip}:${this.opts.clientPort}`;
   }
 
   get pid(): number | undefined {
@@ -77,6 +107,8 @@ export class EtcdServer {
       '--log-level', 'warn',
       '--logger', 'zap',
     ];
+    const tls = this.opts.tls;
+    if (tls) args.push('--cert-file', tls.serverCert, '--key-file', tls.serverKey, '--trusted-ca-file', tls.ca, '--client-cert-auth');
     const fd = this.opts.logFile ? openSync(this.opts.logFile, 'a') : 'ignore';
     const child = spawn('nsenter', args, { stdio: ['ignore', fd, fd], detached: this.opts.detached ?? false });
     if (typeof fd === 'number') closeSync(fd);
@@ -124,7 +156,11 @@ export class EtcdServer {
   async ctl(args: string[], input?: string): Promise<string> {
     const p = execFileP(
       'nsenter',
-      [`--net=/run/netns/${this.opts.netns}`, '--', 'etcdctl', `--endpoints=${this.endpoint}`, '--dial-timeout=2s', '--command-timeout=5s', ...args],
+      [
+        `--net=/run/netns/${this.opts.netns}`, '--', 'etcdctl', `--endpoints=${this.endpoint}`, '--dial-timeout=2s', '--command-timeout=5s',
+        ...(this.opts.tls ? [`--cacert=${this.opts.tls.ca}`, `--cert=${this.opts.tls.clientCert}`, `--key=${this.opts.tls.clientKey}`] : []),
+        ...args,
+      ],
       { encoding: 'utf8', env: { ...process.env, ETCDCTL_API: '3' }, timeout: 15_000 },
     );
     if (input !== undefined) p.child.stdin?.end(input);

@@ -18,7 +18,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import { randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { EtcdServer, killAndWait } from './etcd.ts';
+import { EtcdServer, killAndWait, makeTestPki, type TestPki } from './etcd.ts';
 
 const execFileP = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '..');
@@ -44,6 +44,8 @@ export interface TopologyOptions {
   weftBin?: string;
   /** Processes outlive the creating process (lab CLI). */
   detached?: boolean;
+  /** Serve etcd over TLS with client certificates (throwaway PKI in workDir/pki). */
+  etcdTls?: boolean;
 }
 
 export interface LabNode {
@@ -80,6 +82,8 @@ export interface TopologyState {
   etcdNetns: string;
   underlayNetns: string;
   etcdEndpoint: string;
+  /** Present when etcd serves TLS: CA and client certificate files for clients. */
+  etcdTls?: TestPki;
   etcdPid?: number;
   nodes: LabNode[];
   pods: LabPod[];
@@ -126,11 +130,13 @@ export class Topology {
       etcdPrefix: opts.etcdPrefix ?? '/coreos.com/network',
       underlayNetns: `${prefix}-ul-${id}`,
       etcdNetns: `${prefix}-cp-${id}`,
-      etcdEndpoint: `http://${underlay}.2:2379`,
+      etcdEndpoint: `${opts.etcdTls ? 'https' : 'http'}://${underlay}.2:2379`,
       nodes: [],
       pods: [],
     };
+    if (opts.etcdTls) state.etcdTls = makeTestPki(join(workDir, 'pki'), `${underlay}.2`);
     const etcd = new EtcdServer({
+      tls: state.etcdTls,
       netns: state.etcdNetns,
       ip: `${underlay}.2`,
       dataDir: join(workDir, 'etcd'),
@@ -218,6 +224,9 @@ export class Topology {
       '--node-name', node.name,
       '--ip-masq',
       '--log-level', 'debug',
+      ...(this.state.etcdTls
+        ? ['--etcd-cafile', this.state.etcdTls.ca, '--etcd-certfile', this.state.etcdTls.clientCert, '--etcd-keyfile', this.state.etcdTls.clientKey]
+        : []),
       ...(this.#opts.weftdArgs ?? []),
     ];
   }

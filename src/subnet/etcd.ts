@@ -56,11 +56,18 @@ export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile'
     faultHandling: { watchBackoff: constantBackoff(1000) },
   };
   if (opts.cafile || opts.certfile || opts.keyfile) {
-    if (!opts.cafile) throw new Error('etcd TLS: a CA file is required with a client certificate');
+    const read = (what: string, file: string) => {
+      try {
+        return readFileSync(file);
+      } catch (cause) {
+        throw new Error(`etcd TLS: read ${what} "${file}"`, { cause });
+      }
+    };
     o.credentials = {
-      rootCertificate: readFileSync(opts.cafile),
-      privateKey: opts.keyfile ? readFileSync(opts.keyfile) : undefined,
-      certChain: opts.certfile ? readFileSync(opts.certfile) : undefined,
+      // Without a CA file the system roots verify the server (grpc's default for null).
+      rootCertificate: (opts.cafile ? read('CA file', opts.cafile) : null) as Buffer,
+      privateKey: opts.keyfile ? read('key file', opts.keyfile) : undefined,
+      certChain: opts.certfile ? read('certificate file', opts.certfile) : undefined,
     };
   }
   return o;
