@@ -236,12 +236,20 @@ async function main(argv: string[]): Promise<number> {
     throw new UsageError(`unknown command "${verb}"`);
   } catch (err) {
     if (err instanceof EtcdUnavailableError) {
-      throw new EtcdError(`cannot reach etcd at ${endpoints.join(', ')}: ${err.message.replace(/^etcd /, '')}`);
+      throw new EtcdError(`cannot reach etcd at ${endpoints.join(', ')}: ${tidyGrpc(err.message.replace(/^etcd /, ''))}`);
     }
     throw err;
   } finally {
     mgr.close();
   }
+}
+
+/** gRPC's UNAVAILABLE text without its empty trailer and doubled "Error:". */
+function tidyGrpc(msg: string): string {
+  return msg
+    .replace(/\.? Resolution note:\s*$/, '')
+    .replace(/Last error: Error: /, 'last error: ')
+    .replace(/ - Local \([^)]*\)/, '');
 }
 
 /** One line, no stack: what failed and, for etcd, where. */
