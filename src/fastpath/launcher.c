@@ -14,6 +14,10 @@
  *                 so the daemon and the fallback never both run the request)
  *   <- u32 exitCode u32 outLen out u32 errLen err
  *
+ * The request also carries WEFT_LAUNCHER_NETNS=<inode of our network namespace>: a daemon in
+ * another namespace (several lab nodes on one machine share the file system, hence the socket
+ * path) closes without acknowledging, and we fall back.
+ *
  * Socket: the network config's "fastpathSocket" string, else /run/weft/cni.sock.
  * Fallback binary: WEFT_FALLBACK compiled in, else weft-standalone beside this program, else
  * weft beside this program when that is not this program itself.
@@ -205,7 +209,15 @@ int main(void) {
   struct buf req = {0};
   put(&req, "WFT1", 4);
   struct buf env = {0};
-  for (char **e = environ; *e; e++) put(&env, *e, strlen(*e) + 1);
+  for (char **e = environ; *e; e++) {
+    if (strncmp(*e, "WEFT_LAUNCHER_NETNS=", 20) != 0) put(&env, *e, strlen(*e) + 1);
+  }
+  struct stat netns;
+  if (stat("/proc/self/ns/net", &netns) == 0) {
+    char kv[64];
+    int n = snprintf(kv, sizeof kv, "WEFT_LAUNCHER_NETNS=%llu", (unsigned long long)netns.st_ino);
+    put(&env, kv, (size_t)n + 1);
+  }
   put32(&req, (uint32_t)env.len);
   put(&req, env.p, env.len);
   put32(&req, (uint32_t)in.len);

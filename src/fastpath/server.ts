@@ -2,7 +2,7 @@
  * weftd's side of the CNI fast path: a unix socket on which the daemon runs CNI requests
  * forwarded by the launcher, with the same handler code the standalone binary runs.
  */
-import { mkdirSync, chmodSync, unlinkSync, lstatSync } from 'node:fs';
+import { mkdirSync, chmodSync, unlinkSync, lstatSync, statSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { ACK, decodeRequest, encodeReply, GO, ProtocolError, type CniReply, type CniRequest } from './protocol.ts';
@@ -60,7 +60,9 @@ export async function serveCni(opts: FastpathOptions): Promise<FastpathServer> {
     unlinkSync(path);
   }
 
-  const server: Server = createServer({ allowHalfOpen: true }, (sock) => handle(sock, opts.handler, timeoutMs, log));
+  // The namespace the daemon serves; read once, while the main thread is at home.
+  const netns = String(statSync('/proc/self/ns/net').ino);
+  const server: Server = createServer({ allowHalfOpen: true }, (sock) => handle(sock, { handler: opts.handler, timeoutMs, log, netns }));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, () => (server.off('error', reject), resolve()));
@@ -81,7 +83,18 @@ export async function serveCni(opts: FastpathOptions): Promise<FastpathServer> {
   return { path, close };
 }
 
-function handle(sock: Socket, handler: CniHandler, timeoutMs: number, log: (m: string) => void): void {
+/** The variable the launcher sets to the inode of its network namespace. */
+export const NETNS_VAR = 'WEFT_LAUNCHER_NETNS';
+
+interface ConnOptions {
+  handler: CniHandler;
+  timeoutMs: number;
+  log: (m: string) => void;
+  /** Inode of the daemon's network namespace. */
+  netns: string;
+}
+
+function handle(sock: Socket, { handler, timeoutMs, log, netns }: ConnOptions): void {
   const chunks: Buffer[] = [];
   let size = 0;
   let req: CniRequest | undefined;
@@ -108,7 +121,13 @@ function handle(sock: Socket, handler: CniHandler, timeoutMs: number, log: (m: s
       } catch (err) {
         return drop(err instanceof ProtocolError ? err.message : String(err));
       }
-      if (req) sock.write(Buffer.of(ACK));
+      if (!req) return;
+      // A launcher in another node's namespace (lab, tests) must not be served here: closing
+      // without an acknowledgement makes it fall back to the standalone binary.
+      const theirs = req.env[NETNS_VAR];
+      delete req.env[NETNS_VAR];
+      if (theirs !== undefined && theirs !== netns) return drop(`launcher in another network namespace (${theirs}, ours ${netns})`);
+      sock.write(Buffer.of(ACK));
       return;
     }
     if (data[0] !== GO || data.length !== 1) return drop('expected go byte');

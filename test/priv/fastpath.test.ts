@@ -173,3 +173,23 @@ test('a server that accepts but never acknowledges is abandoned: the launcher fa
   t.deepEqual(podState(pod).addrs, [add.json.ips[0].address]);
   t.deepEqual(ipFiles(fx), [add.json.ips[0].address.split('/')[0]]);
 });
+
+test('a launcher in another node\'s namespace is not served there: it falls back and configures its own node', async (t) => {
+  const a = setup(t, 45);
+  const b = setup(t, 46);
+  const server = await startServer(a.scope, a.node, a.fx);
+  const pod = b.scope.netns('pod');
+  const conf = b.fx.conf({ fastpathSocket: server.socket });
+  const add = await cni(b.node, { bin: LAUNCHER, command: 'ADD', conf, containerID: 'c1', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+  t.is(add.code, 0, add.stdout + add.stderr);
+  t.regex(add.stderr, /falling back .*no acknowledgement/);
+  t.deepEqual(server.handled, []);
+  t.is(add.json.ips[0].address, '198.18.46.2/24');
+  t.is(ipJson(b.node, 'link', 'show', 'type', 'veth').length, 1, 'the veth is on the launcher\'s node');
+  t.deepEqual(ipJson(a.node, 'link', 'show', 'type', 'veth'), [], 'nothing on the server\'s node');
+  // The same launcher from the server's own namespace is served.
+  const podA = a.scope.netns('pod');
+  const addA = await cni(a.node, { bin: LAUNCHER, command: 'ADD', conf: a.fx.conf({ fastpathSocket: server.socket }), containerID: 'c2', netns: podA, ifname: 'eth0' });
+  t.is(addA.code, 0, addA.stdout + addA.stderr);
+  t.deepEqual(server.handled, ['ADD']);
+});
