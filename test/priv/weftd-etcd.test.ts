@@ -74,3 +74,31 @@ test.serial('stop and restart etcd: data plane kept, watch recovered, renewals c
   t.true(reachable(a.netns, b.ip));
   t.true(reachable(b.netns, a.ip));
 });
+
+test.serial('a watch whose revision was compacted away re-lists and converges', async (t) => {
+  const n1 = cluster.node('n1');
+  const gone = '/coreos.com/network/subnets/198.18.252.0-24';
+  const added = '/coreos.com/network/subnets/198.18.253.0-24';
+  await cluster.etcd.put(gone, JSON.stringify({ PublicIP: '198.51.100.97', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:fc:01' } }));
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.252.0/24', '198.51.100.97') === 3, 20_000));
+  const before = cluster.log('n1').length;
+  // Freeze n1's daemon, restart etcd under it (its watch stream breaks), change the lease table
+  // and compact past everything n1 has seen; when n1 resumes, its watch cannot continue.
+  process.kill(n1.pid!, 'SIGSTOP');
+  try {
+    await cluster.topo.stopEtcd();
+    await cluster.topo.startEtcd();
+    await cluster.etcd.del(gone);
+    await cluster.etcd.put(added, JSON.stringify({ PublicIP: '198.51.100.96', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:fd:01' } }));
+    const status = JSON.parse(await cluster.etcd.ctl(['endpoint', 'status', '-w', 'json']));
+    await cluster.etcd.ctl(['compact', String(status[0].Status.header.revision)]);
+  } finally {
+    process.kill(n1.pid!, 'SIGCONT');
+  }
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.253.0/24', '198.51.100.96') === 3, 30_000), 'lease added during the gap programmed');
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.252.0/24', '198.51.100.97') === 0, 30_000), 'lease deleted during the gap removed');
+  t.regex(cluster.log('n1').slice(before), /lease watch: .*re-listing/);
+  t.log(cluster.log('n1').slice(before).match(/lease watch: .*/g));
+  await cluster.etcd.del(added);
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.253.0/24', '198.51.100.96') === 0, 20_000), 'watch works after the resync');
+});
