@@ -14,14 +14,13 @@
  *   node scripts/package.ts            # after `node scripts/build.ts` (needs dist/native)
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { build, type Plugin } from 'esbuild';
 
 const root = join(import.meta.dirname, '..');
 const out = join(root, 'dist', 'pkg');
-const work = join(out, '.work');
 const binDir = join(out, 'bin');
 const libDir = join(out, 'lib', 'weft');
 
@@ -87,7 +86,7 @@ function makeExecutable(script: string, exe: string): void {
   const config = join(work, 'sea-config.json');
   writeFileSync(config, JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }));
   execFileSync(process.execPath, ['--experimental-sea-config', config], { stdio: 'pipe' });
-  const tmp = `${exe}.tmp`;
+  const tmp = `${exe}.tmp-${process.pid}`;
   copyFileSync(process.execPath, tmp);
   chmodSync(tmp, 0o755);
   const postject = join(root, 'node_modules', '.bin', 'postject');
@@ -95,18 +94,28 @@ function makeExecutable(script: string, exe: string): void {
   renameSync(tmp, exe);
 }
 
-rmSync(work, { recursive: true, force: true });
-mkdirSync(work, { recursive: true });
+mkdirSync(out, { recursive: true });
+// A private scratch dir: concurrent runs (a test and a benchmark) must not share one.
+const work = mkdtempSync(join(out, '.work-'));
 mkdirSync(binDir, { recursive: true });
 mkdirSync(libDir, { recursive: true });
 
-const script = join(work, 'weft.cjs');
-await bundle('weft', script);
-makeExecutable(script, join(binDir, 'weft'));
+/** Copies by rename: overwriting a shared object in place would corrupt processes that map it. */
+function install(src: string, dest: string): void {
+  const tmp = `${dest}.tmp-${process.pid}`;
+  copyFileSync(src, tmp);
+  renameSync(tmp, dest);
+}
 
-const require = createRequire(import.meta.url);
-const netlinkDir = join(require.resolve('netlink/package.json'), '..');
-copyFileSync(join(netlinkDir, 'prebuilds', `linux-${process.arch}`, 'node.napi.node'), join(libDir, 'netlink.node'));
-copyFileSync(join(root, 'dist', 'native', 'setns.node'), join(libDir, 'setns.node'));
-rmSync(work, { recursive: true, force: true });
+try {
+  const script = join(work, 'weft.cjs');
+  await bundle('weft', script);
+  makeExecutable(script, join(binDir, 'weft'));
+  const require = createRequire(import.meta.url);
+  const netlinkDir = join(require.resolve('netlink/package.json'), '..');
+  install(join(netlinkDir, 'prebuilds', `linux-${process.arch}`, 'node.napi.node'), join(libDir, 'netlink.node'));
+  install(join(root, 'dist', 'native', 'setns.node'), join(libDir, 'setns.node'));
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
 console.log('packaged dist/pkg/bin/weft with dist/pkg/lib/weft/{netlink,setns}.node');
