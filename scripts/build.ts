@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, cpSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
+import { buildLauncher } from '../src/fastpath/build.ts';
 
 const root = join(import.meta.dirname, '..');
 const dist = join(root, 'dist');
@@ -28,6 +29,8 @@ execFileSync('cc', [
   '-o', join(dist, 'native', 'setns.node'),
   join(root, 'src', 'netns', 'native', 'setns.c'),
 ], { stdio: 'inherit' });
+// The CNI fast-path launcher (static C, forwards to weftd; see src/fastpath/launcher.c).
+buildLauncher(join(dist, 'bin', 'weft-fast'));
 
 const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts'));
 await Promise.all(
