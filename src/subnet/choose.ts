@@ -1,7 +1,8 @@
 /**
  * Which subnet a node takes (pure). In order: the lease that already carries our public IP
- * (a restart), the subnet from our previous subnet file if nobody holds it, else a random free
- * one between SubnetMin and SubnetMax.
+ * (a restart); the subnet from our previous subnet file if nobody holds it, or if its lease
+ * carries our own backend data (same VTEP MAC: this node came back with a new IP); else a
+ * random free one between SubnetMin and SubnetMax.
  */
 import { contains, formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import type { NetworkConfig } from './config.ts';
@@ -25,6 +26,8 @@ export interface ChooseOptions {
   publicIP: string;
   /** The subnet from our old subnet file, if any. */
   previous?: IPv4Net;
+  /** Our backend data; a lease on `previous` with exactly this data is ours. */
+  backendData?: unknown;
   /** Uniform in [0, 1); injected for tests. */
   random?: () => number;
 }
@@ -39,7 +42,13 @@ export function chooseSubnet(opts: ChooseOptions): SubnetChoice {
   const inRange = (s: IPv4Net) =>
     s.prefixLen === config.subnetLen && s.ip >= config.subnetMin && s.ip <= config.subnetMax && contains(config.network, s.ip);
   const prev = opts.previous;
-  if (prev && inRange(prev) && !taken.has(`${prev.ip}/${prev.prefixLen}`)) return { kind: 'new', subnet: prev, reason: 'previous' };
+  if (prev && inRange(prev)) {
+    if (!taken.has(`${prev.ip}/${prev.prefixLen}`)) return { kind: 'new', subnet: prev, reason: 'previous' };
+    const held = leases.find((l) => l.subnet.ip === prev.ip && l.subnet.prefixLen === prev.prefixLen);
+    if (held && opts.backendData !== undefined && JSON.stringify(held.backendData) === JSON.stringify(opts.backendData)) {
+      return { kind: 'existing', lease: held };
+    }
+  }
 
   const size = 2 ** (32 - config.subnetLen);
   const free: number[] = [];

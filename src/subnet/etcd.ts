@@ -193,7 +193,10 @@ export class EtcdSubnetManager implements SubnetManager {
   async acquireLease(config: NetworkConfig, attrs: LeaseAttrs, opts: { previous?: IPv4Net; ttlSeconds: number }): Promise<Lease> {
     for (let attempt = 1; ; attempt++) {
       const { leases } = await this.listLeases();
-      const choice = chooseSubnet({ config, leases, publicIP: attrs.publicIP, previous: opts.previous });
+      const choice = chooseSubnet({ config, leases, publicIP: attrs.publicIP, previous: opts.previous, backendData: attrs.backendData });
+      if (choice.kind === 'existing' && choice.lease.publicIP !== attrs.publicIP) {
+        this.#log('info', `lease ${describeSubnet(choice.lease.subnet)} carries our VTEP but public IP ${choice.lease.publicIP}; taking it over with ${attrs.publicIP}`);
+      }
       let lease: Lease | undefined;
       if (choice.kind === 'existing') {
         lease = await this.#refresh(choice.lease.subnet, attrs, choice.lease.modRevision!, opts.ttlSeconds);

@@ -75,3 +75,29 @@ test.serial('an incompatible flannel.1 (other UDP port) is recreated with the ri
   const [a, b] = [cluster.pods.find((p) => p.node === 'n1')!, cluster.pods.find((p) => p.node === 'n2')!];
   t.true(await eventually(() => reachable(a.netns, b.ip), 10_000));
 });
+
+test.serial('a node that comes back with a new IP keeps its subnet; peers move the FDB entry', async (t) => {
+  const n1 = cluster.node('n1');
+  const subnet = cluster.subnetOf('n1')!;
+  const mac = cluster.overlay('n1').mac!;
+  const newIP = n1.ip.replace(/\.\d+$/, '.31');
+  await cluster.topo.stopDaemon('n1', 'SIGTERM');
+  sh('ip', ['-n', n1.netns, 'addr', 'del', `${n1.ip}/24`, 'dev', 'eth0']);
+  sh('ip', ['-n', n1.netns, 'addr', 'add', `${newIP}/24`, 'dev', 'eth0']);
+  await cluster.topo.startDaemon('n1');
+  t.is(cluster.subnetOf('n1'), subnet);
+  t.is(cluster.overlay('n1').mac, mac, 'recreated (local address changed) with the same MAC');
+  t.regex(cluster.log('n1'), /recreated device "flannel\.1": local address 198\.51\.100\.11 != 198\.51\.100\.31/);
+  const lease = JSON.parse((await cluster.etcd.get(`/coreos.com/network/subnets/${subnet.replace('/', '-')}`))!);
+  t.is(lease.PublicIP, newIP);
+  t.is((await cluster.etcd.getPrefix('/coreos.com/network/subnets/')).size, 2, 'no second lease taken');
+  t.true(
+    await eventually(() => {
+      const fdbs = cluster.overlay('n2').fdbs.filter((f) => f.mac === mac);
+      return fdbs.length === 1 && fdbs[0].dst === newIP;
+    }, 10_000),
+    'n2 points the MAC at the new IP and dropped the old FDB entry',
+  );
+  const [a, b] = [cluster.pods.find((p) => p.node === 'n1')!, cluster.pods.find((p) => p.node === 'n2')!];
+  t.true(await eventually(() => reachable(b.netns, a.ip), 10_000));
+});

@@ -98,6 +98,15 @@ test('choose: the previous subnet when free, else a random free one', (t) => {
   t.deepEqual(outside, { kind: 'new', subnet: parseCIDR('10.244.255.0/24'), reason: 'random' });
 });
 
+test('choose: our previous subnet held under an old public IP with our VTEP MAC is ours (node IP changed)', (t) => {
+  const config = cfg({ Network: '10.244.0.0/16' });
+  const old = lease('10.244.9.0/24', '198.51.100.50', 'aa:bb:cc:dd:ee:09');
+  const c = chooseSubnet({ config, leases: [old], publicIP: '198.51.100.11', previous: parseCIDR('10.244.9.0/24'), backendData: { VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:09' } });
+  t.deepEqual(c, { kind: 'existing', lease: old });
+  const other = chooseSubnet({ config, leases: [old], publicIP: '198.51.100.11', previous: parseCIDR('10.244.9.0/24'), backendData: { VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:10' }, random: () => 0 });
+  t.deepEqual(other, { kind: 'new', subnet: parseCIDR('10.244.1.0/24'), reason: 'random' }, 'someone else\'s lease is left alone');
+});
+
 test('choose: random picks only free subnets inside SubnetMin..SubnetMax', (t) => {
   const config = cfg({ Network: '198.18.0.0/16', SubnetMin: '198.18.1.0', SubnetMax: '198.18.3.0' });
   const leases = [lease('198.18.1.0/24', '198.51.100.12'), lease('198.18.3.0/24', '198.51.100.13')];
