@@ -13,7 +13,7 @@
  * `<state-dir>/<name>/`.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { destroyTopology, Topology, type LabNode, type LabPod, type TopologyState } from './topology.ts';
@@ -261,6 +261,11 @@ async function down(a: LabArgs): Promise<number> {
     await new Promise((r) => execFile('ip', ['netns', 'del', ns], r));
   }
   rmSync(workDir(a), { recursive: true, force: true });
+  try {
+    rmdirSync(a.stateDir); // only when no other lab is in it
+  } catch {
+    /* not empty or already gone */
+  }
   const left = labNamespaces(a);
   if (left.length) {
     process.stderr.write(`lab "${a.name}": could not delete namespaces ${left.join(', ')}\n`);
