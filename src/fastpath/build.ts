@@ -4,7 +4,7 @@
  * lookups at start), else dynamic.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -16,11 +16,18 @@ export const LAUNCHER = join(root, 'dist', 'bin', 'weft-fast');
 export function buildLauncher(outfile = LAUNCHER): string {
   mkdirSync(dirname(outfile), { recursive: true });
   const src = join(import.meta.dirname, 'launcher.c');
-  const args = ['-O2', '-Wall', '-Wextra', '-Werror', '-o', outfile, src];
+  // Built beside and renamed over: a runtime or test exec'ing the old one never sees a half-written file.
+  const tmp = `${outfile}.tmp-${process.pid}`;
+  const args = ['-O2', '-Wall', '-Wextra', '-Werror', '-o', tmp, src];
   try {
-    execFileSync('cc', ['-static', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  } catch {
-    execFileSync('cc', args, { stdio: 'inherit' });
+    try {
+      execFileSync('cc', ['-static', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch {
+      execFileSync('cc', args, { stdio: 'inherit' });
+    }
+    renameSync(tmp, outfile);
+  } finally {
+    rmSync(tmp, { force: true });
   }
   return outfile;
 }
