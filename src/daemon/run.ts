@@ -16,7 +16,7 @@ import { LinkNotFoundError, type Link, type Netlink } from '../netlink/index.ts'
 import { setSysctl } from '../netns/index.ts';
 import type { Log } from '../backend/types.ts';
 import { VxlanNetwork } from '../backend/vxlan/network.ts';
-import { ensureRules } from '../rules/nft.ts';
+import { ensureRules, rulesPresent } from '../rules/nft.ts';
 import { OutOfSubnetsError } from '../subnet/choose.ts';
 import { systemClock, type Clock } from '../subnet/clock.ts';
 import type { NetworkConfig } from '../subnet/config.ts';
@@ -36,6 +36,8 @@ export interface DaemonDeps {
   metrics?: Metrics;
   /** Applies nftables rules (injected so unit wiring can skip nft). */
   applyRules?: typeof ensureRules;
+  /** Checks the rules are still there. */
+  checkRules?: typeof rulesPresent;
 }
 
 /** The external interface and the address VXLAN packets leave from. */
@@ -107,6 +109,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
   const clock = deps.clock ?? systemClock;
   const metrics = deps.metrics ?? new Metrics();
   const applyRules = deps.applyRules ?? ensureRules;
+  const checkRules = deps.checkRules ?? rulesPresent;
   let healthy = true;
   let server: Server | undefined;
   if (opts.healthzAddr) {
@@ -217,12 +220,22 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
     log.info(`ready: subnet ${leaseId(lease)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
 
     const reconciling = (async () => {
-      while (!signal.aborted) {
+      // nft is a process spawn, so the rules are checked less often than the kernel objects.
+      const rulesEvery = Math.max(1, Math.round(10_000 / opts.reconcileIntervalMs));
+      for (let pass = 1; !signal.aborted; pass++) {
         await clock.sleep(opts.reconcileIntervalMs, signal);
         if (signal.aborted) break;
         try {
           await network.reconcile();
           metrics.peers = network.peerCount;
+          if (opts.ipMasq && pass % rulesEvery === 0) {
+            const spec = { network: config.network, subnet: lease!.subnet, masquerade: true };
+            if (!(await checkRules(spec))) {
+              await applyRules(spec);
+              metrics.repairs++;
+              log.info('repair: nftables table "ip weft" put back');
+            }
+          }
         } catch (err) {
           log.warn(`reconcile: ${errText(err)}`);
         }

@@ -75,6 +75,22 @@ export function nftApply(script: string, opts: { nftBin?: string; signal?: Abort
   });
 }
 
+/**
+ * True when weft's table is present with the chains `spec` asks for (a cheap drift check: an
+ * operator's `nft flush ruleset` or `delete table` is noticed, rule edits inside it are not).
+ */
+export function rulesPresent(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile(opts.nftBin ?? defaultNftBin(), ['list', 'table', 'ip', TABLE], { encoding: 'utf8', timeout: 30_000 }, (err, out) => {
+      if (err) return resolve(false);
+      const net = formatCIDR(spec.network);
+      const want = [`chain forward`, `ip saddr ${net} accept`];
+      if (spec.masquerade) want.push('chain postrouting', `ip saddr ${net} ip daddr ${net} return`);
+      resolve(want.every((w) => out.includes(w)));
+    });
+  });
+}
+
 /** Installs or atomically replaces weft's table. */
 export async function ensureRules(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<void> {
   await nftApply(rulesScript(spec), opts);

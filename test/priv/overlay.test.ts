@@ -134,6 +134,16 @@ test.serial('masquerade and forward rules live in weft\'s own nftables table', (
   t.regex(rules, /chain postrouting[\s\S]*ip saddr 198\.18\.0\.0\/16 ip daddr 198\.18\.0\.0\/16 return/);
   t.regex(rules, /ip saddr 198\.18\.0\.0\/16 ip daddr != 224\.0\.0\.0\/4 masquerade fully-random/);
   t.regex(rules, /chain forward[\s\S]*ip saddr 198\.18\.0\.0\/16 accept/);
+  // The control-plane namespace has no route to the pod network: a reply proves masquerade.
+  const pod = cluster.pods.find((p) => p.node === 'n1')!;
+  t.true(reachable(pod.netns, '198.51.100.2'), 'pod reaches a host outside the pod network');
+});
+
+test.serial('a deleted nftables table is put back', async (t) => {
+  const ns = cluster.node('n2').netns;
+  inNs(ns, '/usr/sbin/nft', ['delete', 'table', 'ip', 'weft']);
+  t.true(await eventually(() => cluster.log('n2').includes('repair: nftables table "ip weft" put back'), 30_000));
+  t.regex(inNs(ns, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft']), /masquerade fully-random/);
 });
 
 test.serial('a fourth node joins: the others program it and its pods are reachable within seconds', async (t) => {
