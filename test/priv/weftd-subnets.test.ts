@@ -53,19 +53,20 @@ test.serial('two daemons racing for the last free subnet: one wins, the other re
 
 test.serial('missing, then invalid, then valid network config: clear log lines, no crash, ready when fixed', async (t) => {
   const prefix = '/weft-test-missing';
-  await cluster.topo.startDaemon('n3', { args: ['--etcd-prefix', prefix], wait: false });
+  const { name: n } = await cluster.topo.addNode({ start: false });
+  await cluster.topo.startDaemon(n, { args: ['--etcd-prefix', prefix], wait: false });
   const missing = `network config not found at etcd key "${prefix}/config"`;
-  t.true(await eventually(() => cluster.log('n3').includes(missing), 15_000));
+  t.true(await eventually(() => cluster.log(n).includes(missing), 15_000));
   await new Promise((r) => setTimeout(r, 3000));
-  t.true(alive(cluster.node('n3').pid));
-  t.is(cluster.log('n3').split(missing).length - 1, 1, 'logged once, not once per retry');
-  t.is((await cluster.topo.http('n3', '/readyz')).status, 503);
+  t.true(alive(cluster.node(n).pid));
+  t.is(cluster.log(n).split(missing).length - 1, 1, 'logged once, not once per retry');
+  t.is((await cluster.topo.http(n, '/readyz')).status, 503);
 
   await cluster.etcd.put(`${prefix}/config`, '{"Network":"198.18.0.0/33"}');
-  t.true(await eventually(() => cluster.log('n3').includes('"Network" is not a valid IPv4 CIDR'), 15_000));
-  t.notRegex(cluster.log('n3'), /^\s+at /m);
+  t.true(await eventually(() => cluster.log(n).includes('"Network" is not a valid IPv4 CIDR'), 15_000));
+  t.notRegex(cluster.log(n), /^\s+at /m);
 
   await cluster.etcd.put(`${prefix}/config`, JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } }));
-  await cluster.topo.waitReady('n3', 20_000);
-  t.regex(cluster.topo.subnetEnv('n3').FLANNEL_SUBNET, /^198\.19\.\d+\.1\/24$/);
+  await cluster.topo.waitReady(n, 20_000);
+  t.regex(cluster.topo.subnetEnv(n).FLANNEL_SUBNET, /^198\.19\.\d+\.1\/24$/);
 });
