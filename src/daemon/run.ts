@@ -159,6 +159,8 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
       writeSubnetFile(opts.subnetFile, { network: cfg.network, subnet: current.subnet, mtu: network.link.mtu, ipMasq: opts.ipMasq });
     };
 
+    let renewFailingSince = 0;
+    let renewLoggedAt = 0;
     const renewer = new Renewer(lease.expiresAt ?? clock.now(), {
       clock,
       renewMarginMs: opts.renewMarginSeconds * 1000,
@@ -175,12 +177,22 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
           await publish(fresh, config);
           log.info(`leased subnet ${leaseId(fresh)}`);
         }
+        if (renewFailingSince) log.info(`renew lease: ok again after ${Math.round((clock.now() - renewFailingSince) / 1000)}s`);
+        renewFailingSince = 0;
         metrics.renewals++;
         metrics.leaseExpiresAt = lease.expiresAt ?? 0;
         log.debug(`renewed lease ${leaseId(lease)}`, { expires: new Date(metrics.leaseExpiresAt).toISOString() });
         return metrics.leaseExpiresAt;
       },
-      onError: (err) => log.warn(`renew lease: ${errText(err)}`),
+      onError: (err) => {
+        // Retried every second: log the first failure and then once a minute, not every retry.
+        const now = clock.now();
+        if (!renewFailingSince || now - renewLoggedAt >= 60_000) {
+          log.warn(`renew lease: ${errText(err)}${renewFailingSince ? ` (failing for ${Math.round((now - renewFailingSince) / 1000)}s)` : ''}`);
+          renewLoggedAt = now;
+        }
+        renewFailingSince ||= now;
+      },
     });
 
     let firstSnapshot!: () => void;
@@ -214,6 +226,9 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
     await Promise.race([synced, new Promise((r) => signal.addEventListener('abort', r, { once: true }))]);
     if (signal.aborted) return;
 
+    // Ready means every peer is really in the kernel: one full reconcile pass must succeed.
+    await retrying('program peers', signal, clock, log, () => network.reconcile(), 1000);
+    if (signal.aborted) return;
     await retrying('masquerade rules and subnet file', signal, clock, log, () => publish(lease!, config));
     if (signal.aborted) return;
     metrics.ready = true;

@@ -69,6 +69,10 @@ test.serial('stop and restart etcd: data plane kept, watch recovered, renewals c
   for (const n of ['n1', 'n2'] as const) {
     t.true(await eventually(async () => (await cluster.metric(n, 'weftd_lease_renewals_total')) >= renewals[n] + 2, 30_000), `${n} renews after the restart`);
   }
+  for (const n of ['n1', 'n2']) {
+    const warns = cluster.log(n).match(/ warn .*renew lease:/g) ?? [];
+    t.true(warns.length <= 2, `${n}: renew failures are not logged once per retry:\n${warns.join('\n')}`);
+  }
   const leasesAfter = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
   t.deepEqual([...leasesAfter.keys()].sort(), [...leasesBefore.keys()].sort());
   t.true(reachable(a.netns, b.ip));
