@@ -195,6 +195,9 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
       },
     });
 
+    // Renewal runs from here on, also while the peers are still being programmed.
+    const renewing = renewer.run(signal);
+
     let firstSnapshot!: () => void;
     const synced = new Promise<void>((r) => (firstSnapshot = r));
     const isOwn = (subnet: IPv4Net) => subnet.ip === lease!.subnet.ip && subnet.prefixLen === lease!.subnet.prefixLen;
@@ -256,7 +259,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
         }
       }
     })();
-    await Promise.all([renewer.run(signal), watching, reconciling]);
+    await Promise.all([renewing, watching, reconciling]);
   } catch (err) {
     healthy = false;
     throw err;
