@@ -244,12 +244,17 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-/** gRPC's UNAVAILABLE text without its empty trailer and doubled "Error:". */
+/** gRPC's UNAVAILABLE text on one line, without its trailers, doubled "Error:" and OpenSSL codes. */
 function tidyGrpc(msg: string): string {
   return msg
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, '')
     .replace(/\.? Resolution note:\s*$/, '')
     .replace(/Last error: Error: /, 'last error: ')
-    .replace(/ - Local \([^)]*\)/, '');
+    .replace(/Last error: /, 'last error: ')
+    .replace(/ - Local \([^)]*\)/, '')
+    .replace(/[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:([^:]+):\S+?:\d+:?(SSL alert number \d+)?/, 'TLS: $1')
+    .replace(/\s*\n\s*/g, ' ')
+    .trim();
 }
 
 /** One line, no stack: what failed and, for etcd, where. */
@@ -261,6 +266,10 @@ function describeError(err: unknown): string {
   for (let c = (e as { cause?: unknown })?.cause; c instanceof Error; c = (c as { cause?: unknown }).cause) msg += `: ${c.message}`;
   return msg;
 }
+
+// grpc-js sets the TLS server name to the endpoint's IP, which Node flags with a deprecation
+// warning (DEP0123) on every TLS connection; it is not the operator's concern.
+process.noDeprecation = true;
 
 main(process.argv.slice(2)).then(
   (code) => {
