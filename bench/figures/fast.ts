@@ -63,5 +63,10 @@ export async function figFastConcurrent(ctx: BenchContext): Promise<Figure> {
   if (why) return unavailable('fastconc', title, why);
   const box: { handled?: Handled[] } = {};
   const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(box) });
+  if (fig.available) {
+    const n = (cmd: string) => (box.handled ?? []).filter((h) => h.command === cmd).length;
+    // The probe ADD/DEL before the burst is served too; the rest fell back to the standalone binary.
+    fig.notes.push(`served in-process (the rest fell back to the standalone binary): ${n('ADD') - 1} ADDs, ${n('DEL') - 1} DELs of ${fig.details.pods}`);
+  }
   return fig;
 }

@@ -20,7 +20,7 @@ export interface FastpathOptions {
   /** Closing the server when aborted. */
   signal?: AbortSignal;
   log?: (msg: string) => void;
-  /** How long a connection may take to deliver its request and its go byte (default 5 s). */
+  /** How long a connection may take to deliver its request and its go byte (default 15 s, longer than the launcher's 10 s wait for the acknowledgement). */
   requestTimeoutMs?: number;
 }
 
@@ -46,7 +46,7 @@ function isServed(path: string): Promise<boolean> {
 export async function serveCni(opts: FastpathOptions): Promise<FastpathServer> {
   const path = opts.path ?? DEFAULT_SOCKET;
   const log = opts.log ?? (() => undefined);
-  const timeoutMs = opts.requestTimeoutMs ?? 5000;
+  const timeoutMs = opts.requestTimeoutMs ?? 15_000;
   mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
   let exists = false;
   try {
