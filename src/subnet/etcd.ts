@@ -84,13 +84,15 @@ function constantBackoff(ms: number): Backoff {
 }
 
 /** Parses one key/value from the subnets prefix; undefined (with a reason) for foreign entries. */
-export function leaseFromKv(kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision'>): Lease | { skip: string } {
+export function leaseFromKv(kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision'> & { lease?: string }): Lease | { skip: string } {
   const key = kv.key.toString();
   const subnet = parseSubnetKey(key);
   if (!subnet) return { skip: `key "${key}" is not a subnet key` };
   try {
     const attrs = parseLeaseValue(kv.value.toString());
-    return { subnet, ...attrs, modRevision: kv.mod_revision };
+    const lease: Lease = { subnet, ...attrs, modRevision: kv.mod_revision };
+    if (kv.lease && String(kv.lease) !== '0') lease.etcdLeaseId = String(kv.lease);
+    return lease;
   } catch (err) {
     return { skip: `lease "${key}": ${(err as Error).message}` };
   }
@@ -170,14 +172,18 @@ export class EtcdSubnetManager implements SubnetManager {
       await this.#revoke(g.id);
       return undefined;
     }
-    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision };
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision, etcdLeaseId: g.id };
   }
 
-  /** Re-puts an existing key under a fresh etcd lease if it is unchanged since `modRevision`. */
-  async #refresh(subnet: IPv4Net, attrs: LeaseAttrs, modRevision: string, ttlSeconds: number): Promise<Lease | undefined> {
+  /**
+   * Re-puts an existing key under a fresh etcd lease if it is unchanged since `current` was
+   * read, then revokes the key's previous etcd lease.
+   */
+  async #refresh(current: Lease, attrs: LeaseAttrs, ttlSeconds: number): Promise<Lease | undefined> {
+    const subnet = current.subnet;
     const key = subnetKey(this.prefix, subnet);
-    const old = await this.#call(`get "${key}"`, () => this.client.get(key).exec());
-    const oldLease = old.kvs[0]?.lease;
+    const modRevision = current.modRevision!;
+    const oldLease = current.etcdLeaseId;
     const g = await this.#grant(ttlSeconds);
     const res = await this.#call(`renew "${key}"`, () =>
       this.client.if(key, 'Mod', '==', modRevision).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
@@ -186,8 +192,8 @@ export class EtcdSubnetManager implements SubnetManager {
       await this.#revoke(g.id);
       return undefined;
     }
-    if (oldLease && String(oldLease) !== '0') await this.#revoke(String(oldLease));
-    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision };
+    if (oldLease && oldLease !== g.id) await this.#revoke(oldLease);
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision, etcdLeaseId: g.id };
   }
 
   async acquireLease(config: NetworkConfig, attrs: LeaseAttrs, opts: { previous?: IPv4Net; ttlSeconds: number }): Promise<Lease> {
@@ -199,7 +205,7 @@ export class EtcdSubnetManager implements SubnetManager {
       }
       let lease: Lease | undefined;
       if (choice.kind === 'existing') {
-        lease = await this.#refresh(choice.lease.subnet, attrs, choice.lease.modRevision!, opts.ttlSeconds);
+        lease = await this.#refresh(choice.lease, attrs, opts.ttlSeconds);
       } else {
         lease = await this.#create(choice.subnet, attrs, opts.ttlSeconds);
       }
@@ -227,7 +233,7 @@ export class EtcdSubnetManager implements SubnetManager {
       if ('skip' in current || current.publicIP !== attrs.publicIP) {
         throw new LeaseLostError(describeSubnet(lease.subnet), 'skip' in current ? 'an unreadable lease' : current.publicIP);
       }
-      const refreshed = await this.#refresh(lease.subnet, attrs, kv.mod_revision, opts.ttlSeconds);
+      const refreshed = await this.#refresh(current, attrs, opts.ttlSeconds);
       if (refreshed) return refreshed;
     }
     throw new EtcdUnavailableError(`renew "${key}": the key kept changing`);

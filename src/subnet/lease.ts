@@ -16,6 +16,8 @@ export interface Lease {
   expiresAt?: number;
   /** etcd mod revision of the key, when read from etcd. */
   modRevision?: string;
+  /** ID of the etcd lease the key is attached to ("0" or absent: none). */
+  etcdLeaseId?: string;
 }
 
 /** The lease attributes a node publishes (everything except the subnet). */

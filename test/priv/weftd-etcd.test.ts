@@ -75,6 +75,9 @@ test.serial('stop and restart etcd: data plane kept, watch recovered, renewals c
   }
   const leasesAfter = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
   t.deepEqual([...leasesAfter.keys()].sort(), [...leasesBefore.keys()].sort());
+  // Each renewal replaces the etcd lease and revokes the old one: no leases pile up.
+  const etcdLeases = (await cluster.etcd.ctl(['lease', 'list'])).split('\n').filter((l) => /^[0-9a-f]+$/.test(l.trim()));
+  t.is(etcdLeases.length, 2, `etcd leases: ${etcdLeases.join(', ')}`);
   t.true(reachable(a.netns, b.ip));
   t.true(reachable(b.netns, a.ip));
 });

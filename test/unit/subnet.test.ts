@@ -66,6 +66,8 @@ test('lease keys and values round-trip in flannel\'s format', (t) => {
   t.throws(() => parseLeaseValue('{"PublicIP":"nope"}'), { message: /PublicIP/ });
   const kv = (key: string, value: string) => ({ key: Buffer.from(key), value: Buffer.from(value), mod_revision: '5' });
   t.like(leaseFromKv(kv('/p/subnets/10.244.1.0-24', value)), { publicIP: '198.51.100.11', modRevision: '5' });
+  t.is((leaseFromKv({ ...kv('/p/subnets/10.244.1.0-24', value), lease: '7587' }) as Lease).etcdLeaseId, '7587');
+  t.is((leaseFromKv({ ...kv('/p/subnets/10.244.1.0-24', value), lease: '0' }) as Lease).etcdLeaseId, undefined);
   t.regex((leaseFromKv(kv('/p/subnets/10.244.1.0-24', 'garbage')) as { skip: string }).skip, /lease "\/p\/subnets\/10\.244\.1\.0-24": lease value is not JSON/);
   t.regex((leaseFromKv(kv('/p/subnets/junk', value)) as { skip: string }).skip, /not a subnet key/);
 });
