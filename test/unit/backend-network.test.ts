@@ -1,0 +1,178 @@
+/**
+ * VxlanNetwork against an in-memory Netlink: the order peer entries are programmed in, what a
+ * change and a removal do, and what reconcile repairs. (test/priv covers the real kernel.)
+ */
+import test from 'ava';
+import { parseCIDR } from '../../src/ip/ipv4.ts';
+import { LinkNotFoundError, NetlinkError, type Addr, type Fdb, type Link, type LinkSpec, type Neigh, type Netlink, type Route } from '../../src/netlink/index.ts';
+import { VxlanNetwork } from '../../src/backend/vxlan/network.ts';
+import type { Lease } from '../../src/subnet/lease.ts';
+
+class FakeNetlink implements Netlink {
+  links_: Link[] = [{ index: 2, name: 'eth0', kind: 'veth', mtu: 1500, mac: '02:00:00:00:00:02', up: true }];
+  addrs_: Addr[] = [{ index: 2, ip: '198.51.100.11', prefixLen: 24 }];
+  routes_: Route[] = [];
+  neighs_: Neigh[] = [];
+  fdbs_: Fdb[] = [];
+  ops: string[] = [];
+  #next = 10;
+
+  async links() { return this.links_; }
+  async linkByName(name: string) {
+    const l = this.links_.find((x) => x.name === name);
+    if (!l) throw new LinkNotFoundError(name);
+    return { ...l };
+  }
+  async linkByIndex(index: number) {
+    const l = this.links_.find((x) => x.index === index);
+    if (!l) throw new LinkNotFoundError(index);
+    return { ...l };
+  }
+  async linkAdd(spec: LinkSpec) {
+    if (this.links_.some((l) => l.name === spec.name)) throw new NetlinkError('add', 'EEXIST');
+    if (spec.kind !== 'vxlan') throw new Error('fake: vxlan only');
+    const mac = spec.mac ?? `aa:00:00:00:00:${(this.#next).toString(16).padStart(2, '0')}`;
+    this.links_.push({ index: this.#next++, name: spec.name, kind: 'vxlan', mtu: spec.mtu ?? 1500, mac, up: false, vxlan: { vni: spec.vni, port: spec.port, local: spec.local, parentIndex: spec.parentIndex, learning: spec.learning ?? false } });
+    this.ops.push(`link add ${spec.name}`);
+  }
+  /** What the kernel does when a device goes: everything on it goes too. */
+  async linkDel(index: number) {
+    this.links_ = this.links_.filter((l) => l.index !== index);
+    this.addrs_ = this.addrs_.filter((a) => a.index !== index);
+    this.routes_ = this.routes_.filter((r) => r.index !== index);
+    this.neighs_ = this.neighs_.filter((n) => n.index !== index);
+    this.fdbs_ = this.fdbs_.filter((f) => f.index !== index);
+  }
+  async linkSetUp(index: number) { this.links_.find((l) => l.index === index)!.up = true; }
+  async linkSetMtu(index: number, mtu: number) { this.links_.find((l) => l.index === index)!.mtu = mtu; }
+  async linkSetMaster() {}
+  async linkSetNetns() {}
+  async linkSetHairpin() {}
+  async addrs(index?: number) { return this.addrs_.filter((a) => index === undefined || a.index === index); }
+  async addrAdd(a: Addr) { this.addrs_.push(a); this.ops.push(`addr add ${a.ip}/${a.prefixLen}`); }
+  async addrDel(a: Addr) { this.addrs_ = this.addrs_.filter((x) => !(x.index === a.index && x.ip === a.ip)); }
+  async routes() { return this.routes_.map((r) => ({ ...r })); }
+  async routeReplace(r: Route) {
+    this.routes_ = this.routes_.filter((x) => x.dst !== r.dst);
+    this.routes_.push({ ...r });
+    this.ops.push(`route ${r.dst} via ${r.gateway}${r.onlink ? ' onlink' : ''}`);
+  }
+  async routeDel(r: Route) {
+    if (!this.routes_.some((x) => x.dst === r.dst)) throw new NetlinkError('del', 'ESRCH');
+    this.routes_ = this.routes_.filter((x) => x.dst !== r.dst);
+    this.ops.push(`route del ${r.dst}`);
+  }
+  async neighs(index?: number) { return this.neighs_.filter((n) => index === undefined || n.index === index).map((n) => ({ ...n })); }
+  async neighReplace(n: Neigh) {
+    this.neighs_ = this.neighs_.filter((x) => !(x.index === n.index && x.ip === n.ip));
+    this.neighs_.push({ ...n });
+    this.ops.push(`neigh ${n.ip} ${n.mac}${n.permanent ? ' permanent' : ''}`);
+  }
+  async neighDel(n: Neigh) {
+    this.neighs_ = this.neighs_.filter((x) => !(x.index === n.index && x.ip === n.ip));
+    this.ops.push(`neigh del ${n.ip}`);
+  }
+  async fdbs(index?: number) { return this.fdbs_.filter((f) => index === undefined || f.index === index).map((f) => ({ ...f })); }
+  async fdbReplace(f: Fdb) {
+    this.fdbs_ = this.fdbs_.filter((x) => !(x.index === f.index && x.mac === f.mac));
+    this.fdbs_.push({ ...f });
+    this.ops.push(`fdb ${f.mac} ${f.dst}`);
+  }
+  async fdbDel(f: Fdb) {
+    const before = this.fdbs_.length;
+    this.fdbs_ = this.fdbs_.filter((x) => !(x.index === f.index && x.mac === f.mac && x.dst === f.dst));
+    if (before === this.fdbs_.length) throw new NetlinkError('del', 'ENOENT');
+    this.ops.push(`fdb del ${f.mac} ${f.dst}`);
+  }
+  close() {}
+}
+
+const silent = { error() {}, warn() {}, info() {}, debug() {} };
+
+const lease = (cidr: string, publicIP: string, mac: string): Lease => ({
+  subnet: parseCIDR(cidr),
+  publicIP,
+  backendType: 'vxlan',
+  backendData: { VNI: 1, VtepMAC: mac },
+});
+
+async function setup() {
+  const nl = new FakeNetlink() satisfies Netlink;
+  const repairs: string[] = [];
+  const net = await VxlanNetwork.open(nl, {
+    device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
+    log: silent,
+    onRepair: (what) => repairs.push(what),
+  });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  nl.ops = [];
+  return { nl, net, repairs };
+}
+
+const own = lease('10.244.1.0/24', '198.51.100.11', 'aa:00:00:00:00:0a');
+const peer2 = lease('10.244.2.0/24', '198.51.100.12', 'aa:bb:cc:00:00:02');
+const peer3 = lease('10.244.3.0/24', '198.51.100.13', 'aa:bb:cc:00:00:03');
+
+test('peers are programmed neighbor, then FDB, then onlink route; our own lease is skipped', async (t) => {
+  const { nl, net } = await setup();
+  await net.applySnapshot([own, peer2]);
+  t.deepEqual(nl.ops, ['neigh 10.244.2.0 aa:bb:cc:00:00:02 permanent', 'fdb aa:bb:cc:00:00:02 198.51.100.12', 'route 10.244.2.0/24 via 10.244.2.0 onlink']);
+  t.is(net.peerCount, 1);
+  t.deepEqual(net.backendData, { VNI: 1, VtepMAC: nl.links_.find((l) => l.name === 'flannel.1')!.mac });
+});
+
+test('a changed MAC and IP replaces the entries and removes the old FDB entry; removal deletes all three', async (t) => {
+  const { nl, net } = await setup();
+  await net.applySnapshot([peer2, peer3]);
+  nl.ops = [];
+  await net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22'));
+  t.deepEqual(nl.ops, [
+    'neigh 10.244.2.0 aa:bb:cc:00:00:22 permanent',
+    'fdb aa:bb:cc:00:00:22 198.51.100.22',
+    'route 10.244.2.0/24 via 10.244.2.0 onlink',
+    'fdb del aa:bb:cc:00:00:02 198.51.100.12',
+  ]);
+  nl.ops = [];
+  await net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22'));
+  t.deepEqual(nl.ops, [], 'an unchanged lease touches nothing');
+  await net.applyDelete({ subnet: parseCIDR('10.244.3.0/24') });
+  t.deepEqual(nl.ops, ['route del 10.244.3.0/24', 'neigh del 10.244.3.0', 'fdb del aa:bb:cc:00:00:03 198.51.100.13']);
+  t.is(net.peerCount, 1);
+  t.deepEqual(nl.fdbs_.map((f) => f.mac), ['aa:bb:cc:00:00:22']);
+});
+
+test('a snapshot diff removes peers that are gone and reconcile drops entries nobody owns', async (t) => {
+  const { nl, net, repairs } = await setup();
+  const dev = nl.links_.find((l) => l.name === 'flannel.1')!.index;
+  // Left over from a peer that went away while we were down.
+  nl.neighs_.push({ index: dev, ip: '10.244.9.0', mac: 'aa:bb:cc:00:00:09', permanent: true });
+  nl.fdbs_.push({ index: dev, mac: 'aa:bb:cc:00:00:09', dst: '198.51.100.19' });
+  nl.routes_.push({ dst: '10.244.9.0/24', gateway: '10.244.9.0', index: dev, onlink: true });
+  await net.applySnapshot([peer2]);
+  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.2.0/24']);
+  t.deepEqual(nl.neighs_.map((n) => n.ip), ['10.244.2.0']);
+  t.deepEqual(nl.fdbs_.map((f) => f.dst), ['198.51.100.12']);
+  t.deepEqual(repairs, ['stale', 'stale', 'stale']);
+});
+
+test('reconcile puts back a deleted route, FDB entry, neighbor and device (same MAC) and counts each fix', async (t) => {
+  const { nl, net, repairs } = await setup();
+  await net.applySnapshot([peer2, peer3]);
+  t.is(await net.reconcile(), 0, 'nothing to do when in sync');
+  nl.routes_ = nl.routes_.filter((r) => r.dst !== '10.244.2.0/24');
+  nl.fdbs_ = nl.fdbs_.filter((f) => f.dst !== '198.51.100.13');
+  nl.neighs_ = nl.neighs_.filter((n) => n.ip !== '10.244.3.0');
+  t.is(await net.reconcile(), 3);
+  t.deepEqual(repairs, ['route', 'neighbor', 'fdb'], 'peer 2: route; peer 3: neighbor, then FDB');
+  const mac = nl.links_.find((l) => l.name === 'flannel.1')!.mac;
+  await nl.linkDel(nl.links_.find((l) => l.name === 'flannel.1')!.index);
+  t.is(await net.reconcile(), 8, 'device, address and six peer entries');
+  const dev = nl.links_.find((l) => l.name === 'flannel.1')!;
+  t.is(dev.mac, mac);
+  t.true(dev.up);
+  t.deepEqual(nl.addrs_.filter((a) => a.index === dev.index), [{ index: dev.index, ip: '10.244.1.0', prefixLen: 32 }]);
+  t.is(nl.routes_.length, 2);
+  t.is(nl.neighs_.length, 2);
+  t.is(nl.fdbs_.length, 2);
+  t.is(await net.reconcile(), 0);
+});
