@@ -64,7 +64,7 @@ async function main(): Promise<number> {
     );
   }
   try {
-    await runDaemon(opts, { nl, manager, log, metrics }, ac.signal);
+    await runDaemon(opts, { nl, manager, log, metrics, signal: ac.signal });
     return 0;
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);

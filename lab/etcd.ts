@@ -207,7 +207,8 @@ function isZombie(pid: number): boolean {
 }
 
 /** Signals `pid` and waits until it is gone (SIGKILL after `graceMs`). */
-export async function killAndWait(pid: number, signal: NodeJS.Signals = 'SIGTERM', graceMs = 10_000): Promise<void> {
+export async function killAndWait(pid: number, signal: NodeJS.Signals = 'SIGTERM', opts: { graceMs?: number } = {}): Promise<void> {
+  const graceMs = opts.graceMs ?? 10_000;
   const alive = () => existsSync(`/proc/${pid}`) && !isZombie(pid);
   try {
     process.kill(pid, signal);

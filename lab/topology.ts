@@ -306,7 +306,8 @@ export class Topology {
     });
   }
 
-  async #cni(node: LabNode, command: 'ADD' | 'DEL', pod: { netns: string; containerId: string }): Promise<string> {
+  async #cni(node: LabNode, req: { command: 'ADD' | 'DEL'; pod: { netns: string; containerId: string } }): Promise<string> {
+    const { command, pod } = req;
     const bin = this.#opts.weftBin ?? join(ROOT, 'dist', 'bin', 'weft');
     const p = execFileP('nsenter', [`--net=/run/netns/${node.netns}`, '--', bin], {
       encoding: 'utf8',
@@ -339,7 +340,7 @@ export class Topology {
     this.state.pods.push(pod);
     this.#save();
     ipn(pod.netns, 'link', 'set', 'lo', 'up');
-    const out = await this.#cni(node, 'ADD', pod);
+    const out = await this.#cni(node, { command: 'ADD', pod });
     const result = JSON.parse(out) as { ips?: Array<{ address: string }> };
     const addr = result.ips?.[0]?.address;
     if (!addr) throw new Error(`weft CNI ADD on "${nodeName}" returned no address: ${out}`);
@@ -353,7 +354,7 @@ export class Topology {
   async removePod(name: string): Promise<void> {
     const pod = this.state.pods.find((p) => p.name === name);
     if (!pod) return;
-    await this.#cni(this.node(pod.node), 'DEL', pod).catch(() => undefined);
+    await this.#cni(this.node(pod.node), { command: 'DEL', pod }).catch(() => undefined);
     try {
       sh('ip', ['netns', 'del', pod.netns]);
     } catch {

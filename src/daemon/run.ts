@@ -38,6 +38,8 @@ export interface DaemonDeps {
   applyRules?: typeof ensureRules;
   /** Checks the rules are still there. */
   checkRules?: typeof rulesPresent;
+  /** Aborting it stops the daemon (SIGTERM). */
+  signal: AbortSignal;
 }
 
 /** The external interface and the address VXLAN packets leave from. */
@@ -82,7 +84,9 @@ export function errText(err: unknown): string {
 }
 
 /** Repeats `fn` until it succeeds or `signal` aborts; logs each distinct failure once. */
-async function retrying<T>(what: string, signal: AbortSignal, clock: Clock, log: Log, fn: () => Promise<T>, delayMs = 2000): Promise<T | undefined> {
+async function retrying<T>(what: string, fn: () => Promise<T>, opts: { signal: AbortSignal; clock: Clock; log: Log; delayMs?: number }): Promise<T | undefined> {
+  const { signal, clock, log } = opts;
+  const delayMs = opts.delayMs ?? 2000;
   let last = '';
   let lastAt = 0;
   while (!signal.aborted) {
@@ -104,8 +108,8 @@ async function retrying<T>(what: string, signal: AbortSignal, clock: Clock, log:
 }
 
 /** Runs the daemon until `signal` aborts. Throws only for errors retrying cannot fix. */
-export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: AbortSignal): Promise<void> {
-  const { nl, manager, log } = deps;
+export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<void> {
+  const { nl, manager, log, signal } = deps;
   const clock = deps.clock ?? systemClock;
   const metrics = deps.metrics ?? new Metrics();
   const applyRules = deps.applyRules ?? ensureRules;
@@ -117,7 +121,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
     log.info(`serving /healthz, /readyz, /metrics on ${opts.healthzAddr}`);
   }
   try {
-    const config = await retrying('network config', signal, clock, log, () => manager.getConfig());
+    const config = await retrying('network config', () => manager.getConfig(), { signal, clock, log });
     if (!config) return;
     log.info(`network ${formatCIDR(config.network)}, /${config.subnetLen} per node, vxlan VNI ${config.backend.vni} port ${config.backend.port}`);
     const ext = await findExternal(nl, opts);
@@ -139,14 +143,14 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
     const attrs = (): LeaseAttrs => ({ publicIP: ext.ip, backendType: 'vxlan', backendData: network.backendData });
     const ttlSeconds = opts.leaseTtlSeconds;
     const acquire = async (previous: IPv4Net | undefined): Promise<Lease | undefined> =>
-      retrying('subnet lease', signal, clock, log, async () => {
+      retrying('subnet lease', async () => {
         try {
           return await manager.acquireLease(config, attrs(), { previous, ttlSeconds });
         } catch (err) {
           if (err instanceof OutOfSubnetsError) throw new Error(`${err.message}; waiting for a lease to expire or be deleted`, { cause: err });
           throw err;
         }
-      }, 5000);
+      }, { signal, clock, log, delayMs: 5000 });
 
     let lease = await acquire(readPreviousSubnet(opts.subnetFile));
     if (!lease) return;
@@ -230,9 +234,9 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps, signal: A
     if (signal.aborted) return;
 
     // Ready means every peer is really in the kernel: one full reconcile pass must succeed.
-    await retrying('program peers', signal, clock, log, () => network.reconcile(), 1000);
+    await retrying('program peers', () => network.reconcile(), { signal, clock, log, delayMs: 1000 });
     if (signal.aborted) return;
-    await retrying('masquerade rules and subnet file', signal, clock, log, () => publish(lease!, config));
+    await retrying('masquerade rules and subnet file', () => publish(lease!, config), { signal, clock, log });
     if (signal.aborted) return;
     metrics.ready = true;
     log.info(`ready: subnet ${leaseId(lease)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);

@@ -50,7 +50,8 @@ function parseNet(value: unknown, name: string): IPv4Net {
   return net;
 }
 
-function intField(obj: Record<string, unknown>, name: string, min: number, max: number, dflt: number): number {
+function intField(obj: Record<string, unknown>, name: string, range: { min: number; max: number; dflt: number }): number {
+  const { min, max, dflt } = range;
   const v = field(obj, name);
   if (v === undefined || v === 0) return dflt;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
@@ -84,7 +85,7 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   }
   if (network.prefixLen > 28) throw new ConfigError(`network config: "Network" ${obj.Network} is too small (at most /28)`);
 
-  const subnetLen = intField(obj, 'SubnetLen', network.prefixLen + 1, 30, Math.max(24, network.prefixLen + 2));
+  const subnetLen = intField(obj, 'SubnetLen', { min: network.prefixLen + 1, max: 30, dflt: Math.max(24, network.prefixLen + 2) });
   if (subnetLen <= network.prefixLen) {
     throw new ConfigError(`network config: "SubnetLen" ${subnetLen} must be longer than the network prefix /${network.prefixLen}`);
   }
@@ -119,8 +120,8 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   if (type !== 'vxlan') throw new ConfigError(`network config: backend type ${JSON.stringify(type)} is not supported (only "vxlan")`);
   const backend: VxlanBackendConfig = {
     type: 'vxlan',
-    vni: intField(b, 'VNI', 1, 16_777_215, DEFAULT_VNI),
-    port: intField(b, 'Port', 1, 65_535, DEFAULT_VXLAN_PORT),
+    vni: intField(b, 'VNI', { min: 1, max: 16_777_215, dflt: DEFAULT_VNI }),
+    port: intField(b, 'Port', { min: 1, max: 65_535, dflt: DEFAULT_VXLAN_PORT }),
   };
   return { network, subnetLen, subnetMin, subnetMax, backend };
 }

@@ -162,7 +162,8 @@ export class EtcdSubnetManager implements SubnetManager {
   }
 
   /** Creates the key if absent; false when another node got there first. */
-  async #create(subnet: IPv4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<Lease | undefined> {
+  async #create(subnet: IPv4Net, opts: { attrs: LeaseAttrs; ttlSeconds: number }): Promise<Lease | undefined> {
+    const { attrs, ttlSeconds } = opts;
     const key = subnetKey(this.prefix, subnet);
     const g = await this.#grant(ttlSeconds);
     const res = await this.#call(`create "${key}"`, () =>
@@ -179,7 +180,8 @@ export class EtcdSubnetManager implements SubnetManager {
    * Re-puts an existing key under a fresh etcd lease if it is unchanged since `current` was
    * read, then revokes the key's previous etcd lease.
    */
-  async #refresh(current: Lease, attrs: LeaseAttrs, ttlSeconds: number): Promise<Lease | undefined> {
+  async #refresh(current: Lease, opts: { attrs: LeaseAttrs; ttlSeconds: number }): Promise<Lease | undefined> {
+    const { attrs, ttlSeconds } = opts;
     const subnet = current.subnet;
     const key = subnetKey(this.prefix, subnet);
     const modRevision = current.modRevision!;
@@ -205,9 +207,9 @@ export class EtcdSubnetManager implements SubnetManager {
       }
       let lease: Lease | undefined;
       if (choice.kind === 'existing') {
-        lease = await this.#refresh(choice.lease, attrs, opts.ttlSeconds);
+        lease = await this.#refresh(choice.lease, { attrs, ttlSeconds: opts.ttlSeconds });
       } else {
-        lease = await this.#create(choice.subnet, attrs, opts.ttlSeconds);
+        lease = await this.#create(choice.subnet, { attrs, ttlSeconds: opts.ttlSeconds });
       }
       if (lease) return lease;
       const subnet = describeSubnet(choice.kind === 'existing' ? choice.lease.subnet : choice.subnet);
@@ -222,7 +224,7 @@ export class EtcdSubnetManager implements SubnetManager {
       const res = await this.#call(`get "${key}"`, () => this.client.get(key).exec());
       const kv = res.kvs[0];
       if (!kv) {
-        const created = await this.#create(lease.subnet, attrs, opts.ttlSeconds);
+        const created = await this.#create(lease.subnet, { attrs, ttlSeconds: opts.ttlSeconds });
         if (created) {
           this.#log('info', `lease for ${describeSubnet(lease.subnet)} was gone; took the same subnet again`);
           return created;
@@ -233,7 +235,7 @@ export class EtcdSubnetManager implements SubnetManager {
       if ('skip' in current || current.publicIP !== attrs.publicIP) {
         throw new LeaseLostError(describeSubnet(lease.subnet), 'skip' in current ? 'an unreadable lease' : current.publicIP);
       }
-      const refreshed = await this.#refresh(current, attrs, opts.ttlSeconds);
+      const refreshed = await this.#refresh(current, { attrs, ttlSeconds: opts.ttlSeconds });
       if (refreshed) return refreshed;
     }
     throw new EtcdUnavailableError(`renew "${key}": the key kept changing`);
@@ -250,13 +252,14 @@ export class EtcdSubnetManager implements SubnetManager {
         continue;
       }
       handler.snapshot(snap.leases);
-      const reason = await this.#watchOnce(prefix, BigInt(snap.revision) + 1n, signal, handler);
+      const reason = await this.#watchOnce(BigInt(snap.revision) + 1n, { prefix, signal, handler });
       if (reason) this.#log('info', `lease watch: ${reason}; re-listing`);
     }
   }
 
   /** One watch from `rev`; resolves with why it ended (undefined when aborted). */
-  async #watchOnce(prefix: string, rev: bigint, signal: AbortSignal, handler: LeaseWatchHandler): Promise<string | undefined> {
+  async #watchOnce(rev: bigint, opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler }): Promise<string | undefined> {
+    const { prefix, signal, handler } = opts;
     const watcher = this.client.watch().prefix(prefix).startRevision(rev.toString()).watcher();
     return await new Promise<string | undefined>((resolve) => {
       let disconnected = false;

@@ -7,7 +7,8 @@
 import type { Clock } from './clock.ts';
 
 /** Milliseconds to wait before the next renewal of a lease expiring at `expiresAt`. */
-export function renewDelay(expiresAt: number, now: number, renewMarginMs: number): number {
+export function renewDelay(expiresAt: number, opts: { now: number; renewMarginMs: number }): number {
+  const { now, renewMarginMs } = opts;
   return Math.max(0, expiresAt - renewMarginMs - now);
 }
 
@@ -43,14 +44,14 @@ export class Renewer {
 
   async run(signal: AbortSignal): Promise<void> {
     const { clock, renewMarginMs, retryMs } = this.#opts;
-    let delay = renewDelay(this.#expiresAt, clock.now(), renewMarginMs);
+    let delay = renewDelay(this.#expiresAt, { now: clock.now(), renewMarginMs });
     while (!signal.aborted) {
       await clock.sleep(delay, AbortSignal.any([signal, this.#wake.signal]));
       if (signal.aborted) return;
       if (this.#wake.signal.aborted) this.#wake = new AbortController();
       try {
         this.#expiresAt = await this.#opts.renew();
-        delay = renewDelay(this.#expiresAt, clock.now(), renewMarginMs);
+        delay = renewDelay(this.#expiresAt, { now: clock.now(), renewMarginMs });
       } catch (err) {
         this.#opts.onError?.(err);
         delay = retryMs;

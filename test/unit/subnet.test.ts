@@ -165,8 +165,8 @@ class FakeClock implements Clock {
 
 test('renewal timing: renew the margin before expiry, never negative', (t) => {
   const h = 3_600_000;
-  t.is(renewDelay(24 * h, 0, h), 23 * h);
-  t.is(renewDelay(10_000, 9_000, 5_000), 0);
+  t.is(renewDelay(24 * h, { now: 0, renewMarginMs: h }), 23 * h);
+  t.is(renewDelay(10_000, { now: 9_000, renewMarginMs: 5_000 }), 0);
 });
 
 test('renewer: renews at expiry - margin with an injected clock, retries failures, and kick() renews at once', async (t) => {

@@ -89,7 +89,8 @@ export async function ensureVxlanDevice(nl: Netlink, spec: VxlanDeviceSpec): Pro
 }
 
 /** Gives the device exactly `ip`/32, removing other addresses (left from an older subnet). */
-export async function ensureDeviceAddress(nl: Netlink, index: number, ip: string): Promise<boolean> {
+export async function ensureDeviceAddress(nl: Netlink, want: { index: number; ip: string }): Promise<boolean> {
+  const { index, ip } = want;
   const addrs = await nl.addrs(index);
   let changed = false;
   for (const a of addrs) {

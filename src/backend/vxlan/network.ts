@@ -109,7 +109,7 @@ export class VxlanNetwork implements BackendNetwork {
     return this.#serial(async () => {
       this.#opts.subnet = subnet;
       this.#peers.delete(formatCIDR(subnet));
-      await ensureDeviceAddress(this.#nl, this.#link.index, formatIPv4(subnet.ip));
+      await ensureDeviceAddress(this.#nl, { index: this.#link.index, ip: formatIPv4(subnet.ip) });
     });
   }
 
@@ -251,7 +251,7 @@ export class VxlanNetwork implements BackendNetwork {
     }
     const index = this.#link.index;
     const own = this.#opts.subnet;
-    if (own && (await ensureDeviceAddress(this.#nl, index, formatIPv4(own.ip)))) {
+    if (own && (await ensureDeviceAddress(this.#nl, { index, ip: formatIPv4(own.ip) }))) {
       fixes++;
       this.#repair('address', `address ${formatIPv4(own.ip)}/32 on "${spec.name}"`);
     }
