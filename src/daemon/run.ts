@@ -114,10 +114,15 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
   const metrics = deps.metrics ?? new Metrics();
   const applyRules = deps.applyRules ?? ensureRules;
   const checkRules = deps.checkRules ?? rulesPresent;
-  let healthy = true;
+  let failed = false;
+  // Liveness: once running, the reconcile loop must keep completing passes (a wedged netlink
+  // socket or event loop shows up here); before that, only a fatal error counts.
+  let lastPassAt = 0;
+  const stallMs = Math.max(30_000, 10 * opts.reconcileIntervalMs);
+  const healthy = () => !failed && (!lastPassAt || clock.now() - lastPassAt < stallMs);
   let server: Server | undefined;
   if (opts.healthzAddr) {
-    server = await startHealthServer(opts.healthzAddr, { healthy: () => healthy, ready: () => metrics.ready, metrics, now: () => clock.now() });
+    server = await startHealthServer(opts.healthzAddr, { healthy, ready: () => metrics.ready, metrics, now: () => clock.now() });
     log.info(`serving /healthz, /readyz, /metrics on ${opts.healthzAddr}`);
   }
   try {
@@ -239,6 +244,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     await retrying('masquerade rules and subnet file', () => publish(lease!, config), { signal, clock, log });
     if (signal.aborted) return;
     metrics.ready = true;
+    lastPassAt = clock.now();
     log.info(`ready: subnet ${leaseId(lease)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
 
     const reconciling = (async () => {
@@ -250,6 +256,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
         try {
           await network.reconcile();
           metrics.peers = network.peerCount;
+          lastPassAt = clock.now();
           if (opts.ipMasq && pass % rulesEvery === 0) {
             const spec = { network: config.network, subnet: lease!.subnet, masquerade: true };
             if (!(await checkRules(spec))) {
@@ -265,7 +272,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     })();
     await Promise.all([renewing, watching, reconciling]);
   } catch (err) {
-    healthy = false;
+    failed = true;
     throw err;
   } finally {
     metrics.ready = false;
