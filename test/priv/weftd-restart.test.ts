@@ -32,7 +32,9 @@ for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
     }).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? '' }));
     await new Promise((r) => setTimeout(r, 700));
     await cluster.topo.stopDaemon('n1', signal);
+    if (signal === 'SIGTERM') t.regex(cluster.log('n1'), /SIGTERM: stopping[\s\S]*stopped; the data plane \(device, peers, rules\) stays in place/);
     t.true(cluster.hasPeer('n1', 'n2'), 'peer entries stay while the daemon is down');
+    t.regex(sh('nsenter', [`--net=/run/netns/${cluster.node('n1').netns}`, '--', '/usr/sbin/nft', 'list', 'table', 'ip', 'weft']), /masquerade/, 'rules stay');
     t.true(cluster.hasPeer('n2', 'n1'));
     await cluster.topo.startDaemon('n1');
     const { stdout } = await pinging;
