@@ -33,6 +33,9 @@ execFileSync('cc', [
 buildLauncher(join(dist, 'bin', 'weft-fast'));
 
 const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts'));
+// V8 flags for an entry, on its shebang line (Linux passes them as one argument). weftd: a 1 MiB
+// young generation keeps its RSS under 100 MB with 1000 peers (bench peers: 104 -> 91 MiB).
+const nodeFlags: Record<string, string> = { weftd: ' --max-semi-space-size=1' };
 await Promise.all(
   entries.map(async (file) => {
     const name = file.replace(/\.ts$/, '');
@@ -48,7 +51,7 @@ await Promise.all(
       sourcemap: false,
       // Native and optional pieces resolved at run time from node_modules beside dist/.
       external: ['netlink', 'cpu-features', 'ssh2'],
-      banner: { js: `#!${process.env.WEFT_SHEBANG ?? process.execPath}` },
+      banner: { js: `#!${process.env.WEFT_SHEBANG ?? process.execPath}${nodeFlags[name] ?? ''}` },
       logLevel: 'warning',
     });
     chmodSync(outfile, 0o755);
