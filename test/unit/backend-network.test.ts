@@ -175,4 +175,12 @@ test('reconcile puts back a deleted route, FDB entry, neighbor and device (same 
   t.is(nl.neighs_.length, 2);
   t.is(nl.fdbs_.length, 2);
   t.is(await net.reconcile(), 0);
+
+  // Someone recreates flannel.1 with the right parameters but another MAC: ours comes back.
+  const cur = nl.links_.find((l) => l.name === 'flannel.1')!;
+  await nl.linkDel(cur.index);
+  await nl.linkAdd({ kind: 'vxlan', name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mac: 'aa:ff:ff:ff:ff:ff', mtu: 1450 });
+  await nl.linkSetUp(nl.links_.find((l) => l.name === 'flannel.1')!.index);
+  t.true((await net.reconcile()) > 0);
+  t.is(nl.links_.find((l) => l.name === 'flannel.1')!.mac, mac);
 });

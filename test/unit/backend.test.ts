@@ -40,4 +40,5 @@ test('device compatibility: reuse only a vxlan device with the same VNI, port, l
   t.is(incompatibility({ ...link, vxlan: { ...link.vxlan!, local: '198.51.100.99' } }, spec), 'local address 198.51.100.99 != 198.51.100.11');
   t.is(incompatibility({ ...link, vxlan: { ...link.vxlan!, parentIndex: 3 } }, spec), 'parent interface 3 != 2');
   t.is(incompatibility({ ...link, vxlan: { ...link.vxlan!, learning: true } }, spec), 'learning is on');
+  t.is(incompatibility(link, { ...spec, mac: 'aa:bb:cc:dd:ee:02' }), 'MAC aa:bb:cc:dd:ee:01 != aa:bb:cc:dd:ee:02', 'a MAC is only required once peers know it');
 });

@@ -13,7 +13,10 @@ export interface VxlanDeviceSpec {
   local: string;
   parentIndex: number;
   mtu: number;
-  /** MAC to create the device with (kept across recreation); random when omitted. */
+  /**
+   * MAC the device must have (peers cached it from our lease): kept across recreation, and an
+   * existing device with another MAC is recreated. Omitted: any MAC, random when created.
+   */
   mac?: string;
 }
 
@@ -27,6 +30,7 @@ export function incompatibility(link: Link, spec: VxlanDeviceSpec): string | und
   if (v.local !== spec.local) return `local address ${v.local ?? 'unset'} != ${spec.local}`;
   if (v.parentIndex !== spec.parentIndex) return `parent interface ${v.parentIndex ?? 'unset'} != ${spec.parentIndex}`;
   if (v.learning) return 'learning is on';
+  if (spec.mac && link.mac !== spec.mac) return `MAC ${link.mac} != ${spec.mac}`;
   return undefined;
 }
 

@@ -17,7 +17,7 @@ import { isGone, LinkNotFoundError, type Link, type Netlink, type Route } from '
 import { leaseId, type Lease } from '../../subnet/lease.ts';
 import type { BackendNetwork, Log } from '../types.ts';
 import { encodeBackendData, parseBackendData } from './backenddata.ts';
-import { ensureDeviceAddress, ensureVxlanDevice, type VxlanDeviceSpec } from './device.ts';
+import { ensureDeviceAddress, ensureVxlanDevice, incompatibility, type VxlanDeviceSpec } from './device.ts';
 
 /** What one peer needs in the kernel. */
 export interface Peer {
@@ -241,12 +241,12 @@ export class VxlanNetwork implements BackendNetwork {
     } catch (err) {
       if (!(err instanceof LinkNotFoundError)) throw err;
     }
-    if (!link || link.index !== this.#link.index || !link.up || link.mtu !== spec.mtu || link.vxlan?.vni !== spec.vni) {
-      const res = await ensureVxlanDevice(this.#nl, { ...spec, mac: this.#link.mac });
-      if (res.action !== 'reused' || !link || link.index !== res.link.index || !link.up || link.mtu !== spec.mtu) {
-        fixes++;
-        this.#repair('device', `device "${spec.name}" ${res.action}${res.reason ? ` (${res.reason})` : ''}`);
-      }
+    const want = { ...spec, mac: this.#link.mac };
+    const intact = link && link.index === this.#link.index && link.up && link.mtu === spec.mtu && !incompatibility(link, want);
+    if (!intact) {
+      const res = await ensureVxlanDevice(this.#nl, want);
+      fixes++;
+      this.#repair('device', `device "${spec.name}" ${res.action}${res.reason ? ` (${res.reason})` : link ? '' : ' (it was missing)'}`);
       this.#link = res.link;
     }
     const index = this.#link.index;
