@@ -243,6 +243,8 @@ export class Topology {
     const child = spawn('nsenter', [`--net=/run/netns/${node.netns}`, '--', bin, ...this.weftdArgs(node), ...(opts.args ?? [])], {
       stdio: ['ignore', fd, fd],
       detached: this.#opts.detached ?? false,
+      // Each node serves the CNI fast path on its own socket, not the host's /run/weft/cni.sock.
+      env: { ...process.env, WEFTD_CNI_SOCKET: process.env.WEFTD_CNI_SOCKET ?? join(node.dir, 'cni.sock') },
     });
     closeSync(fd);
     if (this.#opts.detached) child.unref();
