@@ -4,6 +4,9 @@
  * missing or invalid network config (one clear log line, no crash loop, ready once fixed).
  */
 import test from 'ava';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { eventually } from '../helpers/netns.ts';
 import { startCluster, type Cluster } from '../helpers/cluster.ts';
 
@@ -69,4 +72,32 @@ test.serial('missing, then invalid, then valid network config: clear log lines, 
   await cluster.etcd.put(`${prefix}/config`, JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } }));
   await cluster.topo.waitReady(n, 20_000);
   t.regex(cluster.topo.subnetEnv(n).FLANNEL_SUBNET, /^198\.19\.\d+\.1\/24$/);
+});
+
+test.serial('two managers that pick the same last subnet at once: one txn wins, the loser retries and gets out-of-subnets', async (t) => {
+  // Both list before either writes (same process, interleaved I/O), so both choose the one free
+  // subnet and race in the create transaction. Runs inside the control-plane namespace, where
+  // etcd is reachable.
+  const prefix = '/weft-test-race';
+  await cluster.etcd.put(`${prefix}/config`, JSON.stringify({ Network: '198.18.0.0/16', SubnetMin: '198.18.7.0', SubnetMax: '198.18.7.0' }));
+  const etcdTs = join(import.meta.dirname, '..', '..', 'src', 'subnet', 'etcd.ts');
+  const script = `
+    import { EtcdSubnetManager } from ${JSON.stringify(etcdTs)};
+    const logs = [];
+    const m = new EtcdSubnetManager({ endpoints: [${JSON.stringify(cluster.topo.state.etcdEndpoint)}], prefix: ${JSON.stringify(prefix)}, log: (l, msg) => logs.push(msg) });
+    const config = await m.getConfig();
+    const attrs = (ip) => ({ publicIP: ip, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:07:0' + ip.slice(-1) } });
+    const results = await Promise.allSettled([m.acquireLease(config, attrs('198.51.100.71'), { ttlSeconds: 60 }), m.acquireLease(config, attrs('198.51.100.72'), { ttlSeconds: 60 })]);
+    console.log(JSON.stringify({ results: results.map((r) => r.status === 'fulfilled' ? { ok: r.value.publicIP } : { err: r.reason.name + ': ' + r.reason.message }), logs }));
+    m.close();
+    process.exit(0);
+  `;
+  const { stdout } = await promisify(execFile)('nsenter', [`--net=/run/netns/${cluster.topo.state.etcdNetns}`, '--', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  const out = JSON.parse(stdout) as { results: Array<{ ok?: string; err?: string }>; logs: string[] };
+  t.is(out.results.filter((r) => r.ok).length, 1, stdout);
+  t.deepEqual(out.results.filter((r) => r.err).map((r) => r.err), ['OutOfSubnetsError: out of subnets: all 1 subnets of network 198.18.0.0/16 are leased']);
+  t.true(out.logs.some((l) => /subnet 198\.18\.7\.0\/24 changed under us \(another node won the race\), retrying/.test(l)), out.logs.join('\n'));
+  const leases = await cluster.etcd.getPrefix(`${prefix}/subnets/`);
+  t.deepEqual([...leases.keys()], [`${prefix}/subnets/198.18.7.0-24`]);
+  t.is(JSON.parse([...leases.values()][0]).PublicIP, out.results.find((r) => r.ok)!.ok);
 });
