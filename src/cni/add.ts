@@ -7,7 +7,7 @@
  */
 import { allocate, NoFreeAddressError } from '../ipam/index.ts';
 import { formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
-import { isExists, isGone, LinkNotFoundError, type Link, type Netlink } from '../netlink/index.ts';
+import { findLink, isExists, isGone, type Link, type Netlink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
 import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
 import { buildResult, encodeResult, parsePrevResult } from './result.ts';
@@ -37,15 +37,6 @@ class UndoStack {
         this.#log(`weft: undo "${what}" failed: ${(err as Error).message}`);
       }
     }
-  }
-}
-
-async function findLink(nl: Netlink, name: string): Promise<Link | undefined> {
-  try {
-    return await nl.linkByName(name);
-  } catch (err) {
-    if (err instanceof LinkNotFoundError) return undefined;
-    throw err;
   }
 }
 

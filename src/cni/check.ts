@@ -3,22 +3,13 @@
  * the pod's interface, its addresses and routes, the host veth and its bridge, the reservation.
  */
 import { formatIPv4, networkOf, parseCIDR } from '../ip/ipv4.ts';
-import { LinkNotFoundError, type Link, type Netlink } from '../netlink/index.ts';
+import { findLink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
 import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
 import { parsePrevResult } from './result.ts';
 
 function mismatch(msg: string): CniError {
   return new CniError(ERR.CHECK_MISMATCH, msg);
-}
-
-async function linkOrUndefined(nl: Netlink, name: string): Promise<Link | undefined> {
-  try {
-    return await nl.linkByName(name);
-  } catch (err) {
-    if (err instanceof LinkNotFoundError) return undefined;
-    throw err;
-  }
 }
 
 export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
@@ -32,7 +23,7 @@ export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
   const podNl = deps.openNetlink(pod);
   const host = deps.openNetlink();
   try {
-    const podLink = await linkOrUndefined(podNl, env.ifname);
+    const podLink = await findLink(podNl, env.ifname);
     if (!podLink) throw mismatch(`interface "${env.ifname}" is missing from "${env.netns}"`);
     const want = prev.interfaces[podIndex];
     if (want.mac && want.mac.toLowerCase() !== podLink.mac) {
@@ -58,9 +49,9 @@ export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
     }
 
     const vethName = hostVethName(env.containerID, env.ifname);
-    const veth = await linkOrUndefined(host, vethName);
+    const veth = await findLink(host, vethName);
     if (!veth) throw mismatch(`host veth "${vethName}" is missing`);
-    const br = await linkOrUndefined(host, conf.bridge);
+    const br = await findLink(host, conf.bridge);
     if (!br) throw mismatch(`bridge "${conf.bridge}" is missing`);
     if (veth.masterIndex !== br.index) throw mismatch(`host veth "${vethName}" is not attached to bridge "${conf.bridge}"`);
 
