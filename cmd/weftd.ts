@@ -10,7 +10,7 @@ import { parseOptions, usage, UsageError } from '../src/daemon/options.ts';
 import { errText, runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
-import { DEFAULT_SOCKET, startCniFastpath } from '../src/fastpath/index.ts';
+import { startCniFastpath } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
   let opts;
@@ -53,12 +53,11 @@ async function main(): Promise<number> {
   }
   const nl = openNetlink();
   log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
-  // CNI fast path (src/fastpath): the launcher dist/bin/weft-fast forwards CNI requests to this
-  // process. WEFTD_CNI_SOCKET overrides the path, empty disables it; not being able to serve is
-  // not fatal (launchers fall back to the standalone plugin).
-  const cniSocket = process.env.WEFTD_CNI_SOCKET ?? DEFAULT_SOCKET;
-  if (cniSocket) {
-    startCniFastpath({ path: cniSocket, signal: ac.signal, log: (m) => log.debug(m) }).then(
+  // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
+  // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
+  // is not fatal (launchers fall back to the standalone plugin).
+  if (opts.cniSocket) {
+    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, log: (m) => log.debug(m) }).then(
       (s) => log.info(`serving CNI requests on ${s.path}`),
       (err) => log.warn(`cni fast path off: ${errText(err)}`),
     );

@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import { isIPv4 } from '../ip/ipv4.ts';
 import { DEFAULT_ETCD_PREFIX } from '../subnet/etcd.ts';
+import { DEFAULT_SOCKET } from '../fastpath/server.ts';
 import { LOG_LEVELS } from './logger.ts';
 
 export class UsageError extends Error {
@@ -31,7 +32,12 @@ export interface DaemonOptions {
   renewMarginSeconds: number;
   reconcileIntervalMs: number;
   logLevel: string;
+  /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
+  cniSocket: string;
 }
+
+/** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
+const MAX_SOCKET_PATH = 107;
 
 const FLAGS = {
   'etcd-endpoints': { type: 'string', default: 'http://127.0.0.1:2379', help: 'comma-separated etcd client URLs' },
@@ -49,6 +55,7 @@ const FLAGS = {
   'renew-margin': { type: 'string', default: '1h', help: 'renew the lease this long before it expires' },
   'reconcile-interval': { type: 'string', default: '1s', help: 'how often kernel state is checked and repaired' },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
+  'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -122,6 +129,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   if (reconcile < 100) throw new UsageError('--reconcile-interval: must be at least 100ms');
   const logLevel = str('log-level')!;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const cniSocket = str('cni-socket') ?? '';
+  if (cniSocket && !cniSocket.startsWith('/')) throw new UsageError(`--cni-socket: "${cniSocket}" is not an absolute path`);
+  if (Buffer.byteLength(cniSocket) > MAX_SOCKET_PATH) throw new UsageError(`--cni-socket: "${cniSocket}" is longer than ${MAX_SOCKET_PATH} bytes (a unix socket path limit)`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
@@ -140,5 +150,6 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     renewMarginSeconds: Math.ceil(margin / 1000),
     reconcileIntervalMs: reconcile,
     logLevel,
+    cniSocket,
   };
 }

@@ -27,6 +27,7 @@ test('options: defaults', (t) => {
     renewMarginSeconds: 3600,
     reconcileIntervalMs: 1000,
     logLevel: 'info',
+    cniSocket: '/run/weft/cni.sock',
   });
 });
 
@@ -70,6 +71,26 @@ test('options: bad values are usage errors that say what is wrong', (t) => {
     const err = t.throws(() => parseOptions(argv, env, 'h'), { instanceOf: UsageError }, argv.join(' '));
     t.regex(err!.message, re);
   }
+});
+
+test('options: --cni-socket from flag or $WEFTD_CNI_SOCKET, empty disables the fast path, bad paths refused', (t) => {
+  const sock = (argv: string[], env: Record<string, string> = {}) => parseOptions(argv, env, 'h')!.cniSocket;
+  t.is(sock([]), '/run/weft/cni.sock');
+  t.is(sock(['--cni-socket', '/tmp/x/cni.sock']), '/tmp/x/cni.sock');
+  t.is(sock([], { WEFTD_CNI_SOCKET: '/tmp/y.sock' }), '/tmp/y.sock');
+  t.is(sock(['--cni-socket=/tmp/flag.sock'], { WEFTD_CNI_SOCKET: '/tmp/env.sock' }), '/tmp/flag.sock', 'the flag wins');
+  t.is(sock([], { WEFTD_CNI_SOCKET: '' }), '', 'empty env disables');
+  t.is(sock(['--cni-socket='], {}), '', 'empty flag disables');
+  t.is(sock(['--cni-socket='], { WEFTD_CNI_SOCKET: '/tmp/env.sock' }), '', 'an empty flag still wins over the env');
+  for (const [argv, re] of [
+    [['--cni-socket', 'run/weft/cni.sock'], /--cni-socket: "run\/weft\/cni.sock" is not an absolute path/],
+    [['--cni-socket', `/${'d'.repeat(107)}`], /longer than 107 bytes/],
+  ] as const) {
+    const err = t.throws(() => parseOptions([...argv], {}, 'h'), { instanceOf: UsageError });
+    t.regex(err!.message, re);
+  }
+  t.notThrows(() => parseOptions(['--cni-socket', `/${'d'.repeat(106)}`], {}, 'h'), '107 bytes fit');
+  t.regex(usage(), /--cni-socket .*\(default "\/run\/weft\/cni.sock"\)  \[\$WEFTD_CNI_SOCKET\]/);
 });
 
 test('durations', (t) => {
