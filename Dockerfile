@@ -1,10 +1,12 @@
 # The image the DaemonSet runs (install/30-daemonset.yaml): weftd and weftctl on Node 24, and
-# the packaged CNI plugin (a Node single executable application plus its native addons) that
-# the install-cni init container copies onto hosts without Node.js.
+# the packaged CNI plugin that the install-cni init container copies onto hosts without Node.js:
+# the fast-path launcher (static C) as bin/weft, the Node single executable application as
+# bin/weft-standalone (the launcher's fallback), and its native addons.
 #
 #   docker build -t weft:0.1.0 .
 
 FROM node:24-bookworm-slim AS build
+# gcc + libc6-dev: the setns addon and the static fast-path launcher (libc.a).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -38,7 +40,8 @@ COPY --from=build /src/dist/proto/ /opt/weft/proto/
 COPY --from=build /src/dist/package.json /opt/weft/package.json
 COPY --from=build /src/node_modules/netlink /opt/weft/node_modules/netlink
 COPY --from=build /src/node_modules/node-gyp-build /opt/weft/node_modules/node-gyp-build
-# The CNI plugin as installed on hosts: bin/weft finds its addons in bin/../lib/weft.
+# The CNI plugin as installed on hosts (scripts/package.ts): bin/weft is the launcher, which
+# falls back to bin/weft-standalone beside it; that finds its addons in bin/../lib/weft.
 COPY --from=build /src/dist/pkg/ /opt/weft/cni/
 COPY --from=cni-plugins /usr/lib/cni/portmap /opt/weft/cni/bin/portmap
 COPY cni-conf/10-weft.conflist /opt/weft/cni/10-weft.conflist

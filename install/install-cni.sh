@@ -1,7 +1,12 @@
 #!/bin/sh
-# The DaemonSet's install-cni init container: puts the packaged CNI plugin, its native addons
-# and the conflist onto the host. Every file is copied to a temporary name in the target
-# directory and renamed into place, so kubelet never executes or reads a half-written file.
+# The DaemonSet's install-cni init container: puts the packaged CNI plugin (scripts/package.ts),
+# its native addons and the conflist onto the host:
+#   bin/weft             the fast-path launcher kubelet execs: forwards to weftd's socket
+#   bin/weft-standalone  the Node single executable it falls back to when weftd is not serving
+#   lib/weft/*.node      the standalone's addons (it loads them from <itself>/../lib/weft)
+# Every file is copied to a temporary name in the target directory and renamed into place, so
+# kubelet never executes or reads a half-written file; the addons and the standalone go first,
+# so the launcher never exists on the host without a working fallback.
 # The reference portmap plugin is installed only when the host has none.
 set -eu
 
@@ -22,14 +27,20 @@ mkdir -p "$bin_dir" "$lib_dir" "$conf_dir"
 for f in "$src"/lib/weft/*.node; do
   install_atomic "$f" "$lib_dir/$(basename "$f")" 0644
 done
+install_atomic "$src/bin/weft-standalone" "$bin_dir/weft-standalone" 0755
 install_atomic "$src/bin/weft" "$bin_dir/weft" 0755
 if [ ! -x "$bin_dir/portmap" ] && [ -x "$src/bin/portmap" ]; then
   install_atomic "$src/bin/portmap" "$bin_dir/portmap" 0755
 fi
 # Validate before installing the conflist (which makes the node Ready): the installed plugin
-# must answer VERSION and the conflist must configure it.
-if ! echo '{"cniVersion":"1.1.0"}' | CNI_COMMAND=VERSION "$bin_dir/weft" >/dev/null; then
-  echo "install-cni: $bin_dir/weft does not run" >&2
+# must answer VERSION and the conflist must configure it. The standalone is asked directly; the
+# launcher is asked through a socket nobody serves, so it must reach the standalone beside it.
+if ! echo '{"cniVersion":"1.1.0"}' | CNI_COMMAND=VERSION "$bin_dir/weft-standalone" >/dev/null; then
+  echo "install-cni: $bin_dir/weft-standalone does not run" >&2
+  exit 1
+fi
+if ! echo '{"cniVersion":"1.1.0","fastpathSocket":"/nonexistent/weft-install-check.sock"}' | CNI_COMMAND=VERSION "$bin_dir/weft" >/dev/null; then
+  echo "install-cni: $bin_dir/weft does not run or cannot reach $bin_dir/weft-standalone" >&2
   exit 1
 fi
 if ! grep -q '"type": *"weft"' "$conf_file"; then
@@ -37,4 +48,4 @@ if ! grep -q '"type": *"weft"' "$conf_file"; then
   exit 1
 fi
 install_atomic "$conf_file" "$conf_dir/10-weft.conflist" 0644
-echo "install-cni: installed $bin_dir/weft, $lib_dir and $conf_dir/10-weft.conflist"
+echo "install-cni: installed $bin_dir/weft (launcher), $bin_dir/weft-standalone, $lib_dir and $conf_dir/10-weft.conflist"

@@ -1,7 +1,12 @@
 /**
- * Packages the CNI plugin for hosts without Node.js: a Node single executable application
- * (SEA) at `dist/pkg/bin/weft` plus its native addons in `dist/pkg/lib/weft/`, the layout the
- * install-cni init container copies to `/opt/cni/bin/weft` and `/opt/cni/lib/weft/`.
+ * Packages the CNI plugin for hosts without Node.js, the layout the install-cni init container
+ * copies to `/opt/cni/bin/` and `/opt/cni/lib/weft/`:
+ *
+ *   dist/pkg/bin/weft             the fast-path launcher (static C, src/fastpath/launcher.c):
+ *                                 what kubelet execs; forwards the request to weftd's socket
+ *   dist/pkg/bin/weft-standalone  the plugin as a Node single executable application (SEA): the
+ *                                 launcher execs it (found beside itself) when weftd is not serving
+ *   dist/pkg/lib/weft/*.node      the SEA's native addons
  *
  * A SEA's embedded script can `require` only built-in modules, so everything is bundled, and
  * the two native addons are loaded at run time with `process.dlopen` from a known directory:
@@ -18,6 +23,7 @@ import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync,
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { build, type Plugin } from 'esbuild';
+import { buildLauncher } from '../src/fastpath/build.ts';
 
 const root = join(import.meta.dirname, '..');
 const out = join(root, 'dist', 'pkg');
@@ -110,7 +116,11 @@ function install(src: string, dest: string): void {
 try {
   const script = join(work, 'weft.cjs');
   await bundle('weft', script);
-  makeExecutable(script, join(binDir, 'weft'));
+  // The standalone first: the launcher must never be in place without its fallback. The SEA's
+  // execPath is weft-standalone itself (the launcher execve's it), so <execPath>/../lib/weft is
+  // still the addon directory.
+  makeExecutable(script, join(binDir, 'weft-standalone'));
+  buildLauncher(join(binDir, 'weft'));
   const require = createRequire(import.meta.url);
   const netlinkDir = join(require.resolve('netlink/package.json'), '..');
   install(join(netlinkDir, 'prebuilds', `linux-${process.arch}`, 'node.napi.node'), join(libDir, 'netlink.node'));
@@ -118,4 +128,4 @@ try {
 } finally {
   rmSync(work, { recursive: true, force: true });
 }
-console.log('packaged dist/pkg/bin/weft with dist/pkg/lib/weft/{netlink,setns}.node');
+console.log('packaged dist/pkg/bin/weft (launcher), dist/pkg/bin/weft-standalone and dist/pkg/lib/weft/{netlink,setns}.node');

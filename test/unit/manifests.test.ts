@@ -8,6 +8,8 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, posix } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { parseOptions } from '../../src/daemon/options.ts';
+import { DEFAULTS as CNI_DEFAULTS } from '../../src/cni/config.ts';
+import { DEFAULT_SOCKET } from '../../src/fastpath/server.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const installDir = join(root, 'install');
@@ -128,13 +130,20 @@ test('conflist: CNI 1.1.0, weft then the reference portmap with portMappings', (
   t.deepEqual(conflist.plugins[1].capabilities, { portMappings: true });
 });
 
-test('DaemonSet: host network, tolerates every taint, requests resources, least capabilities', (t) => {
+test('DaemonSet: host network and PIDs, tolerates every taint, requests resources, only weftd privileged', (t) => {
   t.true(pod.hostNetwork);
+  // Runtimes may name a pod's namespace /proc/<pid>/ns/net with a host pid.
+  t.true(pod.hostPID);
   t.true(pod.tolerations.some((tol: Obj) => tol.operator === 'Exists' && tol.effect === 'NoSchedule' && !tol.key));
   t.true(pod.tolerations.some((tol: Obj) => tol.operator === 'Exists' && tol.effect === 'NoExecute' && !tol.key));
   for (const c of allContainers) t.truthy(c.resources?.requests?.memory, `${c.name} requests memory`);
-  t.false(weftd.securityContext.privileged);
-  t.deepEqual(weftd.securityContext.capabilities.add.sort(), ['NET_ADMIN', 'NET_RAW']);
+  // The fast path needs setns (SYS_ADMIN) and a writable /proc/sys (sysctls in pod namespaces),
+  // which only a privileged container gets; the YAML says why, the init containers get nothing.
+  t.true(weftd.securityContext.privileged);
+  const yaml = readFileSync(join(installDir, '30-daemonset.yaml'), 'utf8');
+  t.regex(yaml, /SYS_ADMIN: setns\(CLONE_NEWNET\)/);
+  t.regex(yaml, /read-only/);
+  for (const c of pod.initContainers) t.falsy(c.securityContext?.privileged, `${c.name} is not privileged`);
   const selector = ds.spec.selector.matchLabels;
   for (const [k, v] of Object.entries(selector)) t.is(ds.spec.template.metadata.labels[k], v);
 });
@@ -145,7 +154,7 @@ test('volume mounts name declared volumes; hostPaths cover the subnet file and C
     for (const m of c.volumeMounts ?? []) t.true(volumes.has(m.name), `${c.name} mounts ${m.name}`);
   }
   const hostPaths = pod.volumes.filter((v: Obj) => v.hostPath).map((v: Obj) => v.hostPath.path).sort();
-  t.deepEqual(hostPaths, ['/etc/cni/net.d', '/opt/cni', '/run/flannel']);
+  t.deepEqual(hostPaths, ['/etc/cni/net.d', '/opt/cni', '/run/flannel', '/run/weft', '/var/lib/cni/networks', '/var/run/netns']);
 
   // weftd writes the subnet file into the hostPath the CNI plugin (on the host) reads it from.
   const subnetFile = weftd.args.find((a: string) => a.startsWith('--subnet-file=')).split('=')[1];
@@ -153,6 +162,60 @@ test('volume mounts name declared volumes; hostPaths cover the subnet file and C
   const mount = weftd.volumeMounts.find((m: Obj) => m.mountPath === dirname(subnetFile));
   t.truthy(mount, 'weftd mounts the subnet file directory');
   t.is(volumes.get(mount.name)!.hostPath.path, dirname(conflist.plugins[0].subnetFile));
+});
+
+/** weftd's mount of `containerPath` and the hostPath behind it. */
+function weftdHostPath(containerPath: string): { mount: Obj; hostPath?: string } {
+  const mount = weftd.volumeMounts.find((m: Obj) => containerPath === m.mountPath || containerPath.startsWith(`${m.mountPath}/`));
+  if (!mount) return { mount };
+  const vol = pod.volumes.find((v: Obj) => v.name === mount.name);
+  return { mount, hostPath: vol?.hostPath && posix.join(vol.hostPath.path, containerPath.slice(mount.mountPath.length)) };
+}
+
+test('fast path: weftd serves the socket the launcher dials, on the host, with the fallback\'s IPAM store and the pods\' namespaces', (t) => {
+  const opts = parseOptions(weftd.args, { WEFTD_ETCD_ENDPOINTS: 'http://198.51.100.2:2379' }, 'node')!;
+  // The launcher dials the conflist's fastpathSocket, else its compiled-in default.
+  const launcher = readFileSync(join(root, 'src', 'fastpath', 'launcher.c'), 'utf8');
+  const launcherDefault = /#define DEFAULT_SOCKET "([^"]+)"/.exec(launcher)![1];
+  t.is(launcherDefault, DEFAULT_SOCKET, 'launcher and weftd share the default');
+  t.is(opts.cniSocket, conflist.plugins[0].fastpathSocket ?? launcherDefault, 'weftd --cni-socket is where the launcher dials');
+  t.is(weftdHostPath(posix.dirname(opts.cniSocket)).hostPath, posix.dirname(opts.cniSocket), 'the socket directory is the same host directory');
+
+  // Same IPAM store as weft-standalone on the host, or two allocators share a subnet blindly.
+  const dataDir = conflist.plugins[0].dataDir ?? CNI_DEFAULTS.dataDir;
+  const ipam = weftdHostPath(dataDir);
+  t.truthy(ipam.mount, `weftd mounts ${dataDir}`);
+  t.is(ipam.hostPath, dataDir, 'IPAM store is the host\'s');
+  t.falsy(ipam.mount.readOnly);
+  // Pod namespaces appear after weftd started: they must propagate into the container.
+  for (const nsDir of ['/var/run/netns', '/run/netns']) {
+    const m = weftdHostPath(`${nsDir}/cni-1234`);
+    if (!m.mount) continue;
+    t.is(m.hostPath, `${nsDir}/cni-1234`);
+    t.is(m.mount.mountPropagation, 'HostToContainer');
+  }
+  t.true(weftd.volumeMounts.some((m: Obj) => m.mountPropagation === 'HostToContainer' && /^\/(var\/)?run\/netns$/.test(m.mountPath)), 'weftd sees pod namespaces');
+  // The subnet file the handler reads is the one weftd writes (checked above), read-write here.
+  t.truthy(weftdHostPath(opts.subnetFile).mount);
+});
+
+test('packaging: the launcher is installed as the plugin kubelet runs, the standalone beside it under the name the launcher falls back to', (t) => {
+  const launcher = readFileSync(join(root, 'src', 'fastpath', 'launcher.c'), 'utf8');
+  t.regex(launcher, /snprintf\(cand, sizeof cand, "%s\/weft-standalone", dir\)/, 'launcher falls back to weft-standalone beside itself');
+  const pkg = readFileSync(join(root, 'scripts', 'package.ts'), 'utf8');
+  t.regex(pkg, /makeExecutable\(script, join\(binDir, 'weft-standalone'\)\)/);
+  t.regex(pkg, /buildLauncher\(join\(binDir, 'weft'\)\)/);
+  t.is(conflist.plugins[0].type, 'weft', 'kubelet execs <bin dir>/weft: the launcher');
+  const script = readFileSync(join(installDir, 'install-cni.sh'), 'utf8');
+  const standalone = script.indexOf('install_atomic "$src/bin/weft-standalone" "$bin_dir/weft-standalone" 0755');
+  const launcherLine = script.indexOf('install_atomic "$src/bin/weft" "$bin_dir/weft" 0755');
+  const conf = script.indexOf('install_atomic "$conf_file"');
+  t.true(standalone > 0 && launcherLine > standalone, 'the standalone is in place before the launcher');
+  t.true(conf > launcherLine, 'the conflist (node Ready) comes last');
+  // The image ships dist/pkg (both binaries and lib/weft) where install-cni reads it.
+  const { stages, final } = dockerfile();
+  t.true(final.some((l) => /^COPY --from=build \/src\/dist\/pkg\/ \/opt\/weft\/cni\/$/.test(l)));
+  t.true(stages[0]!.some((l) => /node scripts\/package\.ts/.test(l)));
 });
 
 test('install-cni writes where kubelet and the packaged plugin look', (t) => {
