@@ -1,48 +1,104 @@
 /**
  * Build: typecheck-free bundling of each cmd/ entry into an executable file under dist/bin, plus
- * the setns addon under dist/native. `npm run typecheck` runs tsc separately.
+ * the native addons under dist/native. `npm run typecheck` runs tsc separately.
  *
  * Bundles are CommonJS (what a Node single executable application needs) with a shebang naming
  * the Node binary that ran the build (the project's pinned Node 24), so `dist/bin/weft` is
  * exec'able as is, the way kubelet runs a CNI plugin.
+ *
+ * Every output is written to a temporary file in its own directory and renamed into place, so a
+ * test or benchmark exec'ing dist/ while this runs sees the old file or the new one, never a
+ * half-written one (an overwritten addon corrupts processes that have it mapped).
  */
-import { execFileSync } from 'node:child_process';
-import { chmodSync, cpSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { buildLauncher } from '../src/fastpath/build.ts';
+import { nativeNetlink } from './esbuild-netlink.ts';
 
 const root = join(import.meta.dirname, '..');
 const dist = join(root, 'dist');
+let seq = 0;
+
+/** A temporary name beside `file` (same directory, so the rename is atomic). */
+function tmpName(file: string): string {
+  return `${file}.tmp-${process.pid}-${seq++}`;
+}
+
+/** Writes `data` to `file` atomically. */
+function writeAtomic(file: string, data: string | Uint8Array, mode = 0o644): void {
+  const tmp = tmpName(file);
+  try {
+    writeFileSync(tmp, data, { mode });
+    chmodSync(tmp, mode); // writeFileSync's mode is masked by the umask
+    renameSync(tmp, file);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+}
+
+/** Copies the files of `src` (recursively) into `dest`, each atomically. */
+function copyTreeAtomic(src: string, dest: string): void {
+  mkdirSync(dest, { recursive: true });
+  for (const e of readdirSync(src, { withFileTypes: true })) {
+    if (e.isDirectory()) copyTreeAtomic(join(src, e.name), join(dest, e.name));
+    else writeAtomic(join(dest, e.name), readFileSync(join(src, e.name)));
+  }
+}
+
+/** Runs `cc` writing to a temporary file, then renames it to `outfile`. */
+async function cc(outfile: string, args: string[]): Promise<void> {
+  const tmp = tmpName(outfile);
+  try {
+    const { stderr } = await promisify(execFile)('cc', [...args, '-o', tmp]);
+    if (stderr) process.stderr.write(stderr);
+    renameSync(tmp, outfile);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+}
+
 mkdirSync(join(dist, 'bin'), { recursive: true });
 mkdirSync(join(dist, 'native'), { recursive: true });
 // The bundles are CommonJS, but the root package.json says "type": "module", which Node applies
 // to extensionless files under it: this scope marker makes dist/bin/* load as CommonJS.
-writeFileSync(join(dist, 'package.json'), '{ "type": "commonjs" }\n');
+writeAtomic(join(dist, 'package.json'), '{ "type": "commonjs" }\n');
 // etcd3 reads its .proto files at run time from `<its lib dir>/../proto`; bundled, that is
 // dist/bin/../proto.
-cpSync(join(root, 'node_modules', 'etcd3', 'proto'), join(dist, 'proto'), { recursive: true });
+copyTreeAtomic(join(root, 'node_modules', 'etcd3', 'proto'), join(dist, 'proto'));
+// netlink's prebuilt binding, loaded by the weft bundle from dist/bin/../native (src/netlink/load.ts).
+const require = createRequire(import.meta.url);
+const netlinkPkg = join(require.resolve('netlink/package.json'), '..');
+writeAtomic(join(dist, 'native', 'netlink.node'), readFileSync(join(netlinkPkg, 'prebuilds', `linux-${process.arch}`, 'node.napi.node')), 0o755);
 
-execFileSync('cc', [
+const setns = cc(join(dist, 'native', 'setns.node'), [
   '-O2', '-Wall', '-Werror', '-shared', '-fPIC',
   '-I', join(root, 'node_modules', 'node-api-headers', 'include'),
-  '-o', join(dist, 'native', 'setns.node'),
   join(root, 'src', 'netns', 'native', 'setns.c'),
-], { stdio: 'inherit' });
-// The CNI fast-path launcher (static C, forwards to weftd; see src/fastpath/launcher.c).
+]);
+// The CNI fast-path launcher (static C, forwards to weftd; see src/fastpath/launcher.c). It
+// writes aside and renames itself.
 buildLauncher(join(dist, 'bin', 'weft-fast'));
 
 const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts'));
 // V8 flags for an entry, on its shebang line (Linux passes them as one argument). weftd: a 1 MiB
 // young generation keeps its RSS under 100 MB with 1000 peers (bench peers: 104 -> 91 MiB).
 const nodeFlags: Record<string, string> = { weftd: ' --max-semi-space-size=1' };
-await Promise.all(
-  entries.map(async (file) => {
+// The CNI plugin bundles the rtnetlink part of `netlink` (loading the package's index at each pod
+// start cost more than the rest of the bundle); weftd and weftctl, long-lived or interactive,
+// load the package from node_modules beside dist/ (the image ships it).
+const bundled: Record<string, boolean> = { weft: true };
+await Promise.all([
+  setns,
+  ...entries.map(async (file) => {
     const name = file.replace(/\.ts$/, '');
-    const outfile = join(dist, 'bin', name);
-    await build({
+    const out = await build({
       entryPoints: [join(root, 'cmd', file)],
-      outfile,
+      outfile: join(dist, 'bin', name),
+      write: false,
       bundle: true,
       platform: 'node',
       target: 'node24',
@@ -50,11 +106,12 @@ await Promise.all(
       minifySyntax: true,
       sourcemap: false,
       // Native and optional pieces resolved at run time from node_modules beside dist/.
-      external: ['netlink', 'cpu-features', 'ssh2'],
+      external: [...(bundled[name] ? [] : ['netlink']), 'cpu-features', 'ssh2'],
+      plugins: bundled[name] ? [nativeNetlink] : [],
       banner: { js: `#!${process.env.WEFT_SHEBANG ?? process.execPath}${nodeFlags[name] ?? ''}` },
       logLevel: 'warning',
     });
-    chmodSync(outfile, 0o755);
+    writeAtomic(join(dist, 'bin', name), out.outputFiles[0].contents, 0o755);
   }),
-);
-console.log(`built ${entries.map((e) => `dist/bin/${e.replace(/\.ts$/, '')}`).join(', ')} and dist/native/setns.node`);
+]);
+console.log(`built ${entries.map((e) => `dist/bin/${e.replace(/\.ts$/, '')}`).join(', ')} and dist/native/{setns,netlink}.node`);

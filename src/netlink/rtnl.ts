@@ -3,7 +3,10 @@
  * messages; IFLA_LINKINFO (veth peer, vxlan), bridge-port protinfo and the onlink route flag
  * are left raw there, so they are encoded here with ./attrs.
  */
-import { createRtNetlink, FlagsNew, type RtNetlinkSocket } from 'netlink';
+// The rtnetlink part of the package only, not its index (which also loads nl80211, genl and
+// wireguard: ~500 KB of JavaScript the CNI binary would parse at every start).
+import { FlagsNew } from 'netlink/dist/constants.js';
+import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt.js';
 import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
 import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from './attrs.ts';
 import { LinkNotFoundError, NetlinkError } from './errors.ts';
