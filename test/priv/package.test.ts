@@ -141,7 +141,7 @@ test('packaged plugin: two pods ping each other through cni0; CHECK passes; DEL 
   t.deepEqual(readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)), []);
 });
 
-test('a broken install (addons missing) answers with a CNI error, not a crash, and leaves nothing', async (t) => {
+test('a broken install (addons missing) answers with a CNI error, not a crash, and leaves nothing; $WEFT_NATIVE_DIR mends it', async (t) => {
   const s = new Scope();
   t.teardown(() => s.cleanup());
   const broken = mkdtempSync(join(tmpdir(), 'wt-pkg-broken-'));
@@ -160,6 +160,15 @@ test('a broken install (addons missing) answers with a CNI error, not a crash, a
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
   t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
   t.deepEqual(existsSync(fx.ipamDir) ? readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [], []);
+
+  // $WEFT_NATIVE_DIR reaches the standalone through the launcher's exec and points it at addons.
+  const env = { PATH: BARE_PATH, WEFT_NATIVE_DIR: join(host, 'opt/cni/lib/weft') };
+  const conf = fx.conf({}, '1.1.0');
+  const fixed = await cni(node, { command: 'ADD', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft'), env });
+  t.is(fixed.code, 0, fixed.stdout + fixed.stderr);
+  const del = await cni(node, { command: 'DEL', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft'), env });
+  t.is(del.code, 0, del.stdout + del.stderr);
+  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
 });
 
 /** Starts a weftd-style fast-path server (bench/lib/cni-server.ts: weftd's server and handler) in `node` on a socket in the fixture's temp dir. */
