@@ -52,6 +52,8 @@ async function main(): Promise<number> {
     return 1;
   }
   const nl = openNetlink();
+  // A second socket for reconcile's dumps, so they never hold up programming a new peer.
+  const dumpNl = openNetlink();
   log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
@@ -63,7 +65,7 @@ async function main(): Promise<number> {
     );
   }
   try {
-    await runDaemon(opts, { nl, manager, log, metrics, signal: ac.signal });
+    await runDaemon(opts, { nl, dumpNl, manager, log, metrics, signal: ac.signal });
     return 0;
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);
@@ -71,6 +73,7 @@ async function main(): Promise<number> {
   } finally {
     manager.close();
     nl.close();
+    dumpNl.close();
   }
 }
 

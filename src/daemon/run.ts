@@ -30,6 +30,8 @@ import { readPreviousSubnet, writeSubnetFile } from './subnetfile.ts';
 
 export interface DaemonDeps {
   nl: Netlink;
+  /** A second socket in the same namespace for reconcile's dumps (see VxlanNetworkOptions). */
+  dumpNl?: Netlink;
   manager: SubnetManager;
   log: Log;
   clock?: Clock;
@@ -143,6 +145,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
         mtu: ext.link.mtu - 50,
       },
       log,
+      dumpNl: deps.dumpNl,
       onRepair: () => metrics.repairs++,
     });
     const attrs = (): LeaseAttrs => ({ publicIP: ext.ip, backendType: 'vxlan', backendData: network.backendData });

@@ -184,3 +184,141 @@ test('reconcile puts back a deleted route, FDB entry, neighbor and device (same 
   t.true((await net.reconcile()) > 0);
   t.is(nl.links_.find((l) => l.name === 'flannel.1')!.mac, mac);
 });
+
+/** A fake whose writes take a turn of the event loop, counting how many are in flight at once. */
+class SlowNetlink extends FakeNetlink {
+  inFlight = 0;
+  maxInFlight = 0;
+  async #slow(fn: () => Promise<void>) {
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    await new Promise((r) => setImmediate(r));
+    try {
+      await fn();
+    } finally {
+      this.inFlight--;
+    }
+  }
+  override neighReplace(n: Neigh) { return this.#slow(() => super.neighReplace(n)); }
+  override fdbReplace(f: Fdb) { return this.#slow(() => super.fdbReplace(f)); }
+  override routeReplace(r: Route) { return this.#slow(() => super.routeReplace(r)); }
+}
+
+/** A read-only view of `nl` (the second socket) whose neighbor dump waits for `hold`. */
+function heldDumps(nl: FakeNetlink, hold: Promise<void>): { view: Netlink; started: Promise<void> } {
+  let started!: () => void;
+  const p = new Promise<void>((r) => (started = r));
+  const view = Object.assign(Object.create(nl) as FakeNetlink, {
+    async neighs(index?: number) {
+      started();
+      await hold;
+      return nl.neighs(index);
+    },
+  });
+  return { view, started: p };
+}
+
+function peerLease(i: number): Lease {
+  const hex = i.toString(16).padStart(2, '0');
+  return lease(`10.244.${100 + i}.0/24`, `198.51.100.${100 + i}`, `aa:bb:cc:00:01:${hex}`);
+}
+
+test('a bulk snapshot programs different peers side by side, within the limit, each still neighbor -> FDB -> route', async (t) => {
+  const nl = new SlowNetlink();
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, concurrency: 4 });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  nl.ops = [];
+  const leases = Array.from({ length: 20 }, (_, i) => peerLease(i));
+  await net.applySnapshot(leases);
+  t.is(nl.maxInFlight, 4, 'four peers in flight at once, never more');
+  t.is(nl.routes_.length, 20);
+  t.is(nl.neighs_.length, 20);
+  t.is(nl.fdbs_.length, 20);
+  for (const l of leases) {
+    const gw = `10.244.${l.subnet.ip >>> 8 & 255}.0`;
+    const mine = nl.ops.filter((o) => o.startsWith(`neigh ${gw} `) || o.startsWith(`route ${gw}/`) || o.includes(` ${l.publicIP}`));
+    t.deepEqual(mine.map((o) => o.split(' ')[0]), ['neigh', 'fdb', 'route'], gw);
+  }
+  t.is(await net.reconcile(), 0);
+});
+
+test('a new peer is programmed while a reconcile pass is still reading, and the pass does not count it as drift', async (t) => {
+  const nl = new FakeNetlink();
+  let release!: () => void;
+  const { view, started } = heldDumps(nl, new Promise<void>((r) => (release = r)));
+  const repairs: string[] = [];
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, dumpNl: view, onRepair: (w) => repairs.push(w) });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  const pass = net.reconcile();
+  await started;
+  await net.applyPut(peer2);
+  t.true(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'route in place while the dump is held');
+  release();
+  t.is(await pass, 0);
+  t.deepEqual(repairs, []);
+  t.is(await net.reconcile(), 0);
+});
+
+test('without a second socket a dump has the socket to itself: a peer update waits for it', async (t) => {
+  const nl = new FakeNetlink();
+  let release!: () => void;
+  const hold = new Promise<void>((r) => (release = r));
+  let dumping = false;
+  const neighs = nl.neighs.bind(nl);
+  nl.neighs = async (index?: number) => {
+    dumping = true;
+    await hold;
+    dumping = false;
+    return neighs(index);
+  };
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  const pass = net.reconcile();
+  while (!dumping) await new Promise((r) => setImmediate(r));
+  let done = false;
+  const put = net.applyPut(peer2).then(() => (done = true));
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  t.false(done);
+  t.false(nl.ops.some((o) => o.startsWith('neigh 10.244.2.0')), 'nothing sent during the dump');
+  release();
+  await put;
+  await pass;
+  t.true(nl.routes_.some((r) => r.dst === '10.244.2.0/24'));
+});
+
+test('events for one peer apply in order even when not awaited; a MAC moving to a new lease keeps its FDB entry', async (t) => {
+  const nl = new SlowNetlink();
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  await net.applySnapshot([peer2, peer3]);
+  // peer 2 changes twice and then goes, all before the first change reached the kernel.
+  await Promise.all([
+    net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22')),
+    net.applyPut(lease('10.244.2.0/24', '198.51.100.32', 'aa:bb:cc:00:00:32')),
+    net.applyDelete({ subnet: parseCIDR('10.244.2.0/24') }),
+  ]);
+  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.3.0/24']);
+  t.deepEqual(nl.fdbs_.map((f) => f.mac), ['aa:bb:cc:00:00:03']);
+  // peer 3's node took a new subnet (same VTEP MAC and IP) before its old lease expired.
+  const moved = lease('10.244.33.0/24', '198.51.100.13', 'aa:bb:cc:00:00:03');
+  await net.applyPut(moved);
+  await net.applyDelete({ subnet: parseCIDR('10.244.3.0/24') });
+  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.33.0/24']);
+  t.deepEqual(nl.neighs_.map((n) => n.ip), ['10.244.33.0']);
+  t.deepEqual(nl.fdbs_, [{ index: net.link.index, mac: 'aa:bb:cc:00:00:03', dst: '198.51.100.13' }]);
+  t.is(await net.reconcile(), 0);
+});
+
+test('a reconcile pass during a bulk add leaves queued peers to their jobs (no double programming, no false repairs)', async (t) => {
+  const nl = new SlowNetlink();
+  const repairs: string[] = [];
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, concurrency: 2, dumpNl: Object.create(nl) as Netlink, onRepair: (w) => repairs.push(w) });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  nl.ops = [];
+  const puts = Array.from({ length: 10 }, (_, i) => net.applyPut(peerLease(i)));
+  t.is(await net.reconcile(), 0);
+  await Promise.all(puts);
+  t.deepEqual(repairs, []);
+  t.is(nl.ops.length, 30, 'three entries per peer, once each');
+  t.is(await net.reconcile(), 0);
+});

@@ -9,8 +9,16 @@
  * Unlike flannel we also: remove the old FDB entry when a peer's MAC or IP changes; re-add every
  * peer entry when the device had to be recreated; remove entries of peers that left while we
  * were down; and reconcile periodically, so a deleted route, neighbor, FDB entry or device is
- * put back. Every operation runs through one queue, so a watch event never interleaves with a
- * reconcile pass.
+ * put back.
+ *
+ * Concurrency: the wanted peer set changes synchronously when an event arrives; the kernel
+ * work for it runs as a per-peer job. Jobs of one peer run in order (a put then a delete never
+ * swap), jobs of different peers run side by side, at most PEER_CONCURRENCY at once on the one
+ * socket (the netlink package matches each ack to its request by sequence number). A reconcile
+ * pass never holds up a new peer: its dumps go to a second socket when there is one (else they
+ * take the socket alone, briefly), entries of peers that a job touched while the pass was
+ * looking are left to that job, and its repairs are per-peer jobs that re-check what is wanted
+ * right before they act.
  */
 import { formatCIDR, formatIPv4, type IPv4Net } from '../../ip/ipv4.ts';
 import { isGone, LinkNotFoundError, type Link, type Netlink, type Route } from '../../netlink/index.ts';
@@ -18,6 +26,10 @@ import { leaseId, type Lease } from '../../subnet/lease.ts';
 import type { BackendNetwork, Log } from '../types.ts';
 import { encodeBackendData, parseBackendData } from './backenddata.ts';
 import { ensureDeviceAddress, ensureVxlanDevice, incompatibility, type VxlanDeviceSpec } from './device.ts';
+import { Gate } from './gate.ts';
+
+/** Peer jobs in flight at once on the netlink socket (bulk adds, snapshots, repairs). */
+export const PEER_CONCURRENCY = 32;
 
 /** What one peer needs in the kernel. */
 export interface Peer {
@@ -48,25 +60,102 @@ export interface VxlanNetworkOptions {
   subnet?: IPv4Net;
   log: Log;
   /** Called once per repair made by reconcile (metrics). */
-  onRepair?: (what: 'device' | 'address' | 'neighbor' | 'fdb' | 'route' | 'stale') => void;
+  onRepair?: (what: RepairKind) => void;
+  /**
+   * A second netlink socket in the same namespace for reconcile's reads. Without it the dumps
+   * take the main socket alone while they run (a dump must not interleave with other replies),
+   * which holds peer updates back meanwhile.
+   */
+  dumpNl?: Netlink;
+  /** Peer jobs in flight at once (default {@link PEER_CONCURRENCY}). */
+  concurrency?: number;
 }
+
+export type RepairKind = 'device' | 'address' | 'neighbor' | 'fdb' | 'route' | 'stale';
 
 function samePeer(a: Peer, b: Peer): boolean {
   return a.mac === b.mac && a.publicIP === b.publicIP && a.gateway === b.gateway;
+}
+
+function fdbKey(mac: string, dst: string): string {
+  return `fdb ${mac}>${dst}`;
+}
+
+/** The wanted peers by lease id, with the look-ups reconcile and cleanup need. */
+class PeerSet {
+  readonly #byId = new Map<string, Peer>();
+  readonly #gateways = new Set<string>();
+  /** How many wanted peers use each FDB entry (a MAC can move to a new lease of the same node). */
+  readonly #fdbUsers = new Map<string, number>();
+
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  get(id: string): Peer | undefined {
+    return this.#byId.get(id);
+  }
+
+  has(id: string): boolean {
+    return this.#byId.has(id);
+  }
+
+  entries(): IterableIterator<[string, Peer]> {
+    return this.#byId.entries();
+  }
+
+  values(): IterableIterator<Peer> {
+    return this.#byId.values();
+  }
+
+  set(id: string, p: Peer): void {
+    this.delete(id);
+    this.#byId.set(id, p);
+    this.#gateways.add(p.gateway);
+    const k = fdbKey(p.mac, p.publicIP);
+    this.#fdbUsers.set(k, (this.#fdbUsers.get(k) ?? 0) + 1);
+  }
+
+  delete(id: string): void {
+    const old = this.#byId.get(id);
+    if (!old) return;
+    this.#byId.delete(id);
+    this.#gateways.delete(old.gateway);
+    const k = fdbKey(old.mac, old.publicIP);
+    const n = (this.#fdbUsers.get(k) ?? 1) - 1;
+    if (n) this.#fdbUsers.set(k, n);
+    else this.#fdbUsers.delete(k);
+  }
+
+  hasGateway(ip: string): boolean {
+    return this.#gateways.has(ip);
+  }
+
+  usesFdb(mac: string, dst: string): boolean {
+    return this.#fdbUsers.has(fdbKey(mac, dst));
+  }
 }
 
 export class VxlanNetwork implements BackendNetwork {
   readonly backendType = 'vxlan';
   readonly #nl: Netlink;
   readonly #opts: VxlanNetworkOptions;
-  readonly #peers = new Map<string, Peer>();
+  readonly #peers = new PeerSet();
+  readonly #gate: Gate;
+  /** The tail of each peer's job chain, by gateway (or FDB key for stale FDB entries). */
+  readonly #chains = new Map<string, Promise<unknown>>();
+  /** Keys (gateway, FDB key) with a job queued or running. */
+  readonly #busy = new Map<string, number>();
+  /** Keys a job touched since the current reconcile pass started reading. */
+  #touched = new Set<string>();
+  #reconciling: Promise<unknown> = Promise.resolve();
   #link: Link;
-  #queue: Promise<unknown> = Promise.resolve();
 
   private constructor(nl: Netlink, opts: VxlanNetworkOptions, link: Link) {
     this.#nl = nl;
     this.#opts = opts;
     this.#link = link;
+    this.#gate = new Gate(opts.concurrency ?? PEER_CONCURRENCY);
   }
 
   /**
@@ -98,19 +187,11 @@ export class VxlanNetwork implements BackendNetwork {
     return [...this.#peers.values()];
   }
 
-  #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.#queue.then(fn, fn);
-    this.#queue = next.catch(() => undefined);
-    return next;
-  }
-
   /** Sets our subnet and puts its network address on the device. */
-  setSubnet(subnet: IPv4Net): Promise<void> {
-    return this.#serial(async () => {
-      this.#opts.subnet = subnet;
-      this.#peers.delete(formatCIDR(subnet));
-      await ensureDeviceAddress(this.#nl, { index: this.#link.index, ip: formatIPv4(subnet.ip) });
-    });
+  async setSubnet(subnet: IPv4Net): Promise<void> {
+    this.#opts.subnet = subnet;
+    this.#peers.delete(formatCIDR(subnet));
+    await this.#gate.exclusive(() => ensureDeviceAddress(this.#nl, { index: this.#link.index, ip: formatIPv4(subnet.ip) }));
   }
 
   #toPeer(lease: Lease): Peer | undefined {
@@ -123,56 +204,104 @@ export class VxlanNetwork implements BackendNetwork {
     return p;
   }
 
-  applySnapshot(leases: Lease[]): Promise<void> {
-    return this.#serial(async () => {
-      const next = new Map<string, Peer>();
-      for (const l of leases) {
-        const p = this.#toPeer(l);
-        if (p) next.set(leaseId(l), p);
+  async applySnapshot(leases: Lease[]): Promise<void> {
+    const next = new Map<string, Peer>();
+    for (const l of leases) {
+      const p = this.#toPeer(l);
+      if (p) next.set(leaseId(l), p);
+    }
+    const jobs: Promise<void>[] = [];
+    for (const [id, old] of [...this.#peers.entries()]) {
+      const now = next.get(id);
+      if (!now) {
+        this.#peers.delete(id);
+        jobs.push(this.#removeJob(old));
+      } else if (!samePeer(old, now)) {
+        this.#peers.set(id, now);
+        jobs.push(this.#changeJob(old, now));
       }
-      for (const [id, old] of this.#peers) {
-        const now = next.get(id);
-        if (!now) await this.#removePeer(old);
-        else if (!samePeer(old, now)) await this.#changePeer(old, now);
-      }
-      for (const [id, p] of next) if (!this.#peers.has(id)) await this.#addPeer(p);
-      this.#peers.clear();
-      for (const [id, p] of next) this.#peers.set(id, p);
-      await this.#reconcile();
-    });
+    }
+    for (const [id, p] of next) {
+      if (this.#peers.has(id)) continue;
+      this.#peers.set(id, p);
+      jobs.push(this.#addJob(p));
+    }
+    await Promise.all(jobs);
+    await this.reconcile();
   }
 
   applyPut(lease: Lease): Promise<void> {
-    return this.#serial(async () => {
-      const p = this.#toPeer(lease);
-      const id = leaseId(lease);
-      const old = this.#peers.get(id);
-      if (!p) {
-        if (old) {
-          await this.#removePeer(old);
-          this.#peers.delete(id);
-        }
-        return;
-      }
-      if (old && samePeer(old, p)) return;
-      if (old) await this.#changePeer(old, p);
-      else await this.#addPeer(p);
-      this.#peers.set(id, p);
-    });
+    const id = leaseId(lease);
+    const p = this.#toPeer(lease);
+    const old = this.#peers.get(id);
+    if (!p) {
+      if (!old) return Promise.resolve();
+      this.#peers.delete(id);
+      return this.#removeJob(old);
+    }
+    if (old && samePeer(old, p)) return Promise.resolve();
+    this.#peers.set(id, p);
+    return old ? this.#changeJob(old, p) : this.#addJob(p);
   }
 
   applyDelete(lease: Pick<Lease, 'subnet'>): Promise<void> {
-    return this.#serial(async () => {
-      const id = leaseId(lease);
-      const old = this.#peers.get(id);
-      if (!old) return;
-      await this.#removePeer(old);
-      this.#peers.delete(id);
-    });
+    const id = leaseId(lease);
+    const old = this.#peers.get(id);
+    if (!old) return Promise.resolve();
+    this.#peers.delete(id);
+    return this.#removeJob(old);
   }
 
+  /** One pass at a time; a call during a pass runs after it. */
   reconcile(): Promise<number> {
-    return this.#serial(() => this.#reconcile());
+    const run = this.#reconciling.then(() => this.#reconcile());
+    this.#reconciling = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Queues `fn` behind earlier jobs on `keys[0]` and runs it within the socket's concurrency
+   * limit. Every key counts as busy from now until `fn` is done (queued jobs too: a bulk add
+   * waiting for its turn is not drift), so a reconcile pass leaves them alone.
+   */
+  #job<T>(keys: string[], fn: () => Promise<T>): Promise<T> {
+    const chain = keys[0]!;
+    this.#mark(keys, 1);
+    const run = () =>
+      this.#gate.shared(async () => {
+        try {
+          return await fn();
+        } finally {
+          this.#mark(keys, -1);
+        }
+      });
+    const next = (this.#chains.get(chain) ?? Promise.resolve()).then(run);
+    const tail = next.catch(() => undefined);
+    this.#chains.set(chain, tail);
+    void tail.then(() => {
+      if (this.#chains.get(chain) === tail) this.#chains.delete(chain);
+    });
+    return next;
+  }
+
+  #mark(keys: string[], delta: number): void {
+    for (const k of keys) {
+      this.#touched.add(k);
+      const n = (this.#busy.get(k) ?? 0) + delta;
+      if (n) this.#busy.set(k, n);
+      else this.#busy.delete(k);
+    }
+  }
+
+  /** No job ran on `key` since the pass started reading, so what it read is current. */
+  #settled(key: string): boolean {
+    return !this.#busy.has(key) && !this.#touched.has(key);
+  }
+
+  #keys(p: Peer, old?: Peer): string[] {
+    const keys = [p.gateway, fdbKey(p.mac, p.publicIP)];
+    if (old) keys.push(fdbKey(old.mac, old.publicIP));
+    return keys;
   }
 
   #route(p: Peer): Route {
@@ -186,36 +315,49 @@ export class VxlanNetwork implements BackendNetwork {
     await this.#nl.routeReplace(this.#route(p));
   }
 
-  async #addPeer(p: Peer): Promise<void> {
-    try {
-      await this.#program(p);
-      this.#opts.log.debug(`peer added: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac });
-    } catch (err) {
-      // The device may be gone; the next reconcile pass recreates it and retries.
-      this.#opts.log.warn(`add peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
-    }
+  /** Deletes an FDB entry unless a wanted peer uses it (its MAC moved to another lease). */
+  async #dropFdb(mac: string, dst: string): Promise<boolean> {
+    if (this.#peers.usesFdb(mac, dst)) return false;
+    await this.#ignoreGone(this.#nl.fdbDel({ index: this.#link.index, mac, dst }));
+    return true;
   }
 
-  async #changePeer(old: Peer, p: Peer): Promise<void> {
-    try {
-      await this.#program(p);
-      if (old.mac !== p.mac || old.publicIP !== p.publicIP) await this.#ignoreGone(this.#nl.fdbDel({ index: this.#link.index, mac: old.mac, dst: old.publicIP }));
-      this.#opts.log.debug(`peer changed: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac, oldMac: old.mac, oldPublicIP: old.publicIP });
-    } catch (err) {
-      this.#opts.log.warn(`update peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
-    }
+  #addJob(p: Peer): Promise<void> {
+    return this.#job(this.#keys(p), async () => {
+      try {
+        await this.#program(p);
+        this.#opts.log.debug(`peer added: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac });
+      } catch (err) {
+        // The device may be gone; the next reconcile pass recreates it and retries.
+        this.#opts.log.warn(`add peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
+      }
+    });
   }
 
-  async #removePeer(p: Peer): Promise<void> {
-    const index = this.#link.index;
-    try {
-      await this.#ignoreGone(this.#nl.routeDel(this.#route(p)));
-      await this.#ignoreGone(this.#nl.neighDel({ index, ip: p.gateway, mac: p.mac }));
-      await this.#ignoreGone(this.#nl.fdbDel({ index, mac: p.mac, dst: p.publicIP }));
-      this.#opts.log.debug(`peer removed: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac });
-    } catch (err) {
-      this.#opts.log.warn(`remove peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
-    }
+  #changeJob(old: Peer, p: Peer): Promise<void> {
+    return this.#job(this.#keys(p, old), async () => {
+      try {
+        await this.#program(p);
+        if (old.mac !== p.mac || old.publicIP !== p.publicIP) await this.#dropFdb(old.mac, old.publicIP);
+        this.#opts.log.debug(`peer changed: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac, oldMac: old.mac, oldPublicIP: old.publicIP });
+      } catch (err) {
+        this.#opts.log.warn(`update peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  #removeJob(p: Peer): Promise<void> {
+    return this.#job(this.#keys(p), async () => {
+      const index = this.#link.index;
+      try {
+        await this.#ignoreGone(this.#nl.routeDel(this.#route(p)));
+        await this.#ignoreGone(this.#nl.neighDel({ index, ip: p.gateway, mac: p.mac }));
+        await this.#dropFdb(p.mac, p.publicIP);
+        this.#opts.log.debug(`peer removed: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac });
+      } catch (err) {
+        this.#opts.log.warn(`remove peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
+      }
+    });
   }
 
   async #ignoreGone(p: Promise<void>): Promise<void> {
@@ -226,88 +368,122 @@ export class VxlanNetwork implements BackendNetwork {
     }
   }
 
-  #repair(what: Parameters<NonNullable<VxlanNetworkOptions['onRepair']>>[0], msg: string): void {
+  #repair(what: RepairKind, msg: string): void {
     this.#opts.onRepair?.(what);
     this.#opts.log.info(`repair: ${msg}`);
+  }
+
+  /** Runs a read on the dump socket, or alone on the main socket when there is none. */
+  #read<T>(fn: (nl: Netlink) => Promise<T>): Promise<T> {
+    const dumpNl = this.#opts.dumpNl;
+    return dumpNl ? fn(dumpNl) : this.#gate.exclusive(() => fn(this.#nl));
   }
 
   /** One pass: device, address, every wanted entry present, nothing unwanted left. */
   async #reconcile(): Promise<number> {
     let fixes = 0;
     const spec = this.#opts.device;
-    let link: Link | undefined;
-    try {
-      link = await this.#nl.linkByName(spec.name);
-    } catch (err) {
-      if (!(err instanceof LinkNotFoundError)) throw err;
-    }
+    const link = await this.#read(async (nl) => {
+      try {
+        return await nl.linkByName(spec.name);
+      } catch (err) {
+        if (err instanceof LinkNotFoundError) return undefined;
+        throw err;
+      }
+    });
     const want = { ...spec, mac: this.#link.mac };
     const intact = link && link.index === this.#link.index && link.up && link.mtu === spec.mtu && !incompatibility(link, want);
     if (!intact) {
-      const res = await ensureVxlanDevice(this.#nl, want);
+      // Alone on the socket: no peer job may program the old index while the device changes.
+      const res = await this.#gate.exclusive(async () => {
+        const r = await ensureVxlanDevice(this.#nl, want);
+        this.#link = r.link;
+        return r;
+      });
       fixes++;
       this.#repair('device', `device "${spec.name}" ${res.action}${res.reason ? ` (${res.reason})` : link ? '' : ' (it was missing)'}`);
-      this.#link = res.link;
     }
     const index = this.#link.index;
     const own = this.#opts.subnet;
-    if (own && (await ensureDeviceAddress(this.#nl, { index, ip: formatIPv4(own.ip) }))) {
-      fixes++;
-      this.#repair('address', `address ${formatIPv4(own.ip)}/32 on "${spec.name}"`);
+    if (own) {
+      const ip = formatIPv4(own.ip);
+      const addrs = await this.#read((nl) => nl.addrs(index));
+      if (addrs.length !== 1 || addrs[0]!.ip !== ip || addrs[0]!.prefixLen !== 32) {
+        if (await this.#gate.exclusive(() => ensureDeviceAddress(this.#nl, { index, ip }))) {
+          fixes++;
+          this.#repair('address', `address ${ip}/32 on "${spec.name}"`);
+        }
+      }
     }
 
+    this.#touched = new Set();
     // One dump at a time: a netlink socket refuses a second dump while one is in progress.
-    const neighs = await this.#nl.neighs(index);
-    const fdbs = await this.#nl.fdbs(index);
-    const routes = await this.#nl.routes();
-    const ourRoutes = routes.filter((r) => r.index === index);
-    const wantNeigh = new Map<string, string>();
-    const wantFdb = new Set<string>();
-    const wantRoute = new Set<string>();
-    for (const p of this.#peers.values()) {
-      wantNeigh.set(p.gateway, p.mac);
-      wantFdb.add(`${p.mac}>${p.publicIP}`);
-      const cidr = formatCIDR(p.subnet);
-      wantRoute.add(cidr);
-      const n = neighs.find((x) => x.ip === p.gateway);
-      if (!n || n.mac !== p.mac || !n.permanent) {
-        await this.#nl.neighReplace({ index, ip: p.gateway, mac: p.mac, permanent: true });
-        fixes++;
-        this.#repair('neighbor', `neighbor ${p.gateway} -> ${p.mac}`);
-      }
-      if (!fdbs.some((f) => f.mac === p.mac && f.dst === p.publicIP)) {
-        await this.#nl.fdbReplace({ index, mac: p.mac, dst: p.publicIP });
-        fixes++;
-        this.#repair('fdb', `fdb ${p.mac} -> ${p.publicIP}`);
-      }
-      const r = ourRoutes.find((x) => x.dst === cidr);
-      if (!r || r.gateway !== p.gateway || !r.onlink) {
-        await this.#nl.routeReplace(this.#route(p));
-        fixes++;
-        this.#repair('route', `route ${cidr} via ${p.gateway}`);
-      }
+    const seen = await this.#read(async (nl) => ({ neighs: await nl.neighs(index), fdbs: await nl.fdbs(index), routes: await nl.routes() }));
+    const neighs = new Map(seen.neighs.map((n) => [n.ip, n]));
+    const fdbs = new Set(seen.fdbs.map((f) => fdbKey(f.mac, f.dst)));
+    const routes = new Map(seen.routes.filter((r) => r.index === index).map((r) => [r.dst, r]));
+
+    // Decide everything first, then queue: a queued job marks its keys busy.
+    const jobs: Array<() => Promise<number>> = [];
+    for (const [id, p] of this.#peers.entries()) {
+      const keys = this.#keys(p);
+      if (!keys.every((k) => this.#settled(k))) continue;
+      const needs: Array<'neighbor' | 'fdb' | 'route'> = [];
+      const n = neighs.get(p.gateway);
+      if (!n || n.mac !== p.mac || !n.permanent) needs.push('neighbor');
+      if (!fdbs.has(keys[1]!)) needs.push('fdb');
+      const r = routes.get(formatCIDR(p.subnet));
+      if (!r || r.gateway !== p.gateway || !r.onlink) needs.push('route');
+      if (needs.length) jobs.push(() => this.#repairPeer(id, p, needs));
     }
-    for (const n of neighs) {
-      if (n.permanent && !wantNeigh.has(n.ip)) {
-        await this.#ignoreGone(this.#nl.neighDel(n));
-        fixes++;
-        this.#repair('stale', `removed stale neighbor ${n.ip} -> ${n.mac}`);
-      }
+    for (const n of seen.neighs) {
+      if (!n.permanent || this.#peers.hasGateway(n.ip) || !this.#settled(n.ip)) continue;
+      jobs.push(() => this.#job([n.ip], () => this.#dropStale(!this.#peers.hasGateway(n.ip), this.#nl.neighDel.bind(this.#nl, n), `removed stale neighbor ${n.ip} -> ${n.mac}`)));
     }
-    for (const f of fdbs) {
-      if (!wantFdb.has(`${f.mac}>${f.dst}`)) {
-        await this.#ignoreGone(this.#nl.fdbDel(f));
-        fixes++;
-        this.#repair('stale', `removed stale fdb ${f.mac} -> ${f.dst}`);
-      }
+    for (const f of seen.fdbs) {
+      const key = fdbKey(f.mac, f.dst);
+      if (this.#peers.usesFdb(f.mac, f.dst) || !this.#settled(key)) continue;
+      jobs.push(() => this.#job([key], () => this.#dropStale(!this.#peers.usesFdb(f.mac, f.dst), this.#nl.fdbDel.bind(this.#nl, f), `removed stale fdb ${f.mac} -> ${f.dst}`)));
     }
-    for (const r of ourRoutes) {
-      if (r.gateway && !wantRoute.has(r.dst)) {
-        await this.#ignoreGone(this.#nl.routeDel(r));
-        fixes++;
-        this.#repair('stale', `removed stale route ${r.dst} via ${r.gateway}`);
-      }
+    for (const r of routes.values()) {
+      const gw = r.dst.split('/')[0]!;
+      if (!r.gateway || this.#peers.has(r.dst) || !this.#settled(gw)) continue;
+      jobs.push(() => this.#job([gw], () => this.#dropStale(!this.#peers.has(r.dst), this.#nl.routeDel.bind(this.#nl, r), `removed stale route ${r.dst} via ${r.gateway}`)));
+    }
+    const results = await Promise.allSettled(jobs.map((start) => start()));
+    for (const res of results) {
+      if (res.status === 'rejected') throw res.reason;
+      fixes += res.value;
     }
     return fixes;
+  }
+
+  /** Puts back a peer's missing entries, unless the peer changed since the pass looked. */
+  #repairPeer(id: string, p: Peer, needs: Array<'neighbor' | 'fdb' | 'route'>): Promise<number> {
+    return this.#job(this.#keys(p), async () => {
+      if (this.#peers.get(id) !== p) return 0;
+      const index = this.#link.index;
+      for (const what of needs) {
+        if (what === 'neighbor') {
+          await this.#nl.neighReplace({ index, ip: p.gateway, mac: p.mac, permanent: true });
+          this.#repair('neighbor', `neighbor ${p.gateway} -> ${p.mac}`);
+        } else if (what === 'fdb') {
+          await this.#nl.fdbReplace({ index, mac: p.mac, dst: p.publicIP });
+          this.#repair('fdb', `fdb ${p.mac} -> ${p.publicIP}`);
+        } else {
+          await this.#nl.routeReplace(this.#route(p));
+          this.#repair('route', `route ${formatCIDR(p.subnet)} via ${p.gateway}`);
+        }
+      }
+      return needs.length;
+    });
+  }
+
+  /** Deletes an entry nobody wants, re-checked right before (a peer may have claimed it since). */
+  async #dropStale(stillStale: boolean, del: () => Promise<void>, msg: string): Promise<number> {
+    if (!stillStale) return 0;
+    await this.#ignoreGone(del());
+    this.#repair('stale', msg);
+    return 1;
   }
 }
