@@ -59,6 +59,8 @@ export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000
     '--etcd-prefix', ETCD_PREFIX,
     '--iface', 'eth0',
     '--subnet-file', rig.subnetFile,
+    // The fast path on, as in production, but on the rig's own socket, never the host's /run/weft.
+    '--cni-socket', join(rig.dir, 'cni.sock'),
     '--healthz-addr', '127.0.0.1:9333',
     '--node-name', 'bench',
     '--log-level', 'info',
