@@ -17,6 +17,10 @@ if ! tsc -p tsconfig.json --noEmit; then
   failed=1
 fi
 
+# Tests must keep weftd's fast-path socket in their own temp dirs, never the host's /run/weft.
+host_sock_before=0
+[ -e /run/weft/cni.sock ] && host_sock_before=1
+
 tap=$(mktemp)
 trap 'rm -f "$tap"' EXIT
 ava --tap "$@" 2>&1 | tee "$tap"
@@ -32,6 +36,10 @@ fi
 leftover=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^wt-' || true)
 if [ -n "$leftover" ]; then
   echo "namespaces left behind by tests: $leftover" >&2
+  fail=$((fail + 1))
+fi
+if [ "$host_sock_before" -eq 0 ] && [ -e /run/weft/cni.sock ]; then
+  echo "a test left weftd's socket in the host's /run/weft (pass --cni-socket)" >&2
   fail=$((fail + 1))
 fi
 echo "tests: $pass passed, $fail failed"
