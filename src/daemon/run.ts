@@ -16,7 +16,7 @@ import { LinkNotFoundError, type Link, type Netlink } from '../netlink/index.ts'
 import { setSysctl } from '../netns/index.ts';
 import type { Log } from '../backend/types.ts';
 import { VxlanNetwork } from '../backend/vxlan/network.ts';
-import { ensureRules, rulesPresent } from '../rules/nft.ts';
+import { ensureRules, readRules, rulesPresent, type RulesSpec } from '../rules/nft.ts';
 import { OutOfSubnetsError } from '../subnet/choose.ts';
 import { systemClock, type Clock } from '../subnet/clock.ts';
 import type { NetworkConfig } from '../subnet/config.ts';
@@ -38,7 +38,9 @@ export interface DaemonDeps {
   metrics?: Metrics;
   /** Applies nftables rules (injected so unit wiring can skip nft). */
   applyRules?: typeof ensureRules;
-  /** Checks the rules are still there. */
+  /** Reads the table's fingerprint (undefined: no table), compared with what applyRules returned. */
+  readRules?: typeof readRules;
+  /** Shape check, used only when no fingerprint could be read back after applying. */
   checkRules?: typeof rulesPresent;
   /** Aborting it stops the daemon (SIGTERM). */
   signal: AbortSignal;
@@ -115,7 +117,16 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
   const clock = deps.clock ?? systemClock;
   const metrics = deps.metrics ?? new Metrics();
   const applyRules = deps.applyRules ?? ensureRules;
+  const readRulesNow = deps.readRules ?? readRules;
   const checkRules = deps.checkRules ?? rulesPresent;
+  // weft's table as read back right after we last wrote it: any difference later is drift.
+  let rulesPrint: string | undefined;
+  const rulesDrift = async (spec: RulesSpec): Promise<string | undefined> => {
+    if (rulesPrint === undefined) return (await checkRules(spec)) ? undefined : 'it was missing or incomplete';
+    const now = await readRulesNow();
+    if (now === undefined) return 'it was missing';
+    return now === rulesPrint ? undefined : 'its rules had been changed';
+  };
   let failed = false;
   // Liveness: once running, the reconcile loop must keep completing passes (a wedged netlink
   // socket or event loop shows up here); before that, only a fatal error counts.
@@ -167,7 +178,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     await network.setSubnet(lease.subnet);
 
     const publish = async (current: Lease, cfg: NetworkConfig) => {
-      if (opts.ipMasq) await applyRules({ network: cfg.network, subnet: current.subnet, masquerade: true });
+      if (opts.ipMasq) rulesPrint = await applyRules({ network: cfg.network, subnet: current.subnet, masquerade: true });
       writeSubnetFile(opts.subnetFile, { network: cfg.network, subnet: current.subnet, mtu: network.link.mtu, ipMasq: opts.ipMasq });
     };
 
@@ -262,10 +273,12 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
           lastPassAt = clock.now();
           if (opts.ipMasq && pass % rulesEvery === 0) {
             const spec = { network: config.network, subnet: lease!.subnet, masquerade: true };
-            if (!(await checkRules(spec))) {
-              await applyRules(spec);
+            const drift = await rulesDrift(spec);
+            if (drift) {
+              // One nft transaction replaces the whole table (see src/rules/nft.ts).
+              rulesPrint = await applyRules(spec);
               metrics.repairs++;
-              log.info('repair: nftables table "ip weft" put back');
+              log.info(`repair: nftables table "ip weft" put back (${drift})`);
             }
           }
         } catch (err) {

@@ -76,8 +76,9 @@ export function nftApply(script: string, opts: { nftBin?: string; signal?: Abort
 }
 
 /**
- * True when weft's table is present with the chains `spec` asks for (a cheap drift check: an
- * operator's `nft flush ruleset` or `delete table` is noticed, rule edits inside it are not).
+ * True when weft's table is present with the chains `spec` asks for (a cheap shape check, for
+ * `weftctl`-style callers; the daemon compares {@link readRules} fingerprints, which also
+ * notices a rule deleted or edited inside the table).
  */
 export function rulesPresent(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<boolean> {
   return new Promise((resolve) => {
@@ -91,9 +92,56 @@ export function rulesPresent(spec: RulesSpec, opts: { nftBin?: string } = {}): P
   });
 }
 
-/** Installs or atomically replaces weft's table. */
-export async function ensureRules(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<void> {
+/** Drops `handle` keys (they change every time the table is replaced) at any depth. */
+function withoutHandles(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(withoutHandles);
+  if (v && typeof v === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) if (k !== 'handle') out[k] = withoutHandles(x);
+    return out;
+  }
+  return v;
+}
+
+/**
+ * A fingerprint of `nft -j list table ip weft` (chains, their hooks and policies, every rule's
+ * expressions, in order; handles left out) from nft's JSON output, (pure, for tests).
+ */
+export function rulesFingerprint(json: string): string {
+  const doc = JSON.parse(json) as { nftables?: Array<Record<string, unknown>> };
+  const items = (doc.nftables ?? []).filter((o) => !('metainfo' in o));
+  return JSON.stringify(withoutHandles(items));
+}
+
+/**
+ * The fingerprint of weft's table as the kernel has it now, or undefined when there is no
+ * table. Comparing it with the one read right after {@link ensureRules} notices any change
+ * inside the table: a rule deleted, edited or added, a chain's policy changed.
+ */
+export function readRules(opts: { nftBin?: string } = {}): Promise<string | undefined> {
+  return new Promise((resolve, reject) => {
+    execFile(opts.nftBin ?? defaultNftBin(), ['-j', 'list', 'table', 'ip', TABLE], { encoding: 'utf8', timeout: 30_000, maxBuffer: 16 << 20 }, (err, out, stderr) => {
+      if (err) {
+        // "No such file or directory": the table is not there.
+        if (/No such file or directory|does not exist/i.test(stderr)) return resolve(undefined);
+        return reject(new Error(`nft -j list table ip ${TABLE}: ${stderr.trim() || err.message}`, { cause: err }));
+      }
+      try {
+        resolve(rulesFingerprint(out));
+      } catch (cause) {
+        reject(new Error(`nft -j list table ip ${TABLE}: unreadable output`, { cause }));
+      }
+    });
+  });
+}
+
+/**
+ * Installs or atomically replaces weft's table and returns its fingerprint as read back (see
+ * {@link readRules}), the reference later checks compare against.
+ */
+export async function ensureRules(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<string | undefined> {
   await nftApply(rulesScript(spec), opts);
+  return readRules(opts);
 }
 
 /** Removes weft's table (idempotent). */

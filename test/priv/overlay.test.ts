@@ -146,6 +146,27 @@ test.serial('a deleted nftables table is put back', async (t) => {
   t.regex(inNs(ns, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft']), /masquerade fully-random/);
 });
 
+test.serial('a rule deleted inside the nftables table is noticed and the whole table replaced', async (t) => {
+  const ns = cluster.node('n3').netns;
+  const nft = (...args: string[]) => inNs(ns, '/usr/sbin/nft', args);
+  const before = nft('list', 'table', 'ip', 'weft');
+  const m = /ip saddr 198\.18\.0\.0\/16 ip daddr != 224\.0\.0\.0\/4 masquerade fully-random # handle (\d+)/.exec(nft('-a', 'list', 'table', 'ip', 'weft'));
+  t.truthy(m, 'the pod -> outside masquerade rule is there');
+  const repairs = cluster.log('n3').split('\n').filter((l) => l.includes('repair: nftables table')).length;
+  nft('delete', 'rule', 'ip', 'weft', 'postrouting', 'handle', m![1]!);
+  t.notRegex(nft('list', 'table', 'ip', 'weft'), /daddr != 224\.0\.0\.0\/4 masquerade/, 'deleted');
+  t.true(
+    await eventually(() => cluster.log('n3').split('\n').filter((l) => l.includes('repair: nftables table "ip weft" put back (its rules had been changed)')).length > repairs, 60_000),
+    cluster.log('n3'),
+  );
+  t.is(nft('list', 'table', 'ip', 'weft'), before, 'the table is exactly as weftd wrote it again');
+  // An edited rule (same count, other verdict) is noticed too.
+  const fwd = /ip daddr 198\.18\.0\.0\/16 accept # handle (\d+)/.exec(nft('-a', 'list', 'table', 'ip', 'weft'));
+  t.truthy(fwd);
+  nft('replace', 'rule', 'ip', 'weft', 'forward', 'handle', fwd![1]!, 'ip', 'daddr', '198.18.0.0/16', 'counter', 'accept');
+  t.true(await eventually(() => nft('list', 'table', 'ip', 'weft') === before, 60_000), nft('list', 'table', 'ip', 'weft'));
+});
+
 test.serial('a fourth node joins: the others program it and its pods are reachable within seconds', async (t) => {
   await cluster.topo.addNode();
   const [p4] = await cluster.addPods('n4', 1);

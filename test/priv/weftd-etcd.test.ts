@@ -109,3 +109,38 @@ test.serial('a watch whose revision was compacted away re-lists and converges', 
   await cluster.etcd.del(added);
   t.true(await eventually(() => cluster.entriesFor('n1', '198.18.253.0/24', '198.51.100.96') === 0, 20_000), 'watch works after the resync');
 });
+
+test.serial('a compaction that cancels the watch while it is connected re-lists and converges', async (t) => {
+  const n1 = cluster.node('n1');
+  const gone = '/coreos.com/network/subnets/198.18.248.0-24';
+  const added = '/coreos.com/network/subnets/198.18.249.0-24';
+  await cluster.etcd.put(gone, JSON.stringify({ PublicIP: '198.51.100.95', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:f8:01' } }));
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.248.0/24', '198.51.100.95') === 3, 20_000));
+  const before = cluster.log('n1').length;
+  // etcd stays up and n1's watch stream stays connected. While n1 is frozen it reads nothing,
+  // so enough large events under the watched prefix fill the stream and etcd sets the watcher
+  // aside (unsynced); the lease changes after that and a compaction past them mean etcd must
+  // cancel the watch with "compacted" once n1 reads again: only a re-list can bring them in.
+  process.kill(n1.pid!, 'SIGSTOP');
+  try {
+    const filler = 'x'.repeat(64 * 1024);
+    for (let i = 0; i < 240; i += 8) {
+      await Promise.all(Array.from({ length: 8 }, (_, j) => cluster.etcd.ctl(['put', `/coreos.com/network/subnets/filler-${i + j}`], filler)));
+    }
+    await cluster.etcd.del(gone);
+    await cluster.etcd.put(added, JSON.stringify({ PublicIP: '198.51.100.94', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: '02:00:00:00:f9:01' } }));
+    // Gone again before n1 re-lists: 15 MB under the prefix would exceed a list's message limit.
+    await cluster.etcd.del('/coreos.com/network/subnets/filler-', { prefix: true });
+    const status = JSON.parse(await cluster.etcd.ctl(['endpoint', 'status', '-w', 'json']));
+    await cluster.etcd.ctl(['compact', String(status[0].Status.header.revision)]);
+  } finally {
+    process.kill(n1.pid!, 'SIGCONT');
+  }
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.249.0/24', '198.51.100.94') === 3, 60_000), `lease added behind the compaction programmed; n1: ${cluster.log('n1').slice(before).split('\n').filter((l) => !l.includes('filler-')).join('\n')}`);
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.248.0/24', '198.51.100.95') === 0, 30_000), 'lease deleted behind the compaction removed');
+  const logs = cluster.log('n1').slice(before);
+  t.regex(logs, /lease watch: watch cancelled \(.*\); re-listing/);
+  t.notRegex(logs, /reconnected to etcd/, 'the stream never broke: the cancel came over the live watch');
+  await cluster.etcd.del(added);
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.249.0/24', '198.51.100.94') === 0, 20_000), 'watch works after the resync');
+});
