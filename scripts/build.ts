@@ -119,6 +119,8 @@ await Promise.all([
       target: 'node24',
       format: 'cjs',
       minifySyntax: true,
+      // src/native/load.ts looks beside its source only when unbundled.
+      define: { 'import.meta.dirname': 'undefined' },
       sourcemap: false,
       // Native and optional pieces resolved at run time from node_modules beside dist/.
       external: [...(fast ? [] : ['netlink']), 'cpu-features', 'ssh2'],

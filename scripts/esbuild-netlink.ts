@@ -3,7 +3,7 @@
  * (which looks for prebuilds beside the package, gone once bundled) becomes
  * src/netlink/load.ts, a lazy `process.dlopen` of `netlink.node` from WEFT_NATIVE_DIR,
  * `<bundle>/../native` or `<executable>/../lib/weft`. Used by scripts/build.ts (dist/bin/weft,
- * with `dist/native/netlink.node`) and usable by scripts/package.ts (the packaged executable).
+ * with `dist/native/netlink.node`) and by scripts/package.ts (the packaged executable).
  */
 import { join, sep } from 'node:path';
 import type { Plugin } from 'esbuild';

@@ -12,8 +12,8 @@
  * the two native addons are loaded at run time with `process.dlopen` from a known directory:
  * `WEFT_NATIVE_DIR`, else `<executable>/../lib/weft` (src/netns searches the same places for
  * setns.node). netlink loads its prebuilt binary through `node-gyp-build(__dirname + '/..')`,
- * which cannot work inside a bundle; an esbuild plugin replaces that module with the loader
- * below. The executable is a copy of the running Node 24 with the bundle injected by postject;
+ * which cannot work inside a bundle; the esbuild plugin in scripts/esbuild-netlink.ts replaces
+ * that module with src/netlink/load.ts. The executable is a copy of the running Node 24 with the bundle injected by postject;
  * V8's code cache for the bundle is embedded to cut start-up time.
  *
  *   node scripts/package.ts            # after `node scripts/build.ts` (needs dist/native)
@@ -22,7 +22,8 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { build, type Plugin } from 'esbuild';
+import { build } from 'esbuild';
+import { nativeNetlink } from './esbuild-netlink.ts';
 import { buildLauncher } from '../src/fastpath/build.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -32,44 +33,6 @@ const libDir = join(out, 'lib', 'weft');
 
 /** The SEA fuse postject flips; fixed by Node (see node/doc/api/single-executable-applications.md). */
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
-
-/** Replaces `node-gyp-build` (netlink's loader) with a `process.dlopen` of `netlink.node`. */
-const nativeNetlink: Plugin = {
-  name: 'weft-native-netlink',
-  setup(b) {
-    b.onResolve({ filter: /^node-gyp-build$/ }, () => ({ path: 'node-gyp-build', namespace: 'weft-native' }));
-    b.onLoad({ filter: /.*/, namespace: 'weft-native' }, () => ({
-      loader: 'js',
-      contents: `
-        const { join, dirname } = require('node:path');
-        let binding;
-        function load() {
-          if (binding) return binding;
-          const dirs = [];
-          if (process.env.WEFT_NATIVE_DIR) dirs.push(process.env.WEFT_NATIVE_DIR);
-          dirs.push(join(dirname(process.execPath), '..', 'lib', 'weft'));
-          let lastErr;
-          for (const dir of dirs) {
-            try {
-              const mod = { exports: {} };
-              process.dlopen(mod, join(dir, 'netlink.node'));
-              binding = mod.exports;
-              return binding;
-            } catch (err) {
-              lastErr = err;
-            }
-          }
-          throw new Error('load native netlink addon (looked in ' + dirs.join(', ') + ')', { cause: lastErr });
-        }
-        // Loaded on first use (opening a socket), not at start-up: a broken install then fails
-        // inside the plugin's error handling, as a CNI error, and VERSION works regardless.
-        module.exports = function nodeGypBuild() {
-          return new Proxy({}, { get: (_, prop) => load()[prop] });
-        };
-      `,
-    }));
-  },
-};
 
 /** Bundles `cmd/<name>.ts` into one CommonJS file with no run-time requires but built-ins. */
 async function bundle(name: string, outfile: string): Promise<void> {
@@ -81,6 +44,8 @@ async function bundle(name: string, outfile: string): Promise<void> {
     target: 'node24',
     format: 'cjs',
     minifySyntax: true,
+    // src/native/load.ts looks beside its source only when unbundled.
+    define: { 'import.meta.dirname': 'undefined' },
     plugins: [nativeNetlink],
     logLevel: 'warning',
   });

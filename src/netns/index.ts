@@ -8,7 +8,7 @@
  * See README.md in this folder.
  */
 import { closeSync, openSync, writeFileSync, readFileSync, constants as fsc } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { loadNative } from '../native/load.ts';
 
 const CLONE_NEWNET = 0x40000000;
 
@@ -35,30 +35,9 @@ interface SetnsAddon {
 
 let addon: SetnsAddon | undefined;
 
-/**
- * Where the addon lives: beside the bundle (`dist/bin/../native`) or, when an executable is
- * packaged, in `WEFT_NATIVE_DIR`. Loaded with `process.dlopen` so a bundler never sees it.
- */
 function loadAddon(): SetnsAddon {
-  if (addon) return addon;
-  const candidates: string[] = [];
-  if (process.env.WEFT_NATIVE_DIR) candidates.push(join(process.env.WEFT_NATIVE_DIR, 'setns.node'));
-  const main = process.argv[1] ? dirname(process.argv[1]) : process.cwd();
-  candidates.push(join(main, '..', 'native', 'setns.node'));
-  candidates.push(join(dirname(process.execPath), '..', 'lib', 'weft', 'setns.node'));
-  candidates.push(join(process.cwd(), 'dist', 'native', 'setns.node'));
-  let lastErr: unknown;
-  for (const file of candidates) {
-    try {
-      const mod = { exports: {} as SetnsAddon };
-      process.dlopen(mod, file);
-      addon = mod.exports;
-      return addon;
-    } catch (err) {
-      lastErr = err;
-    }
-  }
-  throw new Error(`load native setns addon (looked in ${candidates.join(', ')})`, { cause: lastErr });
+  addon ??= loadNative<SetnsAddon>('setns.node');
+  return addon;
 }
 
 /** Opens a namespace by path (`/run/netns/X`, `/proc/PID/ns/net`). Throws {@link NetnsNotFoundError}. */
@@ -78,7 +57,14 @@ export function openNetns(path: string): NetNs {
       closed = true;
     },
   };
-  // Entering and leaving proves it is a network namespace (EINVAL otherwise).
+  // Entering and leaving proves it is a network namespace (EINVAL otherwise). A missing addon
+  // is a broken install, not a bad path: let that error through as it is.
+  try {
+    loadAddon();
+  } catch (err) {
+    ns.close();
+    throw err;
+  }
   try {
     withNetns(ns, () => undefined);
   } catch (cause) {
