@@ -31,10 +31,10 @@ import { Gate } from './gate.ts';
 /**
  * Peer jobs in flight at once on the netlink socket (bulk adds, snapshots, repairs). Kept
  * small on purpose: the kernel answers each request at once, so the cost is the JS around each
- * request, and on the bench (1000 peers) 8 or 32 in flight converged no faster than 1-4 while
- * weftd's RSS grew by ~8 MiB (buffers of the replies read in one go).
+ * request. On the bench (1000 peers, 2 cores) 4, 8 or 32 in flight converged no faster than 1-2
+ * while weftd's RSS grew (+5 MiB at 4, +8 MiB at 32 over 1); 2 cost ~2 MiB.
  */
-export const PEER_CONCURRENCY = 4;
+export const PEER_CONCURRENCY = 2;
 
 /** What one peer needs in the kernel. */
 export interface Peer {
@@ -272,20 +272,18 @@ export class VxlanNetwork implements BackendNetwork {
   #job<T>(keys: string[], fn: () => Promise<T>): Promise<T> {
     const chain = keys[0]!;
     this.#mark(keys, 1);
-    const run = () =>
-      this.#gate.shared(async () => {
-        try {
-          return await fn();
-        } finally {
-          this.#mark(keys, -1);
-        }
-      });
-    const next = (this.#chains.get(chain) ?? Promise.resolve()).then(run);
-    const tail = next.catch(() => undefined);
-    this.#chains.set(chain, tail);
-    void tail.then(() => {
-      if (this.#chains.get(chain) === tail) this.#chains.delete(chain);
-    });
+    const run = async (): Promise<T> => {
+      try {
+        return await this.#gate.shared(fn);
+      } finally {
+        this.#mark(keys, -1);
+        if (this.#chains.get(chain) === next) this.#chains.delete(chain);
+      }
+    };
+    // The next job on this chain starts when this one settles, whether it failed or not.
+    const prev = this.#chains.get(chain);
+    const next: Promise<T> = prev ? prev.then(run, run) : run();
+    this.#chains.set(chain, next);
     return next;
   }
 
