@@ -151,8 +151,9 @@ export class VxlanNetwork implements BackendNetwork {
   readonly #chains = new Map<string, Promise<unknown>>();
   /** Keys (gateway, FDB key) with a job queued or running. */
   readonly #busy = new Map<string, number>();
-  /** Keys a job touched since the current reconcile pass started reading. */
+  /** Keys a job touched since the current reconcile pass started reading (only kept then). */
   #touched = new Set<string>();
+  #reading = false;
   #reconciling: Promise<unknown> = Promise.resolve();
   #link: Link;
 
@@ -289,7 +290,7 @@ export class VxlanNetwork implements BackendNetwork {
 
   #mark(keys: string[], delta: number): void {
     for (const k of keys) {
-      this.#touched.add(k);
+      if (this.#reading) this.#touched.add(k);
       const n = (this.#busy.get(k) ?? 0) + delta;
       if (n) this.#busy.set(k, n);
       else this.#busy.delete(k);
@@ -419,9 +420,16 @@ export class VxlanNetwork implements BackendNetwork {
       }
     }
 
-    this.#touched = new Set();
-    // One dump at a time: a netlink socket refuses a second dump while one is in progress.
-    const seen = await this.#read(async (nl) => ({ neighs: await nl.neighs(index), fdbs: await nl.fdbs(index), routes: await nl.routes() }));
+    this.#touched.clear();
+    this.#reading = true;
+    let seen;
+    try {
+      // One dump at a time: a netlink socket refuses a second dump while one is in progress.
+      seen = await this.#read(async (nl) => ({ neighs: await nl.neighs(index), fdbs: await nl.fdbs(index), routes: await nl.routes() }));
+    } catch (err) {
+      this.#reading = false;
+      throw err;
+    }
     const neighs = new Map(seen.neighs.map((n) => [n.ip, n]));
     const fdbs = new Set(seen.fdbs.map((f) => fdbKey(f.mac, f.dst)));
     const routes = new Map(seen.routes.filter((r) => r.index === index).map((r) => [r.dst, r]));
@@ -453,6 +461,8 @@ export class VxlanNetwork implements BackendNetwork {
       if (!r.gateway || this.#peers.has(r.dst) || !this.#settled(gw)) continue;
       jobs.push(() => this.#job([gw], () => this.#dropStale(!this.#peers.has(r.dst), this.#nl.routeDel.bind(this.#nl, r), `removed stale route ${r.dst} via ${r.gateway}`)));
     }
+    this.#reading = false;
+    this.#touched.clear();
     const results = await Promise.allSettled(jobs.map((start) => start()));
     for (const res of results) {
       if (res.status === 'rejected') throw res.reason;
