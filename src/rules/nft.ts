@@ -137,11 +137,12 @@ export function readRules(opts: { nftBin?: string } = {}): Promise<string | unde
 
 /**
  * Installs or atomically replaces weft's table and returns its fingerprint as read back (see
- * {@link readRules}), the reference later checks compare against.
+ * {@link readRules}), the reference later checks compare against; undefined when it cannot be
+ * read back (an nft without JSON output), so callers fall back to {@link rulesPresent}.
  */
 export async function ensureRules(spec: RulesSpec, opts: { nftBin?: string } = {}): Promise<string | undefined> {
   await nftApply(rulesScript(spec), opts);
-  return readRules(opts);
+  return readRules(opts).catch(() => undefined);
 }
 
 /** Removes weft's table (idempotent). */
