@@ -13,7 +13,7 @@
  *
  * Concurrency: the wanted peer set changes synchronously when an event arrives; the kernel
  * work for it runs as a per-peer job. Jobs of one peer run in order (a put then a delete never
- * swap), jobs of different peers run side by side, at most PEER_CONCURRENCY at once on the one
+ * swap), jobs of different peers may run side by side, at most PEER_CONCURRENCY at once on the one
  * socket (the netlink package matches each ack to its request by sequence number). A reconcile
  * pass never holds up a new peer: its dumps go to a second socket when there is one (else they
  * take the socket alone, briefly), entries of peers that a job touched while the pass was
@@ -29,12 +29,14 @@ import { ensureDeviceAddress, ensureVxlanDevice, incompatibility, type VxlanDevi
 import { Gate } from './gate.ts';
 
 /**
- * Peer jobs in flight at once on the netlink socket (bulk adds, snapshots, repairs). Kept
- * small on purpose: the kernel answers each request at once, so the cost is the JS around each
- * request. On the bench (1000 peers, 2 cores) 4, 8 or 32 in flight converged no faster than 1-2
- * while weftd's RSS grew (+5 MiB at 4, +8 MiB at 32 over 1); 2 cost ~2 MiB.
+ * Peer jobs in flight at once on the netlink socket (bulk adds, snapshots, repairs); callers
+ * can raise it with `concurrency`. The default is 1 by measurement: the kernel answers each
+ * request at once, so the cost is the JS around each request, not waiting; on the bench (1000
+ * peers, 2 cores) 2, 4 or 32 in flight converged no faster than 1 while weftd's RSS grew by
+ * about 2, 5 and 8 MiB, against a 100 MB target. With a second socket for its dumps, a
+ * reconcile pass still never holds a job up.
  */
-export const PEER_CONCURRENCY = 2;
+export const PEER_CONCURRENCY = 1;
 
 /** What one peer needs in the kernel. */
 export interface Peer {
