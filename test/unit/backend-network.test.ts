@@ -309,16 +309,44 @@ test('events for one peer apply in order even when not awaited; a MAC moving to 
   t.is(await net.reconcile(), 0);
 });
 
-test('a reconcile pass during a bulk add leaves queued peers to their jobs (no double programming, no false repairs)', async (t) => {
+test('a reconcile pass that reads during a bulk add leaves queued peers to their jobs (no double programming, no false repairs)', async (t) => {
   const nl = new SlowNetlink();
+  let release!: () => void;
+  const { view, started } = heldDumps(nl, new Promise<void>((r) => (release = r)));
   const repairs: string[] = [];
-  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, concurrency: 2, dumpNl: Object.create(nl) as Netlink, onRepair: (w) => repairs.push(w) });
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, concurrency: 2, dumpNl: view, onRepair: (w) => repairs.push(w) });
   await net.setSubnet(parseCIDR('10.244.1.0/24'));
   nl.ops = [];
+  const pass = net.reconcile();
+  await started;
   const puts = Array.from({ length: 10 }, (_, i) => net.applyPut(peerLease(i)));
-  t.is(await net.reconcile(), 0);
+  await new Promise((r) => setImmediate(r));
+  release();
+  t.is(await pass, 0);
+  t.true(nl.ops.length < 30, 'the pass compared while jobs were still queued');
   await Promise.all(puts);
   t.deepEqual(repairs, []);
   t.is(nl.ops.length, 30, 'three entries per peer, once each');
   t.is(await net.reconcile(), 0);
+});
+
+test('a reconcile pass waits for queued peer jobs before it reads', async (t) => {
+  const nl = new SlowNetlink();
+  let reads = 0;
+  let opsAtRead = -1;
+  const view = Object.assign(Object.create(nl) as FakeNetlink, {
+    async neighs(index?: number) {
+      reads++;
+      opsAtRead = nl.ops.length;
+      return nl.neighs(index);
+    },
+  });
+  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, dumpNl: view });
+  await net.setSubnet(parseCIDR('10.244.1.0/24'));
+  nl.ops = [];
+  const puts = Array.from({ length: 10 }, (_, i) => net.applyPut(peerLease(i)));
+  t.is(await net.reconcile(), 0);
+  t.is(reads, 1);
+  t.is(opsAtRead, 30, 'all peers were programmed before the pass read');
+  await Promise.all(puts);
 });

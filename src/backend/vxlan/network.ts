@@ -38,6 +38,9 @@ import { Gate } from './gate.ts';
  */
 export const PEER_CONCURRENCY = 1;
 
+/** How long a reconcile pass waits at most for queued peer jobs to finish before it reads. */
+const RECONCILE_YIELD_MS = 2000;
+
 /** What one peer needs in the kernel. */
 export interface Peer {
   subnet: IPv4Net;
@@ -153,6 +156,9 @@ export class VxlanNetwork implements BackendNetwork {
   readonly #chains = new Map<string, Promise<unknown>>();
   /** Keys (gateway, FDB key) with a job queued or running. */
   readonly #busy = new Map<string, number>();
+  /** Jobs queued or running, and passes waiting for that to reach zero. */
+  #pending = 0;
+  #idleWaiters: Array<() => void> = [];
   /** Keys a job touched since the current reconcile pass started reading (only kept then). */
   #touched = new Set<string>();
   #reading = false;
@@ -275,12 +281,14 @@ export class VxlanNetwork implements BackendNetwork {
   #job<T>(keys: string[], fn: () => Promise<T>): Promise<T> {
     const chain = keys[0]!;
     this.#mark(keys, 1);
+    this.#pending++;
     const run = async (): Promise<T> => {
       try {
         return await this.#gate.shared(fn);
       } finally {
         this.#mark(keys, -1);
         if (this.#chains.get(chain) === next) this.#chains.delete(chain);
+        if (--this.#pending === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
       }
     };
     // The next job on this chain starts when this one settles, whether it failed or not.
@@ -386,7 +394,23 @@ export class VxlanNetwork implements BackendNetwork {
   }
 
   /** One pass: device, address, every wanted entry present, nothing unwanted left. */
+  /** Resolves once no job is queued or running, or after `maxMs` (so churn cannot starve a pass). */
+  #idle(maxMs: number): Promise<void> {
+    if (!this.#pending) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, maxMs);
+      timer.unref?.();
+      this.#idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
   async #reconcile(): Promise<number> {
+    // Peer jobs first: a pass that reads while a bulk add is being programmed only competes
+    // with it for the CPU, and would have to leave those peers alone anyway.
+    await this.#idle(RECONCILE_YIELD_MS);
     let fixes = 0;
     const spec = this.#opts.device;
     const link = await this.#read(async (nl) => {
