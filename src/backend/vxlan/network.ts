@@ -152,9 +152,9 @@ export class VxlanNetwork implements BackendNetwork {
   readonly #opts: VxlanNetworkOptions;
   readonly #peers = new PeerSet();
   readonly #gate: Gate;
-  /** The tail of each peer's job chain, by gateway (or FDB key for stale FDB entries). */
+  /** The tail of each peer's job chain, by gateway (by MAC for stale FDB entries). */
   readonly #chains = new Map<string, Promise<unknown>>();
-  /** Keys (gateway, FDB key) with a job queued or running. */
+  /** Keys (gateway, FDB MAC) with a job queued or running. */
   readonly #busy = new Map<string, number>();
   /** Jobs queued or running, and passes waiting for that to reach zero. */
   #pending = 0;
@@ -312,10 +312,12 @@ export class VxlanNetwork implements BackendNetwork {
     return !this.#busy.has(key) && !this.#touched.has(key);
   }
 
+  /**
+   * A peer job's keys: its gateway (neighbor and route) and the MACs of the FDB entries it
+   * writes or removes (a MAC cannot look like an IPv4 address, so one key space serves both).
+   */
   #keys(p: Peer, old?: Peer): string[] {
-    const keys = [p.gateway, fdbKey(p.mac, p.publicIP)];
-    if (old) keys.push(fdbKey(old.mac, old.publicIP));
-    return keys;
+    return old && old.mac !== p.mac ? [p.gateway, p.mac, old.mac] : [p.gateway, p.mac];
   }
 
   #route(p: Peer): Route {
@@ -457,18 +459,22 @@ export class VxlanNetwork implements BackendNetwork {
       throw err;
     }
     const neighs = new Map(seen.neighs.map((n) => [n.ip, n]));
-    const fdbs = new Set(seen.fdbs.map((f) => fdbKey(f.mac, f.dst)));
+    const fdbs = new Map<string, string[]>();
+    for (const f of seen.fdbs) {
+      const dsts = fdbs.get(f.mac);
+      if (dsts) dsts.push(f.dst);
+      else fdbs.set(f.mac, [f.dst]);
+    }
     const routes = new Map(seen.routes.filter((r) => r.index === index).map((r) => [r.dst, r]));
 
     // Decide everything first, then queue: a queued job marks its keys busy.
     const jobs: Array<() => Promise<number>> = [];
     for (const [id, p] of this.#peers.entries()) {
-      const keys = this.#keys(p);
-      if (!keys.every((k) => this.#settled(k))) continue;
+      if (!this.#settled(p.gateway) || !this.#settled(p.mac)) continue;
       const needs: Array<'neighbor' | 'fdb' | 'route'> = [];
       const n = neighs.get(p.gateway);
       if (!n || n.mac !== p.mac || !n.permanent) needs.push('neighbor');
-      if (!fdbs.has(keys[1]!)) needs.push('fdb');
+      if (!fdbs.get(p.mac)?.includes(p.publicIP)) needs.push('fdb');
       const r = routes.get(formatCIDR(p.subnet));
       if (!r || r.gateway !== p.gateway || !r.onlink) needs.push('route');
       if (needs.length) jobs.push(() => this.#repairPeer(id, p, needs));
@@ -478,9 +484,8 @@ export class VxlanNetwork implements BackendNetwork {
       jobs.push(() => this.#job([n.ip], () => this.#dropStale(!this.#peers.hasGateway(n.ip), this.#nl.neighDel.bind(this.#nl, n), `removed stale neighbor ${n.ip} -> ${n.mac}`)));
     }
     for (const f of seen.fdbs) {
-      const key = fdbKey(f.mac, f.dst);
-      if (this.#peers.usesFdb(f.mac, f.dst) || !this.#settled(key)) continue;
-      jobs.push(() => this.#job([key], () => this.#dropStale(!this.#peers.usesFdb(f.mac, f.dst), this.#nl.fdbDel.bind(this.#nl, f), `removed stale fdb ${f.mac} -> ${f.dst}`)));
+      if (this.#peers.usesFdb(f.mac, f.dst) || !this.#settled(f.mac)) continue;
+      jobs.push(() => this.#job([f.mac], () => this.#dropStale(!this.#peers.usesFdb(f.mac, f.dst), this.#nl.fdbDel.bind(this.#nl, f), `removed stale fdb ${f.mac} -> ${f.dst}`)));
     }
     for (const r of routes.values()) {
       const gw = r.dst.split('/')[0]!;
