@@ -123,7 +123,7 @@ await Promise.all([
       define: { 'import.meta.dirname': 'undefined' },
       sourcemap: false,
       // Native and optional pieces resolved at run time from node_modules beside dist/.
-      external: [...(fast ? [] : ['netlink']), 'cpu-features', 'ssh2'],
+      external: fast ? [] : ['netlink'],
       plugins: fast ? [nativeNetlink] : [],
       ...(fast ? {} : { banner: { js: shebang } }),
       logLevel: 'warning',

@@ -17,7 +17,6 @@ test('cmd/weft.ts bundles only the rtnetlink part of netlink and requires only b
     write: false,
     metafile: true,
     plugins: [nativeNetlink],
-    external: ['cpu-features', 'ssh2'],
     logLevel: 'silent',
   });
   const inputs = Object.keys(out.metafile.inputs);

@@ -273,13 +273,12 @@ test('Dockerfile: multi-stage on Node 24, final image has nft, node and the exte
   const paths = imagePaths();
   t.true(paths.has('/usr/local/bin/node'));
   // weftd/weftctl are bundles that leave some modules external (scripts/build.ts): the image must
-  // ship the required ones; the others are optional dependencies of @kubernetes/client-node.
+  // ship them.
   const build = readFileSync(join(root, 'scripts', 'build.ts'), 'utf8');
   // Every module named on the `external:` line (some bundles externalise more than others).
   const externals = [.../'([^']+)'/g[Symbol.matchAll](/external: (.*)$/m.exec(build)![1]!)].map((m) => m[1]!);
   t.true(externals.includes('netlink'));
-  const optional = new Set(['cpu-features', 'ssh2']);
-  for (const mod of externals.filter((m) => !optional.has(m))) {
+  for (const mod of externals) {
     t.true(paths.has(`/opt/weft/node_modules/${mod}`), `${mod} is in /opt/weft/node_modules`);
   }
   t.true(final.some((l) => l.includes('/opt/weft/native')), 'setns addon beside the bundles (bin/../native)');
