@@ -138,19 +138,31 @@ function routeMsg(r: Route) {
 
 class RtNetlink implements Netlink {
   readonly #sock: RtNetlinkSocket;
+  /**
+   * Send options carrying the socket's own port: without `localPort` the package asks the
+   * kernel for it (getsockname) on every request, ~10% of programming 1000 peers. Replies are
+   * matched by sequence number only, so the header's port changes nothing else.
+   */
+  readonly #o: { localPort: number };
 
   constructor(sock: RtNetlinkSocket) {
     this.#sock = sock;
+    this.#o = { localPort: sock.socket.address().port };
+  }
+
+  /** `opts` plus the cached local port. */
+  #with<T extends object>(opts: T): T & { localPort: number } {
+    return { ...opts, localPort: this.#o.localPort };
   }
 
   async links(): Promise<Link[]> {
-    const msgs = await call('list links', () => this.#sock.getLinks());
+    const msgs = await call('list links', () => this.#sock.getLinks(undefined, undefined, this.#o));
     return msgs.map((m) => toLink(m as RawLink));
   }
 
   async linkByName(name: string): Promise<Link> {
     try {
-      const msgs = await this.#sock.getLink({}, { ifname: name });
+      const msgs = await this.#sock.getLink({}, { ifname: name }, this.#o);
       if (!msgs.length) throw new LinkNotFoundError(name);
       return toLink(msgs[0] as RawLink);
     } catch (err) {
@@ -163,7 +175,7 @@ class RtNetlink implements Netlink {
 
   async linkByIndex(index: number): Promise<Link> {
     try {
-      const msgs = await this.#sock.getLink({ index });
+      const msgs = await this.#sock.getLink({ index }, undefined, this.#o);
       if (!msgs.length) throw new LinkNotFoundError(index);
       return toLink(msgs[0] as RawLink);
     } catch (err) {
@@ -178,27 +190,27 @@ class RtNetlink implements Netlink {
     const attrs: Record<string, unknown> = { ifname: spec.name, linkinfo: linkInfo(spec) };
     if (spec.mtu) attrs.mtu = spec.mtu;
     if (spec.mac) attrs.address = macToBuffer(spec.mac);
-    await call(`create ${spec.kind} "${spec.name}"`, () => this.#sock.newLink({}, attrs, { flags: CREATE_EXCL }));
+    await call(`create ${spec.kind} "${spec.name}"`, () => this.#sock.newLink({}, attrs, this.#with({ flags: CREATE_EXCL })));
   }
 
   async linkDel(index: number): Promise<void> {
-    await call(`delete link ${index}`, () => this.#sock.delLink({ index }));
+    await call(`delete link ${index}`, () => this.#sock.delLink({ index }, undefined, this.#o));
   }
 
   async linkSetUp(index: number): Promise<void> {
-    await call(`set link ${index} up`, () => this.#sock.setLink({ index, flags: { up: true }, change: { up: true } }));
+    await call(`set link ${index} up`, () => this.#sock.setLink({ index, flags: { up: true }, change: { up: true } }, undefined, this.#o));
   }
 
   async linkSetMtu(index: number, mtu: number): Promise<void> {
-    await call(`set link ${index} mtu ${mtu}`, () => this.#sock.setLink({ index }, { mtu }));
+    await call(`set link ${index} mtu ${mtu}`, () => this.#sock.setLink({ index }, { mtu }, this.#o));
   }
 
   async linkSetMaster(index: number, masterIndex: number): Promise<void> {
-    await call(`set link ${index} master ${masterIndex}`, () => this.#sock.setLink({ index }, { master: masterIndex }));
+    await call(`set link ${index} master ${masterIndex}`, () => this.#sock.setLink({ index }, { master: masterIndex }, this.#o));
   }
 
   async linkSetNetns(index: number, netnsFd: number): Promise<void> {
-    await call(`move link ${index} to netns`, () => this.#sock.setLink({ index }, { netNsFd: netnsFd }));
+    await call(`move link ${index} to netns`, () => this.#sock.setLink({ index }, { netNsFd: netnsFd }, this.#o));
   }
 
   async linkSetHairpin(index: number, on: boolean): Promise<void> {
@@ -207,11 +219,11 @@ class RtNetlink implements Netlink {
       ifinfomsg({ family: AF_BRIDGE, index }),
       nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0))),
     ]);
-    await call(`set hairpin on link ${index}`, () => this.#sock.request(RTM_SETLINK, body));
+    await call(`set hairpin on link ${index}`, () => this.#sock.request(RTM_SETLINK, body, this.#o));
   }
 
   async addrs(index?: number): Promise<Addr[]> {
-    const msgs = await call('list addresses', () => this.#sock.getAddresses({ family: AF_INET }));
+    const msgs = await call('list addresses', () => this.#sock.getAddresses({ family: AF_INET }, undefined, this.#o));
     const out: Addr[] = [];
     for (const m of msgs) {
       const raw = m.attrs.local ?? m.attrs.address;
@@ -225,19 +237,19 @@ class RtNetlink implements Netlink {
   async addrAdd(a: Addr): Promise<void> {
     const ip = ipv4ToBuffer(parseIPv4(a.ip));
     await call(`add address ${a.ip}/${a.prefixLen} to link ${a.index}`, () =>
-      this.#sock.newAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }, { flags: CREATE_EXCL }),
+      this.#sock.newAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }, this.#with({ flags: CREATE_EXCL })),
     );
   }
 
   async addrDel(a: Addr): Promise<void> {
     const ip = ipv4ToBuffer(parseIPv4(a.ip));
     await call(`delete address ${a.ip}/${a.prefixLen} from link ${a.index}`, () =>
-      this.#sock.delAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }),
+      this.#sock.delAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }, this.#o),
     );
   }
 
   async routes(table = RT_TABLE_MAIN): Promise<Route[]> {
-    const msgs = await call('list routes', () => this.#sock.getRoutes({ family: AF_INET }));
+    const msgs = await call('list routes', () => this.#sock.getRoutes({ family: AF_INET }, undefined, this.#o));
     const out: Route[] = [];
     for (const m of msgs) {
       const t = m.attrs.table ?? m.data.table;
@@ -260,17 +272,17 @@ class RtNetlink implements Netlink {
   async routeReplace(r: Route): Promise<void> {
     const { data, attrs } = routeMsg(r);
     await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () =>
-      this.#sock.newRoute(data as never, attrs, { flags: CREATE_REPLACE }),
+      this.#sock.newRoute(data as never, attrs, this.#with({ flags: CREATE_REPLACE })),
     );
   }
 
   async routeDel(r: Route): Promise<void> {
     const { data, attrs } = routeMsg(r);
-    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(data as never, attrs));
+    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(data as never, attrs, this.#o));
   }
 
   async neighs(index?: number): Promise<Neigh[]> {
-    const msgs = await call('list neighbors', () => this.#sock.getNeighbors({ family: AF_INET }));
+    const msgs = await call('list neighbors', () => this.#sock.getNeighbors({ family: AF_INET }, undefined, this.#o));
     const out: Neigh[] = [];
     for (const m of msgs) {
       if (m.data.family !== AF_INET || !m.attrs.dst || !m.attrs.lladdr) continue;
@@ -290,19 +302,19 @@ class RtNetlink implements Netlink {
       this.#sock.newNeighbor(
         { family: AF_INET, ifindex: n.index, state: n.permanent === false ? { reachable: true } : { permanent: true } },
         { dst: ipv4ToBuffer(parseIPv4(n.ip)), lladdr: macToBuffer(n.mac) },
-        { flags: CREATE_REPLACE },
+        this.#with({ flags: CREATE_REPLACE }),
       ),
     );
   }
 
   async neighDel(n: Neigh): Promise<void> {
     await call(`delete neighbor ${n.ip}`, () =>
-      this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }),
+      this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }, this.#o),
     );
   }
 
   async fdbs(index?: number): Promise<Fdb[]> {
-    const msgs = await call('list fdb', () => this.#sock.getNeighbors({ family: AF_BRIDGE }));
+    const msgs = await call('list fdb', () => this.#sock.getNeighbors({ family: AF_BRIDGE }, undefined, this.#o));
     const out: Fdb[] = [];
     for (const m of msgs) {
       if (!m.attrs.dst || !m.attrs.lladdr || m.attrs.dst.length !== 4) continue;
@@ -317,7 +329,7 @@ class RtNetlink implements Netlink {
       this.#sock.newNeighbor(
         { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
         { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
-        { flags: CREATE_REPLACE },
+        this.#with({ flags: CREATE_REPLACE }),
       ),
     );
   }
@@ -327,6 +339,7 @@ class RtNetlink implements Netlink {
       this.#sock.delNeighbor(
         { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
         { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
+        this.#o,
       ),
     );
   }
