@@ -45,6 +45,8 @@ async function main(): Promise<number> {
     certfile: opts.etcdCertfile,
     keyfile: opts.etcdKeyfile,
     onError: () => metrics.etcdErrors++,
+    resyncIntervalMs: opts.resyncIntervalMs,
+    onResyncRepair: (n) => (metrics.resyncRepairs += n),
     log: (level, msg) => log.log(level, msg),
     });
   } catch (err) {

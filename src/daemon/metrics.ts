@@ -7,6 +7,8 @@ export class Metrics {
   etcdErrors = 0;
   repairs = 0;
   renewals = 0;
+  /** Lease changes the watch missed and a periodic resync found. */
+  resyncRepairs = 0;
   ready = false;
 
   /** Renders every metric; `now` is epoch ms. */
@@ -20,6 +22,7 @@ export class Metrics {
       g('weftd_lease_renewals_total', 'Successful lease renewals.', 'counter', this.renewals),
       g('weftd_etcd_errors_total', 'Failed etcd calls and watch interruptions.', 'counter', this.etcdErrors),
       g('weftd_reconcile_repairs_total', 'Kernel state the reconciler had to put back or remove.', 'counter', this.repairs),
+      g('weftd_watch_resync_repairs_total', 'Lease changes the etcd watch missed and a periodic re-list found.', 'counter', this.resyncRepairs),
       g('weftd_ready', '1 once the device, peers and subnet file are in place.', 'gauge', this.ready ? 1 : 0),
     ].join('');
   }

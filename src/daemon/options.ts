@@ -31,6 +31,8 @@ export interface DaemonOptions {
   leaseTtlSeconds: number;
   renewMarginSeconds: number;
   reconcileIntervalMs: number;
+  /** How often the watched lease table is compared with a full etcd listing; 0 disables. */
+  resyncIntervalMs: number;
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
@@ -54,6 +56,7 @@ const FLAGS = {
   'lease-ttl': { type: 'string', default: '24h', help: 'subnet lease TTL (e.g. 24h, 90s)' },
   'renew-margin': { type: 'string', default: '1h', help: 'renew the lease this long before it expires' },
   'reconcile-interval': { type: 'string', default: '1s', help: 'how often kernel state is checked and repaired' },
+  'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
@@ -127,6 +130,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   if (margin >= ttl) throw new UsageError(`--renew-margin (${str('renew-margin')}) must be shorter than --lease-ttl (${str('lease-ttl')})`);
   const reconcile = parseDuration(str('reconcile-interval')!, 'reconcile-interval');
   if (reconcile < 100) throw new UsageError('--reconcile-interval: must be at least 100ms');
+  const resync = parseDuration(str('resync-interval')!, 'resync-interval');
+  if (resync !== 0 && resync < 1000) throw new UsageError('--resync-interval: must be 0 (off) or at least 1s');
   const logLevel = str('log-level')!;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   const cniSocket = str('cni-socket') ?? '';
@@ -149,6 +154,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     leaseTtlSeconds: Math.ceil(ttl / 1000),
     renewMarginSeconds: Math.ceil(margin / 1000),
     reconcileIntervalMs: reconcile,
+    resyncIntervalMs: resync,
     logLevel,
     cniSocket,
   };

@@ -10,6 +10,10 @@
  * - Watch: from the snapshot revision + 1. After compaction (the watch is cancelled) or a
  *   reconnect (events may have been missed) we re-list and hand the handler a new snapshot; the
  *   caller diffs it.
+ * - Resync: every `resyncIntervalMs` the table is listed again and compared with what the watch
+ *   delivered (src/subnet/resync.ts). Differences (a stream that died without an error, seen
+ *   once after a 10 s+ freeze) go to the handler as events and the watch is restarted from the
+ *   listing's revision.
  */
 import { readFileSync } from 'node:fs';
 import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
@@ -18,7 +22,8 @@ import { chooseSubnet, describeSubnet } from './choose.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from './config.ts';
 import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
-import { LeaseLostError, type LeaseWatchHandler, type SubnetManager } from './manager.ts';
+import { LeaseLostError, type LeaseEvent, type LeaseWatchHandler, type SubnetManager } from './manager.ts';
+import { LeaseTracker, resyncLoop } from './resync.ts';
 
 export const DEFAULT_ETCD_PREFIX = '/coreos.com/network';
 
@@ -35,7 +40,13 @@ export interface EtcdOptions {
   onError?: (err: unknown) => void;
   /** Called with lines worth logging (resyncs, lost races). */
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
+  /** How often the watched table is compared with a full listing (ms); 0 turns it off. */
+  resyncIntervalMs?: number;
+  /** Called with the number of differences a resync found (metrics). */
+  onResyncRepair?: (count: number) => void;
 }
+
+export const DEFAULT_RESYNC_INTERVAL_MS = 5 * 60_000;
 
 /** etcd could not be reached or answered with an error; worth retrying. */
 export class EtcdUnavailableError extends Error {
@@ -96,6 +107,17 @@ export function leaseFromKv(kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision'
   } catch (err) {
     return { skip: `lease "${key}": ${(err as Error).message}` };
   }
+}
+
+/** `2 put(s) (198.18.0.64/26, ...), 1 delete(s) (...)` for a log line. */
+function describeEvents(events: LeaseEvent[]): string {
+  const subnets = (type: LeaseEvent['type']) =>
+    events.filter((e) => e.type === type).map((e) => describeSubnet(e.type === 'put' ? e.lease.subnet : e.subnet));
+  const part = (type: LeaseEvent['type']) => {
+    const s = subnets(type);
+    return s.length ? `${s.length} ${type}(s) (${s.slice(0, 5).join(', ')}${s.length > 5 ? ', ...' : ''})` : '';
+  };
+  return [part('put'), part('delete')].filter(Boolean).join(' and ');
 }
 
 export class EtcdSubnetManager implements SubnetManager {
@@ -243,55 +265,90 @@ export class EtcdSubnetManager implements SubnetManager {
 
   async watchLeases(signal: AbortSignal, handler: LeaseWatchHandler): Promise<void> {
     const prefix = subnetsPrefix(this.prefix);
+    const tracker = new LeaseTracker();
+    // Where the next watch starts; undefined: list and hand over a snapshot first.
+    let from: bigint | undefined;
     while (!signal.aborted) {
-      let snap: { leases: Lease[]; revision: string };
-      try {
-        snap = await this.listLeases();
-      } catch {
-        await this.#clock.sleep(1000, signal);
-        continue;
+      if (from === undefined) {
+        let snap: { leases: Lease[]; revision: string };
+        try {
+          snap = await this.listLeases();
+        } catch {
+          await this.#clock.sleep(1000, signal);
+          continue;
+        }
+        tracker.reset(snap.leases);
+        handler.snapshot(snap.leases);
+        from = BigInt(snap.revision) + 1n;
       }
-      handler.snapshot(snap.leases);
-      const reason = await this.#watchOnce(BigInt(snap.revision) + 1n, { prefix, signal, handler });
-      if (reason) this.#log('info', `lease watch: ${reason}; re-listing`);
+      const end = await this.#watchOnce(from, { prefix, signal, handler, tracker });
+      if (!end) continue;
+      this.#log('info', `lease watch: ${end.why}; ${end.resumeAt === undefined ? 're-listing' : 'restarting the watch'}`);
+      from = end.resumeAt;
     }
   }
 
-  /** One watch from `rev`; resolves with why it ended (undefined when aborted). */
-  async #watchOnce(rev: bigint, opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler }): Promise<string | undefined> {
-    const { prefix, signal, handler } = opts;
+  /**
+   * One watch from `rev`, with the resync beside it; resolves with why it ended (undefined when
+   * aborted) and, after a resync repair, the revision to resume from without a new snapshot.
+   */
+  async #watchOnce(
+    rev: bigint,
+    opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler; tracker: LeaseTracker },
+  ): Promise<{ why: string; resumeAt?: bigint } | undefined> {
+    const { prefix, signal, handler, tracker } = opts;
     const watcher = this.client.watch().prefix(prefix).startRevision(rev.toString()).watcher();
-    return await new Promise<string | undefined>((resolve) => {
+    const stopResync = new AbortController();
+    return await new Promise((resolve) => {
       let disconnected = false;
-      const finish = (why: string | undefined) => {
+      const finish = (end: { why: string; resumeAt?: bigint } | undefined) => {
+        stopResync.abort();
         signal.removeEventListener('abort', onAbort);
         watcher.removeAllListeners();
         watcher.on('error', () => undefined);
         watcher.cancel().catch(() => undefined);
-        resolve(why);
+        resolve(end);
       };
       const onAbort = () => finish(undefined);
       signal.addEventListener('abort', onAbort, { once: true });
+      // A restarted watch replays what came after the listing; the tracker drops repeats.
       watcher.on('put', (kv) => {
         const l = leaseFromKv(kv);
         if ('skip' in l) this.#log('warn', `ignoring ${l.skip}`);
-        else handler.event({ type: 'put', lease: l });
+        else if (tracker.put(l)) handler.event({ type: 'put', lease: l });
       });
       watcher.on('delete', (kv) => {
         const subnet = parseSubnetKey(kv.key.toString());
-        if (subnet) handler.event({ type: 'delete', subnet });
+        if (subnet && tracker.delete(subnet, kv.mod_revision)) handler.event({ type: 'delete', subnet });
       });
       watcher.on('disconnected', (err) => {
         disconnected = true;
         this.#opts.onError?.(err);
       });
       watcher.on('connected', () => {
-        if (disconnected) finish('reconnected to etcd');
+        if (disconnected) finish({ why: 'reconnected to etcd' });
       });
       watcher.on('error', (err) => {
         this.#opts.onError?.(err);
-        finish(`watch cancelled (${err.message})`);
+        finish({ why: `watch cancelled (${err.message})` });
       });
+      const intervalMs = this.#opts.resyncIntervalMs ?? DEFAULT_RESYNC_INTERVAL_MS;
+      if (intervalMs > 0) {
+        void resyncLoop(stopResync.signal, {
+          clock: this.#clock,
+          intervalMs,
+          list: () => this.listLeases(),
+          tracker,
+          onError: () => undefined, // counted by #call; the next interval tries again
+          onRepair: (events, revision) => {
+            this.#log('info', `lease resync: the watch missed ${describeEvents(events)}; applying them`);
+            this.#opts.onResyncRepair?.(events.length);
+            for (const ev of events) handler.event(ev);
+            // The stream that missed them is suspect: start a new one after the listing.
+            finish({ why: 'resync found missed changes', resumeAt: BigInt(revision) + 1n });
+          },
+        });
+      }
     });
   }
 

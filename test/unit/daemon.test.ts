@@ -26,6 +26,7 @@ test('options: defaults', (t) => {
     leaseTtlSeconds: 86_400,
     renewMarginSeconds: 3600,
     reconcileIntervalMs: 1000,
+    resyncIntervalMs: 300_000,
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
   });
@@ -41,6 +42,7 @@ test('options: every flag also from WEFTD_* env, flags win', (t) => {
     WEFTD_LEASE_TTL: '90s',
     WEFTD_RENEW_MARGIN: '30s',
     WEFTD_SUBNET_FILE: '/run/weft/n1.env',
+    WEFTD_RESYNC_INTERVAL: '30s',
   };
   const o = parseOptions(['--etcd-prefix', '/from/flag', '--node-name', 'n1'], env, 'h')!;
   t.deepEqual(o.etcdEndpoints, ['http://198.51.100.2:2379', 'https://198.51.100.3:2379']);
@@ -51,6 +53,8 @@ test('options: every flag also from WEFTD_* env, flags win', (t) => {
   t.is(o.renewMarginSeconds, 30);
   t.is(o.subnetFile, '/run/weft/n1.env');
   t.is(o.nodeName, 'n1');
+  t.is(o.resyncIntervalMs, 30_000);
+  t.is(parseOptions(['--resync-interval', '0'], env, 'h')!.resyncIntervalMs, 0, '0 turns the resync off');
   t.is(parseOptions(['--help'], {}, 'h'), undefined);
   t.true(usage().includes('--etcd-endpoints') && usage().includes('[$WEFTD_ETCD_ENDPOINTS]'));
 });
@@ -64,6 +68,8 @@ test('options: bad values are usage errors that say what is wrong', (t) => {
     [['--lease-ttl', '1h', '--renew-margin', '2h'], {}, /--renew-margin \(2h\) must be shorter than --lease-ttl \(1h\)/],
     [['--lease-ttl', 'soon'], {}, /invalid duration "soon"/],
     [['--log-level', 'loud'], {}, /"loud" is not one of/],
+    [['--resync-interval', '500ms'], {}, /--resync-interval: must be 0 \(off\) or at least 1s/],
+    [[], { WEFTD_RESYNC_INTERVAL: 'often' }, /--resync-interval: invalid duration "often"/],
     [['--etcd-certfile', '/c.pem'], {}, /go together/],
     [[], { WEFTD_IP_MASQ: 'maybe' }, /WEFTD_IP_MASQ: expected true or false/],
   ];
@@ -120,12 +126,14 @@ test('metrics: Prometheus text with the four required families', (t) => {
   m.leaseExpiresAt = 100_000;
   m.etcdErrors = 2;
   m.repairs = 5;
+  m.resyncRepairs = 4;
   const text = m.render(40_000);
   t.regex(text, /^# TYPE weftd_peers gauge\nweftd_peers 3$/m);
   t.regex(text, /^weftd_lease_expiry_seconds 60$/m);
   t.regex(text, /^weftd_lease_expiry_timestamp_seconds 100$/m);
   t.regex(text, /^# TYPE weftd_etcd_errors_total counter\nweftd_etcd_errors_total 2$/m);
   t.regex(text, /^weftd_reconcile_repairs_total 5$/m);
+  t.regex(text, /^# TYPE weftd_watch_resync_repairs_total counter\nweftd_watch_resync_repairs_total 4$/m);
   t.regex(text, /^weftd_ready 0$/m);
 });
 

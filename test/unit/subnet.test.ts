@@ -7,6 +7,8 @@ import { diffLeases } from '../../src/subnet/diff.ts';
 import { leaseFromKv } from '../../src/subnet/etcd.ts';
 import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, type Lease } from '../../src/subnet/lease.ts';
 import { renewDelay, Renewer } from '../../src/subnet/renew.ts';
+import { LeaseTracker, resyncLoop } from '../../src/subnet/resync.ts';
+import type { LeaseEvent } from '../../src/subnet/manager.ts';
 
 const cfg = (o: object) => parseNetworkConfig(JSON.stringify(o));
 
@@ -211,4 +213,93 @@ test('renewer: renews at expiry - margin with an injected clock, retries failure
   t.is(calls[4], renewedAt);
   ac.abort();
   await running;
+});
+
+const leaseAt = (cidr: string, modRevision: string, mac = 'aa:bb:cc:00:00:01'): Lease => ({
+  subnet: parseCIDR(cidr),
+  publicIP: '198.51.100.11',
+  backendType: 'vxlan',
+  backendData: { VNI: 1, VtepMAC: mac },
+  modRevision,
+});
+const evText = (evs: LeaseEvent[]) => evs.map((e) => (e.type === 'put' ? `put ${formatIPv4(e.lease.subnet.ip)}@${e.lease.modRevision}` : `delete ${formatIPv4(e.subnet.ip)}`));
+
+test('resync: a listing that matches what the watch delivered finds nothing', (t) => {
+  const tr = new LeaseTracker();
+  tr.reset([leaseAt('198.18.0.64/26', '5'), leaseAt('198.18.0.128/26', '6')]);
+  t.true(tr.put(leaseAt('198.18.0.192/26', '8')));
+  t.true(tr.delete(parseCIDR('198.18.0.128/26'), '9'));
+  t.deepEqual(tr.resync([leaseAt('198.18.0.64/26', '5'), leaseAt('198.18.0.192/26', '8')], '9'), []);
+  t.is(tr.size, 2);
+});
+
+test('resync: puts, changes and deletes the watch missed come back as events', (t) => {
+  const tr = new LeaseTracker();
+  tr.reset([leaseAt('198.18.0.64/26', '5'), leaseAt('198.18.0.128/26', '6')]);
+  // The watch delivered nothing; meanwhile .64 changed MAC, .128 was deleted, .192 appeared.
+  const listed = [leaseAt('198.18.0.64/26', '10', 'aa:bb:cc:00:00:09'), leaseAt('198.18.0.192/26', '11')];
+  t.deepEqual(evText(tr.resync(listed, '12')), ['put 198.18.0.64@10', 'put 198.18.0.192@11', 'delete 198.18.0.128']);
+  // Recorded: the same listing again is no difference, and a replayed put is dropped.
+  t.deepEqual(tr.resync(listed, '12'), []);
+  t.false(tr.put(leaseAt('198.18.0.192/26', '11')), 'replayed put');
+  t.true(tr.put(leaseAt('198.18.0.192/26', '13')), 'a newer put still counts');
+});
+
+test('resync: changes the watch delivered after the listing was taken are not differences', (t) => {
+  const tr = new LeaseTracker();
+  tr.reset([leaseAt('198.18.0.64/26', '5'), leaseAt('198.18.0.128/26', '6')]);
+  // Listing taken at revision 6; before it returns the watch sees a new lease (7) and a delete (8).
+  t.true(tr.put(leaseAt('198.18.0.192/26', '7')));
+  t.true(tr.delete(parseCIDR('198.18.0.64/26'), '8'));
+  t.deepEqual(tr.resync([leaseAt('198.18.0.64/26', '5'), leaseAt('198.18.0.128/26', '6')], '6'), []);
+  // A watch restarted after the listing (from 7) replays 7 and 8: both are dropped.
+  t.false(tr.put(leaseAt('198.18.0.192/26', '7')), 'replayed put');
+  t.false(tr.delete(parseCIDR('198.18.0.64/26'), '8'), 'replayed delete');
+  // The delete at 8 is still known, so a later listing at 8 agrees too.
+  t.deepEqual(tr.resync([leaseAt('198.18.0.128/26', '6'), leaseAt('198.18.0.192/26', '7')], '8'), []);
+});
+
+test('resync loop: lists every interval on the injected clock, reports only differences, survives a failed list', async (t) => {
+  const clock = new FakeClock();
+  const tr = new LeaseTracker();
+  tr.reset([leaseAt('198.18.0.64/26', '5')]);
+  let table = { leases: [leaseAt('198.18.0.64/26', '5')], revision: '5' };
+  let lists = 0;
+  let failNext = false;
+  const repairs: string[][] = [];
+  const errors: unknown[] = [];
+  const ac = new AbortController();
+  const loop = resyncLoop(ac.signal, {
+    clock,
+    intervalMs: 60_000,
+    tracker: tr,
+    list: async () => {
+      lists++;
+      if (failNext) {
+        failNext = false;
+        throw new Error('etcd down');
+      }
+      return table;
+    },
+    onRepair: (evs) => repairs.push(evText(evs)),
+    onError: (err) => errors.push(err),
+  });
+  await clock.advance(59_999);
+  t.is(lists, 0, 'nothing before the interval');
+  await clock.advance(1);
+  t.is(lists, 1);
+  t.deepEqual(repairs, [], 'in sync');
+  // A lease appears that the (stalled) watch never delivers.
+  table = { leases: [leaseAt('198.18.0.64/26', '5'), leaseAt('198.18.0.128/26', '9')], revision: '9' };
+  failNext = true;
+  await clock.advance(60_000);
+  t.is(errors.length, 1, 'failed listing reported');
+  t.deepEqual(repairs, [], 'nothing repaired from a failed listing');
+  await clock.advance(60_000);
+  t.deepEqual(repairs, [['put 198.18.0.128@9']]);
+  await clock.advance(60_000);
+  t.is(lists, 4);
+  t.is(repairs.length, 1, 'a repaired difference is not reported again');
+  ac.abort();
+  await loop;
 });
