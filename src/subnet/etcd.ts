@@ -316,10 +316,13 @@ export class EtcdSubnetManager implements SubnetManager {
         const l = leaseFromKv(kv);
         if ('skip' in l) this.#log('warn', `ignoring ${l.skip}`);
         else if (tracker.put(l)) handler.event({ type: 'put', lease: l });
+        else this.#log('debug', `lease watch: put of ${describeSubnet(l.subnet)} at revision ${l.modRevision} is not newer than what is known; skipped`);
       });
       watcher.on('delete', (kv) => {
         const subnet = parseSubnetKey(kv.key.toString());
-        if (subnet && tracker.delete(subnet, kv.mod_revision)) handler.event({ type: 'delete', subnet });
+        if (!subnet) return;
+        if (tracker.delete(subnet, kv.mod_revision)) handler.event({ type: 'delete', subnet });
+        else this.#log('debug', `lease watch: delete of ${describeSubnet(subnet)} at revision ${kv.mod_revision} is not newer than what is known; skipped`);
       });
       watcher.on('disconnected', (err) => {
         disconnected = true;
