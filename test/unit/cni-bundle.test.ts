@@ -1,7 +1,8 @@
 /**
- * The CNI binary as scripts/build.ts bundles it: netlink's rtnetlink part only (not the package
- * index with nl80211, genl and wireguard), its native binding through src/netlink/load.ts, and
- * nothing but Node built-ins required at run time.
+ * The CNI binary as scripts/build.ts bundles it. Every pod start pays for what it loads:
+ * netlink's rtnetlink part only (not the package index with nl80211, genl and wireguard), its
+ * native binding through src/netlink/load.ts, no other package (etcd3, winston, ...), no daemon
+ * or CLI code, and nothing but Node built-ins required at run time.
  */
 import { builtinModules } from 'node:module';
 import test from 'ava';
@@ -32,6 +33,8 @@ test('cmd/weft.ts bundles only the rtnetlink part of netlink and requires only b
     'node_modules/netlink/dist/structs.js',
   ]);
   t.true(inputs.includes('src/netlink/load.ts'), "netlink's node-gyp-build loader is replaced");
+  t.deepEqual(inputs.filter((f) => /^src\/(subnet|backend|rules|status|daemon)\//.test(f)), [], 'no daemon or CLI code');
+  t.true(inputs.includes('src/cni/skel.ts'));
   const builtins = new Set([...builtinModules, ...builtinModules.map((m) => `node:${m}`)]);
   const runtime = Object.values(out.metafile.outputs).flatMap((o) => o.imports.filter((i) => i.external).map((i) => i.path));
   t.deepEqual(runtime.filter((p) => !builtins.has(p)), [], 'only Node built-ins are required at run time');
