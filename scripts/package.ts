@@ -24,7 +24,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 import { nativeNetlink } from './esbuild-netlink.ts';
-import { buildLauncher } from '../src/fastpath/build.ts';
+import { buildLauncher } from './build-launcher.ts';
 
 const root = join(import.meta.dirname, '..');
 const out = join(root, 'dist', 'pkg');

@@ -50,7 +50,7 @@ function inProcessSummary(fig: Figure, handled: Handled[] = []): Figure {
 
 export async function figFastAdd(ctx: BenchContext): Promise<Figure> {
   const title = 'pod ADD/DEL latency via the fast path (launcher -> in-daemon CNI)';
-  const why = missing(bins.launcher, 'run `node src/fastpath/build.ts`');
+  const why = missing(bins.launcher, 'run `node scripts/build-launcher.ts`');
   if (why) return unavailable('fast', title, why);
   const box: { handled?: Handled[] } = {};
   const fig = await figAddDel(ctx, { weftPlugin: bins.launcher, id: 'fast', title, serve: serverFor(box) });
@@ -59,7 +59,7 @@ export async function figFastAdd(ctx: BenchContext): Promise<Figure> {
 
 export async function figFastConcurrent(ctx: BenchContext): Promise<Figure> {
   const title = '100 concurrent ADDs/DELs via the fast path';
-  const why = missing(bins.launcher, 'run `node src/fastpath/build.ts`');
+  const why = missing(bins.launcher, 'run `node scripts/build-launcher.ts`');
   if (why) return unavailable('fastconc', title, why);
   const box: { handled?: Handled[] } = {};
   const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(box) });

@@ -21,7 +21,7 @@ const SUBNET = '198.18.0.0/24';
 export async function figWhere(ctx: BenchContext): Promise<Figure> {
   const id = 'where';
   const title = 'where the ADD time goes';
-  const why = missing(bins.weft) ?? missing(bins.launcher, 'run `node src/fastpath/build.ts`') ?? missing(bins.bridge, 'apt-get install containernetworking-plugins');
+  const why = missing(bins.weft) ?? missing(bins.launcher, 'run `node scripts/build-launcher.ts`') ?? missing(bins.bridge, 'apt-get install containernetworking-plugins');
   if (why) return unavailable(id, title, why);
   const rounds = ctx.quick ? 8 : 20;
   const scope = new BenchScope();

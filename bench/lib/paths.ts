@@ -7,7 +7,7 @@ export const dist = join(root, 'dist');
 export const bins = {
   weft: join(dist, 'bin', 'weft'),
   weftd: join(dist, 'bin', 'weftd'),
-  /** The fast-path launcher (src/fastpath/launcher.c), built by src/fastpath/build.ts. */
+  /** The fast-path launcher (src/fastpath/launcher.c), built by scripts/build-launcher.ts. */
   launcher: join(dist, 'bin', 'weft-fast'),
   bridge: '/usr/lib/cni/bridge',
   hostLocal: '/usr/lib/cni/host-local',

@@ -7,7 +7,7 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { buildLauncher, LAUNCHER } from '../../src/fastpath/build.ts';
+import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
 import { startCluster } from '../helpers/cluster.ts';
 import { cni } from '../helpers/cni.ts';
 import { eventually, ipJson, ping, Scope } from '../helpers/netns.ts';

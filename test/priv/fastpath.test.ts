@@ -8,7 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import { buildLauncher, LAUNCHER } from '../../src/fastpath/build.ts';
+import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
 import { cni, cniFixture, WEFT_BIN, type CniEnvFixture } from '../helpers/cni.ts';
 import { eventually, ipJson, Scope } from '../helpers/netns.ts';
 

@@ -1,5 +1,5 @@
 /**
- * Builds the fast-path launcher: `node src/fastpath/build.ts [OUTFILE]` (default
+ * Builds the fast-path launcher: `node scripts/build-launcher.ts [OUTFILE]` (default
  * dist/bin/weft-fast). A static binary when the toolchain can link one (no loader, no libc
  * lookups at start), else dynamic.
  */
@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
-const root = join(import.meta.dirname, '..', '..');
+const root = join(import.meta.dirname, '..');
 
 /** The default output path of the launcher. */
 export const LAUNCHER = join(root, 'dist', 'bin', 'weft-fast');
@@ -15,7 +15,7 @@ export const LAUNCHER = join(root, 'dist', 'bin', 'weft-fast');
 /** Compiles launcher.c to `outfile`; returns the path. */
 export function buildLauncher(outfile = LAUNCHER): string {
   mkdirSync(dirname(outfile), { recursive: true });
-  const src = join(import.meta.dirname, 'launcher.c');
+  const src = join(root, 'src', 'fastpath', 'launcher.c');
   // Built beside and renamed over: a runtime or test exec'ing the old one never sees a half-written file.
   const tmp = `${outfile}.tmp-${process.pid}`;
   const args = ['-O2', '-Wall', '-Wextra', '-Werror', '-o', tmp, src];
