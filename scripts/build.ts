@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { buildLauncher } from './build-launcher.ts';
+import { bundleOptions } from './bundle-options.ts';
 import { nativeNetlink } from './esbuild-netlink.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -119,13 +120,7 @@ await Promise.all([
       entryPoints: [join(root, 'cmd', file)],
       outfile: join(dist, 'bin', name),
       write: false,
-      bundle: true,
-      platform: 'node',
-      target: 'node24',
-      format: 'cjs',
-      minifySyntax: true,
-      // src/native/load.ts looks beside its source only when unbundled.
-      define: { 'import.meta.dirname': 'undefined' },
+      ...bundleOptions,
       sourcemap: false,
       // Native and optional pieces resolved at run time from node_modules beside dist/.
       external: fast ? [] : ['netlink'],

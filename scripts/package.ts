@@ -23,6 +23,7 @@ import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync,
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { build } from 'esbuild';
+import { bundleOptions } from './bundle-options.ts';
 import { nativeNetlink } from './esbuild-netlink.ts';
 import { buildLauncher } from './build-launcher.ts';
 
@@ -39,13 +40,7 @@ async function bundle(name: string, outfile: string): Promise<void> {
   await build({
     entryPoints: [join(root, 'cmd', `${name}.ts`)],
     outfile,
-    bundle: true,
-    platform: 'node',
-    target: 'node24',
-    format: 'cjs',
-    minifySyntax: true,
-    // src/native/load.ts looks beside its source only when unbundled.
-    define: { 'import.meta.dirname': 'undefined' },
+    ...bundleOptions,
     plugins: [nativeNetlink],
     logLevel: 'warning',
   });

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { eventually as pollUntil } from '../../test/helpers/netns.ts';
 
 /** Runs a command synchronously; throws with its stderr on failure. */
 export function sh(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): string {
@@ -126,20 +127,9 @@ export class BenchScope {
   }
 }
 
-/** Polls `fn` until it returns truthy or `timeoutMs` passes; returns the last value. */
-export async function eventually<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, intervalMs = 20): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: T;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      if (Date.now() > end) throw err;
-    }
-    if (Date.now() > end) return last!;
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
+/** The tests' poller (test/helpers/netns.ts), polling every 20 ms: bench timings want finer steps. */
+export function eventually<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, intervalMs = 20): Promise<T> {
+  return pollUntil(fn, timeoutMs, intervalMs);
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
