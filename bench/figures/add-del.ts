@@ -58,14 +58,10 @@ export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; 
   const pods = ctx.quick ? 10 : 30;
   const scope = new BenchScope();
   try {
-    const wNode = scope.netns('nodew');
-    const rNode = scope.netns('noder');
-    const wDir = scope.tmpdir('w');
-    const rDir = scope.tmpdir('r');
-    const subnetFile = writeSubnetEnv(wDir, SUBNET);
-    const extra = opts.serve ? await opts.serve(scope, wNode, wDir) : {};
-    const weft: Side = { name: 'w', plugin, nodeNs: wNode, config: weftConfig(wDir, subnetFile, extra), add: [], del: [] };
-    const ref: Side = { name: 'r', plugin: bins.bridge, nodeNs: rNode, config: refConfig(rDir, SUBNET), add: [], del: [] };
+    const { w, r } = await twoNodes(scope, opts.serve);
+    const wNode = w.nodeNs;
+    const weft: Side = { name: 'w', plugin, nodeNs: w.nodeNs, config: w.config, add: [], del: [] };
+    const ref: Side = { name: 'r', plugin: bins.bridge, nodeNs: r.nodeNs, config: r.config, add: [], del: [] };
     const base: number[] = [];
     for (let i = 0; i < 10; i++) base.push(await spawnBaseline(wNode));
     const weftWhy = await probe(scope, weft);
@@ -100,6 +96,20 @@ function row(metric: string, w: number, r: number): Row {
 }
 
 /** One untimed ADD + DEL: undefined when the plugin works, else why not. */
+/** A node namespace per side with the same subnet: weft's (optionally served) and the reference's. */
+export async function twoNodes(
+  scope: BenchScope,
+  serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object>,
+): Promise<{ w: { nodeNs: string; dir: string; config: object }; r: { nodeNs: string; dir: string; config: object } }> {
+  const wNode = scope.netns('nodew');
+  const rNode = scope.netns('noder');
+  const wDir = scope.tmpdir('w');
+  const rDir = scope.tmpdir('r');
+  const subnetFile = writeSubnetEnv(wDir, SUBNET);
+  const extra = serve ? await serve(scope, wNode, wDir) : {};
+  return { w: { nodeNs: wNode, dir: wDir, config: weftConfig(wDir, subnetFile, extra) }, r: { nodeNs: rNode, dir: rDir, config: refConfig(rDir, SUBNET) } };
+}
+
 export async function probe(scope: BenchScope, s: Side): Promise<string | undefined> {
   const pod = scope.netns('probe');
   const call: CniCall = { plugin: s.plugin, command: 'ADD', containerId: `probe-${s.name}`, podNs: pod, nodeNs: s.nodeNs, config: s.config };

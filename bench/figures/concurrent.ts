@@ -7,13 +7,11 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { BenchScope, ipJson } from '../lib/scope.ts';
 import { callCniBatch, resultIp, type CniCall } from '../lib/cni.ts';
-import { refConfig, weftConfig, writeSubnetEnv } from '../lib/confs.ts';
 import { bins, missing } from '../lib/paths.ts';
 import { round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure, type Row } from '../lib/report.ts';
-import { probe, verifyAdd } from './add-del.ts';
+import { probe, twoNodes, verifyAdd } from './add-del.ts';
 
-const SUBNET = '198.18.0.0/24';
 
 /** Allocation files (named after an IPv4 address) anywhere under `dir`. */
 function allocations(dir: string): string[] {
@@ -90,14 +88,8 @@ export async function figConcurrent(ctx: BenchContext, opts: { weftPlugin?: stri
   const pods = ctx.quick ? 30 : 100;
   const scope = new BenchScope();
   try {
-    const wNode = scope.netns('nodew');
-    const rNode = scope.netns('noder');
-    const wDir = scope.tmpdir('w');
-    const rDir = scope.tmpdir('r');
-    const subnetFile = writeSubnetEnv(wDir, SUBNET);
-    const extra = opts.serve ? await opts.serve(scope, wNode, wDir) : {};
-    const wConf = weftConfig(wDir, subnetFile, extra);
-    const rConf = refConfig(rDir, SUBNET);
+    const { w, r } = await twoNodes(scope, opts.serve);
+    const [wNode, rNode, wDir, rDir, wConf, rConf] = [w.nodeNs, r.nodeNs, w.dir, r.dir, w.config, r.config];
     // Warm both up (bridge created, page cache filled) so the burst measures steady state.
     const weftWhy = await probe(scope, { name: 'w', plugin, nodeNs: wNode, config: wConf, add: [], del: [] });
     await probe(scope, { name: 'r', plugin: bins.bridge, nodeNs: rNode, config: rConf, add: [], del: [] });
