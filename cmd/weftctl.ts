@@ -3,6 +3,7 @@
  * manager and the status collectors, prints, and exits:
  * 0 success (and `check` consistent), 1 `check` found differences, 2 any error.
  */
+import { UsageError } from '../src/core/errors.ts';
 import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { openNetlink } from '../src/netlink/index.ts';
@@ -53,9 +54,6 @@ Connection (same flags and environment as weftd):
 check runs on a node (inside its network namespace, e.g. nsenter --net=...) and compares the
 kernel state with etcd. Exit status: 0 ok, 1 check found differences, 2 error.
 `;
-
-/** A command-line mistake: printed with a hint, exit 2. */
-class UsageError extends Error {}
 
 /** etcd failed; the message names the endpoints and the operation. */
 class EtcdError extends Error {}

@@ -6,8 +6,9 @@
 import { hostname } from 'node:os';
 import { createLogger } from '../src/daemon/logger.ts';
 import { Metrics } from '../src/daemon/metrics.ts';
-import { parseOptions, usage, UsageError } from '../src/daemon/options.ts';
-import { errText, runDaemon } from '../src/daemon/run.ts';
+import { errText, UsageError } from '../src/core/errors.ts';
+import { parseOptions, usage } from '../src/daemon/options.ts';
+import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
 import { startCniFastpath } from '../src/fastpath/index.ts';

@@ -2,6 +2,7 @@
  * The backend seam (flannel's backend.Backend / backend.Network split): the daemon hands a
  * backend network the lease table, the backend turns it into kernel state. Only vxlan exists.
  */
+import type { IPv4Net } from '../ip/ipv4.ts';
 import type { Lease } from '../subnet/lease.ts';
 
 export interface BackendNetwork {
@@ -18,12 +19,9 @@ export interface BackendNetwork {
   reconcile(): Promise<number>;
   /** Number of peers currently programmed. */
   readonly peerCount: number;
+  /** The overlay device's MTU (what pods get through the subnet file). */
+  readonly mtu: number;
+  /** Sets this node's own subnet (its lease), which is never programmed as a peer. */
+  setSubnet(subnet: IPv4Net): Promise<void>;
 }
 
-/** The logging surface backends use (a winston Logger satisfies it). */
-export interface Log {
-  error(msg: string, meta?: Record<string, unknown>): unknown;
-  warn(msg: string, meta?: Record<string, unknown>): unknown;
-  info(msg: string, meta?: Record<string, unknown>): unknown;
-  debug(msg: string, meta?: Record<string, unknown>): unknown;
-}

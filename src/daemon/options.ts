@@ -7,13 +7,9 @@ import { isIPv4 } from '../ip/ipv4.ts';
 import { DEFAULT_ETCD_PREFIX } from '../subnet/etcd.ts';
 import { DEFAULT_SOCKET } from '../fastpath/server.ts';
 import { LOG_LEVELS } from './logger.ts';
+import { UsageError } from '../core/errors.ts';
 
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
+export { UsageError };
 
 export interface DaemonOptions {
   etcdEndpoints: string[];

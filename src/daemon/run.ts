@@ -14,11 +14,12 @@ import type { Server } from 'node:http';
 import { formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import { LinkNotFoundError, type Link, type Netlink } from '../netlink/index.ts';
 import { setSysctl } from '../netns/index.ts';
-import type { Log } from '../backend/types.ts';
+import type { Log } from '../core/log.ts';
+import { errText } from '../core/errors.ts';
 import { VxlanNetwork } from '../backend/vxlan/network.ts';
 import { ensureRules, readRules, rulesPresent, type RulesSpec } from '../rules/nft.ts';
 import { OutOfSubnetsError } from '../subnet/choose.ts';
-import { systemClock, type Clock } from '../subnet/clock.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
 import type { NetworkConfig } from '../subnet/config.ts';
 import { leaseId, type Lease, type LeaseAttrs } from '../subnet/lease.ts';
 import { LeaseLostError, type SubnetManager } from '../subnet/manager.ts';
@@ -76,15 +77,6 @@ export async function findExternal(nl: Netlink, opts: { iface?: string; publicIP
   const ip = opts.publicIP ?? own[0]?.ip;
   if (!ip) throw new Error(`interface "${link.name}" has no IPv4 address; pass --public-ip`);
   return { link, ip };
-}
-
-/** An error's message with its causes, for one log line. */
-export function errText(err: unknown): string {
-  const parts: string[] = [];
-  for (let e = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
-    parts.push(e instanceof Error ? e.message : String(e));
-  }
-  return parts.join(': ');
 }
 
 /** Repeats `fn` until it succeeds or `signal` aborts; logs each distinct failure once. */

@@ -19,7 +19,7 @@ import { readFileSync } from 'node:fs';
 import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
 import type { IPv4Net } from '../ip/ipv4.ts';
 import { chooseSubnet, describeSubnet } from './choose.ts';
-import { systemClock, type Clock } from './clock.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from './config.ts';
 import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
 import { LeaseLostError, type LeaseEvent, type LeaseWatchHandler, type SubnetManager } from './manager.ts';

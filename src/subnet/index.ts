@@ -6,7 +6,6 @@ export * from './config.ts';
 export * from './lease.ts';
 export * from './choose.ts';
 export * from './diff.ts';
-export * from './clock.ts';
 export * from './renew.ts';
 export * from './manager.ts';
 export * from './etcd.ts';

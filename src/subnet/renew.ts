@@ -4,7 +4,7 @@
  * `kick()` renews at once (used when a watch shows our key was deleted: the renewal
  * re-creates it for the same subnet while the data plane stays up).
  */
-import type { Clock } from './clock.ts';
+import type { Clock } from '../core/clock.ts';
 
 /** Milliseconds to wait before the next renewal of a lease expiring at `expiresAt`. */
 export function renewDelay(expiresAt: number, opts: { now: number; renewMarginMs: number }): number {

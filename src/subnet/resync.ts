@@ -8,7 +8,7 @@
  * the listing's revision is newer than the listing, not missing from it.
  */
 import { describeSubnet } from './choose.ts';
-import type { Clock } from './clock.ts';
+import type { Clock } from '../core/clock.ts';
 import type { Lease } from './lease.ts';
 import type { LeaseEvent } from './manager.ts';
 import type { IPv4Net } from '../ip/ipv4.ts';

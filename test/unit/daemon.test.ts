@@ -7,7 +7,7 @@ import { Metrics } from '../../src/daemon/metrics.ts';
 import { envName, parseDuration, parseOptions, usage, UsageError } from '../../src/daemon/options.ts';
 import { parseListenAddr } from '../../src/daemon/server.ts';
 import { formatSubnetFile, readPreviousSubnet, writeSubnetFile } from '../../src/daemon/subnetfile.ts';
-import { errText } from '../../src/daemon/run.ts';
+import { errText } from '../../src/core/errors.ts';
 
 test('options: defaults', (t) => {
   const o = parseOptions([], {}, 'host-a')!;

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { formatIPv4, parseCIDR } from '../../src/ip/ipv4.ts';
 import { chooseSubnet, OutOfSubnetsError } from '../../src/subnet/choose.ts';
-import type { Clock } from '../../src/subnet/clock.ts';
+import type { Clock } from '../../src/core/clock.ts';
 import { ConfigError, parseNetworkConfig } from '../../src/subnet/config.ts';
 import { diffLeases } from '../../src/subnet/diff.ts';
 import { leaseFromKv } from '../../src/subnet/etcd.ts';

@@ -23,7 +23,8 @@
 import { formatCIDR, formatIPv4, type IPv4Net } from '../../ip/ipv4.ts';
 import { isGone, LinkNotFoundError, type Link, type Netlink, type Route } from '../../netlink/index.ts';
 import { leaseId, type Lease } from '../../subnet/lease.ts';
-import type { BackendNetwork, Log } from '../types.ts';
+import type { Log } from '../../core/log.ts';
+import type { BackendNetwork } from '../types.ts';
 import { encodeBackendData, parseBackendData } from './backenddata.ts';
 import { ensureDeviceAddress, ensureVxlanDevice, incompatibility, type VxlanDeviceSpec } from './device.ts';
 import { Gate } from './gate.ts';
@@ -186,6 +187,10 @@ export class VxlanNetwork implements BackendNetwork {
 
   get link(): Link {
     return this.#link;
+  }
+
+  get mtu(): number {
+    return this.#link.mtu;
   }
 
   get backendData(): unknown {
