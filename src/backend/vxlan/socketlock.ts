@@ -22,18 +22,17 @@ export class SocketLock {
   }
 
   /** Runs `fn` alongside at most `limit - 1` other shared holders. */
-  async shared<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#enter(false);
-    try {
-      return await fn();
-    } finally {
-      this.#leave();
-    }
+  shared<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#hold(false, fn);
   }
 
   /** Runs `fn` alone. */
-  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#enter(true);
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#hold(true, fn);
+  }
+
+  async #hold<T>(exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+    await this.#enter(exclusive);
     try {
       return await fn();
     } finally {
