@@ -203,7 +203,10 @@ test('KeyedJobQueue.idle: resolves when the queue drains, or after maxMs', async
   await waiting;
   t.true(idle);
   let slowDone = false;
-  const slow = q.run(['b'], () => new Promise<void>((r) => setTimeout(r, 500)).then(() => void (slowDone = true)));
+  const slow = q.run(['b'], async () => {
+    await new Promise<void>((r) => setTimeout(r, 500));
+    slowDone = true;
+  });
   const started = Date.now();
   await q.idle(30);
   t.true(Date.now() - started >= 25);

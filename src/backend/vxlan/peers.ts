@@ -4,7 +4,7 @@
  */
 import { formatIPv4, type IPv4Net } from '../../ip/ipv4.ts';
 import type { Lease } from '../../subnet/lease.ts';
-import { parseBackendData } from './backenddata.ts';
+import { parseBackendData, type VxlanBackendData } from './backenddata.ts';
 
 /** Another node, as far as this node's kernel needs to know it (see expected.ts for the entries). */
 export interface Peer {
@@ -18,7 +18,7 @@ export interface Peer {
 /** Turns a lease into a peer; `{ skip }` with the reason when it is not a usable vxlan lease. */
 export function peerFromLease(lease: Lease, vni: number): Peer | { skip: string } {
   if (lease.backendType !== 'vxlan') return { skip: `backend type "${lease.backendType}" is not vxlan` };
-  let data;
+  let data: VxlanBackendData;
   try {
     data = parseBackendData(lease.backendData);
   } catch (err) {

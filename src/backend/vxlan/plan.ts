@@ -41,7 +41,8 @@ export interface Plan {
 export function staleKey(s: StaleEntry): string {
   if (s.kind === 'neighbor') return s.neigh.ip;
   if (s.kind === 'fdb') return s.fdb.mac;
-  return s.route.dst.split('/')[0]!;
+  const [gateway = ''] = s.route.dst.split('/');
+  return gateway;
 }
 
 /**
