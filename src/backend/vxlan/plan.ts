@@ -7,6 +7,10 @@
  * Entries a job is working on (or worked on while the dump was taken) are left out: what the
  * dump shows for them may already be outdated, and the job is putting them right anyway. The
  * caller says which those are with `settled`.
+ *
+ * The device is judged apart ({@link deviceNeedsRepair}, {@link addressNeedsRepair}) and
+ * before the peer entries: repairing it can change the index those entries hang off, so the
+ * peer dump is only worth reading once the device is right.
  */
 import { formatCIDR, type IPv4Net } from '../../ip/ipv4.ts';
 import type { Addr, Fdb, Link, Neigh, Route } from '../../netlink/index.ts';
