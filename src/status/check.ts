@@ -1,15 +1,28 @@
 /**
  * `weftctl check`: compares the kernel state of the node it runs on (its network namespace)
- * with what etcd says that state should be, the way weftd programs it (reference.md section 3):
- * device `flannel.<VNI>` and, per peer lease, a permanent neighbor (peer VTEP IP -> VtepMAC),
- * an FDB entry (VtepMAC -> peer PublicIP) and an onlink route (peer subnet via VTEP IP); plus
- * entries for peers that are gone (extra) and the subnet file the CNI plugin reads.
+ * with what etcd says that state should be, judged by the same rules weftd's reconcile uses
+ * (src/backend/vxlan/expected.ts: device `flannel.<VNI>` and, per peer lease, a permanent
+ * neighbor, an FDB entry and an onlink route); plus entries on the device that no lease
+ * accounts for (extra) and the subnet file the CNI plugin reads.
  *
  * Pure comparison ({@link compareState}) is separate from reading the kernel
  * ({@link readKernelState}) so it can be unit tested with plain objects.
  */
 import { readFileSync } from 'node:fs';
-import { formatIPv4, parseCIDR } from '../ip/ipv4.ts';
+import {
+  addressFaults,
+  deviceAddress,
+  deviceFaults,
+  deviceName,
+  fdbState,
+  neighState,
+  overlayMtu,
+  routeState,
+  VXLAN_OVERHEAD,
+  type DeviceFault,
+} from '../backend/vxlan/expected.ts';
+import type { Peer } from '../backend/vxlan/peers.ts';
+import { formatCIDR, formatIPv4, parseCIDR } from '../ip/ipv4.ts';
 import { LinkNotFoundError, type Addr, type Fdb, type Link, type Neigh, type Netlink, type Route } from '../netlink/index.ts';
 import { ConfigError } from '../subnet/config.ts';
 import type { EtcdSubnetManager } from '../subnet/etcd.ts';
@@ -69,6 +82,37 @@ function gatewayOf(subnet: string): string {
   return `${formatIPv4(n.ip + 1)}/${n.prefixLen}`;
 }
 
+/** The peer a lease makes (as the backend's peerFromLease does; the lease lists it with its VTEP IP). */
+function peerOf(l: NodeLease, mac: string): Peer {
+  return { subnet: parseCIDR(l.subnet), gateway: l.vtepIP, mac, publicIP: l.publicIP };
+}
+
+/** A device fault as `check` prints it, after the device's name. */
+function describeFault(f: DeviceFault, parent: Link | undefined): string {
+  switch (f.field) {
+    case 'kind':
+      return `is a ${f.found ?? 'unknown'} device, not vxlan`;
+    case 'attributes':
+      return 'has no readable vxlan attributes';
+    case 'vni':
+      return `VNI ${f.found}, network config says ${f.want}`;
+    case 'port':
+      return `UDP port ${f.found}, network config says ${f.want}`;
+    case 'local':
+      return `local ${f.found ?? '<none>'}, lease says ${f.want}`;
+    case 'parentIndex':
+      return `parent interface ${f.found ?? '<none>'}, expected ${f.want}`;
+    case 'learning':
+      return 'has learning on (weft programs FDB entries itself)';
+    case 'mac':
+      return `MAC ${f.found}, lease publishes ${f.want} (peers send to the lease's)`;
+    case 'mtu':
+      return `MTU ${f.found}, expected ${f.want} (${parent?.name} MTU ${parent?.mtu} - ${VXLAN_OVERHEAD})`;
+    case 'down':
+      return 'is down';
+  }
+}
+
 /**
  * Compares `kernel` with the leases. `self` is this node's lease: the one whose PublicIP is the
  * device's local address, else the one matching the subnet file, else `publicIP` when given.
@@ -97,23 +141,13 @@ export function compareState(opts: {
   if (!dev) {
     add('missing', 'device', `${device} (vxlan VNI ${config.backend.vni}, UDP ${config.backend.port}${self ? `, local ${self.publicIP}` : ''})`);
   } else {
-    const vx = dev.vxlan;
-    if (dev.kind !== 'vxlan' || !vx) add('wrong', 'device', `${device} is a ${dev.kind ?? 'unknown'} device, not vxlan`);
-    else {
-      if (vx.vni !== config.backend.vni) add('wrong', 'device', `${device} VNI ${vx.vni}, network config says ${config.backend.vni}`);
-      if (vx.port !== config.backend.port) add('wrong', 'device', `${device} UDP port ${vx.port}, network config says ${config.backend.port}`);
-      if (self && vx.local !== self.publicIP) add('wrong', 'device', `${device} local ${vx.local ?? '<none>'}, lease says ${self.publicIP}`);
-      if (vx.learning) add('wrong', 'device', `${device} has learning on (weft programs FDB entries itself)`);
-    }
-    if (self?.vtepMAC && dev.mac !== self.vtepMAC) {
-      add('wrong', 'device', `${device} MAC ${dev.mac}, lease publishes ${self.vtepMAC} (peers send to the lease's)`);
-    }
-    if (!dev.up) add('wrong', 'device', `${device} is down`);
-    if (kernel.parent && dev.mtu !== kernel.parent.mtu - 50) {
-      add('wrong', 'device', `${device} MTU ${dev.mtu}, expected ${kernel.parent.mtu - 50} (${kernel.parent.name} MTU ${kernel.parent.mtu} - 50)`);
-    }
-    if (self && !kernel.addrs.some((a) => a.ip === self.vtepIP && a.prefixLen === 32)) {
-      add('missing', 'address', `${self.vtepIP}/32 on ${device}`);
+    const parent = kernel.parent;
+    const want = { vni: config.backend.vni, port: config.backend.port, local: self?.publicIP, mac: self?.vtepMAC, mtu: parent && overlayMtu(parent.mtu) };
+    for (const f of deviceFaults(dev, want)) add('wrong', 'device', `${device} ${describeFault(f, parent)}`);
+    if (self) {
+      const { missing, extra } = addressFaults(kernel.addrs, parseCIDR(self.subnet));
+      if (missing) add('missing', 'address', `${deviceAddress(parseCIDR(self.subnet)).ip}/32 on ${device}`);
+      for (const a of extra) add('extra', 'address', `${a.ip}/${a.prefixLen} on ${device}`);
     }
   }
 
@@ -140,21 +174,22 @@ export function compareState(opts: {
       continue;
     }
     if (!dev) continue;
-    const neigh = kernel.neighs.find((n) => n.ip === p.vtepIP);
-    pc.neighbor = !neigh ? 'missing' : neigh.mac === p.vtepMAC && neigh.permanent ? 'ok' : 'wrong';
-    if (pc.neighbor === 'missing') add('missing', 'neighbor', `${p.vtepIP} lladdr ${p.vtepMAC} dev ${device} permanent`, p.subnet);
+    const peer = peerOf(p, p.vtepMAC);
+    const neigh = kernel.neighs.find((n) => n.ip === peer.gateway);
+    pc.neighbor = neighState(neigh, peer);
+    if (pc.neighbor === 'missing') add('missing', 'neighbor', `${peer.gateway} lladdr ${peer.mac} dev ${device} permanent`, p.subnet);
     if (pc.neighbor === 'wrong') {
-      add('wrong', 'neighbor', `${p.vtepIP} lladdr ${neigh!.mac}${neigh!.permanent ? '' : ' (not permanent)'}, lease says ${p.vtepMAC}`, p.subnet);
+      add('wrong', 'neighbor', `${peer.gateway} lladdr ${neigh!.mac}${neigh!.permanent ? '' : ' (not permanent)'}, lease says ${peer.mac}`, p.subnet);
     }
-    const fdb = kernel.fdbs.find((f) => f.mac === p.vtepMAC);
-    pc.fdb = !fdb ? 'missing' : fdb.dst === p.publicIP ? 'ok' : 'wrong';
-    if (pc.fdb === 'missing') add('missing', 'fdb', `${p.vtepMAC} dst ${p.publicIP} dev ${device}`, p.subnet);
-    if (pc.fdb === 'wrong') add('wrong', 'fdb', `${p.vtepMAC} dst ${fdb!.dst}, lease says ${p.publicIP}`, p.subnet);
-    const route = kernel.routes.find((r) => r.dst === p.subnet);
-    pc.route = !route ? 'missing' : route.gateway === p.vtepIP && route.onlink ? 'ok' : 'wrong';
-    if (pc.route === 'missing') add('missing', 'route', `${p.subnet} via ${p.vtepIP} dev ${device} onlink`, p.subnet);
+    const fdbs = kernel.fdbs.filter((f) => f.mac === peer.mac);
+    pc.fdb = fdbState(fdbs, peer);
+    if (pc.fdb === 'missing') add('missing', 'fdb', `${peer.mac} dst ${peer.publicIP} dev ${device}`, p.subnet);
+    if (pc.fdb === 'wrong') add('wrong', 'fdb', `${peer.mac} dst ${fdbs.map((f) => f.dst).join(', ')}, lease says ${peer.publicIP}`, p.subnet);
+    const route = kernel.routes.find((r) => r.dst === formatCIDR(peer.subnet));
+    pc.route = routeState(route, peer);
+    if (pc.route === 'missing') add('missing', 'route', `${p.subnet} via ${peer.gateway} dev ${device} onlink`, p.subnet);
     if (pc.route === 'wrong') {
-      add('wrong', 'route', `${p.subnet} via ${route!.gateway ?? '<none>'}${route!.onlink ? ' onlink' : ''}, expected via ${p.vtepIP} onlink`, p.subnet);
+      add('wrong', 'route', `${p.subnet} via ${route!.gateway ?? '<none>'}${route!.onlink ? ' onlink' : ''}, expected via ${peer.gateway} onlink`, p.subnet);
     }
   }
 
@@ -187,7 +222,7 @@ export async function checkNode(
   const config = await collectConfig(mgr);
   if (!config) throw new ConfigError(`no network config at "${mgr.prefix}/config": nothing to check against`);
   const { nodes } = await collectNodes(mgr);
-  const device = opts.device ?? `flannel.${config.backend.vni}`;
+  const device = opts.device ?? deviceName(config.backend.vni);
   const kernel = await readKernelState(nl, device, opts.subnetFile);
   return compareState({ kernel, leases: nodes, config, device, subnetFile: opts.subnetFile, publicIP: opts.publicIP });
 }

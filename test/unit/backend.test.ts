@@ -3,7 +3,7 @@ import { parseCIDR } from '../../src/ip/ipv4.ts';
 import type { Link } from '../../src/netlink/index.ts';
 import { encodeBackendData, parseBackendData } from '../../src/backend/vxlan/backenddata.ts';
 import { incompatibility, type VxlanDeviceSpec } from '../../src/backend/vxlan/device.ts';
-import { peerFromLease } from '../../src/backend/vxlan/network.ts';
+import { peerFromLease } from '../../src/backend/vxlan/peers.ts';
 
 test('backend data: flannel\'s {"VNI","VtepMAC"} both ways', (t) => {
   t.deepEqual(encodeBackendData({ vni: 1, vtepMAC: 'aa:bb:cc:dd:ee:ff' }), { VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:ff' });

@@ -104,3 +104,12 @@ test('compareState: a non-permanent neighbor and a route without onlink are wron
   t.deepEqual(r.peers.map((p) => [p.neighbor, p.fdb, p.route]), [['wrong', 'ok', 'wrong']]);
   t.false(r.consistent);
 });
+
+test('compareState: an address weftd would remove is extra; a non-vxlan device is wrong', (t) => {
+  const k = healthyKernel();
+  k.addrs.push({ index: 5, ip: '198.18.7.0', prefixLen: 32 });
+  t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), ['extra address: 198.18.7.0/32 on flannel.1']);
+  k.device = { ...k.device!, kind: 'bridge', vxlan: undefined };
+  k.addrs.pop();
+  t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), ['wrong device: flannel.1 is a bridge device, not vxlan']);
+});

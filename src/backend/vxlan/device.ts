@@ -4,6 +4,7 @@
  * other parameters is deleted and recreated (flannel's vxlanLinksIncompat), keeping the MAC.
  */
 import { isGone, LinkNotFoundError, type Link, type Netlink } from '../../netlink/index.ts';
+import { deviceFaults, fixableInPlace } from './expected.ts';
 
 export interface VxlanDeviceSpec {
   name: string;
@@ -20,17 +21,29 @@ export interface VxlanDeviceSpec {
   mac?: string;
 }
 
-/** Why an existing link cannot serve as the device, or undefined when it can. */
+/** Why an existing link cannot serve as the device, or undefined when it can (MTU and up state are fixed in place). */
 export function incompatibility(link: Link, spec: VxlanDeviceSpec): string | undefined {
-  if (link.kind !== 'vxlan') return `it is a ${link.kind ?? 'device of unknown kind'}, not vxlan`;
-  const v = link.vxlan;
-  if (!v) return 'its vxlan attributes are unreadable';
-  if (v.vni !== spec.vni) return `VNI ${v.vni} != ${spec.vni}`;
-  if (v.port !== spec.port) return `port ${v.port} != ${spec.port}`;
-  if (v.local !== spec.local) return `local address ${v.local ?? 'unset'} != ${spec.local}`;
-  if (v.parentIndex !== spec.parentIndex) return `parent interface ${v.parentIndex ?? 'unset'} != ${spec.parentIndex}`;
-  if (v.learning) return 'learning is on';
-  if (spec.mac && link.mac !== spec.mac) return `MAC ${link.mac} != ${spec.mac}`;
+  const f = deviceFaults(link, spec).find((x) => !fixableInPlace(x));
+  switch (f?.field) {
+    case undefined:
+      return undefined;
+    case 'kind':
+      return `it is a ${f.found ?? 'device of unknown kind'}, not vxlan`;
+    case 'attributes':
+      return 'its vxlan attributes are unreadable';
+    case 'vni':
+      return `VNI ${f.found} != ${f.want}`;
+    case 'port':
+      return `port ${f.found} != ${f.want}`;
+    case 'local':
+      return `local address ${f.found ?? 'unset'} != ${f.want}`;
+    case 'parentIndex':
+      return `parent interface ${f.found ?? 'unset'} != ${f.want}`;
+    case 'learning':
+      return 'learning is on';
+    case 'mac':
+      return `MAC ${f.found} != ${f.want}`;
+  }
   return undefined;
 }
 

@@ -1,18 +1,18 @@
 /**
- * Admission to one netlink socket: up to `limit` shared holders at once (peer programming:
+ * The lock on one netlink socket: up to `limit` shared holders at once (peer programming:
  * independent requests, each matched to its ack by sequence number), or one exclusive holder
  * (a dump, which must not interleave with other replies on the same socket, or a device
  * repair that changes the index every peer entry hangs off). Waiters are admitted in arrival
  * order, so a dump is not starved by a stream of peer updates, nor the other way round.
  */
-export class Gate {
+export class SocketLock {
   readonly #limit: number;
   #active = 0;
   #exclusive = false;
   readonly #waiting: Array<{ exclusive: boolean; go: () => void }> = [];
 
   constructor(limit: number) {
-    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`gate limit must be a positive integer, got ${limit}`);
+    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`socket lock limit must be a positive integer, got ${limit}`);
     this.#limit = limit;
   }
 
@@ -22,18 +22,17 @@ export class Gate {
   }
 
   /** Runs `fn` alongside at most `limit - 1` other shared holders. */
-  async shared<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#enter(false);
-    try {
-      return await fn();
-    } finally {
-      this.#leave();
-    }
+  shared<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#hold(false, fn);
   }
 
   /** Runs `fn` alone. */
-  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#enter(true);
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#hold(true, fn);
+  }
+
+  async #hold<T>(exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+    await this.#enter(exclusive);
     try {
       return await fn();
     } finally {
