@@ -159,13 +159,17 @@ test('get nodes: table, wide, json and yaml from the leases', async (t) => {
   t.regex(wide.stdout.split('\n')[0]!, /VNI\s+BACKEND\s+VTEP IP\s+ETCD LEASE\s+REVISION/);
   t.regex(wide.stdout, /198\.18\.2\.0\/24.*\s1\s+vxlan\s+198\.18\.2\.0\s+[0-9a-f]+\s+\d+/);
 
+  // A kubectl-style list, as `kubectl get -o json` prints one.
   const json = JSON.parse((await weftctl(['get', 'nodes', '-o', 'json'], env)).stdout);
-  t.is(json.nodes.length, 2);
-  t.like(json.nodes[0], { publicIP: '198.51.100.12', subnet: '198.18.2.0/24', vtepMAC: '0a:00:00:00:00:02', vni: 1, vtepIP: '198.18.2.0' });
-  t.true(json.nodes[0].expiresInSeconds > 3500 && json.nodes[0].expiresInSeconds <= 3600);
+  t.deepEqual(Object.keys(json), ['apiVersion', 'kind', 'items']);
+  t.like(json, { apiVersion: 'v1', kind: 'List' });
+  t.is(json.items.length, 2);
+  t.like(json.items[0], { publicIP: '198.51.100.12', subnet: '198.18.2.0/24', vtepMAC: '0a:00:00:00:00:02', vni: 1, vtepIP: '198.18.2.0' });
+  t.true(json.items[0].expiresInSeconds > 3500 && json.items[0].expiresInSeconds <= 3600);
   const yaml = parseYaml((await weftctl(['get', 'nodes', '-o', 'yaml'], env)).stdout);
+  t.like(yaml, { apiVersion: 'v1', kind: 'List' });
   t.deepEqual(
-    yaml.nodes.map((n: { subnet: string }) => n.subnet),
+    yaml.items.map((n: { subnet: string }) => n.subnet),
     ['198.18.2.0/24', '198.18.10.0/24'],
   );
   const bad = await weftctl(['get', 'nodes', '-o', 'xml'], env);
