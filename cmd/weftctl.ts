@@ -21,7 +21,7 @@ function interrupted(): AbortSignal {
 async function main(argv: string[]): Promise<number> {
   const line = parseCommandLine(argv);
   return await runCommand(line, {
-    openSource: () => openSource(line.flags, process.env),
+    openSource: () => openSource(line.flags, { env: process.env, note: (msg) => process.stderr.write(`weftctl: ${msg}\n`) }),
     out: (text) => process.stdout.write(text),
     interrupted,
     env: process.env,

@@ -8,8 +8,12 @@ import type { StatusSource } from '../status/model.ts';
 import { DEFAULT_ETCD_PREFIX, EtcdSubnetManager } from '../subnet/etcd.ts';
 import { intFlag, type Flags } from './args.ts';
 
-/** Opens the source; nothing is dialled until the first call. */
-export function openSource(flags: Flags, env: NodeJS.ProcessEnv): StatusSource {
+/**
+ * Opens the source; nothing is dialled until the first call. `note` gets what an operator should
+ * see beside the output: a watch re-listing after a compaction or reconnect, unreadable leases.
+ */
+export function openSource(flags: Flags, opts: { env: NodeJS.ProcessEnv; note?: (msg: string) => void }): StatusSource {
+  const env = opts.env;
   const endpoints = (flags['etcd-endpoints'] ?? env.WEFTD_ETCD_ENDPOINTS ?? 'http://127.0.0.1:2379')
     .split(',')
     .map((s) => s.trim())
@@ -26,6 +30,9 @@ export function openSource(flags: Flags, env: NodeJS.ProcessEnv): StatusSource {
     certfile: flags['etcd-certfile'] ?? env.WEFTD_ETCD_CERTFILE,
     keyfile: flags['etcd-keyfile'] ?? env.WEFTD_ETCD_KEYFILE,
     callTimeoutMs: timeout * 1000,
+    log: (level, msg) => {
+      if (level !== 'debug') opts.note?.(msg);
+    },
   });
   return new EtcdStatusSource(mgr, { endpoints });
 }

@@ -221,7 +221,7 @@ function watchNodes(prefix: string) {
   /** Waits for `n` events in all; undefined when they do not come. */
   const first = (n: number, timeoutMs = 20_000) => eventually(() => (events().length >= n ? events() : undefined), timeoutMs);
   const output = () => `stdout:\n${stdout}\nstderr:\n${stderr}\nexit: ${exit}`;
-  return { child, closed, events, first, output, running: () => exit === undefined };
+  return { child, closed, events, first, output, stderr: () => stderr, running: () => exit === undefined };
 }
 
 test('get nodes --watch streams added, modified and deleted leases', async (t) => {
@@ -277,6 +277,8 @@ test.serial('get nodes --watch keeps printing changes across an etcd compaction'
     ['ADDED 198.18.8.0/24 198.51.100.18', 'DELETED 198.18.6.0/24 198.51.100.16', 'MODIFIED 198.18.7.0/24 198.51.100.27'],
     w.output(),
   );
+  // The operator is told why, beside the output.
+  t.regex(w.stderr(), /^weftctl: lease watch: .*; re-listing$/m);
 
   // The watch goes on after the re-list; a compaction while it is live changes nothing.
   await putLease(p, '198.18.9.0/24', '198.51.100.19', '0a:00:00:00:00:09');
