@@ -51,9 +51,6 @@ const options = {
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
 
-/** The parsed flags, as node:util's parseArgs returns them. */
-export type Flags = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true; strict: true }>>['values'];
-
 /** The commands weftctl knows, by their words on the command line. */
 export const VERBS = ['network init', 'get network', 'get nodes', 'describe node', 'check', 'version', 'help'] as const;
 export type Verb = (typeof VERBS)[number];
@@ -68,15 +65,20 @@ export interface CommandLine {
   unasked?: boolean;
 }
 
-/** Parses `argv` (without node and script) into a {@link CommandLine}. */
-export function parseCommandLine(argv: string[]): CommandLine {
-  let parsed;
+function parseFlags(argv: string[]) {
   try {
-    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    return parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const { values: flags, positionals: pos } = parsed;
+}
+
+/** The parsed flags, as node:util's parseArgs returns them. */
+export type Flags = ReturnType<typeof parseFlags>['values'];
+
+/** Parses `argv` (without node and script) into a {@link CommandLine}. */
+export function parseCommandLine(argv: string[]): CommandLine {
+  const { values: flags, positionals: pos } = parseFlags(argv);
   if (flags.help || pos.length === 0) return { verb: 'help', flags, unasked: !flags.help };
   const [cmd, sub, arg] = pos;
   // `get node` is kubectl's singular; `check` and `version` take no noun.

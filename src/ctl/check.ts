@@ -18,12 +18,7 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
   const { nodes } = await ctx.source.listNodes();
   const device = ctx.flags.device ?? `flannel.${config.backend.vni}`;
   const nl = openNetlink();
-  let kernel;
-  try {
-    kernel = await readKernelState(nl, device, subnetFile);
-  } finally {
-    nl.close();
-  }
+  const kernel = await readKernelState(nl, device, subnetFile).finally(() => nl.close());
   const report = compareState({ kernel, leases: nodes, config, device, subnetFile, publicIP: ctx.flags['public-ip'] });
   ctx.out(renderCheck(report, format));
   return report.consistent ? 0 : 1;
