@@ -150,6 +150,20 @@ test.serial('drift (a rule deleted, the table deleted) is noticed and repaired b
   t.is((await topo.request(topo.client, { host: A, port: 80 }))[0]!.reply, 'pod-3 198.18.0.10');
 });
 
+test.serial('readBack "full": after a partial sync the next check re-baselines, later drift is seen', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns, readBack: 'full' });
+  t.is((await syncer.sync(state({ g: [A, [{ ip: P1 }, { ip: P2 }]] }))).mode, 'full');
+  t.false(await syncer.drifted());
+  t.is((await syncer.sync(state({ g: [A, [{ ip: P1 }]] }))).mode, 'partial');
+  t.false(await syncer.drifted(), 'baseline taken');
+  t.false(await syncer.drifted());
+  const chain = [...listing().chains].find((c) => c.startsWith('svc-') && c.includes('/g/tcp/'))!;
+  topo.nsh(topo.node, '/usr/sbin/nft', ['flush', 'chain', 'ip', 'weft-proxy', chain]);
+  t.true(await syncer.drifted());
+  t.is((await syncer.sync(state({ g: [A, [{ ip: P1 }]] }))).mode, 'full');
+  t.is((await topo.request(topo.client, { host: A, port: 80 }))[0]!.reply, 'pod-1 198.18.0.10');
+});
+
 test.serial('a failed partial sync leaves the kernel as it was and the next sync is full', async (t) => {
   const syncer = new ProxySyncer({ netns: topo.nodeNetns });
   await syncer.sync(state({ f: [A, [{ ip: P1 }, { ip: P2 }]] }));
