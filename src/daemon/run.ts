@@ -94,7 +94,14 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     const config = await retrying('network config', () => manager.getConfig(), { ...step, policy: retry.config });
     if (!config) return;
     log.info(`network ${formatCIDR(config.network)}, /${config.subnetLen} per node, vxlan VNI ${config.backend.vni} port ${config.backend.port}`);
-    const { external, network } = await openBackend(config, { nl, open: deps.openBackend, iface: opts.iface, publicIP: opts.publicIP, log, onRepair: () => metrics.repairs.inc() });
+    const { external, network } = await openBackend(config, {
+      nl,
+      open: deps.openBackend,
+      iface: opts.iface,
+      publicIP: opts.publicIP,
+      log,
+      onRepair: () => metrics.repairs.inc(),
+    });
 
     const leaseCtx = {
       manager,

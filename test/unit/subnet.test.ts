@@ -197,7 +197,7 @@ test('renewer: renews at expiry - margin with an injected clock, retries failure
   await clock.advance(ttl - margin);
   t.is(calls.length, 2);
   await clock.advance(1000);
-  t.is(calls.length, 3, 'retried after retryMs');
+  t.is(calls.length, 3, "retried after the policy's delay");
   fail = false;
   await clock.advance(1000);
   t.is(calls.length, 4);
