@@ -63,6 +63,7 @@ export class LeaseTracker {
   resync(listed: Lease[], revision: string): LeaseEvent[] {
     const at = BigInt(revision);
     const events: LeaseEvent[] = [];
+    // Changed here means newer: a revision the watch has not delivered, whatever the attributes.
     const diff = diffLeases(this.#live.values(), listed, { same: (known, l) => rev(known.modRevision) >= rev(l.modRevision) });
     const newer = new Set([...diff.added, ...diff.changed.map((c) => c.after)]);
     for (const l of listed.filter((x) => newer.has(x))) {
