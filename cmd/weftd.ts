@@ -1,15 +1,18 @@
 /**
  * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the etcd subnet
- * manager, netlink and the logger, and runs until SIGTERM/SIGINT. Exit codes: 0 after a clean
+ * manager, the VXLAN backend, netlink and the logger, and runs until SIGTERM/SIGINT. Exit codes: 0 after a clean
  * stop, 2 on bad usage, 1 on a fatal error.
  */
 import { hostname } from 'node:os';
+import { VxlanNetwork } from '../src/backend/vxlan/network.ts';
+import type { BackendFactory } from '../src/daemon/backend.ts';
 import { createLogger } from '../src/daemon/logger.ts';
 import { Metrics } from '../src/daemon/metrics.ts';
 import { errText, UsageError } from '../src/core/errors.ts';
 import { parseOptions, usage } from '../src/daemon/options.ts';
 import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
+import { setSysctl } from '../src/netns/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
 import { startCniFastpath } from '../src/fastpath/index.ts';
 
@@ -40,15 +43,15 @@ async function main(): Promise<number> {
   let manager: EtcdSubnetManager;
   try {
     manager = new EtcdSubnetManager({
-    endpoints: opts.etcdEndpoints,
-    prefix: opts.etcdPrefix,
-    cafile: opts.etcdCafile,
-    certfile: opts.etcdCertfile,
-    keyfile: opts.etcdKeyfile,
-    onError: () => metrics.etcdErrors++,
-    resyncIntervalMs: opts.resyncIntervalMs,
-    onResyncRepair: (n) => (metrics.resyncRepairs += n),
-    log: (level, msg) => log.log(level, msg),
+      endpoints: opts.etcdEndpoints,
+      prefix: opts.etcdPrefix,
+      cafile: opts.etcdCafile,
+      certfile: opts.etcdCertfile,
+      keyfile: opts.etcdKeyfile,
+      onError: () => metrics.etcdErrors.inc(),
+      resyncIntervalMs: opts.resyncIntervalMs,
+      onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
+      log,
     });
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);
@@ -57,6 +60,24 @@ async function main(): Promise<number> {
   const nl = openNetlink();
   // A second socket for reconcile's dumps, so they never hold up programming a new peer.
   const dumpNl = openNetlink();
+  // Pods' traffic is routed through this host; then flannel's VXLAN device: flannel.<VNI>, 50
+  // bytes below the underlay MTU for the encapsulation.
+  const openBackend: BackendFactory = (config, { external, onRepair }) => {
+    setSysctl('net.ipv4.ip_forward', '1');
+    return VxlanNetwork.open(nl, {
+      device: {
+        name: `flannel.${config.backend.vni}`,
+        vni: config.backend.vni,
+        port: config.backend.port,
+        local: external.ip,
+        parentIndex: external.link.index,
+        mtu: external.link.mtu - 50,
+      },
+      log,
+      dumpNl,
+      onRepair,
+    });
+  };
   log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
@@ -68,7 +89,7 @@ async function main(): Promise<number> {
     );
   }
   try {
-    await runDaemon(opts, { nl, dumpNl, manager, log, metrics, signal: ac.signal });
+    await runDaemon(opts, { nl, manager, openBackend, log, metrics, signal: ac.signal });
     return 0;
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);

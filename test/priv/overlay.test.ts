@@ -53,6 +53,10 @@ test.serial('each node has neighbor, FDB entry and onlink route for every peer, 
     t.is((await cluster.topo.http(n, '/healthz')).status, 200);
     t.is(await cluster.metric(n, 'weftd_peers'), 2);
     t.true((await cluster.metric(n, 'weftd_lease_expiry_seconds')) > 0);
+    t.is(await cluster.metric(n, 'weftd_ready'), 1);
+    // prom-client's default process and event-loop metrics come along.
+    t.true((await cluster.metric(n, 'process_resident_memory_bytes')) > 0);
+    t.true((await cluster.metric(n, 'nodejs_eventloop_lag_seconds')) >= 0);
   }
   const leases = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
   t.is(leases.size, 3);

@@ -1,12 +1,6 @@
 import test from 'ava';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { parseCIDR } from '../../src/ip/ipv4.ts';
-import { Metrics } from '../../src/daemon/metrics.ts';
 import { envName, parseDuration, parseOptions, usage, UsageError } from '../../src/daemon/options.ts';
 import { parseListenAddr } from '../../src/daemon/server.ts';
-import { formatSubnetFile, readPreviousSubnet, writeSubnetFile } from '../../src/daemon/subnetfile.ts';
 import { errText } from '../../src/core/errors.ts';
 
 test('options: defaults', (t) => {
@@ -105,36 +99,6 @@ test('durations', (t) => {
   t.is(parseDuration('90', 'x'), 90_000);
   t.is(parseDuration('500ms', 'x'), 500);
   t.is(parseDuration('1.5m', 'x'), 90_000);
-});
-
-test('subnet file: flannel\'s variables, written atomically, previous subnet read back', (t) => {
-  const c = { network: parseCIDR('10.244.0.0/16'), subnet: parseCIDR('10.244.7.0/24'), mtu: 1450, ipMasq: true };
-  t.is(formatSubnetFile(c), 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n');
-  const dir = mkdtempSync(join(tmpdir(), 'weft-sf-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'sub', 'subnet.env');
-  t.is(readPreviousSubnet(file), undefined);
-  writeSubnetFile(file, c);
-  t.is(readFileSync(file, 'utf8'), formatSubnetFile(c));
-  t.deepEqual(readdirSync(join(dir, 'sub')), ['subnet.env'], 'no temp file left behind');
-  t.deepEqual(readPreviousSubnet(file), parseCIDR('10.244.7.0/24'));
-});
-
-test('metrics: Prometheus text with the four required families', (t) => {
-  const m = new Metrics();
-  m.peers = 3;
-  m.leaseExpiresAt = 100_000;
-  m.etcdErrors = 2;
-  m.repairs = 5;
-  m.resyncRepairs = 4;
-  const text = m.render(40_000);
-  t.regex(text, /^# TYPE weftd_peers gauge\nweftd_peers 3$/m);
-  t.regex(text, /^weftd_lease_expiry_seconds 60$/m);
-  t.regex(text, /^weftd_lease_expiry_timestamp_seconds 100$/m);
-  t.regex(text, /^# TYPE weftd_etcd_errors_total counter\nweftd_etcd_errors_total 2$/m);
-  t.regex(text, /^weftd_reconcile_repairs_total 5$/m);
-  t.regex(text, /^# TYPE weftd_watch_resync_repairs_total counter\nweftd_watch_resync_repairs_total 4$/m);
-  t.regex(text, /^weftd_ready 0$/m);
 });
 
 test('listen address and error text helpers', (t) => {
