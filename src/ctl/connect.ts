@@ -30,8 +30,11 @@ export function openSource(flags: Flags, opts: { env: NodeJS.ProcessEnv; note?: 
     certfile: flags['etcd-certfile'] ?? env.WEFTD_ETCD_CERTFILE,
     keyfile: flags['etcd-keyfile'] ?? env.WEFTD_ETCD_KEYFILE,
     callTimeoutMs: timeout * 1000,
-    log: (level, msg) => {
-      if (level !== 'debug') opts.note?.(msg);
+    log: {
+      error: (msg: string) => opts.note?.(msg),
+      warn: (msg: string) => opts.note?.(msg),
+      info: (msg: string) => opts.note?.(msg),
+      debug: () => undefined,
     },
   });
   return new EtcdStatusSource(mgr, { endpoints });
