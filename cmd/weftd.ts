@@ -4,6 +4,7 @@
  * stop, 2 on bad usage, 1 on a fatal error.
  */
 import { hostname } from 'node:os';
+import { expectedDevice } from '../src/backend/vxlan/expected.ts';
 import { VxlanNetwork } from '../src/backend/vxlan/network.ts';
 import type { BackendFactory } from '../src/daemon/backend.ts';
 import { createLogger } from '../src/daemon/logger.ts';
@@ -60,19 +61,12 @@ async function main(): Promise<number> {
   const nl = openNetlink();
   // A second socket for reconcile's dumps, so they never hold up programming a new peer.
   const dumpNl = openNetlink();
-  // Pods' traffic is routed through this host; then flannel's VXLAN device: flannel.<VNI>, 50
-  // bytes below the underlay MTU for the encapsulation.
+  // Pods' traffic is routed through this host; then flannel's VXLAN device (expected.ts says
+  // what it must look like: flannel.<VNI>, the underlay MTU less the encapsulation).
   const openBackend: BackendFactory = (config, { external, onRepair }) => {
     setSysctl('net.ipv4.ip_forward', '1');
     return VxlanNetwork.open(nl, {
-      device: {
-        name: `flannel.${config.backend.vni}`,
-        vni: config.backend.vni,
-        port: config.backend.port,
-        local: external.ip,
-        parentIndex: external.link.index,
-        mtu: external.link.mtu - 50,
-      },
+      device: expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }),
       log,
       dumpNl,
       onRepair,

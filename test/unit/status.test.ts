@@ -4,7 +4,8 @@
  */
 import test from 'ava';
 import { readFileSync } from 'node:fs';
-import { compareState, parseSubnetEnv, type KernelState } from '../../src/status/check.ts';
+import { compareState, type KernelState } from '../../src/status/check.ts';
+import { parseSubnetEnvVars } from '../../src/core/subnetenv.ts';
 import { NodeEvents } from '../../src/ctl/watch.ts';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { nodeFromLease } from '../../src/status/collect.ts';
@@ -108,7 +109,7 @@ function healthyKernel(): KernelState {
     neighs: [{ index: 5, ip: '198.18.2.0', mac: '0a:00:00:00:00:02', permanent: true }],
     fdbs: [{ index: 5, mac: '0a:00:00:00:00:02', dst: '198.51.100.12' }],
     routes: [{ dst: '198.18.2.0/24', gateway: '198.18.2.0', index: 5, onlink: true }],
-    subnetFile: parseSubnetEnv('FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n'),
+    subnetFile: Object.fromEntries(parseSubnetEnvVars('FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n')),
   };
 }
 
