@@ -1,10 +1,7 @@
 /**
  * Child process for the kube subnet manager's privileged tests (not a test file itself). The
  * tests run it with `nsenter --net=<namespace>` so that every socket it opens lives on the test
- * underlay, never in the root namespace. Two modes:
- *
- *   kube-driver.ts serve --etcd URL --host IP --port N
- *     runs the lab API server (lab/apiserver) in this namespace; prints `{"url":..}` once up.
+ * underlay, never in the root namespace.
  *
  *   kube-driver.ts drive --server URL --node NAME --net-conf PATH [--etcd URL]
  *     a KubeSubnetManager, driven by JSON lines on stdin `{"id":1,"op":"acquire",...}` and
@@ -29,8 +26,6 @@ const { positionals, values } = parseArgs({
   allowPositionals: true,
   options: {
     etcd: { type: 'string' },
-    host: { type: 'string' },
-    port: { type: 'string' },
     server: { type: 'string' },
     node: { type: 'string' },
     'net-conf': { type: 'string' },
@@ -40,15 +35,6 @@ const { positionals, values } = parseArgs({
 
 const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const leaseJson = (l: Lease) => ({ subnet: formatCIDR(l.subnet), publicIP: l.publicIP, backendType: l.backendType, backendData: l.backendData, expiresAt: l.expiresAt });
-
-async function serve(): Promise<void> {
-  const { startApiServer } = await import('../../lab/apiserver/server.ts');
-  const srv = await startApiServer({ host: values.host!, port: Number(values.port ?? 0), etcd: [values.etcd!], serviceClusterIPRange: '198.19.0.0/24' });
-  out({ url: srv.url });
-  const stop = () => srv.close().finally(() => process.exit(0));
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-}
 
 async function drive(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'weft-kube-driver-'));
@@ -63,9 +49,10 @@ async function drive(): Promise<void> {
     nodeName: values.node!,
     netConfPath: values['net-conf'],
     annotationPrefix: values.prefix,
-    // Short backoffs and polls so outages heal within a test's patience.
+    // Short backoffs so outages heal within a test's patience; a long podCIDR re-read interval
+    // so a test can tell the watch picked the podCIDR up.
     restartBackoffMs: { min: 200, max: 1000 },
-    podCIDRPollMs: 5000,
+    podCIDRPollMs: 60_000,
     log: { error: emitLog('error'), warn: emitLog('warn'), info: emitLog('info'), debug: emitLog('debug') },
     onMalformedNode: (node, why) => out({ event: 'malformed', node, why }),
     onUnannotatedNodes: (count) => out({ event: 'pending', count }),
@@ -147,9 +134,8 @@ async function drive(): Promise<void> {
   rl.on('close', () => process.exit(0));
 }
 
-if (positionals[0] === 'serve') await serve();
-else if (positionals[0] === 'drive') await drive();
+if (positionals[0] === 'drive') await drive();
 else {
-  process.stderr.write('usage: kube-driver.ts serve|drive ...\n');
+  process.stderr.write('usage: kube-driver.ts drive --server URL --node NAME --net-conf PATH [--etcd URL]\n');
   process.exit(2);
 }
