@@ -325,8 +325,9 @@ export class KubeSubnetManager implements SubnetManager {
       if (!synced) {
         synced = true;
         handler.snapshot(table.leases());
-      } else if (events.length) {
-        log.info(`node list: ${events.length} change(s) since the watch stopped`);
+      } else {
+        // Only after 410 Gone (or a failed list): worth a line, with what the watch had missed.
+        log.info(`node list: re-listed ${list.items.length} node(s), ${events.length} change(s) since the watch stopped`);
         emit(events);
       }
       return list;
