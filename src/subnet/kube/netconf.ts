@@ -23,7 +23,11 @@ export function loadNetConf(path: string = DEFAULT_NET_CONF_PATH): NetworkConfig
       if (size > MAX_NET_CONF_BYTES) throw new ConfigError(`network config "${path}" is ${size} bytes (at most ${MAX_NET_CONF_BYTES})`);
       const buf = Buffer.alloc(Math.min(size, MAX_NET_CONF_BYTES) + 1);
       let n = 0;
-      for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0; ) n += r;
+      while (n < buf.length) {
+        const r = readSync(fd, buf, n, buf.length - n, null);
+        if (r <= 0) break;
+        n += r;
+      }
       if (n > MAX_NET_CONF_BYTES) throw new ConfigError(`network config "${path}" is larger than ${MAX_NET_CONF_BYTES} bytes`);
       text = buf.subarray(0, n).toString('utf8');
     } finally {
