@@ -4,8 +4,8 @@
  * share a cluster.
  *
  * - Config: net-conf.json (src/subnet/kube/netconf.ts), not the API.
- * - Lease: our Node's `spec.podCIDR`; nothing to renew (the lease reports an expiry 24 h ahead
- *   so the daemon's renewer stays idle). Not assigned yet: one log line naming the likely
+ * - Lease: our Node's `spec.podCIDR`; it never expires (`expiresAt` undefined: the daemon's
+ *   renewer only runs when kicked, and renewing is a no-op). Not assigned yet: one log line naming the likely
  *   cause, then the Node is watched until it appears. Outside Network: {@link PodCIDRError}.
  * - Publishing: our attributes go into annotations with one strategic-merge PATCH of only the
  *   changed keys, on `nodes/<name>/status` as flannel does (so RBAC needs nodes/status patch and
@@ -13,7 +13,9 @@
  *   later, the watch notices and writes them back.
  * - Peers: a Node informer (client-node's ListWatch: list, watch from its resourceVersion,
  *   relist on 410). It stops on any other error, so we restart it with backoff; it keeps its
- *   resourceVersion, so a restarted watch resumes where it stopped. Every listing (first and
+ *   resourceVersion, so a restarted watch resumes where it stopped. Its watch asks for
+ *   bookmarks (client-node does not), so in a quiet cluster the resourceVersion it reconnects
+ *   with (every 30 s of silence) stays recent and does not turn into a 410 and a full relist. Every listing (first and
  *   after 410) goes through the peer table (src/subnet/kube/table.ts), which turns it into the
  *   events the watch would have delivered: nothing is missed across a relist.
  * - Ready: NetworkUnavailable=False (reason WeftIsUp) via strategic-merge PATCH on the status.
@@ -21,7 +23,7 @@
  * Concurrency: informer callbacks run on the event loop one at a time; the peer table is only
  * touched from them. Own-annotation repairs are serialized through one promise chain.
  */
-import { makeInformer, Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
+import { ListWatch, Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { errText } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
@@ -42,9 +44,6 @@ import {
 } from './annotations.ts';
 import { DEFAULT_NET_CONF_PATH, loadNetConf } from './netconf.ts';
 import { NodeLeaseTable } from './table.ts';
-
-/** What the daemon reports as our lease's lifetime; the lease never really expires. */
-const LEASE_HORIZON_MS = 24 * 3_600_000;
 
 /** Our podCIDR cannot be used (outside Network, not a CIDR); retrying will not fix it. */
 export class PodCIDRError extends Error {
@@ -79,6 +78,13 @@ export interface KubeSubnetManagerOptions {
   onUnannotatedNodes?: (count: number) => void;
   /** Every failed API call or watch (metrics). */
   onError?: (err: unknown) => void;
+}
+
+/** client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion). */
+class BookmarkWatch extends Watch {
+  override watch(path: string, params: Record<string, string | number | boolean | undefined>, cb: (phase: string, obj: any, w?: any) => void, done: (err: any) => void) {
+    return super.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
+  }
 }
 
 export class KubeSubnetManager implements SubnetManager {
@@ -173,7 +179,7 @@ export class KubeSubnetManager implements SubnetManager {
     }
     const publicIP = await this.#publish(node, attrs);
     this.#own = { subnet, attrs };
-    return { subnet, publicIP, backendType: attrs.backendType, backendData: attrs.backendData, expiresAt: this.#clock.now() + LEASE_HORIZON_MS };
+    return { subnet, publicIP, backendType: attrs.backendType, backendData: attrs.backendData };
   }
 
   /** Patches our annotations where they differ from `attrs`; returns the public IP peers use. */
@@ -253,9 +259,9 @@ export class KubeSubnetManager implements SubnetManager {
     });
   }
 
-  /** Nothing to renew: the podCIDR belongs to the Node. Reports the next nominal expiry. */
+  /** Nothing to renew: the podCIDR belongs to the Node for its lifetime. */
   async renewLease(lease: Lease, _attrs: LeaseAttrs, _opts: { ttlSeconds: number }): Promise<Lease> {
-    return { ...lease, expiresAt: this.#clock.now() + LEASE_HORIZON_MS };
+    return lease;
   }
 
   /** Sets NetworkUnavailable=False (reason WeftIsUp) on our Node, unless turned off. */
@@ -332,7 +338,7 @@ export class KubeSubnetManager implements SubnetManager {
       }
       return list;
     };
-    const informer = makeInformer<V1Node>(this.#opts.kc, '/api/v1/nodes', listFn);
+    const informer = new ListWatch<V1Node>('/api/v1/nodes', new BookmarkWatch(this.#opts.kc), listFn, false);
     let failed: unknown;
     const onChange = (n: V1Node) => {
       if (own(n)) this.#ownNodeChanged(n);
