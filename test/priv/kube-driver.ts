@@ -9,6 +9,9 @@
  *     metric hooks arrive as `{"event":"snapshot"|"put"|"delete"|"log"|"malformed"|"pending",..}`.
  *     `api` performs a raw HTTP request against the server (the test's kubectl), `compact`
  *     compacts etcd up to its current revision (to force 410 Gone on old resourceVersions).
+ *     `up` is weftd's kube-mode start-up in miniature on the real VXLAN backend: the device is
+ *     created with the MAC from our annotation (previousVtepMAC), the lease is the podCIDR, the
+ *     watch drives the backend, then ready(). It is how the daemon is meant to use the manager.
  */
 import { createInterface } from 'node:readline';
 import { writeFileSync, mkdtempSync } from 'node:fs';
@@ -20,6 +23,8 @@ import { formatCIDR, parseCIDR } from '../../src/ip/ipv4.ts';
 import { loadKubeConfig } from '../../src/kube/client.ts';
 import { KubeSubnetManager } from '../../src/subnet/kube/index.ts';
 import type { Lease } from '../../src/subnet/lease.ts';
+import { VxlanNetwork } from '../../src/backend/vxlan/network.ts';
+import { openNetlink } from '../../src/netlink/index.ts';
 import type { NetworkConfig } from '../../src/subnet/config.ts';
 
 const { positionals, values } = parseArgs({
@@ -86,6 +91,30 @@ async function drive(): Promise<void> {
       return true;
     },
     list: async () => (await manager.listLeases()).leases.map(leaseJson),
+    up: async (req) => {
+      const cfg = config ?? (await manager.getConfig());
+      const nl = openNetlink();
+      const parent = await nl.linkByName(req.iface);
+      const reuse = await manager.previousVtepMAC(cfg.backend.vni);
+      const silent = { error() {}, warn() {}, info() {}, debug() {} };
+      const network = await VxlanNetwork.open(nl, {
+        device: { name: `flannel.${cfg.backend.vni}`, vni: cfg.backend.vni, port: cfg.backend.port, local: req.ip, parentIndex: parent.index, mtu: parent.mtu - 50, mac: reuse },
+        log: silent,
+      });
+      const lease = await manager.acquireLease(cfg, { publicIP: req.ip, backendType: 'vxlan', backendData: network.backendData }, { ttlSeconds: 0 });
+      await network.setSubnet(lease.subnet);
+      let synced!: () => void;
+      const first = new Promise<void>((r) => (synced = r));
+      const applied = (what: string) => () => out({ event: 'applied', what, peers: network.peerCount });
+      manager.watchLeases(watchAbort.signal, {
+        snapshot: (leases) => void network.applySnapshot(leases).then(applied('snapshot')).finally(synced),
+        event: (ev) => void (ev.type === 'put' ? network.applyPut(ev.lease) : network.applyDelete({ subnet: ev.subnet })).then(applied(ev.type)),
+      });
+      await first;
+      await network.reconcile();
+      await manager.ready({ ...lease });
+      return { ...leaseJson(lease), reusedMac: reuse ?? null, mac: (network.backendData as { VtepMAC: string }).VtepMAC };
+    },
     api: async (req) => {
       const res = await fetch(`${values.server}${req.path}`, {
         method: req.method ?? 'GET',

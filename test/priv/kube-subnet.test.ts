@@ -2,174 +2,26 @@
  * The kube subnet manager against the lab API server (lab/apiserver, backed by a real etcd):
  * podCIDR lease, annotations, NetworkUnavailable, the Node informer (peer add / update / delete,
  * malformed and unannotated nodes), an API server outage with a 410 relist, a node whose podCIDR
- * comes later. etcd and the API server run in a control-plane namespace on a test underlay
- * (198.51.100.0/24); the manager runs in a child process (test/priv/kube-driver.ts) inside a node
- * namespace, so no socket is opened in the root namespace.
+ * comes later. See kube-env.ts for the namespaces: nothing runs in the root namespace.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import test from 'ava';
-import { EtcdServer, killAndWait } from '../../lab/etcd.ts';
-import { eventually, Scope, sh } from '../helpers/netns.ts';
+import { killAndWait } from '../../lab/etcd.ts';
+import { eventually } from '../helpers/netns.ts';
+import { API_PORT, KubeLab, P, peerNode, type Msg } from './kube-env.ts';
 
-const CP_IP = '198.51.100.2';
 const NODE_IP = '198.51.100.11';
-const API_PORT = 6443;
-const P = 'flannel.alpha.coreos.com/';
-const DRIVER = new URL('./kube-driver.ts', import.meta.url).pathname;
-const API_MAIN = new URL('../../lab/apiserver/main.ts', import.meta.url).pathname;
 
-type Msg = Record<string, any>;
-
-/** One kube-driver.ts process and its message stream. */
-class Driver {
-  readonly child: ChildProcess;
-  readonly messages: Msg[] = [];
-  #next = 1;
-  readonly #waiting = new Map<number, (m: Msg) => void>();
-  stderr = '';
-
-  constructor(netns: string, args: string[]) {
-    this.child = spawn('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, DRIVER, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    this.child.stderr!.on('data', (d) => (this.stderr = (this.stderr + d).slice(-8000)));
-    createInterface({ input: this.child.stdout! }).on('line', (line) => {
-      let m: Msg;
-      try {
-        m = JSON.parse(line);
-      } catch {
-        return;
-      }
-      this.messages.push(m);
-      if (typeof m.id === 'number') this.#waiting.get(m.id)?.(m);
-    });
-  }
-
-  /** Sends one request; resolves with its answer (`ok`, `result` / `error`). */
-  request(op: string, args: Msg = {}, timeoutMs = 30_000): Promise<Msg> {
-    const id = this.#next++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`driver op ${op} timed out; stderr: ${this.stderr}`)), timeoutMs);
-      this.#waiting.set(id, (m) => {
-        clearTimeout(timer);
-        this.#waiting.delete(id);
-        resolve(m);
-      });
-      this.child.stdin!.write(`${JSON.stringify({ id, op, ...args })}\n`);
-    });
-  }
-
-  async call(op: string, args: Msg = {}, timeoutMs?: number): Promise<any> {
-    const m = await this.request(op, args, timeoutMs);
-    if (!m.ok) throw new Error(`${op}: ${m.error}`);
-    return m.result;
-  }
-
-  /** A raw API request (the test's kubectl). */
-  async api(method: string, path: string, body?: unknown, contentType?: string): Promise<{ status: number; body: any }> {
-    return this.call('api', { method, path, body, contentType });
-  }
-
-  events(kind: string): Msg[] {
-    return this.messages.filter((m) => m.event === kind);
-  }
-
-  /** Waits for a message after index `from` that satisfies `pred`. */
-  async waitFor(pred: (m: Msg) => boolean, opts: { from?: number; timeoutMs?: number } = {}): Promise<Msg | undefined> {
-    let found: Msg | undefined;
-    await eventually(() => (found = this.messages.slice(opts.from ?? 0).find(pred)), opts.timeoutMs ?? 15_000, 50);
-    return found;
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    if (this.child.pid) await killAndWait(this.child.pid, 'SIGKILL', { graceMs: 5000 });
-  }
-}
-
-interface Env {
-  scope: Scope;
-  cp: string;
-  nodeNs: string;
-  dir: string;
-  etcd: EtcdServer;
-  netConf: string;
-  apiPid?: number;
-}
-
-let env: Env;
-
-/** Starts the lab API server in the control-plane namespace on `port`; its stderr lines go to `log`. */
-async function startApi(port: number, opts: { args?: string[]; log?: string[] } = {}): Promise<number> {
-  const args = [API_MAIN, '--listen', `${CP_IP}:${port}`, '--etcd', env.etcd.endpoint, '--log-level', 'warn', ...(opts.args ?? [])];
-  const child = spawn('nsenter', [`--net=/run/netns/${env.cp}`, '--', process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  createInterface({ input: child.stderr! }).on('line', (line) => {
-    err = `${err}${line}\n`.slice(-4000);
-    opts.log?.push(line);
-  });
-  env.scope.defer(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`API server did not start: ${err}`)), 30_000);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (!/listening on/.test(line)) return;
-      clearTimeout(timer);
-      resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`API server exited (${code}): ${err}`)));
-  });
-  return child.pid!;
-}
-
-function driver(node: string): Driver {
-  const d = new Driver(env.nodeNs, ['drive', '--server', `http://${CP_IP}:${API_PORT}`, '--node', node, '--net-conf', env.netConf, '--etcd', env.etcd.endpoint]);
-  env.scope.defer(() => d.stop());
-  return d;
-}
+let lab: KubeLab;
+const driver = (node: string) => lab.driver(node, { in: 'kn' });
 
 const attrs = (mac: string, ip = NODE_IP) => ({ publicIP: ip, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: mac } });
 
-function peerNode(name: string, o: { cidr?: string; mac?: string; ip?: string; annotations?: Record<string, string> } = {}) {
-  const annotations = o.annotations ?? {
-    [`${P}kube-subnet-manager`]: 'true',
-    [`${P}backend-type`]: 'vxlan',
-    [`${P}backend-data`]: JSON.stringify({ VNI: 1, VtepMAC: o.mac ?? '0a:00:00:00:02:01' }),
-    [`${P}public-ip`]: o.ip ?? '198.51.100.12',
-  };
-  return { apiVersion: 'v1', kind: 'Node', metadata: { name, annotations }, spec: o.cidr === undefined ? {} : { podCIDR: o.cidr } };
-}
-
 test.before(async () => {
-  const scope = new Scope();
-  try {
-    const cp = scope.netns('kcp');
-    const nodeNs = scope.netns('kn');
-    sh('ip', ['-n', cp, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nodeNs]);
-    sh('ip', ['-n', cp, 'addr', 'add', `${CP_IP}/24`, 'dev', 'eth0']);
-    sh('ip', ['-n', nodeNs, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'eth0']);
-    sh('ip', ['-n', cp, 'link', 'set', 'eth0', 'up']);
-    sh('ip', ['-n', nodeNs, 'link', 'set', 'eth0', 'up']);
-    const dir = mkdtempSync(join(tmpdir(), 'weft-kube-'));
-    scope.defer(() => rmSync(dir, { recursive: true, force: true }));
-    const etcd = new EtcdServer({ netns: cp, ip: CP_IP, dataDir: join(dir, 'etcd'), logFile: join(dir, 'etcd.log') });
-    scope.defer(() => etcd.destroy());
-    await etcd.start();
-    const netConf = join(dir, 'net-conf.json');
-    writeFileSync(netConf, JSON.stringify({ Network: '198.18.0.0/16', Backend: { Type: 'vxlan', VNI: 1, Port: 8472 } }));
-    env = { scope, cp, nodeNs, dir, etcd, netConf };
-    env.apiPid = await startApi(API_PORT);
-  } catch (err) {
-    await scope.cleanup();
-    throw err;
-  }
+  lab = await KubeLab.create([{ name: 'kn', ip: NODE_IP }]);
 });
 
 test.after.always(async () => {
-  await env?.scope.cleanup();
+  await lab?.destroy();
 });
 
 test.serial('acquire: lease from podCIDR, annotations patched only when changed, MAC reuse, public-ip-overwrite, NetworkUnavailable=False', async (t) => {
@@ -335,11 +187,10 @@ test.serial('API server down, changes made elsewhere and etcd compacted: the inf
   // Our server goes away; a second one (same etcd) takes the changes, then etcd is compacted so
   // the informer's resourceVersion is gone by the time our server is back.
   const from = d.messages.length;
-  await killAndWait(env.apiPid!, 'SIGTERM');
+  await killAndWait(lab.apiPid!, 'SIGTERM');
   t.truthy(await d.waitFor((m) => m.event === 'log' && /node watch: .*restarting/.test(m.msg), { from }), 'the informer error is noticed');
-  const other = await startApi(API_PORT + 1);
-  const viaOther = new Driver(env.nodeNs, ['drive', '--server', `http://${CP_IP}:${API_PORT + 1}`, '--node', 'nobody', '--net-conf', env.netConf, '--etcd', env.etcd.endpoint]);
-  env.scope.defer(() => viaOther.stop());
+  const other = await lab.startApi(API_PORT + 1);
+  const viaOther = lab.driver('nobody', { in: 'kn', port: API_PORT + 1 });
   t.is((await viaOther.api('DELETE', '/api/v1/nodes/p1')).status, 200);
   await viaOther.api('PATCH', '/api/v1/nodes/p2', { metadata: { annotations: { [`${P}backend-data`]: '{"VNI":1,"VtepMAC":"0a:00:00:00:0c:0c"}' } } }, 'application/merge-patch+json');
   await viaOther.api('POST', '/api/v1/nodes', peerNode('p4', { cidr: '198.18.14.0/24', mac: '0a:00:00:00:0b:0e' }));
@@ -348,7 +199,7 @@ test.serial('API server down, changes made elsewhere and etcd compacted: the inf
   await viaOther.call('close');
   await killAndWait(other, 'SIGTERM');
 
-  env.apiPid = await startApi(API_PORT);
+  lab.apiPid = await lab.startApi(API_PORT);
   t.truthy(await d.waitFor((m) => m.event === 'delete' && m.subnet === '198.18.11.0/24', { from, timeoutMs: 20_000 }), 'deleted while away');
   t.truthy(await d.waitFor((m) => m.event === 'put' && m.lease.subnet === '198.18.12.0/24' && m.lease.backendData.VtepMAC === '0a:00:00:00:0c:0c', { from }), 'changed while away');
   t.truthy(await d.waitFor((m) => m.event === 'put' && m.lease.subnet === '198.18.14.0/24', { from }), 'added while away');
@@ -387,12 +238,12 @@ test.serial('API server restart without compaction: the watch resumes from its r
   await d.call('watch');
   await d.waitFor((m) => m.event === 'snapshot');
   const from = d.messages.length;
-  await killAndWait(env.apiPid!, 'SIGTERM');
+  await killAndWait(lab.apiPid!, 'SIGTERM');
   t.truthy(await d.waitFor((m) => m.event === 'log' && /node watch: .*restarting/.test(m.msg), { from }));
   // Down for several backoff rounds (200 ms doubling to 1 s in the driver).
   await new Promise((r) => setTimeout(r, 4000));
   const apiLog: string[] = [];
-  env.apiPid = await startApi(API_PORT, { args: ['--log-level', 'debug', '--bookmark-interval', '1s'], log: apiLog });
+  lab.apiPid = await lab.startApi(API_PORT, { args: ['--log-level', 'debug', '--bookmark-interval', '1s'], log: apiLog });
   t.truthy(await d.waitFor((m) => m.event === 'log' && /ok again/.test(m.msg), { from, timeoutMs: 20_000 }));
   const failures = d.messages.slice(from).filter((m) => m.event === 'log' && /node watch: .*restarting/.test(m.msg));
   t.true(failures.length <= 2, `an outage is not logged once per retry:\n${failures.map((f) => f.msg).join('\n')}`);
