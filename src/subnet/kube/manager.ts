@@ -25,10 +25,10 @@
  */
 import { ListWatch, Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
 import { systemClock, type Clock } from '../../core/clock.ts';
-import { errText } from '../../core/errors.ts';
+import { errText, markRetryable } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
 import { formatCIDR, type IPv4Net } from '../../ip/ipv4.ts';
-import { KubeNodeClient, type NodeClient } from '../../kube/client.ts';
+import { KubeApiError, KubeNodeClient, type NodeClient } from '../../kube/client.ts';
 import type { NetworkConfig } from '../config.ts';
 import type { Lease, LeaseAttrs } from '../lease.ts';
 import type { LeaseEvent, LeaseWatchHandler, SubnetManager } from '../manager.ts';
@@ -123,6 +123,10 @@ export class KubeSubnetManager implements SubnetManager {
       return await this.#client.get(this.nodeName);
     } catch (err) {
       this.#opts.onError?.(err);
+      // Our Node not registered yet (the kubelet creates it): a wait, not an operator error.
+      if (err instanceof KubeApiError && err.status === 404) {
+        throw markRetryable(new Error(`node "${this.nodeName}" is not registered with the API server (yet?); check --node-name / NODE_NAME`, { cause: err }));
+      }
       throw err;
     }
   }
