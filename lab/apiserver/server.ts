@@ -21,9 +21,10 @@ import { silentLog } from '../../src/core/log.ts';
 import { errText } from '../../src/core/errors.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
+import { openapiV3 } from './openapi.ts';
 import { checkName, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
-import { apiVersion, findResource, metadataCauses, RESOURCES, type HookContext, type ResourceDef } from './resources.ts';
+import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
 import { matches, parseSelector, type Selector } from './selectors.ts';
 import { ApiError, alreadyExists, badRequest, conflict, failure, gone, invalid, notFound, type ResourceRef } from './status.ts';
 import { Store, type KubeObject, type StoreEvent } from './store.ts';
@@ -173,6 +174,11 @@ class Api {
       }
       const doc = discovery(path);
       if (doc !== undefined) return send(res, 200, doc);
+      const oa = openapiV3(path);
+      if (oa !== undefined) {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(oa) }).end(oa);
+        return;
+      }
     }
     const target = parseTarget(path);
     if (!target) throw new ApiError(404, 'NotFound', 'the server could not find the requested resource');
@@ -186,6 +192,7 @@ class Api {
       if (method === 'GET') return this.#list(req, res, target, q);
       if (method === 'POST') {
         const body = asObject(await readBody(req, this.#cfg.maxBodyBytes));
+        checkFields(def, body, fieldValidation(q), res);
         const created = await this.create(def, namespace, body, dryRun);
         return send(res, 201, created);
       }
@@ -204,12 +211,14 @@ class Api {
       }
       case 'PUT': {
         const body = asObject(await readBody(req, this.#cfg.maxBodyBytes));
+        checkFields(def, body, fieldValidation(q), res);
         return send(res, 200, await this.#put(target, name, body, dryRun));
       }
       case 'PATCH': {
         const type = mediaType(req);
-        const raw = await readBody(req, this.#cfg.maxBodyBytes);
-        return send(res, 200, await this.#patch(target, name, { type, raw, dryRun }));
+        const raw = await readBody(req, this.#cfg.maxBodyBytes, { patch: true });
+        const fv = fieldValidation(q);
+        return send(res, 200, await this.#patch(target, name, { type, raw, dryRun, check: (o) => checkFields(def, o, fv, res) }));
       }
       case 'DELETE': {
         const raw = (await readBody(req, this.#cfg.maxBodyBytes, { optional: true })) as Json | undefined;
@@ -285,7 +294,7 @@ class Api {
     return this.#update(t, name, { dryRun, conditional: typeof rv === 'string' && rv !== '', next: () => structuredClone(body) });
   }
 
-  async #patch(t: Target, name: string, p: { type: string; raw: unknown; dryRun: boolean }): Promise<KubeObject> {
+  async #patch(t: Target, name: string, p: { type: string; raw: unknown; dryRun: boolean; check: (o: KubeObject) => void }): Promise<KubeObject> {
     const patch = p.raw as Json;
     let apply: (cur: KubeObject) => Json;
     switch (p.type) {
@@ -311,7 +320,9 @@ class Api {
       next: (cur) => {
         const out = apply(cur);
         if (typeof out !== 'object' || out === null || Array.isArray(out)) throw new PatchError('the patched object is not a JSON object');
-        return asObject(out);
+        const obj = asObject(out);
+        p.check(obj);
+        return obj;
       },
     });
   }
@@ -609,6 +620,26 @@ function checkKind(def: ResourceDef, obj: KubeObject): void {
   obj.kind = def.kind;
 }
 
+type FieldValidation = 'Strict' | 'Warn' | 'Ignore';
+
+function fieldValidation(q: URLSearchParams): FieldValidation {
+  const v = q.get('fieldValidation') ?? 'Warn';
+  if (v !== 'Strict' && v !== 'Warn' && v !== 'Ignore') throw badRequest(`fieldValidation must be one of "Strict", "Warn", "Ignore", not ${JSON.stringify(v)}`);
+  return v;
+}
+
+/**
+ * kube's server-side field validation, for the top level and metadata only: Strict refuses
+ * unknown fields (400), Warn (the default) answers with Warning headers, Ignore stays quiet.
+ */
+function checkFields(def: ResourceDef, obj: KubeObject, mode: FieldValidation, res: ServerResponse): void {
+  if (mode === 'Ignore') return;
+  const unknown = unknownFields(def, obj);
+  if (!unknown.length) return;
+  if (mode === 'Strict') throw badRequest(`strict decoding error: ${unknown.map((f) => `unknown field "${f}"`).join(', ')}`);
+  if (!res.headersSent) res.setHeader('Warning', unknown.map((f) => `299 - "unknown field \\"${f}\\""`));
+}
+
 function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {
   const strip = (o: KubeObject) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== 'metadata' && k !== 'status')) as Json;
   return deepEqual(strip(a), strip(b));
@@ -637,7 +668,7 @@ function mediaType(req: IncomingMessage): string {
 }
 
 /** The body, parsed (JSON, or YAML for application/yaml); bounded in size. */
-async function readBody(req: IncomingMessage, max: number, opts: { optional?: boolean } = {}): Promise<unknown> {
+async function readBody(req: IncomingMessage, max: number, opts: { optional?: boolean; patch?: boolean } = {}): Promise<unknown> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > max) {
     req.resume();
@@ -659,6 +690,9 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
     throw badRequest('the request body is empty');
   }
   const type = mediaType(req);
+  // Protobuf and CBOR bodies (typed clients such as `kubectl create namespace`) are not decoded here.
+  if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
+    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got "${type}")`);
   try {
     if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
     return JSON.parse(text);

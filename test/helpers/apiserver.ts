@@ -215,14 +215,18 @@ export class ControlPlane {
     return new WatchStream(this.socket, path, headers);
   }
 
-  /** Runs the real kubectl inside the namespace against this server. */
+  /** Runs the real kubectl inside the namespace against this server; its stdout. */
   async kubectl(args: string[], opts: { input?: string; timeout?: number } = {}): Promise<string> {
-    const { stdout } = await run('nsenter', [`--net=/run/netns/${this.netns}`, '--', 'kubectl', '--kubeconfig', this.kubeconfig, ...args], {
+    return (await this.kubectlRun(args, opts)).stdout;
+  }
+
+  /** Same, with stderr (warnings, -v logs). */
+  async kubectlRun(args: string[], opts: { input?: string; timeout?: number } = {}): Promise<{ stdout: string; stderr: string }> {
+    return run('nsenter', [`--net=/run/netns/${this.netns}`, '--', 'kubectl', '--kubeconfig', this.kubeconfig, ...args], {
       input: opts.input,
       timeout: opts.timeout ?? 30_000,
       env: { ...process.env, HOME: this.dir, KUBECACHEDIR: join(this.dir, 'kubecache') },
     });
-    return stdout;
   }
 
   /** Starts a long-running process inside the namespace (killed at destroy). */
