@@ -231,7 +231,7 @@ export class ControlPlane {
 
   /** Starts a long-running process inside the namespace (killed at destroy). */
   spawnInNs(cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess {
-    return this.scope.spawn('nsenter', [`--net=/run/netns/${this.netns}`, '--', cmd, ...args], { env: { ...process.env, HOME: this.dir, ...env } });
+    return this.scope.spawn('nsenter', [`--net=/run/netns/${this.netns}`, '--', cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, HOME: this.dir, ...env } });
   }
 
   async destroy(): Promise<void> {
