@@ -88,8 +88,15 @@ const nodes: ResourceDef = {
     async create(obj) {
       return { causes: nodeCauses(obj) };
     },
-    async update(obj) {
-      return { causes: nodeCauses(obj) };
+    async update(obj, old) {
+      const causes = nodeCauses(obj);
+      // The node IPAM controller sets podCIDR once; kube refuses to change it after that.
+      const was = (old.spec ?? {}) as { podCIDR?: Json; podCIDRs?: Json };
+      const now = obj.spec as { podCIDR?: Json; podCIDRs?: Json };
+      if (was.podCIDR && now.podCIDR !== was.podCIDR) causes.push({ field: 'spec.podCIDR', message: `Forbidden: node updates may not change podCIDR except from "" to valid` });
+      if (Array.isArray(was.podCIDRs) && was.podCIDRs.length && JSON.stringify(now.podCIDRs) !== JSON.stringify(was.podCIDRs))
+        causes.push({ field: 'spec.podCIDRs', message: 'Forbidden: node updates may not change podCIDR except from "" to valid' });
+      return { causes };
     },
   },
 };

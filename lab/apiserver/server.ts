@@ -182,6 +182,8 @@ class Api {
     }
     const target = parseTarget(path);
     if (!target) throw new ApiError(404, 'NotFound', 'the server could not find the requested resource');
+    // No object can have an invalid name, and names end up in etcd keys and selectors.
+    if (target.name !== undefined && checkName(target.name, 'subdomain')) throw notFound(ref(target.def, target.name));
     const q = url.searchParams;
     const dryRun = q.getAll('dryRun').includes('All');
     if (q.getAll('dryRun').some((v) => v !== 'All')) throw badRequest('dryRun may only be "All"');
@@ -415,7 +417,7 @@ class Api {
         throw conflict(ref(def, name), `Precondition failed: ResourceVersion in precondition: ${String(pre.resourceVersion)}, ResourceVersion in object meta: ${cur.rev}`);
       const details = { name, ...(def.group ? { group: def.group } : {}), kind: def.resource, uid: String(cur.obj.metadata.uid) };
       if (o.dryRun) return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
-      if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden' as never, `namespaces "${name}" is forbidden: this namespace may not be deleted`);
+      if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`);
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
@@ -441,6 +443,9 @@ class Api {
     const exact = q.get('resourceVersionMatch') === 'Exact';
     if (exact && (rv === undefined || rv === 0n)) throw badRequest('resourceVersionMatch "Exact" needs a non-zero resourceVersion');
     const listing = await this.#store.list(this.#store.dir(def, t.namespace), { atRevision: exact ? rv : undefined });
+    // kube's watch cache answers a version it has not reached yet with 504 (client-go retries).
+    if (rv !== undefined && rv > listing.rev)
+      throw new ApiError(504, 'Timeout', `Too large resource version: ${rv}, current: ${listing.rev}`, { causes: [{ reason: 'ResourceVersionTooLarge', message: 'Too large resource version' }] });
     const items = listing.items.map((s) => s.obj).filter(filter);
     const bare = items.map(({ apiVersion: _a, kind: _k, ...rest }) => rest);
     const list = {
@@ -577,7 +582,12 @@ function selectors(def: ResourceDef, q: URLSearchParams): (o: KubeObject) => boo
 }
 
 function parseTarget(path: string): Target | undefined {
-  const seg = path.split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+  let seg: string[];
+  try {
+    seg = path.split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+  } catch {
+    throw badRequest('malformed URL escape');
+  }
   let group: string;
   let version: string;
   let rest: string[];

@@ -242,6 +242,8 @@ test.serial('strategic merge patch on nodes/status merges conditions by type; me
   const failed = await cp.request('PATCH', '/api/v1/nodes/p-a', { contentType: JSONPATCH, body: [{ op: 'test', path: '/spec/podCIDR', value: 'nope' }, { op: 'remove', path: '/metadata/labels' }] });
   t.is(failed.status, 422, failed.text);
   t.is((await ok(t, cp.request('GET', '/api/v1/nodes/p-a'))).metadata.labels['weft.test/jp'], 'yes', 'a failed JSON patch changes nothing');
+  const cidr = await cp.request('PATCH', '/api/v1/nodes/p-a', { contentType: MERGE, body: { spec: { podCIDR: '198.18.8.0/24', podCIDRs: ['198.18.8.0/24'] } } });
+  t.is(cidr.status, 422, 'podCIDR cannot change once set');
   const unknown = await cp.request('PATCH', '/api/v1/nodes/p-a', { contentType: 'application/json', body: {} });
   t.is(unknown.status, 415);
   // A patch that changes nothing writes nothing.
@@ -375,6 +377,12 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
   t.is(unknown.json.kind, 'Status');
   const setRv = await cp.request('POST', '/api/v1/nodes', { body: { metadata: { name: 'srv', resourceVersion: '5' } } });
   t.is(setRv.status, 400);
+  const escape = await cp.request('GET', '/api/v1/namespaces/default/configmaps/..%2F..%2Fcore%2Fnodes%2Frv-a');
+  t.is(escape.status, 404, 'a name that cannot exist (here: one reaching into another key) is not found');
+  t.is((await cp.request('GET', '/api/v1/nodes/%E0%A4%A')).status, 400);
+  const future = await cp.request('GET', '/api/v1/nodes?resourceVersion=99999999');
+  t.is(future.status, 504);
+  t.is(future.json.reason, 'Timeout');
   const limit = await ok(t, cp.request('GET', '/api/v1/nodes?limit=1'));
   t.true(Array.isArray(limit.items), 'limit is accepted (a full list is a valid answer)');
 });
