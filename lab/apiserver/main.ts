@@ -3,7 +3,7 @@
  *
  *   node lab/apiserver/main.ts --listen 198.51.100.2:6443 --etcd http://198.51.100.2:2379 \
  *     --service-cluster-ip-range 198.19.0.0/16 [--service-node-port-range 30000-32767] \
- *     [--etcd-prefix /registry] [--bookmark-interval 60s] [--min-request-timeout 1800] \
+ *     [--etcd-prefix /registry] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] [--bookmark-interval 60s] [--min-request-timeout 1800] \
  *     [--kubeconfig out.yaml] [--log-level info]
  *
  * --min-request-timeout is kube-apiserver's: a watch without timeoutSeconds ends after a random
@@ -39,6 +39,9 @@ async function main(argv: string[]): Promise<void> {
         listen: { type: 'string', default: '127.0.0.1:6443' },
         etcd: { type: 'string', multiple: true },
         'etcd-prefix': { type: 'string', default: '/registry' },
+        'etcd-cafile': { type: 'string' },
+        'etcd-certfile': { type: 'string' },
+        'etcd-keyfile': { type: 'string' },
         'service-cluster-ip-range': { type: 'string', default: '198.19.0.0/16' },
         'service-node-port-range': { type: 'string', default: '30000-32767' },
         'bookmark-interval': { type: 'string', default: '60s' },
@@ -64,6 +67,7 @@ async function main(argv: string[]): Promise<void> {
     port: Number(m[2]),
     etcd,
     etcdPrefix: v['etcd-prefix'],
+    etcdTls: { cafile: v['etcd-cafile'], certfile: v['etcd-certfile'], keyfile: v['etcd-keyfile'] },
     serviceClusterIPRange: v['service-cluster-ip-range']!,
     nodePortRange: v['service-node-port-range'],
     bookmarkIntervalMs: duration(v['bookmark-interval']!),

@@ -15,6 +15,8 @@ export interface ApiServerProcessOptions {
   listen: string;
   /** etcd client URLs. */
   etcd: string[];
+  /** Client TLS for etcd (a lab with etcdTls: its TestPki's ca, clientCert, clientKey). */
+  etcdTls?: { cafile: string; certfile: string; keyfile: string };
   serviceClusterIPRange?: string;
   /** Written by the server once it listens. */
   kubeconfig?: string;
@@ -44,6 +46,7 @@ export async function spawnApiServer(opts: ApiServerProcessOptions): Promise<Api
     '--etcd', opts.etcd.join(','),
     '--service-cluster-ip-range', opts.serviceClusterIPRange ?? '198.19.0.0/16',
     ...(opts.kubeconfig ? ['--kubeconfig', opts.kubeconfig] : []),
+    ...(opts.etcdTls ? ['--etcd-cafile', opts.etcdTls.cafile, '--etcd-certfile', opts.etcdTls.certfile, '--etcd-keyfile', opts.etcdTls.keyfile] : []),
     ...(opts.args ?? []),
   ];
   const fd = opts.logFile ? openSync(opts.logFile, 'a') : undefined;

@@ -19,6 +19,7 @@ import YAML from 'yaml';
 import type { Log } from '../../src/core/log.ts';
 import { silentLog } from '../../src/core/log.ts';
 import { errText } from '../../src/core/errors.ts';
+import { etcdClientOptions } from '../../src/subnet/etcd.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
 import { openapiV3 } from './openapi.ts';
@@ -35,8 +36,9 @@ export interface ApiServerOptions {
   host: string;
   /** 0 picks a free port. */
   port: number;
-  /** etcd client URLs, or ready etcd3 options. */
+  /** etcd client URLs (with TLS files, kube-apiserver's --etcd-cafile/certfile/keyfile), or ready etcd3 options. */
   etcd: string[] | IOptions;
+  etcdTls?: { cafile?: string; certfile?: string; keyfile?: string };
   /** Key prefix in etcd (default `/registry`). */
   etcdPrefix?: string;
   /** `--service-cluster-ip-range`, an IPv4 CIDR. */
@@ -68,7 +70,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   if (!range || range.len > 30 || range.len < 8) throw new Error(`service cluster IP range "${opts.serviceClusterIPRange}" must be an IPv4 network between /8 and /30`);
   const np = /^(\d+)-(\d+)$/.exec(opts.nodePortRange ?? '30000-32767');
   if (!np || Number(np[1]) < 1 || Number(np[2]) > 65535 || Number(np[1]) > Number(np[2])) throw new Error(`node port range "${opts.nodePortRange}" must be first-last`);
-  const client = new Etcd3(Array.isArray(opts.etcd) ? { hosts: opts.etcd } : opts.etcd);
+  const client = new Etcd3(Array.isArray(opts.etcd) ? etcdClientOptions({ endpoints: opts.etcd, ...opts.etcdTls }) : opts.etcd);
   const store = new Store(client, opts.etcdPrefix);
   const size = 2 ** (32 - range.len);
   const api = new Api(store, {

@@ -404,3 +404,24 @@ test.serial('discovery documents', async (t) => {
   const dv1 = await ok(t, cp.request('GET', '/apis/discovery.k8s.io/v1'));
   t.deepEqual(dv1.resources.map((r: any) => r.name), ['endpointslices']);
 });
+
+test.serial('an open watch survives an etcd restart and delivers what changed after it', async (t) => {
+  const c = await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'restart' }, data: { v: '0' } } }), 201);
+  const w = cp.watch(`/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=${c.metadata.resourceVersion}&fieldSelector=metadata.name=restart`);
+  t.teardown(() => w.close());
+  await w.opened;
+  await cp.etcd.restart();
+  let u: Reply | undefined;
+  // Writes fail with a 500 Status until the client has reconnected.
+  for (let i = 0; i < 100 && u?.status !== 200; i++) {
+    u = await cp.request('PATCH', '/api/v1/namespaces/default/configmaps/restart', { contentType: MERGE, body: { data: { v: '1' } } });
+    if (u.status !== 200) {
+      t.like(u.json, { kind: 'Status', code: 500 });
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  t.is(u?.status, 200);
+  const ev = await w.next((e) => e.type === 'MODIFIED', 15_000);
+  t.is(ev.object.data.v, '1');
+  t.false(w.ended);
+});
