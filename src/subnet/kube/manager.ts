@@ -82,7 +82,7 @@ export interface KubeSubnetManagerOptions {
 
 /** client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion). */
 class BookmarkWatch extends Watch {
-  override watch(path: string, params: Record<string, string | number | boolean | undefined>, cb: (phase: string, obj: any, w?: any) => void, done: (err: any) => void) {
+  override watch(...[path, params, cb, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
     return super.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
   }
 }
@@ -171,7 +171,7 @@ export class KubeSubnetManager implements SubnetManager {
       node = await this.#waitForPodCIDR(signal);
       this.#log.info(`node "${this.nodeName}" got podCIDR ${podCIDRText(node)}`);
     }
-    const cidr = podCIDRText(node)!;
+    const cidr = podCIDRText(node) ?? '';
     let subnet: IPv4Net;
     try {
       subnet = parsePodCIDR(cidr, config.network);
@@ -328,7 +328,8 @@ export class KubeSubnetManager implements SubnetManager {
     const client = this.#client;
     const listFn = async (): Promise<V1NodeList> => {
       const list = await client.list();
-      if (stop.aborted) return list;
+      // Failing here keeps the informer from starting a watch after we stopped it.
+      if (stop.aborted) throw new Error('node watch stopped');
       const events = table.replace(list.items);
       const mine = list.items.find(own);
       if (mine) this.#ownNodeChanged(mine);
@@ -363,15 +364,17 @@ export class KubeSubnetManager implements SubnetManager {
     let delay = backoff.min;
     let failingSince = 0;
     let lastMsg = '';
+    const stopped = new Promise<void>((r) => stop.addEventListener('abort', () => r(), { once: true }));
+    let starting: Promise<void> | undefined;
     try {
       while (!stop.aborted) {
         failed = undefined;
         const errored = new Promise<void>((r) => (wake = r));
-        try {
-          await informer.start();
-        } catch (err) {
+        // start() lists and opens the watch (each bounded by a deadline); stopping does not wait for it.
+        starting = informer.start().catch((err) => {
           failed ??= err;
-        }
+        });
+        await Promise.race([starting, stopped]);
         if (stop.aborted) break;
         if (failed === undefined) {
           if (failingSince) log.info(`node watch: ok again after ${Math.round((this.#clock.now() - failingSince) / 1000)}s`);
@@ -379,7 +382,7 @@ export class KubeSubnetManager implements SubnetManager {
           lastMsg = '';
           const startedAt = this.#clock.now();
           // Running; the informer reconnects by itself on 410 and on clean stream ends.
-          await Promise.race([errored, new Promise((r) => stop.addEventListener('abort', r, { once: true }))]);
+          await Promise.race([errored, stopped]);
           if (stop.aborted) break;
           // A watch that stayed up a while starts the backoff afresh; a flapping one keeps backing off.
           if (this.#clock.now() - startedAt >= backoff.max) delay = backoff.min;
@@ -395,6 +398,8 @@ export class KubeSubnetManager implements SubnetManager {
       }
     } finally {
       await informer.stop();
+      // A start still under way may open its watch after this; close that one too.
+      void starting?.then(() => informer.stop());
     }
   }
 
