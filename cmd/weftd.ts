@@ -1,7 +1,7 @@
 /**
- * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the etcd subnet
- * manager, the VXLAN backend, netlink and the logger, and runs until SIGTERM/SIGINT. Exit codes: 0 after a clean
- * stop, 2 on bad usage, 1 on a fatal error.
+ * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the subnet manager
+ * (etcd, or Kubernetes with --kube-subnet-mgr), the VXLAN backend, netlink and the logger, and
+ * runs until SIGTERM/SIGINT. Exit codes: 0 after a clean stop, 2 on bad usage, 1 on a fatal error.
  */
 import { hostname } from 'node:os';
 import { expectedDevice } from '../src/backend/vxlan/expected.ts';
@@ -15,6 +15,8 @@ import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
 import { setSysctl } from '../src/netns/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
+import { createKubeSubnetManager } from '../src/subnet/kube/index.ts';
+import type { SubnetManager } from '../src/subnet/manager.ts';
 import { startCniFastpath } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
@@ -41,20 +43,38 @@ async function main(): Promise<number> {
       ac.abort();
     });
   }
-  let manager: EtcdSubnetManager;
+  // The one choice between the modes: everything below runs on the SubnetManager interface.
+  let manager: SubnetManager;
   try {
-    manager = new EtcdSubnetManager({
-      endpoints: opts.etcdEndpoints,
-      prefix: opts.etcdPrefix,
-      cafile: opts.etcdCafile,
-      certfile: opts.etcdCertfile,
-      keyfile: opts.etcdKeyfile,
-      onError: () => metrics.etcdErrors.inc(),
-      resyncIntervalMs: opts.resyncIntervalMs,
-      onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
-      log,
-    });
+    manager = opts.kubeSubnetMgr
+      ? createKubeSubnetManager({
+          kubeconfig: opts.kubeconfig,
+          nodeName: opts.nodeName,
+          netConfPath: opts.netConfigPath,
+          annotationPrefix: opts.kubeAnnotationPrefix,
+          setNodeNetworkUnavailable: opts.setNodeNetworkUnavailable,
+          log,
+          signal: ac.signal,
+          onMalformedNode: () => metrics.malformedNodes.inc(),
+          onUnannotatedNodes: (n) => metrics.unannotatedNodes.set(n),
+          onError: () => metrics.kubeErrors.inc(),
+        })
+      : new EtcdSubnetManager({
+          endpoints: opts.etcdEndpoints,
+          prefix: opts.etcdPrefix,
+          cafile: opts.etcdCafile,
+          certfile: opts.etcdCertfile,
+          keyfile: opts.etcdKeyfile,
+          onError: () => metrics.etcdErrors.inc(),
+          resyncIntervalMs: opts.resyncIntervalMs,
+          onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
+          log,
+        });
   } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`weftd: ${err.message}\n`);
+      return 2;
+    }
     log.error(`fatal: ${errText(err)}`);
     return 1;
   }
@@ -63,16 +83,21 @@ async function main(): Promise<number> {
   const dumpNl = openNetlink();
   // Pods' traffic is routed through this host; then flannel's VXLAN device (expected.ts says
   // what it must look like: flannel.<VNI>, the underlay MTU less the encapsulation).
-  const openBackend: BackendFactory = (config, { external, onRepair }) => {
+  const openBackend: BackendFactory = async (config, { external, onRepair }) => {
     setSysctl('net.ipv4.ip_forward', '1');
+    // A recreated device keeps the MAC peers know us by, where the manager remembers one.
+    const mac = await manager.previousVtepMAC?.(config.backend.vni);
     return VxlanNetwork.open(nl, {
-      device: expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }),
+      device: { ...expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }), mac },
       log,
       dumpNl,
       onRepair,
     });
   };
-  log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
+  log.info(
+    `weftd starting`,
+    opts.kubeSubnetMgr ? { mode: 'kube', node: opts.nodeName, netConf: opts.netConfigPath, subnetFile: opts.subnetFile } : { mode: 'etcd', etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile },
+  );
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
   // is not fatal (launchers fall back to the standalone plugin).

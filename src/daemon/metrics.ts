@@ -18,6 +18,12 @@ export class Metrics {
   /** Lease changes the watch missed and a periodic resync found. */
   readonly resyncRepairs: Counter;
   readonly ready: Gauge;
+  /** Kubernetes mode: peer Nodes skipped for malformed annotations or podCIDRs. */
+  readonly malformedNodes: Counter;
+  /** Kubernetes mode: failed API calls and watch interruptions. */
+  readonly kubeErrors: Counter;
+  /** Kubernetes mode: peer Nodes that have no weft/flannel annotations yet. */
+  readonly unannotatedNodes: Gauge;
   /** Epoch ms when our lease expires; undefined before the first lease and for leases that never expire. */
   #leaseExpiresAt: number | undefined;
 
@@ -53,6 +59,9 @@ export class Metrics {
       registers,
     });
     this.ready = new Gauge({ name: 'weftd_ready', help: '1 once the device, peers and subnet file are in place.', registers });
+    this.malformedNodes = new Counter({ name: 'weftd_kube_malformed_nodes_total', help: 'Kubernetes mode: peer Nodes skipped (never programmed) for malformed annotations or podCIDRs.', registers });
+    this.kubeErrors = new Counter({ name: 'weftd_kube_api_errors_total', help: 'Kubernetes mode: failed API server calls and watch interruptions.', registers });
+    this.unannotatedNodes = new Gauge({ name: 'weftd_kube_unannotated_nodes', help: 'Kubernetes mode: peer Nodes without backend annotations yet (skipped).', registers });
   }
 
   /** Records our lease's expiry (epoch ms; undefined: it never expires). */
