@@ -23,6 +23,7 @@ import { etcdClientOptions } from '../../src/subnet/etcd.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
 import { openapiV3 } from './openapi.ts';
+import { decodeProtobuf } from './protobuf.ts';
 import { checkName, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
 import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
@@ -552,7 +553,7 @@ class Api {
         write(encode('BOOKMARK', { kind: def.kind, apiVersion: apiVersion(def), metadata: { resourceVersion: String(last) } }));
       }, this.#cfg.bookmarkIntervalMs);
     }
-    req.on('close', () => stop());
+    // The response closes when we end it or the client's connection goes away.
     res.on('close', () => stop());
   }
 }
@@ -696,15 +697,17 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
     }
     chunks.push(c);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  const raw = Buffer.concat(chunks);
+  const text = raw.toString('utf8');
   if (text.trim() === '') {
     if (opts.optional) return undefined;
     throw badRequest('the request body is empty');
   }
   const type = mediaType(req);
-  // Protobuf and CBOR bodies (typed clients such as `kubectl create namespace`) are not decoded here.
+  if (!opts.patch && type === 'application/vnd.kubernetes.protobuf') return decodeProtobuf(raw);
+  // CBOR and other bodies are not decoded here.
   if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
-    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got "${type}")`);
+    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got "${type}")`);
   try {
     if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
     return JSON.parse(text);

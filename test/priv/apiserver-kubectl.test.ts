@@ -149,7 +149,7 @@ test.serial('kubectl apply -f / delete -f of a Service and an EndpointSlice', as
   t.is(reuse.status, 201, reuse.text);
 });
 
-test.serial('kubectl apply of a Namespace and a ConfigMap; typed protobuf bodies are refused with 415', async (t) => {
+test.serial('kubectl apply of a Namespace and a ConfigMap; kubectl create (protobuf bodies) of namespace, configmap, service', async (t) => {
   const ns = 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: team-a}\ndata: {a: "1", b: "2"}\n';
   const applied = await cp.kubectl(['apply', '-f', '-'], { input: ns });
   t.regex(applied, /namespace\/team-a created/);
@@ -158,7 +158,17 @@ test.serial('kubectl apply of a Namespace and a ConfigMap; typed protobuf bodies
   t.regex(await cp.kubectl(['get', 'ns']), /^team-a\s+Active/m);
   t.regex(await cp.kubectl(['delete', 'namespace', 'team-a']), /namespace "team-a" deleted/);
   t.is((await cp.request('GET', '/api/v1/namespaces/team-a/configmaps/cfg')).status, 404, 'a namespace takes its objects with it');
-  // `kubectl create namespace|configmap` send protobuf, which this server does not decode.
-  const pb = await cp.kubectlRun(['create', 'namespace', 'team-b']).catch((e: { stderr: string }) => e);
-  t.regex((pb as { stderr: string }).stderr, /UnsupportedMediaType|unknown format/);
+  // `kubectl create namespace|configmap|service` are typed clients: their bodies are protobuf.
+  t.regex(await cp.kubectl(['create', 'namespace', 'team-b']), /namespace\/team-b created/);
+  t.regex(await cp.kubectl(['-n', 'team-b', 'create', 'configmap', 'cfg', '--from-literal=a=1', '--from-literal=empty=']), /configmap\/cfg created/);
+  const cm = (await cp.request('GET', '/api/v1/namespaces/team-b/configmaps/cfg')).json;
+  t.deepEqual(cm.data, { a: '1', empty: '' });
+  t.is(cm.metadata.namespace, 'team-b');
+  t.regex(await cp.kubectl(['-n', 'team-b', 'create', 'service', 'nodeport', 'np', '--tcp=80:8080', '--node-port=30080']), /service\/np created/);
+  const np = (await cp.request('GET', '/api/v1/namespaces/team-b/services/np')).json;
+  t.like(np.spec, { type: 'NodePort', selector: { app: 'np' } });
+  t.deepEqual(np.spec.ports, [{ name: '80-8080', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }]);
+  t.is(np.spec.healthCheckNodePort, undefined);
+  t.deepEqual(np.metadata.labels, { app: 'np' });
+  t.regex(await cp.kubectl(['get', 'ns', 'team-b']), /^team-b\s+Active/m);
 });

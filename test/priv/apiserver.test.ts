@@ -354,6 +354,13 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
   const badJson = await cp.request('POST', '/api/v1/nodes', { body: '{"metadata": ' });
   t.is(badJson.status, 400);
   t.like(badJson.json, { kind: 'Status', reason: 'BadRequest', code: 400 });
+  const cbor = await cp.request('POST', '/api/v1/nodes', { body: '\xd9\xd9\xf7', contentType: 'application/cbor' });
+  t.is(cbor.status, 415);
+  t.is(cbor.json.reason, 'UnsupportedMediaType');
+  for (const pb of ['k8s\u0000\u000a\u00ff', 'not protobuf', 'k8s\u0000\u000a\u0004\u000a\u0002v1\u0012\u0002Po']) {
+    const r = await cp.request('POST', '/api/v1/nodes', { body: pb, contentType: 'application/vnd.kubernetes.protobuf' });
+    t.is(r.status, 400, `${JSON.stringify(pb)}: ${r.text}`);
+  }
   const notObj = await cp.request('POST', '/api/v1/nodes', { body: '[1,2]' });
   t.is(notObj.status, 400);
   const huge = await cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'huge' }, data: { a: 'x'.repeat(4 * 1024 * 1024) } } }).catch((e: Error) => e);
