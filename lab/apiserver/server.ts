@@ -555,6 +555,7 @@ class Api {
     }
     // The response closes when we end it or the client's connection goes away.
     res.on('close', () => stop());
+    if (!res.socket || res.socket.destroyed) stop(); // Gone while we listed.
   }
 }
 
