@@ -135,7 +135,13 @@ interface Target {
   watchPath: boolean;
 }
 
-const MAX_CONFLICT_RETRIES = 8;
+// kube's GuaranteedUpdate retries until the request times out; this bounds it by count, with a
+// short random pause once writers keep colliding.
+const MAX_CONFLICT_RETRIES = 100;
+
+async function backoff(attempt: number): Promise<void> {
+  if (attempt >= 3) await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 5)));
+}
 
 class Api {
   readonly #store: Store;
@@ -318,7 +324,9 @@ class Api {
         throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`);
     }
     // A patch that sets resourceVersion is a precondition: no retry past a conflict.
-    const conditional = typeof patch === 'object' && patch !== null && JSON.stringify(patch).includes('"resourceVersion"');
+    const conditional = Array.isArray(patch)
+      ? patch.some((op) => typeof op === 'object' && op !== null && !Array.isArray(op) && op.path === '/metadata/resourceVersion')
+      : typeof patch === 'object' && patch !== null && typeof patch.metadata === 'object' && patch.metadata !== null && !Array.isArray(patch.metadata) && patch.metadata.resourceVersion != null;
     return this.#update(t, name, {
       dryRun: p.dryRun,
       conditional,
@@ -401,6 +409,7 @@ class Api {
       }
       await hook.undo?.();
       if (o.conditional || attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+      await backoff(attempt);
     }
   }
 
@@ -424,6 +433,7 @@ class Api {
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+        await backoff(attempt);
         continue;
       }
       await def.hooks?.deleted?.(cur.obj, this.#hookCtx(false));

@@ -149,7 +149,7 @@ export class ControlPlane {
     try {
       await cp.etcd.start();
       await cp.startServer(opts.args ?? []);
-      cp.#socat = spawn('nsenter', [`--net=/run/netns/${cp.netns}`, '--', 'socat', `UNIX-LISTEN:${cp.socket},fork,mode=600`, `TCP:${API_IP}:6443`], { stdio: 'ignore' });
+      cp.#socat = spawn('nsenter', [`--net=/run/netns/${cp.netns}`, '--', 'socat', `UNIX-LISTEN:${cp.socket},fork,mode=600,backlog=256`, `TCP:${API_IP}:6443`], { stdio: 'ignore' });
       for (let i = 0; ; i++) {
         try {
           if ((await cp.request('GET', '/healthz')).status === 200) break;
