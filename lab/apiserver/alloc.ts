@@ -20,14 +20,19 @@ export class KeyAllocator {
   readonly #first: number;
   readonly #last: number;
   readonly #what: string;
+  readonly #reserved: number[];
 
-  /** Values `first..last` (inclusive) under etcd directory `dir`. */
-  constructor(client: Etcd3, opts: { dir: string; first: number; last: number; what: string }) {
+  /**
+   * Values `first..last` (inclusive) under etcd directory `dir`; `reserved` ones are only handed
+   * out when asked for by value (kube keeps the range's first IP for the `kubernetes` service).
+   */
+  constructor(client: Etcd3, opts: { dir: string; first: number; last: number; what: string; reserved?: number[] }) {
     this.#client = client;
     this.#dir = opts.dir.replace(/\/?$/, '/');
     this.#first = opts.first;
     this.#last = opts.last;
     this.#what = opts.what;
+    this.#reserved = opts.reserved ?? [];
   }
 
   contains(n: number): boolean {
@@ -50,6 +55,7 @@ export class KeyAllocator {
     const size = this.#last - this.#first + 1;
     for (let attempt = 0; attempt < 5; attempt++) {
       const taken = new Set((await this.#client.getAll().prefix(this.#dir).keys()).map((k) => Number(k.slice(this.#dir.length))));
+      for (const r of this.#reserved) taken.add(r);
       if (taken.size >= size) break;
       const start = randomInt(size);
       for (let i = 0; i < size; i++) {

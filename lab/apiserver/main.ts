@@ -4,8 +4,11 @@
  *   node lab/apiserver/main.ts --listen 198.51.100.2:6443 --etcd http://198.51.100.2:2379 \
  *     --service-cluster-ip-range 198.19.0.0/16 [--service-node-port-range 30000-32767] \
  *     [--etcd-prefix /registry] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] [--bookmark-interval 60s] [--min-request-timeout 1800] \
- *     [--kubeconfig out.yaml] [--log-level info]
+ *     [--kubeconfig out.yaml] [--kubernetes-service [--advertise-address IP]] [--log-level info]
  *
+ * --kubernetes-service creates `default/kubernetes` (first IP of the range, port 443) and its
+ * EndpointSlice pointing at --advertise-address (default: the --listen host), as kube-apiserver
+ * always does; off by default so tests see only their own Services.
  * --min-request-timeout is kube-apiserver's: a watch without timeoutSeconds ends after a random
  * time between that many seconds and twice as many.
  *
@@ -17,6 +20,7 @@ import { parseArgs } from 'node:util';
 import winston from 'winston';
 import { errText, UsageError } from '../../src/core/errors.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
+import { parseIPv4 } from './names.ts';
 import { startApiServer } from './server.ts';
 
 function duration(s: string): number {
@@ -47,6 +51,8 @@ async function main(argv: string[]): Promise<void> {
         'bookmark-interval': { type: 'string', default: '60s' },
         'min-request-timeout': { type: 'string', default: '1800' },
         kubeconfig: { type: 'string' },
+        'kubernetes-service': { type: 'boolean', default: false },
+        'advertise-address': { type: 'string' },
         'log-level': { type: 'string', default: 'info' },
       },
     }).values;
@@ -57,6 +63,9 @@ async function main(argv: string[]): Promise<void> {
   if (!m) throw new UsageError(`--listen must be host:port, not "${v.listen}"`);
   const etcd = (v.etcd ?? []).flatMap((e) => e.split(',')).filter(Boolean);
   if (!etcd.length) throw new UsageError('--etcd is required');
+  const advertise = v['advertise-address'] ?? m[1]!;
+  if (v['kubernetes-service'] && (parseIPv4(advertise) === undefined || advertise === '0.0.0.0'))
+    throw new UsageError(`--kubernetes-service needs an IPv4 --advertise-address (not "${advertise}")`);
   const log = winston.createLogger({
     level: v['log-level'],
     format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
@@ -73,6 +82,7 @@ async function main(argv: string[]): Promise<void> {
     bookmarkIntervalMs: duration(v['bookmark-interval']!),
     maxWatchSeconds: seconds(v['min-request-timeout']!),
     log,
+    kubernetesService: v['kubernetes-service'] ? { address: advertise } : undefined,
   });
   if (v.kubeconfig) writeKubeconfig(v.kubeconfig, { server: server.url });
   process.stdout.write(`listening on ${server.url}\n`);

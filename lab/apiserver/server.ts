@@ -24,7 +24,7 @@ import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
 import { openapiV3 } from './openapi.ts';
 import { decodeProtobuf } from './protobuf.ts';
-import { checkName, parseCIDR } from './names.ts';
+import { checkName, formatIPv4, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
 import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
 import { matches, parseSelector, type Selector } from './selectors.ts';
@@ -48,6 +48,12 @@ export interface ApiServerOptions {
   nodePortRange?: string;
   /** How often a watch that asked for bookmarks gets one (default 60 s, as kube sends about once a minute). */
   bookmarkIntervalMs?: number;
+  /**
+   * Create `default/kubernetes` (ClusterIP = the range's first address, port 443 -> `address`:`port`)
+   * and its EndpointSlice, as kube-apiserver does. Off unless asked for, so tests that count
+   * Services see only their own.
+   */
+  kubernetesService?: { address: string; port?: number };
   /** Largest request body accepted (default 3 MiB, kube-apiserver's limit). */
   maxBodyBytes?: number;
   /** Longest watch when the client names no timeoutSeconds (default 30 min, as --min-request-timeout). */
@@ -76,7 +82,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const size = 2 ** (32 - range.len);
   const api = new Api(store, {
     // The network and broadcast addresses are never handed out, as in kube's allocator.
-    serviceIPs: new KeyAllocator(client, { dir: `${store.prefix}/ranges/serviceips`, first: range.base + 1, last: range.base + size - 2, what: 'service IPs' }),
+    serviceIPs: new KeyAllocator(client, { dir: `${store.prefix}/ranges/serviceips`, first: range.base + 1, last: range.base + size - 2, what: 'service IPs', reserved: [range.base + 1] }),
     nodePorts: new KeyAllocator(client, { dir: `${store.prefix}/ranges/servicenodeports`, first: Number(np[1]), last: Number(np[2]), what: 'node ports' }),
     bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000,
     maxBodyBytes: opts.maxBodyBytes ?? 3 * 1024 * 1024,
@@ -91,6 +97,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     for (const name of SYSTEM_NAMESPACES) {
       if (!(await store.get(store.key(nsDef, undefined, name)))) await api.create(nsDef, undefined, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } }, false);
     }
+    if (opts.kubernetesService) await ensureKubernetesService(api, store, { clusterIP: formatIPv4(range.base + 1), address: opts.kubernetesService.address, port: opts.kubernetesService.port ?? opts.port });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {
@@ -114,6 +121,38 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       client.close();
     },
   };
+}
+
+/**
+ * The `kubernetes` Service and its EndpointSlice (kube's "bootstrap controller"): created when
+ * missing, the slice's address and port brought up to date when they differ.
+ */
+async function ensureKubernetesService(api: Api, store: Store, o: { clusterIP: string; address: string; port: number }): Promise<void> {
+  const svcDef = findResource('', 'v1', 'services')!;
+  const sliceDef = findResource('discovery.k8s.io', 'v1', 'endpointslices')!;
+  const labels = { component: 'apiserver', provider: 'kubernetes' };
+  if (!(await store.get(store.key(svcDef, 'default', 'kubernetes')))) {
+    await api.create(
+      svcDef,
+      'default',
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'kubernetes', labels }, spec: { clusterIP: o.clusterIP, ports: [{ name: 'https', port: 443, protocol: 'TCP', targetPort: o.port }] } },
+      false,
+    );
+  }
+  const slice = {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'kubernetes', labels: { 'kubernetes.io/service-name': 'kubernetes', 'endpointslice.kubernetes.io/managed-by': 'weft-lab-apiserver' } },
+    addressType: 'IPv4',
+    endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
+    ports: [{ name: 'https', port: o.port, protocol: 'TCP' }],
+  };
+  const key = store.key(sliceDef, 'default', 'kubernetes');
+  const cur = await store.get(key);
+  if (!cur) await api.create(sliceDef, 'default', slice, false);
+  else if (!deepEqual(cur.obj.endpoints ?? null, slice.endpoints) || !deepEqual(cur.obj.ports ?? null, slice.ports)) {
+    await store.update(key, { ...cur.obj, endpoints: slice.endpoints, ports: slice.ports, metadata: { ...cur.obj.metadata, generation: Number(cur.obj.metadata.generation ?? 1) + 1 } }, cur.rev);
+  }
 }
 
 interface ApiConfig {

@@ -12,7 +12,7 @@ import { ControlPlane } from '../helpers/apiserver.ts';
 let cp: ControlPlane;
 
 test.before(async () => {
-  cp = await ControlPlane.start();
+  cp = await ControlPlane.start({ args: ['--kubernetes-service'] });
   const n = await cp.request('POST', '/api/v1/nodes', {
     body: {
       metadata: { name: 'k-n1', labels: { 'node-role.kubernetes.io/control-plane': '' } },
@@ -29,6 +29,15 @@ test.before(async () => {
 
 test.after.always(async () => {
   await cp?.destroy();
+});
+
+test.serial('the kubernetes Service and EndpointSlice exist, as kube-apiserver makes them', async (t) => {
+  const out = await cp.kubectl(['get', 'svc,endpointslices', 'kubernetes']);
+  t.regex(out, /^service\/kubernetes\s+ClusterIP\s+198\.19\.0\.1\s+<none>\s+443\/TCP\s/m);
+  t.regex(out, /^endpointslice.discovery.k8s.io\/kubernetes\s+IPv4\s+6443\s+198\.51\.100\.2\s/m);
+  // The first address is kept for it: no other Service is handed 198.19.0.1.
+  const taken = await cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: 'first' }, spec: { clusterIP: '198.19.0.1', ports: [{ port: 80 }] } } });
+  t.is(taken.status, 422);
 });
 
 test.serial('kubectl get nodes: table, -o wide, -o json', async (t) => {
