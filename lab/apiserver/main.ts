@@ -35,9 +35,8 @@ function seconds(s: string): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  let v;
-  try {
-    v = parseArgs({
+  const parse = () =>
+    parseArgs({
       args: argv,
       options: {
         listen: { type: 'string', default: '127.0.0.1:6443' },
@@ -56,6 +55,9 @@ async function main(argv: string[]): Promise<void> {
         'log-level': { type: 'string', default: 'info' },
       },
     }).values;
+  let v: ReturnType<typeof parse>;
+  try {
+    v = parse();
   } catch (err) {
     throw new UsageError((err as Error).message);
   }

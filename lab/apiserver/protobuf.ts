@@ -117,7 +117,7 @@ function decode(buf: Buffer, msg: string, depth: number): Record<string, Json> {
       out[fd.name] = m;
       continue;
     } else v = decode(r.bytes(), k.msg, depth + 1);
-    if (fd.repeated) ((out[fd.name] ??= []) as Json[]).push(v);
+    if (fd.repeated) out[fd.name] = [...((out[fd.name] as Json[] | undefined) ?? []), v];
     else out[fd.name] = v;
   }
   return out;

@@ -773,8 +773,8 @@ function send(res: ServerResponse, code: number, body: unknown): void {
 }
 
 function sendObject(req: IncomingMessage, res: ServerResponse, def: ResourceDef, obj: KubeObject, q: URLSearchParams): void {
-  if (wantsTable(req)) return send(res, 200, renderTable(def, [obj], { resourceVersion: String(obj.metadata.resourceVersion), includeObject: q.get('includeObject') }));
-  send(res, 200, obj);
+  const table = wantsTable(req) ? renderTable(def, [obj], { resourceVersion: String(obj.metadata.resourceVersion), includeObject: q.get('includeObject') }) : undefined;
+  send(res, 200, table ?? obj);
 }
 
 function timestamp(): string {

@@ -51,8 +51,7 @@ export class WatchStream {
         res.setEncoding('utf8');
         res.on('data', (c: string) => {
           buf += c;
-          let i: number;
-          while ((i = buf.indexOf('\n')) >= 0) {
+          for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
             const line = buf.slice(0, i);
             buf = buf.slice(i + 1);
             if (line.trim()) this.events.push(JSON.parse(line));

@@ -384,8 +384,8 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
   t.is(unknown.json.kind, 'Status');
   const setRv = await cp.request('POST', '/api/v1/nodes', { body: { metadata: { name: 'srv', resourceVersion: '5' } } });
   t.is(setRv.status, 400);
-  const escape = await cp.request('GET', '/api/v1/namespaces/default/configmaps/..%2F..%2Fcore%2Fnodes%2Frv-a');
-  t.is(escape.status, 404, 'a name that cannot exist (here: one reaching into another key) is not found');
+  const traversal = await cp.request('GET', '/api/v1/namespaces/default/configmaps/..%2F..%2Fcore%2Fnodes%2Frv-a');
+  t.is(traversal.status, 404, 'a name that cannot exist (here: one reaching into another key) is not found');
   t.is((await cp.request('GET', '/api/v1/nodes/%E0%A4%A')).status, 400);
   const future = await cp.request('GET', '/api/v1/nodes?resourceVersion=99999999');
   t.is(future.status, 504);
