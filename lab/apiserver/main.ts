@@ -5,10 +5,12 @@
  *     --service-cluster-ip-range 198.19.0.0/16 [--service-node-port-range 30000-32767] \
  *     [--etcd-prefix /registry] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] [--bookmark-interval 60s] [--min-request-timeout 1800] \
  *     [--kubeconfig out.yaml] [--kubernetes-service [--advertise-address IP]] [--log-level info]
+ *     [--allocate-node-cidrs --cluster-cidr 198.18.0.0/16 [--node-cidr-mask-size 24]]
  *
  * --kubernetes-service creates `default/kubernetes` (first IP of the range, port 443) and its
  * EndpointSlice pointing at --advertise-address (default: the --listen host), as kube-apiserver
  * always does; off by default so tests see only their own Services.
+ * --allocate-node-cidrs is kube-controller-manager's node IPAM, run in this process (nodeipam.ts).
  * --min-request-timeout is kube-apiserver's: a watch without timeoutSeconds ends after a random
  * time between that many seconds and twice as many.
  *
@@ -51,6 +53,9 @@ async function main(argv: string[]): Promise<void> {
         'min-request-timeout': { type: 'string', default: '1800' },
         kubeconfig: { type: 'string' },
         'kubernetes-service': { type: 'boolean', default: false },
+        'allocate-node-cidrs': { type: 'boolean', default: false },
+        'cluster-cidr': { type: 'string' },
+        'node-cidr-mask-size': { type: 'string', default: '24' },
         'advertise-address': { type: 'string' },
         'log-level': { type: 'string', default: 'info' },
       },
@@ -68,6 +73,8 @@ async function main(argv: string[]): Promise<void> {
   const advertise = v['advertise-address'] ?? m[1]!;
   if (v['kubernetes-service'] && (parseIPv4(advertise) === undefined || advertise === '0.0.0.0'))
     throw new UsageError(`--kubernetes-service needs an IPv4 --advertise-address (not "${advertise}")`);
+  if (v['allocate-node-cidrs'] && !v['cluster-cidr']) throw new UsageError('--allocate-node-cidrs needs --cluster-cidr');
+  if (!/^\d{1,2}$/.test(v['node-cidr-mask-size']!)) throw new UsageError(`invalid --node-cidr-mask-size "${v['node-cidr-mask-size']}"`);
   const log = winston.createLogger({
     level: v['log-level'],
     format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
@@ -85,6 +92,7 @@ async function main(argv: string[]): Promise<void> {
     maxWatchSeconds: seconds(v['min-request-timeout']!),
     log,
     kubernetesService: v['kubernetes-service'] ? { address: advertise } : undefined,
+    nodeIpam: v['allocate-node-cidrs'] ? { clusterCIDR: v['cluster-cidr']!, nodeMaskSize: Number(v['node-cidr-mask-size']) } : undefined,
   });
   if (v.kubeconfig) writeKubeconfig(v.kubeconfig, { server: server.url });
   process.stdout.write(`listening on ${server.url}\n`);

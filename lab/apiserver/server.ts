@@ -22,6 +22,7 @@ import { errText } from '../../src/core/errors.ts';
 import { etcdClientOptions } from '../../src/subnet/etcd.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
+import { NodeIpam } from './nodeipam.ts';
 import { openapiV3 } from './openapi.ts';
 import { decodeProtobuf } from './protobuf.ts';
 import { checkName, formatIPv4, parseCIDR } from './names.ts';
@@ -54,6 +55,11 @@ export interface ApiServerOptions {
    * Services see only their own.
    */
   kubernetesService?: { address: string; port?: number };
+  /**
+   * Also run kube-controller-manager's node IPAM (`--allocate-node-cidrs`): nodes without a
+   * podCIDR get one from `clusterCIDR` (see nodeipam.ts).
+   */
+  nodeIpam?: { clusterCIDR: string; nodeMaskSize?: number };
   /** Largest request body accepted (default 3 MiB, kube-apiserver's limit). */
   maxBodyBytes?: number;
   /** Longest watch when the client names no timeoutSeconds (default 30 min, as --min-request-timeout). */
@@ -109,12 +115,15 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     client.close();
     throw new Error(`start api server on ${opts.host}:${opts.port}`, { cause: err });
   }
+  const ipam = opts.nodeIpam ? new NodeIpam(store, { ...opts.nodeIpam, log: opts.log ?? silentLog }) : undefined;
+  ipam?.start();
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
     url: `http://${host}:${addr.port}`,
     store,
     async close() {
+      await ipam?.stop();
       api.closeWatches();
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));

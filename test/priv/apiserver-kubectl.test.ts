@@ -4,7 +4,8 @@
  * apiserver.ts): etcd and the server in a throwaway namespace; kubectl runs inside it through
  * nsenter with the kubeconfig the server wrote; this process checks results over the unix-socket
  * forwarder. No `--validate=false` anywhere: the server's OpenAPI v3 stub tells kubectl to leave
- * validation to the server.
+ * validation to the server. The server runs with --kubernetes-service and --allocate-node-cidrs
+ * (the node IPAM kube-controller-manager would run), so those are checked here too.
  */
 import test from 'ava';
 import { ControlPlane } from '../helpers/apiserver.ts';
@@ -12,7 +13,7 @@ import { ControlPlane } from '../helpers/apiserver.ts';
 let cp: ControlPlane;
 
 test.before(async () => {
-  cp = await ControlPlane.start({ args: ['--kubernetes-service'] });
+  cp = await ControlPlane.start({ args: ['--kubernetes-service', '--allocate-node-cidrs', '--cluster-cidr', '198.18.0.0/16'] });
   const n = await cp.request('POST', '/api/v1/nodes', {
     body: {
       metadata: { name: 'k-n1', labels: { 'node-role.kubernetes.io/control-plane': '' } },
@@ -38,6 +39,32 @@ test.serial('the kubernetes Service and EndpointSlice exist, as kube-apiserver m
   // The first address is kept for it: no other Service is handed 198.19.0.1.
   const taken = await cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: 'first' }, spec: { clusterIP: '198.19.0.1', ports: [{ port: 80 }] } } });
   t.is(taken.status, 422);
+});
+
+test.serial('node IPAM: nodes without a podCIDR get distinct /24s of the cluster CIDR; deletion releases', async (t) => {
+  const podCIDR = async (name: string) => {
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const n = (await cp.request('GET', `/api/v1/nodes/${name}`)).json;
+      if (n.spec?.podCIDR) return n.spec as { podCIDR: string; podCIDRs: string[] };
+      if (Date.now() > end) throw new Error(`node "${name}" got no podCIDR`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  t.regex(await cp.kubectl(['apply', '-f', '-'], { input: 'apiVersion: v1\nkind: Node\nmetadata: {name: ipam-a}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: ipam-b}\n' }), /node\/ipam-b created/);
+  const a = await podCIDR('ipam-a');
+  const b = await podCIDR('ipam-b');
+  t.regex(a.podCIDR, /^198\.18\.\d+\.0\/24$/);
+  t.deepEqual(a.podCIDRs, [a.podCIDR]);
+  t.not(a.podCIDR, b.podCIDR);
+  // Lowest free first; 198.18.1.0/24 is k-n1's (set by hand), so it is skipped.
+  t.deepEqual([a.podCIDR, b.podCIDR].sort(), ['198.18.0.0/24', '198.18.2.0/24']);
+  const claims = async () => [...(await cp.etcd.getPrefix('/registry/ranges/nodecidrs/')).values()].sort();
+  t.deepEqual(await claims(), ['ipam-a', 'ipam-b', 'k-n1']);
+  await cp.kubectl(['delete', 'node', 'ipam-a', 'ipam-b']);
+  const end = Date.now() + 10_000;
+  while ((await claims()).length !== 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(await claims(), ['k-n1']);
 });
 
 test.serial('kubectl get nodes: table, -o wide, -o json', async (t) => {
