@@ -22,8 +22,10 @@ import { errText } from '../../src/core/errors.ts';
 import { etcdClientOptions } from '../../src/subnet/etcd.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
+import { NodeIpam } from './nodeipam.ts';
 import { openapiV3 } from './openapi.ts';
-import { checkName, parseCIDR } from './names.ts';
+import { decodeProtobuf } from './protobuf.ts';
+import { checkName, formatIPv4, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
 import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
 import { matches, parseSelector, type Selector } from './selectors.ts';
@@ -47,6 +49,17 @@ export interface ApiServerOptions {
   nodePortRange?: string;
   /** How often a watch that asked for bookmarks gets one (default 60 s, as kube sends about once a minute). */
   bookmarkIntervalMs?: number;
+  /**
+   * Create `default/kubernetes` (ClusterIP = the range's first address, port 443 -> `address`:`port`)
+   * and its EndpointSlice, as kube-apiserver does. Off unless asked for, so tests that count
+   * Services see only their own.
+   */
+  kubernetesService?: { address: string; port?: number };
+  /**
+   * Also run kube-controller-manager's node IPAM (`--allocate-node-cidrs`): nodes without a
+   * podCIDR get one from `clusterCIDR` (see nodeipam.ts).
+   */
+  nodeIpam?: { clusterCIDR: string; nodeMaskSize?: number };
   /** Largest request body accepted (default 3 MiB, kube-apiserver's limit). */
   maxBodyBytes?: number;
   /** Longest watch when the client names no timeoutSeconds (default 30 min, as --min-request-timeout). */
@@ -75,7 +88,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const size = 2 ** (32 - range.len);
   const api = new Api(store, {
     // The network and broadcast addresses are never handed out, as in kube's allocator.
-    serviceIPs: new KeyAllocator(client, { dir: `${store.prefix}/ranges/serviceips`, first: range.base + 1, last: range.base + size - 2, what: 'service IPs' }),
+    serviceIPs: new KeyAllocator(client, { dir: `${store.prefix}/ranges/serviceips`, first: range.base + 1, last: range.base + size - 2, what: 'service IPs', reserved: [range.base + 1] }),
     nodePorts: new KeyAllocator(client, { dir: `${store.prefix}/ranges/servicenodeports`, first: Number(np[1]), last: Number(np[2]), what: 'node ports' }),
     bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000,
     maxBodyBytes: opts.maxBodyBytes ?? 3 * 1024 * 1024,
@@ -90,6 +103,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     for (const name of SYSTEM_NAMESPACES) {
       if (!(await store.get(store.key(nsDef, undefined, name)))) await api.create(nsDef, undefined, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } }, false);
     }
+    if (opts.kubernetesService) await ensureKubernetesService(api, store, { clusterIP: formatIPv4(range.base + 1), address: opts.kubernetesService.address, port: opts.kubernetesService.port ?? opts.port });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {
@@ -101,18 +115,53 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     client.close();
     throw new Error(`start api server on ${opts.host}:${opts.port}`, { cause: err });
   }
+  const ipam = opts.nodeIpam ? new NodeIpam(store, { ...opts.nodeIpam, log: opts.log ?? silentLog }) : undefined;
+  ipam?.start();
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
     url: `http://${host}:${addr.port}`,
     store,
     async close() {
+      await ipam?.stop();
       api.closeWatches();
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
       client.close();
     },
   };
+}
+
+/**
+ * The `kubernetes` Service and its EndpointSlice (kube's "bootstrap controller"): created when
+ * missing, the slice's address and port brought up to date when they differ.
+ */
+async function ensureKubernetesService(api: Api, store: Store, o: { clusterIP: string; address: string; port: number }): Promise<void> {
+  const svcDef = findResource('', 'v1', 'services')!;
+  const sliceDef = findResource('discovery.k8s.io', 'v1', 'endpointslices')!;
+  const labels = { component: 'apiserver', provider: 'kubernetes' };
+  if (!(await store.get(store.key(svcDef, 'default', 'kubernetes')))) {
+    await api.create(
+      svcDef,
+      'default',
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'kubernetes', labels }, spec: { clusterIP: o.clusterIP, ports: [{ name: 'https', port: 443, protocol: 'TCP', targetPort: o.port }] } },
+      false,
+    );
+  }
+  const slice = {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'kubernetes', labels: { 'kubernetes.io/service-name': 'kubernetes', 'endpointslice.kubernetes.io/managed-by': 'weft-lab-apiserver' } },
+    addressType: 'IPv4',
+    endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
+    ports: [{ name: 'https', port: o.port, protocol: 'TCP' }],
+  };
+  const key = store.key(sliceDef, 'default', 'kubernetes');
+  const cur = await store.get(key);
+  if (!cur) await api.create(sliceDef, 'default', slice, false);
+  else if (!deepEqual(cur.obj.endpoints ?? null, slice.endpoints) || !deepEqual(cur.obj.ports ?? null, slice.ports)) {
+    await store.update(key, { ...cur.obj, endpoints: slice.endpoints, ports: slice.ports, metadata: { ...cur.obj.metadata, generation: Number(cur.obj.metadata.generation ?? 1) + 1 } }, cur.rev);
+  }
 }
 
 interface ApiConfig {
@@ -134,7 +183,13 @@ interface Target {
   watchPath: boolean;
 }
 
-const MAX_CONFLICT_RETRIES = 8;
+// kube's GuaranteedUpdate retries until the request times out; this bounds it by count, with a
+// short random pause once writers keep colliding.
+const MAX_CONFLICT_RETRIES = 100;
+
+async function backoff(attempt: number): Promise<void> {
+  if (attempt >= 3) await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 5)));
+}
 
 class Api {
   readonly #store: Store;
@@ -317,7 +372,9 @@ class Api {
         throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`);
     }
     // A patch that sets resourceVersion is a precondition: no retry past a conflict.
-    const conditional = typeof patch === 'object' && patch !== null && JSON.stringify(patch).includes('"resourceVersion"');
+    const conditional = Array.isArray(patch)
+      ? patch.some((op) => typeof op === 'object' && op !== null && !Array.isArray(op) && op.path === '/metadata/resourceVersion')
+      : typeof patch === 'object' && patch !== null && typeof patch.metadata === 'object' && patch.metadata !== null && !Array.isArray(patch.metadata) && patch.metadata.resourceVersion != null;
     return this.#update(t, name, {
       dryRun: p.dryRun,
       conditional,
@@ -400,6 +457,7 @@ class Api {
       }
       await hook.undo?.();
       if (o.conditional || attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+      await backoff(attempt);
     }
   }
 
@@ -423,6 +481,7 @@ class Api {
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+        await backoff(attempt);
         continue;
       }
       await def.hooks?.deleted?.(cur.obj, this.#hookCtx(false));
@@ -552,8 +611,9 @@ class Api {
         write(encode('BOOKMARK', { kind: def.kind, apiVersion: apiVersion(def), metadata: { resourceVersion: String(last) } }));
       }, this.#cfg.bookmarkIntervalMs);
     }
-    req.on('close', () => stop());
+    // The response closes when we end it or the client's connection goes away.
     res.on('close', () => stop());
+    if (!res.socket || res.socket.destroyed) stop(); // Gone while we listed.
   }
 }
 
@@ -696,15 +756,17 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
     }
     chunks.push(c);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  const raw = Buffer.concat(chunks);
+  const text = raw.toString('utf8');
   if (text.trim() === '') {
     if (opts.optional) return undefined;
     throw badRequest('the request body is empty');
   }
   const type = mediaType(req);
-  // Protobuf and CBOR bodies (typed clients such as `kubectl create namespace`) are not decoded here.
+  if (!opts.patch && type === 'application/vnd.kubernetes.protobuf') return decodeProtobuf(raw);
+  // CBOR and other bodies are not decoded here.
   if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
-    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got "${type}")`);
+    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got "${type}")`);
   try {
     if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
     return JSON.parse(text);
@@ -720,8 +782,8 @@ function send(res: ServerResponse, code: number, body: unknown): void {
 }
 
 function sendObject(req: IncomingMessage, res: ServerResponse, def: ResourceDef, obj: KubeObject, q: URLSearchParams): void {
-  if (wantsTable(req)) return send(res, 200, renderTable(def, [obj], { resourceVersion: String(obj.metadata.resourceVersion), includeObject: q.get('includeObject') }));
-  send(res, 200, obj);
+  const table = wantsTable(req) ? renderTable(def, [obj], { resourceVersion: String(obj.metadata.resourceVersion), includeObject: q.get('includeObject') }) : undefined;
+  send(res, 200, table ?? obj);
 }
 
 function timestamp(): string {
