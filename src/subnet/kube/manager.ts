@@ -11,19 +11,19 @@
  *   changed keys, on `nodes/<name>/status` as flannel does (so RBAC needs nodes/status patch and
  *   no nodes patch). A user-set `public-ip-overwrite` wins. If someone strips or edits them
  *   later, the watch notices and writes them back.
- * - Peers: a Node informer (client-node's ListWatch: list, watch from its resourceVersion,
- *   relist on 410). It stops on any other error, so we restart it with backoff; it keeps its
- *   resourceVersion, so a restarted watch resumes where it stopped. Its watch asks for
- *   bookmarks (client-node does not), so in a quiet cluster the resourceVersion it reconnects
- *   with (every 30 s of silence) stays recent and does not turn into a 410 and a full relist. Every listing (first and
- *   after 410) goes through the peer table (src/subnet/kube/table.ts), which turns it into the
- *   events the watch would have delivered: nothing is missed across a relist.
+ * - Peers: a Node informer kept up by src/kube/informer.ts (client-node's ListWatch, restarted
+ *   with backoff after errors; it keeps its resourceVersion, so a restarted watch resumes where
+ *   it stopped, and asks for bookmarks, so in a quiet cluster that version stays recent and a
+ *   reconnect does not turn into a 410 and a full relist). Every listing (first and after 410)
+ *   goes through the peer table (src/subnet/kube/table.ts), which turns it into the events the
+ *   watch would have delivered: nothing is missed across a relist.
  * - Ready: NetworkUnavailable=False (reason WeftIsUp) via strategic-merge PATCH on the status.
  *
  * Concurrency: informer callbacks run on the event loop one at a time; the peer table is only
  * touched from them. Own-annotation repairs are serialized through one promise chain.
  */
-import { ListWatch, Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
+import { Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
+import { keepInformer } from '../../kube/informer.ts';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { errText, markRetryable } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
@@ -78,13 +78,6 @@ export interface KubeSubnetManagerOptions {
   onUnannotatedNodes?: (count: number) => void;
   /** Every failed API call or watch (metrics). */
   onError?: (err: unknown) => void;
-}
-
-/** client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion). */
-class BookmarkWatch extends Watch {
-  override watch(...[path, params, cb, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
-    return super.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
-  }
 }
 
 export class KubeSubnetManager implements SubnetManager {
@@ -343,64 +336,25 @@ export class KubeSubnetManager implements SubnetManager {
       }
       return list;
     };
-    const informer = new ListWatch<V1Node>('/api/v1/nodes', new BookmarkWatch(this.#opts.kc), listFn, false);
-    let failed: unknown;
     const onChange = (n: V1Node) => {
       if (own(n)) this.#ownNodeChanged(n);
       else emit(table.upsert(n));
     };
-    informer.on('add', onChange);
-    informer.on('update', onChange);
-    informer.on('delete', (n) => {
-      if (n.metadata?.name) emit(table.remove(n.metadata.name));
+    await keepInformer<V1Node>(stop, {
+      kc: this.#opts.kc,
+      path: '/api/v1/nodes',
+      what: 'node watch',
+      list: listFn,
+      onAdd: onChange,
+      onUpdate: onChange,
+      onDelete: (n) => {
+        if (n.metadata?.name) emit(table.remove(n.metadata.name));
+      },
+      log,
+      clock: this.#clock,
+      backoffMs: this.#opts.restartBackoffMs,
+      onError: this.#opts.onError,
     });
-    let wake: () => void = () => {};
-    informer.on('error', (err) => {
-      failed = err ?? new Error('node watch failed');
-      wake();
-    });
-
-    const backoff = this.#opts.restartBackoffMs ?? { min: 1000, max: 30_000 };
-    let delay = backoff.min;
-    let failingSince = 0;
-    let lastMsg = '';
-    const stopped = new Promise<void>((r) => stop.addEventListener('abort', () => r(), { once: true }));
-    let starting: Promise<void> | undefined;
-    try {
-      while (!stop.aborted) {
-        failed = undefined;
-        const errored = new Promise<void>((r) => (wake = r));
-        // start() lists and opens the watch (each bounded by a deadline); stopping does not wait for it.
-        starting = informer.start().catch((err) => {
-          failed ??= err;
-        });
-        await Promise.race([starting, stopped]);
-        if (stop.aborted) break;
-        if (failed === undefined) {
-          if (failingSince) log.info(`node watch: ok again after ${Math.round((this.#clock.now() - failingSince) / 1000)}s`);
-          failingSince = 0;
-          lastMsg = '';
-          const startedAt = this.#clock.now();
-          // Running; the informer reconnects by itself on 410 and on clean stream ends.
-          await Promise.race([errored, stopped]);
-          if (stop.aborted) break;
-          // A watch that stayed up a while starts the backoff afresh; a flapping one keeps backing off.
-          if (this.#clock.now() - startedAt >= backoff.max) delay = backoff.min;
-        }
-        this.#opts.onError?.(failed);
-        const msg = errText(failed);
-        if (msg !== lastMsg) log.warn(`node watch: ${msg}; restarting in ${delay / 1000}s (and backing off)`);
-        lastMsg = msg;
-        failingSince ||= this.#clock.now();
-        await informer.stop();
-        await this.#clock.sleep(delay, stop);
-        delay = Math.min(delay * 2, backoff.max);
-      }
-    } finally {
-      await informer.stop();
-      // A start still under way may open its watch after this; close that one too.
-      void starting?.then(() => informer.stop());
-    }
   }
 
   close(): void {
