@@ -130,6 +130,9 @@ function run(bin: string, args: string[], input?: string): Promise<string> {
       if (err) reject(new Error(`${bin} ${args.join(' ')}: ${stderr.trim() || err.message}`, { cause: err }));
       else resolve(out);
     });
+    // A tool that exits without reading its input must not take weftd down with EPIPE; its exit
+    // status carries the failure.
+    child.stdin?.on('error', () => {});
     child.stdin?.end(input ?? '');
   });
 }
