@@ -28,8 +28,9 @@
  *   3. then the lower subnet address, then the PublicIP as text.
  * The first snapshot after a restart has no incumbents, so there rule 2 decides.
  */
-import { broadcastOf, contains, formatCIDR, isIPv4, isMAC, maskOf, overlaps, parseIPv4, type IPv4Net } from '../ip/ipv4.ts';
+import { broadcastOf, contains, formatCIDR, isIPv4, isMAC, maskOf, overlaps, parseCIDR, parseIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import { errText } from '../core/errors.ts';
+import type { Addr, Route } from '../netlink/types.ts';
 import type { NetworkConfig } from './config.ts';
 import { leaseId, type Lease } from './lease.ts';
 import type { LeaseEvent } from './manager.ts';
@@ -70,6 +71,26 @@ export interface LeaseValidation {
   accepted: Lease[];
   /** In input order. */
   rejected: RejectedLease[];
+}
+
+/**
+ * {@link LeaseContext.ownAddresses} and {@link LeaseContext.connectedRoutes} from the kernel's
+ * address and route dumps (pure): every address; the gatewayless, non-default routes of the
+ * main table, except those on `vxlanIndex` (weft's own device, whose routes are the peers).
+ */
+export function nodeFacts(addrs: readonly Addr[], routes: readonly Route[], opts: { vxlanIndex?: number } = {}): Pick<LeaseContext, 'ownAddresses' | 'connectedRoutes'> {
+  const connectedRoutes: IPv4Net[] = [];
+  for (const r of routes) {
+    if (r.gateway || r.dst === '0.0.0.0/0' || (r.table !== undefined && r.table !== 254)) continue;
+    if (r.index !== undefined && r.index === opts.vxlanIndex) continue;
+    if (r.scope !== undefined && r.scope !== 'link') continue;
+    try {
+      connectedRoutes.push(parseCIDR(r.dst.includes('/') ? r.dst : `${r.dst}/32`));
+    } catch {
+      // not IPv4
+    }
+  }
+  return { ownAddresses: addrs.map((a) => a.ip).filter(isIPv4), connectedRoutes };
 }
 
 /** The cap for `config`: the number of subnets in Network, at most {@link LEASE_HARD_CAP}. */

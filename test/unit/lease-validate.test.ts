@@ -2,7 +2,7 @@ import test from 'ava';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { leaseId, type Lease } from '../../src/subnet/lease.ts';
 import type { LeaseEvent } from '../../src/subnet/manager.ts';
-import { LEASE_HARD_CAP, LeaseGate, leaseCap, publicIPProblem, rejectionLine, validateLeases, vtepMACProblem, type LeaseContext } from '../../src/subnet/validate.ts';
+import { LEASE_HARD_CAP, LeaseGate, leaseCap, nodeFacts, publicIPProblem, rejectionLine, validateLeases, vtepMACProblem, type LeaseContext } from '../../src/subnet/validate.ts';
 
 let macSeq = 0;
 function lease(subnet: string, o: { ip?: string; mac?: string; rev?: string; type?: string } = {}): Lease {
@@ -238,4 +238,21 @@ test('lease validation: values from outside are bounded in reasons', (t) => {
   const reason = reasonOf({ ...lease('198.18.2.0/24'), publicIP: huge })!;
   t.true(reason.length < 120, reason);
   t.is(reasonOf(lease('198.18.2.0/24', { ip: 'a b' })), 'PublicIP "a b" is not an IPv4 address');
+});
+
+test('node facts: addresses, and the connected routes (not the default, not via a gateway, not flannel.1\'s peers)', (t) => {
+  const facts = nodeFacts(
+    [{ index: 1, ip: '127.0.0.1', prefixLen: 8 }, { index: 2, ip: '198.51.100.2', prefixLen: 24 }, { index: 5, ip: '198.18.1.1', prefixLen: 24 }],
+    [
+      { dst: '0.0.0.0/0', gateway: '198.51.100.1', index: 2 },
+      { dst: '198.51.100.0/24', index: 2, scope: 'link', table: 254 },
+      { dst: '198.18.1.0/24', index: 5, scope: 'link' },
+      { dst: '198.18.2.0/24', gateway: '198.18.2.0', index: 4, onlink: true },
+      { dst: '198.18.9.0/24', index: 4, scope: 'link' },
+      { dst: '203.0.113.0/24', index: 2, scope: 'link', table: 100 },
+    ],
+    { vxlanIndex: 4 },
+  );
+  t.deepEqual(facts.ownAddresses, ['127.0.0.1', '198.51.100.2', '198.18.1.1']);
+  t.deepEqual(facts.connectedRoutes, [parseCIDR('198.51.100.0/24'), parseCIDR('198.18.1.0/24')]);
 });
