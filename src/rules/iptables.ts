@@ -78,7 +78,8 @@ export function parseForwardSave(text: string): ForwardObserved {
     } else if (line === JUMP) {
       jumps++;
     } else if (line.startsWith(`-A ${FORWARD_CHAIN} `)) {
-      (chain ??= []).push(line);
+      chain ??= [];
+      chain.push(line);
     }
   }
   return { jumps, chain };
@@ -105,8 +106,8 @@ export function forwardRestoreScript(network: IPv4Net, observed: ForwardObserved
   const lines = ['*filter', `:${FORWARD_CHAIN} - [0:0]`, ...forwardRules(network)];
   if (observed.jumps === 0) lines.push(`-I FORWARD 1 -j ${FORWARD_CHAIN}`);
   for (let i = 1; i < observed.jumps; i++) lines.push(`-D FORWARD -j ${FORWARD_CHAIN}`);
-  lines.push('COMMIT');
-  return lines.join('\n') + '\n';
+  lines.push('COMMIT', '');
+  return lines.join('\n');
 }
 
 /** Where the iptables and nft binaries are (defaults: the system's, found in the sbin directories). */
@@ -226,7 +227,7 @@ export async function removeIptablesForward(opts: IptablesOptions = {}): Promise
     const lines = ['*filter'];
     for (let i = 0; i < seen.jumps; i++) lines.push(`-D FORWARD -j ${FORWARD_CHAIN}`);
     if (seen.chain) lines.push(`-F ${FORWARD_CHAIN}`, `-X ${FORWARD_CHAIN}`);
-    lines.push('COMMIT');
-    await run(iptablesBin(backend, 'restore', opts), ['-w', '5', '--noflush'], lines.join('\n') + '\n');
+    lines.push('COMMIT', '');
+    await run(iptablesBin(backend, 'restore', opts), ['-w', '5', '--noflush'], lines.join('\n'));
   });
 }

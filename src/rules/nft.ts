@@ -72,8 +72,8 @@ export function rulesScript(spec: RulesSpec): string {
       '  }',
     );
   }
-  lines.push('}');
-  return lines.join('\n') + '\n';
+  lines.push('}', '');
+  return lines.join('\n');
 }
 
 /**

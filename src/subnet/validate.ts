@@ -361,9 +361,9 @@ export class LeaseGate {
    */
   #fast(id: string, lease: Lease | undefined): GateResult | undefined {
     const prev = this.#accepted.get(id);
-    const check = lease && this.#check(lease);
-    const ok = check !== undefined && check.reason === undefined;
-    if (ok) {
+    const check = lease ? this.#check(lease) : undefined;
+    const reason = check?.reason;
+    if (lease && check && reason === undefined) {
       const holder = check.mac === undefined ? undefined : this.#macs.get(check.mac);
       if (holder !== undefined && holder !== id) return undefined;
       if (this.#accepted.size - (prev ? 1 : 0) + 1 > (this.#ctx.maxLeases ?? leaseCap(this.#ctx.config))) return undefined;
@@ -375,19 +375,19 @@ export class LeaseGate {
       const mac = this.#check(prev).mac;
       if (mac !== undefined && this.#macs.get(mac) === id) this.#macs.delete(mac);
     }
-    if (ok) {
-      this.#accepted.set(id, lease!);
+    if (lease && check && reason === undefined) {
+      this.#accepted.set(id, lease);
       if (check.mac !== undefined) this.#macs.set(check.mac, id);
       this.#reported.delete(id);
-      if (prev !== lease) events.push({ type: 'put', lease: lease! });
+      if (prev !== lease) events.push({ type: 'put', lease });
+      return { events, newlyRejected, invalid: this.#reported.size };
+    }
+    if (prev) events.push({ type: 'delete', subnet: prev.subnet });
+    if (lease && reason !== undefined) {
+      if (this.#reported.get(id) !== reason) newlyRejected.push({ lease, reason });
+      this.#reported.set(id, reason);
     } else {
-      if (prev) events.push({ type: 'delete', subnet: prev.subnet });
-      if (lease) {
-        if (this.#reported.get(id) !== check!.reason) newlyRejected.push({ lease, reason: check!.reason! });
-        this.#reported.set(id, check!.reason!);
-      } else {
-        this.#reported.delete(id);
-      }
+      this.#reported.delete(id);
     }
     return { events, newlyRejected, invalid: this.#reported.size };
   }
@@ -413,7 +413,7 @@ export class LeaseGate {
         if (check.mac !== undefined) macs.set(check.mac, id);
         continue;
       }
-      const reason = why.get(l)!;
+      const reason = why.get(l) ?? 'rejected';
       if (check.reason === undefined) relational++;
       if (this.#reported.get(id) !== reason) newlyRejected.push({ lease: l, reason });
       reported.set(id, reason);

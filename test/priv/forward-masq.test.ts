@@ -25,8 +25,10 @@ test.after.always(async () => {
 
 /** One ping from the pod to the control-plane namespace's address (a fresh ICMP id, so a fresh conntrack entry). */
 function pingOut(): boolean {
+  const [pod] = cluster.pods;
+  if (!pod) throw new Error('the cluster has no pod');
   try {
-    inNs(cluster.pods[0]!.netns, 'ping', ['-c', '1', '-W', '1', cluster.topo.state.etcdEndpoint.replace(/^\w+:\/\/([\d.]+):\d+$/, '$1')]);
+    inNs(pod.netns, 'ping', ['-c', '1', '-W', '1', cluster.topo.state.etcdEndpoint.replace(/^\w+:\/\/([\d.]+):\d+$/, '$1')]);
     return true;
   } catch {
     return false;

@@ -235,8 +235,8 @@ test('lease gate: random event sequences: what the backend is told equals valida
 
 test('lease validation: values from outside are bounded in reasons', (t) => {
   const huge = 'x'.repeat(10_000);
-  const reason = reasonOf({ ...lease('198.18.2.0/24'), publicIP: huge })!;
-  t.true(reason.length < 120, reason);
+  const reason = reasonOf({ ...lease('198.18.2.0/24'), publicIP: huge }) ?? '';
+  t.regex(reason, /^PublicIP x{64}\.\.\. is not an IPv4 address$/);
   t.is(reasonOf(lease('198.18.2.0/24', { ip: 'a b' })), 'PublicIP "a b" is not an IPv4 address');
 });
 
