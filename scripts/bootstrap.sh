@@ -12,7 +12,7 @@ fi
 
 # command -> Debian package that provides it
 declare -A want=(
-  [ip]=iproute2 [bridge]=iproute2 [nsenter]=util-linux [nft]=nftables
+  [ip]=iproute2 [bridge]=iproute2 [nsenter]=util-linux [nft]=nftables [iptables]=iptables
   [etcd]=etcd-server [etcdctl]=etcd-client [tcpdump]=tcpdump [iperf3]=iperf3
   [ping]=iputils-ping [cc]=gcc [pkill]=procps [npm]=npm [node]=nodejs [curl]=curl [openssl]=openssl
   [conntrack]=conntrack
