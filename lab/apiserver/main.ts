@@ -1,0 +1,73 @@
+/**
+ * The test API server's command line (see server.ts):
+ *
+ *   node lab/apiserver/main.ts --listen 198.51.100.2:6443 --etcd http://198.51.100.2:2379 \
+ *     --service-cluster-ip-range 198.19.0.0/16 [--service-node-port-range 30000-32767] \
+ *     [--etcd-prefix /registry] [--bookmark-interval 60s] [--kubeconfig out.yaml] [--log-level info]
+ *
+ * Run it inside the control-plane namespace (`nsenter --net=/run/netns/<ns> -- node ...`). It
+ * prints `listening on <url>` on stdout once it serves, writes the kubeconfig if asked, and exits
+ * on SIGTERM/SIGINT.
+ */
+import { parseArgs } from 'node:util';
+import winston from 'winston';
+import { errText, UsageError } from '../../src/core/errors.ts';
+import { writeKubeconfig } from './kubeconfig.ts';
+import { startApiServer } from './server.ts';
+
+function duration(s: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(s);
+  if (!m) throw new UsageError(`invalid duration "${s}"`);
+  return Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
+}
+
+async function main(argv: string[]): Promise<void> {
+  let v;
+  try {
+    v = parseArgs({
+      args: argv,
+      options: {
+        listen: { type: 'string', default: '127.0.0.1:6443' },
+        etcd: { type: 'string', multiple: true },
+        'etcd-prefix': { type: 'string', default: '/registry' },
+        'service-cluster-ip-range': { type: 'string', default: '198.19.0.0/16' },
+        'service-node-port-range': { type: 'string', default: '30000-32767' },
+        'bookmark-interval': { type: 'string', default: '60s' },
+        kubeconfig: { type: 'string' },
+        'log-level': { type: 'string', default: 'info' },
+      },
+    }).values;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const m = /^(.+):(\d+)$/.exec(v.listen!);
+  if (!m) throw new UsageError(`--listen must be host:port, not "${v.listen}"`);
+  const etcd = (v.etcd ?? []).flatMap((e) => e.split(',')).filter(Boolean);
+  if (!etcd.length) throw new UsageError('--etcd is required');
+  const log = winston.createLogger({
+    level: v['log-level'],
+    format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
+    transports: [new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'] })],
+  });
+  const server = await startApiServer({
+    host: m[1]!.replace(/^\[|\]$/g, ''),
+    port: Number(m[2]),
+    etcd,
+    etcdPrefix: v['etcd-prefix'],
+    serviceClusterIPRange: v['service-cluster-ip-range']!,
+    nodePortRange: v['service-node-port-range'],
+    bookmarkIntervalMs: duration(v['bookmark-interval']!),
+    log,
+  });
+  if (v.kubeconfig) writeKubeconfig(v.kubeconfig, { server: server.url });
+  process.stdout.write(`listening on ${server.url}\n`);
+  const ac = new AbortController();
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => ac.abort());
+  await new Promise((r) => ac.signal.addEventListener('abort', r, { once: true }));
+  await server.close();
+}
+
+main(process.argv.slice(2)).catch((err) => {
+  process.stderr.write(`weft-apiserver: ${errText(err)}\n`);
+  process.exit(err instanceof UsageError ? 2 : 1);
+});
