@@ -83,7 +83,7 @@ export async function findSourceNetns(src: string, opts: { explicit?: string; ma
           if (!addr) continue;
           if (opts.mac && (await nl.linkByIndex(addr.index)).mac !== opts.mac) continue;
           // /var/run is /run on every current distribution: one namespace, two names
-          found.set(realKey(path), path);
+          if (!found.has(realKey(path))) found.set(realKey(path), path);
         } finally {
           nl.close();
         }
@@ -120,11 +120,11 @@ export function probeScript(table: string, r: TraceReport): { script: string; po
   const points = new Map<string, Omit<ProbeSighting, 'packets'>>();
   const lines = [`add table ${T}`];
   const chains: Array<[string, string]> = [
-    ['pre', 'type filter hook prerouting priority -400; policy accept;'],
-    ['fwd', 'type filter hook forward priority -400; policy accept;'],
-    ['inp', 'type filter hook input priority -400; policy accept;'],
-    ['out', 'type filter hook output priority -400; policy accept;'],
-    ['post', 'type filter hook postrouting priority -400; policy accept;'],
+    ['probe-pre', 'type filter hook prerouting priority -400; policy accept;'],
+    ['probe-fwd', 'type filter hook forward priority -400; policy accept;'],
+    ['probe-inp', 'type filter hook input priority -400; policy accept;'],
+    ['probe-out', 'type filter hook output priority -400; policy accept;'],
+    ['probe-post', 'type filter hook postrouting priority -400; policy accept;'],
   ];
   for (const [name, spec] of chains) lines.push(`add chain ${T} ${name} { ${spec} }`);
   const l4 = q.port === undefined ? 'icmp type echo-request' : q.protocol === 'tcp' ? 'tcp flags & (syn | ack) == syn' : 'meta l4proto udp';
@@ -135,17 +135,17 @@ export function probeScript(table: string, r: TraceReport): { script: string; po
   };
   const dst = ipText(q.dst);
   const dport = q.port !== undefined ? ` th dport ${q.port}` : '';
-  if (r.ingress === 'this-node') count('c_out', 'out', `ip saddr ${src} ip daddr ${dst}${dport}`, { point: 'output', detail: `sent by this node to ${dst}` });
-  else count('c_pre', 'pre', `ip saddr ${src} ip daddr ${dst}${dport}`, { point: 'prerouting', detail: `entered the node from ${src} on ${r.ingress}` });
+  if (r.ingress === 'this-node') count('c_out', 'probe-out', `ip saddr ${src} ip daddr ${dst}${dport}`, { point: 'output', detail: `sent by this node to ${dst}` });
+  else count('c_pre', 'probe-pre', `ip saddr ${src} ip daddr ${dst}${dport}`, { point: 'prerouting', detail: `entered the node from ${src} on ${r.ingress}` });
   const targets = [...new Set(r.paths.map((p) => p.to).concat(r.service.verdict === 'none' ? [] : [q.dst]))];
   targets.forEach((t, i) => {
     const what = t === q.dst && r.service.verdict !== 'none' ? `forwarded still addressed to ${t} (not DNATed)` : `forwarded to ${t}${t !== q.dst ? ' (the endpoint the kernel picked)' : ''}`;
-    count(`c_fwd${i}`, 'fwd', `ip saddr ${src} ip daddr ${ipText(t)}`, { point: 'forward', detail: what });
+    count(`c_fwd${i}`, 'probe-fwd', `ip saddr ${src} ip daddr ${ipText(t)}`, { point: 'forward', detail: what });
   });
-  count('c_inp', 'inp', `ip saddr ${src}`, { point: 'input', detail: 'delivered to this node (local socket, or refused by it)' });
+  count('c_inp', 'probe-inp', `ip saddr ${src}`, { point: 'input', detail: 'delivered to this node (local socket, or refused by it)' });
   const devs = new Set<string>();
   for (const p of r.paths) for (const h of p.hops) if (h.kind === 'route' && h.dev && /^[a-zA-Z0-9_.-]{1,15}$/.test(h.dev)) devs.add(h.dev);
-  [...devs].forEach((d, i) => count(`c_post${i}`, 'post', `oifname "${d}" ip saddr ${src}`, { point: 'postrouting', detail: `left through ${d}` }));
+  [...devs].forEach((d, i) => count(`c_post${i}`, 'probe-post', `oifname "${d}" ip saddr ${src}`, { point: 'postrouting', detail: `left through ${d}` }));
   const encaps = r.paths.flatMap((p) => p.hops.filter((h): h is EncapHop => h.kind === 'encap' && !!h.outerDst));
   const seen = new Set<string>();
   encaps.forEach((e, i) => {
@@ -154,7 +154,7 @@ export function probeScript(table: string, r: TraceReport): { script: string; po
     // outer UDP header (8) + VXLAN header (8) + inner Ethernet (14) + 12 = the inner source address
     const inner = `0x${parseIPv4(src).toString(16).padStart(8, '0')}`;
     lines.push(`add counter ${T} c_enc${i}`);
-    lines.push(`add rule ${T} out ip daddr ${ipText(e.outerDst!)} udp dport ${e.udpPort} @th,336,32 ${inner} counter name c_enc${i}`);
+    lines.push(`add rule ${T} probe-out ip daddr ${ipText(e.outerDst!)} udp dport ${e.udpPort} @th,336,32 ${inner} counter name c_enc${i}`);
     points.set(`c_enc${i}`, { point: 'encap', detail: `encapsulated: ${e.outerSrc ?? '?'} -> ${e.outerDst} UDP ${e.udpPort} VNI ${e.vni}` });
   });
   return { script: lines.join('\n') + '\n', points };
