@@ -50,14 +50,14 @@ function apiError(op: string, err: unknown): KubeApiError {
     const m = /"message":\s*"([^"]{0,300})/.exec(body);
     return new KubeApiError(op, e.code, m?.[1] ?? body.slice(0, 300), { cause: err });
   }
-  return new KubeApiError(op, 0, e?.name === 'TimeoutError' ? 'timed out' : e?.cause?.message ?? e?.message ?? String(err), { cause: err });
+  return new KubeApiError(op, 0, e?.name === 'TimeoutError' ? 'timed out' : (e?.cause?.message ?? e?.message ?? String(err)), { cause: err });
 }
 
 async function paged<T>(op: string, fetch: (cont: string | undefined) => Promise<{ items: T[]; metadata?: { _continue?: string } }>): Promise<T[]> {
   const out: T[] = [];
   let cont: string | undefined;
   for (let page = 0; page < MAX_PAGES; page++) {
-    let res;
+    let res: { items: T[]; metadata?: { _continue?: string } };
     try {
       res = await fetch(cont);
     } catch (err) {

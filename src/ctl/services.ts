@@ -113,7 +113,11 @@ export function serviceStatuses(services: readonly Service[], slices: readonly E
   for (const svc of services) {
     const row: ServiceStatus = { namespace: svc.metadata.namespace, name: svc.metadata.name, type: svc.spec.type, clusterIP: svc.spec.clusterIP || '<none>', ports: [] };
     const why = skipReason(svc);
-    if (why) row.skipped = why;
+    if (why) {
+      // not proxied: its ports as declared, nothing expected in the table
+      row.skipped = why;
+      for (const p of svc.spec.ports) row.ports.push({ name: p.name, protocol: p.protocol, port: p.port, programmed: 'no', kernel: [] });
+    }
     for (const sp of state.ports) if (sp.namespace === row.namespace && sp.name === row.name) row.ports.push(portStatus(sp, t));
     out.push(row);
   }
@@ -131,7 +135,10 @@ export function tableStatuses(t: ProxyTable): ServiceStatus[] {
     const m = chain ? CHAIN_LABEL.exec(chain) : null;
     const id = m ? `${m[1]}/${m[2]}` : `?/${ip}`;
     let row = rows.get(id);
-    if (!row) rows.set(id, (row = { namespace: m?.[1] ?? '<unknown>', name: m?.[2] ?? '<unknown>', clusterIP: ip, ports: [] }));
+    if (!row) {
+      row = { namespace: m?.[1] ?? '<unknown>', name: m?.[2] ?? '<unknown>', clusterIP: ip, ports: [] };
+      rows.set(id, row);
+    }
     row.ports.push({ name: m?.[3] ?? '', protocol: proto.toUpperCase(), port, programmed: 'yes', kernel: kernelVerdict(t, ip, proto.toUpperCase(), port) });
   };
   for (const e of t.maps['service-ips'] ?? []) add(e.key, 'target' in e.verdict ? e.verdict.target : undefined);
@@ -160,12 +167,14 @@ export function renderServices(list: ServiceList, format: 'table' | 'wide' | 'js
   if (list.table !== 'present') notes.push(`note: table ip weft-proxy is ${list.table} on this node: nothing is programmed here`);
   if (!list.items.length) return [`No services found (${list.source}).`, ...notes].join('\n') + '\n';
   const apiMode = list.items.some((s) => s.ports.some((p) => p.total !== undefined));
-  const header = ['NAMESPACE', 'NAME', 'CLUSTER-IP', 'PORT(S)', ...(apiMode ? ['ENDPOINTS'] : []), 'PROGRAMMED'];
+  // from the table alone "programmed" is always yes: show what it programs instead
+  const header = ['NAMESPACE', 'NAME', 'CLUSTER-IP', 'PORT(S)', 'ENDPOINTS', ...(apiMode ? ['PROGRAMMED'] : [])];
   if (format === 'wide') header.push('KERNEL');
   const rows = list.items.map((s) => {
     const ready = s.ports.reduce((n, p) => Math.max(n, p.ready ?? 0), 0);
     const total = s.ports.reduce((n, p) => Math.max(n, p.total ?? 0), 0);
-    const r = [s.namespace, s.name, s.clusterIP, portsText(s), ...(apiMode ? [`${ready}/${total}`] : []), programmedText(s)];
+    const kernel = s.ports.map((p) => (p.kernel[0] === 'reject' ? 'reject' : String(p.kernel.length))).join(',');
+    const r = [s.namespace, s.name, s.clusterIP, portsText(s), ...(apiMode ? [`${ready}/${total}`, programmedText(s)] : [kernel || '0'])];
     if (format === 'wide') r.push(s.ports.map((p) => `${p.port}/${p.protocol}->${p.kernel.join('|') || '<none>'}`).join(' ') || '<none>');
     return r;
   });

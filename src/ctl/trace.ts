@@ -48,6 +48,9 @@ export async function traceCommand(ctx: CommandContext): Promise<number> {
   }
   ctx.out(renderTrace(report, format));
   const ends = report.paths.map((p) => p.hops.at(-1));
-  const ok = report.service.verdict !== 'none' && report.service.verdict !== 'dnat' ? false : ends.length > 0 && ends.every((h) => h?.kind === 'end' && ['local-pod', 'peer-node', 'this-node', 'external'].includes(h.at));
+  const ok =
+    report.service.verdict !== 'none' && report.service.verdict !== 'dnat'
+      ? false
+      : ends.length > 0 && ends.every((h) => h?.kind === 'end' && ['local-pod', 'peer-node', 'this-node', 'external'].includes(h.at));
   return ok ? 0 : 1;
 }

@@ -82,7 +82,18 @@ test.before(async () => {
     });
   }
   const services = [
-    v(validateService({ metadata: { namespace: 'default', name: 'echo' }, spec: { clusterIP: CLUSTER_IP, ports: [{ name: 'tcp', port: 80, protocol: 'TCP' }, { name: 'udp', port: 53, protocol: 'UDP' }] } })),
+    v(
+      validateService({
+        metadata: { namespace: 'default', name: 'echo' },
+        spec: {
+          clusterIP: CLUSTER_IP,
+          ports: [
+            { name: 'tcp', port: 80, protocol: 'TCP' },
+            { name: 'udp', port: 53, protocol: 'UDP' },
+          ],
+        },
+      }),
+    ),
     v(validateService({ metadata: { namespace: 'default', name: 'empty' }, spec: { clusterIP: EMPTY_IP, ports: [{ port: 80 }] } })),
   ];
   const slices = [
@@ -173,7 +184,10 @@ test.serial('a pod -> ClusterIP: the map element, both endpoints, and each path 
   t.is(end.node, cluster.node('n2').ip);
 
   const local = report.paths.find((p) => p.to === localEp.ip)!;
-  t.deepEqual(local.hops.map((h) => h.kind), ['route', 'neighbor', 'fdb', 'end']);
+  t.deepEqual(
+    local.hops.map((h) => h.kind),
+    ['route', 'neighbor', 'fdb', 'end'],
+  );
   const [lroute, lneigh, lfdb, lend] = local.hops as any[];
   t.is(lroute.dev, f.routeTo(localEp.ip).dev);
   t.is(lroute.dev, 'cni0');
@@ -203,7 +217,12 @@ test.serial('no Service: straight to a remote pod; the text output names every h
   const r = await weftctl('n1', ['trace', client.ip, remoteEp.ip]);
   t.is(r.code, 0, r.stderr);
   const f = facts();
-  t.regex(r.stdout, new RegExp(`route +${remoteEp.ip.replaceAll('.', '\\.')} from ${client.ip.replaceAll('.', '\\.')} iif cni0: unicast ${f.peerSubnet.replaceAll('.', '\\.')} via ${f.gw.replaceAll('.', '\\.')} dev flannel\\.1 onlink`));
+  t.regex(
+    r.stdout,
+    new RegExp(
+      `route +${remoteEp.ip.replaceAll('.', '\\.')} from ${client.ip.replaceAll('.', '\\.')} iif cni0: unicast ${f.peerSubnet.replaceAll('.', '\\.')} via ${f.gw.replaceAll('.', '\\.')} dev flannel\\.1 onlink`,
+    ),
+  );
   t.regex(r.stdout, new RegExp(`neighbor +${f.gw.replaceAll('.', '\\.')} on flannel\\.1: ${f.peerMac}`));
   t.regex(r.stdout, new RegExp(`encap +${cluster.node('n1').ip.replaceAll('.', '\\.')} -> ${cluster.node('n2').ip.replaceAll('.', '\\.')} UDP 8472 VNI 1`));
   t.regex(r.stdout, /end +peer-node:/);

@@ -39,7 +39,12 @@ export function readIpamOwners(dir: string): Record<string, string> | undefined 
       if (isIPv4(name)) {
         try {
           const text = readFileSync(join(d, name), 'utf8').slice(0, 512);
-          out[name] = text.trim().split(/\r?\n/).map((s) => s.trim()).filter(Boolean).join(' ');
+          out[name] = text
+            .trim()
+            .split(/\r?\n/)
+            .map((s) => s.trim())
+            .filter(Boolean)
+            .join(' ');
         } catch {
           // released between listing and reading
         }

@@ -78,12 +78,16 @@ export function parseProxyTable(json: string): ProxyTable {
     if (!isObj(o)) continue;
     if (isObj(o.chain) && typeof o.chain.name === 'string') t.chains[o.chain.name] ??= [];
     if (isObj(o.rule) && typeof o.rule.chain === 'string' && Array.isArray(o.rule.expr)) {
-      (t.chains[o.rule.chain] ??= []).push({ handle: typeof o.rule.handle === 'number' ? o.rule.handle : undefined, expr: o.rule.expr });
+      t.chains[o.rule.chain] ??= [];
+      t.chains[o.rule.chain]!.push({ handle: typeof o.rule.handle === 'number' ? o.rule.handle : undefined, expr: o.rule.expr });
     }
     const set = isObj(o.set) ? o.set : undefined;
     if (set && typeof set.name === 'string') {
       const elems = Array.isArray(set.elem) ? set.elem : [];
-      t.sets[set.name] = elems.map(keyParts).filter((k): k is Array<string | number> => !!k).map((k) => k.join(' . '));
+      t.sets[set.name] = elems
+        .map(keyParts)
+        .filter((k): k is Array<string | number> => !!k)
+        .map((k) => k.join(' . '));
     }
     const map = isObj(o.map) ? o.map : undefined;
     if (map && typeof map.name === 'string' && map.map === 'verdict') {
@@ -197,7 +201,7 @@ class Evaluator {
       const n = ipNum(r.prefix.addr);
       if (a === undefined || n === undefined || r.prefix.len < 0 || r.prefix.len > 32) return undefined;
       const mask = r.prefix.len === 0 ? 0 : (~0 << (32 - r.prefix.len)) >>> 0;
-      return ((a & mask) >>> 0) === ((n & mask) >>> 0);
+      return (a & mask) >>> 0 === (n & mask) >>> 0;
     }
     if (isObj(r) && Array.isArray(r.range) && r.range.length === 2) {
       const [lo, hi] = r.range.map((x) => (typeof x === 'number' ? x : ipNum(String(x))));

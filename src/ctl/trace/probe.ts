@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { UsageError } from '../../core/errors.ts';
 import { parseIPv4 } from '../../ip/ipv4.ts';
 import { openNetlink } from '../../netlink/index.ts';
-import { openNetns } from '../../netns/index.ts';
+import { openNetns, type NetNs } from '../../netns/index.ts';
 import type { EncapHop, ProbeResult, ProbeSighting, TraceReport } from './model.ts';
 
 /** Where CNI runtimes (containerd, CRI-O, podman) and `ip netns` put pod namespaces. */
@@ -70,7 +70,7 @@ export async function findSourceNetns(src: string, opts: { explicit?: string; ma
     for (const name of names) {
       if (++seen > MAX_NAMESPACES) break;
       const path = join(dir, name);
-      let ns;
+      let ns: NetNs;
       try {
         ns = openNetns(path);
       } catch {
@@ -145,7 +145,8 @@ export function probeScript(table: string, r: TraceReport): { script: string; po
   count('c_inp', 'probe-inp', `ip saddr ${src}`, { point: 'input', detail: 'delivered to this node (local socket, or refused by it)' });
   const devs = new Set<string>();
   for (const p of r.paths) for (const h of p.hops) if (h.kind === 'route' && h.dev && /^[a-zA-Z0-9_.-]{1,15}$/.test(h.dev)) devs.add(h.dev);
-  [...devs].forEach((d, i) => count(`c_post${i}`, 'probe-post', `oifname "${d}" ip saddr ${src}`, { point: 'postrouting', detail: `left through ${d}` }));
+  let i = 0;
+  for (const d of devs) count(`c_post${i++}`, 'probe-post', `oifname "${d}" ip saddr ${src}`, { point: 'postrouting', detail: `left through ${d}` });
   const encaps = r.paths.flatMap((p) => p.hops.filter((h): h is EncapHop => h.kind === 'encap' && !!h.outerDst));
   const seen = new Set<string>();
   encaps.forEach((e, i) => {

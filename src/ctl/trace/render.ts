@@ -55,7 +55,7 @@ export function renderTrace(r: TraceReport, format: 'table' | 'json' | 'yaml'): 
   if (r.probe) {
     out.push(`probe from ${r.probe.netns}: ${r.probe.outcome}`);
     if (!r.probe.sightings.length) out.push('  seen nowhere on this node');
-    for (const s of r.probe.sightings) out.push(`  ${s.point.padEnd(10)}${s.packets} packet(s): ${s.detail}`);
+    for (const s of r.probe.sightings) out.push(`  ${s.point.padEnd(12)}${s.packets} packet(s): ${s.detail}`);
   }
   for (const w of r.warnings) out.push(`warning: ${w}`);
   return out.join('\n') + '\n';

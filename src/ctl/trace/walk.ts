@@ -154,7 +154,13 @@ function vxlanHops(w: Walker, dev: Link, nexthop: string, to: string, route: Rou
   const vx = dev.vxlan;
   const n = s.neighbors.find((x) => x.index === dev.index && x.ip === nexthop);
   if (!n?.mac) {
-    hops.push({ kind: 'neighbor', dev: dev.name, ip: nexthop, state: n?.state ?? [], problem: `no neighbor entry for ${nexthop} on ${dev.name}: the peer's VTEP MAC is not programmed (run weftctl check)` });
+    hops.push({
+      kind: 'neighbor',
+      dev: dev.name,
+      ip: nexthop,
+      state: n?.state ?? [],
+      problem: `no neighbor entry for ${nexthop} on ${dev.name}: the peer's VTEP MAC is not programmed (run weftctl check)`,
+    });
     hops.push({ kind: 'end', at: 'unknown', detail: `cannot resolve ${nexthop} on ${dev.name} (nolearning: no ARP is sent)` });
     return hops;
   }
@@ -194,9 +200,16 @@ function bridgeHops(w: Walker, br: Link, nexthop: string, q: TraceQuery): Hop[] 
   const end: EndHop = { kind: 'end', at: 'local-pod', bridge: br.name, detail: '' };
   if (owner) end.owner = owner;
   if (n?.mac) {
-    hops.push({ kind: 'neighbor', dev: br.name, ip: nexthop, mac: n.mac, state: n.state, ...(n.state.includes('failed') ? { problem: 'ARP failed: nothing answers for this address on the bridge' } : {}) });
+    hops.push({
+      kind: 'neighbor',
+      dev: br.name,
+      ip: nexthop,
+      mac: n.mac,
+      state: n.state,
+      ...(n.state.includes('failed') ? { problem: 'ARP failed: nothing answers for this address on the bridge' } : {}),
+    });
     const f = s.fdb.find((x) => x.master === br.index && x.mac === n.mac && !x.self);
-    const port = f ? w.link(f.index)?.name ?? `if${f.index}` : undefined;
+    const port = f ? (w.link(f.index)?.name ?? `if${f.index}`) : undefined;
     if (f) hops.push({ kind: 'fdb', dev: br.name, mac: n.mac, port, state: f.state });
     else hops.push({ kind: 'fdb', dev: br.name, mac: n.mac, state: [], problem: `the bridge has not learned ${n.mac} (yet): it floods the first frame to every port` });
     if (port) end.port = port;
@@ -254,7 +267,14 @@ export function walk(s: TraceSnapshot, q: TraceQuery): { report: TraceReport; mi
     const dev = back?.result ? w.link(back.result.oif) : undefined;
     if (back && !dev) {
       const why = back.error ? `no route back to ${q.src} (${back.error})` : `route to ${q.src} has no known device`;
-      const report: TraceReport = { kind: 'Trace', query: q, ingress: 'unknown', service: { kind: 'service', verdict: 'none', endpoints: [], detail: 'not evaluated' }, paths: [], warnings: [`${why}: ${q.src} is not reachable from this node, so a packet from it cannot be traced here`] };
+      const report: TraceReport = {
+        kind: 'Trace',
+        query: q,
+        ingress: 'unknown',
+        service: { kind: 'service', verdict: 'none', endpoints: [], detail: 'not evaluated' },
+        paths: [],
+        warnings: [`${why}: ${q.src} is not reachable from this node, so a packet from it cannot be traced here`],
+      };
       return { report, missing: w.missing };
     }
     if (dev) {
