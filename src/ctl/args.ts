@@ -35,7 +35,7 @@ trace also runs on a node: it walks a packet from a local pod (or the node itsel
 Service proxy (table ip weft-proxy), the routing table, neighbor and FDB entries, to a local
 bridge port or over VXLAN to the peer node, from live kernel state. --probe sends one real
 packet from the pod's namespace (found under /run/netns, or --src-netns) and reports where this
-node saw it. get services reads Services and EndpointSlices from the Kubernetes API
+node saw it; exit status 1 when the walk ends short of a pod or node. get services reads Services and EndpointSlices from the Kubernetes API
 (--kubeconfig, in-cluster, or $KUBECONFIG) and whether this node's table programs them; without
 any API config it lists what the table alone holds.
 `;

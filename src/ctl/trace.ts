@@ -36,7 +36,9 @@ export async function traceCommand(ctx: CommandContext): Promise<number> {
   const format = outputFormat(ctx.flags, ['table', 'json', 'yaml']) as 'table' | 'json' | 'yaml';
   const q = parseTraceArgs(ctx.args ?? []);
   if (ctx.flags['src-netns'] && !ctx.flags.probe) throw new UsageError('--src-netns is only used with --probe');
-  const { report, snapshot } = await traceLive(q, { ipamDir: ctx.flags['ipam-dir'] });
+  const first = await traceLive(q, { ipamDir: ctx.flags['ipam-dir'] });
+  const snapshot = first.snapshot;
+  let report = first.report;
   if (ctx.flags.probe) {
     let netns = 'this node';
     if (report.ingress !== 'this-node') {
@@ -44,7 +46,11 @@ export async function traceCommand(ctx: CommandContext): Promise<number> {
       const mac = bridge ? snapshot.neighbors.find((n) => n.index === bridge.index && n.ip === q.src)?.mac : undefined;
       netns = await findSourceNetns(q.src, { explicit: ctx.flags['src-netns'], mac });
     }
-    report.probe = await runProbe(report, netns);
+    const probe = await runProbe(report, netns);
+    // the probe made the kernel resolve what it had not yet (a local pod's ARP entry, so its
+    // bridge port): walk the state as it is now, next to where the packet was seen
+    ({ report } = await traceLive(q, { ipamDir: ctx.flags['ipam-dir'] }));
+    report.probe = probe;
   }
   ctx.out(renderTrace(report, format));
   const ends = report.paths.map((p) => p.hops.at(-1));

@@ -255,3 +255,35 @@ test.serial('--probe through the ClusterIP: the forward counter shows the endpoi
   const enc = p.sightings.filter((s) => s.point === 'encap');
   t.is(enc.length, picked === remoteEp.ip ? 1 : 0, 'encapsulated exactly when the remote endpoint was picked');
 });
+
+test.serial('from the node itself, --probe pings a pod the node has not talked to; the walk after it names the bridge port', async (t) => {
+  const [fresh] = await cluster.addPods('n1', 1);
+  const n1 = cluster.node('n1');
+  const ns = n1.netns;
+  t.falsy(
+    ipJson(ns, 'neigh', 'show', 'dev', 'cni0').find((n) => n.dst === fresh!.ip && n.lladdr),
+    'not resolved before',
+  );
+  const { code, report, stderr } = await trace([n1.ip, fresh!.ip, '--probe']);
+  t.is(code, 0, stderr);
+  t.is(report.ingress, 'this-node');
+  t.is(report.probe!.outcome, 'reply');
+  t.true(report.probe!.sightings.some((s) => s.point === 'output' && s.packets >= 1));
+  t.true(report.probe!.sightings.some((s) => s.point === 'postrouting' && s.detail.includes('cni0')));
+  const podMac = ipJson(fresh!.netns, 'link', 'show', 'eth0')[0].address;
+  const port = JSON.parse(inNs(ns, 'bridge', ['-j', 'fdb', 'show', 'br', 'cni0'])).find((e: any) => e.mac === podMac && !e.flags?.includes('self'));
+  const end = report.paths[0]!.hops.at(-1) as any;
+  t.is(end.at, 'local-pod');
+  t.is(end.port, port.ifname);
+  t.true(String(end.owner).startsWith(fresh!.containerId));
+});
+
+test.serial('pod -> pod on the same node is bridged, and the walk says the node does not route it', async (t) => {
+  const { report } = await trace([client.ip, localEp.ip]);
+  const end = report.paths[0]!.hops.at(-1) as any;
+  t.is(end.at, 'local-pod');
+  t.regex(end.detail, /same subnet as the source/);
+  const viaService = await trace([client.ip, `${CLUSTER_IP}:80/tcp`]);
+  const local = viaService.report.paths.find((p) => p.to === localEp.ip)!.hops.at(-1) as any;
+  t.notRegex(local.detail, /same subnet/, 'after DNAT the node does route it');
+});

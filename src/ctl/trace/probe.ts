@@ -9,8 +9,9 @@
  * input (delivered to, or rejected by, the node). Counters rather than a capture: no tool beyond
  * nft is needed, and only the probe's own packets count.
  *
- * The sender runs as `nsenter --net=<pod netns> -- node -e ...`: a TCP connect (one SYN, with
- * retries counted), one UDP datagram, or one ICMP echo without a port. The pod's namespace is
+ * The sender runs as `nsenter --net=<pod netns> -- node -e ...` (or here, for a source address
+ * of this node), bound to the source address so the kernel cannot pick another: a TCP connect
+ * (one SYN, with retries counted), one UDP datagram, or one ICMP echo without a port. The pod's namespace is
  * `--src-netns`, or found among /run/netns: the one namespace with an interface carrying the
  * source address (and, when the node has a neighbor entry for it, that MAC). Ambiguity is an
  * error rather than a guess.
@@ -167,10 +168,10 @@ function ipText(s: string): string {
 }
 
 const SENDER = `
-const [proto, host, port] = process.argv.slice(1);
+const [proto, host, port, localAddress] = process.argv.slice(1);
 const done = (s) => { process.stdout.write(s); process.exit(0); };
 if (proto === 'tcp') {
-  const c = require('node:net').connect({ host, port: Number(port) });
+  const c = require('node:net').connect({ host, port: Number(port), localAddress });
   c.setTimeout(1500, () => { c.destroy(); done('timeout'); });
   c.on('connect', () => { c.destroy(); done('connected'); });
   c.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : String(e.code || e.message)));
@@ -178,7 +179,7 @@ if (proto === 'tcp') {
   const s = require('node:dgram').createSocket('udp4');
   s.on('message', () => done('reply'));
   s.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : String(e.code || e.message)));
-  s.connect(Number(port), host, () => s.send('weftctl trace probe\\n', (e) => { if (e) done(String(e.code)); }));
+  s.bind(0, localAddress, () => s.connect(Number(port), host, () => s.send('weftctl trace probe\\n', (e) => { if (e) done(String(e.code)); })));
   setTimeout(() => done('sent (no reply within 1.5 s)'), 1500);
 }
 `;
@@ -187,11 +188,11 @@ async function send(netns: string, r: TraceReport): Promise<string> {
   const q = r.query;
   const pre = r.ingress === 'this-node' ? [] : ['nsenter', `--net=${netns}`, '--'];
   if (q.port === undefined) {
-    const argv = [...pre, 'ping', '-n', '-c', '1', '-W', '1', q.dst];
+    const argv = [...pre, 'ping', '-n', '-c', '1', '-W', '1', '-I', q.src, q.dst];
     const out = await exec(argv[0]!, argv.slice(1), { timeoutMs: 5000 });
     return out.code === 0 ? 'reply' : 'no reply within 1 s';
   }
-  const argv = [...pre, process.execPath, '-e', SENDER, q.protocol, q.dst, String(q.port)];
+  const argv = [...pre, process.execPath, '-e', SENDER, q.protocol, q.dst, String(q.port), q.src];
   const out = await exec(argv[0]!, argv.slice(1), { timeoutMs: 5000 });
   if (out.code !== 0 && !out.stdout) throw new Error(`probe sender in "${netns}" failed: ${out.stderr.trim().slice(0, 300)}`);
   return out.stdout.trim();

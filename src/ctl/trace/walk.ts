@@ -192,7 +192,7 @@ function vxlanHops(w: Walker, dev: Link, nexthop: string, to: string, route: Rou
   return hops;
 }
 
-function bridgeHops(w: Walker, br: Link, nexthop: string, q: TraceQuery): Hop[] {
+function bridgeHops(w: Walker, br: Link, nexthop: string, q: TraceQuery, direct: boolean): Hop[] {
   const s = w.snap;
   const hops: Hop[] = [];
   const n = s.neighbors.find((x) => x.index === br.index && x.ip === nexthop);
@@ -218,12 +218,26 @@ function bridgeHops(w: Walker, br: Link, nexthop: string, q: TraceQuery): Hop[] 
   }
   const who = end.port ? `port ${end.port}` : 'a port not known yet';
   const own = owner ? ` (IPAM: ${owner})` : s.ipamOwners && !owner ? ' (no IPAM reservation for it on this node)' : '';
-  end.detail = nexthop === q.src ? `hairpin: back out of ${who} on ${br.name} to the sender itself${own}` : `bridged out of ${who} on ${br.name} to ${nexthop}${own}`;
+  // a destination in the source pod's own subnet never reaches the node's IP layer: the pod
+  // ARPs for it and the bridge switches the frame (only br_netfilter shows it to nftables)
+  const l2 = direct ? '; same subnet as the source, so the pod sends it straight over the bridge and the node does not route it' : '';
+  end.detail = (nexthop === q.src ? `hairpin: back out of ${who} on ${br.name} to the sender itself${own}` : `bridged out of ${who} on ${br.name} to ${nexthop}${own}`) + l2;
   hops.push(end);
   return hops;
 }
 
-function pathHops(w: Walker, ingress: RouteKey | undefined, to: string, q: TraceQuery): Hop[] {
+/** Both addresses inside one prefix of an address on interface `index` (the bridge's subnet). */
+function sameSubnet(s: TraceSnapshot, index: number, a: string, b: string): boolean {
+  const n = (ip: string) => ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  return s.addrs.some((x) => {
+    if (x.index !== index || x.prefixLen === 0 || x.prefixLen > 32) return false;
+    const size = 2 ** (32 - x.prefixLen);
+    const base = Math.floor(n(x.ip) / size);
+    return Math.floor(n(a) / size) === base && Math.floor(n(b) / size) === base;
+  });
+}
+
+function pathHops(w: Walker, ingress: RouteKey | undefined, to: string, q: TraceQuery, dnat: boolean): Hop[] {
   const k: RouteKey = ingress ? { dst: to, src: q.src, iif: ingress.iif } : { dst: to, src: q.src };
   const f = w.route(k);
   const route = routeHop(w, k, f);
@@ -245,7 +259,10 @@ function pathHops(w: Walker, ingress: RouteKey | undefined, to: string, q: Trace
   const dev = w.link(r.oif);
   const nexthop = r.gateway ?? to;
   if (dev?.kind === 'vxlan') return [...hops, ...vxlanHops(w, dev, nexthop, to, route)];
-  if (dev?.kind === 'bridge') return [...hops, ...bridgeHops(w, dev, nexthop, q)];
+  if (dev?.kind === 'bridge') {
+    const direct = !dnat && !r.gateway && to !== q.src && ingress?.iif === dev.name && sameSubnet(w.snap, dev.index, q.src, to);
+    return [...hops, ...bridgeHops(w, dev, nexthop, q, direct)];
+  }
   hops.push({ kind: 'end', at: 'external', detail: `leaves the node on ${dev?.name ?? `if${r.oif}`}${r.gateway ? ` via ${r.gateway}` : ''}: outside the overlay` });
   return hops;
 }
@@ -287,14 +304,14 @@ export function walk(s: TraceSnapshot, q: TraceQuery): { report: TraceReport; mi
   const service = serviceHop(s, q, fromHost, warnings);
   const paths: TracePath[] = [];
   if (service.verdict === 'dnat') {
-    for (const ep of service.endpoints) paths.push({ to: ep.ip, port: ep.port, choice: ep.choice, hops: back(w, ingress, fromHost, ep.ip, q) });
+    for (const ep of service.endpoints) paths.push({ to: ep.ip, port: ep.port, choice: ep.choice, hops: back(w, ingress, fromHost, ep.ip, q, true) });
   } else if (service.verdict === 'none') {
-    paths.push({ to: q.dst, port: q.port, choice: 'only', hops: back(w, ingress, fromHost, q.dst, q) });
+    paths.push({ to: q.dst, port: q.port, choice: 'only', hops: back(w, ingress, fromHost, q.dst, q, false) });
   }
   return { report: { kind: 'Trace', query: q, ingress: ingressName, service, paths, warnings }, missing: w.missing };
 }
 
-function back(w: Walker, ingress: RouteKey | undefined, fromHost: boolean, to: string, q: TraceQuery): Hop[] {
+function back(w: Walker, ingress: RouteKey | undefined, fromHost: boolean, to: string, q: TraceQuery, dnat: boolean): Hop[] {
   if (!fromHost && !ingress) return [];
-  return pathHops(w, ingress, to, q);
+  return pathHops(w, ingress, to, q, dnat);
 }
