@@ -41,7 +41,7 @@
  * sync: flush and rewrite only chains whose rules changed, delete chains and sets nobody
  * references any more, and add or delete only the map elements that differ, in one transaction.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { formatCIDR, formatIPv4, parseIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import type { ProxyEndpoint, ProxyState, ServicePortState } from './endpoints.ts';
 
@@ -91,22 +91,22 @@ function int(n: number, min: number, max: number): string {
 
 const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
+// Every sync rebuilds every name; the same names come back each time, so remember them
+// (bounded: cleared when full, which only costs recomputing).
+const hashMemo = new Map<string, string>();
+const HASH_MEMO_MAX = 200_000;
+
 /** The first 8 base32 characters of SHA-256(`s`), kube-proxy's `hashAndTruncate`. */
 export function shortHash(s: string): string {
-  const h = createHash('sha256').update(s).digest();
-  let bits = 0;
-  let acc = 0;
+  const hit = hashMemo.get(s);
+  if (hit !== undefined) return hit;
+  const h = hash('sha256', s, 'buffer');
   let out = '';
-  for (const byte of h) {
-    acc = (acc << 8) | byte;
-    bits += 8;
-    while (bits >= 5 && out.length < 8) {
-      out += B32[(acc >>> (bits - 5)) & 31];
-      bits -= 5;
-    }
-    if (out.length >= 8) break;
-    acc &= (1 << bits) - 1;
-  }
+  // 8 characters x 5 bits = the first 40 bits (5 bytes)
+  const acc = h[0]! * 2 ** 32 + h[1]! * 2 ** 24 + h[2]! * 2 ** 16 + h[3]! * 2 ** 8 + h[4]!;
+  for (let i = 7; i >= 0; i--) out += B32[Math.floor(acc / 2 ** (i * 5)) % 32];
+  if (hashMemo.size >= HASH_MEMO_MAX) hashMemo.clear();
+  hashMemo.set(s, out);
   return out;
 }
 

@@ -18,6 +18,8 @@ const WEB = '198.19.0.10';
 const EMPTY = '198.19.0.11';
 const STICKY = '198.19.0.12';
 const HAIR = '198.19.0.13';
+const LOC = '198.19.0.14';
+const LOCNONE = '198.19.0.15';
 const ports = [
   { name: 'http', port: 8080, protocol: 'TCP' },
   { name: 'dns', port: 5353, protocol: 'UDP' },
@@ -27,7 +29,9 @@ const all = POD_IPS.map((ip) => ({ ip }));
 function objects(): { services: Service[]; slices: EndpointSlice[] } {
   const raw = [
     rawService('web', { type: 'NodePort', clusterIP: WEB, ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', port: 53, protocol: 'UDP', nodePort: 30053 }] }),
-    rawService('empty', { clusterIP: EMPTY, ports: [{ name: 'http', port: 80 }, { name: 'dns', port: 53, protocol: 'UDP' }] }),
+    rawService('empty', { type: 'NodePort', clusterIP: EMPTY, ports: [{ name: 'http', port: 80, nodePort: 30081 }, { name: 'dns', port: 53, protocol: 'UDP' }] }),
+    rawService('loc', { type: 'NodePort', externalTrafficPolicy: 'Local', clusterIP: LOC, ports: [{ name: 'http', port: 80, nodePort: 30082 }] }),
+    rawService('locnone', { type: 'NodePort', externalTrafficPolicy: 'Local', clusterIP: LOCNONE, ports: [{ name: 'http', port: 80, nodePort: 30083 }] }),
     rawService('sticky', { clusterIP: STICKY, sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } }, ports: [{ name: 'http', port: 80 }] }),
     rawService('hair', { clusterIP: HAIR, ports: [{ name: 'http', port: 80 }] }),
     rawService('headless', { clusterIP: 'None', ports: [{ name: 'http', port: 80 }] }),
@@ -38,6 +42,8 @@ function objects(): { services: Service[]; slices: EndpointSlice[] } {
     rawSlice('sticky', all, ports),
     rawSlice('hair', [{ ip: POD_IPS[0]! }], ports),
     rawSlice('headless', all, ports),
+    rawSlice('loc', [{ ip: POD_IPS[0]!, node: 'node-a' }, { ip: POD_IPS[1]!, node: 'node-b' }], ports),
+    rawSlice('locnone', [{ ip: POD_IPS[1]!, node: 'node-b' }], ports),
   ];
   const services = raw.map((o) => validateService(o)).map((r) => (r.ok ? r.value : assertNever(r.reason)));
   return { services, slices: slices.map((o) => validateEndpointSlice(o)).map((r) => (r.ok ? r.value : assertNever(r.reason))) };
@@ -162,6 +168,21 @@ test.serial('NodePort from outside the cluster: DNAT and masquerade; ClusterIP f
   t.regex(cip!.reply ?? String(cip!.err), /^pod-[123] 198\.18\.0\.1$/, `${EXT_IP} is outside the cluster CIDR: masqueraded`);
   const [unused] = await topo.request(topo.ext, { host: EXT_NODE_IP, port: 30099, timeoutMs: 700 });
   t.truthy(unused!.err, 'an unused node port is not answered');
+  const [empty] = await topo.request(topo.ext, { host: EXT_NODE_IP, port: 30081, timeoutMs: 5000 });
+  t.is(empty!.err, 'ECONNREFUSED', 'a NodePort without endpoints is rejected (filter-input)');
+  t.true(empty!.ms < 1000);
+});
+
+test.serial('externalTrafficPolicy Local: this node\'s endpoints only, client address kept; none here -> dropped', async (t) => {
+  const replies = await topo.request(topo.ext, { host: EXT_NODE_IP, port: 30082, count: 20 });
+  t.deepEqual(tally(replies), { 'pod-1': 20 }, 'only the endpoint on node-a');
+  t.is(replies[0]!.reply, `pod-1 ${EXT_IP}`, 'source address preserved');
+  const [none] = await topo.request(topo.ext, { host: EXT_NODE_IP, port: 30083, timeoutMs: 700 });
+  t.is(none!.err, 'TIMEOUT', 'no local endpoint: dropped, so a load balancer health check moves on');
+  const [fromNode] = await topo.request(topo.node, { host: EXT_NODE_IP, port: 30083 });
+  t.regex(fromNode!.reply ?? String(fromNode!.err), /^pod-2 /, 'the node itself still reaches the cluster-wide endpoints');
+  const internal = tally(await topo.request(topo.client, { host: LOC, port: 80, count: 40 }));
+  t.deepEqual(Object.keys(internal).sort(), ['pod-1', 'pod-2'], 'the ClusterIP (internal policy Cluster) uses every endpoint');
 });
 
 test.serial('a full sync under a connection loop loses no connection', async (t) => {

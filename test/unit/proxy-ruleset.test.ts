@@ -266,6 +266,8 @@ test('ruleset: names are stable hashes plus validated parts; anything else is re
   t.is(shortHash('x'), shortHash('x'));
   t.not(shortHash('ns/a'), shortHash('ns/b'));
   t.regex(shortHash('x'), /^[A-Z2-7]{8}$/);
+  // SHA-256("x") starts 2d711642b7: 00101 10101 11000 10001 01100 10000 10101 10111 in base32
+  t.is(shortHash('x'), 'FVYRMQVX');
   t.is(nftName('svc-ABCDEFGH-ns/name/tcp/http'), 'svc-ABCDEFGH-ns/name/tcp/http');
   for (const bad of ['a b', 'a;b', 'a"b', 'a}b', 'a\nb', '-a', 'x'.repeat(256), '']) t.throws(() => nftName(bad));
   // a state forged past validation still cannot inject text
