@@ -10,11 +10,15 @@ export interface KubeconfigOptions {
   namespace?: string;
 }
 
-/** The kubeconfig's text. For an https URL it sets insecure-skip-tls-verify (lab certificates). */
+/**
+ * The kubeconfig's text. It sets insecure-skip-tls-verify: for https that accepts lab certificates,
+ * and @kubernetes/client-node 2.x refuses a plain-http server unless it is set (kubectl ignores it
+ * for http).
+ */
 export function kubeconfig(opts: KubeconfigOptions): string {
   const name = opts.name ?? 'weft-lab';
   const cluster: Record<string, unknown> = { server: opts.server };
-  if (opts.server.startsWith('https:')) cluster['insecure-skip-tls-verify'] = true;
+  cluster['insecure-skip-tls-verify'] = true;
   return YAML.stringify({
     apiVersion: 'v1',
     kind: 'Config',

@@ -3,7 +3,11 @@
  *
  *   node lab/apiserver/main.ts --listen 198.51.100.2:6443 --etcd http://198.51.100.2:2379 \
  *     --service-cluster-ip-range 198.19.0.0/16 [--service-node-port-range 30000-32767] \
- *     [--etcd-prefix /registry] [--bookmark-interval 60s] [--kubeconfig out.yaml] [--log-level info]
+ *     [--etcd-prefix /registry] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] [--bookmark-interval 60s] [--min-request-timeout 1800] \
+ *     [--kubeconfig out.yaml] [--log-level info]
+ *
+ * --min-request-timeout is kube-apiserver's: a watch without timeoutSeconds ends after a random
+ * time between that many seconds and twice as many.
  *
  * Run it inside the control-plane namespace (`nsenter --net=/run/netns/<ns> -- node ...`). It
  * prints `listening on <url>` on stdout once it serves, writes the kubeconfig if asked, and exits
@@ -21,6 +25,11 @@ function duration(s: string): number {
   return Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
 }
 
+function seconds(s: string): number {
+  if (!/^\d{1,6}$/.test(s) || Number(s) < 1) throw new UsageError(`invalid --min-request-timeout "${s}" (whole seconds)`);
+  return Number(s);
+}
+
 async function main(argv: string[]): Promise<void> {
   let v;
   try {
@@ -30,9 +39,13 @@ async function main(argv: string[]): Promise<void> {
         listen: { type: 'string', default: '127.0.0.1:6443' },
         etcd: { type: 'string', multiple: true },
         'etcd-prefix': { type: 'string', default: '/registry' },
+        'etcd-cafile': { type: 'string' },
+        'etcd-certfile': { type: 'string' },
+        'etcd-keyfile': { type: 'string' },
         'service-cluster-ip-range': { type: 'string', default: '198.19.0.0/16' },
         'service-node-port-range': { type: 'string', default: '30000-32767' },
         'bookmark-interval': { type: 'string', default: '60s' },
+        'min-request-timeout': { type: 'string', default: '1800' },
         kubeconfig: { type: 'string' },
         'log-level': { type: 'string', default: 'info' },
       },
@@ -54,9 +67,11 @@ async function main(argv: string[]): Promise<void> {
     port: Number(m[2]),
     etcd,
     etcdPrefix: v['etcd-prefix'],
+    etcdTls: { cafile: v['etcd-cafile'], certfile: v['etcd-certfile'], keyfile: v['etcd-keyfile'] },
     serviceClusterIPRange: v['service-cluster-ip-range']!,
     nodePortRange: v['service-node-port-range'],
     bookmarkIntervalMs: duration(v['bookmark-interval']!),
+    maxWatchSeconds: seconds(v['min-request-timeout']!),
     log,
   });
   if (v.kubeconfig) writeKubeconfig(v.kubeconfig, { server: server.url });

@@ -47,6 +47,8 @@ export interface ResourceDef {
   /** Sets metadata.generation (1 on create, +1 when anything but metadata and status changes). */
   generation: boolean;
   patchSchema: PatchSchema;
+  /** Top-level fields of the kind (fieldValidation checks these and metadata's, not deeper). */
+  topFields: string[];
   /** Extra field selector fields (metadata.name and metadata.namespace always work). */
   fields?: (obj: KubeObject) => Record<string, string>;
   hooks?: Hooks;
@@ -55,6 +57,8 @@ export interface ResourceDef {
 export function apiVersion(def: ResourceDef): string {
   return def.group ? `${def.group}/${def.version}` : def.version;
 }
+
+const SPEC_STATUS = ['spec', 'status'];
 
 const meta: PatchSchema = {
   'metadata.finalizers': { primitive: true },
@@ -67,6 +71,7 @@ const nodes: ResourceDef = {
   resource: 'nodes',
   singular: 'node',
   kind: 'Node',
+  topFields: SPEC_STATUS,
   namespaced: false,
   shortNames: ['no'],
   nameRule: 'subdomain',
@@ -83,8 +88,15 @@ const nodes: ResourceDef = {
     async create(obj) {
       return { causes: nodeCauses(obj) };
     },
-    async update(obj) {
-      return { causes: nodeCauses(obj) };
+    async update(obj, old) {
+      const causes = nodeCauses(obj);
+      // The node IPAM controller sets podCIDR once; kube refuses to change it after that.
+      const was = (old.spec ?? {}) as { podCIDR?: Json; podCIDRs?: Json };
+      const now = obj.spec as { podCIDR?: Json; podCIDRs?: Json };
+      if (was.podCIDR && now.podCIDR !== was.podCIDR) causes.push({ field: 'spec.podCIDR', message: `Forbidden: node updates may not change podCIDR except from "" to valid` });
+      if (Array.isArray(was.podCIDRs) && was.podCIDRs.length && JSON.stringify(now.podCIDRs) !== JSON.stringify(was.podCIDRs))
+        causes.push({ field: 'spec.podCIDRs', message: 'Forbidden: node updates may not change podCIDR except from "" to valid' });
+      return { causes };
     },
   },
 };
@@ -116,6 +128,7 @@ const services: ResourceDef = {
   resource: 'services',
   singular: 'service',
   kind: 'Service',
+  topFields: SPEC_STATUS,
   namespaced: true,
   shortNames: ['svc'],
   nameRule: 'label1035',
@@ -136,6 +149,7 @@ const configmaps: ResourceDef = {
   resource: 'configmaps',
   singular: 'configmap',
   kind: 'ConfigMap',
+  topFields: ['data', 'binaryData', 'immutable'],
   namespaced: true,
   shortNames: ['cm'],
   nameRule: 'subdomain',
@@ -175,6 +189,7 @@ const namespaces: ResourceDef = {
   resource: 'namespaces',
   singular: 'namespace',
   kind: 'Namespace',
+  topFields: SPEC_STATUS,
   namespaced: false,
   shortNames: ['ns'],
   nameRule: 'label',
@@ -203,6 +218,7 @@ const endpointslices: ResourceDef = {
   resource: 'endpointslices',
   singular: 'endpointslice',
   kind: 'EndpointSlice',
+  topFields: ['addressType', 'endpoints', 'ports'],
   namespaced: true,
   shortNames: [],
   nameRule: 'subdomain',
@@ -295,4 +311,17 @@ export const RESOURCES: readonly ResourceDef[] = [nodes, services, configmaps, n
 /** The resource at group/version/resource, or undefined. */
 export function findResource(group: string, version: string, resource: string): ResourceDef | undefined {
   return RESOURCES.find((r) => r.group === group && r.version === version && r.resource === resource);
+}
+
+const META_FIELDS = new Set([
+  'name', 'generateName', 'namespace', 'selfLink', 'uid', 'resourceVersion', 'generation', 'creationTimestamp',
+  'deletionTimestamp', 'deletionGracePeriodSeconds', 'labels', 'annotations', 'ownerReferences', 'finalizers', 'managedFields',
+]);
+
+/** Fields of `obj` the kind does not have (top level and metadata only), as `spec.x`-style paths. */
+export function unknownFields(def: ResourceDef, obj: KubeObject): string[] {
+  const out: string[] = [];
+  for (const k of Object.keys(obj)) if (k !== 'apiVersion' && k !== 'kind' && k !== 'metadata' && !def.topFields.includes(k)) out.push(k);
+  for (const k of Object.keys(obj.metadata)) if (!META_FIELDS.has(k)) out.push(`metadata.${k}`);
+  return out;
 }

@@ -19,11 +19,13 @@ import YAML from 'yaml';
 import type { Log } from '../../src/core/log.ts';
 import { silentLog } from '../../src/core/log.ts';
 import { errText } from '../../src/core/errors.ts';
+import { etcdClientOptions } from '../../src/subnet/etcd.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
+import { openapiV3 } from './openapi.ts';
 import { checkName, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
-import { apiVersion, findResource, metadataCauses, RESOURCES, type HookContext, type ResourceDef } from './resources.ts';
+import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
 import { matches, parseSelector, type Selector } from './selectors.ts';
 import { ApiError, alreadyExists, badRequest, conflict, failure, gone, invalid, notFound, type ResourceRef } from './status.ts';
 import { Store, type KubeObject, type StoreEvent } from './store.ts';
@@ -34,8 +36,9 @@ export interface ApiServerOptions {
   host: string;
   /** 0 picks a free port. */
   port: number;
-  /** etcd client URLs, or ready etcd3 options. */
+  /** etcd client URLs (with TLS files, kube-apiserver's --etcd-cafile/certfile/keyfile), or ready etcd3 options. */
   etcd: string[] | IOptions;
+  etcdTls?: { cafile?: string; certfile?: string; keyfile?: string };
   /** Key prefix in etcd (default `/registry`). */
   etcdPrefix?: string;
   /** `--service-cluster-ip-range`, an IPv4 CIDR. */
@@ -67,7 +70,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   if (!range || range.len > 30 || range.len < 8) throw new Error(`service cluster IP range "${opts.serviceClusterIPRange}" must be an IPv4 network between /8 and /30`);
   const np = /^(\d+)-(\d+)$/.exec(opts.nodePortRange ?? '30000-32767');
   if (!np || Number(np[1]) < 1 || Number(np[2]) > 65535 || Number(np[1]) > Number(np[2])) throw new Error(`node port range "${opts.nodePortRange}" must be first-last`);
-  const client = new Etcd3(Array.isArray(opts.etcd) ? { hosts: opts.etcd } : opts.etcd);
+  const client = new Etcd3(Array.isArray(opts.etcd) ? etcdClientOptions({ endpoints: opts.etcd, ...opts.etcdTls }) : opts.etcd);
   const store = new Store(client, opts.etcdPrefix);
   const size = 2 ** (32 - range.len);
   const api = new Api(store, {
@@ -173,9 +176,16 @@ class Api {
       }
       const doc = discovery(path);
       if (doc !== undefined) return send(res, 200, doc);
+      const oa = openapiV3(path);
+      if (oa !== undefined) {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(oa) }).end(oa);
+        return;
+      }
     }
     const target = parseTarget(path);
     if (!target) throw new ApiError(404, 'NotFound', 'the server could not find the requested resource');
+    // No object can have an invalid name, and names end up in etcd keys and selectors.
+    if (target.name !== undefined && checkName(target.name, 'subdomain')) throw notFound(ref(target.def, target.name));
     const q = url.searchParams;
     const dryRun = q.getAll('dryRun').includes('All');
     if (q.getAll('dryRun').some((v) => v !== 'All')) throw badRequest('dryRun may only be "All"');
@@ -186,6 +196,7 @@ class Api {
       if (method === 'GET') return this.#list(req, res, target, q);
       if (method === 'POST') {
         const body = asObject(await readBody(req, this.#cfg.maxBodyBytes));
+        checkFields(def, body, fieldValidation(q), res);
         const created = await this.create(def, namespace, body, dryRun);
         return send(res, 201, created);
       }
@@ -204,12 +215,14 @@ class Api {
       }
       case 'PUT': {
         const body = asObject(await readBody(req, this.#cfg.maxBodyBytes));
+        checkFields(def, body, fieldValidation(q), res);
         return send(res, 200, await this.#put(target, name, body, dryRun));
       }
       case 'PATCH': {
         const type = mediaType(req);
-        const raw = await readBody(req, this.#cfg.maxBodyBytes);
-        return send(res, 200, await this.#patch(target, name, { type, raw, dryRun }));
+        const raw = await readBody(req, this.#cfg.maxBodyBytes, { patch: true });
+        const fv = fieldValidation(q);
+        return send(res, 200, await this.#patch(target, name, { type, raw, dryRun, check: (o) => checkFields(def, o, fv, res) }));
       }
       case 'DELETE': {
         const raw = (await readBody(req, this.#cfg.maxBodyBytes, { optional: true })) as Json | undefined;
@@ -285,7 +298,7 @@ class Api {
     return this.#update(t, name, { dryRun, conditional: typeof rv === 'string' && rv !== '', next: () => structuredClone(body) });
   }
 
-  async #patch(t: Target, name: string, p: { type: string; raw: unknown; dryRun: boolean }): Promise<KubeObject> {
+  async #patch(t: Target, name: string, p: { type: string; raw: unknown; dryRun: boolean; check: (o: KubeObject) => void }): Promise<KubeObject> {
     const patch = p.raw as Json;
     let apply: (cur: KubeObject) => Json;
     switch (p.type) {
@@ -311,7 +324,9 @@ class Api {
       next: (cur) => {
         const out = apply(cur);
         if (typeof out !== 'object' || out === null || Array.isArray(out)) throw new PatchError('the patched object is not a JSON object');
-        return asObject(out);
+        const obj = asObject(out);
+        p.check(obj);
+        return obj;
       },
     });
   }
@@ -404,7 +419,7 @@ class Api {
         throw conflict(ref(def, name), `Precondition failed: ResourceVersion in precondition: ${String(pre.resourceVersion)}, ResourceVersion in object meta: ${cur.rev}`);
       const details = { name, ...(def.group ? { group: def.group } : {}), kind: def.resource, uid: String(cur.obj.metadata.uid) };
       if (o.dryRun) return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
-      if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden' as never, `namespaces "${name}" is forbidden: this namespace may not be deleted`);
+      if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`);
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
@@ -430,6 +445,9 @@ class Api {
     const exact = q.get('resourceVersionMatch') === 'Exact';
     if (exact && (rv === undefined || rv === 0n)) throw badRequest('resourceVersionMatch "Exact" needs a non-zero resourceVersion');
     const listing = await this.#store.list(this.#store.dir(def, t.namespace), { atRevision: exact ? rv : undefined });
+    // kube's watch cache answers a version it has not reached yet with 504 (client-go retries).
+    if (rv !== undefined && rv > listing.rev)
+      throw new ApiError(504, 'Timeout', `Too large resource version: ${rv}, current: ${listing.rev}`, { causes: [{ reason: 'ResourceVersionTooLarge', message: 'Too large resource version' }] });
     const items = listing.items.map((s) => s.obj).filter(filter);
     const bare = items.map(({ apiVersion: _a, kind: _k, ...rest }) => rest);
     const list = {
@@ -566,7 +584,12 @@ function selectors(def: ResourceDef, q: URLSearchParams): (o: KubeObject) => boo
 }
 
 function parseTarget(path: string): Target | undefined {
-  const seg = path.split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+  let seg: string[];
+  try {
+    seg = path.split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+  } catch {
+    throw badRequest('malformed URL escape');
+  }
   let group: string;
   let version: string;
   let rest: string[];
@@ -609,6 +632,26 @@ function checkKind(def: ResourceDef, obj: KubeObject): void {
   obj.kind = def.kind;
 }
 
+type FieldValidation = 'Strict' | 'Warn' | 'Ignore';
+
+function fieldValidation(q: URLSearchParams): FieldValidation {
+  const v = q.get('fieldValidation') ?? 'Warn';
+  if (v !== 'Strict' && v !== 'Warn' && v !== 'Ignore') throw badRequest(`fieldValidation must be one of "Strict", "Warn", "Ignore", not ${JSON.stringify(v)}`);
+  return v;
+}
+
+/**
+ * kube's server-side field validation, for the top level and metadata only: Strict refuses
+ * unknown fields (400), Warn (the default) answers with Warning headers, Ignore stays quiet.
+ */
+function checkFields(def: ResourceDef, obj: KubeObject, mode: FieldValidation, res: ServerResponse): void {
+  if (mode === 'Ignore') return;
+  const unknown = unknownFields(def, obj);
+  if (!unknown.length) return;
+  if (mode === 'Strict') throw badRequest(`strict decoding error: ${unknown.map((f) => `unknown field "${f}"`).join(', ')}`);
+  if (!res.headersSent) res.setHeader('Warning', unknown.map((f) => `299 - "unknown field \\"${f}\\""`));
+}
+
 function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {
   const strip = (o: KubeObject) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== 'metadata' && k !== 'status')) as Json;
   return deepEqual(strip(a), strip(b));
@@ -637,7 +680,7 @@ function mediaType(req: IncomingMessage): string {
 }
 
 /** The body, parsed (JSON, or YAML for application/yaml); bounded in size. */
-async function readBody(req: IncomingMessage, max: number, opts: { optional?: boolean } = {}): Promise<unknown> {
+async function readBody(req: IncomingMessage, max: number, opts: { optional?: boolean; patch?: boolean } = {}): Promise<unknown> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > max) {
     req.resume();
@@ -659,6 +702,9 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
     throw badRequest('the request body is empty');
   }
   const type = mediaType(req);
+  // Protobuf and CBOR bodies (typed clients such as `kubectl create namespace`) are not decoded here.
+  if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
+    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got "${type}")`);
   try {
     if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
     return JSON.parse(text);

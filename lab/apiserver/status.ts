@@ -18,7 +18,9 @@ export type StatusReason =
   | 'RequestEntityTooLarge'
   | 'InternalError'
   | 'Expired'
-  | 'ServiceUnavailable';
+  | 'ServiceUnavailable'
+  | 'Timeout'
+  | 'Forbidden';
 
 export interface StatusDetails {
   name?: string;

@@ -124,9 +124,8 @@ export class KubeNodeClient implements NodeClient {
   }
 
   /** Per-call options: a deadline, and the header the call needs. */
-  #options(header: [string, string]): ConfigurationOptions {
+  #options(header: [string, string], timeoutMs = this.#timeoutMs): ConfigurationOptions {
     const base = setHeaderMiddleware(header[0], header[1]);
-    const timeoutMs = this.#timeoutMs;
     return {
       middleware: [
         {
@@ -151,7 +150,8 @@ export class KubeNodeClient implements NodeClient {
 
   async list(): Promise<V1NodeList> {
     try {
-      return await this.api.listNode({}, this.#options(['Accept', 'application/json']));
+      // A full listing of a large cluster is megabytes: a longer deadline than single objects.
+      return await this.api.listNode({}, this.#options(['Accept', 'application/json'], Math.max(this.#timeoutMs, 60_000)));
     } catch (err) {
       throw toApiError('list nodes', err);
     }

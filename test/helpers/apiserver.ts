@@ -11,11 +11,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { EtcdServer, killAndWait } from '../../lab/etcd.ts';
+import { spawnApiServer, type ApiServerProcess } from '../../lab/apiserver/process.ts';
 import { run, Scope, sh } from './netns.ts';
 
-const ROOT = resolve(import.meta.dirname, '..', '..');
 export const API_IP = '198.51.100.2';
 export const API_URL = `http://${API_IP}:6443`;
 
@@ -124,8 +124,7 @@ export class ControlPlane {
   readonly kubeconfig = join(this.dir, 'kubeconfig');
   readonly netns: string;
   readonly etcd: EtcdServer;
-  #server: ChildProcess | undefined;
-  #serverLog = '';
+  #server: ApiServerProcess | undefined;
   #socat: ChildProcess | undefined;
 
   private constructor() {
@@ -167,43 +166,16 @@ export class ControlPlane {
   }
 
   get serverLog(): string {
-    return this.#serverLog;
+    return this.#server?.output() ?? '';
   }
 
-  /** Starts lab/apiserver/main.ts in the namespace and waits for its "listening on" line. */
-  async startServer(args: string[]): Promise<void> {
-    const child = spawn(
-      'nsenter',
-      [
-        `--net=/run/netns/${this.netns}`, '--', process.execPath, join(ROOT, 'lab', 'apiserver', 'main.ts'),
-        '--listen', `${API_IP}:6443`, '--etcd', this.etcd.endpoint, '--service-cluster-ip-range', '198.19.0.0/16',
-        '--kubeconfig', this.kubeconfig, ...args,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    this.#server = child;
-    await new Promise<void>((res, rej) => {
-      const t = setTimeout(() => rej(new Error(`api server did not start: ${this.#serverLog}`)), 20_000);
-      child.stdout!.on('data', (c: Buffer) => {
-        this.#serverLog += c.toString();
-        if (this.#serverLog.includes('listening on')) {
-          clearTimeout(t);
-          res();
-        }
-      });
-      child.stderr!.on('data', (c: Buffer) => {
-        this.#serverLog += c.toString();
-      });
-      child.once('exit', (code) => {
-        clearTimeout(t);
-        rej(new Error(`api server exited (${code}): ${this.#serverLog}`));
-      });
-    });
+  /** Starts lab/apiserver/main.ts in the namespace (again, after {@link stopServer}). */
+  async startServer(args: string[] = []): Promise<void> {
+    this.#server = await spawnApiServer({ netns: this.netns, listen: `${API_IP}:6443`, etcd: [this.etcd.endpoint], kubeconfig: this.kubeconfig, args });
   }
 
   async stopServer(): Promise<void> {
-    if (this.#server?.pid && this.#server.exitCode === null) await killAndWait(this.#server.pid, 'SIGTERM', { graceMs: 5000 });
-    this.#server = undefined;
+    await this.#server?.stop();
   }
 
   /** One HTTP request through the forwarder; a JSON body is sent as JSON unless `contentType` says otherwise. */
@@ -243,19 +215,23 @@ export class ControlPlane {
     return new WatchStream(this.socket, path, headers);
   }
 
-  /** Runs the real kubectl inside the namespace against this server. */
+  /** Runs the real kubectl inside the namespace against this server; its stdout. */
   async kubectl(args: string[], opts: { input?: string; timeout?: number } = {}): Promise<string> {
-    const { stdout } = await run('nsenter', [`--net=/run/netns/${this.netns}`, '--', 'kubectl', '--kubeconfig', this.kubeconfig, ...args], {
+    return (await this.kubectlRun(args, opts)).stdout;
+  }
+
+  /** Same, with stderr (warnings, -v logs). */
+  async kubectlRun(args: string[], opts: { input?: string; timeout?: number } = {}): Promise<{ stdout: string; stderr: string }> {
+    return run('nsenter', [`--net=/run/netns/${this.netns}`, '--', 'kubectl', '--kubeconfig', this.kubeconfig, ...args], {
       input: opts.input,
       timeout: opts.timeout ?? 30_000,
       env: { ...process.env, HOME: this.dir, KUBECACHEDIR: join(this.dir, 'kubecache') },
     });
-    return stdout;
   }
 
   /** Starts a long-running process inside the namespace (killed at destroy). */
   spawnInNs(cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess {
-    return this.scope.spawn('nsenter', [`--net=/run/netns/${this.netns}`, '--', cmd, ...args], { env: { ...process.env, HOME: this.dir, ...env } });
+    return this.scope.spawn('nsenter', [`--net=/run/netns/${this.netns}`, '--', cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, HOME: this.dir, ...env } });
   }
 
   async destroy(): Promise<void> {

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import { formatCIDR, parseCIDR } from '../../src/ip/ipv4.ts';
+import { isRetryable } from '../../src/core/errors.ts';
 import { loadKubeConfig } from '../../src/kube/client.ts';
 import { KubeSubnetManager } from '../../src/subnet/kube/index.ts';
 import type { Lease } from '../../src/subnet/lease.ts';
@@ -157,7 +158,7 @@ async function drive(): Promise<void> {
     if (!op) return out({ id: req.id, ok: false, error: `unknown op ${req.op}` });
     op(req).then(
       (result) => out({ id: req.id, ok: true, result }),
-      (err) => out({ id: req.id, ok: false, error: String((err as Error)?.message ?? err), name: (err as Error)?.name }),
+      (err) => out({ id: req.id, ok: false, error: String((err as Error)?.message ?? err), name: (err as Error)?.name, retryable: isRetryable(err) }),
     );
   });
   rl.on('close', () => process.exit(0));

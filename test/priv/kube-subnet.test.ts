@@ -104,6 +104,7 @@ test.serial('podCIDR outside Network: a clear error, no annotations written', as
   const m = await d.request('acquire', { attrs: attrs('0a:00:00:00:06:01') });
   t.false(m.ok);
   t.is(m.name, 'PodCIDRError');
+  t.false(m.retryable, 'retrying cannot fix a podCIDR outside Network');
   t.regex(m.error, /podCIDR 203\.0\.113\.0\/24 is outside the network 198\.18\.0\.0\/16/);
   t.deepEqual((await d.api('GET', '/api/v1/nodes/n6')).body.metadata.annotations ?? {}, {});
   await d.api('DELETE', '/api/v1/nodes/n6');
@@ -265,5 +266,17 @@ test.serial('API server restart without compaction: the watch resumes from its r
   t.false(urls.some((u) => !/watch=true/.test(u) && /^\/api\/v1\/nodes(\?|$)/.test(u)), `no relist: ${urls.join('\n')}`);
   await d.api('DELETE', '/api/v1/nodes/q1');
   t.truthy(await d.waitFor((m) => m.event === 'delete' && m.subnet === '198.18.21.0/24', { from }));
+  await d.call('close');
+});
+
+test.serial('our Node not registered: a retryable error naming --node-name', async (t) => {
+  const d = driver('ghost');
+  const m = await d.request('acquire', { attrs: attrs('0a:00:00:00:09:01') });
+  t.false(m.ok);
+  t.regex(m.error, /node "ghost" is not registered.*--node-name/);
+  t.true(m.retryable);
+  const mac = await d.request('previousMac', { vni: 1 });
+  t.false(mac.ok, 'no MAC guessed while our Node cannot be read');
+  t.true(mac.retryable);
   await d.call('close');
 });

@@ -18,6 +18,7 @@ import {
 import { loadNetConf } from '../../src/subnet/kube/netconf.ts';
 import { NodeLeaseTable } from '../../src/subnet/kube/table.ts';
 import { loadKubeConfig } from '../../src/kube/client.ts';
+import { createKubeSubnetManager } from '../../src/subnet/kube/index.ts';
 
 const P = 'flannel.alpha.coreos.com/';
 const names = annotationNames();
@@ -292,4 +293,19 @@ test('kubeconfig: --kubeconfig, then $KUBECONFIG; plain http allowed; none is a 
   t.is(loadKubeConfig({ env: { KUBECONFIG: `${join(dir, 'nope')}:${f}` } }).source, 'KUBECONFIG');
   t.throws(() => loadKubeConfig({ env: {} }), { name: 'UsageError', message: /no Kubernetes API config/ });
   t.throws(() => loadKubeConfig({ kubeconfig: join(dir, 'nope'), env: {} }), { name: 'UsageError', message: /--kubeconfig: cannot load/ });
+});
+
+test('createKubeSubnetManager: the node name is required, the prefix validated', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-kc-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const f = join(dir, 'kc');
+  writeFileSync(
+    f,
+    'apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://198.51.100.1:6443\nusers:\n- name: u\n  user: {}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n',
+  );
+  t.throws(() => createKubeSubnetManager({ kubeconfig: f, nodeName: '', env: {} }), { name: 'UsageError', message: /--node-name or NODE_NAME/ });
+  t.throws(() => createKubeSubnetManager({ kubeconfig: f, nodeName: 'n1', annotationPrefix: 'Bad Prefix', env: {} }), { message: /not a DNS subdomain/ });
+  const m = createKubeSubnetManager({ kubeconfig: f, nodeName: 'n1', annotationPrefix: 'weft.example.com', env: {} });
+  t.is(m.names.backendData, 'weft.example.com/backend-data');
+  m.close();
 });

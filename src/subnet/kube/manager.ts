@@ -25,10 +25,10 @@
  */
 import { ListWatch, Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
 import { systemClock, type Clock } from '../../core/clock.ts';
-import { errText } from '../../core/errors.ts';
+import { errText, markRetryable } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
 import { formatCIDR, type IPv4Net } from '../../ip/ipv4.ts';
-import { KubeNodeClient, type NodeClient } from '../../kube/client.ts';
+import { KubeApiError, KubeNodeClient, type NodeClient } from '../../kube/client.ts';
 import type { NetworkConfig } from '../config.ts';
 import type { Lease, LeaseAttrs } from '../lease.ts';
 import type { LeaseEvent, LeaseWatchHandler, SubnetManager } from '../manager.ts';
@@ -82,7 +82,7 @@ export interface KubeSubnetManagerOptions {
 
 /** client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion). */
 class BookmarkWatch extends Watch {
-  override watch(path: string, params: Record<string, string | number | boolean | undefined>, cb: (phase: string, obj: any, w?: any) => void, done: (err: any) => void) {
+  override watch(...[path, params, cb, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
     return super.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
   }
 }
@@ -123,6 +123,10 @@ export class KubeSubnetManager implements SubnetManager {
       return await this.#client.get(this.nodeName);
     } catch (err) {
       this.#opts.onError?.(err);
+      // Our Node not registered yet (the kubelet creates it): a wait, not an operator error.
+      if (err instanceof KubeApiError && err.status === 404) {
+        throw markRetryable(new Error(`node "${this.nodeName}" is not registered with the API server (yet?); check --node-name / NODE_NAME`, { cause: err }));
+      }
       throw err;
     }
   }
@@ -167,7 +171,7 @@ export class KubeSubnetManager implements SubnetManager {
       node = await this.#waitForPodCIDR(signal);
       this.#log.info(`node "${this.nodeName}" got podCIDR ${podCIDRText(node)}`);
     }
-    const cidr = podCIDRText(node)!;
+    const cidr = podCIDRText(node) ?? '';
     let subnet: IPv4Net;
     try {
       subnet = parsePodCIDR(cidr, config.network);
@@ -324,7 +328,8 @@ export class KubeSubnetManager implements SubnetManager {
     const client = this.#client;
     const listFn = async (): Promise<V1NodeList> => {
       const list = await client.list();
-      if (stop.aborted) return list;
+      // Failing here keeps the informer from starting a watch after we stopped it.
+      if (stop.aborted) throw new Error('node watch stopped');
       const events = table.replace(list.items);
       const mine = list.items.find(own);
       if (mine) this.#ownNodeChanged(mine);
@@ -359,15 +364,17 @@ export class KubeSubnetManager implements SubnetManager {
     let delay = backoff.min;
     let failingSince = 0;
     let lastMsg = '';
+    const stopped = new Promise<void>((r) => stop.addEventListener('abort', () => r(), { once: true }));
+    let starting: Promise<void> | undefined;
     try {
       while (!stop.aborted) {
         failed = undefined;
         const errored = new Promise<void>((r) => (wake = r));
-        try {
-          await informer.start();
-        } catch (err) {
+        // start() lists and opens the watch (each bounded by a deadline); stopping does not wait for it.
+        starting = informer.start().catch((err) => {
           failed ??= err;
-        }
+        });
+        await Promise.race([starting, stopped]);
         if (stop.aborted) break;
         if (failed === undefined) {
           if (failingSince) log.info(`node watch: ok again after ${Math.round((this.#clock.now() - failingSince) / 1000)}s`);
@@ -375,7 +382,7 @@ export class KubeSubnetManager implements SubnetManager {
           lastMsg = '';
           const startedAt = this.#clock.now();
           // Running; the informer reconnects by itself on 410 and on clean stream ends.
-          await Promise.race([errored, new Promise((r) => stop.addEventListener('abort', r, { once: true }))]);
+          await Promise.race([errored, stopped]);
           if (stop.aborted) break;
           // A watch that stayed up a while starts the backoff afresh; a flapping one keeps backing off.
           if (this.#clock.now() - startedAt >= backoff.max) delay = backoff.min;
@@ -391,6 +398,8 @@ export class KubeSubnetManager implements SubnetManager {
       }
     } finally {
       await informer.stop();
+      // A start still under way may open its watch after this; close that one too.
+      void starting?.then(() => informer.stop());
     }
   }
 
