@@ -748,13 +748,19 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    size += c.length;
-    if (size > max) {
-      req.destroy();
-      throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
+  // A body that trickles in is cut off (the server has no overall request timeout: watches).
+  const timer = setTimeout(() => req.destroy(new Error('request body not received within 60 s')), 60_000);
+  try {
+    for await (const c of req as AsyncIterable<Buffer>) {
+      size += c.length;
+      if (size > max) {
+        req.destroy();
+        throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
+      }
+      chunks.push(c);
     }
-    chunks.push(c);
+  } finally {
+    clearTimeout(timer);
   }
   const raw = Buffer.concat(chunks);
   const text = raw.toString('utf8');
