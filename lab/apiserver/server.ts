@@ -412,7 +412,7 @@ class Api {
       meta.name = name;
       if (def.namespaced) meta.namespace = t.namespace!;
       else delete meta.namespace;
-      for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'generation'] as const) {
+      for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'generation'] as const) {
         if (old.metadata[f] === undefined) delete meta[f];
         else meta[f] = old.metadata[f]!;
       }
@@ -436,6 +436,26 @@ class Api {
       if (causes.length) {
         await hook.undo?.();
         throw invalid(ref(def, name), causes);
+      }
+      if (old.metadata.deletionTimestamp) {
+        const before = Array.isArray(old.metadata.finalizers) ? old.metadata.finalizers : [];
+        const now = Array.isArray(meta.finalizers) ? meta.finalizers : [];
+        if (now.some((f) => !before.includes(f))) {
+          await hook.undo?.();
+          throw invalid(ref(def, name), [{ field: 'metadata.finalizers', message: 'Forbidden: no new finalizers can be added if the object is being deleted' }]);
+        }
+        if (now.length === 0 && !o.dryRun) {
+          // The last finalizer is gone: the deletion completes.
+          await hook.undo?.();
+          const rev = await this.#store.delete(key, cur.rev);
+          if (rev !== undefined) {
+            await def.hooks?.deleted?.(old, this.#hookCtx(false));
+            return { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rev) } };
+          }
+          if (o.conditional || attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+          await backoff(attempt);
+          continue;
+        }
       }
       const oldStored = { ...old, metadata: { ...old.metadata } };
       delete oldStored.metadata.resourceVersion;
@@ -478,6 +498,17 @@ class Api {
       const details = { name, ...(def.group ? { group: def.group } : {}), kind: def.resource, uid: String(cur.obj.metadata.uid) };
       if (o.dryRun) return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
       if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`);
+      const finalizers = cur.obj.metadata.finalizers;
+      if (Array.isArray(finalizers) && finalizers.length) {
+        // Finalizers keep the object: it is only marked, and goes when the last one is removed.
+        if (cur.obj.metadata.deletionTimestamp) return withKind(def, cur.obj);
+        const marked = { ...cur.obj, metadata: { ...cur.obj.metadata, deletionTimestamp: timestamp(), deletionGracePeriodSeconds: 0 } };
+        const rev = await this.#store.update(key, marked, cur.rev);
+        if (rev !== undefined) return withKind(def, { ...marked, metadata: { ...marked.metadata, resourceVersion: String(rev) } });
+        if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+        await backoff(attempt);
+        continue;
+      }
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
@@ -493,6 +524,8 @@ class Api {
           await this.#store.deleteAll(this.#store.dir(r, name));
         }
       }
+      // Services and Namespaces answer with the deleted object, the others with a Status.
+      if (def.returnDeleted) return withKind(def, cur.obj);
       return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
     }
   }

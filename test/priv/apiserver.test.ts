@@ -454,3 +454,26 @@ test.serial('concurrent writers: unconditional patches all land; concurrent crea
   const claims = await cp.etcd.getPrefix('/registry/ranges/serviceips/');
   for (const s of svcs) t.true([...claims.values()].includes(`default/${s.json.metadata.name}`));
 });
+
+test.serial('delete answers: Services return the object, ConfigMaps a Status; finalizers hold an object until removed', async (t) => {
+  await ok(t, cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: 'del-svc' }, spec: { ports: [{ port: 80 }] } } }), 201);
+  const ds = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/services/del-svc'));
+  t.like(ds, { kind: 'Service', metadata: { name: 'del-svc' } });
+  await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'del-cm' } } }), 201);
+  const dc = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/configmaps/del-cm'));
+  t.like(dc, { kind: 'Status', status: 'Success', details: { name: 'del-cm', kind: 'configmaps' } });
+
+  const c = await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'fin', finalizers: ['weft.test/hold'] } } }), 201);
+  const w = cp.watch(`/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=${c.metadata.resourceVersion}&fieldSelector=metadata.name=fin`);
+  t.teardown(() => w.close());
+  const marked = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/configmaps/fin'));
+  t.truthy(marked.metadata.deletionTimestamp);
+  t.is(marked.kind, 'ConfigMap');
+  t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 200, 'still there while a finalizer is pending');
+  const more = await cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: MERGE, body: { metadata: { finalizers: ['weft.test/hold', 'weft.test/more'] } } });
+  t.is(more.status, 422);
+  await ok(t, cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: JSONPATCH, body: [{ op: 'remove', path: '/metadata/finalizers' }] }));
+  t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 404);
+  await w.next((e) => e.type === 'DELETED');
+  t.deepEqual(w.events.map((e) => e.type), ['MODIFIED', 'DELETED']);
+});
