@@ -62,6 +62,8 @@ export interface ApiServerOptions {
   nodeIpam?: { clusterCIDR: string; nodeMaskSize?: number };
   /** Largest request body accepted (default 3 MiB, kube-apiserver's limit). */
   maxBodyBytes?: number;
+  /** Most watches open at once (default 4096); more get 429. */
+  maxWatches?: number;
   /** Longest watch when the client names no timeoutSeconds (default 30 min, as --min-request-timeout). */
   maxWatchSeconds?: number;
   log?: Log;
@@ -93,6 +95,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000,
     maxBodyBytes: opts.maxBodyBytes ?? 3 * 1024 * 1024,
     maxWatchSeconds: opts.maxWatchSeconds ?? 1800,
+    maxWatches: opts.maxWatches ?? 4096,
     log: opts.log ?? silentLog,
   });
   const server = createServer((req, res) => void api.handle(req, res));
@@ -170,6 +173,7 @@ interface ApiConfig {
   bookmarkIntervalMs: number;
   maxBodyBytes: number;
   maxWatchSeconds: number;
+  maxWatches: number;
   log: Log;
 }
 
@@ -276,6 +280,7 @@ class Api {
       case 'PATCH': {
         const type = mediaType(req);
         const raw = await readBody(req, this.#cfg.maxBodyBytes, { patch: true });
+        checkDepth(raw);
         const fv = fieldValidation(q);
         return send(res, 200, await this.#patch(target, name, { type, raw, dryRun, check: (o) => checkFields(def, o, fv, res) }));
       }
@@ -560,6 +565,7 @@ class Api {
    */
   async #watch(req: IncomingMessage, res: ServerResponse, t: Target, q: URLSearchParams): Promise<void> {
     const { def } = t;
+    if (this.#watches.size >= this.#cfg.maxWatches) throw new ApiError(429, 'TooManyRequests', `too many open watches (${this.#cfg.maxWatches}); try again later`);
     const filter = selectors(def, q);
     const rv = parseRV(q.get('resourceVersion'));
     const bookmarks = isTrue(q.get('allowWatchBookmarks'));
@@ -750,8 +756,22 @@ function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {
   return deepEqual(strip(a), strip(b));
 }
 
+/** Deepest nesting accepted in a body (deeper input would hit recursion limits further on). */
+const MAX_DEPTH = 200;
+
+function checkDepth(v: unknown): void {
+  const stack: Array<[unknown, number]> = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (typeof x !== 'object' || x === null) continue;
+    if (d > MAX_DEPTH) throw badRequest(`the request body nests deeper than ${MAX_DEPTH} levels`);
+    for (const y of Array.isArray(x) ? x : Object.values(x)) if (typeof y === 'object' && y !== null) stack.push([y, d + 1]);
+  }
+}
+
 function asObject(v: unknown): KubeObject {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw badRequest('the request body must be a JSON object');
+  checkDepth(v);
   const o = v as KubeObject;
   if (o.metadata === undefined || o.metadata === null) o.metadata = {};
   if (typeof o.metadata !== 'object' || Array.isArray(o.metadata)) throw badRequest('metadata must be an object');

@@ -111,6 +111,10 @@ test.serial('a watch resumed from an older resourceVersion replays exactly what 
     ],
   );
   t.true(BigInt(c.metadata.resourceVersion) < BigInt(revs[0]!));
+  // The same through the single-object watch path.
+  const one = cp.watch(`/api/v1/namespaces/default/configmaps/resume?watch=true&resourceVersion=${revs[1]}`);
+  t.teardown(() => one.close());
+  t.is((await one.next((e) => e.type === 'MODIFIED')).object.metadata.resourceVersion, revs[2]);
   // Without a resourceVersion the watch starts with the current state as ADDED.
   const w0 = cp.watch('/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name=resume');
   t.teardown(() => w0.close());
@@ -361,6 +365,10 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
     const r = await cp.request('POST', '/api/v1/nodes', { body: pb, contentType: 'application/vnd.kubernetes.protobuf' });
     t.is(r.status, 400, `${JSON.stringify(pb)}: ${r.text}`);
   }
+  const deep = await cp.request('POST', '/api/v1/nodes', { body: `{"metadata":{"name":"deep"},"spec":${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}}` });
+  t.is(deep.status, 400, 'deeply nested input is refused, not a crash');
+  const deepPatch = await cp.request('PATCH', '/api/v1/nodes/rv-a', { contentType: MERGE, body: `{"spec":${'['.repeat(100_000)}${']'.repeat(100_000)}}` });
+  t.is(deepPatch.status, 400);
   const notObj = await cp.request('POST', '/api/v1/nodes', { body: '[1,2]' });
   t.is(notObj.status, 400);
   const huge = await cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'huge' }, data: { a: 'x'.repeat(4 * 1024 * 1024) } } }).catch((e: Error) => e);
