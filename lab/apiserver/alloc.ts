@@ -20,14 +20,21 @@ export class KeyAllocator {
   readonly #first: number;
   readonly #last: number;
   readonly #what: string;
+  readonly #reserved: number[];
+  readonly #sequential: boolean;
 
-  /** Values `first..last` (inclusive) under etcd directory `dir`. */
-  constructor(client: Etcd3, opts: { dir: string; first: number; last: number; what: string }) {
+  /**
+   * Values `first..last` (inclusive) under etcd directory `dir`; `reserved` ones are only handed
+   * out when asked for by value (kube keeps the range's first IP for the `kubernetes` service).
+   */
+  constructor(client: Etcd3, opts: { dir: string; first: number; last: number; what: string; reserved?: number[]; sequential?: boolean }) {
     this.#client = client;
     this.#dir = opts.dir.replace(/\/?$/, '/');
     this.#first = opts.first;
     this.#last = opts.last;
     this.#what = opts.what;
+    this.#reserved = opts.reserved ?? [];
+    this.#sequential = opts.sequential ?? false;
   }
 
   contains(n: number): boolean {
@@ -45,13 +52,17 @@ export class KeyAllocator {
     await this.#client.delete().key(this.#dir + n).exec();
   }
 
-  /** Claims a free value (scanning from a random start, as kube's allocator picks at random). */
+  /**
+   * Claims a free value: from a random start, as kube's service allocators pick, or the lowest
+   * free one (`sequential`, as the node CIDR allocator hands out subnets in order).
+   */
   async allocate(owner: string): Promise<number> {
     const size = this.#last - this.#first + 1;
     for (let attempt = 0; attempt < 5; attempt++) {
       const taken = new Set((await this.#client.getAll().prefix(this.#dir).keys()).map((k) => Number(k.slice(this.#dir.length))));
+      for (const r of this.#reserved) taken.add(r);
       if (taken.size >= size) break;
-      const start = randomInt(size);
+      const start = this.#sequential ? 0 : randomInt(size);
       for (let i = 0; i < size; i++) {
         const n = this.#first + ((start + i) % size);
         if (taken.has(n)) continue;

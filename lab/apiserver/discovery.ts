@@ -70,6 +70,8 @@ function entry(r: ResourceDef) {
     kind: r.kind,
     verbs: VERBS,
     ...(r.shortNames.length ? { shortNames: r.shortNames } : {}),
+    // `kubectl get all` expands the "all" category (of these kinds, kube puts only services in it).
+    ...(r.resource === 'services' ? { categories: ['all'] } : {}),
     storageVersionHash: Buffer.from(`${r.group}/${r.version}/${r.kind}`).toString('base64').slice(0, 11),
   };
 }

@@ -4,8 +4,13 @@
  *   node lab/apiserver/main.ts --listen 198.51.100.2:6443 --etcd http://198.51.100.2:2379 \
  *     --service-cluster-ip-range 198.19.0.0/16 [--service-node-port-range 30000-32767] \
  *     [--etcd-prefix /registry] [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] [--bookmark-interval 60s] [--min-request-timeout 1800] \
- *     [--kubeconfig out.yaml] [--log-level info]
+ *     [--kubeconfig out.yaml] [--kubernetes-service [--advertise-address IP]] [--log-level info]
+ *     [--allocate-node-cidrs --cluster-cidr 198.18.0.0/16 [--node-cidr-mask-size 24]]
  *
+ * --kubernetes-service creates `default/kubernetes` (first IP of the range, port 443) and its
+ * EndpointSlice pointing at --advertise-address (default: the --listen host), as kube-apiserver
+ * always does; off by default so tests see only their own Services.
+ * --allocate-node-cidrs is kube-controller-manager's node IPAM, run in this process (nodeipam.ts).
  * --min-request-timeout is kube-apiserver's: a watch without timeoutSeconds ends after a random
  * time between that many seconds and twice as many.
  *
@@ -17,6 +22,7 @@ import { parseArgs } from 'node:util';
 import winston from 'winston';
 import { errText, UsageError } from '../../src/core/errors.ts';
 import { writeKubeconfig } from './kubeconfig.ts';
+import { parseIPv4 } from './names.ts';
 import { startApiServer } from './server.ts';
 
 function duration(s: string): number {
@@ -31,9 +37,8 @@ function seconds(s: string): number {
 }
 
 async function main(argv: string[]): Promise<void> {
-  let v;
-  try {
-    v = parseArgs({
+  const parse = () =>
+    parseArgs({
       args: argv,
       options: {
         listen: { type: 'string', default: '127.0.0.1:6443' },
@@ -47,9 +52,17 @@ async function main(argv: string[]): Promise<void> {
         'bookmark-interval': { type: 'string', default: '60s' },
         'min-request-timeout': { type: 'string', default: '1800' },
         kubeconfig: { type: 'string' },
+        'kubernetes-service': { type: 'boolean', default: false },
+        'allocate-node-cidrs': { type: 'boolean', default: false },
+        'cluster-cidr': { type: 'string' },
+        'node-cidr-mask-size': { type: 'string', default: '24' },
+        'advertise-address': { type: 'string' },
         'log-level': { type: 'string', default: 'info' },
       },
     }).values;
+  let v: ReturnType<typeof parse>;
+  try {
+    v = parse();
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
@@ -57,6 +70,11 @@ async function main(argv: string[]): Promise<void> {
   if (!m) throw new UsageError(`--listen must be host:port, not "${v.listen}"`);
   const etcd = (v.etcd ?? []).flatMap((e) => e.split(',')).filter(Boolean);
   if (!etcd.length) throw new UsageError('--etcd is required');
+  const advertise = v['advertise-address'] ?? m[1]!;
+  if (v['kubernetes-service'] && (parseIPv4(advertise) === undefined || advertise === '0.0.0.0'))
+    throw new UsageError(`--kubernetes-service needs an IPv4 --advertise-address (not "${advertise}")`);
+  if (v['allocate-node-cidrs'] && !v['cluster-cidr']) throw new UsageError('--allocate-node-cidrs needs --cluster-cidr');
+  if (!/^\d{1,2}$/.test(v['node-cidr-mask-size']!)) throw new UsageError(`invalid --node-cidr-mask-size "${v['node-cidr-mask-size']}"`);
   const log = winston.createLogger({
     level: v['log-level'],
     format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
@@ -73,6 +91,8 @@ async function main(argv: string[]): Promise<void> {
     bookmarkIntervalMs: duration(v['bookmark-interval']!),
     maxWatchSeconds: seconds(v['min-request-timeout']!),
     log,
+    kubernetesService: v['kubernetes-service'] ? { address: advertise } : undefined,
+    nodeIpam: v['allocate-node-cidrs'] ? { clusterCIDR: v['cluster-cidr']!, nodeMaskSize: Number(v['node-cidr-mask-size']) } : undefined,
   });
   if (v.kubeconfig) writeKubeconfig(v.kubeconfig, { server: server.url });
   process.stdout.write(`listening on ${server.url}\n`);

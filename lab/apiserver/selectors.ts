@@ -54,14 +54,16 @@ export function parseSelector(s: string | undefined, opts: { field?: boolean } =
   const out: Selector = [];
   for (const t of terms(s)) {
     if (t === '') throw badRequest(`unable to parse requirement: empty term in "${s}"`);
-    let m: RegExpExecArray | null;
-    if ((m = /^(.+?)\s*(==|!=|=)\s*(.*)$/.exec(t))) {
-      out.push({ key: checkKey(m[1]!.trim(), field), op: m[2] === '!=' ? 'neq' : 'eq', value: checkValue(m[3]!.trim(), field) });
-    } else if (!field && (m = /^(\S+)\s+(in|notin)\s*\((.*)\)$/.exec(t))) {
-      const values = m[3]!.split(',').map((v) => checkValue(v.trim(), false));
-      out.push({ key: checkKey(m[1]!, false), op: m[2] as 'in' | 'notin', values });
-    } else if (!field && (m = /^!\s*(\S+)$/.exec(t))) {
-      out.push({ key: checkKey(m[1]!, false), op: 'notexists' });
+    const eq = /^(.+?)\s*(==|!=|=)\s*(.*)$/.exec(t);
+    const set = field ? null : /^(\S+)\s+(in|notin)\s*\((.*)\)$/.exec(t);
+    const not = field ? null : /^!\s*(\S+)$/.exec(t);
+    if (eq) {
+      out.push({ key: checkKey(eq[1]!.trim(), field), op: eq[2] === '!=' ? 'neq' : 'eq', value: checkValue(eq[3]!.trim(), field) });
+    } else if (set) {
+      const values = set[3]!.split(',').map((v) => checkValue(v.trim(), false));
+      out.push({ key: checkKey(set[1]!, false), op: set[2] as 'in' | 'notin', values });
+    } else if (not) {
+      out.push({ key: checkKey(not[1]!, false), op: 'notexists' });
     } else if (!field && /^\S+$/.test(t)) {
       out.push({ key: checkKey(t, false), op: 'exists' });
     } else {

@@ -22,8 +22,10 @@ import { errText } from '../../src/core/errors.ts';
 import { etcdClientOptions } from '../../src/subnet/etcd.ts';
 import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
+import { NodeIpam } from './nodeipam.ts';
 import { openapiV3 } from './openapi.ts';
-import { checkName, parseCIDR } from './names.ts';
+import { decodeProtobuf } from './protobuf.ts';
+import { checkName, formatIPv4, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
 import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
 import { matches, parseSelector, type Selector } from './selectors.ts';
@@ -47,8 +49,21 @@ export interface ApiServerOptions {
   nodePortRange?: string;
   /** How often a watch that asked for bookmarks gets one (default 60 s, as kube sends about once a minute). */
   bookmarkIntervalMs?: number;
+  /**
+   * Create `default/kubernetes` (ClusterIP = the range's first address, port 443 -> `address`:`port`)
+   * and its EndpointSlice, as kube-apiserver does. Off unless asked for, so tests that count
+   * Services see only their own.
+   */
+  kubernetesService?: { address: string; port?: number };
+  /**
+   * Also run kube-controller-manager's node IPAM (`--allocate-node-cidrs`): nodes without a
+   * podCIDR get one from `clusterCIDR` (see nodeipam.ts).
+   */
+  nodeIpam?: { clusterCIDR: string; nodeMaskSize?: number };
   /** Largest request body accepted (default 3 MiB, kube-apiserver's limit). */
   maxBodyBytes?: number;
+  /** Most watches open at once (default 4096); more get 429. */
+  maxWatches?: number;
   /** Longest watch when the client names no timeoutSeconds (default 30 min, as --min-request-timeout). */
   maxWatchSeconds?: number;
   log?: Log;
@@ -75,11 +90,12 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const size = 2 ** (32 - range.len);
   const api = new Api(store, {
     // The network and broadcast addresses are never handed out, as in kube's allocator.
-    serviceIPs: new KeyAllocator(client, { dir: `${store.prefix}/ranges/serviceips`, first: range.base + 1, last: range.base + size - 2, what: 'service IPs' }),
+    serviceIPs: new KeyAllocator(client, { dir: `${store.prefix}/ranges/serviceips`, first: range.base + 1, last: range.base + size - 2, what: 'service IPs', reserved: [range.base + 1] }),
     nodePorts: new KeyAllocator(client, { dir: `${store.prefix}/ranges/servicenodeports`, first: Number(np[1]), last: Number(np[2]), what: 'node ports' }),
     bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000,
     maxBodyBytes: opts.maxBodyBytes ?? 3 * 1024 * 1024,
     maxWatchSeconds: opts.maxWatchSeconds ?? 1800,
+    maxWatches: opts.maxWatches ?? 4096,
     log: opts.log ?? silentLog,
   });
   const server = createServer((req, res) => void api.handle(req, res));
@@ -90,6 +106,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     for (const name of SYSTEM_NAMESPACES) {
       if (!(await store.get(store.key(nsDef, undefined, name)))) await api.create(nsDef, undefined, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } }, false);
     }
+    if (opts.kubernetesService) await ensureKubernetesService(api, store, { clusterIP: formatIPv4(range.base + 1), address: opts.kubernetesService.address, port: opts.kubernetesService.port ?? opts.port });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {
@@ -101,12 +118,15 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     client.close();
     throw new Error(`start api server on ${opts.host}:${opts.port}`, { cause: err });
   }
+  const ipam = opts.nodeIpam ? new NodeIpam(store, { ...opts.nodeIpam, log: opts.log ?? silentLog }) : undefined;
+  ipam?.start();
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
     url: `http://${host}:${addr.port}`,
     store,
     async close() {
+      await ipam?.stop();
       api.closeWatches();
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
@@ -115,12 +135,45 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   };
 }
 
+/**
+ * The `kubernetes` Service and its EndpointSlice (kube's "bootstrap controller"): created when
+ * missing, the slice's address and port brought up to date when they differ.
+ */
+async function ensureKubernetesService(api: Api, store: Store, o: { clusterIP: string; address: string; port: number }): Promise<void> {
+  const svcDef = findResource('', 'v1', 'services')!;
+  const sliceDef = findResource('discovery.k8s.io', 'v1', 'endpointslices')!;
+  const labels = { component: 'apiserver', provider: 'kubernetes' };
+  if (!(await store.get(store.key(svcDef, 'default', 'kubernetes')))) {
+    await api.create(
+      svcDef,
+      'default',
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'kubernetes', labels }, spec: { clusterIP: o.clusterIP, ports: [{ name: 'https', port: 443, protocol: 'TCP', targetPort: o.port }] } },
+      false,
+    );
+  }
+  const slice = {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'kubernetes', labels: { 'kubernetes.io/service-name': 'kubernetes', 'endpointslice.kubernetes.io/managed-by': 'weft-lab-apiserver' } },
+    addressType: 'IPv4',
+    endpoints: [{ addresses: [o.address], conditions: { ready: true } }],
+    ports: [{ name: 'https', port: o.port, protocol: 'TCP' }],
+  };
+  const key = store.key(sliceDef, 'default', 'kubernetes');
+  const cur = await store.get(key);
+  if (!cur) await api.create(sliceDef, 'default', slice, false);
+  else if (!deepEqual(cur.obj.endpoints ?? null, slice.endpoints) || !deepEqual(cur.obj.ports ?? null, slice.ports)) {
+    await store.update(key, { ...cur.obj, endpoints: slice.endpoints, ports: slice.ports, metadata: { ...cur.obj.metadata, generation: Number(cur.obj.metadata.generation ?? 1) + 1 } }, cur.rev);
+  }
+}
+
 interface ApiConfig {
   serviceIPs: KeyAllocator;
   nodePorts: KeyAllocator;
   bookmarkIntervalMs: number;
   maxBodyBytes: number;
   maxWatchSeconds: number;
+  maxWatches: number;
   log: Log;
 }
 
@@ -134,7 +187,13 @@ interface Target {
   watchPath: boolean;
 }
 
-const MAX_CONFLICT_RETRIES = 8;
+// kube's GuaranteedUpdate retries until the request times out; this bounds it by count, with a
+// short random pause once writers keep colliding.
+const MAX_CONFLICT_RETRIES = 100;
+
+async function backoff(attempt: number): Promise<void> {
+  if (attempt >= 3) await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 5)));
+}
 
 class Api {
   readonly #store: Store;
@@ -221,6 +280,7 @@ class Api {
       case 'PATCH': {
         const type = mediaType(req);
         const raw = await readBody(req, this.#cfg.maxBodyBytes, { patch: true });
+        checkDepth(raw);
         const fv = fieldValidation(q);
         return send(res, 200, await this.#patch(target, name, { type, raw, dryRun, check: (o) => checkFields(def, o, fv, res) }));
       }
@@ -317,7 +377,9 @@ class Api {
         throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`);
     }
     // A patch that sets resourceVersion is a precondition: no retry past a conflict.
-    const conditional = typeof patch === 'object' && patch !== null && JSON.stringify(patch).includes('"resourceVersion"');
+    const conditional = Array.isArray(patch)
+      ? patch.some((op) => typeof op === 'object' && op !== null && !Array.isArray(op) && op.path === '/metadata/resourceVersion')
+      : typeof patch === 'object' && patch !== null && typeof patch.metadata === 'object' && patch.metadata !== null && !Array.isArray(patch.metadata) && patch.metadata.resourceVersion != null;
     return this.#update(t, name, {
       dryRun: p.dryRun,
       conditional,
@@ -355,7 +417,7 @@ class Api {
       meta.name = name;
       if (def.namespaced) meta.namespace = t.namespace!;
       else delete meta.namespace;
-      for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'generation'] as const) {
+      for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'generation'] as const) {
         if (old.metadata[f] === undefined) delete meta[f];
         else meta[f] = old.metadata[f]!;
       }
@@ -380,6 +442,26 @@ class Api {
         await hook.undo?.();
         throw invalid(ref(def, name), causes);
       }
+      if (old.metadata.deletionTimestamp) {
+        const before = Array.isArray(old.metadata.finalizers) ? old.metadata.finalizers : [];
+        const now = Array.isArray(meta.finalizers) ? meta.finalizers : [];
+        if (now.some((f) => !before.includes(f))) {
+          await hook.undo?.();
+          throw invalid(ref(def, name), [{ field: 'metadata.finalizers', message: 'Forbidden: no new finalizers can be added if the object is being deleted' }]);
+        }
+        if (now.length === 0 && !o.dryRun) {
+          // The last finalizer is gone: the deletion completes.
+          await hook.undo?.();
+          const rev = await this.#store.delete(key, cur.rev);
+          if (rev !== undefined) {
+            await def.hooks?.deleted?.(old, this.#hookCtx(false));
+            return { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rev) } };
+          }
+          if (o.conditional || attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+          await backoff(attempt);
+          continue;
+        }
+      }
       const oldStored = { ...old, metadata: { ...old.metadata } };
       delete oldStored.metadata.resourceVersion;
       // An update that changes nothing is not written (no new resourceVersion, no watch event).
@@ -400,6 +482,7 @@ class Api {
       }
       await hook.undo?.();
       if (o.conditional || attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+      await backoff(attempt);
     }
   }
 
@@ -420,9 +503,21 @@ class Api {
       const details = { name, ...(def.group ? { group: def.group } : {}), kind: def.resource, uid: String(cur.obj.metadata.uid) };
       if (o.dryRun) return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
       if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`);
+      const finalizers = cur.obj.metadata.finalizers;
+      if (Array.isArray(finalizers) && finalizers.length) {
+        // Finalizers keep the object: it is only marked, and goes when the last one is removed.
+        if (cur.obj.metadata.deletionTimestamp) return withKind(def, cur.obj);
+        const marked = { ...cur.obj, metadata: { ...cur.obj.metadata, deletionTimestamp: timestamp(), deletionGracePeriodSeconds: 0 } };
+        const rev = await this.#store.update(key, marked, cur.rev);
+        if (rev !== undefined) return withKind(def, { ...marked, metadata: { ...marked.metadata, resourceVersion: String(rev) } });
+        if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+        await backoff(attempt);
+        continue;
+      }
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+        await backoff(attempt);
         continue;
       }
       await def.hooks?.deleted?.(cur.obj, this.#hookCtx(false));
@@ -434,6 +529,8 @@ class Api {
           await this.#store.deleteAll(this.#store.dir(r, name));
         }
       }
+      // Services and Namespaces answer with the deleted object, the others with a Status.
+      if (def.returnDeleted) return withKind(def, cur.obj);
       return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
     }
   }
@@ -468,6 +565,7 @@ class Api {
    */
   async #watch(req: IncomingMessage, res: ServerResponse, t: Target, q: URLSearchParams): Promise<void> {
     const { def } = t;
+    if (this.#watches.size >= this.#cfg.maxWatches) throw new ApiError(429, 'TooManyRequests', `too many open watches (${this.#cfg.maxWatches}); try again later`);
     const filter = selectors(def, q);
     const rv = parseRV(q.get('resourceVersion'));
     const bookmarks = isTrue(q.get('allowWatchBookmarks'));
@@ -552,8 +650,9 @@ class Api {
         write(encode('BOOKMARK', { kind: def.kind, apiVersion: apiVersion(def), metadata: { resourceVersion: String(last) } }));
       }, this.#cfg.bookmarkIntervalMs);
     }
-    req.on('close', () => stop());
+    // The response closes when we end it or the client's connection goes away.
     res.on('close', () => stop());
+    if (!res.socket || res.socket.destroyed) stop(); // Gone while we listed.
   }
 }
 
@@ -657,8 +756,22 @@ function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {
   return deepEqual(strip(a), strip(b));
 }
 
+/** Deepest nesting accepted in a body (deeper input would hit recursion limits further on). */
+const MAX_DEPTH = 200;
+
+function checkDepth(v: unknown): void {
+  const stack: Array<[unknown, number]> = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (typeof x !== 'object' || x === null) continue;
+    if (d > MAX_DEPTH) throw badRequest(`the request body nests deeper than ${MAX_DEPTH} levels`);
+    for (const y of Array.isArray(x) ? x : Object.values(x)) if (typeof y === 'object' && y !== null) stack.push([y, d + 1]);
+  }
+}
+
 function asObject(v: unknown): KubeObject {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw badRequest('the request body must be a JSON object');
+  checkDepth(v);
   const o = v as KubeObject;
   if (o.metadata === undefined || o.metadata === null) o.metadata = {};
   if (typeof o.metadata !== 'object' || Array.isArray(o.metadata)) throw badRequest('metadata must be an object');
@@ -688,23 +801,31 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    size += c.length;
-    if (size > max) {
-      req.destroy();
-      throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
+  // A body that trickles in is cut off (the server has no overall request timeout: watches).
+  const timer = setTimeout(() => req.destroy(new Error('request body not received within 60 s')), 60_000);
+  try {
+    for await (const c of req as AsyncIterable<Buffer>) {
+      size += c.length;
+      if (size > max) {
+        req.destroy();
+        throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
+      }
+      chunks.push(c);
     }
-    chunks.push(c);
+  } finally {
+    clearTimeout(timer);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  const raw = Buffer.concat(chunks);
+  const text = raw.toString('utf8');
   if (text.trim() === '') {
     if (opts.optional) return undefined;
     throw badRequest('the request body is empty');
   }
   const type = mediaType(req);
-  // Protobuf and CBOR bodies (typed clients such as `kubectl create namespace`) are not decoded here.
+  if (!opts.patch && type === 'application/vnd.kubernetes.protobuf') return decodeProtobuf(raw);
+  // CBOR and other bodies are not decoded here.
   if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
-    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got "${type}")`);
+    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got "${type}")`);
   try {
     if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
     return JSON.parse(text);
@@ -720,8 +841,8 @@ function send(res: ServerResponse, code: number, body: unknown): void {
 }
 
 function sendObject(req: IncomingMessage, res: ServerResponse, def: ResourceDef, obj: KubeObject, q: URLSearchParams): void {
-  if (wantsTable(req)) return send(res, 200, renderTable(def, [obj], { resourceVersion: String(obj.metadata.resourceVersion), includeObject: q.get('includeObject') }));
-  send(res, 200, obj);
+  const table = wantsTable(req) ? renderTable(def, [obj], { resourceVersion: String(obj.metadata.resourceVersion), includeObject: q.get('includeObject') }) : undefined;
+  send(res, 200, table ?? obj);
 }
 
 function timestamp(): string {

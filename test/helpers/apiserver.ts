@@ -51,8 +51,7 @@ export class WatchStream {
         res.setEncoding('utf8');
         res.on('data', (c: string) => {
           buf += c;
-          let i: number;
-          while ((i = buf.indexOf('\n')) >= 0) {
+          for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
             const line = buf.slice(0, i);
             buf = buf.slice(i + 1);
             if (line.trim()) this.events.push(JSON.parse(line));
@@ -149,7 +148,7 @@ export class ControlPlane {
     try {
       await cp.etcd.start();
       await cp.startServer(opts.args ?? []);
-      cp.#socat = spawn('nsenter', [`--net=/run/netns/${cp.netns}`, '--', 'socat', `UNIX-LISTEN:${cp.socket},fork,mode=600`, `TCP:${API_IP}:6443`], { stdio: 'ignore' });
+      cp.#socat = spawn('nsenter', [`--net=/run/netns/${cp.netns}`, '--', 'socat', `UNIX-LISTEN:${cp.socket},fork,mode=600,backlog=256`, `TCP:${API_IP}:6443`], { stdio: 'ignore' });
       for (let i = 0; ; i++) {
         try {
           if ((await cp.request('GET', '/healthz')).status === 200) break;

@@ -37,8 +37,7 @@ test.before(async () => {
   let buf = '';
   client.stdout!.on('data', (c: Buffer) => {
     buf += c.toString();
-    let i: number;
-    while ((i = buf.indexOf('\n')) >= 0) {
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
       lines.push(JSON.parse(buf.slice(0, i)));
       buf = buf.slice(i + 1);
     }

@@ -4,7 +4,8 @@
  * apiserver.ts): etcd and the server in a throwaway namespace; kubectl runs inside it through
  * nsenter with the kubeconfig the server wrote; this process checks results over the unix-socket
  * forwarder. No `--validate=false` anywhere: the server's OpenAPI v3 stub tells kubectl to leave
- * validation to the server.
+ * validation to the server. The server runs with --kubernetes-service and --allocate-node-cidrs
+ * (the node IPAM kube-controller-manager would run), so those are checked here too.
  */
 import test from 'ava';
 import { ControlPlane } from '../helpers/apiserver.ts';
@@ -12,7 +13,7 @@ import { ControlPlane } from '../helpers/apiserver.ts';
 let cp: ControlPlane;
 
 test.before(async () => {
-  cp = await ControlPlane.start();
+  cp = await ControlPlane.start({ args: ['--kubernetes-service', '--allocate-node-cidrs', '--cluster-cidr', '198.18.0.0/16'] });
   const n = await cp.request('POST', '/api/v1/nodes', {
     body: {
       metadata: { name: 'k-n1', labels: { 'node-role.kubernetes.io/control-plane': '' } },
@@ -29,6 +30,41 @@ test.before(async () => {
 
 test.after.always(async () => {
   await cp?.destroy();
+});
+
+test.serial('the kubernetes Service and EndpointSlice exist, as kube-apiserver makes them', async (t) => {
+  const out = await cp.kubectl(['get', 'svc,endpointslices', 'kubernetes']);
+  t.regex(out, /^service\/kubernetes\s+ClusterIP\s+198\.19\.0\.1\s+<none>\s+443\/TCP\s/m);
+  t.regex(out, /^endpointslice.discovery.k8s.io\/kubernetes\s+IPv4\s+6443\s+198\.51\.100\.2\s/m);
+  // The first address is kept for it: no other Service is handed 198.19.0.1.
+  const taken = await cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: 'first' }, spec: { clusterIP: '198.19.0.1', ports: [{ port: 80 }] } } });
+  t.is(taken.status, 422);
+});
+
+test.serial('node IPAM: nodes without a podCIDR get distinct /24s of the cluster CIDR; deletion releases', async (t) => {
+  const podCIDR = async (name: string) => {
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const n = (await cp.request('GET', `/api/v1/nodes/${name}`)).json;
+      if (n.spec?.podCIDR) return n.spec as { podCIDR: string; podCIDRs: string[] };
+      if (Date.now() > end) throw new Error(`node "${name}" got no podCIDR`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  t.regex(await cp.kubectl(['apply', '-f', '-'], { input: 'apiVersion: v1\nkind: Node\nmetadata: {name: ipam-a}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: ipam-b}\n' }), /node\/ipam-b created/);
+  const a = await podCIDR('ipam-a');
+  const b = await podCIDR('ipam-b');
+  t.regex(a.podCIDR, /^198\.18\.\d+\.0\/24$/);
+  t.deepEqual(a.podCIDRs, [a.podCIDR]);
+  t.not(a.podCIDR, b.podCIDR);
+  // Lowest free first; 198.18.1.0/24 is k-n1's (set by hand), so it is skipped.
+  t.deepEqual([a.podCIDR, b.podCIDR].sort(), ['198.18.0.0/24', '198.18.2.0/24']);
+  const claims = async () => [...(await cp.etcd.getPrefix('/registry/ranges/nodecidrs/')).values()].sort();
+  t.deepEqual(await claims(), ['ipam-a', 'ipam-b', 'k-n1']);
+  await cp.kubectl(['delete', 'node', 'ipam-a', 'ipam-b']);
+  const end = Date.now() + 10_000;
+  while ((await claims()).length !== 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(await claims(), ['k-n1']);
 });
 
 test.serial('kubectl get nodes: table, -o wide, -o json', async (t) => {
@@ -149,7 +185,7 @@ test.serial('kubectl apply -f / delete -f of a Service and an EndpointSlice', as
   t.is(reuse.status, 201, reuse.text);
 });
 
-test.serial('kubectl apply of a Namespace and a ConfigMap; typed protobuf bodies are refused with 415', async (t) => {
+test.serial('kubectl apply of a Namespace and a ConfigMap; kubectl create (protobuf bodies) of namespace, configmap, service', async (t) => {
   const ns = 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: team-a}\ndata: {a: "1", b: "2"}\n';
   const applied = await cp.kubectl(['apply', '-f', '-'], { input: ns });
   t.regex(applied, /namespace\/team-a created/);
@@ -158,7 +194,17 @@ test.serial('kubectl apply of a Namespace and a ConfigMap; typed protobuf bodies
   t.regex(await cp.kubectl(['get', 'ns']), /^team-a\s+Active/m);
   t.regex(await cp.kubectl(['delete', 'namespace', 'team-a']), /namespace "team-a" deleted/);
   t.is((await cp.request('GET', '/api/v1/namespaces/team-a/configmaps/cfg')).status, 404, 'a namespace takes its objects with it');
-  // `kubectl create namespace|configmap` send protobuf, which this server does not decode.
-  const pb = await cp.kubectlRun(['create', 'namespace', 'team-b']).catch((e: { stderr: string }) => e);
-  t.regex((pb as { stderr: string }).stderr, /UnsupportedMediaType|unknown format/);
+  // `kubectl create namespace|configmap|service` are typed clients: their bodies are protobuf.
+  t.regex(await cp.kubectl(['create', 'namespace', 'team-b']), /namespace\/team-b created/);
+  t.regex(await cp.kubectl(['-n', 'team-b', 'create', 'configmap', 'cfg', '--from-literal=a=1', '--from-literal=empty=']), /configmap\/cfg created/);
+  const cm = (await cp.request('GET', '/api/v1/namespaces/team-b/configmaps/cfg')).json;
+  t.deepEqual(cm.data, { a: '1', empty: '' });
+  t.is(cm.metadata.namespace, 'team-b');
+  t.regex(await cp.kubectl(['-n', 'team-b', 'create', 'service', 'nodeport', 'np', '--tcp=80:8080', '--node-port=30080']), /service\/np created/);
+  const np = (await cp.request('GET', '/api/v1/namespaces/team-b/services/np')).json;
+  t.like(np.spec, { type: 'NodePort', selector: { app: 'np' } });
+  t.deepEqual(np.spec.ports, [{ name: '80-8080', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }]);
+  t.is(np.spec.healthCheckNodePort, undefined);
+  t.deepEqual(np.metadata.labels, { app: 'np' });
+  t.regex(await cp.kubectl(['get', 'ns', 'team-b']), /^team-b\s+Active/m);
 });

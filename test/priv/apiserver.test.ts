@@ -111,6 +111,10 @@ test.serial('a watch resumed from an older resourceVersion replays exactly what 
     ],
   );
   t.true(BigInt(c.metadata.resourceVersion) < BigInt(revs[0]!));
+  // The same through the single-object watch path.
+  const one = cp.watch(`/api/v1/namespaces/default/configmaps/resume?watch=true&resourceVersion=${revs[1]}`);
+  t.teardown(() => one.close());
+  t.is((await one.next((e) => e.type === 'MODIFIED')).object.metadata.resourceVersion, revs[2]);
   // Without a resourceVersion the watch starts with the current state as ADDED.
   const w0 = cp.watch('/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name=resume');
   t.teardown(() => w0.close());
@@ -354,6 +358,17 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
   const badJson = await cp.request('POST', '/api/v1/nodes', { body: '{"metadata": ' });
   t.is(badJson.status, 400);
   t.like(badJson.json, { kind: 'Status', reason: 'BadRequest', code: 400 });
+  const cbor = await cp.request('POST', '/api/v1/nodes', { body: '\xd9\xd9\xf7', contentType: 'application/cbor' });
+  t.is(cbor.status, 415);
+  t.is(cbor.json.reason, 'UnsupportedMediaType');
+  for (const pb of ['k8s\u0000\u000a\u00ff', 'not protobuf', 'k8s\u0000\u000a\u0004\u000a\u0002v1\u0012\u0002Po']) {
+    const r = await cp.request('POST', '/api/v1/nodes', { body: pb, contentType: 'application/vnd.kubernetes.protobuf' });
+    t.is(r.status, 400, `${JSON.stringify(pb)}: ${r.text}`);
+  }
+  const deep = await cp.request('POST', '/api/v1/nodes', { body: `{"metadata":{"name":"deep"},"spec":${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}}` });
+  t.is(deep.status, 400, 'deeply nested input is refused, not a crash');
+  const deepPatch = await cp.request('PATCH', '/api/v1/nodes/rv-a', { contentType: MERGE, body: `{"spec":${'['.repeat(100_000)}${']'.repeat(100_000)}}` });
+  t.is(deepPatch.status, 400);
   const notObj = await cp.request('POST', '/api/v1/nodes', { body: '[1,2]' });
   t.is(notObj.status, 400);
   const huge = await cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'huge' }, data: { a: 'x'.repeat(4 * 1024 * 1024) } } }).catch((e: Error) => e);
@@ -377,8 +392,8 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
   t.is(unknown.json.kind, 'Status');
   const setRv = await cp.request('POST', '/api/v1/nodes', { body: { metadata: { name: 'srv', resourceVersion: '5' } } });
   t.is(setRv.status, 400);
-  const escape = await cp.request('GET', '/api/v1/namespaces/default/configmaps/..%2F..%2Fcore%2Fnodes%2Frv-a');
-  t.is(escape.status, 404, 'a name that cannot exist (here: one reaching into another key) is not found');
+  const traversal = await cp.request('GET', '/api/v1/namespaces/default/configmaps/..%2F..%2Fcore%2Fnodes%2Frv-a');
+  t.is(traversal.status, 404, 'a name that cannot exist (here: one reaching into another key) is not found');
   t.is((await cp.request('GET', '/api/v1/nodes/%E0%A4%A')).status, 400);
   const future = await cp.request('GET', '/api/v1/nodes?resourceVersion=99999999');
   t.is(future.status, 504);
@@ -424,4 +439,49 @@ test.serial('an open watch survives an etcd restart and delivers what changed af
   const ev = await w.next((e) => e.type === 'MODIFIED', 15_000);
   t.is(ev.object.data.v, '1');
   t.false(w.ended);
+});
+
+test.serial('concurrent writers: unconditional patches all land; concurrent creates get distinct cluster IPs', async (t) => {
+  await ok(t, cp.request('POST', '/api/v1/nodes', { body: node('race') }), 201);
+  const n = 20;
+  const res = await Promise.all(
+    Array.from({ length: n }, (_, i) => cp.request('PATCH', '/api/v1/nodes/race', { contentType: SMP, body: { metadata: { labels: { [`l${i}`]: 'x' } } } })),
+  );
+  t.deepEqual(res.map((r) => r.status), Array(n).fill(200));
+  const final = await ok(t, cp.request('GET', '/api/v1/nodes/race'));
+  for (let i = 0; i < n; i++) t.is(final.metadata.labels[`l${i}`], 'x');
+  const rvs = new Set(res.map((r) => r.json.metadata.resourceVersion));
+  t.is(rvs.size, n, 'each patch made its own revision');
+
+  // Twenty allocations at once: every claim is its own etcd transaction.
+  const svcs = await Promise.all(
+    Array.from({ length: n }, (_, i) => cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: `race-${i}` }, spec: { ports: [{ port: 80 }] } } })),
+  );
+  t.deepEqual(svcs.map((r) => r.status), Array(n).fill(201));
+  t.is(new Set(svcs.map((r) => r.json.spec.clusterIP)).size, n);
+  const claims = await cp.etcd.getPrefix('/registry/ranges/serviceips/');
+  for (const s of svcs) t.true([...claims.values()].includes(`default/${s.json.metadata.name}`));
+});
+
+test.serial('delete answers: Services return the object, ConfigMaps a Status; finalizers hold an object until removed', async (t) => {
+  await ok(t, cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: 'del-svc' }, spec: { ports: [{ port: 80 }] } } }), 201);
+  const ds = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/services/del-svc'));
+  t.like(ds, { kind: 'Service', metadata: { name: 'del-svc' } });
+  await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'del-cm' } } }), 201);
+  const dc = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/configmaps/del-cm'));
+  t.like(dc, { kind: 'Status', status: 'Success', details: { name: 'del-cm', kind: 'configmaps' } });
+
+  const c = await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'fin', finalizers: ['weft.test/hold'] } } }), 201);
+  const w = cp.watch(`/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=${c.metadata.resourceVersion}&fieldSelector=metadata.name=fin`);
+  t.teardown(() => w.close());
+  const marked = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/configmaps/fin'));
+  t.truthy(marked.metadata.deletionTimestamp);
+  t.is(marked.kind, 'ConfigMap');
+  t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 200, 'still there while a finalizer is pending');
+  const more = await cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: MERGE, body: { metadata: { finalizers: ['weft.test/hold', 'weft.test/more'] } } });
+  t.is(more.status, 422);
+  await ok(t, cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: JSONPATCH, body: [{ op: 'remove', path: '/metadata/finalizers' }] }));
+  t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 404);
+  await w.next((e) => e.type === 'DELETED');
+  t.deepEqual(w.events.map((e) => e.type), ['MODIFIED', 'DELETED']);
 });
