@@ -187,8 +187,8 @@ function haveKubeConfig(ctx: CommandContext): boolean {
   return Boolean(ctx.flags.kubeconfig || ctx.env.KUBECONFIG || ctx.env.KUBERNETES_SERVICE_HOST);
 }
 
-/** `get services`; `source` replaces the Kubernetes API (tests). Exit 0. */
-export async function getServicesCommand(ctx: CommandContext, source?: ServiceSource): Promise<number> {
+/** `get services`. Exit 0. */
+export async function getServicesCommand(ctx: CommandContext): Promise<number> {
   const format = outputFormat(ctx.flags);
   if (ctx.flags.watch) throw new UsageError('get services does not support --watch');
   const warnings: string[] = [];
@@ -205,7 +205,9 @@ export async function getServicesCommand(ctx: CommandContext, source?: ServiceSo
     warnings.push(`cannot read table ip weft-proxy: ${(err as Error).message}`);
   }
   let list: ServiceList;
-  const src = source ?? (haveKubeConfig(ctx) ? new KubeServiceSource({ kubeconfig: ctx.flags.kubeconfig, env: ctx.env, timeoutMs: 1000 * (intFlag(ctx.flags, 'timeout') ?? 10) }) : undefined);
+  const src: ServiceSource | undefined = haveKubeConfig(ctx)
+    ? new KubeServiceSource({ kubeconfig: ctx.flags.kubeconfig, env: ctx.env, timeoutMs: 1000 * (intFlag(ctx.flags, 'timeout') ?? 10) })
+    : undefined;
   if (src) {
     const l = await src.list();
     warnings.push(...l.invalid.map((s) => `not valid, ignored: ${s}`));
