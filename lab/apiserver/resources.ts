@@ -44,6 +44,8 @@ export interface ResourceDef {
   nameRule: NameRule;
   /** Has a /status subresource: updates of the resource keep the old status, and /status the old spec. */
   status: boolean;
+  /** A DELETE answers with the deleted object (kube's ReturnDeletedObject), not a Status. */
+  returnDeleted: boolean;
   /** Sets metadata.generation (1 on create, +1 when anything but metadata and status changes). */
   generation: boolean;
   patchSchema: PatchSchema;
@@ -71,6 +73,7 @@ const nodes: ResourceDef = {
   resource: 'nodes',
   singular: 'node',
   kind: 'Node',
+  returnDeleted: false,
   topFields: SPEC_STATUS,
   namespaced: false,
   shortNames: ['no'],
@@ -128,6 +131,7 @@ const services: ResourceDef = {
   resource: 'services',
   singular: 'service',
   kind: 'Service',
+  returnDeleted: true,
   topFields: SPEC_STATUS,
   namespaced: true,
   shortNames: ['svc'],
@@ -149,6 +153,7 @@ const configmaps: ResourceDef = {
   resource: 'configmaps',
   singular: 'configmap',
   kind: 'ConfigMap',
+  returnDeleted: false,
   topFields: ['data', 'binaryData', 'immutable'],
   namespaced: true,
   shortNames: ['cm'],
@@ -189,6 +194,7 @@ const namespaces: ResourceDef = {
   resource: 'namespaces',
   singular: 'namespace',
   kind: 'Namespace',
+  returnDeleted: true,
   topFields: SPEC_STATUS,
   namespaced: false,
   shortNames: ['ns'],
@@ -218,6 +224,7 @@ const endpointslices: ResourceDef = {
   resource: 'endpointslices',
   singular: 'endpointslice',
   kind: 'EndpointSlice',
+  returnDeleted: false,
   topFields: ['addressType', 'endpoints', 'ports'],
   namespaced: true,
   shortNames: [],

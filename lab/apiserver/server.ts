@@ -62,6 +62,8 @@ export interface ApiServerOptions {
   nodeIpam?: { clusterCIDR: string; nodeMaskSize?: number };
   /** Largest request body accepted (default 3 MiB, kube-apiserver's limit). */
   maxBodyBytes?: number;
+  /** Most watches open at once (default 4096); more get 429. */
+  maxWatches?: number;
   /** Longest watch when the client names no timeoutSeconds (default 30 min, as --min-request-timeout). */
   maxWatchSeconds?: number;
   log?: Log;
@@ -93,6 +95,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000,
     maxBodyBytes: opts.maxBodyBytes ?? 3 * 1024 * 1024,
     maxWatchSeconds: opts.maxWatchSeconds ?? 1800,
+    maxWatches: opts.maxWatches ?? 4096,
     log: opts.log ?? silentLog,
   });
   const server = createServer((req, res) => void api.handle(req, res));
@@ -170,6 +173,7 @@ interface ApiConfig {
   bookmarkIntervalMs: number;
   maxBodyBytes: number;
   maxWatchSeconds: number;
+  maxWatches: number;
   log: Log;
 }
 
@@ -276,6 +280,7 @@ class Api {
       case 'PATCH': {
         const type = mediaType(req);
         const raw = await readBody(req, this.#cfg.maxBodyBytes, { patch: true });
+        checkDepth(raw);
         const fv = fieldValidation(q);
         return send(res, 200, await this.#patch(target, name, { type, raw, dryRun, check: (o) => checkFields(def, o, fv, res) }));
       }
@@ -412,7 +417,7 @@ class Api {
       meta.name = name;
       if (def.namespaced) meta.namespace = t.namespace!;
       else delete meta.namespace;
-      for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'generation'] as const) {
+      for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'generation'] as const) {
         if (old.metadata[f] === undefined) delete meta[f];
         else meta[f] = old.metadata[f]!;
       }
@@ -436,6 +441,26 @@ class Api {
       if (causes.length) {
         await hook.undo?.();
         throw invalid(ref(def, name), causes);
+      }
+      if (old.metadata.deletionTimestamp) {
+        const before = Array.isArray(old.metadata.finalizers) ? old.metadata.finalizers : [];
+        const now = Array.isArray(meta.finalizers) ? meta.finalizers : [];
+        if (now.some((f) => !before.includes(f))) {
+          await hook.undo?.();
+          throw invalid(ref(def, name), [{ field: 'metadata.finalizers', message: 'Forbidden: no new finalizers can be added if the object is being deleted' }]);
+        }
+        if (now.length === 0 && !o.dryRun) {
+          // The last finalizer is gone: the deletion completes.
+          await hook.undo?.();
+          const rev = await this.#store.delete(key, cur.rev);
+          if (rev !== undefined) {
+            await def.hooks?.deleted?.(old, this.#hookCtx(false));
+            return { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rev) } };
+          }
+          if (o.conditional || attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+          await backoff(attempt);
+          continue;
+        }
       }
       const oldStored = { ...old, metadata: { ...old.metadata } };
       delete oldStored.metadata.resourceVersion;
@@ -478,6 +503,17 @@ class Api {
       const details = { name, ...(def.group ? { group: def.group } : {}), kind: def.resource, uid: String(cur.obj.metadata.uid) };
       if (o.dryRun) return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
       if (def.resource === 'namespaces' && SYSTEM_NAMESPACES.slice(0, 3).includes(name)) throw new ApiError(403, 'Forbidden', `namespaces "${name}" is forbidden: this namespace may not be deleted`);
+      const finalizers = cur.obj.metadata.finalizers;
+      if (Array.isArray(finalizers) && finalizers.length) {
+        // Finalizers keep the object: it is only marked, and goes when the last one is removed.
+        if (cur.obj.metadata.deletionTimestamp) return withKind(def, cur.obj);
+        const marked = { ...cur.obj, metadata: { ...cur.obj.metadata, deletionTimestamp: timestamp(), deletionGracePeriodSeconds: 0 } };
+        const rev = await this.#store.update(key, marked, cur.rev);
+        if (rev !== undefined) return withKind(def, { ...marked, metadata: { ...marked.metadata, resourceVersion: String(rev) } });
+        if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
+        await backoff(attempt);
+        continue;
+      }
       const rev = await this.#store.delete(key, cur.rev);
       if (rev === undefined) {
         if (attempt >= MAX_CONFLICT_RETRIES) throw conflict(ref(def, name), 'the object has been modified; please apply your changes to the latest version and try again');
@@ -493,6 +529,8 @@ class Api {
           await this.#store.deleteAll(this.#store.dir(r, name));
         }
       }
+      // Services and Namespaces answer with the deleted object, the others with a Status.
+      if (def.returnDeleted) return withKind(def, cur.obj);
       return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', details };
     }
   }
@@ -527,6 +565,7 @@ class Api {
    */
   async #watch(req: IncomingMessage, res: ServerResponse, t: Target, q: URLSearchParams): Promise<void> {
     const { def } = t;
+    if (this.#watches.size >= this.#cfg.maxWatches) throw new ApiError(429, 'TooManyRequests', `too many open watches (${this.#cfg.maxWatches}); try again later`);
     const filter = selectors(def, q);
     const rv = parseRV(q.get('resourceVersion'));
     const bookmarks = isTrue(q.get('allowWatchBookmarks'));
@@ -717,8 +756,22 @@ function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {
   return deepEqual(strip(a), strip(b));
 }
 
+/** Deepest nesting accepted in a body (deeper input would hit recursion limits further on). */
+const MAX_DEPTH = 200;
+
+function checkDepth(v: unknown): void {
+  const stack: Array<[unknown, number]> = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (typeof x !== 'object' || x === null) continue;
+    if (d > MAX_DEPTH) throw badRequest(`the request body nests deeper than ${MAX_DEPTH} levels`);
+    for (const y of Array.isArray(x) ? x : Object.values(x)) if (typeof y === 'object' && y !== null) stack.push([y, d + 1]);
+  }
+}
+
 function asObject(v: unknown): KubeObject {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw badRequest('the request body must be a JSON object');
+  checkDepth(v);
   const o = v as KubeObject;
   if (o.metadata === undefined || o.metadata === null) o.metadata = {};
   if (typeof o.metadata !== 'object' || Array.isArray(o.metadata)) throw badRequest('metadata must be an object');
@@ -748,13 +801,19 @@ async function readBody(req: IncomingMessage, max: number, opts: { optional?: bo
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    size += c.length;
-    if (size > max) {
-      req.destroy();
-      throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
+  // A body that trickles in is cut off (the server has no overall request timeout: watches).
+  const timer = setTimeout(() => req.destroy(new Error('request body not received within 60 s')), 60_000);
+  try {
+    for await (const c of req as AsyncIterable<Buffer>) {
+      size += c.length;
+      if (size > max) {
+        req.destroy();
+        throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
+      }
+      chunks.push(c);
     }
-    chunks.push(c);
+  } finally {
+    clearTimeout(timer);
   }
   const raw = Buffer.concat(chunks);
   const text = raw.toString('utf8');

@@ -20,7 +20,8 @@ export type StatusReason =
   | 'Expired'
   | 'ServiceUnavailable'
   | 'Timeout'
-  | 'Forbidden';
+  | 'Forbidden'
+  | 'TooManyRequests';
 
 export interface StatusDetails {
   name?: string;

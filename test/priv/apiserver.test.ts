@@ -111,6 +111,10 @@ test.serial('a watch resumed from an older resourceVersion replays exactly what 
     ],
   );
   t.true(BigInt(c.metadata.resourceVersion) < BigInt(revs[0]!));
+  // The same through the single-object watch path.
+  const one = cp.watch(`/api/v1/namespaces/default/configmaps/resume?watch=true&resourceVersion=${revs[1]}`);
+  t.teardown(() => one.close());
+  t.is((await one.next((e) => e.type === 'MODIFIED')).object.metadata.resourceVersion, revs[2]);
   // Without a resourceVersion the watch starts with the current state as ADDED.
   const w0 = cp.watch('/api/v1/namespaces/default/configmaps?watch=1&fieldSelector=metadata.name=resume');
   t.teardown(() => w0.close());
@@ -361,6 +365,10 @@ test.serial('hostile input: bad JSON, huge bodies, bad names and selectors get S
     const r = await cp.request('POST', '/api/v1/nodes', { body: pb, contentType: 'application/vnd.kubernetes.protobuf' });
     t.is(r.status, 400, `${JSON.stringify(pb)}: ${r.text}`);
   }
+  const deep = await cp.request('POST', '/api/v1/nodes', { body: `{"metadata":{"name":"deep"},"spec":${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}}` });
+  t.is(deep.status, 400, 'deeply nested input is refused, not a crash');
+  const deepPatch = await cp.request('PATCH', '/api/v1/nodes/rv-a', { contentType: MERGE, body: `{"spec":${'['.repeat(100_000)}${']'.repeat(100_000)}}` });
+  t.is(deepPatch.status, 400);
   const notObj = await cp.request('POST', '/api/v1/nodes', { body: '[1,2]' });
   t.is(notObj.status, 400);
   const huge = await cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'huge' }, data: { a: 'x'.repeat(4 * 1024 * 1024) } } }).catch((e: Error) => e);
@@ -453,4 +461,27 @@ test.serial('concurrent writers: unconditional patches all land; concurrent crea
   t.is(new Set(svcs.map((r) => r.json.spec.clusterIP)).size, n);
   const claims = await cp.etcd.getPrefix('/registry/ranges/serviceips/');
   for (const s of svcs) t.true([...claims.values()].includes(`default/${s.json.metadata.name}`));
+});
+
+test.serial('delete answers: Services return the object, ConfigMaps a Status; finalizers hold an object until removed', async (t) => {
+  await ok(t, cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: 'del-svc' }, spec: { ports: [{ port: 80 }] } } }), 201);
+  const ds = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/services/del-svc'));
+  t.like(ds, { kind: 'Service', metadata: { name: 'del-svc' } });
+  await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'del-cm' } } }), 201);
+  const dc = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/configmaps/del-cm'));
+  t.like(dc, { kind: 'Status', status: 'Success', details: { name: 'del-cm', kind: 'configmaps' } });
+
+  const c = await ok(t, cp.request('POST', '/api/v1/namespaces/default/configmaps', { body: { metadata: { name: 'fin', finalizers: ['weft.test/hold'] } } }), 201);
+  const w = cp.watch(`/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=${c.metadata.resourceVersion}&fieldSelector=metadata.name=fin`);
+  t.teardown(() => w.close());
+  const marked = await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/configmaps/fin'));
+  t.truthy(marked.metadata.deletionTimestamp);
+  t.is(marked.kind, 'ConfigMap');
+  t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 200, 'still there while a finalizer is pending');
+  const more = await cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: MERGE, body: { metadata: { finalizers: ['weft.test/hold', 'weft.test/more'] } } });
+  t.is(more.status, 422);
+  await ok(t, cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: JSONPATCH, body: [{ op: 'remove', path: '/metadata/finalizers' }] }));
+  t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 404);
+  await w.next((e) => e.type === 'DELETED');
+  t.deepEqual(w.events.map((e) => e.type), ['MODIFIED', 'DELETED']);
 });
