@@ -56,10 +56,16 @@ export async function serveWatch(req: IncomingMessage, res: ServerResponse, w: W
   const timeoutS = timeoutRaw !== null ? Number(timeoutRaw) : ctx.maxWatchSeconds * (1 + Math.random());
   const { dir } = w;
 
+  // sendInitialEvents (the watch-list protocol): the current state as ADDED, then a bookmark
+  // annotated k8s.io/initial-events-end, whatever resourceVersion says.
+  const sendInitial = isTrue(q.get('sendInitialEvents'));
+  if (sendInitial && q.get('resourceVersionMatch') !== 'NotOlderThan')
+    throw new ApiError(422, 'Invalid', 'resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan');
+  if (sendInitial && !bookmarks) throw new ApiError(422, 'Invalid', 'allowWatchBookmarks: Required value: sendInitialEvents requires allowWatchBookmarks');
   let initial: KubeObject[] = [];
   let from: bigint;
   let tooOld = false;
-  if (rv === undefined || rv === 0n) {
+  if (rv === undefined || rv === 0n || sendInitial) {
     const listing = await ctx.store.list(dir);
     initial = listing.items.map((s) => s.obj).filter(filter);
     from = listing.rev + 1n;
@@ -108,6 +114,9 @@ export async function serveWatch(req: IncomingMessage, res: ServerResponse, w: W
     }
   };
   for (const o of initial) write(encode('ADDED', withKind(def, o)));
+  if (sendInitial) {
+    write(encode('BOOKMARK', { kind: def.kind, apiVersion: apiVersion(def), metadata: { resourceVersion: String(from - 1n), annotations: { 'k8s.io/initial-events-end': 'true' } } }));
+  }
   if (stopped) return; // Dropped while sending the initial state.
   watch = ctx.store.watch(dir, from, {
     onEvents: (evs: StoreEvent[]) => {
