@@ -62,7 +62,8 @@ async function main(): Promise<number> {
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
   // is not fatal (launchers fall back to the standalone plugin).
   if (opts.cniSocket) {
-    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, log: (m) => log.debug(m) }).then(
+    const network = { subnetFile: opts.subnetFile, dataDir: opts.cniDataDir, bridge: opts.cniBridge };
+    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
       (s) => log.info(`serving CNI requests on ${s.path}`),
       (err) => log.warn(`cni fast path off: ${errText(err)}`),
     );

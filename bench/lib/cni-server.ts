@@ -5,7 +5,11 @@
  * stderr as `handled <COMMAND> <ms> {"netlink":ms,"ipam":ms,"netns":ms,"sysctl":ms}`: its
  * in-process duration and the time spent awaiting each kind of dependency.
  * Run it from the repository root (the setns addon is found under dist/native).
+ * It serves one network, as weftd does: SOCKET's directory's `subnet.env` and `data` (the test
+ * fixtures' layout, test/helpers/cni.ts), bridge cni0; WEFT_SERVE_SUBNET_FILE, _DATA_DIR and
+ * _BRIDGE override them.
  */
+import { dirname, join } from 'node:path';
 import { handleCniWith, serveCni } from '../../src/fastpath/index.ts';
 import type { Deps } from '../../src/cni/plugin.ts';
 
@@ -63,14 +67,21 @@ async function main(): Promise<void> {
   const timing = process.env.WEFT_FASTPATH_TIMING === '1';
   const ac = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => ac.abort());
+  const env = process.env;
+  const network = {
+    subnetFile: env.WEFT_SERVE_SUBNET_FILE ?? join(dirname(path), 'subnet.env'),
+    dataDir: env.WEFT_SERVE_DATA_DIR ?? join(dirname(path), 'data'),
+    bridge: env.WEFT_SERVE_BRIDGE ?? 'cni0',
+  };
   await serveCni({
     path,
     signal: ac.signal,
+    log: env.WEFT_SERVE_LOG === '1' ? (m) => process.stderr.write(`${m}\n`) : undefined,
     handler: async (req) => {
-      if (!timing) return handleCniWith(req);
+      if (!timing) return handleCniWith(req, { network });
       const acc: Acc = { netlink: 0, ipam: 0, netns: 0, sysctl: 0 };
       const t0 = now();
-      const reply = await handleCniWith(req, (deps) => instrument(deps, acc));
+      const reply = await handleCniWith(req, { network, wrap: (deps) => instrument(deps, acc) });
       process.stderr.write(`handled ${req.env.CNI_COMMAND} ${since(t0)} ${JSON.stringify(acc)}\n`);
       return reply;
     },

@@ -5,7 +5,7 @@
 import { formatIPv4, networkOf, parseCIDR } from '../ip/ipv4.ts';
 import { findLink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
-import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
+import { hostVethName, requirePodNetns, type Deps, type Request } from './plugin.ts';
 import { parsePrevResult } from './result.ts';
 
 function mismatch(msg: string): CniError {
@@ -19,7 +19,7 @@ export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
   const podIndex = prev.interfaces.findIndex((i) => i.name === env.ifname && i.sandbox !== undefined);
   if (podIndex < 0) throw mismatch(`prevResult has no interface "${env.ifname}" in a sandbox`);
 
-  const pod = openPodNetns(deps, env.netns);
+  const pod = requirePodNetns(deps, env.netns);
   const podNl = deps.openNetlink(pod);
   const host = deps.openNetlink();
   try {

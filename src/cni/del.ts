@@ -7,8 +7,7 @@
  * which GC (or the next DEL) still finds.
  */
 import { isGone, LinkNotFoundError, type Netlink } from '../netlink/index.ts';
-import { NetnsNotFoundError } from '../netns/index.ts';
-import { hostVethName, type Deps, type Request } from './plugin.ts';
+import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
 
 /** Deletes link `name` when it is a veth; gone already is fine. */
 export async function deleteVeth(nl: Netlink, name: string): Promise<boolean> {
@@ -25,29 +24,26 @@ export async function deleteVeth(nl: Netlink, name: string): Promise<boolean> {
 
 export async function cmdDel(req: Request, deps: Deps): Promise<void> {
   const { env, conf } = req;
-  const host = deps.openNetlink();
+  // Opened first: the node's own namespace as the "pod" is refused before anything is deleted.
+  const pod = env.netns ? openPodNetns(deps, env.netns, { missingOk: true }) : undefined;
   try {
-    await deleteVeth(host, hostVethName(env.containerID, env.ifname));
-  } finally {
-    host.close();
-  }
-  // The pair is normally gone with its host end; this covers a pod end left on its own.
-  if (env.netns) {
-    let pod;
+    const host = deps.openNetlink();
     try {
-      pod = deps.openNetns(env.netns);
-    } catch (err) {
-      if (!(err instanceof NetnsNotFoundError)) throw err;
+      await deleteVeth(host, hostVethName(env.containerID, env.ifname));
+    } finally {
+      host.close();
     }
+    // The pair is normally gone with its host end; this covers a pod end left on its own.
     if (pod) {
       const nl = deps.openNetlink(pod);
       try {
         await deleteVeth(nl, env.ifname);
       } finally {
         nl.close();
-        pod.close();
       }
     }
+  } finally {
+    pod?.close();
   }
   await deps.store(conf).releaseByOwner({ containerID: env.containerID, ifname: env.ifname });
 }

@@ -32,6 +32,9 @@ export interface DaemonOptions {
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
+  /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused). */
+  cniDataDir: string;
+  cniBridge: string;
 }
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
@@ -55,6 +58,8 @@ const FLAGS = {
   'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
+  'cni-data-dir': { type: 'string', default: '/var/lib/cni/networks', help: 'the IPAM dataDir of the only network the CNI fast path serves' },
+  'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -133,6 +138,10 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   const cniSocket = str('cni-socket') ?? '';
   if (cniSocket && !cniSocket.startsWith('/')) throw new UsageError(`--cni-socket: "${cniSocket}" is not an absolute path`);
   if (Buffer.byteLength(cniSocket) > MAX_SOCKET_PATH) throw new UsageError(`--cni-socket: "${cniSocket}" is longer than ${MAX_SOCKET_PATH} bytes (a unix socket path limit)`);
+  const cniDataDir = str('cni-data-dir')!;
+  if (!cniDataDir.startsWith('/')) throw new UsageError(`--cni-data-dir: "${cniDataDir}" is not an absolute path`);
+  const cniBridge = str('cni-bridge')!;
+  if (!/^[^/:\s]{1,15}$/.test(cniBridge) || cniBridge === '.' || cniBridge === '..') throw new UsageError(`--cni-bridge: "${cniBridge}" is not an interface name`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
@@ -153,5 +162,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     resyncIntervalMs: resync,
     logLevel,
     cniSocket,
+    cniDataDir,
+    cniBridge,
   };
 }

@@ -29,6 +29,8 @@ test('options: defaults', (t) => {
     resyncIntervalMs: 300_000,
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
+    cniDataDir: '/var/lib/cni/networks',
+    cniBridge: 'cni0',
   });
 });
 
