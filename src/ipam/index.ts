@@ -27,7 +27,12 @@ export async function allocate(store: Store, range: Range, owner: Owner): Promis
   for (const ip of candidates(range, await store.lastReserved())) {
     if (taken.has(ip)) continue;
     if (await store.reserve(ip, owner)) {
-      await store.setLastReserved(ip);
+      try {
+        await store.setLastReserved(ip);
+      } catch (err) {
+        await store.release(ip); // the caller never learns of an address it did not get
+        throw err;
+      }
       return ip;
     }
   }
