@@ -5,7 +5,7 @@
  * is absent, dead, or never acknowledges.
  */
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
@@ -192,4 +192,31 @@ test('a launcher in another node\'s namespace is not served there: it falls back
   const addA = await cni(a.node, { bin: LAUNCHER, command: 'ADD', conf: a.fx.conf({ fastpathSocket: server.socket }), containerID: 'c2', netns: podA, ifname: 'eth0' });
   t.is(addA.code, 0, addA.stdout + addA.stderr);
   t.deepEqual(server.handled, ['ADD']);
+});
+
+test('the launcher and the standalone plugin work when exec\'d through a symlink (a common /opt/cni/bin install)', async (t) => {
+  const { scope, node, fx } = setup(t, 47);
+  const links = join(fx.dir, 'opt-cni-bin');
+  mkdirSync(links);
+  symlinkSync(LAUNCHER, join(links, 'weft'));
+  symlinkSync(WEFT_BIN, join(links, 'weft-solo'));
+  const pod = scope.netns('pod');
+  const pod2 = scope.netns('pod');
+  // The standalone through a link: its addons are found beside the real file.
+  const solo = await cni(node, { bin: join(links, 'weft-solo'), command: 'ADD', conf: fx.conf(), containerID: 's1', netns: pod, ifname: 'eth0' });
+  t.is(solo.code, 0, solo.stdout + solo.stderr);
+  // The launcher through a link with no server: it falls back to the standalone beside its real file.
+  const offline = fx.conf({ fastpathSocket: join(fx.dir, 'nobody.sock') });
+  const viaLink = await cni(node, { bin: join(links, 'weft'), command: 'ADD', conf: offline, containerID: 's2', netns: pod2, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+  t.is(viaLink.code, 0, viaLink.stdout + viaLink.stderr);
+  t.regex(viaLink.stderr, new RegExp(`falling back to ${WEFT_BIN.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  // And served by the server when it is up.
+  const server = await startServer(scope, node, fx);
+  const del = await cni(node, { bin: join(links, 'weft'), command: 'DEL', conf: fx.conf({ fastpathSocket: server.socket }), containerID: 's2', netns: pod2, ifname: 'eth0' });
+  t.is(del.code, 0, del.stdout + del.stderr);
+  t.deepEqual(server.handled, ['DEL']);
+  const del1 = await cni(node, { bin: join(links, 'weft-solo'), command: 'DEL', conf: fx.conf(), containerID: 's1', netns: pod, ifname: 'eth0' });
+  t.is(del1.code, 0, del1.stdout + del1.stderr);
+  t.deepEqual(ipFiles(fx), []);
+  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
 });
