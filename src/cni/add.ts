@@ -9,7 +9,7 @@ import { allocate, NoFreeAddressError } from '../ipam/index.ts';
 import { formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import { findLink, isExists, isGone, type Link, type Netlink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
-import { hostVethName, requirePodNetns, type Deps, type Request } from './plugin.ts';
+import { hostVethName, requirePodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
 import { buildResult, encodeResult, parsePrevResult } from './result.ts';
 import { readSubnetFile, type SubnetInfo } from './subnetfile.ts';
 import type { NetNs } from '../netns/index.ts';
@@ -132,7 +132,7 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       if (err instanceof NoFreeAddressError) throw new CniError(ERR.NO_FREE_ADDRESS, err.message);
       throw err;
     }
-    undo.push(`release ${formatIPv4(ip)}`, () => store.release(ip));
+    undo.push(`release ${formatIPv4(ip)}`, () => store.locked(() => store.release(ip)));
 
     const vethName = hostVethName(env.containerID, env.ifname);
     try {
@@ -152,7 +152,8 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     });
 
     const hostLink = await host.linkByName(vethName);
-    await host.linkSetMaster(hostLink.index, br.index);
+    // Owner label and bridge in one request: DEL and GC delete only a veth labelled as theirs.
+    await host.linkSetMaster(hostLink.index, br.index, { alias: vethAlias(env.containerID, env.ifname) });
     await host.linkSetHairpin(hostLink.index, conf.hairpinMode);
     await host.linkSetUp(hostLink.index);
 

@@ -5,7 +5,7 @@
 import { formatIPv4, networkOf, parseCIDR } from '../ip/ipv4.ts';
 import { findLink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
-import { hostVethName, requirePodNetns, type Deps, type Request } from './plugin.ts';
+import { hostVethName, requirePodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
 import { parsePrevResult } from './result.ts';
 
 function mismatch(msg: string): CniError {
@@ -51,6 +51,8 @@ export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
     const vethName = hostVethName(env.containerID, env.ifname);
     const veth = await findLink(host, vethName);
     if (!veth) throw mismatch(`host veth "${vethName}" is missing`);
+    const owner = vethAlias(env.containerID, env.ifname);
+    if (veth.alias !== owner) throw mismatch(`host veth "${vethName}" belongs to "${veth.alias ?? ''}", not "${owner}"`);
     const br = await findLink(host, conf.bridge);
     if (!br) throw mismatch(`bridge "${conf.bridge}" is missing`);
     if (veth.masterIndex !== br.index) throw mismatch(`host veth "${vethName}" is not attached to bridge "${conf.bridge}"`);

@@ -1,5 +1,5 @@
 /**
- * DEL: remove the veth pair and release the address. Idempotent: a namespace, link or
+ * DEL: remove the veth pair (only one labelled as this attachment's) and release the address. Idempotent: a namespace, link or
  * allocation that is already gone counts as done, so DEL after a failed ADD, after the pod's
  * namespace vanished, or twice in a row succeeds. Needs neither the subnet file nor the pod's
  * namespace: the host veth's name derives from (containerID, ifname).
@@ -7,13 +7,18 @@
  * which GC (or the next DEL) still finds.
  */
 import { isGone, LinkNotFoundError, type Netlink } from '../netlink/index.ts';
-import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
+import { hostVethName, openPodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
 
-/** Deletes link `name` when it is a veth; gone already is fine. */
-export async function deleteVeth(nl: Netlink, name: string): Promise<boolean> {
+/**
+ * Deletes link `name` when it is a veth and, with `owner`, when its alias is that owner's
+ * ({@link vethAlias}) or empty (an ADD that died before labelling it); a veth labelled for
+ * another pod, whose name merely collides, is left alone. Gone already is fine.
+ */
+export async function deleteVeth(nl: Netlink, name: string, opts: { owner?: string } = {}): Promise<boolean> {
   try {
     const link = await nl.linkByName(name);
     if (link.kind !== undefined && link.kind !== 'veth') return false;
+    if (opts.owner !== undefined && link.alias && link.alias !== opts.owner) return false;
     await nl.linkDel(link.index);
     return true;
   } catch (err) {
@@ -29,7 +34,7 @@ export async function cmdDel(req: Request, deps: Deps): Promise<void> {
   try {
     const host = deps.openNetlink();
     try {
-      await deleteVeth(host, hostVethName(env.containerID, env.ifname));
+      await deleteVeth(host, hostVethName(env.containerID, env.ifname), { owner: vethAlias(env.containerID, env.ifname) });
     } finally {
       host.close();
     }

@@ -44,6 +44,19 @@ export function hostVethName(containerID: string, ifname: string): string {
 }
 
 /**
+ * The host veth's owner, recorded as its IFLA_IFALIAS: `containerID/ifname`, or for IDs too
+ * long for an alias (255 bytes) `weft-sha256:` + the hex digest of both. The 32-bit name
+ * ({@link hostVethName}) can collide; DEL and GC delete a veth only when this matches.
+ */
+export function vethAlias(containerID: string, ifname: string): string {
+  const text = `${containerID}/${ifname}`;
+  if (Buffer.byteLength(text) <= 255) return text;
+  // Loaded only here: every pod start would pay for crypto otherwise.
+  const { createHash } = process.getBuiltinModule('node:crypto');
+  return `weft-sha256:${createHash('sha256').update(`${containerID}\0${ifname}`).digest('hex')}`;
+}
+
+/**
  * Opens the pod's namespace; a path that is not one is bad input (code 4), and so is the
  * namespace this process serves: a "pod" there would replace the node's own routes.
  * With `missingOk` (DEL), a path that is gone returns undefined.
