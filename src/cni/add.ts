@@ -170,6 +170,12 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       }
     }
 
+    if (conf.ipMasq ?? !subnet.ipmasq) {
+      const addr = formatIPv4(ip);
+      await deps.masq.add(addr, formatCIDR(subnet.network));
+      undo.push(`remove masquerade for ${addr}`, () => deps.masq.remove(addr));
+    }
+
     // Announce the new address with a gratuitous ARP when the link comes up (as the bridge plugin).
     deps.writeSysctl(`net/ipv4/conf/${env.ifname}/arp_notify`, '1', pod);
 

@@ -30,6 +30,11 @@ export interface NetConf {
   isDefaultGateway: boolean;
   /** Overrides FLANNEL_MTU when set. */
   mtu?: number;
+  /**
+   * Masquerade this pod's traffic leaving the pod network (./masq.ts). Unset: exactly when
+   * weftd does not (FLANNEL_IPMASQ=false), as flannel's plugin sets the bridge plugin's ipMasq.
+   */
+  ipMasq?: boolean;
   /** The previous plugin's result (chained ADD, CHECK, DEL), as sent. */
   prevResult?: Record<string, unknown>;
   /** GC: attachments still in use. */
@@ -247,6 +252,7 @@ export function parseConf(stdin: string, command: Command, opts: { own?: OwnNetw
     mtu,
     prevResult,
   };
+  if (o.ipMasq !== undefined) conf.ipMasq = optBool(o, 'ipMasq', false);
   if (command === 'GC') {
     // Spec 1.1 names the key cni.dev/valid-attachments; older drafts and libcni used cni.dev/attachments.
     const key = o['cni.dev/valid-attachments'] !== undefined ? 'cni.dev/valid-attachments' : 'cni.dev/attachments';

@@ -7,6 +7,9 @@
  * which GC (or the next DEL) still finds.
  */
 import { isGone, LinkNotFoundError, type Netlink } from '../netlink/index.ts';
+import { formatIPv4 } from '../ip/ipv4.ts';
+import type { NetConf } from './config.ts';
+import { readSubnetFile } from './subnetfile.ts';
 import { hostVethName, openPodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
 
 /**
@@ -50,5 +53,26 @@ export async function cmdDel(req: Request, deps: Deps): Promise<void> {
   } finally {
     pod?.close();
   }
-  await deps.store(conf).releaseByOwner({ containerID: env.containerID, ifname: env.ifname });
+  const store = deps.store(conf);
+  const owner = { containerID: env.containerID, ifname: env.ifname };
+  // Before the release: once released, the address may be another pod's, element and all.
+  if (masqMayBeSet(conf)) {
+    for (const a of await store.list()) {
+      if (a.containerID === owner.containerID && (a.ifname === owner.ifname || a.ifname === '')) await deps.masq.remove(formatIPv4(a.ip));
+    }
+  }
+  await store.releaseByOwner(owner);
+}
+
+/**
+ * Whether ADD may have set up per-pod masquerade (./masq.ts): the config says so, or weftd does
+ * not masquerade; when the subnet file cannot tell, assume it may (removal is idempotent).
+ */
+export function masqMayBeSet(conf: NetConf): boolean {
+  if (conf.ipMasq !== undefined) return conf.ipMasq;
+  try {
+    return !readSubnetFile(conf.subnetFile).ipmasq;
+  } catch {
+    return true;
+  }
 }

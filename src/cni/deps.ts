@@ -7,6 +7,7 @@ import { DiskStore } from '../ipam/disk.ts';
 import { openNetlink } from '../netlink/index.ts';
 import { isOwnNetns, openNetns, setSysctl } from '../netns/index.ts';
 import type { OwnNetwork } from './config.ts';
+import { systemMasq } from './masq.ts';
 import type { Deps } from './plugin.ts';
 
 /**
@@ -21,6 +22,7 @@ export function systemDeps(opts: { log: (msg: string) => void; network?: OwnNetw
     isOwnNetns,
     writeSysctl: setSysctl,
     store: (conf) => new DiskStore(conf.dataDir, conf.name),
+    masq: systemMasq,
     network: opts.network,
     log: opts.log,
   };

@@ -5,7 +5,7 @@
  * tools sharing it anyway.
  */
 import { formatIPv4 } from '../ip/ipv4.ts';
-import { deleteVeth } from './del.ts';
+import { deleteVeth, masqMayBeSet } from './del.ts';
 import { hostVethName, vethAlias, type Deps, type Request } from './plugin.ts';
 
 export async function cmdGc(req: Request, deps: Deps): Promise<void> {
@@ -13,6 +13,7 @@ export async function cmdGc(req: Request, deps: Deps): Promise<void> {
   const valid = new Set((conf.validAttachments ?? []).map((a) => `${a.containerID}\0${a.ifname}`));
   const validIds = new Set((conf.validAttachments ?? []).map((a) => a.containerID));
   const store = deps.store(conf);
+  const masq = masqMayBeSet(conf);
   const host = deps.openNetlink();
   try {
     // One pass under host-local's lock: no ADD claims an address between the listing and the release.
@@ -24,6 +25,7 @@ export async function cmdGc(req: Request, deps: Deps): Promise<void> {
         if (keep) continue;
         // Only a veth labelled as this attachment's (or unlabelled): a name collision is another pod's.
         if (a.ifname) await deleteVeth(host, hostVethName(a.containerID, a.ifname), { owner: vethAlias(a.containerID, a.ifname) });
+        if (masq) await deps.masq.remove(formatIPv4(a.ip));
         await store.release(a.ip);
         deps.log(`weft: gc released ${formatIPv4(a.ip)} of "${a.containerID}"/"${a.ifname}"`);
       }

@@ -4,6 +4,7 @@ import type { NetNs } from '../netns/index.ts';
 import type { Store } from '../ipam/store.ts';
 import { NetnsNotFoundError } from '../netns/index.ts';
 import type { NetConf, OwnNetwork } from './config.ts';
+import type { PodMasq } from './masq.ts';
 import { CniError, ERR } from './errors.ts';
 import type { CniEnv } from './types.ts';
 
@@ -23,6 +24,8 @@ export interface Deps {
   writeSysctl(path: string, value: string, netns?: NetNs): void;
   /** The IPAM store of a network. */
   store(conf: NetConf): Store;
+  /** Per-pod masquerade (./masq.ts), for nodes where weftd does not masquerade. */
+  masq: PodMasq;
   /** When set, the only network served: see {@link OwnNetwork} (weftd's fast path sets it). */
   network?: OwnNetwork;
   /** Diagnostics; never stdout. */

@@ -43,6 +43,7 @@ export function withFaultAt(deps: Deps, at: number, calls: string[] = []): Deps 
     openNetns: (path) => (hit('openNetns'), deps.openNetns(path)),
     writeSysctl: (path, value, ns) => (hit(`sysctl ${path}`), deps.writeSysctl(path, value, ns)),
     store: (conf) => wrapObj(deps.store(conf), 'store'),
+    masq: wrapObj(deps.masq, 'masq'),
   };
 }
 

@@ -33,6 +33,15 @@ function inet(ns: string, dev: string): string[] {
   return (l?.addr_info ?? []).filter((a: any) => a.family === 'inet').map((a: any) => `${a.local}/${a.prefixlen}`);
 }
 
+/** `nft list set ip weft-pods pods` in `ns` ('' when there is no such table). */
+function nftPods(ns: string): string {
+  try {
+    return sh('nsenter', [`--net=/run/netns/${ns}`, '--', '/usr/sbin/nft', 'list', 'set', 'ip', 'weft-pods', 'pods']);
+  } catch {
+    return '';
+  }
+}
+
 /** Nothing of a pod attachment left: no veth on the node, only lo in the pod, no IP file. */
 function assertNoAttachment(t: ExecutionContext, node: string, pod: string, fx: CniEnvFixture) {
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname), [], 'no veth on the node');
@@ -169,7 +178,8 @@ test('a failure injected at each dependency call of ADD in turn is undone: no IP
   writeFileSync(bin, `#!/bin/sh\nexec ${process.execPath} ${join(root, 'test', 'helpers', 'cni-faults.ts')}\n`, { mode: 0o755 });
   let failed = 0;
   for (let at = 1; ; at++) {
-    const add = await cni(node, { bin, command: 'ADD', conf: fx.conf(), containerID: 'cf', netns: pod, ifname: 'eth0', env: { WEFT_FAULT_AT: String(at) } });
+    // ipMasq: the per-pod masquerade step (and its undo) is among the calls.
+    const add = await cni(node, { bin, command: 'ADD', conf: fx.conf({ ipMasq: true }), containerID: 'cf', netns: pod, ifname: 'eth0', env: { WEFT_FAULT_AT: String(at) } });
     if (add.code === 0) {
       // Past the last call nothing fails: every call before it has been a fault point.
       t.is(Number(/fault-calls (\d+)/.exec(add.stderr)?.[1]), at - 1, add.stderr);
@@ -180,15 +190,18 @@ test('a failure injected at each dependency call of ADD in turn is undone: no IP
     t.true(`${add.json.msg}: ${add.json.details ?? ''}`.includes(`${INJECTED} ${at} (`), add.stdout);
     t.log(`fault at ${at}: ${add.json.details ?? add.json.msg}`);
     assertNoAttachment(t, node, pod, fx);
+    t.notRegex(nftPods(node), /elements = \{ 198\./, 'no masquerade element left');
     failed++;
     if (at > 200) return t.fail('ADD never succeeded');
   }
   t.true(failed >= 15, `ADD makes ${failed} dependency calls`);
   // The last run succeeded; the container is attached once, and DEL clears it.
   t.is(ipFiles(fx).length, 1);
-  const del = await cni(node, { command: 'DEL', conf: fx.conf(), containerID: 'cf', netns: pod, ifname: 'eth0' });
+  t.true(nftPods(node).includes(`elements = { ${ipFiles(fx)[0]} }`), 'the attached pod is masqueraded');
+  const del = await cni(node, { command: 'DEL', conf: fx.conf({ ipMasq: true }), containerID: 'cf', netns: pod, ifname: 'eth0' });
   t.is(del.code, 0, del.stdout);
   assertNoAttachment(t, node, pod, fx);
+  t.notRegex(nftPods(node), /elements = /);
 });
 
 test('a real failure midway (host veth name taken by another link) is undone and reported', async (t) => {

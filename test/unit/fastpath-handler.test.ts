@@ -77,10 +77,11 @@ test('the network\'s own values, or none, pass the confinement', async (t) => {
         wrap: (d) => ({
           ...d,
           openNetlink: () => ({ linkByName: async (n: string) => Promise.reject(new LinkNotFoundError(n)), close() {} }) as never,
-          store: (conf) => ((store = `${conf.dataDir}|${conf.bridge}|${conf.subnetFile}`), { releaseByOwner: async () => [] }) as never,
+          store: (conf) => ((store = `${conf.dataDir}|${conf.bridge}|${conf.subnetFile}`), { list: async () => [], releaseByOwner: async () => [] }) as never,
         }),
       },
     );
     t.is(store, `${network.dataDir}|${network.bridge}|${network.subnetFile}`, `${JSON.stringify(extra)}: ${reply.stdout}`);
+    t.is(reply.code, 0, reply.stdout);
   }
 });
