@@ -7,10 +7,11 @@
  * Run it from the repository root (the setns addon is found under dist/native).
  * It serves one network, as weftd does: SOCKET's directory's `subnet.env` and `data` (the test
  * fixtures' layout, test/helpers/cni.ts), bridge cni0; WEFT_SERVE_SUBNET_FILE, _DATA_DIR and
- * _BRIDGE override them.
+ * _BRIDGE override them. WEFT_SERVE_WORKERS=N runs requests on up to N worker threads (WEFT_SERVE_MIN_WORKERS kept, default 1), as weftd does
+ * (no per-dependency timing then: the dependencies live in the workers).
  */
 import { dirname, join } from 'node:path';
-import { handleCniWith, serveCni } from '../../src/fastpath/index.ts';
+import { handleCniWith, serveCni, startWorkerPool } from '../../src/fastpath/index.ts';
 import type { Deps } from '../../src/cni/plugin.ts';
 
 /** ms per kind ('netlink', 'ipam', 'netns', 'sysctl') and per method ('netlink.linkAdd'). */
@@ -73,11 +74,19 @@ async function main(): Promise<void> {
     dataDir: env.WEFT_SERVE_DATA_DIR ?? join(dirname(path), 'data'),
     bridge: env.WEFT_SERVE_BRIDGE ?? 'cni0',
   };
+  const workers = Number(env.WEFT_SERVE_WORKERS ?? '0');
+  const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '1'), max: workers }) : undefined;
   await serveCni({
     path,
     signal: ac.signal,
     log: env.WEFT_SERVE_LOG === '1' ? (m) => process.stderr.write(`${m}\n`) : undefined,
     handler: async (req) => {
+      if (pool) {
+        const t0 = now();
+        const reply = await pool.handler(req);
+        if (timing) process.stderr.write(`handled ${req.env.CNI_COMMAND} ${since(t0)} {}\n`);
+        return reply;
+      }
       if (!timing) return handleCniWith(req, { network });
       const acc: Acc = { netlink: 0, ipam: 0, netns: 0, sysctl: 0 };
       const t0 = now();

@@ -23,7 +23,7 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
     ns: nodeNs,
     cwd: root,
     // The one network it serves: bench/lib/confs.ts weftConfig's paths under `dir`.
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1', WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam') },
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1', WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam'), WEFT_SERVE_WORKERS: process.env.WEFT_SERVE_WORKERS ?? '0' },
   });
   const handled: Handled[] = [];
   let err = '';

@@ -107,6 +107,12 @@ async function healthz(): Promise<{ status: number; ms: number }> {
 
 const vethsOnNode = () => ipJson(node().netns, 'link', 'show', 'type', 'veth').map((l) => l.ifname).filter((n) => n !== 'eth0');
 
+test.serial('weftd runs CNI requests on its worker threads', (t) => {
+  const log = readFileSync(node().logFile, 'utf8');
+  t.regex(log, /cni fast path: 1 to 4 worker threads/);
+  t.notRegex(log, /no worker threads/);
+});
+
 test.serial('the socket is 0600 in a 0700 directory weftd created', (t) => {
   const st = lstatSync(socket);
   t.true(st.isSocket());

@@ -26,11 +26,11 @@ interface Server {
 }
 
 /** Starts the fast-path server inside `node` and waits until it listens. */
-async function startServer(scope: Scope, node: string, fx: CniEnvFixture): Promise<Server> {
+async function startServer(scope: Scope, node: string, fx: CniEnvFixture, opts: { workers?: number } = {}): Promise<Server> {
   const socket = join(fx.dir, 'cni.sock');
   const child = scope.spawn('nsenter', [`--net=/run/netns/${node}`, '--', process.execPath, join(root, 'bench', 'lib', 'cni-server.ts'), socket], {
     cwd: root,
-    env: { PATH: process.env.PATH, WEFT_FASTPATH_TIMING: '1' },
+    env: { PATH: process.env.PATH, WEFT_FASTPATH_TIMING: '1', WEFT_SERVE_WORKERS: String(opts.workers ?? 0) },
   });
   const handled: string[] = [];
   let log = '';
@@ -115,9 +115,9 @@ test('ADD and DEL through the launcher with the server up match the standalone b
   t.true(v.json.supportedVersions.includes('1.1.0'));
 });
 
-test('20 concurrent ADDs through the server get distinct addresses; DELs release them all', async (t) => {
-  const { scope, node, fx } = setup(t, 42);
-  const server = await startServer(scope, node, fx);
+for (const [workers, third] of [[0, 42], [4, 48]] as const) test(`20 concurrent ADDs through the server (${workers ? `${workers} worker threads` : 'main thread'}) get distinct addresses; DELs release them all`, async (t) => {
+  const { scope, node, fx } = setup(t, third);
+  const server = await startServer(scope, node, fx, { workers });
   const pods = Array.from({ length: 20 }, () => scope.netns('pod'));
   const conf = fx.conf({ fastpathSocket: server.socket });
   const adds = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
