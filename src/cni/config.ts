@@ -66,7 +66,8 @@ function samePath(a: string, b: string): boolean {
 }
 
 /** Refuses a request field that is not the server's own; returns the value to use. */
-function confined(o: Record<string, unknown>, key: keyof OwnNetwork, own: string): string {
+function confined(o: Record<string, unknown>, field: { key: keyof OwnNetwork; own: string }): string {
+  const { key, own } = field;
   const v = o[key];
   if (v === undefined) return own;
   const same = typeof v === 'string' && (key === 'bridge' ? v === own : v.startsWith('/') && samePath(v, own));
@@ -217,11 +218,11 @@ export function parseConf(stdin: string, command: Command, opts: { own?: OwnNetw
   if (o.type !== undefined && typeof o.type !== 'string') throw configError('invalid "type": expected a string');
 
   const { own } = opts;
-  const bridge = own ? confined(o, 'bridge', own.bridge) : optString(o, 'bridge', DEFAULTS.bridge);
+  const bridge = own ? confined(o, { key: 'bridge', own: own.bridge }) : optString(o, 'bridge', DEFAULTS.bridge);
   if (!isValidIfname(bridge)) throw configError(`invalid "bridge" "${bridge}": not a valid interface name`);
-  const dataDir = own ? confined(o, 'dataDir', own.dataDir) : optString(o, 'dataDir', DEFAULTS.dataDir);
+  const dataDir = own ? confined(o, { key: 'dataDir', own: own.dataDir }) : optString(o, 'dataDir', DEFAULTS.dataDir);
   if (!dataDir.startsWith('/')) throw configError(`invalid "dataDir" "${dataDir}": not an absolute path`);
-  const subnetFile = own ? confined(o, 'subnetFile', own.subnetFile) : optString(o, 'subnetFile', DEFAULTS.subnetFile);
+  const subnetFile = own ? confined(o, { key: 'subnetFile', own: own.subnetFile }) : optString(o, 'subnetFile', DEFAULTS.subnetFile);
   if (!subnetFile.startsWith('/')) throw configError(`invalid "subnetFile" "${subnetFile}": not an absolute path`);
 
   let mtu: number | undefined;

@@ -211,19 +211,20 @@ interface ConnState {
   draining: boolean;
 }
 
-/** The peer's uid, or a reason it cannot be known. */
-function peerUid(sock: Socket): number | string {
+/** The peer's credentials, or why they cannot be known. */
+function peerOf(sock: Socket): { uid: number; pid: number } | string {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) return 'no file descriptor';
   try {
-    return peerCred(fd).uid;
+    return peerCred(fd);
   } catch (err) {
     return (err as Error).message;
   }
 }
 
 /** Runs `fn` after every earlier request for `key`; the chain forgets settled tails. */
-function inOrder(chains: Map<string, Promise<void>>, key: string | undefined, fn: () => Promise<void>): Promise<void> {
+function inOrder(chains: Map<string, Promise<void>>, job: { key: string | undefined; run: () => Promise<void> }): Promise<void> {
+  const { key, run: fn } = job;
   if (key === undefined) return fn();
   const prev = chains.get(key) ?? Promise.resolve();
   const run = prev.then(fn, fn);
@@ -235,17 +236,10 @@ function inOrder(chains: Map<string, Promise<void>>, key: string | undefined, fn
 }
 
 function handle(sock: Socket, st: ConnState): void {
-  const uid = peerUid(sock);
-  if (uid !== 0 && !(typeof uid === 'number' && st.allowUids.has(uid))) {
-    const pid = (() => {
-      const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-      try {
-        return fd === undefined ? '?' : String(peerCred(fd).pid);
-      } catch {
-        return '?';
-      }
-    })();
-    st.warnPeer(`cni fast path: refused a connection from uid ${uid} (pid ${pid}): only root may use it`);
+  const peer = peerOf(sock);
+  if (typeof peer === 'string' || !(peer.uid === 0 || st.allowUids.has(peer.uid))) {
+    const who = typeof peer === 'string' ? `an unknown peer (${peer})` : `uid ${peer.uid} (pid ${peer.pid})`;
+    st.warnPeer(`cni fast path: refused a connection from ${who}: only root may use it`);
     sock.destroy();
     return;
   }
@@ -317,7 +311,7 @@ function handle(sock: Socket, st: ConnState): void {
     const key = r.env.CNI_CONTAINERID && r.env.CNI_IFNAME ? `${r.env.CNI_CONTAINERID}\0${r.env.CNI_IFNAME}` : undefined;
     // Run to the end even when the launcher has gone: an ADD is completed (or undone by its
     // own error path) either way, and the runtime's DEL for it queues behind it.
-    void inOrder(st.chains, key, async () => {
+    const run = async () => {
       let reply: CniReply;
       try {
         reply = await st.handler(r);
@@ -327,6 +321,7 @@ function handle(sock: Socket, st: ConnState): void {
         reply = { code: 1, stdout: JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: `weftd: ${(err as Error)?.message ?? err}` }) + '\n' };
       }
       if (!sock.destroyed) sock.end(encodeReply(reply));
-    }).finally(() => c.finish());
+    };
+    void inOrder(st.chains, { key, run }).finally(() => c.finish());
   });
 }

@@ -15,7 +15,8 @@ import { runSkel } from '../../src/cni/skel.ts';
 export const INJECTED = 'injected failure at dependency call';
 
 /** Wraps `deps` so that call number `at` (1-based) throws; `calls` records the calls made. */
-export function withFaultAt(deps: Deps, at: number, calls: string[] = []): Deps {
+export function withFaultAt(deps: Deps, at: number, opts: { calls?: string[] } = {}): Deps {
+  const calls = opts.calls ?? [];
   const hit = (name: string) => {
     calls.push(name);
     if (calls.length === at) throw new Error(`${INJECTED} ${at} (${name})`);
@@ -50,7 +51,7 @@ export function withFaultAt(deps: Deps, at: number, calls: string[] = []): Deps 
 if (process.argv[1] === import.meta.filename) {
   const at = Number(process.env.WEFT_FAULT_AT ?? '0');
   const calls: string[] = [];
-  const deps = withFaultAt(systemDeps({ log: (m) => process.stderr.write(`${m}\n`) }), at, calls);
+  const deps = withFaultAt(systemDeps({ log: (m) => process.stderr.write(`${m}\n`) }), at, { calls });
   let stdin = '';
   try {
     stdin = readFileSync(0, 'utf8');
