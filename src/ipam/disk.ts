@@ -91,7 +91,8 @@ export class DiskStore implements Store {
     }
     try {
       const deadline = Date.now() + LOCK_TIMEOUT_MS;
-      for (let wait = 1; !tryLockExclusive(fd); wait = Math.min(wait * 2, 50)) {
+      // Holders (host-local, another worker thread) keep it for a millisecond or two: poll often.
+      for (let wait = 1; !tryLockExclusive(fd); wait = Math.min(wait * 2, 5)) {
         if (Date.now() >= deadline) throw markRetryable(new Error(`IPAM lock "${path}" is still held after ${LOCK_TIMEOUT_MS / 1000} s`));
         await new Promise((r) => setTimeout(r, wait));
       }
