@@ -179,7 +179,9 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     // Announce the new address with a gratuitous ARP when the link comes up (as the bridge plugin).
     deps.writeSysctl(`net/ipv4/conf/${env.ifname}/arp_notify`, '1', pod);
 
-    const [brNow, hostNow, podNow] = await Promise.all([host.linkByIndex(br.index), host.linkByIndex(hostLink.index), podNl.linkByIndex(podLink.index)]);
+    // The veths' MACs are as created; the bridge's may have changed when it gained a port.
+    const brNow = await host.linkByIndex(br.index);
+    const [hostNow, podNow] = [hostLink, podLink];
     const address: IPv4Net = { ip, prefixLen: subnet.subnet.prefixLen };
     const result = buildResult(
       {
