@@ -63,7 +63,8 @@ async function main(): Promise<number> {
   // is not fatal (launchers fall back to the standalone plugin).
   if (opts.cniSocket) {
     const network = { subnetFile: opts.subnetFile, dataDir: opts.cniDataDir, bridge: opts.cniBridge };
-    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
+    const workers = { min: Math.min(1, opts.cniWorkers), max: opts.cniWorkers };
+    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, workers, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
       (s) => log.info(`serving CNI requests on ${s.path}`),
       (err) => log.warn(`cni fast path off: ${errText(err)}`),
     );

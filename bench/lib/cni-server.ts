@@ -7,8 +7,9 @@
  * Run it from the repository root (the setns addon is found under dist/native).
  * It serves one network, as weftd does: SOCKET's directory's `subnet.env` and `data` (the test
  * fixtures' layout, test/helpers/cni.ts), bridge cni0; WEFT_SERVE_SUBNET_FILE, _DATA_DIR and
- * _BRIDGE override them. WEFT_SERVE_WORKERS=N runs requests on up to N worker threads (WEFT_SERVE_MIN_WORKERS kept, default 1), as weftd does
- * (no per-dependency timing then: the dependencies live in the workers).
+ * _BRIDGE override them. WEFT_SERVE_WORKERS=N runs requests on up to N worker threads (WEFT_SERVE_MIN_WORKERS kept, default 0; requests run in-process while none has loaded, as in weftd), as weftd does
+ * (no per-dependency timing then: the dependencies live in the workers). WEFT_SERVE_LOOP=1 prints
+ * the main thread's worst event-loop delay each second (`loop-delay-max <ms>`).
  */
 import { dirname, join } from 'node:path';
 import { handleCniWith, serveCni, startWorkerPool } from '../../src/fastpath/index.ts';
@@ -75,7 +76,8 @@ async function main(): Promise<void> {
     bridge: env.WEFT_SERVE_BRIDGE ?? 'cni0',
   };
   const workers = Number(env.WEFT_SERVE_WORKERS ?? '0');
-  const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '1'), max: workers }) : undefined;
+  const inline = (req: Parameters<typeof handleCniWith>[0]) => handleCniWith(req, { network });
+  const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '0'), max: workers, inline }) : undefined;
   await serveCni({
     path,
     signal: ac.signal,
@@ -95,6 +97,16 @@ async function main(): Promise<void> {
       return reply;
     },
   });
+  if (env.WEFT_SERVE_LOOP === '1') {
+    // The main thread's event-loop delay, worst per second: what a burst costs weftd's other work.
+    const { monitorEventLoopDelay } = await import('node:perf_hooks');
+    const h = monitorEventLoopDelay({ resolution: 5 });
+    h.enable();
+    setInterval(() => {
+      process.stderr.write(`loop-delay-max ${(h.max / 1e6).toFixed(1)}\n`);
+      h.reset();
+    }, 1000).unref();
+  }
   process.stdout.write('ready\n');
 }
 

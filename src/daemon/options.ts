@@ -35,6 +35,8 @@ export interface DaemonOptions {
   /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused). */
   cniDataDir: string;
   cniBridge: string;
+  /** Most worker threads for CNI requests (one kept warm); 0 runs them on the main thread. */
+  cniWorkers: number;
 }
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
@@ -60,6 +62,7 @@ const FLAGS = {
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
   'cni-data-dir': { type: 'string', default: '/var/lib/cni/networks', help: 'the IPAM dataDir of the only network the CNI fast path serves' },
   'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
+  'cni-workers': { type: 'string', default: '2', help: 'worker threads running CNI requests, one kept warm ("0": on the main thread)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -142,6 +145,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   if (!cniDataDir.startsWith('/')) throw new UsageError(`--cni-data-dir: "${cniDataDir}" is not an absolute path`);
   const cniBridge = str('cni-bridge')!;
   if (!/^[^/:\s]{1,15}$/.test(cniBridge) || cniBridge === '.' || cniBridge === '..') throw new UsageError(`--cni-bridge: "${cniBridge}" is not an interface name`);
+  const cniWorkersText = str('cni-workers')!;
+  const cniWorkers = Number(cniWorkersText);
+  if (!/^\d+$/.test(cniWorkersText) || cniWorkers > 16) throw new UsageError(`--cni-workers: "${cniWorkersText}" is not a number from 0 to 16`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
@@ -164,5 +170,6 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     cniSocket,
     cniDataDir,
     cniBridge,
+    cniWorkers,
   };
 }

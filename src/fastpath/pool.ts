@@ -40,26 +40,34 @@ interface Slot {
 
 export interface PoolOptions {
   network: OwnNetwork;
-  /** Workers kept even when idle (at least 1). */
+  /** Workers kept even when idle (0: none while nothing happens; each costs ~20 MiB). */
   min: number;
   /**
    * Most workers at once. A burst of DELs is bound by the kernel's wait for each veth to go
    * (RCU), which only overlaps across threads: more workers, shorter bursts, more memory.
    */
   max: number;
-  /** Extra workers idle this long are stopped (default 30 s). */
+  /** Extra workers idle this long are stopped (default 60 s). */
   idleMs?: number;
+  /**
+   * Runs a request while no worker has loaded yet (the first after an idle spell), so it never
+   * waits for a worker to start; without it such a request waits.
+   */
+  inline?: CniHandler;
   log?: (msg: string) => void;
 }
 
-/** Starts `min` workers serving `network`, growing to `max` under load; throws when the worker file is missing. */
+/**
+ * Starts `min` workers serving `network`, growing to `max` under load and back to `min` when
+ * idle; throws when the worker file is missing.
+ */
 export function startWorkerPool(opts: PoolOptions): WorkerPool {
   const file = workerFile();
   if (!existsSync(file)) throw new Error(`cni worker "${file}" is missing`);
   const log = opts.log ?? (() => undefined);
-  const min = Math.max(1, opts.min);
-  const max = Math.max(min, opts.max);
-  const idleMs = opts.idleMs ?? 30_000;
+  const min = Math.max(0, opts.min);
+  const max = Math.max(min, opts.max, 1);
+  const idleMs = opts.idleMs ?? 60_000;
   let seq = 0;
   let closing = false;
   const slots: Slot[] = [];
@@ -113,10 +121,14 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
   reaper.unref();
   const handler: CniHandler = (req: CniRequest) =>
     new Promise<CniReply>((resolve) => {
-      if (closing || !slots.length) return resolve(died('pool is closed'));
+      if (closing) return resolve(died('pool is closed'));
+      const ready = slots.filter((x) => x.ready);
+      if (!ready.length) {
+        if (!slots.length) slots.push(spawn());
+        if (opts.inline) return void opts.inline(req).then(resolve, (err) => resolve(died(`inline: ${(err as Error).message}`)));
+      }
       // The least busy loaded worker: one slow request (a veth delete) does not queue others
       // behind it, and none waits for a worker still starting.
-      const ready = slots.filter((x) => x.ready);
       const pool = ready.length ? ready : slots;
       const slot = pool.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
       // All busy: start another for the requests after this one.

@@ -31,6 +31,7 @@ test('options: defaults', (t) => {
     cniSocket: '/run/weft/cni.sock',
     cniDataDir: '/var/lib/cni/networks',
     cniBridge: 'cni0',
+    cniWorkers: 2,
   });
 });
 

@@ -35,3 +35,20 @@ test('a closed pool answers with a CNI error, never hangs', async (t) => {
   t.is(r.code, 1);
   t.is(JSON.parse(r.stdout).code, 999);
 });
+
+test('with no worker kept idle, the first request runs inline while one starts; later ones go to it', async (t) => {
+  const local = cniHandler({ network });
+  let inline = 0;
+  const pool = startWorkerPool({ network, min: 0, max: 1, inline: (req) => (inline++, local(req)) });
+  t.teardown(() => pool.close());
+  t.deepEqual(await pool.handler(requests[0]!), await local(requests[0]!));
+  t.is(inline, 1, 'the first did not wait for a worker');
+  let moved = false;
+  for (let i = 0; i < 200 && !moved; i++) {
+    const before = inline;
+    t.deepEqual(await pool.handler(requests[3]!), await local(requests[3]!));
+    moved = inline === before;
+    if (!moved) await new Promise((r) => setTimeout(r, 25));
+  }
+  t.true(moved, 'requests went to the worker once it had loaded');
+});
