@@ -54,6 +54,13 @@ test('the host veth is labelled with its owner; DEL and GC leave a colliding vet
   t.is(add.code, 0, add.stdout);
   const veth = expectedVethName('owner1', 'eth0');
   t.is(ipJson(node, 'link', 'show', 'dev', veth)[0].ifalias, 'owner1/eth0');
+  const check = (await cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }), containerID: 'owner1', netns: pod, ifname: 'eth0' }));
+  t.is(check.code, 0, check.stdout);
+  sh('ip', ['-n', node, 'link', 'set', veth, 'alias', 'someone-else/eth0']);
+  const relabelled = await cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }), containerID: 'owner1', netns: pod, ifname: 'eth0' });
+  t.is(relabelled.json?.code, 103, relabelled.stdout);
+  t.regex(relabelled.json.msg, /belongs to "someone-else\/eth0"/);
+  sh('ip', ['-n', node, 'link', 'set', veth, 'alias', 'owner1/eth0']);
 
   // Stand-in for a 32-bit name collision: the veth named for "victim" belongs to someone else.
   const victim = expectedVethName('victim', 'eth0');
