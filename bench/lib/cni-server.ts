@@ -1,7 +1,8 @@
 /**
  * Serves the CNI fast path on its own, for the bench and the fast-path tests, without weftd:
  * `nsenter --net=/run/netns/NODE node bench/lib/cni-server.ts SOCKET`. Prints "ready" once
- * listening; exits on SIGTERM/SIGINT. With WEFT_FASTPATH_TIMING=1 each request is logged to
+ * listening; on SIGTERM/SIGINT drains (requests in flight finish, at most 10 s, as weftd should)
+ * and exits. With WEFT_FASTPATH_TIMING=1 each request is logged to
  * stderr as `handled <COMMAND> <ms> {"netlink":ms,"ipam":ms,"netns":ms,"sysctl":ms}`: its
  * in-process duration and the time spent awaiting each kind of dependency.
  * Run it from the repository root (the setns addon is found under dist/native).
@@ -68,7 +69,6 @@ async function main(): Promise<void> {
   if (!path) throw new Error('usage: cni-server.ts SOCKET');
   const timing = process.env.WEFT_FASTPATH_TIMING === '1';
   const ac = new AbortController();
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => ac.abort());
   const env = process.env;
   const network = {
     subnetFile: env.WEFT_SERVE_SUBNET_FILE ?? join(dirname(path), 'subnet.env'),
@@ -78,7 +78,7 @@ async function main(): Promise<void> {
   const workers = Number(env.WEFT_SERVE_WORKERS ?? '0');
   const inline = (req: Parameters<typeof handleCniWith>[0]) => handleCniWith(req, { network });
   const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '0'), max: workers, inline }) : undefined;
-  await serveCni({
+  const server = await serveCni({
     path,
     signal: ac.signal,
     log: env.WEFT_SERVE_LOG === '1' ? (m) => process.stderr.write(`${m}\n`) : undefined,
@@ -106,6 +106,16 @@ async function main(): Promise<void> {
       process.stderr.write(`loop-delay-max ${(h.max / 1e6).toFixed(1)}\n`);
       h.reset();
     }, 1000).unref();
+  }
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      ac.abort();
+      void server.drain(10_000).then(async (all) => {
+        await pool?.close();
+        process.stderr.write(`drained ${all ? 'all' : 'not all'}\n`);
+        process.exit(0);
+      });
+    });
   }
   process.stdout.write('ready\n');
 }

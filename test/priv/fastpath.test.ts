@@ -23,6 +23,8 @@ interface Server {
   socket: string;
   handled: string[];
   kill(signal: NodeJS.Signals): void;
+  /** Its stderr so far. */
+  log(): string;
 }
 
 /** Starts the fast-path server inside `node` and waits until it listens. */
@@ -42,7 +44,7 @@ async function startServer(scope: Scope, node: string, fx: CniEnvFixture, opts: 
   child.stdout!.on('data', (b: Buffer) => (ready ||= b.toString().includes('ready')));
   const ok = await eventually(() => ready || child.exitCode !== null, 20_000, 50);
   if (!ok || !ready) throw new Error(`fast-path server did not start: ${log}`);
-  return { socket, handled, kill: (sig) => child.kill(sig) };
+  return { socket, handled, kill: (sig) => child.kill(sig), log: () => log };
 }
 
 function setup(t: ExecutionContext, third: number) {
@@ -219,4 +221,30 @@ test('the launcher and the standalone plugin work when exec\'d through a symlink
   t.is(del1.code, 0, del1.stdout + del1.stderr);
   t.deepEqual(ipFiles(fx), []);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+});
+
+test('SIGTERM during a 50-pod burst: the server drains, every call completes or errors, nothing leaks', async (t) => {
+  const { scope, node, fx } = setup(t, 49);
+  const server = await startServer(scope, node, fx, { workers: 2 });
+  const pods = Array.from({ length: 50 }, () => scope.netns('pod'));
+  const conf = fx.conf({ fastpathSocket: server.socket });
+  const adds = Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `t${i}`, netns: pod, ifname: 'eth0' })));
+  // Mid-burst: some served, others still arriving.
+  t.true(await eventually(() => server.handled.length >= 5, 20_000, 5), 'the burst reached the server');
+  server.kill('SIGTERM');
+  const results = await adds;
+  for (const r of results) {
+    t.true(r.code === 0 || r.code === 1, `exit ${r.code}`);
+    const json = JSON.parse(r.stdout);
+    if (r.code === 0) t.truthy(json.ips?.[0]?.address, r.stdout);
+    else t.true(Number.isInteger(json.code), r.stdout);
+  }
+  t.log(`${results.filter((r) => r.code === 0).length} of 50 ADDs succeeded; ${server.handled.filter((c) => c === 'ADD').length} served by the server before it stopped`);
+  t.true(await eventually(() => /drained all/.test(server.log()), 15_000), `the server drained: ${server.log()}`);
+  // The runtime deletes every pod afterwards (through the fallback now): nothing may be left.
+  const dels = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'DEL', conf, containerID: `t${i}`, netns: pod, ifname: 'eth0' })));
+  for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
+  t.deepEqual(ipFiles(fx), []);
+  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+  for (const pod of pods) t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
 });
