@@ -197,6 +197,11 @@ test('fast path: weftd serves the socket the launcher dials, on the host, with t
   t.true(weftd.volumeMounts.some((m: Obj) => m.mountPropagation === 'HostToContainer' && /^\/(var\/)?run\/netns$/.test(m.mountPath)), 'weftd sees pod namespaces');
   // The subnet file the handler reads is the one weftd writes (checked above), read-write here.
   t.truthy(weftdHostPath(opts.subnetFile).mount);
+  // weftd serves only its own network: the conflist must name exactly it, or every request is refused.
+  const plugin = conflist.plugins[0];
+  t.is(plugin.subnetFile ?? CNI_DEFAULTS.subnetFile, opts.subnetFile, 'conflist subnetFile is weftd --subnet-file');
+  t.is(dataDir, opts.cniDataDir, 'conflist dataDir is weftd --cni-data-dir');
+  t.is(plugin.bridge ?? CNI_DEFAULTS.bridge, opts.cniBridge, 'conflist bridge is weftd --cni-bridge');
 });
 
 test('packaging: the launcher is installed as the plugin kubelet runs, the standalone beside it under the name the launcher falls back to', (t) => {
