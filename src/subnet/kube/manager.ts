@@ -11,7 +11,7 @@
  *   changed keys, on `nodes/<name>/status` as flannel does (so RBAC needs nodes/status patch and
  *   no nodes patch). A user-set `public-ip-overwrite` wins. If someone strips or edits them
  *   later, the watch notices and writes them back.
- * - Peers: a Node informer (client-node's ListWatch: list, watch from its resourceVersion,
+ * - Peers: the Node informer (src/subnet/kube/informer.ts; client-node's ListWatch: list, watch from its resourceVersion,
  *   relist on 410). It stops on any other error, so we restart it with backoff; it keeps its
  *   resourceVersion, so a restarted watch resumes where it stopped. Its watch asks for
  *   bookmarks (client-node does not), so in a quiet cluster the resourceVersion it reconnects
@@ -23,7 +23,7 @@
  * Concurrency: informer callbacks run on the event loop one at a time; the peer table is only
  * touched from them. Own-annotation repairs are serialized through one promise chain.
  */
-import { ListWatch, Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
+import { Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { errText, markRetryable } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
@@ -43,6 +43,7 @@ import {
   type NodeLike,
 } from './annotations.ts';
 import { DEFAULT_NET_CONF_PATH, loadNetConf } from './netconf.ts';
+import { runNodeInformer } from './informer.ts';
 import { NodeLeaseTable } from './table.ts';
 
 /** Our podCIDR cannot be used (outside Network, not a CIDR); retrying will not fix it. */
@@ -78,13 +79,6 @@ export interface KubeSubnetManagerOptions {
   onUnannotatedNodes?: (count: number) => void;
   /** Every failed API call or watch (metrics). */
   onError?: (err: unknown) => void;
-}
-
-/** client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion). */
-class BookmarkWatch extends Watch {
-  override watch(...[path, params, cb, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
-    return super.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
-  }
 }
 
 export class KubeSubnetManager implements SubnetManager {
@@ -325,82 +319,34 @@ export class KubeSubnetManager implements SubnetManager {
     };
     const own = (n: V1Node) => n.metadata?.name === this.nodeName;
 
-    const client = this.#client;
-    const listFn = async (): Promise<V1NodeList> => {
-      const list = await client.list();
-      // Failing here keeps the informer from starting a watch after we stopped it.
-      if (stop.aborted) throw new Error('node watch stopped');
-      const events = table.replace(list.items);
-      const mine = list.items.find(own);
-      if (mine) this.#ownNodeChanged(mine);
-      if (!synced) {
-        synced = true;
-        handler.snapshot(table.leases());
-      } else {
-        // Only after 410 Gone (or a failed list): worth a line, with what the watch had missed.
-        log.info(`node list: re-listed ${list.items.length} node(s), ${events.length} change(s) since the watch stopped`);
-        emit(events);
-      }
-      return list;
-    };
-    const informer = new ListWatch<V1Node>('/api/v1/nodes', new BookmarkWatch(this.#opts.kc), listFn, false);
-    let failed: unknown;
-    const onChange = (n: V1Node) => {
-      if (own(n)) this.#ownNodeChanged(n);
-      else emit(table.upsert(n));
-    };
-    informer.on('add', onChange);
-    informer.on('update', onChange);
-    informer.on('delete', (n) => {
-      if (n.metadata?.name) emit(table.remove(n.metadata.name));
-    });
-    let wake: () => void = () => {};
-    informer.on('error', (err) => {
-      failed = err ?? new Error('node watch failed');
-      wake();
-    });
-
-    const backoff = this.#opts.restartBackoffMs ?? { min: 1000, max: 30_000 };
-    let delay = backoff.min;
-    let failingSince = 0;
-    let lastMsg = '';
-    const stopped = new Promise<void>((r) => stop.addEventListener('abort', () => r(), { once: true }));
-    let starting: Promise<void> | undefined;
-    try {
-      while (!stop.aborted) {
-        failed = undefined;
-        const errored = new Promise<void>((r) => (wake = r));
-        // start() lists and opens the watch (each bounded by a deadline); stopping does not wait for it.
-        starting = informer.start().catch((err) => {
-          failed ??= err;
-        });
-        await Promise.race([starting, stopped]);
-        if (stop.aborted) break;
-        if (failed === undefined) {
-          if (failingSince) log.info(`node watch: ok again after ${Math.round((this.#clock.now() - failingSince) / 1000)}s`);
-          failingSince = 0;
-          lastMsg = '';
-          const startedAt = this.#clock.now();
-          // Running; the informer reconnects by itself on 410 and on clean stream ends.
-          await Promise.race([errored, stopped]);
-          if (stop.aborted) break;
-          // A watch that stayed up a while starts the backoff afresh; a flapping one keeps backing off.
-          if (this.#clock.now() - startedAt >= backoff.max) delay = backoff.min;
+    await runNodeInformer(this.#opts.kc, {
+      list: () => this.#client.list(),
+      signal: stop,
+      clock: this.#clock,
+      log,
+      backoffMs: this.#opts.restartBackoffMs,
+      onError: (err) => this.#opts.onError?.(err),
+      onList: (list) => {
+        const events = table.replace(list.items);
+        const mine = list.items.find(own);
+        if (mine) this.#ownNodeChanged(mine);
+        if (!synced) {
+          synced = true;
+          handler.snapshot(table.leases());
+        } else {
+          // Only after 410 Gone (or a failed list): worth a line, with what the watch had missed.
+          log.info(`node list: re-listed ${list.items.length} node(s), ${events.length} change(s) since the watch stopped`);
+          emit(events);
         }
-        this.#opts.onError?.(failed);
-        const msg = errText(failed);
-        if (msg !== lastMsg) log.warn(`node watch: ${msg}; restarting in ${delay / 1000}s (and backing off)`);
-        lastMsg = msg;
-        failingSince ||= this.#clock.now();
-        await informer.stop();
-        await this.#clock.sleep(delay, stop);
-        delay = Math.min(delay * 2, backoff.max);
-      }
-    } finally {
-      await informer.stop();
-      // A start still under way may open its watch after this; close that one too.
-      void starting?.then(() => informer.stop());
-    }
+      },
+      onUpsert: (n) => {
+        if (own(n)) this.#ownNodeChanged(n);
+        else emit(table.upsert(n));
+      },
+      onDelete: (n) => {
+        if (n.metadata?.name) emit(table.remove(n.metadata.name));
+      },
+    });
   }
 
   close(): void {
