@@ -19,15 +19,7 @@ import { UsageError } from '../core/errors.ts';
 import { formatCIDR, formatIPv4, isIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import { KubeApiError, KubeNodeClient, type NodeClient } from '../kube/client.ts';
 import { ConfigError, DEFAULT_VNI, DEFAULT_VXLAN_PORT, type NetworkConfig } from '../subnet/config.ts';
-import {
-  annotationNames,
-  nodeToLease,
-  parsePodCIDR,
-  podCIDRText,
-  runNodeInformer,
-  type AnnotationNames,
-  type NodeCondition,
-} from '../subnet/kube/index.ts';
+import { annotationNames, nodeToLease, parsePodCIDR, podCIDRText, runNodeInformer, type AnnotationNames, type NodeCondition } from '../subnet/kube/index.ts';
 import { loadNetConf } from '../subnet/kube/netconf.ts';
 import { NodeLeaseTable } from '../subnet/kube/table.ts';
 import type { Lease } from '../subnet/lease.ts';
@@ -251,10 +243,7 @@ function internalIPOf(node: V1Node): string | undefined {
  * name, our node is the one whose public IP (annotation or overwrite) or InternalIP is
  * `localIP` (the device's local address).
  */
-export function kubeCheckBasis(
-  nodes: V1Node[],
-  opts: { names: AnnotationNames; config: NetworkConfig; nodeName?: string; localIP?: string; now: number },
-): CheckBasis {
+export function kubeCheckBasis(nodes: V1Node[], opts: { names: AnnotationNames; config: NetworkConfig; nodeName?: string; localIP?: string; now: number }): CheckBasis {
   const { names, config, now } = opts;
   const findings: Finding[] = [];
   const skipped: SkippedPeer[] = [];
@@ -266,9 +255,7 @@ export function kubeCheckBasis(
   } else if (opts.localIP) {
     const ip = opts.localIP;
     const ann = (n: V1Node, k: string) => n.metadata?.annotations?.[k];
-    own =
-      named.find((n) => ann(n, names.publicIPOverwrite) === ip || ann(n, names.publicIP) === ip) ??
-      named.find((n) => internalIPOf(n) === ip);
+    own = named.find((n) => ann(n, names.publicIPOverwrite) === ip || ann(n, names.publicIP) === ip) ?? named.find((n) => internalIPOf(n) === ip);
   }
   const ownName = own?.metadata?.name ?? '';
 

@@ -140,7 +140,10 @@ export function renderNodes(list: NodeList, format: OutputFormat): string {
   if (format === 'json' || format === 'yaml') return serialize(nodeListObject(list), format);
   if (!list.nodes.length) return list.source === 'kube' ? `No nodes found in ${list.location}.\n` : `No node leases found under "${list.location}".\n`;
   const wide = format === 'wide';
-  return table(headerOf(list, wide), list.nodes.map((n) => row(n, wide)));
+  return table(
+    headerOf(list, wide),
+    list.nodes.map((n) => row(n, wide)),
+  );
 }
 
 /**
@@ -163,7 +166,11 @@ export function renderWatchHeader(list: NodeList, format: OutputFormat): { text:
   // Leave room for the longest values later events are likely to carry.
   const room = (i: number) => (list.source === 'kube' ? (KUBE_WATCH_WIDTHS[i] ?? 0) : i === 0 ? 8 : i === 1 || i === 2 ? 18 : 0);
   const widths = header.map((h, i) => Math.max(h.length, room(i), ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('   ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('   ')
+      .trimEnd();
   return { text: [line(header), ...rows.map(line)].join('\n') + '\n', widths };
 }
 
@@ -215,16 +222,13 @@ function describeKube(node: NodeLease, config: NetworkSummary | undefined): stri
     ['Backend', `${node.backendType || '<none>'}${node.vni !== undefined ? ` (VNI ${node.vni})` : ''}`],
     ['Backend data', node.backendData === undefined ? '<none>' : JSON.stringify(node.backendData)],
     ['Annotations', `${annotationsCell(k.annotations)}${k.annotations.state === 'ok' ? ' (a peer: every weftd programs it)' : ' (not a peer: weftd programs nothing for it)'}`],
-    [
-      'NetworkUnavailable',
-      c ? `${c.status}${c.reason ? ` (${c.reason}${c.message ? `: ${c.message}` : ''})` : ''}${c.lastTransitionTime ? ` since ${c.lastTransitionTime}` : ''}` : '<none>',
-    ],
+    ['NetworkUnavailable', c ? `${c.status}${c.reason ? ` (${c.reason}${c.message ? `: ${c.message}` : ''})` : ''}${c.lastTransitionTime ? ` since ${c.lastTransitionTime}` : ''}` : '<none>'],
     ['Created', k.creationTimestamp ? `${k.creationTimestamp} (${formatDuration(k.ageSeconds)} ago)` : '<none>'],
     ['Resource version', node.modRevision],
   ];
   const raw = Object.entries(k.weftAnnotations).sort(([a], [b]) => (a < b ? -1 : 1));
-  if (raw.length) raw.forEach(([key, v], i) => lines.push([i === 0 ? 'Weft annotations' : '', `${key}=${v}`]));
-  else lines.push(['Weft annotations', '<none>']);
+  for (const [i, [key, v]] of raw.entries()) lines.push([i === 0 ? 'Weft annotations' : '', `${key}=${v}`]);
+  if (!raw.length) lines.push(['Weft annotations', '<none>']);
   if (config) lines.push(['Network', `${config.network} (VNI ${config.backend.vni}, UDP ${config.backend.port})`]);
   const w = Math.max(...lines.map(([key]) => key.length)) + 1;
   return lines.map(([key, v]) => `${(key ? `${key}:` : '').padEnd(w)}  ${v}`).join('\n') + '\n';
