@@ -288,6 +288,9 @@ export function kubeCheckBasis(nodes: V1Node[], opts: { names: AnnotationNames; 
         self.vtepIP = formatIPv4(ownSubnet.ip);
         self.publicIP ||= internalIPOf(own) ?? '';
       }
+      // With a public-ip-overwrite peers send to that address (NAT in front of us), while weftd
+      // binds flannel.N to the interface's own: judge the device by the address it has.
+      if (self.kube?.publicIPOverwrite && opts.localIP) self.publicIP = opts.localIP;
       leases.push(self);
       publicIP = self.publicIP || undefined;
     }

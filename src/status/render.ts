@@ -56,11 +56,20 @@ export function annotationsCell(a: AnnotationsState): string {
   return a.reason ? `${a.state}: ${a.reason}` : a.state;
 }
 
+/**
+ * Text from a Node (anyone with nodes patch can write annotations and conditions) made safe for
+ * a terminal: control characters (escape sequences, newlines) are shown escaped.
+ */
+export function printable(s: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 function kubeRow(n: NodeLease, wide: boolean): string[] {
   const k = n.kube!;
   const base = [k.name, k.internalIP ?? '<none>', k.podCIDR ?? '<none>', n.vtepMAC ?? '<none>', n.publicIP || '<none>', conditionCell(k.networkUnavailable), formatDuration(k.ageSeconds)];
-  if (!wide) return base;
-  return [...base, n.backendType || '<none>', n.vni === undefined ? '<none>' : String(n.vni), annotationsCell(k.annotations)];
+  const cells = wide ? [...base, n.backendType || '<none>', n.vni === undefined ? '<none>' : String(n.vni), annotationsCell(k.annotations)] : base;
+  return cells.map(printable);
 }
 
 function headerOf(list: NodeList, wide: boolean): string[] {
@@ -231,7 +240,7 @@ function describeKube(node: NodeLease, config: NetworkSummary | undefined): stri
   if (!raw.length) lines.push(['Weft annotations', '<none>']);
   if (config) lines.push(['Network', `${config.network} (VNI ${config.backend.vni}, UDP ${config.backend.port})`]);
   const w = Math.max(...lines.map(([key]) => key.length)) + 1;
-  return lines.map(([key, v]) => `${(key ? `${key}:` : '').padEnd(w)}  ${v}`).join('\n') + '\n';
+  return lines.map(([key, v]) => `${(key ? `${key}:` : '').padEnd(w)}  ${printable(v)}`).join('\n') + '\n';
 }
 
 /** `check`: one line per finding, then a verdict. */
@@ -248,7 +257,7 @@ export function renderCheck(report: CheckReport, format: OutputFormat): string {
       ).trimEnd(),
     );
   }
-  for (const s of report.skipped ?? []) out.push(`skipped node "${s.node}" (not a peer, no entries expected): ${s.why}`);
+  for (const s of report.skipped ?? []) out.push(`skipped node "${s.node}" (not a peer, no entries expected): ${printable(s.why)}`);
   for (const f of report.findings) out.push(`${f.kind.padEnd(7)} ${f.object}: ${f.detail}`);
   out.push(report.consistent ? `consistent: kernel state matches ${report.against ?? 'etcd'}` : `inconsistent: ${report.findings.length} difference(s)`);
   return out.join('\n') + '\n';

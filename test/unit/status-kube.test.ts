@@ -16,7 +16,7 @@ import { KubeApiError, type NodeClient } from '../../src/kube/client.ts';
 import { compareState, type KernelState } from '../../src/status/check.ts';
 import { findKubeNode, kubeCheckBasis, KubeNodeView, KubeStatusSource, PERMISSIVE_CONFIG } from '../../src/status/kube.ts';
 import { SourceUnavailableError, type NodeEvent } from '../../src/status/model.ts';
-import { renderCheck, renderDescribe, renderNodeEvent, renderNodes, renderWatchHeader } from '../../src/status/render.ts';
+import { printable, renderCheck, renderDescribe, renderNodeEvent, renderNodes, renderWatchHeader } from '../../src/status/render.ts';
 import { ConfigError, parseNetworkConfig } from '../../src/subnet/config.ts';
 import { annotationNames } from '../../src/subnet/kube/annotations.ts';
 
@@ -400,4 +400,31 @@ test('KubeStatusSource: lists and finds Nodes, net-conf.json is the network, API
     basis.leases.map((l) => l.key),
     ['n2', 'n1'],
   );
+});
+
+test('kubeCheckBasis: with a public-ip-overwrite, flannel.1 is judged by its own address, peers by the overwrite', (t) => {
+  const n1 = node('n1', { cidr: '198.18.1.0/24', ip: '203.0.113.50' });
+  n1.metadata!.annotations![`${P}public-ip-overwrite`] = '203.0.113.50';
+  const basis = kubeCheckBasis([n1, node('n2', { cidr: '198.18.2.0/24', mac: peer2.mac, ip: peer2.ip })], { names, config, nodeName: 'n1', localIP: '198.51.100.11', now: NOW });
+  t.is(basis.publicIP, '198.51.100.11');
+  const report = compareState({ kernel: kernelFor([peer2]), leases: basis.leases, config: basis.config, device: 'flannel.1', subnetFile: 'f', publicIP: basis.publicIP });
+  t.true(report.consistent, JSON.stringify(report.findings));
+  // As a peer, the overwrite is what others must send to.
+  const seen = kubeCheckBasis([n1, node('n2', { cidr: '198.18.2.0/24', mac: peer2.mac, ip: peer2.ip })], { names, config, nodeName: 'n2', now: NOW });
+  t.is(seen.leases.find((l) => l.key === 'n1')?.publicIP, '203.0.113.50');
+});
+
+test('text from Nodes is shown escaped in tables and describe (no terminal escapes)', (t) => {
+  const view = new KubeNodeView({ names, config, now: () => NOW });
+  const evil = node('n1', { cidr: '198.18.1.0/24', cond: { status: 'False', reason: 'Up\u001b[2J', message: 'line\nbreak' } });
+  const [n] = view.replace([evil]);
+  const table = renderNodes({ location: 'x', source: 'kube', nodes: [n!] }, 'table');
+  t.false(/\u001b/.test(table));
+  t.regex(table, /False\/Up\\x1b\[2J/);
+  const text = renderDescribe(n!, undefined, 'table');
+  t.false(/\u001b|line\nbreak/.test(text));
+  t.regex(text, /Up\\x1b\[2J: line\\x0abreak/);
+  t.is(printable('ok'), 'ok');
+  // JSON keeps the value as it is (JSON escapes it).
+  t.is(JSON.parse(renderNodes({ location: 'x', source: 'kube', nodes: [n!] }, 'json')).items[0].networkUnavailable.message, 'line\nbreak');
 });
