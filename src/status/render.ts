@@ -240,7 +240,7 @@ function describeKube(node: NodeLease, config: NetworkSummary | undefined): stri
   if (!raw.length) lines.push(['Weft annotations', '<none>']);
   if (config) lines.push(['Network', `${config.network} (VNI ${config.backend.vni}, UDP ${config.backend.port})`]);
   const w = Math.max(...lines.map(([key]) => key.length)) + 1;
-  return lines.map(([key, v]) => `${(key ? `${key}:` : '').padEnd(w)}  ${printable(v)}`).join('\n') + '\n';
+  return `${lines.map(([key, v]) => `${(key ? `${key}:` : '').padEnd(w)}  ${printable(v)}`).join('\n')}\n`;
 }
 
 /** `check`: one line per finding, then a verdict. */

@@ -59,13 +59,16 @@ async function api(method: string, path: string, body?: unknown, contentType?: s
 async function createNode(node: ReturnType<typeof peerNode>, o: { internalIP?: string; condition?: Record<string, string> }): Promise<void> {
   await api('POST', '/api/v1/nodes', node);
   const status: Record<string, unknown> = {};
-  if (o.internalIP) status.addresses = [{ type: 'InternalIP', address: o.internalIP }, { type: 'Hostname', address: node.metadata.name }];
+  if (o.internalIP)
+    status.addresses = [
+      { type: 'InternalIP', address: o.internalIP },
+      { type: 'Hostname', address: node.metadata.name },
+    ];
   if (o.condition) status.conditions = [{ ...o.condition, lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z') }];
   if (Object.keys(status).length) await api('PATCH', `/api/v1/nodes/${node.metadata.name}/status`, { status }, 'application/strategic-merge-patch+json');
 }
 
-const annotate = (name: string, annotations: Record<string, string | null>) =>
-  api('PATCH', `/api/v1/nodes/${name}`, { metadata: { annotations } }, 'application/merge-patch+json');
+const annotate = (name: string, annotations: Record<string, string | null>) => api('PATCH', `/api/v1/nodes/${name}`, { metadata: { annotations } }, 'application/merge-patch+json');
 
 interface Run {
   code: number | null;
@@ -218,7 +221,12 @@ function watchNodes() {
   let exit: number | null | undefined;
   child.stdout!.on('data', (d) => (stdout += d));
   child.stderr!.on('data', (d) => (stderr += d));
-  const closed = new Promise<number | null>((r) => child.on('close', (code) => r((exit = code))));
+  const closed = new Promise<number | null>((r) =>
+    child.on('close', (code) => {
+      exit = code;
+      r(code);
+    }),
+  );
   const events = () =>
     stdout
       .split('\n')
@@ -277,6 +285,24 @@ test.serial('get nodes --watch: relists after the API server restarts with etcd 
   w.child.kill('SIGINT');
   t.is(await w.closed, 0, w.output());
   t.is(w.events().length, before + 4, w.output());
+});
+
+test.serial('get nodes -w (table): the header once, then one aligned row per change', async (t) => {
+  const child = lab.scope.spawn('nsenter', [`--net=/run/netns/${lab.ns.get('n1')}`, '--', WEFTCTL, '--kubeconfig', kubeconfig, '--net-config-path', lab.netConf, 'get', 'nodes', '-w']);
+  let stdout = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  const closed = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+  t.truthy(await eventually(() => /^ADDED\s+p6\s/m.test(stdout), 30_000), stdout);
+  await annotate('p2', { 'example.com/note': 'touched' });
+  t.truthy(await eventually(() => /^MODIFIED\s+p2\s/m.test(stdout), 20_000), stdout);
+  child.kill('SIGINT');
+  t.is(await closed, 0);
+  const lines = stdout.trimEnd().split('\n');
+  t.regex(lines[0]!, /^EVENT\s+NAME\s+INTERNAL-IP\s+POD-CIDR\s+VTEP-MAC\s+PUBLIC-IP\s+NETWORK-UNAVAILABLE\s+AGE$/);
+  t.is(lines.filter((l) => l.startsWith('EVENT')).length, 1);
+  const modified = lines.find((l) => l.startsWith('MODIFIED'))!;
+  t.is(modified.indexOf('198.18.2.0/24'), lines[0]!.indexOf('POD-CIDR'), stdout);
+  t.regex(modified, /^MODIFIED\s+p2\s+198\.51\.100\.12\s+198\.18\.2\.0\/24\s+0a:00:00:00:02:02\s+198\.51\.100\.12\s+False\/WeftIsUp\s+\d+[sm]/);
 });
 
 test.serial('check: a node programmed by weftd in kube mode is consistent; hand-made drift is reported', async (t) => {
@@ -358,7 +384,10 @@ test.serial('check: a node programmed by weftd in kube mode is consistent; hand-
   const findings = JSON.parse(bare.stdout).findings.map((f: { kind: string; object: string; detail: string }) => `${f.kind} ${f.object}: ${f.detail}`);
   t.true(findings.includes('missing annotations: node "n1": backend annotations not written yet (is weftd running on it?)'), findings.join('\n'));
   t.true(findings.includes('wrong subnet-file: FLANNEL_SUBNET=198.18.9.1/24, lease says 198.18.1.1/24'), findings.join('\n'));
-  t.false(findings.some((f: string) => f.startsWith('missing lease')), findings.join('\n'));
+  t.false(
+    findings.some((f: string) => f.startsWith('missing lease')),
+    findings.join('\n'),
+  );
   const unknown = await check(['--node-name', 'n9']);
   t.is(unknown.code, 1);
   t.regex(unknown.stdout, /^missing node: no Node "n9" in the Kubernetes API/m);
