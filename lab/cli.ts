@@ -187,7 +187,9 @@ async function up(a: LabArgs): Promise<number> {
   process.once('SIGINT', abort);
   process.once('SIGTERM', abort);
   try {
-    topo = await Topology.create({ workDir: workDir(a), prefix: a.prefix, id: a.name, underlay: a.underlay, detached: true, mode: a.mode });
+    // Kubernetes mode runs as the install does: weftd is the Service proxy too (no kube-proxy).
+    const weftdArgs = kube ? ['--proxy'] : [];
+    topo = await Topology.create({ workDir: workDir(a), prefix: a.prefix, id: a.name, underlay: a.underlay, detached: true, mode: a.mode, weftdArgs });
     const s = topo.state;
     step(`underlay bridge br0 in ${s.underlayNetns}; etcd ready at ${s.etcdEndpoint} (in ${s.etcdNetns}); pod network ${s.podNetwork}`);
     if (s.apiServer) step(`API server ready at ${s.apiServer.url} (in ${s.etcdNetns}), assigning node podCIDRs from ${s.podNetwork}; kubeconfig ${s.apiServer.kubeconfig}`);
@@ -222,6 +224,9 @@ async function up(a: LabArgs): Promise<number> {
   step('pinging every pod from every pod');
   const matrix = await pingMatrix(s.pods);
   process.stdout.write(`\n${matrix.text}\n${matrix.ok}/${matrix.total} pings ok\n\n`);
+
+  const services = kube ? await serviceDemo(topo) : { ok: true, text: '' };
+  if (services.text) process.stdout.write(services.text);
 
   step('weftctl get nodes (run on n1)');
   const n1 = s.nodes[0]!;
@@ -261,7 +266,66 @@ async function up(a: LabArgs): Promise<number> {
       .filter((l) => l !== '')
       .join('\n') + '\n',
   );
-  return matrix.ok === matrix.total && consistent === s.nodes.length ? 0 : 1;
+  return matrix.ok === matrix.total && consistent === s.nodes.length && services.ok ? 0 : 1;
+}
+
+/**
+ * Kubernetes mode's Service walk-through: echo servers (TCP 8080, UDP 5353) in the first pod of
+ * the first two nodes, a Service `default/echo` (ports 80/TCP, 53/UDP) and its EndpointSlice
+ * through the API server, then every pod calls the ClusterIP over both protocols, and one
+ * `weftctl trace` shows the walk from a pod to the ClusterIP.
+ */
+async function serviceDemo(topo: Topology): Promise<{ ok: boolean; text: string }> {
+  const s = topo.state;
+  const backends = s.nodes.slice(0, 2).map((n) => s.pods.find((p) => p.node === n.name)).filter((p): p is LabPod => Boolean(p));
+  if (!backends.length) return { ok: true, text: '' };
+  for (const p of backends) await topo.startEcho(p.name, { tcp: [8080], udp: [5353] });
+  const svc = await topo.api('POST', '/api/v1/namespaces/default/services', {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: 'echo', namespace: 'default' },
+    spec: {
+      selector: { app: 'echo' },
+      ports: [
+        { name: 'tcp', port: 80, targetPort: 8080, protocol: 'TCP' },
+        { name: 'udp', port: 53, targetPort: 5353, protocol: 'UDP' },
+      ],
+    },
+  });
+  await topo.api('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'echo-lab', namespace: 'default', labels: { 'kubernetes.io/service-name': 'echo' } },
+    addressType: 'IPv4',
+    endpoints: backends.map((p) => ({ addresses: [p.ip], nodeName: p.node, conditions: { ready: true } })),
+    ports: [
+      { name: 'tcp', port: 8080, protocol: 'TCP' },
+      { name: 'udp', port: 5353, protocol: 'UDP' },
+    ],
+  });
+  const ip: string = svc.spec.clusterIP;
+  step(`Service default/echo: ClusterIP ${ip}, ports 80/TCP and 53/UDP, endpoints ${backends.map((p) => `${p.name} ${p.ip}`).join(', ')}`);
+  // The proxies program the Service within moments; give them up to 10 s.
+  const first = s.pods[0]!;
+  for (let i = 0; i < 100; i++) {
+    if ((await topo.echoRequest(first.netns, { host: ip, port: 80, timeoutMs: 500 }))[0]?.reply) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const lines: string[] = [];
+  let ok = 0;
+  for (const pod of s.pods) {
+    const [tcp] = await topo.echoRequest(pod.netns, { host: ip, port: 80 });
+    const [udp] = await topo.echoRequest(pod.netns, { host: ip, port: 53, proto: 'udp' });
+    const fine = Boolean(tcp?.reply && udp?.reply);
+    if (fine) ok++;
+    const who = (r: typeof tcp) => r?.reply?.split(' ')[0] ?? r?.err ?? '?';
+    lines.push(`  ${pod.name.padEnd(6)} -> ${ip}:80/tcp answered by ${who(tcp)}, :53/udp answered by ${who(udp)}${fine ? '' : '  FAIL'}`);
+  }
+  step(`every pod calls the ClusterIP: ${ok}/${s.pods.length} ok`);
+  const node = s.nodes.find((n) => n.name === first.node)!;
+  const trace = await inNs(node.netns, join(BIN, 'weftctl'), ['trace', first.ip, `${ip}:80/tcp`], nodeEnv(s, node));
+  step(`weftctl trace ${first.ip} ${ip}:80/tcp (run on ${node.name})`);
+  return { ok: ok === s.pods.length, text: `\n${lines.join('\n')}\n\n${trace.out}\n` };
 }
 
 /** Namespaces of this lab, also ones a crashed `up` may not have recorded. */
