@@ -1,8 +1,12 @@
 /**
  * `weftctl check`: this node's kernel state against the source's view of the network, through
- * src/status/check.ts (reading the kernel, comparing).
+ * src/status/check.ts (reading the kernel, comparing), plus the iptables FORWARD accept rules
+ * weftd keeps (src/rules/iptables.ts), read in the namespace weftctl runs in.
  */
+import { errText } from '../core/errors.ts';
+import { parseCIDR } from '../ip/ipv4.ts';
 import { openNetlink } from '../netlink/index.ts';
+import { iptablesForwardDrift } from '../rules/iptables.ts';
 import { compareState, readKernelState } from '../status/check.ts';
 import { renderCheck } from '../status/render.ts';
 import { ConfigError } from '../subnet/config.ts';
@@ -19,6 +23,10 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
   const device = ctx.flags.device ?? `flannel.${config.backend.vni}`;
   const nl = openNetlink();
   const kernel = await readKernelState(nl, device, subnetFile).finally(() => nl.close());
+  kernel.forward = await iptablesForwardDrift(parseCIDR(config.network)).then(
+    (drift) => ({ drift }),
+    (err) => ({ error: errText(err) }),
+  );
   const report = compareState({ kernel, leases: nodes, config, device, subnetFile, publicIP: ctx.flags['public-ip'] });
   ctx.out(renderCheck(report, format));
   return report.consistent ? 0 : 1;
