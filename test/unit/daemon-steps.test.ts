@@ -17,6 +17,7 @@ import { Metrics } from '../../src/daemon/metrics.ts';
 import { parseOptions } from '../../src/daemon/options.ts';
 import { followPeers, PeerGlue, REJECTION_LINES } from '../../src/daemon/peers.ts';
 import { RulesKeeper, type RulesOps } from '../../src/daemon/rules.ts';
+import { reconcileLoop } from '../../src/daemon/reconcile.ts';
 import { runDaemon } from '../../src/daemon/run.ts';
 import { formatCIDR, parseCIDR, type IPv4Net } from '../../src/ip/ipv4.ts';
 import type { Netlink } from '../../src/netlink/index.ts';
@@ -416,6 +417,83 @@ test('peer glue with the gate: a flood of invalid leases logs 20 lines and a cou
   t.is(network.calls[3], 'put 198.18.3.0/24');
   ac.abort();
   await done;
+});
+
+test('reconcile loop: every pass reconciles; every 10 s the rules are repaired and the node facts re-read, a failure of one not stopping the other', async (t) => {
+  const clock = new FakeClock();
+  const network = new FakeNetwork();
+  const metrics = new Metrics({ clock });
+  const log = recordingLog();
+  const seen: string[] = [];
+  let forwardDrift: string | undefined = 'iptables-legacy: chain WEFT-FORWARD missing';
+  const keeper = new RulesKeeper(
+    {
+      apply: async () => 'print',
+      read: async () => 'print',
+      check: async () => true,
+      ensureForward: async () => void seen.push('ensure forward'),
+      forwardDrift: async () => {
+        if (forwardDrift === 'boom') throw new Error('iptables-nft-save: boom');
+        return forwardDrift;
+      },
+    },
+    { log, onRepair: () => metrics.repairs.inc() },
+  );
+  await keeper.apply({ network: config.network, subnet: parseCIDR('198.18.1.0/24'), masquerade: false });
+  seen.length = 0;
+  const ac = new AbortController();
+  const loop = reconcileLoop(ac.signal, {
+    network,
+    rules: { keeper, spec: () => ({ network: config.network, subnet: parseCIDR('198.18.1.0/24'), masquerade: false }) },
+    refreshFacts: async () => void seen.push('facts'),
+    intervalMs: 2000,
+    clock,
+    health: new Health({ clock, metrics, stallMs: 60_000 }),
+    metrics,
+    log,
+  });
+  for (let i = 0; i < 4; i++) await clock.advance(2000);
+  t.is(network.calls.filter((c) => c === 'reconcile').length, 4);
+  t.deepEqual(seen, [], 'no rules tick before 10 s');
+  await clock.advance(2000);
+  await until('rules tick', () => seen.length === 2);
+  t.deepEqual(seen, ['ensure forward', 'facts']);
+  t.true(log.lines.includes('info repair: iptables FORWARD accept rules put back (iptables-legacy: chain WEFT-FORWARD missing)'));
+  forwardDrift = 'boom';
+  for (let i = 0; i < 5; i++) await clock.advance(2000);
+  await until('second tick', () => seen.length === 3);
+  t.is(seen[2], 'facts', 'the facts are re-read even when the rules check failed');
+  t.true(log.lines.includes('warn reconcile rules: iptables-nft-save: boom'));
+  t.regex(await metrics.render(), /^weftd_reconcile_repairs_total 1$/m);
+  ac.abort();
+  await loop;
+});
+
+test('runDaemon without --ip-masq: the forward rules and the iptables FORWARD accept rules all the same, no masquerade', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'weftd-unit-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const manager = new FakeManager({ subnets: ['198.18.1.0/24'], table: [mkLease('198.18.1.0/24', '198.51.100.11')] });
+  const applied: string[] = [];
+  const ac = new AbortController();
+  const running = runDaemon({ ...parseOptions(['--subnet-file', join(dir, 'subnet.env')], {}, 'n1')!, healthzAddr: '', reconcileIntervalMs: 20 }, {
+    nl: fakeNl,
+    manager,
+    openBackend: async () => new FakeNetwork(),
+    log: recordingLog(),
+    rules: {
+      apply: async (spec) => (applied.push(`table masquerade ${spec.masquerade}`), 'print'),
+      read: async () => 'print',
+      check: async () => true,
+      ensureForward: async (net) => void applied.push(`forward ${formatCIDR(net)}`),
+      forwardDrift: async () => undefined,
+    },
+    signal: ac.signal,
+  });
+  await until('ready', () => manager.readyWith.length > 0);
+  t.deepEqual(applied, ['table masquerade false', 'forward 198.18.0.0/16']);
+  t.false(parseSubnetEnv(readFileSync(join(dir, 'subnet.env'), 'utf8')).ipMasq);
+  ac.abort();
+  await running;
 });
 
 test('health: unhealthy after a fatal error or when reconcile passes stop', (t) => {
