@@ -17,6 +17,9 @@ import { setSysctl } from '../src/netns/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
 import { createKubeSubnetManager } from '../src/subnet/kube/index.ts';
 import type { SubnetManager } from '../src/subnet/manager.ts';
+import type { NetworkConfig } from '../src/subnet/config.ts';
+import { loadKubeConfig } from '../src/kube/client.ts';
+import { runServiceProxy } from '../src/proxy/controller.ts';
 import { startCniFastpath } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
@@ -107,8 +110,38 @@ async function main(): Promise<number> {
       (err) => log.warn(`cni fast path off: ${errText(err)}`),
     );
   }
+  // The Service proxy (kube-proxy's role) reads Services and EndpointSlices from the API server:
+  // the same kubeconfig as Kubernetes mode, also usable beside an etcd-mode overlay.
+  let serviceProxy: ((config: NetworkConfig) => Promise<void>) | undefined;
+  if (opts.proxy) {
+    let kc;
+    try {
+      kc = loadKubeConfig({ kubeconfig: opts.kubeconfig }).kc;
+    } catch (err) {
+      process.stderr.write(`weftd: --proxy: ${errText(err)}\n`);
+      return 2;
+    }
+    serviceProxy = (config) =>
+      runServiceProxy(ac.signal, {
+        kc,
+        nodeName: opts.nodeName,
+        clusterCIDR: config.network,
+        nodePortRange: opts.nodePortRange,
+        fullSyncIntervalMs: opts.proxyFullSyncIntervalMs,
+        log,
+        onSync: (r, state) => {
+          metrics.proxySyncs.inc({ mode: r.mode });
+          if (r.mode !== 'unchanged') metrics.proxySyncSeconds.observe(r.ms / 1000);
+          metrics.proxyServicePorts.set(state.ports.length);
+        },
+        onSyncError: () => metrics.proxySyncs.inc({ mode: 'failed' }),
+        onInvalid: (kind) => metrics.proxyInvalidObjects.inc({ kind }),
+        onDrift: () => metrics.repairs.inc(),
+        onApiError: () => metrics.kubeErrors.inc(),
+      });
+  }
   try {
-    await runDaemon(opts, { nl, manager, openBackend, log, metrics, signal: ac.signal });
+    await runDaemon(opts, { nl, manager, openBackend, serviceProxy, log, metrics, signal: ac.signal });
     return 0;
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);

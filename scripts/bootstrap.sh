@@ -15,7 +15,7 @@ declare -A want=(
   [ip]=iproute2 [bridge]=iproute2 [nsenter]=util-linux [nft]=nftables [iptables]=iptables
   [etcd]=etcd-server [etcdctl]=etcd-client [tcpdump]=tcpdump [iperf3]=iperf3
   [ping]=iputils-ping [cc]=gcc [pkill]=procps [npm]=npm [node]=nodejs [curl]=curl [openssl]=openssl
-  [conntrack]=conntrack
+  [conntrack]=conntrack [socat]=socat
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -15,7 +15,6 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Etcd3, type IOptions } from 'etcd3';
-import YAML from 'yaml';
 import type { Log } from '../../src/core/log.ts';
 import { silentLog } from '../../src/core/log.ts';
 import { errText } from '../../src/core/errors.ts';
@@ -24,14 +23,15 @@ import { KeyAllocator } from './alloc.ts';
 import { discovery } from './discovery.ts';
 import { NodeIpam } from './nodeipam.ts';
 import { openapiV3 } from './openapi.ts';
-import { decodeProtobuf } from './protobuf.ts';
 import { checkName, formatIPv4, parseCIDR } from './names.ts';
 import { deepEqual, jsonPatch, mergePatch, PatchError, strategicMergePatch, type Json } from './patch.ts';
 import { apiVersion, findResource, metadataCauses, RESOURCES, unknownFields, type HookContext, type ResourceDef } from './resources.ts';
 import { matches, parseSelector, type Selector } from './selectors.ts';
-import { ApiError, alreadyExists, badRequest, conflict, failure, gone, invalid, notFound, type ResourceRef } from './status.ts';
-import { Store, type KubeObject, type StoreEvent } from './store.ts';
+import { ApiError, alreadyExists, badRequest, conflict, failure, invalid, notFound, type ResourceRef } from './status.ts';
+import { asObject, checkDepth, isTrue, mediaType, parseRV, readBody, send } from './http.ts';
+import { Store, type KubeObject } from './store.ts';
 import { renderTable, wantsTable } from './table.ts';
+import { serveWatch, withKind, type WatchContext } from './watch.ts';
 
 export interface ApiServerOptions {
   /** Address to listen on (inside the namespace the process runs in). */
@@ -198,15 +198,16 @@ async function backoff(attempt: number): Promise<void> {
 class Api {
   readonly #store: Store;
   readonly #cfg: ApiConfig;
-  readonly #watches = new Set<() => void>();
+  readonly #watchCtx: WatchContext;
 
   constructor(store: Store, cfg: ApiConfig) {
     this.#store = store;
     this.#cfg = cfg;
+    this.#watchCtx = { store, log: cfg.log, bookmarkIntervalMs: cfg.bookmarkIntervalMs, maxWatchSeconds: cfg.maxWatchSeconds, maxWatches: cfg.maxWatches, open: new Set() };
   }
 
   closeWatches(): void {
-    for (const stop of [...this.#watches]) stop();
+    for (const stop of [...this.#watchCtx.open]) stop();
   }
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -535,6 +536,10 @@ class Api {
     }
   }
 
+  #watch(req: IncomingMessage, res: ServerResponse, t: Target, q: URLSearchParams): Promise<void> {
+    return serveWatch(req, res, { def: t.def, dir: this.#store.dir(t.def, t.namespace), q, filter: selectors(t.def, q), ctx: this.#watchCtx });
+  }
+
   async #list(req: IncomingMessage, res: ServerResponse, t: Target, q: URLSearchParams): Promise<void> {
     const { def } = t;
     const filter = selectors(def, q);
@@ -557,113 +562,6 @@ class Api {
     if (wantsTable(req)) return send(res, 200, renderTable(def, items.map((o) => withKind(def, o)), { resourceVersion: list.metadata.resourceVersion, includeObject: q.get('includeObject') }));
     send(res, 200, list);
   }
-
-  /**
-   * A watch: chunked JSON lines (`{"type":..,"object":..}`) from etcd's watch at resourceVersion+1
-   * (or the current objects as ADDED first when resourceVersion is unset or 0). Ends after
-   * timeoutSeconds, when the client goes away, or with an ERROR event (410 once compacted).
-   */
-  async #watch(req: IncomingMessage, res: ServerResponse, t: Target, q: URLSearchParams): Promise<void> {
-    const { def } = t;
-    if (this.#watches.size >= this.#cfg.maxWatches) throw new ApiError(429, 'TooManyRequests', `too many open watches (${this.#cfg.maxWatches}); try again later`);
-    const filter = selectors(def, q);
-    const rv = parseRV(q.get('resourceVersion'));
-    const bookmarks = isTrue(q.get('allowWatchBookmarks'));
-    const table = wantsTable(req);
-    const includeObject = q.get('includeObject');
-    const timeoutRaw = q.get('timeoutSeconds');
-    if (timeoutRaw !== null && !/^\d{1,9}$/.test(timeoutRaw)) throw badRequest(`invalid timeoutSeconds ${JSON.stringify(timeoutRaw)}`);
-    // Without a timeout kube picks one in [min-request-timeout, 2x); a client must cope either way.
-    const timeoutS = timeoutRaw !== null ? Number(timeoutRaw) : this.#cfg.maxWatchSeconds * (1 + Math.random());
-    const dir = this.#store.dir(def, t.namespace);
-
-    let initial: KubeObject[] = [];
-    let from: bigint;
-    let tooOld = false;
-    if (rv === undefined || rv === 0n) {
-      const listing = await this.#store.list(dir);
-      initial = listing.items.map((s) => s.obj).filter(filter);
-      from = listing.rev + 1n;
-    } else {
-      try {
-        await this.#store.checkNotCompacted(rv);
-      } catch (err) {
-        if (!(err instanceof ApiError) || err.code !== 410) throw err;
-        tooOld = true;
-      }
-      from = rv + 1n;
-    }
-
-    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache, private', 'transfer-encoding': 'chunked' });
-    res.flushHeaders();
-    const encode = (type: string, obj: KubeObject | object) => {
-      const o = table && type !== 'ERROR' && type !== 'BOOKMARK' ? renderTable(def, [obj as KubeObject], { includeObject }) : obj;
-      return `${JSON.stringify({ type, object: o })}\n`;
-    };
-    if (tooOld) {
-      res.end(encode('ERROR', gone(rv!.toString()).toStatus()));
-      return;
-    }
-    let last = from - 1n;
-    let stopped = false;
-    let timer: NodeJS.Timeout | undefined;
-    let bookmarkTimer: NodeJS.Timeout | undefined;
-    const stop = (finalLine?: string) => {
-      if (stopped) return;
-      stopped = true;
-      this.#watches.delete(stop);
-      clearTimeout(timer);
-      clearInterval(bookmarkTimer);
-      watch.cancel();
-      if (!res.destroyed && !res.writableEnded) res.end(finalLine);
-    };
-    const write = (line: string) => {
-      if (stopped) return;
-      res.write(line);
-      // A client that does not read is dropped rather than buffered without bound.
-      if (res.writableLength > 16 * 1024 * 1024) {
-        this.#cfg.log.warn('watch client too slow; closing its watch', { url: req.url });
-        stop();
-        res.destroy();
-      }
-    };
-    for (const o of initial) write(encode('ADDED', withKind(def, o)));
-    const watch = this.#store.watch(dir, from, {
-      onEvents: (evs: StoreEvent[]) => {
-        for (const ev of evs) {
-          last = ev.rev;
-          const type = eventType(ev, filter);
-          if (type) write(encode(type, withKind(def, ev.obj)));
-        }
-      },
-      onEnd: (err) => {
-        if (stopped) return;
-        const status = err instanceof ApiError ? err.toStatus() : failure(500, 'InternalError', `watch ended: ${err.message}`);
-        stop(encode('ERROR', status));
-      },
-    });
-    this.#watches.add(stop);
-    timer = setTimeout(() => stop(), timeoutS * 1000);
-    if (bookmarks) {
-      bookmarkTimer = setInterval(() => {
-        // A bookmark's version is one every event up to it was sent for.
-        write(encode('BOOKMARK', { kind: def.kind, apiVersion: apiVersion(def), metadata: { resourceVersion: String(last) } }));
-      }, this.#cfg.bookmarkIntervalMs);
-    }
-    // The response closes when we end it or the client's connection goes away.
-    res.on('close', () => stop());
-    if (!res.socket || res.socket.destroyed) stop(); // Gone while we listed.
-  }
-}
-
-/** ADDED / MODIFIED / DELETED as a selector-filtered watch reports them, or undefined to skip. */
-function eventType(ev: StoreEvent, filter: (o: KubeObject) => boolean): string | undefined {
-  if (ev.type === 'delete') return filter(ev.obj) ? 'DELETED' : undefined;
-  const now = filter(ev.obj);
-  const before = ev.prev !== undefined && filter(ev.prev);
-  if (now) return before ? 'MODIFIED' : 'ADDED';
-  // An object that stops matching leaves the watcher's view as a deletion.
-  return before ? 'DELETED' : undefined;
 }
 
 function selectors(def: ResourceDef, q: URLSearchParams): (o: KubeObject) => boolean {
@@ -719,10 +617,6 @@ function ref(def: ResourceDef, name: string): ResourceRef {
   return { group: def.group, resource: def.resource, kind: def.kind, name };
 }
 
-function withKind(def: ResourceDef, obj: KubeObject): KubeObject {
-  return { apiVersion: apiVersion(def), kind: def.kind, ...obj };
-}
-
 function checkKind(def: ResourceDef, obj: KubeObject): void {
   if (obj.kind !== undefined && obj.kind !== def.kind) throw badRequest(`the kind of the object (${String(obj.kind)}) does not match the resource (${def.kind})`);
   if (obj.apiVersion !== undefined && obj.apiVersion !== apiVersion(def))
@@ -754,90 +648,6 @@ function checkFields(def: ResourceDef, obj: KubeObject, mode: FieldValidation, r
 function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {
   const strip = (o: KubeObject) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== 'metadata' && k !== 'status')) as Json;
   return deepEqual(strip(a), strip(b));
-}
-
-/** Deepest nesting accepted in a body (deeper input would hit recursion limits further on). */
-const MAX_DEPTH = 200;
-
-function checkDepth(v: unknown): void {
-  const stack: Array<[unknown, number]> = [[v, 0]];
-  while (stack.length) {
-    const [x, d] = stack.pop()!;
-    if (typeof x !== 'object' || x === null) continue;
-    if (d > MAX_DEPTH) throw badRequest(`the request body nests deeper than ${MAX_DEPTH} levels`);
-    for (const y of Array.isArray(x) ? x : Object.values(x)) if (typeof y === 'object' && y !== null) stack.push([y, d + 1]);
-  }
-}
-
-function asObject(v: unknown): KubeObject {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw badRequest('the request body must be a JSON object');
-  checkDepth(v);
-  const o = v as KubeObject;
-  if (o.metadata === undefined || o.metadata === null) o.metadata = {};
-  if (typeof o.metadata !== 'object' || Array.isArray(o.metadata)) throw badRequest('metadata must be an object');
-  return o;
-}
-
-function parseRV(v: string | null): bigint | undefined {
-  if (v === null || v === '') return undefined;
-  if (!/^\d{1,19}$/.test(v)) throw badRequest(`invalid resource version "${v}"`);
-  return BigInt(v);
-}
-
-function isTrue(v: string | null): boolean {
-  return v === 'true' || v === '1';
-}
-
-function mediaType(req: IncomingMessage): string {
-  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-}
-
-/** The body, parsed (JSON, or YAML for application/yaml); bounded in size. */
-async function readBody(req: IncomingMessage, max: number, opts: { optional?: boolean; patch?: boolean } = {}): Promise<unknown> {
-  const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > max) {
-    req.resume();
-    throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
-  }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  // A body that trickles in is cut off (the server has no overall request timeout: watches).
-  const timer = setTimeout(() => req.destroy(new Error('request body not received within 60 s')), 60_000);
-  try {
-    for await (const c of req as AsyncIterable<Buffer>) {
-      size += c.length;
-      if (size > max) {
-        req.destroy();
-        throw new ApiError(413, 'RequestEntityTooLarge', `the request body is larger than ${max} bytes`);
-      }
-      chunks.push(c);
-    }
-  } finally {
-    clearTimeout(timer);
-  }
-  const raw = Buffer.concat(chunks);
-  const text = raw.toString('utf8');
-  if (text.trim() === '') {
-    if (opts.optional) return undefined;
-    throw badRequest('the request body is empty');
-  }
-  const type = mediaType(req);
-  if (!opts.patch && type === 'application/vnd.kubernetes.protobuf') return decodeProtobuf(raw);
-  // CBOR and other bodies are not decoded here.
-  if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
-    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got "${type}")`);
-  try {
-    if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
-    return JSON.parse(text);
-  } catch (err) {
-    throw badRequest(`the request body is not valid ${type === 'application/yaml' ? 'YAML' : 'JSON'}: ${(err as Error).message}`);
-  }
-}
-
-function send(res: ServerResponse, code: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-cache, private' });
-  res.end(text);
 }
 
 function sendObject(req: IncomingMessage, res: ServerResponse, def: ResourceDef, obj: KubeObject, q: URLSearchParams): void {

@@ -24,6 +24,10 @@ export interface DaemonOptions {
   kubeAnnotationPrefix: string;
   /** Kubernetes mode: set NetworkUnavailable=False once the node is ready. */
   setNodeNetworkUnavailable: boolean;
+  /** Run the Service proxy (src/proxy). */
+  proxy: boolean;
+  nodePortRange: { min: number; max: number };
+  proxyFullSyncIntervalMs: number;
   etcdEndpoints: string[];
   etcdPrefix: string;
   etcdCafile?: string;
@@ -55,6 +59,9 @@ const FLAGS = {
   'net-config-path': { type: 'string', default: DEFAULT_NET_CONF_PATH, help: 'Kubernetes mode: network config (flannel\'s net-conf.json)' },
   'kube-annotation-prefix': { type: 'string', default: DEFAULT_ANNOTATION_PREFIX, help: 'Kubernetes mode: prefix of the Node annotations weft reads and writes' },
   'set-node-network-unavailable': { type: 'boolean', default: true, help: 'Kubernetes mode: set the NetworkUnavailable=False condition once ready (--no-set-node-network-unavailable: leave it)' },
+  proxy: { type: 'boolean', default: false, help: 'Service proxy: ClusterIP/NodePort to ready endpoints in nftables (the kube-proxy role; needs the Kubernetes API)' },
+  'service-node-port-range': { type: 'string', default: '30000-32767', help: 'Service proxy: the NodePort range (kube-apiserver\'s --service-node-port-range)' },
+  'proxy-full-sync-interval': { type: 'string', default: '5m', help: 'Service proxy: how often the whole ip weft-proxy table is rewritten' },
   'etcd-endpoints': { type: 'string', default: 'http://127.0.0.1:2379', help: 'comma-separated etcd client URLs' },
   'etcd-prefix': { type: 'string', default: DEFAULT_ETCD_PREFIX, help: 'etcd key prefix (config at <prefix>/config)' },
   'etcd-cafile': { type: 'string', help: 'CA bundle for etcd TLS' },
@@ -142,6 +149,13 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   } catch (err) {
     throw new UsageError(`--kube-annotation-prefix: ${(err as Error).message}`);
   }
+  const npr = /^(\d{1,5})-(\d{1,5})$/.exec(str('service-node-port-range')!);
+  const nodePortRange = npr ? { min: Number(npr[1]), max: Number(npr[2]) } : undefined;
+  if (!nodePortRange || nodePortRange.min < 1 || nodePortRange.max > 65535 || nodePortRange.min > nodePortRange.max) {
+    throw new UsageError(`--service-node-port-range: "${str('service-node-port-range')}" is not a range like 30000-32767`);
+  }
+  const fullSync = parseDuration(str('proxy-full-sync-interval')!, 'proxy-full-sync-interval');
+  if (fullSync < 10_000) throw new UsageError('--proxy-full-sync-interval: must be at least 10s');
   const endpoints = (str('etcd-endpoints') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   if (!kube && !endpoints.length) throw new UsageError('--etcd-endpoints: at least one endpoint is required');
   for (const e of endpoints) {
@@ -172,6 +186,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     netConfigPath,
     kubeAnnotationPrefix: annotationPrefix,
     setNodeNetworkUnavailable: Boolean(get('set-node-network-unavailable')),
+    proxy: Boolean(get('proxy')),
+    nodePortRange,
+    proxyFullSyncIntervalMs: fullSync,
     etcdEndpoints: endpoints,
     etcdPrefix: str('etcd-prefix')!,
     etcdCafile: tls.cafile || undefined,

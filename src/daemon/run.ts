@@ -11,7 +11,7 @@
  *      iptables FORWARD accept rules) and the subnet file, then the manager's ready hook;
  *      ready (health.ts);
  *   6. until aborted: renew the lease, follow the watch, reconcile kernel state and rules
- *      (reconcile.ts).
+ *      (reconcile.ts); with --proxy, the Service proxy (src/proxy) runs beside it all from step 1.
  * Aborting (SIGTERM) stops the loops and leaves the data plane in place, so pods keep talking
  * while the daemon restarts; the next start picks everything up again without disruption.
  * The daemon knows only the SubnetManager and BackendNetwork interfaces; cmd/weftd.ts wires
@@ -24,6 +24,7 @@ import { constantDelay, retrying, type RetryPolicy } from '../core/retry.ts';
 import { readPreviousSubnet, writeSubnetEnv } from '../core/subnetenv.ts';
 import { formatCIDR } from '../ip/ipv4.ts';
 import type { Netlink } from '../netlink/index.ts';
+import type { NetworkConfig } from '../subnet/config.ts';
 import type { Lease } from '../subnet/lease.ts';
 import type { SubnetManager } from '../subnet/manager.ts';
 import { LeaseGate, nodeFacts } from '../subnet/validate.ts';
@@ -71,6 +72,11 @@ export interface DaemonDeps {
   /** nftables and iptables operations (injected so unit wiring can skip nft and iptables). */
   rules?: RulesOps;
   retry?: Partial<DaemonRetry>;
+  /**
+   * The Service proxy (--proxy; cmd/weftd.ts wires src/proxy/controller.ts): started once the
+   * network config is known, runs beside the overlay until the signal aborts.
+   */
+  serviceProxy?: (config: NetworkConfig) => Promise<void>;
   /** Aborting it stops the daemon (SIGTERM). */
   signal: AbortSignal;
 }
@@ -97,6 +103,11 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     const config = await retrying('network config', () => manager.getConfig(), { ...step, policy: retry.config });
     if (!config) return;
     log.info(`network ${formatCIDR(config.network)}, /${config.subnetLen} per node, vxlan VNI ${config.backend.vni} port ${config.backend.port}`);
+    // Services do not wait for the overlay: a node's own pods can use them meanwhile.
+    const proxying = deps.serviceProxy?.(config).catch((err) => {
+      health.fail();
+      throw err;
+    });
     const { external, network } = await openBackend(config, {
       nl,
       open: deps.openBackend,
@@ -174,7 +185,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       metrics,
       log,
     });
-    await Promise.all([renewing, peers.done, reconciling]);
+    await Promise.all([renewing, peers.done, reconciling, proxying]);
   } catch (err) {
     health.fail();
     throw err;

@@ -165,6 +165,15 @@ test.serial('BOOKMARK events only with allowWatchBookmarks, carrying a resourceV
   const u = await ok(t, cp.request('PATCH', '/api/v1/namespaces/default/configmaps/bm', { contentType: MERGE, body: { data: { a: 'b' } } }));
   await withB.next((e) => e.type === 'BOOKMARK' && e.object.metadata.resourceVersion === u.metadata.resourceVersion, 5000);
   await without.next((e) => e.type === 'MODIFIED');
+  // The watch-list protocol: current state, then a bookmark marking its end.
+  const wl = cp.watch('/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&fieldSelector=metadata.name=bm');
+  t.teardown(() => wl.close());
+  const end = await wl.next((e) => e.type === 'BOOKMARK');
+  t.deepEqual(wl.events.map((e) => e.type).slice(0, 2), ['ADDED', 'BOOKMARK']);
+  t.is(end.object.metadata.annotations['k8s.io/initial-events-end'], 'true');
+  t.true(BigInt(end.object.metadata.resourceVersion) >= BigInt(u.metadata.resourceVersion));
+  const bad = await cp.request('GET', '/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true');
+  t.is(bad.status, 422);
   await new Promise((r) => setTimeout(r, 1500));
   t.false(without.events.some((e) => e.type === 'BOOKMARK'));
 });
