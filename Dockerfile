@@ -28,7 +28,7 @@ RUN apt-get update \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables ca-certificates \
+ && apt-get install -y --no-install-recommends nftables iptables ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 # weftd and weftctl: bundles; the setns addon beside them (bin/../native); the one native

@@ -19,7 +19,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { destroyTopology, Topology, type LabNode, type LabPod, type TopologyState } from './topology.ts';
+import { destroyTopology, LAB_NETWORK_NAME, Topology, type LabNode, type LabPod, type TopologyState } from './topology.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const BIN = join(ROOT, 'dist', 'bin');
@@ -323,7 +323,7 @@ async function serviceDemo(topo: Topology): Promise<{ ok: boolean; text: string 
   }
   step(`every pod calls the ClusterIP: ${ok}/${s.pods.length} ok`);
   const node = s.nodes.find((n) => n.name === first.node)!;
-  const trace = await inNs(node.netns, join(BIN, 'weftctl'), ['trace', first.ip, `${ip}:80/tcp`], nodeEnv(s, node));
+  const trace = await inNs(node.netns, join(BIN, 'weftctl'), ['trace', first.ip, `${ip}:80/tcp`, '--ipam-dir', join(node.dataDir, LAB_NETWORK_NAME)], nodeEnv(s, node));
   step(`weftctl trace ${first.ip} ${ip}:80/tcp (run on ${node.name})`);
   return { ok: ok === s.pods.length, text: `\n${lines.join('\n')}\n\n${trace.out}\n` };
 }

@@ -35,6 +35,9 @@ const ROOT = resolve(import.meta.dirname, '..');
 /** The lab's Service ClusterIP range (inside 198.18.0.0/15, apart from the pod network). */
 export const LAB_SERVICE_RANGE = '198.19.0.0/16';
 
+/** The CNI network name of the lab's pods (their IPAM store is `<node dataDir>/<this>`). */
+export const LAB_NETWORK_NAME = 'weft-lab';
+
 export interface TopologyOptions {
   /** Directory for state, logs, subnet files, IPAM stores and etcd data (created). */
   workDir: string;
@@ -414,7 +417,7 @@ export class Topology {
   #cniConf(node: LabNode): string {
     return JSON.stringify({
       cniVersion: '1.0.0',
-      name: 'weft-lab',
+      name: LAB_NETWORK_NAME,
       type: 'weft',
       bridge: 'cni0',
       subnetFile: node.subnetFile,

@@ -1,9 +1,13 @@
 /**
  * `weftctl check`: this node's kernel state against the source's view of the network, through
- * src/status/check.ts (reading the kernel, comparing). A source that knows more than its node
- * listing (kube: our own Node, peers weftd skips) provides the basis itself.
+ * src/status/check.ts (reading the kernel, comparing), plus the iptables FORWARD accept rules
+ * weftd keeps (src/rules/iptables.ts), read in the namespace weftctl runs in. A source that
+ * knows more than its node listing (kube: our own Node, peers weftd skips) provides the basis.
  */
+import { errText } from '../core/errors.ts';
+import { parseCIDR } from '../ip/ipv4.ts';
 import { openNetlink } from '../netlink/index.ts';
+import { iptablesForwardDrift } from '../rules/iptables.ts';
 import { compareState, readKernelState } from '../status/check.ts';
 import type { CheckBasis } from '../status/model.ts';
 import { renderCheck } from '../status/render.ts';
@@ -20,6 +24,10 @@ export async function checkCommand(ctx: CommandContext): Promise<number> {
   const device = ctx.flags.device ?? `flannel.${config.backend.vni}`;
   const nl = openNetlink();
   const kernel = await readKernelState(nl, device, subnetFile).finally(() => nl.close());
+  kernel.forward = await iptablesForwardDrift(parseCIDR(config.network)).then(
+    (drift) => ({ drift }),
+    (err) => ({ error: errText(err) }),
+  );
   const publicIP = ctx.flags['public-ip'];
   let basis: CheckBasis;
   if (ctx.source.checkBasis) {

@@ -15,6 +15,8 @@ export class Metrics {
   readonly etcdErrors: Counter;
   /** Kernel objects and nftables tables the reconciler put back or removed. */
   readonly repairs: Counter;
+  /** Leases the lease gate (src/subnet/validate.ts) rejects now: never programmed. */
+  readonly invalidLeases: Gauge;
   /** Lease changes the watch missed and a periodic resync found. */
   readonly resyncRepairs: Counter;
   readonly ready: Gauge;
@@ -58,6 +60,11 @@ export class Metrics {
     this.renewals = new Counter({ name: 'weftd_lease_renewals_total', help: 'Successful lease renewals.', registers });
     this.etcdErrors = new Counter({ name: 'weftd_etcd_errors_total', help: 'Failed etcd calls and watch interruptions.', registers });
     this.repairs = new Counter({ name: 'weftd_reconcile_repairs_total', help: 'Kernel state the reconciler had to put back or remove.', registers });
+    this.invalidLeases = new Gauge({
+      name: 'weftd_invalid_leases',
+      help: 'Leases in the table that failed validation and are not programmed (each logged once when rejected).',
+      registers,
+    });
     this.resyncRepairs = new Counter({
       name: 'weftd_watch_resync_repairs_total',
       help: 'Lease changes the etcd watch missed and a periodic re-list found.',

@@ -207,12 +207,24 @@ export interface PeerCheck {
   route: 'ok' | 'missing' | 'wrong';
 }
 
+/** A lease weftd's lease gate rejects on this node (src/subnet/validate.ts), so never programs. */
+export interface RejectedLeaseCheck {
+  subnet: string;
+  publicIP: string;
+  reason: string;
+}
+
 /** What `weftctl check` reports for the node it runs on. */
 export interface CheckReport {
   /** This node's lease, as found through the device's local IP or the subnet file. */
   self?: { publicIP: string; subnet: string };
   device: string;
+  /** The leases weftd programs as peers here. */
   peers: PeerCheck[];
+  /** The leases it ignores as invalid. */
+  rejected: RejectedLeaseCheck[];
+  /** The iptables FORWARD accept rules for the pod network, when checked. */
+  forward?: { state: 'ok' | 'drift' | 'unknown'; detail?: string };
   findings: Finding[];
   consistent: boolean;
   /** What the kernel was compared with (`etcd` when absent). */
