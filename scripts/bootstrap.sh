@@ -15,6 +15,8 @@ declare -A want=(
   [ip]=iproute2 [bridge]=iproute2 [nsenter]=util-linux [nft]=nftables
   [etcd]=etcd-server [etcdctl]=etcd-client [tcpdump]=tcpdump [iperf3]=iperf3
   [ping]=iputils-ping [cc]=gcc [pkill]=procps [npm]=npm [node]=nodejs [curl]=curl [openssl]=openssl
+  # test/priv/cri.test.ts: containerd's CRI plugin as a node's runtime, runc under it
+  [containerd]=containerd [ctr]=containerd [runc]=runc [unshare]=util-linux
 )
 missing=()
 for cmd in "${!want[@]}"; do

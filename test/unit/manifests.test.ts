@@ -442,8 +442,11 @@ test('etcd mode: RBAC grants nothing (it reads etcd and the downward API only), 
   t.truthy(parseOptions(etcd.weftd.args, etcd.env, 'node')!.etcdEndpoints.length);
 });
 
-test('conflist: CNI 1.1.0, weft then the reference portmap with portMappings', (t) => {
-  t.is(conflist.cniVersion, '1.1.0');
+test('conflist: CNI 1.0.0 (what containerd 1.6/1.7 and the reference plugins 1.1 accept), weft then portmap', (t) => {
+  // containerd before 2.0 vendors libcni 1.1, which rejects a 1.1.0 result ("unsupported CNI
+  // result version", seen in test/priv/cri.test.ts), and so do the reference plugins before 1.2
+  // (Debian 12's portmap): 1.0.0 is the newest version the runtimes users run all accept.
+  t.is(conflist.cniVersion, '1.0.0');
   t.is(conflist.name, 'weft');
   t.deepEqual(conflist.plugins.map((p: Obj) => p.type), ['weft', 'portmap']);
   t.deepEqual(conflist.plugins[1].capabilities, { portMappings: true });
