@@ -20,6 +20,13 @@ export interface ContainerdOptions {
   /** The CRI plugin's CNI dirs (what kubelet nodes have as /opt/cni/bin and /etc/cni/net.d). */
   cniBinDir: string;
   cniConfDir: string;
+  /**
+   * Pod namespaces under containerd's state dir (default) rather than /var/run/netns: a failed
+   * RunPodSandbox whose CNI DEL also fails makes containerd 1.6 forget the sandbox but keep its
+   * namespace, and under the state dir destroy() still finds it. A weftd in a container sees
+   * only /var/run/netns (the DaemonSet's mount): pass false to test that contract.
+   */
+  netnsUnderState?: boolean;
 }
 
 /** Tools containerd and the CNI plugins may exec, linked into a PATH directory without node. */
@@ -77,6 +84,15 @@ function childrenOf(pid: number): number[] {
   return out;
 }
 
+/** containerd's pod namespaces (`cni-<uuid>`) in /run/netns. */
+function runNetnsCni(): string[] {
+  try {
+    return readdirSync('/run/netns').filter((f) => /^cni-[0-9a-f-]{36}$/.test(f)).map((f) => join('/var/run/netns', f));
+  } catch {
+    return [];
+  }
+}
+
 export class Containerd {
   readonly opts: ContainerdOptions;
   readonly socket: string;
@@ -88,6 +104,8 @@ export class Containerd {
   readonly podNetns = new Set<string>();
   #child: ChildProcess | undefined;
   #cri: CriClient | undefined;
+  /** containerd-named namespaces in /run/netns before we started (not ours to remove). */
+  #foreignNetns = new Set<string>();
 
   constructor(opts: ContainerdOptions) {
     this.opts = opts;
@@ -107,6 +125,7 @@ export class Containerd {
       if (p && !existsSync(join(this.path, t))) symlinkSync(p, join(this.path, t));
     }
     writeFileSync(this.config, this.#configToml());
+    this.#foreignNetns = new Set(runNetnsCni());
     // The image goes in before the CRI plugin starts: it never pulls what it already has.
     const tar = buildPauseImage(dir);
     await this.#spawn();
@@ -141,10 +160,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   enable_selinux = false
   disable_apparmor = true
   restrict_oom_score_adj = true
-  # Pod namespaces under our state dir, not /var/run/netns: a failed RunPodSandbox whose CNI DEL
-  # also fails makes containerd 1.6 forget the sandbox but keep its namespace; here destroy()
-  # still finds (and removes) it.
-  netns_mounts_under_state_dir = true
+  netns_mounts_under_state_dir = ${this.opts.netnsUnderState ?? true}
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "native"
     default_runtime_name = "runc"
@@ -225,10 +241,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     await this.#spawn();
   }
 
-  /** Pod network namespaces containerd holds now (netns_mounts_under_state_dir: all under its state dir). */
+  /** Pod network namespaces this containerd holds now (under its state dir, or new ones in /run/netns). */
   podNamespaces(): string[] {
-    const dir = join(this.opts.dir, 'state', 'io.containerd.grpc.v1.cri', 'netns');
-    return existsSync(dir) ? readdirSync(dir).map((f) => join(dir, f)).sort() : [];
+    if (this.opts.netnsUnderState ?? true) {
+      const dir = join(this.opts.dir, 'state', 'io.containerd.grpc.v1.cri', 'netns');
+      return existsSync(dir) ? readdirSync(dir).map((f) => join(dir, f)).sort() : [];
+    }
+    return runNetnsCni().filter((p) => !this.#foreignNetns.has(p)).sort();
   }
 
   /** The shim processes serving this containerd (they carry its socket address on their command line). */
@@ -266,7 +285,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
           /* already gone */
         }
       }
-      for (const ns of this.podNetns) {
+      for (const ns of new Set([...this.podNetns, ...this.podNamespaces()])) {
         if (existsSync(ns)) {
           try {
             execFileSync('umount', ['-l', ns], { stdio: 'pipe' });
