@@ -1,16 +1,25 @@
 /**
- * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the etcd subnet
- * manager, netlink and the logger, and runs until SIGTERM/SIGINT. Exit codes: 0 after a clean
- * stop, 2 on bad usage, 1 on a fatal error.
+ * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the subnet manager
+ * (etcd, or Kubernetes with --kube-subnet-mgr), the VXLAN backend, netlink and the logger, and
+ * runs until SIGTERM/SIGINT. Exit codes: 0 after a clean stop, 2 on bad usage, 1 on a fatal error.
  */
 import { hostname } from 'node:os';
+import { expectedDevice } from '../src/backend/vxlan/expected.ts';
+import { VxlanNetwork } from '../src/backend/vxlan/network.ts';
+import type { BackendFactory } from '../src/daemon/backend.ts';
 import { createLogger } from '../src/daemon/logger.ts';
 import { Metrics } from '../src/daemon/metrics.ts';
 import { errText, UsageError } from '../src/core/errors.ts';
 import { parseOptions, usage } from '../src/daemon/options.ts';
 import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
+import { setSysctl } from '../src/netns/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
+import { createKubeSubnetManager } from '../src/subnet/kube/index.ts';
+import type { SubnetManager } from '../src/subnet/manager.ts';
+import type { NetworkConfig } from '../src/subnet/config.ts';
+import { loadKubeConfig } from '../src/kube/client.ts';
+import { runServiceProxy } from '../src/proxy/controller.ts';
 import { startCniFastpath } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
@@ -37,27 +46,61 @@ async function main(): Promise<number> {
       ac.abort();
     });
   }
-  let manager: EtcdSubnetManager;
+  // The one choice between the modes: everything below runs on the SubnetManager interface.
+  let manager: SubnetManager;
   try {
-    manager = new EtcdSubnetManager({
-    endpoints: opts.etcdEndpoints,
-    prefix: opts.etcdPrefix,
-    cafile: opts.etcdCafile,
-    certfile: opts.etcdCertfile,
-    keyfile: opts.etcdKeyfile,
-    onError: () => metrics.etcdErrors++,
-    resyncIntervalMs: opts.resyncIntervalMs,
-    onResyncRepair: (n) => (metrics.resyncRepairs += n),
-    log: (level, msg) => log.log(level, msg),
-    });
+    manager = opts.kubeSubnetMgr
+      ? createKubeSubnetManager({
+          kubeconfig: opts.kubeconfig,
+          nodeName: opts.nodeName,
+          netConfPath: opts.netConfigPath,
+          annotationPrefix: opts.kubeAnnotationPrefix,
+          setNodeNetworkUnavailable: opts.setNodeNetworkUnavailable,
+          log,
+          signal: ac.signal,
+          onMalformedNode: () => metrics.malformedNodes.inc(),
+          onUnannotatedNodes: (n) => metrics.unannotatedNodes.set(n),
+          onError: () => metrics.kubeErrors.inc(),
+        })
+      : new EtcdSubnetManager({
+          endpoints: opts.etcdEndpoints,
+          prefix: opts.etcdPrefix,
+          cafile: opts.etcdCafile,
+          certfile: opts.etcdCertfile,
+          keyfile: opts.etcdKeyfile,
+          onError: () => metrics.etcdErrors.inc(),
+          resyncIntervalMs: opts.resyncIntervalMs,
+          onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
+          log,
+        });
   } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`weftd: ${err.message}\n`);
+      return 2;
+    }
     log.error(`fatal: ${errText(err)}`);
     return 1;
   }
   const nl = openNetlink();
   // A second socket for reconcile's dumps, so they never hold up programming a new peer.
   const dumpNl = openNetlink();
-  log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
+  // Pods' traffic is routed through this host; then flannel's VXLAN device (expected.ts says
+  // what it must look like: flannel.<VNI>, the underlay MTU less the encapsulation).
+  const openBackend: BackendFactory = async (config, { external, onRepair }) => {
+    setSysctl('net.ipv4.ip_forward', '1');
+    // A recreated device keeps the MAC peers know us by, where the manager remembers one.
+    const mac = await manager.previousVtepMAC?.(config.backend.vni);
+    return VxlanNetwork.open(nl, {
+      device: { ...expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }), mac },
+      log,
+      dumpNl,
+      onRepair,
+    });
+  };
+  log.info(
+    `weftd starting`,
+    opts.kubeSubnetMgr ? { mode: 'kube', node: opts.nodeName, netConf: opts.netConfigPath, subnetFile: opts.subnetFile } : { mode: 'etcd', etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile },
+  );
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
   // is not fatal (launchers fall back to the standalone plugin).
@@ -67,8 +110,38 @@ async function main(): Promise<number> {
       (err) => log.warn(`cni fast path off: ${errText(err)}`),
     );
   }
+  // The Service proxy (kube-proxy's role) reads Services and EndpointSlices from the API server:
+  // the same kubeconfig as Kubernetes mode, also usable beside an etcd-mode overlay.
+  let serviceProxy: ((config: NetworkConfig) => Promise<void>) | undefined;
+  if (opts.proxy) {
+    let kc;
+    try {
+      kc = loadKubeConfig({ kubeconfig: opts.kubeconfig }).kc;
+    } catch (err) {
+      process.stderr.write(`weftd: --proxy: ${errText(err)}\n`);
+      return 2;
+    }
+    serviceProxy = (config) =>
+      runServiceProxy(ac.signal, {
+        kc,
+        nodeName: opts.nodeName,
+        clusterCIDR: config.network,
+        nodePortRange: opts.nodePortRange,
+        fullSyncIntervalMs: opts.proxyFullSyncIntervalMs,
+        log,
+        onSync: (r, state) => {
+          metrics.proxySyncs.inc({ mode: r.mode });
+          if (r.mode !== 'unchanged') metrics.proxySyncSeconds.observe(r.ms / 1000);
+          metrics.proxyServicePorts.set(state.ports.length);
+        },
+        onSyncError: () => metrics.proxySyncs.inc({ mode: 'failed' }),
+        onInvalid: (kind) => metrics.proxyInvalidObjects.inc({ kind }),
+        onDrift: () => metrics.repairs.inc(),
+        onApiError: () => metrics.kubeErrors.inc(),
+      });
+  }
   try {
-    await runDaemon(opts, { nl, dumpNl, manager, log, metrics, signal: ac.signal });
+    await runDaemon(opts, { nl, manager, openBackend, serviceProxy, log, metrics, signal: ac.signal });
     return 0;
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);

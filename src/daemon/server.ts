@@ -1,12 +1,14 @@
 /** `/healthz`, `/readyz` and `/metrics` over plain HTTP. */
 import { createServer, type Server } from 'node:http';
+import type { Log } from '../core/log.ts';
+import { errText } from '../core/errors.ts';
 import type { Metrics } from './metrics.ts';
 
 export interface HealthSource {
   healthy(): boolean;
   ready(): boolean;
   metrics: Metrics;
-  now(): number;
+  log: Log;
 }
 
 /** Parses `host:port` (`:9333` means all addresses). */
@@ -27,7 +29,16 @@ export async function startHealthServer(addr: string, src: HealthSource): Promis
     };
     if (path === '/healthz') return src.healthy() ? reply(200, 'ok\n') : reply(500, 'unhealthy\n');
     if (path === '/readyz') return src.ready() ? reply(200, 'ok\n') : reply(503, 'not ready\n');
-    if (path === '/metrics') return reply(200, src.metrics.render(src.now()), 'text/plain; version=0.0.4; charset=utf-8');
+    if (path === '/metrics') {
+      src.metrics.render().then(
+        (text) => reply(200, text, src.metrics.contentType),
+        (err) => {
+          src.log.warn(`render metrics: ${errText(err)}`);
+          reply(500, 'metrics unavailable\n');
+        },
+      );
+      return;
+    }
     reply(404, 'not found\n');
   });
   await new Promise<void>((resolve, reject) => {

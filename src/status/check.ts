@@ -8,6 +8,7 @@
  * Pure comparison ({@link compareState}) is separate from reading the kernel
  * ({@link readKernelState}) so it can be unit tested with plain objects.
  */
+import { gatewayOf, parseSubnetEnvVars } from '../core/subnetenv.ts';
 import { readFileSync } from 'node:fs';
 import {
   addressFaults,
@@ -22,7 +23,7 @@ import {
   type DeviceFault,
 } from '../backend/vxlan/expected.ts';
 import type { Peer } from '../backend/vxlan/peers.ts';
-import { formatCIDR, formatIPv4, parseCIDR } from '../ip/ipv4.ts';
+import { formatCIDR, parseCIDR } from '../ip/ipv4.ts';
 import { LinkNotFoundError, type Addr, type Fdb, type Link, type Neigh, type Netlink, type Route } from '../netlink/index.ts';
 import { ConfigError } from '../subnet/config.ts';
 import type { EtcdSubnetManager } from '../subnet/etcd.ts';
@@ -44,21 +45,11 @@ export interface KernelState {
   subnetFileError?: string;
 }
 
-/** Flannel's subnet.env: `KEY=VALUE` lines. */
-export function parseSubnetEnv(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const m = /^\s*([A-Z_][A-Z0-9_]*)=(.*)$/.exec(line);
-    if (m) out[m[1]!] = m[2]!.trim();
-  }
-  return out;
-}
-
 /** Reads the device, its entries and the subnet file through `nl` (bound to the node's namespace). */
 export async function readKernelState(nl: Netlink, device: string, subnetFile: string): Promise<KernelState> {
   const state: KernelState = { addrs: [], neighs: [], fdbs: [], routes: [] };
   try {
-    state.subnetFile = parseSubnetEnv(readFileSync(subnetFile, 'utf8'));
+    state.subnetFile = Object.fromEntries(parseSubnetEnvVars(readFileSync(subnetFile, 'utf8')));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') state.subnetFileError = (err as Error).message;
   }
@@ -75,11 +66,6 @@ export async function readKernelState(nl: Netlink, device: string, subnetFile: s
   state.fdbs = await nl.fdbs(idx);
   state.routes = (await nl.routes()).filter((r) => r.index === idx);
   return state;
-}
-
-function gatewayOf(subnet: string): string {
-  const n = parseCIDR(subnet);
-  return `${formatIPv4(n.ip + 1)}/${n.prefixLen}`;
 }
 
 /** The peer a lease makes (as the backend's peerFromLease does; the lease lists it with its VTEP IP). */
@@ -132,7 +118,7 @@ export function compareState(opts: {
   const localIP = opts.publicIP ?? kernel.device?.vxlan?.local;
   const fileSubnet = kernel.subnetFile?.FLANNEL_SUBNET;
   let self = localIP ? leases.find((l) => l.publicIP === localIP) : undefined;
-  if (!self && fileSubnet) self = leases.find((l) => gatewayOf(l.subnet) === fileSubnet);
+  if (!self && fileSubnet) self = leases.find((l) => gatewayOf(parseCIDR(l.subnet)) === fileSubnet);
 
   if (!self) {
     add('missing', 'lease', `no lease in etcd for this node${localIP ? ` (public IP ${localIP})` : ''}`);
@@ -158,8 +144,8 @@ export function compareState(opts: {
     if (sf.FLANNEL_NETWORK !== config.network) {
       add('wrong', 'subnet-file', `FLANNEL_NETWORK=${sf.FLANNEL_NETWORK ?? '<none>'}, network config says ${config.network}`);
     }
-    if (self && sf.FLANNEL_SUBNET !== gatewayOf(self.subnet)) {
-      add('wrong', 'subnet-file', `FLANNEL_SUBNET=${sf.FLANNEL_SUBNET ?? '<none>'}, lease says ${gatewayOf(self.subnet)}`);
+    if (self && sf.FLANNEL_SUBNET !== gatewayOf(parseCIDR(self.subnet))) {
+      add('wrong', 'subnet-file', `FLANNEL_SUBNET=${sf.FLANNEL_SUBNET ?? '<none>'}, lease says ${gatewayOf(parseCIDR(self.subnet))}`);
     }
     if (dev && sf.FLANNEL_MTU !== String(dev.mtu)) add('wrong', 'subnet-file', `FLANNEL_MTU=${sf.FLANNEL_MTU ?? '<none>'}, ${device} MTU is ${dev.mtu}`);
   }

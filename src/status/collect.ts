@@ -1,38 +1,30 @@
 /**
- * Reads weft's state from etcd into the status model, through the subnet layer's
- * {@link EtcdSubnetManager} (its client, key layout and lease parser): weftctl has no etcd code
- * of its own beyond what a status view needs on top (etcd lease TTLs, revisions, the config
- * write guarded by a transaction).
+ * Reads weft's state into the status model. {@link EtcdStatusSource} is weftctl's one piece of
+ * etcd code: nodes are listed and watched through the subnet layer's {@link SubnetManager}
+ * (its key layout, lease parser and a watch that re-lists after compaction or a reconnect);
+ * only what that interface lacks is read here from the manager's client: etcd lease TTLs, the
+ * stored config text with its revision, and the config write guarded by that revision.
  */
-import type { IKeyValue } from 'etcd3';
 import { formatCIDR, formatIPv4 } from '../ip/ipv4.ts';
-import { ConfigError, parseNetworkConfig, type NetworkConfig } from '../subnet/config.ts';
-import { EtcdUnavailableError, leaseFromKv, type EtcdSubnetManager } from '../subnet/etcd.ts';
-import { subnetsPrefix } from '../subnet/lease.ts';
-import type { NetworkSummary, NodeEvent, NodeLease, NodeList } from './model.ts';
+import { ConfigError, type NetworkConfig } from '../subnet/config.ts';
+import { EtcdUnavailableError, type EtcdSubnetManager } from '../subnet/etcd.ts';
+import { subnetKey, subnetsPrefix, type Lease } from '../subnet/lease.ts';
+import type { SubnetManager } from '../subnet/manager.ts';
+import {
+  SourceUnavailableError,
+  type NetworkSummary,
+  type NodeLease,
+  type NodeList,
+  type NodeWatchHandler,
+  type StatusSource,
+  type StoredConfig,
+} from './model.ts';
 
-/** A node named on the command line is not in etcd (or the name is ambiguous). */
+/** A node named on the command line is not in the listing (or the name is ambiguous). */
 export class NodeNotFoundError extends Error {
   constructor(message: string) {
     super(message);
     this.name = 'NodeNotFoundError';
-  }
-}
-
-/** `network init` would change a network nodes are using; the message says why. */
-export class NetworkInUseError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'NetworkInUseError';
-  }
-}
-
-async function call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (cause) {
-    if (cause instanceof EtcdUnavailableError || cause instanceof ConfigError) throw cause;
-    throw new EtcdUnavailableError(op, { cause });
   }
 }
 
@@ -51,13 +43,14 @@ function backendField(data: unknown, name: string): unknown {
   return typeof data === 'object' && data !== null ? (data as Record<string, unknown>)[name] : undefined;
 }
 
-/** Builds a {@link NodeLease} from a lease key/value; undefined for keys that are not leases. */
-export function nodeFromKv(
-  kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision' | 'create_revision' | 'lease'>,
-  ttl?: { TTL: number; grantedTTL: number },
-): NodeLease | undefined {
-  const lease = leaseFromKv(kv);
-  if ('skip' in lease) return undefined;
+/** An etcd lease's time to live, as etcd reports it (seconds; TTL -1 once expired). */
+export interface LeaseTTL {
+  TTL: number;
+  grantedTTL: number;
+}
+
+/** Builds a {@link NodeLease} from a lease of the subnet layer stored at `key`. */
+export function nodeFromLease(lease: Lease, opts: { key: string; ttl?: LeaseTTL }): NodeLease {
   const mac = backendField(lease.backendData, 'VtepMAC');
   const vni = backendField(lease.backendData, 'VNI');
   const node: NodeLease = {
@@ -67,12 +60,12 @@ export function nodeFromKv(
     backendType: lease.backendType,
     vtepMAC: typeof mac === 'string' ? mac.toLowerCase() : undefined,
     vni: typeof vni === 'number' ? vni : undefined,
-    etcdLeaseId: String(kv.lease ?? '0'),
-    key: kv.key.toString(),
-    createRevision: String(kv.create_revision),
-    modRevision: String(kv.mod_revision),
+    etcdLeaseId: lease.etcdLeaseId ?? '0',
+    key: opts.key,
+    modRevision: lease.modRevision ?? '0',
     backendData: lease.backendData,
   };
+  const ttl = opts.ttl;
   if (ttl && ttl.TTL >= 0) {
     node.expiresInSeconds = ttl.TTL;
     node.grantedTTLSeconds = ttl.grantedTTL;
@@ -81,33 +74,10 @@ export function nodeFromKv(
   return node;
 }
 
-async function leaseTTL(mgr: EtcdSubnetManager, id: string): Promise<{ TTL: number; grantedTTL: number } | undefined> {
-  if (id === '0') return undefined;
-  const res = await call(`time-to-live of etcd lease ${id}`, () => mgr.client.leaseClient.leaseTimeToLive({ ID: id }));
-  return { TTL: Number(res.TTL), grantedTTL: Number(res.grantedTTL) };
-}
-
-async function toNode(mgr: EtcdSubnetManager, kv: IKeyValue): Promise<NodeLease | undefined> {
-  return nodeFromKv(kv, await leaseTTL(mgr, String(kv.lease)));
-}
-
-function byAddress(a: NodeLease, b: NodeLease): number {
+/** Nodes ordered by subnet address. */
+export function sortNodes(nodes: NodeLease[]): NodeLease[] {
   const n = (s: string) => s.split(/[./]/).reduce((acc, x) => acc * 256 + Number(x), 0);
-  return n(a.subnet) - n(b.subnet);
-}
-
-/** Every lease under the prefix, with TTLs, sorted by subnet. */
-export async function collectNodes(mgr: EtcdSubnetManager): Promise<NodeList> {
-  const res = await call('list leases', () => mgr.client.getAll().prefix(subnetsPrefix(mgr.prefix)).exec());
-  const nodes = (await Promise.all(res.kvs.map((kv) => toNode(mgr, kv)))).filter((n): n is NodeLease => !!n);
-  return { prefix: mgr.prefix, revision: res.header.revision, nodes: nodes.sort(byAddress) };
-}
-
-/** The config at `<prefix>/config`; undefined when none is stored. Throws ConfigError when invalid. */
-export async function collectConfig(mgr: EtcdSubnetManager): Promise<NetworkSummary | undefined> {
-  const text = await call('get network config', () => mgr.client.get(`${mgr.prefix}/config`).string());
-  if (text === null) return undefined;
-  return summarizeConfig(await mgr.getConfig());
+  return nodes.sort((a, b) => n(a.subnet) - n(b.subnet));
 }
 
 /** Finds one node by public IP, subnet CIDR or subnet address. */
@@ -118,107 +88,116 @@ export function findNode(list: NodeList, query: string): NodeLease {
   if (hits.length > 1) {
     throw new NodeNotFoundError(`"${q}" matches ${hits.length} leases (${hits.map((n) => n.subnet).join(', ')}): name the subnet`);
   }
-  throw new NodeNotFoundError(`no node with public IP or subnet "${q}" under "${list.prefix}/subnets/"`);
+  throw new NodeNotFoundError(`no node with public IP or subnet "${q}" under "${list.location}"`);
 }
 
-/**
- * Streams lease changes made after `list` was read as {@link NodeEvent}s until `signal` aborts.
- * Resolves when aborted; rejects when the watch fails (etcd gone, history compacted).
- */
-export async function watchNodes(
-  mgr: EtcdSubnetManager,
-  list: NodeList,
-  signal: AbortSignal,
-  onEvent: (ev: NodeEvent) => void,
-): Promise<void> {
-  // Deletes carry no value: report the node as last seen.
-  const known = new Map<string, NodeLease>(list.nodes.map((n) => [n.key, n]));
-  const watcher = await call('watch leases', () =>
-    mgr.client.watch().prefix(subnetsPrefix(mgr.prefix)).startRevision((BigInt(list.revision) + 1n).toString()).create(),
-  );
-  await new Promise<void>((resolve, reject) => {
-    const stop = (err?: Error) => {
-      watcher.removeAllListeners();
-      watcher.on('error', () => undefined);
-      watcher.cancel().catch(() => undefined);
-      if (err) reject(err);
-      else resolve();
-    };
-    signal.addEventListener('abort', () => stop(), { once: true });
-    let queue = Promise.resolve();
-    watcher.on('put', (kv) => {
-      queue = queue.then(async () => {
-        const node = await toNode(mgr, kv).catch(() => nodeFromKv(kv));
-        if (!node) return;
-        onEvent({ type: known.has(node.key) ? 'MODIFIED' : 'ADDED', node });
-        known.set(node.key, node);
-      });
-    });
-    watcher.on('delete', (kv) => {
-      queue = queue.then(() => {
-        const key = kv.key.toString();
-        const node = known.get(key);
-        known.delete(key);
-        if (node) onEvent({ type: 'DELETED', node: { ...node, expiresInSeconds: undefined, leaseAgeSeconds: undefined } });
-      });
-    });
-    watcher.on('error', (err) => stop(new EtcdUnavailableError('watch leases', { cause: err })));
-  });
+/** gRPC's UNAVAILABLE text on one line, without its trailers, doubled "Error:" and OpenSSL codes. */
+export function tidyGrpc(msg: string): string {
+  return msg
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, '')
+    .replace(/\.? Resolution note:\s*$/, '')
+    .replace(/Last error: Error: /, 'last error: ')
+    .replace(/Last error: /, 'last error: ')
+    .replace(/ - Local \([^)]*\)/, '')
+    .replace(/[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:([^:]+):\S+?:\d+:?(SSL alert number \d+)?/, 'TLS: $1')
+    .replace(/\s*\n\s*/g, ' ')
+    .trim();
 }
 
-/** The JSON weftctl stores for `network init` flags (flannel's field names). */
-export function networkConfigText(opts: { network: string; subnetLen?: number; vni?: number; port?: number }): string {
-  const backend: Record<string, unknown> = { Type: 'vxlan' };
-  if (opts.vni !== undefined) backend.VNI = opts.vni;
-  if (opts.port !== undefined) backend.Port = opts.port;
-  const cfg: Record<string, unknown> = { Network: opts.network };
-  if (opts.subnetLen !== undefined) cfg.SubnetLen = opts.subnetLen;
-  cfg.Backend = backend;
-  return JSON.stringify(cfg);
-}
+/** {@link StatusSource} on etcd (flannel's schema), over an {@link EtcdSubnetManager}. */
+export class EtcdStatusSource implements StatusSource {
+  readonly configLocation: string;
+  readonly #mgr: EtcdSubnetManager;
+  readonly #endpoints: string[];
 
-/** What `network init` did. */
-export type InitResult = { action: 'created' | 'updated' | 'unchanged'; config: NetworkSummary; leases: number };
-
-/**
- * Writes the network config. Validates it first (ConfigError). If a config is stored already and
- * differs in Network or SubnetLen while leases exist, refuses with {@link NetworkInUseError}
- * unless `force`: those leases (and every pod address in them) would lie outside the new layout.
- * The write is a transaction on the key's revision, so two concurrent inits cannot interleave.
- */
-export async function initNetwork(mgr: EtcdSubnetManager, text: string, opts: { force?: boolean } = {}): Promise<InitResult> {
-  const next = parseNetworkConfig(text);
-  const stored = JSON.stringify(JSON.parse(text));
-  const key = `${mgr.prefix}/config`;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const cur = await call(`get "${key}"`, () => mgr.client.get(key).exec());
-    const kv = cur.kvs[0];
-    let action: InitResult['action'] = 'created';
-    const { nodes } = await collectNodes(mgr);
-    if (kv) {
-      const oldText = kv.value.toString();
-      if (oldText === stored) return { action: 'unchanged', config: summarizeConfig(next), leases: nodes.length };
-      action = 'updated';
-      let old: NetworkConfig | undefined;
-      try {
-        old = parseNetworkConfig(oldText);
-      } catch {
-        old = undefined; // an invalid stored config may always be replaced
-      }
-      const layoutChanged = !old || old.network.ip !== next.network.ip || old.network.prefixLen !== next.network.prefixLen || old.subnetLen !== next.subnetLen;
-      if (old && layoutChanged && nodes.length > 0 && !opts.force) {
-        const was = `${formatCIDR(old.network)} (subnets /${old.subnetLen})`;
-        const now = `${formatCIDR(next.network)} (subnets /${next.subnetLen})`;
-        throw new NetworkInUseError(
-          `refusing to change the network from ${was} to ${now}: ${nodes.length} node lease(s) exist ` +
-            `(${nodes.slice(0, 5).map((n) => `${n.publicIP} ${n.subnet}`).join(', ')}${nodes.length > 5 ? ', ...' : ''}) ` +
-            'and their pods would be outside the new network; drain the nodes and stop weftd first, or pass --force',
-        );
-      }
-    }
-    const cmp = kv ? mgr.client.if(key, 'Mod', '==', kv.mod_revision) : mgr.client.if(key, 'Version', '==', 0);
-    const res = await call(`write "${key}"`, () => cmp.then(mgr.client.put(key).value(stored)).commit());
-    if (res.succeeded) return { action, config: summarizeConfig(next), leases: nodes.length };
+  /** `endpoints` only names etcd in error messages; `mgr` is closed by {@link close}. */
+  constructor(mgr: EtcdSubnetManager, opts: { endpoints: string[] }) {
+    this.#mgr = mgr;
+    this.#endpoints = opts.endpoints;
+    this.configLocation = `${mgr.prefix}/config`;
   }
-  throw new EtcdUnavailableError(`write "${key}": it kept changing under us`);
+
+  /** Runs `fn`; etcd failures become one {@link SourceUnavailableError} line naming the endpoints. */
+  async #call<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (cause) {
+      if (cause instanceof ConfigError) throw cause;
+      const err = cause instanceof EtcdUnavailableError ? cause : new EtcdUnavailableError(op, { cause });
+      throw new SourceUnavailableError(`cannot reach etcd at ${this.#endpoints.join(', ')}: ${tidyGrpc(err.message.replace(/^etcd /, ''))}`, { cause });
+    }
+  }
+
+  async #ttl(id: string | undefined): Promise<LeaseTTL | undefined> {
+    if (!id || id === '0') return undefined;
+    const res = await this.#call(`time-to-live of etcd lease ${id}`, () => this.#mgr.client.leaseClient.leaseTimeToLive({ ID: id }));
+    return { TTL: Number(res.TTL), grantedTTL: Number(res.grantedTTL) };
+  }
+
+  async #node(lease: Lease): Promise<NodeLease> {
+    return nodeFromLease(lease, { key: subnetKey(this.#mgr.prefix, lease.subnet), ttl: await this.#ttl(lease.etcdLeaseId) });
+  }
+
+  async getNetwork(): Promise<NetworkSummary | undefined> {
+    if (!(await this.readNetworkConfig())) return undefined;
+    return summarizeConfig(await this.#call('get network config', () => this.#mgr.getConfig()));
+  }
+
+  async listNodes(): Promise<NodeList> {
+    const { leases } = await this.#call('list leases', () => this.#mgr.listLeases());
+    const nodes = await Promise.all(leases.map((l) => this.#node(l)));
+    return { location: subnetsPrefix(this.#mgr.prefix), nodes: sortNodes(nodes) };
+  }
+
+  async watchNodes(signal: AbortSignal, handler: NodeWatchHandler): Promise<void> {
+    // The manager calls back synchronously; TTL look-ups are async, so events queue up in order.
+    // A TTL that cannot be read (etcd gone again) leaves the node without one.
+    let queue = Promise.resolve();
+    const enqueue = (fn: () => Promise<void> | void) => {
+      queue = queue.then(fn).catch(() => undefined);
+    };
+    const node = (l: Lease) => this.#node(l).catch(() => nodeFromLease(l, { key: subnetKey(this.#mgr.prefix, l.subnet) }));
+    await this.#mgr.watchLeases(signal, {
+      snapshot: (leases) => enqueue(async () => handler.snapshot(sortNodes(await Promise.all(leases.map(node))))),
+      event: (ev) =>
+        enqueue(async () => {
+          if (ev.type === 'put') handler.put(await node(ev.lease));
+          else handler.delete(subnetKey(this.#mgr.prefix, ev.subnet));
+        }),
+    });
+    // Aborted: what is still queued has nowhere to go.
+  }
+
+  async readNetworkConfig(): Promise<StoredConfig | undefined> {
+    const res = await this.#call(`get "${this.configLocation}"`, () => this.#mgr.client.get(this.configLocation).exec());
+    const kv = res.kvs[0];
+    return kv ? { text: kv.value.toString(), version: kv.mod_revision } : undefined;
+  }
+
+  async writeNetworkConfig(text: string, opts: { ifVersion?: string }): Promise<boolean> {
+    const key = this.configLocation;
+    const client = this.#mgr.client;
+    const cmp = opts.ifVersion !== undefined ? client.if(key, 'Mod', '==', opts.ifVersion) : client.if(key, 'Version', '==', 0);
+    const res = await this.#call(`write "${key}"`, () => cmp.then(client.put(key).value(text)).commit());
+    return res.succeeded;
+  }
+
+  close(): void {
+    this.#mgr.close();
+  }
+}
+
+/**
+ * The config through a subnet manager, for `checkNode` (src/status/check.ts); throws ConfigError
+ * when none is stored.
+ */
+export async function collectConfig(mgr: SubnetManager): Promise<NetworkSummary | undefined> {
+  return summarizeConfig(await mgr.getConfig());
+}
+
+/** Every lease through a subnet manager, without TTLs, for `checkNode` (src/status/check.ts). */
+export async function collectNodes(mgr: SubnetManager & { prefix: string }): Promise<NodeList> {
+  const { leases } = await mgr.listLeases();
+  const nodes = leases.map((l) => nodeFromLease(l, { key: subnetKey(mgr.prefix, l.subnet) }));
+  return { location: subnetsPrefix(mgr.prefix), nodes: sortNodes(nodes) };
 }

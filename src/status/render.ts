@@ -41,18 +41,27 @@ const WIDE = ['VNI', 'BACKEND', 'VTEP IP', 'ETCD LEASE', 'REVISION'];
 function row(n: NodeLease, wide: boolean): string[] {
   const base = [n.publicIP, n.subnet, n.vtepMAC ?? '<none>', formatDuration(n.expiresInSeconds), formatDuration(n.leaseAgeSeconds)];
   if (!wide) return base;
-  const leaseHex = n.etcdLeaseId === '0' ? '<none>' : BigInt(n.etcdLeaseId).toString(16);
-  return [...base, n.vni === undefined ? '<none>' : String(n.vni), n.backendType || '<none>', n.vtepIP, leaseHex, n.modRevision];
+  return [...base, n.vni === undefined ? '<none>' : String(n.vni), n.backendType || '<none>', n.vtepIP, leaseHex(n) ?? '<none>', n.modRevision];
+}
+
+/** The etcd lease id as etcdctl prints it (hex); undefined for none. */
+function leaseHex(n: NodeLease): string | undefined {
+  return n.etcdLeaseId === '0' ? undefined : BigInt(n.etcdLeaseId).toString(16);
 }
 
 function serialize(value: unknown, format: 'json' | 'yaml'): string {
   return format === 'json' ? `${JSON.stringify(value, null, 2)}\n` : stringify(value);
 }
 
+/** The nodes as kubectl prints a list with `-o json|yaml`. */
+export function nodeListObject(list: NodeList): { apiVersion: 'v1'; kind: 'List'; items: NodeLease[] } {
+  return { apiVersion: 'v1', kind: 'List', items: list.nodes };
+}
+
 /** `get nodes`. An empty list says so instead of printing a bare header. */
 export function renderNodes(list: NodeList, format: OutputFormat): string {
-  if (format === 'json' || format === 'yaml') return serialize(list, format);
-  if (!list.nodes.length) return `No node leases found under "${list.prefix}/subnets/".\n`;
+  if (format === 'json' || format === 'yaml') return serialize(nodeListObject(list), format);
+  if (!list.nodes.length) return `No node leases found under "${list.location}".\n`;
   const wide = format === 'wide';
   return table(wide ? [...HEADER, ...WIDE] : HEADER, list.nodes.map((n) => row(n, wide)));
 }
@@ -99,10 +108,10 @@ export function renderDescribe(node: NodeLease, config: NetworkSummary | undefin
     ['Backend', `${node.backendType || '<none>'}${node.vni !== undefined ? ` (VNI ${node.vni})` : ''}`],
     ['Backend data', JSON.stringify(node.backendData)],
     ['etcd key', node.key],
-    ['etcd lease', node.etcdLeaseId === '0' ? '<none> (never expires)' : `${BigInt(node.etcdLeaseId).toString(16)} (hex)`],
+    ['etcd lease', leaseHex(node) ? `${leaseHex(node)} (hex)` : '<none> (never expires)'],
     ['Expires in', formatDuration(node.expiresInSeconds)],
     ['Lease age', `${formatDuration(node.leaseAgeSeconds)} (of a ${formatDuration(node.grantedTTLSeconds)} TTL; restarts at each renewal)`],
-    ['Revisions', `created ${node.createRevision}, modified ${node.modRevision}`],
+    ['Revision', `${node.modRevision} (last modified)`],
   ];
   if (config) {
     lines.push(['Network', `${config.network} (subnets /${config.subnetLen}, VNI ${config.backend.vni}, UDP ${config.backend.port})`]);

@@ -5,6 +5,7 @@
  * random free one between SubnetMin and SubnetMax.
  */
 import { contains, formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
+import { markRetryable } from '../core/errors.ts';
 import type { NetworkConfig } from './config.ts';
 import type { Lease } from './lease.ts';
 
@@ -15,6 +16,8 @@ export class OutOfSubnetsError extends Error {
     super(`out of subnets: all ${taken} subnets of network ${network} are leased`);
     this.name = 'OutOfSubnetsError';
     this.network = network;
+    // A lease may expire or be deleted: waiting helps.
+    markRetryable(this);
   }
 }
 

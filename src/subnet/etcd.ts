@@ -20,6 +20,9 @@ import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
 import type { IPv4Net } from '../ip/ipv4.ts';
 import { chooseSubnet, describeSubnet } from './choose.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
+import { markRetryable } from '../core/errors.ts';
+import { silentLog, type Log } from '../core/log.ts';
+import { constantDelay, type RetryPolicy } from '../core/retry.ts';
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from './config.ts';
 import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
 import { LeaseLostError, type LeaseEvent, type LeaseWatchHandler, type SubnetManager } from './manager.ts';
@@ -38,8 +41,10 @@ export interface EtcdOptions {
   clock?: Clock;
   /** Called with every failed etcd call (metrics). */
   onError?: (err: unknown) => void;
-  /** Called with lines worth logging (resyncs, lost races). */
-  log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
+  /** Where lines worth logging go (resyncs, lost races, foreign keys). */
+  log?: Log;
+  /** The wait before re-listing after a failed listing and before reconnecting a watch. */
+  retry?: RetryPolicy;
   /** How often the watched table is compared with a full listing (ms); 0 turns it off. */
   resyncIntervalMs?: number;
   /** Called with the number of differences a resync found (metrics). */
@@ -48,23 +53,26 @@ export interface EtcdOptions {
 
 export const DEFAULT_RESYNC_INTERVAL_MS = 5 * 60_000;
 
-/** etcd could not be reached or answered with an error; worth retrying. */
+/** Re-list and reconnect quickly after an etcd restart (etcd3's default backs off up to 30 s). */
+export const DEFAULT_ETCD_RETRY: RetryPolicy = constantDelay(1000);
+
+/** etcd could not be reached or answered with an error; marked retryable (src/core/errors.ts). */
 export class EtcdUnavailableError extends Error {
   constructor(op: string, options?: { cause?: unknown }) {
     super(`etcd ${op} failed${options?.cause instanceof Error ? `: ${options.cause.message}` : ''}`, options);
     this.name = 'EtcdUnavailableError';
+    markRetryable(this);
   }
 }
 
 /** Builds etcd3 client options from endpoints and TLS files (shared with weftctl). */
-export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile' | 'certfile' | 'keyfile' | 'callTimeoutMs'>): IOptions {
+export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile' | 'certfile' | 'keyfile' | 'callTimeoutMs' | 'retry'>): IOptions {
   const timeout = opts.callTimeoutMs ?? 5000;
   const o: IOptions = {
     hosts: opts.endpoints,
     dialTimeout: timeout,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
-    // Reconnect watches quickly after an etcd restart (the default backs off up to 30 s).
-    faultHandling: { watchBackoff: constantBackoff(1000) },
+    faultHandling: { watchBackoff: etcdBackoff(opts.retry ?? DEFAULT_ETCD_RETRY) },
   };
   if (opts.cafile || opts.certfile || opts.keyfile) {
     const read = (what: string, file: string) => {
@@ -84,14 +92,14 @@ export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile'
   return o;
 }
 
+/** etcd3's backoff shape (`duration`, then `next()` after another failure) from a policy. */
 interface Backoff {
   duration: number;
   next(): Backoff;
 }
 
-function constantBackoff(ms: number): Backoff {
-  const b: Backoff = { duration: ms, next: () => b };
-  return b;
+function etcdBackoff(policy: RetryPolicy, failures = 1): Backoff {
+  return { duration: policy.delayMs(failures), next: () => etcdBackoff(policy, failures + 1) };
 }
 
 /** Parses one key/value from the subnets prefix; undefined (with a reason) for foreign entries. */
@@ -125,11 +133,13 @@ export class EtcdSubnetManager implements SubnetManager {
   readonly prefix: string;
   readonly #clock: Clock;
   readonly #opts: EtcdOptions;
+  readonly #log: Log;
 
   constructor(opts: EtcdOptions) {
     this.#opts = opts;
     this.prefix = (opts.prefix ?? DEFAULT_ETCD_PREFIX).replace(/\/+$/, '');
     this.#clock = opts.clock ?? systemClock;
+    this.#log = opts.log ?? silentLog;
     this.client = new Etcd3(etcdClientOptions(opts));
   }
 
@@ -140,10 +150,6 @@ export class EtcdSubnetManager implements SubnetManager {
       this.#opts.onError?.(cause);
       throw new EtcdUnavailableError(op, { cause });
     }
-  }
-
-  #log(level: 'info' | 'warn' | 'debug', msg: string): void {
-    this.#opts.log?.(level, msg);
   }
 
   async getConfig(): Promise<NetworkConfig> {
@@ -163,7 +169,7 @@ export class EtcdSubnetManager implements SubnetManager {
     const leases: Lease[] = [];
     for (const kv of res.kvs) {
       const l = leaseFromKv(kv);
-      if ('skip' in l) this.#log('warn', `ignoring ${l.skip}`);
+      if ('skip' in l) this.#log.warn(`ignoring ${l.skip}`);
       else leases.push(l);
     }
     return { leases, revision: res.header.revision };
@@ -225,7 +231,7 @@ export class EtcdSubnetManager implements SubnetManager {
       const { leases } = await this.listLeases();
       const choice = chooseSubnet({ config, leases, publicIP: attrs.publicIP, previous: opts.previous, backendData: attrs.backendData });
       if (choice.kind === 'existing' && choice.lease.publicIP !== attrs.publicIP) {
-        this.#log('info', `lease ${describeSubnet(choice.lease.subnet)} carries our VTEP but public IP ${choice.lease.publicIP}; taking it over with ${attrs.publicIP}`);
+        this.#log.info(`lease ${describeSubnet(choice.lease.subnet)} carries our VTEP but public IP ${choice.lease.publicIP}; taking it over with ${attrs.publicIP}`);
       }
       let lease: Lease | undefined;
       if (choice.kind === 'existing') {
@@ -235,7 +241,7 @@ export class EtcdSubnetManager implements SubnetManager {
       }
       if (lease) return lease;
       const subnet = describeSubnet(choice.kind === 'existing' ? choice.lease.subnet : choice.subnet);
-      this.#log('info', `subnet ${subnet} changed under us (another node won the race), retrying (attempt ${attempt})`);
+      this.#log.info(`subnet ${subnet} changed under us (another node won the race), retrying (attempt ${attempt})`);
       if (attempt >= 20) throw new EtcdUnavailableError(`acquire a subnet after ${attempt} lost races`);
     }
   }
@@ -248,7 +254,7 @@ export class EtcdSubnetManager implements SubnetManager {
       if (!kv) {
         const created = await this.#create(lease.subnet, { attrs, ttlSeconds: opts.ttlSeconds });
         if (created) {
-          this.#log('info', `lease for ${describeSubnet(lease.subnet)} was gone; took the same subnet again`);
+          this.#log.info(`lease for ${describeSubnet(lease.subnet)} was gone; took the same subnet again`);
           return created;
         }
         continue;
@@ -268,13 +274,16 @@ export class EtcdSubnetManager implements SubnetManager {
     const tracker = new LeaseTracker();
     // Where the next watch starts; undefined: list and hand over a snapshot first.
     let from: bigint | undefined;
+    const retry = this.#opts.retry ?? DEFAULT_ETCD_RETRY;
+    let failures = 0;
     while (!signal.aborted) {
       if (from === undefined) {
         let snap: { leases: Lease[]; revision: string };
         try {
           snap = await this.listLeases();
+          failures = 0;
         } catch {
-          await this.#clock.sleep(1000, signal);
+          await this.#clock.sleep(retry.delayMs(++failures), signal);
           continue;
         }
         tracker.reset(snap.leases);
@@ -283,7 +292,7 @@ export class EtcdSubnetManager implements SubnetManager {
       }
       const end = await this.#watchOnce(from, { prefix, signal, handler, tracker });
       if (!end) continue;
-      this.#log('info', `lease watch: ${end.why}; ${end.resumeAt === undefined ? 're-listing' : 'restarting the watch'}`);
+      this.#log.info(`lease watch: ${end.why}; ${end.resumeAt === undefined ? 're-listing' : 'restarting the watch'}`);
       from = end.resumeAt;
     }
   }
@@ -314,15 +323,15 @@ export class EtcdSubnetManager implements SubnetManager {
       // A restarted watch replays what came after the listing; the tracker drops repeats.
       watcher.on('put', (kv) => {
         const l = leaseFromKv(kv);
-        if ('skip' in l) this.#log('warn', `ignoring ${l.skip}`);
+        if ('skip' in l) this.#log.warn(`ignoring ${l.skip}`);
         else if (tracker.put(l)) handler.event({ type: 'put', lease: l });
-        else this.#log('debug', `lease watch: put of ${describeSubnet(l.subnet)} at revision ${l.modRevision} is not newer than what is known; skipped`);
+        else this.#log.debug(`lease watch: put of ${describeSubnet(l.subnet)} at revision ${l.modRevision} is not newer than what is known; skipped`);
       });
       watcher.on('delete', (kv) => {
         const subnet = parseSubnetKey(kv.key.toString());
         if (!subnet) return;
         if (tracker.delete(subnet, kv.mod_revision)) handler.event({ type: 'delete', subnet });
-        else this.#log('debug', `lease watch: delete of ${describeSubnet(subnet)} at revision ${kv.mod_revision} is not newer than what is known; skipped`);
+        else this.#log.debug(`lease watch: delete of ${describeSubnet(subnet)} at revision ${kv.mod_revision} is not newer than what is known; skipped`);
       });
       watcher.on('disconnected', (err) => {
         disconnected = true;
@@ -344,7 +353,7 @@ export class EtcdSubnetManager implements SubnetManager {
           tracker,
           onError: () => undefined, // counted by #call; the next interval tries again
           onRepair: (events, revision) => {
-            this.#log('info', `lease resync: the watch missed ${describeEvents(events)}; applying them`);
+            this.#log.info(`lease resync: the watch missed ${describeEvents(events)}; applying them`);
             this.#opts.onResyncRepair?.(events.length);
             for (const ev of events) handler.event(ev);
             // The stream that missed them is suspect: start a new one after the listing.

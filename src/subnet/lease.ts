@@ -12,7 +12,7 @@ export interface Lease {
   publicIP: string;
   backendType: string;
   backendData: unknown;
-  /** etcd lease expiry as epoch milliseconds, when known. */
+  /** Expiry as epoch milliseconds; undefined: the lease does not expire (or it is not known). */
   expiresAt?: number;
   /** etcd mod revision of the key, when read from etcd. */
   modRevision?: string;

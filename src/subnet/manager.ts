@@ -1,6 +1,16 @@
-/** What the daemon needs from a lease store; {@link EtcdSubnetManager} is the etcd implementation. */
+/**
+ * What the daemon needs from a lease store; {@link EtcdSubnetManager} is the etcd implementation.
+ * The daemon assumes nothing about the store beyond this: a lease may never expire (`expiresAt`
+ * undefined, e.g. a node's podCIDR), then renewal only runs when the daemon asks for it.
+ *
+ * Errors a manager throws, by what the caller does with them:
+ * - {@link ConfigError}: the network config is missing or invalid (an operator must fix it);
+ * - marked retryable (src/core/errors.ts `isRetryable`): the store is unreachable
+ *   (EtcdUnavailableError) or has no free subnet (OutOfSubnetsError); waiting helps;
+ * - {@link LeaseLostError}: another node holds our subnet now; take a new lease.
+ */
 import type { IPv4Net } from '../ip/ipv4.ts';
-import type { NetworkConfig } from './config.ts';
+import type { ConfigError, NetworkConfig } from './config.ts';
 import type { Lease, LeaseAttrs } from './lease.ts';
 
 /** A watch event on the lease table. */
@@ -28,6 +38,18 @@ export interface SubnetManager {
   renewLease(lease: Lease, attrs: LeaseAttrs, opts: { ttlSeconds: number }): Promise<Lease>;
   /** Watches the lease table until `signal` aborts, resyncing after compaction or reconnects. */
   watchLeases(signal: AbortSignal, handler: LeaseWatchHandler): Promise<void>;
+  /**
+   * Called once when the node is ready (peers programmed, subnet file written) with our lease
+   * (flannel's CompleteLease: a Kubernetes manager clears NetworkUnavailable here). Retried
+   * until it succeeds; the daemon reports ready after it.
+   */
+  ready?(lease: Lease): Promise<void>;
+  /**
+   * The VTEP MAC this node published before (a Kubernetes manager reads it from our own Node's
+   * annotation), so a device recreated after a reboot keeps the MAC peers have in their FDB
+   * (flannel #1795). Undefined: none known; the device's own MAC is used.
+   */
+  previousVtepMAC?(vni: number): Promise<string | undefined>;
   close(): void;
 }
 

@@ -7,9 +7,9 @@
  * Revisions make the comparison safe while the watch keeps running: an entry the watch saw after
  * the listing's revision is newer than the listing, not missing from it.
  */
-import { describeSubnet } from './choose.ts';
 import type { Clock } from '../core/clock.ts';
-import type { Lease } from './lease.ts';
+import { diffLeases } from './diff.ts';
+import { leaseId, type Lease } from './lease.ts';
 import type { LeaseEvent } from './manager.ts';
 import type { IPv4Net } from '../ip/ipv4.ts';
 
@@ -25,12 +25,12 @@ export class LeaseTracker {
   reset(leases: Lease[]): void {
     this.#live.clear();
     this.#gone.clear();
-    for (const l of leases) this.#live.set(describeSubnet(l.subnet), l);
+    for (const l of leases) this.#live.set(leaseId(l), l);
   }
 
   /** Records a put; false when it is not newer than what is known (a replayed event). */
   put(lease: Lease): boolean {
-    const key = describeSubnet(lease.subnet);
+    const key = leaseId(lease);
     const r = rev(lease.modRevision);
     const known = this.#live.get(key);
     if (known && rev(known.modRevision) >= r) return false;
@@ -42,7 +42,7 @@ export class LeaseTracker {
 
   /** Records a delete at `revision`; false when it is not newer than what is known. */
   delete(subnet: IPv4Net, revision: string | undefined): boolean {
-    const key = describeSubnet(subnet);
+    const key = leaseId({ subnet });
     const r = rev(revision);
     const known = this.#live.get(key);
     if (known && rev(known.modRevision) > r) return false;
@@ -63,21 +63,21 @@ export class LeaseTracker {
   resync(listed: Lease[], revision: string): LeaseEvent[] {
     const at = BigInt(revision);
     const events: LeaseEvent[] = [];
-    const seen = new Set<string>();
-    for (const l of listed) {
-      const key = describeSubnet(l.subnet);
-      seen.add(key);
-      const known = this.#live.get(key);
-      if (known && rev(known.modRevision) >= rev(l.modRevision)) continue;
+    // Changed here means newer: a revision the watch has not delivered, whatever the attributes.
+    const diff = diffLeases(this.#live.values(), listed, { same: (known, l) => rev(known.modRevision) >= rev(l.modRevision) });
+    const newer = new Set([...diff.added, ...diff.changed.map((c) => c.after)]);
+    for (const l of listed.filter((x) => newer.has(x))) {
+      const key = leaseId(l);
       // Deleted after the listing was taken: the listing is the stale side.
       if ((this.#gone.get(key) ?? -1n) > rev(l.modRevision)) continue;
       this.#gone.delete(key);
       this.#live.set(key, l);
       events.push({ type: 'put', lease: l });
     }
-    for (const [key, l] of this.#live) {
+    for (const l of diff.removed) {
       // Put after the listing was taken: not missing, just newer.
-      if (seen.has(key) || rev(l.modRevision) > at) continue;
+      if (rev(l.modRevision) > at) continue;
+      const key = leaseId(l);
       this.#live.delete(key);
       this.#gone.set(key, at);
       events.push({ type: 'delete', subnet: l.subnet });

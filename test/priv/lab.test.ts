@@ -55,7 +55,7 @@ test('lab.sh up brings up 3 nodes and 6 pods that all reach each other; down rem
   t.is(labNamespaces().length, 1 + 1 + 3 + 6, labNamespaces().join(' '));
   const exec = await lab(['exec', ...flags, 'n1', 'weftctl', 'get', 'nodes', '-o', 'json']);
   t.is(exec.code, 0, exec.err);
-  t.is(JSON.parse(exec.out).nodes.length, 3);
+  t.is(JSON.parse(exec.out).items.length, 3);
   const status = await lab(['status', ...flags]);
   t.is(status.code, 0, status.err);
   t.is(status.out.match(/weftd running/g)?.length, 3);

@@ -53,6 +53,10 @@ test.serial('each node has neighbor, FDB entry and onlink route for every peer, 
     t.is((await cluster.topo.http(n, '/healthz')).status, 200);
     t.is(await cluster.metric(n, 'weftd_peers'), 2);
     t.true((await cluster.metric(n, 'weftd_lease_expiry_seconds')) > 0);
+    t.is(await cluster.metric(n, 'weftd_ready'), 1);
+    // prom-client's default process and event-loop metrics come along.
+    t.true((await cluster.metric(n, 'process_resident_memory_bytes')) > 0);
+    t.true((await cluster.metric(n, 'nodejs_eventloop_lag_seconds')) >= 0);
   }
   const leases = await cluster.etcd.getPrefix('/coreos.com/network/subnets/');
   t.is(leases.size, 3);
@@ -131,7 +135,7 @@ test.serial('cross-node packets cross the underlay as UDP 8472 VXLAN with VNI 1 
 
 test.serial('masquerade and forward rules live in weft\'s own nftables table', (t) => {
   const rules = inNs(cluster.node('n1').netns, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft']);
-  t.regex(rules, /chain postrouting[\s\S]*ip saddr 198\.18\.0\.0\/16 ip daddr 198\.18\.0\.0\/16 return/);
+  t.regex(rules, /chain postrouting[\s\S]*meta mark & 0x00004000 == 0x00004000 return[\s\S]*ip saddr 198\.18\.\d+\.0\/24 ip daddr 198\.18\.0\.0\/16 return/);
   t.regex(rules, /ip saddr 198\.18\.0\.0\/16 ip daddr != 224\.0\.0\.0\/4 masquerade fully-random/);
   t.regex(rules, /chain forward[\s\S]*ip saddr 198\.18\.0\.0\/16 accept/);
   // The control-plane namespace has no route to the pod network: a reply proves masquerade.

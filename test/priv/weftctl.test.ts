@@ -2,6 +2,7 @@
  * weftctl against a real etcd (lab/etcd.ts) in a throwaway namespace that also stands in for a
  * node: an eth0 (veth) on the test underlay, and for `check` a flannel.1 with peer entries built
  * by hand with `ip`/`bridge` (the oracle), so check is judged against state weftctl did not make.
+ * `get nodes --watch` is also run across an etcd restart and a compaction of what it has seen.
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
@@ -159,13 +160,17 @@ test('get nodes: table, wide, json and yaml from the leases', async (t) => {
   t.regex(wide.stdout.split('\n')[0]!, /VNI\s+BACKEND\s+VTEP IP\s+ETCD LEASE\s+REVISION/);
   t.regex(wide.stdout, /198\.18\.2\.0\/24.*\s1\s+vxlan\s+198\.18\.2\.0\s+[0-9a-f]+\s+\d+/);
 
+  // A kubectl-style list, as `kubectl get -o json` prints one.
   const json = JSON.parse((await weftctl(['get', 'nodes', '-o', 'json'], env)).stdout);
-  t.is(json.nodes.length, 2);
-  t.like(json.nodes[0], { publicIP: '198.51.100.12', subnet: '198.18.2.0/24', vtepMAC: '0a:00:00:00:00:02', vni: 1, vtepIP: '198.18.2.0' });
-  t.true(json.nodes[0].expiresInSeconds > 3500 && json.nodes[0].expiresInSeconds <= 3600);
+  t.deepEqual(Object.keys(json), ['apiVersion', 'kind', 'items']);
+  t.like(json, { apiVersion: 'v1', kind: 'List' });
+  t.is(json.items.length, 2);
+  t.like(json.items[0], { publicIP: '198.51.100.12', subnet: '198.18.2.0/24', vtepMAC: '0a:00:00:00:00:02', vni: 1, vtepIP: '198.18.2.0' });
+  t.true(json.items[0].expiresInSeconds > 3500 && json.items[0].expiresInSeconds <= 3600);
   const yaml = parseYaml((await weftctl(['get', 'nodes', '-o', 'yaml'], env)).stdout);
+  t.like(yaml, { apiVersion: 'v1', kind: 'List' });
   t.deepEqual(
-    yaml.nodes.map((n: { subnet: string }) => n.subnet),
+    yaml.items.map((n: { subnet: string }) => n.subnet),
     ['198.18.2.0/24', '198.18.10.0/24'],
   );
   const bad = await weftctl(['get', 'nodes', '-o', 'xml'], env);
@@ -194,41 +199,96 @@ test('describe node by public IP or subnet; an unknown node is a clear error', a
   t.regex(missing.stderr, /no node with public IP or subnet "198\.51\.100\.99"/);
 });
 
-test('get nodes --watch streams added, modified and deleted leases', async (t) => {
-  const p = freshPrefix();
-  await putLease(p, '198.18.6.0/24', '198.51.100.16', '0a:00:00:00:00:06');
-  const child = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', WEFTCTL, 'get', 'nodes', '--watch', '-o', 'json'], {
-    env: { PATH: process.env.PATH!, WEFTD_ETCD_ENDPOINTS: etcd.endpoint, WEFTD_ETCD_PREFIX: p },
+/** `weftctl get nodes --watch -o json` running in the namespace, its events as `TYPE SUBNET PUBLIC-IP`. */
+function watchNodes(prefix: string) {
+  const child = scope.spawn('nsenter', [`--net=/run/netns/${ns}`, '--', WEFTCTL, 'get', 'nodes', '--watch', '-o', 'json'], {
+    env: { PATH: process.env.PATH!, WEFTD_ETCD_ENDPOINTS: etcd.endpoint, WEFTD_ETCD_PREFIX: prefix },
   });
-  t.teardown(() => child.kill('SIGKILL'));
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
+  let exit: number | null | undefined;
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const closed = new Promise<number | null>((r) => child.on('close', (code) => r((exit = code))));
   const events = () =>
     stdout
       .split('\n')
       .filter(Boolean)
-      .map((l) => JSON.parse(l) as { type: string; node: { subnet: string; publicIP: string } });
-  // The existing lease comes first, from the listing; the watch continues from that revision.
-  t.truthy(await eventually(() => events().length >= 1, 30_000), `no listing: ${stdout} ${stderr}`);
+      .map((l) => {
+        const e = JSON.parse(l) as { type: string; node: { subnet: string; publicIP: string } };
+        return `${e.type} ${e.node.subnet} ${e.node.publicIP}`;
+      });
+  /** Waits for `n` events in all; undefined when they do not come. */
+  const first = (n: number, timeoutMs = 20_000) => eventually(() => (events().length >= n ? events() : undefined), timeoutMs);
+  const output = () => `stdout:\n${stdout}\nstderr:\n${stderr}\nexit: ${exit}`;
+  return { child, closed, events, first, output, stderr: () => stderr, running: () => exit === undefined };
+}
+
+test('get nodes --watch streams added, modified and deleted leases', async (t) => {
+  const p = freshPrefix();
+  await putLease(p, '198.18.6.0/24', '198.51.100.16', '0a:00:00:00:00:06');
+  const w = watchNodes(p);
+  // The existing lease comes first, from the listing; the watch continues from there.
+  t.truthy(await w.first(1, 30_000), `no listing; ${w.output()}`);
   await putLease(p, '198.18.7.0/24', '198.51.100.17', '0a:00:00:00:00:07');
   await putLease(p, '198.18.7.0/24', '198.51.100.18', '0a:00:00:00:00:07');
   await etcd.del(`${p}/subnets/198.18.7.0-24`);
-  const seen = await eventually(() => (events().length >= 4 ? events() : undefined), 20_000);
-  t.truthy(seen, `watch output: ${stdout} ${stderr}`);
   t.deepEqual(
-    seen!.map((e) => [e.type, e.node.subnet, e.node.publicIP]),
-    [
-      ['ADDED', '198.18.6.0/24', '198.51.100.16'],
-      ['ADDED', '198.18.7.0/24', '198.51.100.17'],
-      ['MODIFIED', '198.18.7.0/24', '198.51.100.18'],
-      ['DELETED', '198.18.7.0/24', '198.51.100.18'],
-    ],
+    await w.first(4),
+    ['ADDED 198.18.6.0/24 198.51.100.16', 'ADDED 198.18.7.0/24 198.51.100.17', 'MODIFIED 198.18.7.0/24 198.51.100.18', 'DELETED 198.18.7.0/24 198.51.100.18'],
+    w.output(),
   );
-  child.kill('SIGINT');
-  const code = await new Promise((r) => child.on('close', r));
-  t.is(code, 0);
+  w.child.kill('SIGINT');
+  t.is(await w.closed, 0);
+});
+
+async function compactAll(): Promise<void> {
+  const status = JSON.parse(await etcd.ctl(['endpoint', 'status', '-w', 'json'])) as Array<{ Status: { header: { revision: number } } }>;
+  await etcd.ctl(['compact', String(status[0]!.Status.header.revision)]);
+}
+
+// Serial: it restarts etcd, and ava runs serial tests before the concurrent ones of a file.
+test.serial('get nodes --watch keeps printing changes across an etcd compaction', async (t) => {
+  const p = freshPrefix();
+  await putLease(p, '198.18.6.0/24', '198.51.100.16', '0a:00:00:00:00:06');
+  const w = watchNodes(p);
+  t.truthy(await w.first(1, 30_000), `no listing; ${w.output()}`);
+  await putLease(p, '198.18.7.0/24', '198.51.100.17', '0a:00:00:00:00:07');
+  t.deepEqual(await w.first(2), ['ADDED 198.18.6.0/24 198.51.100.16', 'ADDED 198.18.7.0/24 198.51.100.17'], w.output());
+
+  // Freeze weftctl, restart etcd under it (its stream breaks), change the lease table and
+  // compact past everything it has seen: when it resumes, the watch cannot continue from its
+  // revision and only a re-list brings these changes in.
+  process.kill(w.child.pid!, 'SIGSTOP');
+  try {
+    await etcd.stop();
+    await etcd.start();
+    await etcd.del(`${p}/subnets/198.18.6.0-24`);
+    await putLease(p, '198.18.7.0/24', '198.51.100.27', '0a:00:00:00:00:07');
+    await putLease(p, '198.18.8.0/24', '198.51.100.18', '0a:00:00:00:00:08');
+    await compactAll();
+  } finally {
+    process.kill(w.child.pid!, 'SIGCONT');
+  }
+  const gap = await w.first(5, 30_000);
+  t.truthy(gap, `changes behind the compaction; ${w.output()}`);
+  t.deepEqual(
+    gap!.slice(2).sort(),
+    ['ADDED 198.18.8.0/24 198.51.100.18', 'DELETED 198.18.6.0/24 198.51.100.16', 'MODIFIED 198.18.7.0/24 198.51.100.27'],
+    w.output(),
+  );
+  // The operator is told why, beside the output.
+  t.regex(w.stderr(), /^weftctl: lease watch: .*; re-listing$/m);
+
+  // The watch goes on after the re-list; a compaction while it is live changes nothing.
+  await putLease(p, '198.18.9.0/24', '198.51.100.19', '0a:00:00:00:00:09');
+  await compactAll();
+  await etcd.del(`${p}/subnets/198.18.7.0-24`);
+  t.deepEqual((await w.first(7))?.slice(5), ['ADDED 198.18.9.0/24 198.51.100.19', 'DELETED 198.18.7.0/24 198.51.100.27'], w.output());
+  t.true(w.running(), w.output());
+  w.child.kill('SIGINT');
+  t.is(await w.closed, 0, w.output());
+  t.is(w.events().length, 7, 'no event twice');
 });
 
 test('unreachable etcd: names the endpoint and what failed, no stack trace', async (t) => {

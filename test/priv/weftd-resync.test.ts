@@ -58,7 +58,7 @@ test('a put the watch stream lost is found by the resync, applied as an event, l
     }
     function run(resyncIntervalMs) {
       const r = { events: [], snapshots: 0, repairs: 0, logs: [] };
-      r.m = new EtcdSubnetManager({ endpoints, prefix, resyncIntervalMs, log: (l, msg) => r.logs.push(l + ' ' + msg), onResyncRepair: (n) => (r.repairs += n) });
+      r.m = new EtcdSubnetManager({ endpoints, prefix, resyncIntervalMs, log: Object.fromEntries(['error', 'warn', 'info', 'debug'].map((l) => [l, (msg) => r.logs.push(l + ' ' + msg)])), onResyncRepair: (n) => (r.repairs += n) });
       loseOnePut(r.m);
       r.ac = new AbortController();
       r.done = r.m.watchLeases(r.ac.signal, {

@@ -84,7 +84,7 @@ test.serial('two managers that pick the same last subnet at once: one txn wins, 
   const script = `
     import { EtcdSubnetManager } from ${JSON.stringify(etcdTs)};
     const logs = [];
-    const m = new EtcdSubnetManager({ endpoints: [${JSON.stringify(cluster.topo.state.etcdEndpoint)}], prefix: ${JSON.stringify(prefix)}, log: (l, msg) => logs.push(msg) });
+    const m = new EtcdSubnetManager({ endpoints: [${JSON.stringify(cluster.topo.state.etcdEndpoint)}], prefix: ${JSON.stringify(prefix)}, log: Object.fromEntries(['error', 'warn', 'info', 'debug'].map((l) => [l, (msg) => logs.push(msg)])) });
     const config = await m.getConfig();
     const attrs = (ip) => ({ publicIP: ip, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:07:0' + ip.slice(-1) } });
     const results = await Promise.allSettled([m.acquireLease(config, attrs('198.51.100.71'), { ttlSeconds: 60 }), m.acquireLease(config, attrs('198.51.100.72'), { ttlSeconds: 60 })]);

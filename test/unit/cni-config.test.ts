@@ -110,7 +110,7 @@ test('subnet file: flannel keys parsed; malformed is code 7', (t) => {
   t.is(formatCIDR(s.subnet), '198.18.1.0/24');
   t.is(formatIPv4(s.gateway), '198.18.1.1');
   t.is(s.mtu, 1450);
-  t.true(s.ipmasq);
+  t.true(s.ipMasq);
   for (const bad of [
     '',
     'FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\n',

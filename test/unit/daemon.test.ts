@@ -1,17 +1,19 @@
 import test from 'ava';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { parseCIDR } from '../../src/ip/ipv4.ts';
-import { Metrics } from '../../src/daemon/metrics.ts';
 import { envName, parseDuration, parseOptions, usage, UsageError } from '../../src/daemon/options.ts';
 import { parseListenAddr } from '../../src/daemon/server.ts';
-import { formatSubnetFile, readPreviousSubnet, writeSubnetFile } from '../../src/daemon/subnetfile.ts';
 import { errText } from '../../src/core/errors.ts';
 
 test('options: defaults', (t) => {
   const o = parseOptions([], {}, 'host-a')!;
   t.deepEqual(o, {
+    kubeSubnetMgr: false,
+    kubeconfig: undefined,
+    netConfigPath: '/etc/kube-weft/net-conf.json',
+    kubeAnnotationPrefix: 'flannel.alpha.coreos.com',
+    setNodeNetworkUnavailable: true,
+    proxy: false,
+    nodePortRange: { min: 30000, max: 32767 },
+    proxyFullSyncIntervalMs: 300_000,
     etcdEndpoints: ['http://127.0.0.1:2379'],
     etcdPrefix: '/coreos.com/network',
     etcdCafile: undefined,
@@ -30,6 +32,19 @@ test('options: defaults', (t) => {
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
   });
+});
+
+test('options: Kubernetes mode needs the node name (flag or $NODE_NAME), not etcd; bad prefix refused', (t) => {
+  t.throws(() => parseOptions(['--kube-subnet-mgr'], {}, 'host-a'), { instanceOf: UsageError, message: /node name/ });
+  const o = parseOptions([], { WEFTD_KUBE_SUBNET_MGR: 'true', NODE_NAME: 'node-1', WEFTD_ETCD_ENDPOINTS: '' }, 'host-a')!;
+  t.true(o.kubeSubnetMgr);
+  t.is(o.nodeName, 'node-1');
+  t.deepEqual(o.etcdEndpoints, []);
+  t.is(parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--kubeconfig', '/k'], { NODE_NAME: 'node-1' }, 'h')!.nodeName, 'n2');
+  t.false(parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--no-set-node-network-unavailable'], {}, 'h')!.setNodeNetworkUnavailable);
+  t.throws(() => parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--kube-annotation-prefix', 'Not_A/Prefix'], {}, 'h'), { instanceOf: UsageError, message: /annotation-prefix/ });
+  t.throws(() => parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--net-config-path', 'rel.json'], {}, 'h'), { instanceOf: UsageError, message: /net-config-path/ });
+  t.throws(() => parseOptions(['--etcd-endpoints', ''], {}, 'h'), { instanceOf: UsageError, message: /etcd-endpoints/ });
 });
 
 test('options: every flag also from WEFTD_* env, flags win', (t) => {
@@ -105,36 +120,6 @@ test('durations', (t) => {
   t.is(parseDuration('90', 'x'), 90_000);
   t.is(parseDuration('500ms', 'x'), 500);
   t.is(parseDuration('1.5m', 'x'), 90_000);
-});
-
-test('subnet file: flannel\'s variables, written atomically, previous subnet read back', (t) => {
-  const c = { network: parseCIDR('10.244.0.0/16'), subnet: parseCIDR('10.244.7.0/24'), mtu: 1450, ipMasq: true };
-  t.is(formatSubnetFile(c), 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n');
-  const dir = mkdtempSync(join(tmpdir(), 'weft-sf-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'sub', 'subnet.env');
-  t.is(readPreviousSubnet(file), undefined);
-  writeSubnetFile(file, c);
-  t.is(readFileSync(file, 'utf8'), formatSubnetFile(c));
-  t.deepEqual(readdirSync(join(dir, 'sub')), ['subnet.env'], 'no temp file left behind');
-  t.deepEqual(readPreviousSubnet(file), parseCIDR('10.244.7.0/24'));
-});
-
-test('metrics: Prometheus text with the four required families', (t) => {
-  const m = new Metrics();
-  m.peers = 3;
-  m.leaseExpiresAt = 100_000;
-  m.etcdErrors = 2;
-  m.repairs = 5;
-  m.resyncRepairs = 4;
-  const text = m.render(40_000);
-  t.regex(text, /^# TYPE weftd_peers gauge\nweftd_peers 3$/m);
-  t.regex(text, /^weftd_lease_expiry_seconds 60$/m);
-  t.regex(text, /^weftd_lease_expiry_timestamp_seconds 100$/m);
-  t.regex(text, /^# TYPE weftd_etcd_errors_total counter\nweftd_etcd_errors_total 2$/m);
-  t.regex(text, /^weftd_reconcile_repairs_total 5$/m);
-  t.regex(text, /^# TYPE weftd_watch_resync_repairs_total counter\nweftd_watch_resync_repairs_total 4$/m);
-  t.regex(text, /^weftd_ready 0$/m);
 });
 
 test('listen address and error text helpers', (t) => {

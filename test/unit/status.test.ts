@@ -1,10 +1,17 @@
-/** Pure parts of weftctl: duration and table rendering, the check comparison, the version. */
+/**
+ * Pure parts of weftctl: lease -> node, rendering (tables, the kubectl-style list), the watch's
+ * event table, the check comparison, the version.
+ */
 import test from 'ava';
 import { readFileSync } from 'node:fs';
-import { compareState, parseSubnetEnv, type KernelState } from '../../src/status/check.ts';
-import { nodeFromKv } from '../../src/status/collect.ts';
-import type { NetworkSummary, NodeLease } from '../../src/status/model.ts';
+import { compareState, type KernelState } from '../../src/status/check.ts';
+import { parseSubnetEnvVars } from '../../src/core/subnetenv.ts';
+import { NodeEvents } from '../../src/ctl/watch.ts';
+import { parseCIDR } from '../../src/ip/ipv4.ts';
+import { nodeFromLease } from '../../src/status/collect.ts';
+import type { NetworkSummary, NodeEvent, NodeLease } from '../../src/status/model.ts';
 import { formatDuration, renderNodes, table } from '../../src/status/render.ts';
+import { parseLeaseValue, subnetKey } from '../../src/subnet/lease.ts';
 import { VERSION } from '../../src/status/version.ts';
 
 test('VERSION is package.json version', (t) => {
@@ -26,28 +33,60 @@ test('table aligns columns', (t) => {
   t.is(table(['A', 'LONGER'], [['xxxx', 'y'], ['z', 'w']]), 'A      LONGER\nxxxx   y\nz      w\n');
 });
 
-const kv = (subnet: string, value: unknown, lease = '0') => ({
-  key: Buffer.from(`/p/subnets/${subnet.replace('/', '-')}`),
-  value: Buffer.from(JSON.stringify(value)),
-  mod_revision: '7',
-  create_revision: '5',
-  lease,
-});
+/** A lease as the subnet manager lists it, from flannel's JSON value. */
+function nodeOf(subnet: string, value: unknown, opts: { etcdLeaseId?: string; modRevision?: string; ttl?: { TTL: number; grantedTTL: number } } = {}): NodeLease {
+  const lease = { subnet: parseCIDR(subnet), ...parseLeaseValue(JSON.stringify(value)), modRevision: opts.modRevision ?? '7', etcdLeaseId: opts.etcdLeaseId };
+  return nodeFromLease(lease, { key: subnetKey('/p', lease.subnet), ttl: opts.ttl });
+}
 
-test('nodeFromKv reads flannel lease values and TTLs; foreign keys are skipped', (t) => {
-  const n = nodeFromKv(kv('198.18.3.0/24', { PublicIP: '198.51.100.13', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: 'AA:BB:CC:00:00:03' } }, '42'), {
-    TTL: 100,
-    grantedTTL: 160,
-  })!;
-  t.like(n, { publicIP: '198.51.100.13', subnet: '198.18.3.0/24', vtepIP: '198.18.3.0', vtepMAC: 'aa:bb:cc:00:00:03', vni: 1, etcdLeaseId: '42' });
+test('nodeFromLease reads flannel lease values and TTLs', (t) => {
+  const n = nodeOf('198.18.3.0/24', { PublicIP: '198.51.100.13', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: 'AA:BB:CC:00:00:03' } }, { etcdLeaseId: '42', ttl: { TTL: 100, grantedTTL: 160 } });
+  t.like(n, { publicIP: '198.51.100.13', subnet: '198.18.3.0/24', vtepIP: '198.18.3.0', vtepMAC: 'aa:bb:cc:00:00:03', vni: 1, etcdLeaseId: '42', key: '/p/subnets/198.18.3.0-24', modRevision: '7' });
   t.is(n.expiresInSeconds, 100);
   t.is(n.leaseAgeSeconds, 60);
-  t.is(nodeFromKv({ ...kv('x', {}), key: Buffer.from('/p/subnets/garbage') }), undefined);
-  t.is(nodeFromKv(kv('198.18.4.0/24', { BackendType: 'vxlan' })), undefined);
+  // An expired etcd lease (TTL -1) and a key without one carry no lease times.
+  const expired = nodeOf('198.18.4.0/24', { PublicIP: '198.51.100.14' }, { etcdLeaseId: '43', ttl: { TTL: -1, grantedTTL: 0 } });
+  t.is(expired.expiresInSeconds, undefined);
+  t.like(nodeOf('198.18.5.0/24', { PublicIP: '198.51.100.15' }), { etcdLeaseId: '0', vtepMAC: undefined, vni: undefined });
 });
 
 test('renderNodes says when there are no leases', (t) => {
-  t.is(renderNodes({ prefix: '/p', revision: '1', nodes: [] }, 'table'), 'No node leases found under "/p/subnets/".\n');
+  t.is(renderNodes({ location: '/p/subnets/', nodes: [] }, 'table'), 'No node leases found under "/p/subnets/".\n');
+});
+
+test('renderNodes -o json|yaml prints a kubectl-style List', (t) => {
+  const nodes = [nodeOf('198.18.2.0/24', { PublicIP: '198.51.100.12' }), nodeOf('198.18.3.0/24', { PublicIP: '198.51.100.13' })];
+  const json = JSON.parse(renderNodes({ location: '/p/subnets/', nodes }, 'json'));
+  t.deepEqual(Object.keys(json), ['apiVersion', 'kind', 'items']);
+  t.like(json, { apiVersion: 'v1', kind: 'List' });
+  t.deepEqual(json.items.map((n: NodeLease) => n.subnet), ['198.18.2.0/24', '198.18.3.0/24']);
+  t.regex(renderNodes({ location: '/p/subnets/', nodes: [] }, 'yaml'), /^apiVersion: v1\nkind: List\nitems: \[\]\n$/);
+});
+
+test('NodeEvents: puts and deletes after the printed list, and a re-list snapshot diffed against it', (t) => {
+  const at = (subnet: string, publicIP: string, modRevision: string) => nodeOf(subnet, { PublicIP: publicIP }, { modRevision });
+  const seen: string[] = [];
+  const ev = new NodeEvents([at('198.18.1.0/24', '198.51.100.11', '5'), at('198.18.2.0/24', '198.51.100.12', '6')], (e: NodeEvent) =>
+    seen.push(`${e.type} ${e.node.subnet} ${e.node.publicIP}`),
+  );
+  // The watch's first snapshot repeats what was printed: nothing to report.
+  ev.snapshot([at('198.18.1.0/24', '198.51.100.11', '5'), at('198.18.2.0/24', '198.51.100.12', '6')]);
+  t.deepEqual(seen, []);
+  ev.put(at('198.18.3.0/24', '198.51.100.13', '8'));
+  ev.put(at('198.18.3.0/24', '198.51.100.13', '8')); // a replay
+  ev.put(at('198.18.1.0/24', '198.51.100.21', '9'));
+  ev.delete('/p/subnets/198.18.9.0-24'); // never seen
+  // A re-list after compaction: 198.18.2.0/24 went away, 198.18.4.0/24 came, 198.18.3.0/24 changed.
+  ev.snapshot([at('198.18.1.0/24', '198.51.100.21', '9'), at('198.18.3.0/24', '198.51.100.33', '12'), at('198.18.4.0/24', '198.51.100.14', '11')]);
+  ev.delete('/p/subnets/198.18.4.0-24');
+  t.deepEqual(seen, [
+    'ADDED 198.18.3.0/24 198.51.100.13',
+    'MODIFIED 198.18.1.0/24 198.51.100.21',
+    'MODIFIED 198.18.3.0/24 198.51.100.33',
+    'ADDED 198.18.4.0/24 198.51.100.14',
+    'DELETED 198.18.2.0/24 198.51.100.12',
+    'DELETED 198.18.4.0/24 198.51.100.14',
+  ]);
 });
 
 const config: NetworkSummary = {
@@ -59,7 +98,7 @@ const config: NetworkSummary = {
 };
 
 function lease(subnet: string, publicIP: string, mac: string): NodeLease {
-  return nodeFromKv(kv(subnet, { PublicIP: publicIP, BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: mac } }))!;
+  return nodeOf(subnet, { PublicIP: publicIP, BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: mac } });
 }
 
 function healthyKernel(): KernelState {
@@ -70,7 +109,7 @@ function healthyKernel(): KernelState {
     neighs: [{ index: 5, ip: '198.18.2.0', mac: '0a:00:00:00:00:02', permanent: true }],
     fdbs: [{ index: 5, mac: '0a:00:00:00:00:02', dst: '198.51.100.12' }],
     routes: [{ dst: '198.18.2.0/24', gateway: '198.18.2.0', index: 5, onlink: true }],
-    subnetFile: parseSubnetEnv('FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n'),
+    subnetFile: Object.fromEntries(parseSubnetEnvVars('FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n')),
   };
 }
 

@@ -1,14 +1,16 @@
 import test from 'ava';
 import { formatIPv4, parseCIDR } from '../../src/ip/ipv4.ts';
 import { chooseSubnet, OutOfSubnetsError } from '../../src/subnet/choose.ts';
-import type { Clock } from '../../src/core/clock.ts';
+import { isRetryable } from '../../src/core/errors.ts';
+import { constantDelay } from '../../src/core/retry.ts';
+import { FakeClock } from '../helpers/clock.ts';
 import { ConfigError, parseNetworkConfig } from '../../src/subnet/config.ts';
 import { diffLeases } from '../../src/subnet/diff.ts';
-import { leaseFromKv } from '../../src/subnet/etcd.ts';
+import { EtcdUnavailableError, leaseFromKv } from '../../src/subnet/etcd.ts';
 import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, type Lease } from '../../src/subnet/lease.ts';
 import { renewDelay, Renewer } from '../../src/subnet/renew.ts';
 import { LeaseTracker, resyncLoop } from '../../src/subnet/resync.ts';
-import type { LeaseEvent } from '../../src/subnet/manager.ts';
+import { LeaseLostError, type LeaseEvent } from '../../src/subnet/manager.ts';
 
 const cfg = (o: object) => parseNetworkConfig(JSON.stringify(o));
 
@@ -142,28 +144,23 @@ test('diff: added, changed (MAC or IP) and removed leases', (t) => {
   t.deepEqual(diffLeases([a, b], [{ ...b }, { ...a }]), { added: [], changed: [], removed: [] });
 });
 
-/** A clock tests drive by hand: sleeps resolve when `advance` passes their deadline. */
-class FakeClock implements Clock {
-  t = 0;
-  sleeps: Array<{ until: number; resolve: () => void }> = [];
-  now() {
-    return this.t;
-  }
-  sleep(ms: number, signal?: AbortSignal) {
-    return new Promise<void>((resolve) => {
-      const entry = { until: this.t + ms, resolve };
-      this.sleeps.push(entry);
-      signal?.addEventListener('abort', () => resolve(), { once: true });
-    });
-  }
-  async advance(ms: number) {
-    this.t += ms;
-    for (const s of this.sleeps.filter((x) => x.until <= this.t)) s.resolve();
-    this.sleeps = this.sleeps.filter((x) => x.until > this.t);
-    for (let i = 0; i < 10; i++) await Promise.resolve();
-    await new Promise((r) => setImmediate(r));
-  }
-}
+test('diff: a custom "same" test decides what counts as changed', (t) => {
+  const a = { ...lease('10.244.1.0/24', '198.51.100.11'), modRevision: '5' };
+  const newer = { ...a, modRevision: '7' };
+  t.deepEqual(diffLeases([a], [newer]).changed, [], 'same attributes: no change by default');
+  const byRevision = diffLeases([a], [newer], { same: (x, y) => BigInt(x.modRevision!) >= BigInt(y.modRevision!) });
+  t.deepEqual(byRevision.changed, [{ before: a, after: newer }]);
+});
+
+test('errors: etcd unavailable and out of subnets are retryable, a lost lease and bad config are not', (t) => {
+  t.true(isRetryable(new EtcdUnavailableError('get "/k"', { cause: new Error('connection refused') })));
+  t.true(isRetryable(new Error('wrapped', { cause: new EtcdUnavailableError('list leases') })), 'through a cause');
+  const config = cfg({ Network: '198.18.0.0/16', SubnetLen: 17 });
+  const taken = [lease('198.18.0.0/17', '198.51.100.1'), lease('198.18.128.0/17', '198.51.100.2')];
+  t.true(isRetryable(t.throws(() => chooseSubnet({ config, leases: taken, publicIP: '198.51.100.3' }), { instanceOf: OutOfSubnetsError })));
+  t.false(isRetryable(new LeaseLostError('198.18.0.0/17', '198.51.100.9')));
+  t.false(isRetryable(t.throws(() => cfg({}), { instanceOf: ConfigError })));
+});
 
 test('renewal timing: renew the margin before expiry, never negative', (t) => {
   const h = 3_600_000;
@@ -180,7 +177,7 @@ test('renewer: renews at expiry - margin with an injected clock, retries failure
   const renewer = new Renewer(ttl, {
     clock,
     renewMarginMs: margin,
-    retryMs: 1000,
+    retry: constantDelay(1000),
     renew: async () => {
       calls.push(clock.now());
       if (fail) throw new Error('etcd down');
@@ -200,7 +197,7 @@ test('renewer: renews at expiry - margin with an injected clock, retries failure
   await clock.advance(ttl - margin);
   t.is(calls.length, 2);
   await clock.advance(1000);
-  t.is(calls.length, 3, 'retried after retryMs');
+  t.is(calls.length, 3, "retried after the policy's delay");
   fail = false;
   await clock.advance(1000);
   t.is(calls.length, 4);
@@ -223,6 +220,37 @@ const leaseAt = (cidr: string, modRevision: string, mac = 'aa:bb:cc:00:00:01'): 
   modRevision,
 });
 const evText = (evs: LeaseEvent[]) => evs.map((e) => (e.type === 'put' ? `put ${formatIPv4(e.lease.subnet.ip)}@${e.lease.modRevision}` : `delete ${formatIPv4(e.subnet.ip)}`));
+
+test('renewer: a lease without expiry is renewed only when kicked; failures wait as the policy says', async (t) => {
+  const clock = new FakeClock();
+  const calls: number[] = [];
+  let failing = 2;
+  const renewer = new Renewer(undefined, {
+    clock,
+    renewMarginMs: 1000,
+    retry: { delayMs: (failures) => failures * 100 },
+    renew: async () => {
+      calls.push(clock.now());
+      if (failing-- > 0) throw new Error('api server down');
+      return undefined;
+    },
+  });
+  const ac = new AbortController();
+  const running = renewer.run(ac.signal);
+  await clock.advance(365 * 86_400_000);
+  t.deepEqual(calls, [], 'no renewal without a kick, however long');
+  t.is(clock.sleeps.length, 0, 'and no timer either');
+  renewer.kick();
+  await clock.advance(0);
+  await clock.advance(100);
+  await clock.advance(200);
+  const at = 365 * 86_400_000;
+  t.deepEqual(calls, [at, at + 100, at + 300], 'first retry after 100 ms, the second after 200 ms');
+  await clock.advance(86_400_000);
+  t.is(calls.length, 3, 'back to waiting for a kick once it worked');
+  ac.abort();
+  await running;
+});
 
 test('resync: a listing that matches what the watch delivered finds nothing', (t) => {
   const tr = new LeaseTracker();

@@ -1,0 +1,48 @@
+/**
+ * Health and readiness. Ready: the device, every peer and the subnet file are in place. Healthy
+ * (liveness): no fatal error and, once running, the reconcile loop keeps completing passes (a
+ * wedged netlink socket or event loop shows up here); before that, only a fatal error counts.
+ */
+import type { Clock } from '../core/clock.ts';
+import type { Metrics } from './metrics.ts';
+
+export class Health {
+  readonly #opts: { clock: Clock; metrics: Metrics; stallMs: number };
+  #failed = false;
+  #ready = false;
+  #lastPassAt = 0;
+
+  /** `stallMs`: how long without a reconcile pass counts as wedged. */
+  constructor(opts: { clock: Clock; metrics: Metrics; stallMs: number }) {
+    this.#opts = opts;
+    opts.metrics.ready.set(0);
+  }
+
+  /** The stall limit for a reconcile interval: ten missed passes, at least 30 s. */
+  static stallMsFor(reconcileIntervalMs: number): number {
+    return Math.max(30_000, 10 * reconcileIntervalMs);
+  }
+
+  healthy(): boolean {
+    return !this.#failed && (!this.#lastPassAt || this.#opts.clock.now() - this.#lastPassAt < this.#opts.stallMs);
+  }
+
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  setReady(ready: boolean): void {
+    this.#ready = ready;
+    this.#opts.metrics.ready.set(ready ? 1 : 0);
+  }
+
+  /** A reconcile pass completed. */
+  passed(): void {
+    this.#lastPassAt = this.#opts.clock.now();
+  }
+
+  /** A fatal error: unhealthy from now on. */
+  fail(): void {
+    this.#failed = true;
+  }
+}

@@ -1,0 +1,383 @@
+/**
+ * The proxy's nftables ruleset (pure): {@link ProxyState} -> a {@link Ruleset} model -> `nft -f`
+ * script text, for a full sync (the whole table) or a partial one (only what changed).
+ *
+ * Layout follows kube-proxy's nftables mode, in weft's own table `ip weft-proxy`:
+ * - `nat-prerouting` / `nat-output` jump to `services`, which looks the packet up in the verdict
+ *   map `service-ips` (`ipv4_addr . inet_proto . inet_service`) and, for a local destination
+ *   address, in `service-nodeports`; each element jumps (`goto`) to a per-Service-port chain;
+ * - a Service-port chain picks an endpoint with `numgen random mod N vmap {...}` (after the
+ *   ClientIP-affinity lookups); an endpoint chain marks hairpin traffic for masquerade and DNATs;
+ * - masquerade is kube-proxy's mark convention: `mark-for-masquerade` sets 0x4000 and
+ *   `nat-postrouting` masquerades marked packets, clearing the bit, so weft's own masquerade
+ *   table and this one agree on one meaning of that bit;
+ * - Service ports with no usable endpoint are rejected (TCP reset, else ICMP port unreachable)
+ *   from `filter-input` / `filter-forward` / `filter-output` through `no-endpoint-*` maps,
+ *   because `reject` is not allowed in prerouting; unknown ports of a ClusterIP are rejected in
+ *   `cluster-ips-check` after DNAT had its chance.
+ *
+ * Same-node endpoints: when client and endpoint hang off one bridge, the endpoint's reply is
+ * bridged straight back to the client, never routed through the node, so conntrack never sees
+ * it and the client gets a reply from the pod IP instead of the ClusterIP (and resets it). Two
+ * cures: masquerade such traffic, or have bridged IPv4 frames traverse the ip hooks
+ * (`br_netfilter`, `net.bridge.bridge-nf-call-iptables=1`, per network namespace on this
+ * kernel). weft chooses br_netfilter: it keeps the client's source address (what NetworkPolicy,
+ * access logs and `externalTrafficPolicy: Local` exist to preserve), it is what kubeadm's
+ * preflight and every bridge-based CNI setup already require, and with it the DNAT of a
+ * bridged frame is undone for the reply by conntrack like any routed flow. Masquerade stays for
+ * the two cases that need it whatever the bridge does: hairpin (a pod reaching itself through
+ * its Service; the bridge port also needs hairpin mode, which the CNI plugin sets) and traffic
+ * from outside the cluster CIDR. The cost is that every bridged frame pays a conntrack lookup.
+ *
+ * Names: chains and sets are `<kind>-<HASH>-<ns>/<name>/<proto>/<port>[__<ip>/<port>]`, the hash
+ * being the base32 SHA-256 of the identity (stable across restarts and versions), as kube-proxy
+ * names its chains. Every part is validated (DNS labels, canonical IPv4, integers) before it gets
+ * here, and {@link nftName} checks the whole name again, so no input string reaches nft text
+ * unchecked; the only comment is a constant.
+ *
+ * Full sync: `add table` + `delete table` + the whole table, one transaction, so there is no
+ * moment without rules and whatever someone else changed inside the table is gone. It also
+ * empties the ClientIP affinity sets (sticky clients pick again once per full sync). Partial
+ * sync: flush and rewrite only chains whose rules changed, delete chains and sets nobody
+ * references any more, and add or delete only the map elements that differ, in one transaction.
+ */
+import { hash } from 'node:crypto';
+import { formatCIDR, formatIPv4, parseIPv4, type IPv4Net } from '../ip/ipv4.ts';
+import type { ProxyEndpoint, ProxyState, ServicePortState } from './endpoints.ts';
+
+export const PROXY_TABLE = 'weft-proxy';
+/** kube-proxy's masquerade mark bit. */
+export const MASQ_MARK = 0x4000;
+
+export interface RulesetOptions {
+  /** The pod network: ClusterIP traffic from outside it is masqueraded (kube-proxy's --cluster-cidr). */
+  clusterCIDR?: IPv4Net;
+  /**
+   * Addresses NodePorts answer on. Unset: every local address but 127.0.0.0/8, matched with
+   * `fib daddr type local` as kube-proxy does without --nodeport-addresses.
+   */
+  nodePortAddresses?: string[];
+}
+
+/** The ruleset as data: what a sync diffs and renders. */
+export interface Ruleset {
+  /** Table, base chains, helper chains, maps: everything that does not depend on Services. */
+  frame: string[];
+  /** Affinity sets: name -> declaration. */
+  sets: Map<string, string>;
+  /** Service-port, external, local and endpoint chains: name -> rules. */
+  chains: Map<string, string[]>;
+  /** Map and set elements: map name -> key -> value ("" for a plain set). */
+  elements: Map<string, Map<string, string>>;
+}
+
+const T = `ip ${PROXY_TABLE}`;
+const NAME = /^[a-zA-Z][a-zA-Z0-9/_.-]*$/;
+
+/** Returns `s` when it is safe as an unquoted nft chain or set name; throws otherwise. */
+export function nftName(s: string): string {
+  if (s.length > 255 || !NAME.test(s)) throw new Error(`unsafe nft name "${s.slice(0, 80)}"`);
+  return s;
+}
+
+function ip(s: string): string {
+  return formatIPv4(parseIPv4(s));
+}
+
+function int(n: number, min: number, max: number): string {
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`number ${n} outside ${min}..${max}`);
+  return String(n);
+}
+
+const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+
+// Every sync rebuilds every name; the same names come back each time, so remember them
+// (bounded: cleared when full, which only costs recomputing).
+const hashMemo = new Map<string, string>();
+const HASH_MEMO_MAX = 200_000;
+
+/** The first 8 base32 characters of SHA-256(`s`), kube-proxy's `hashAndTruncate`. */
+export function shortHash(s: string): string {
+  const hit = hashMemo.get(s);
+  if (hit !== undefined) return hit;
+  const h = hash('sha256', s, 'buffer');
+  let out = '';
+  // 8 characters x 5 bits = the first 40 bits (5 bytes)
+  const acc = h[0]! * 2 ** 32 + h[1]! * 2 ** 24 + h[2]! * 2 ** 16 + h[3]! * 2 ** 8 + h[4]!;
+  for (let i = 7; i >= 0; i--) out += B32[Math.floor(acc / 2 ** (i * 5)) % 32];
+  if (hashMemo.size >= HASH_MEMO_MAX) hashMemo.clear();
+  hashMemo.set(s, out);
+  return out;
+}
+
+function proto(p: ServicePortState['protocol']): string {
+  return p === 'TCP' ? 'tcp' : p === 'UDP' ? 'udp' : 'sctp';
+}
+
+function spLabel(sp: ServicePortState): string {
+  return `${sp.namespace}/${sp.name}/${proto(sp.protocol)}/${sp.portName || int(sp.port, 1, 65535)}`;
+}
+
+function chainName(kind: string, sp: ServicePortState, ep?: ProxyEndpoint): string {
+  const label = ep ? `${spLabel(sp)}__${ip(ep.ip)}/${int(ep.port, 1, 65535)}` : spLabel(sp);
+  return nftName(`${kind}-${shortHash(`${kind}/${label}`)}-${label}`);
+}
+
+/** The Service-port chain's name (cluster-wide endpoints). */
+export function serviceChain(sp: ServicePortState): string {
+  return chainName('svc', sp);
+}
+
+/** The chain over this node's endpoints (Local traffic policies). */
+export function localChain(sp: ServicePortState): string {
+  return chainName('local', sp);
+}
+
+/** The NodePort entry chain. */
+export function externalChain(sp: ServicePortState): string {
+  return chainName('ext', sp);
+}
+
+/** The endpoint chain for `ep` of `sp`. */
+export function endpointChain(sp: ServicePortState, ep: ProxyEndpoint): string {
+  return chainName('ep', sp, ep);
+}
+
+/** The ClientIP affinity set of `ep` of `sp` (its timeout is part of the identity). */
+export function affinitySet(sp: ServicePortState, ep: ProxyEndpoint): string {
+  const label = `${spLabel(sp)}__${ip(ep.ip)}/${int(ep.port, 1, 65535)}`;
+  return nftName(`aff-${shortHash(`aff/${label}/${sp.affinitySeconds}`)}-${label}`);
+}
+
+function frame(opts: RulesetOptions): string[] {
+  const npMatch = opts.nodePortAddresses ? 'ip daddr @nodeport-ips' : 'fib daddr type local ip daddr != 127.0.0.0/8';
+  const lines = [
+    `add table ${T} { comment "weft service proxy"; }`,
+    `add set ${T} cluster-ips { type ipv4_addr; }`,
+    `add map ${T} service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }`,
+    `add map ${T} service-nodeports { type inet_proto . inet_service : verdict; }`,
+    `add map ${T} no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict; }`,
+    `add map ${T} no-endpoint-nodeports { type inet_proto . inet_service : verdict; }`,
+  ];
+  if (opts.nodePortAddresses) {
+    const addrs = [...new Set(opts.nodePortAddresses.map(ip))].sort((a, b) => parseIPv4(a) - parseIPv4(b));
+    lines.push(`add set ${T} nodeport-ips { type ipv4_addr; }`);
+    if (addrs.length) lines.push(`add element ${T} nodeport-ips { ${addrs.join(', ')} }`);
+  }
+  const base: Array<[string, string]> = [
+    ['filter-input', 'type filter hook input priority -110; policy accept;'],
+    ['filter-forward', 'type filter hook forward priority -110; policy accept;'],
+    ['filter-output', 'type filter hook output priority -110; policy accept;'],
+    // after nat-output (-100): only traffic DNAT did not take is still addressed to a ClusterIP
+    ['filter-output-post-dnat', 'type filter hook output priority -90; policy accept;'],
+    ['nat-prerouting', 'type nat hook prerouting priority dstnat; policy accept;'],
+    ['nat-output', 'type nat hook output priority -100; policy accept;'],
+    ['nat-postrouting', 'type nat hook postrouting priority srcnat; policy accept;'],
+  ];
+  for (const [name, spec] of base) lines.push(`add chain ${T} ${name} { ${spec} }`);
+  for (const name of ['mark-for-masquerade', 'masquerading', 'services', 'service-endpoints-check', 'nodeport-endpoints-check', 'cluster-ips-check', 'reject-chain']) {
+    lines.push(`add chain ${T} ${name}`);
+  }
+  const mark = `0x${MASQ_MARK.toString(16)}`;
+  const rules: Array<[string, string]> = [
+    ['filter-input', 'ct state new jump nodeport-endpoints-check'],
+    ['filter-input', 'ct state new jump service-endpoints-check'],
+    ['filter-forward', 'ct state new jump service-endpoints-check'],
+    ['filter-forward', 'ct state new jump cluster-ips-check'],
+    ['filter-output', 'ct state new jump service-endpoints-check'],
+    ['filter-output-post-dnat', 'ct state new jump cluster-ips-check'],
+    ['nat-prerouting', 'jump services'],
+    ['nat-output', 'jump services'],
+    ['nat-postrouting', 'jump masquerading'],
+    ['mark-for-masquerade', `meta mark set meta mark or ${mark}`],
+    ['masquerading', `meta mark & ${mark} == 0 return`],
+    ['masquerading', `meta mark set meta mark xor ${mark}`],
+    ['masquerading', 'masquerade fully-random'],
+    ['services', 'ip daddr . meta l4proto . th dport vmap @service-ips'],
+    ['services', `${npMatch} meta l4proto . th dport vmap @service-nodeports`],
+    ['service-endpoints-check', 'ip daddr . meta l4proto . th dport vmap @no-endpoint-services'],
+    ['nodeport-endpoints-check', `${npMatch} meta l4proto . th dport vmap @no-endpoint-nodeports`],
+    ['cluster-ips-check', 'ip daddr @cluster-ips goto reject-chain'],
+    ['reject-chain', 'meta l4proto tcp reject with tcp reset'],
+    ['reject-chain', 'reject'],
+  ];
+  for (const [chain, rule] of rules) lines.push(`add rule ${T} ${chain} ${rule}`);
+  return lines;
+}
+
+function setElement(rs: Ruleset, map: string, key: string, value: string): void {
+  let m = rs.elements.get(map);
+  if (!m) rs.elements.set(map, (m = new Map()));
+  m.set(key, value);
+}
+
+/** A chain that picks one of `eps` (affinity first), or undefined when `eps` is empty. */
+function pickRules(rs: Ruleset, sp: ServicePortState, eps: ProxyEndpoint[], pre: string[]): string[] {
+  const rules = [...pre];
+  if (sp.affinitySeconds !== undefined) {
+    for (const ep of eps) rules.push(`ip saddr @${affinitySet(sp, ep)} goto ${endpointChain(sp, ep)}`);
+  }
+  const arms = eps.map((ep, i) => `${i} : goto ${endpointChain(sp, ep)}`);
+  rules.push(`numgen random mod ${eps.length} vmap { ${arms.join(', ')} }`);
+  for (const ep of eps) addEndpoint(rs, sp, ep);
+  return rules;
+}
+
+function addEndpoint(rs: Ruleset, sp: ServicePortState, ep: ProxyEndpoint): void {
+  const name = endpointChain(sp, ep);
+  if (rs.chains.has(name)) return;
+  const addr = ip(ep.ip);
+  const rules = [`ip saddr ${addr} jump mark-for-masquerade`];
+  if (sp.affinitySeconds !== undefined) {
+    const set = affinitySet(sp, ep);
+    rs.sets.set(set, `{ type ipv4_addr; flags dynamic,timeout; timeout ${int(sp.affinitySeconds, 1, 86400)}s; }`);
+    rules.push(`update @${set} { ip saddr }`);
+  }
+  rules.push(`meta l4proto ${proto(sp.protocol)} dnat to ${addr}:${int(ep.port, 1, 65535)}`);
+  rs.chains.set(name, rules);
+}
+
+/** Builds the ruleset model for `state` (pure). */
+export function buildRuleset(state: ProxyState, opts: RulesetOptions = {}): Ruleset {
+  const rs: Ruleset = { frame: frame(opts), sets: new Map(), chains: new Map(), elements: new Map() };
+  for (const sp of state.ports) {
+    const cip = ip(sp.clusterIP);
+    const p = proto(sp.protocol);
+    const port = int(sp.port, 1, 65535);
+    const key = `${cip} . ${p} . ${port}`;
+    setElement(rs, 'cluster-ips', cip, '');
+    let svc: string | undefined;
+    if (sp.clusterEndpoints.length) {
+      svc = serviceChain(sp);
+      const pre = opts.clusterCIDR && !sp.internalLocal ? [`ip daddr ${cip} ${p} dport ${port} ip saddr != ${formatCIDR(opts.clusterCIDR)} jump mark-for-masquerade`] : [];
+      rs.chains.set(svc, pickRules(rs, sp, sp.clusterEndpoints, pre));
+    }
+    let local: string | undefined;
+    if (sp.localEndpoints.length && (sp.internalLocal || (sp.externalLocal && sp.nodePort !== undefined))) {
+      local = localChain(sp);
+      rs.chains.set(local, pickRules(rs, sp, sp.localEndpoints, []));
+    }
+    const internal = sp.internalLocal ? local : svc;
+    if (internal) setElement(rs, 'service-ips', key, `goto ${internal}`);
+    else setElement(rs, 'no-endpoint-services', key, 'goto reject-chain');
+
+    if (sp.nodePort === undefined) continue;
+    const npKey = `${p} . ${int(sp.nodePort, 1, 65535)}`;
+    if (!svc) {
+      setElement(rs, 'no-endpoint-nodeports', npKey, 'goto reject-chain');
+      continue;
+    }
+    const ext = externalChain(sp);
+    if (!sp.externalLocal) {
+      rs.chains.set(ext, ['jump mark-for-masquerade', `goto ${svc}`]);
+    } else {
+      // the node's own traffic to its NodePort has no client address worth keeping
+      const rules = ['fib saddr type local jump mark-for-masquerade', `fib saddr type local goto ${svc}`];
+      // no endpoint here: drop rather than reject, so a load balancer's health check moves on
+      rules.push(local ? `goto ${local}` : 'drop');
+      rs.chains.set(ext, rules);
+    }
+    setElement(rs, 'service-nodeports', npKey, `goto ${ext}`);
+  }
+  return rs;
+}
+
+function elementLines(verb: 'add' | 'delete', map: string, entries: Array<[string, string]>, withValues: boolean): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < entries.length; i += 500) {
+    const chunk = entries.slice(i, i + 500).map(([k, v]) => (withValues && v ? `${k} : ${v}` : k));
+    out.push(`${verb} element ${T} ${map} { ${chunk.join(', ')} }`);
+  }
+  return out;
+}
+
+function sortedKeys<V>(m: Map<string, V>): string[] {
+  return [...m.keys()].sort();
+}
+
+/** The whole table, replacing whatever is there, as one `nft -f` transaction. */
+export function fullScript(rs: Ruleset): string {
+  const lines = [`add table ${T}`, `delete table ${T}`, ...rs.frame];
+  for (const name of sortedKeys(rs.sets)) lines.push(`add set ${T} ${name} ${rs.sets.get(name)}`);
+  const chains = sortedKeys(rs.chains);
+  for (const name of chains) lines.push(`add chain ${T} ${name}`);
+  for (const name of chains) for (const r of rs.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
+  for (const map of sortedKeys(rs.elements)) {
+    const m = rs.elements.get(map)!;
+    lines.push(...elementLines('add', map, sortedKeys(m).map((k) => [k, m.get(k)!]), true));
+  }
+  return lines.join('\n') + '\n';
+}
+
+function sameRules(a: string[] | undefined, b: string[] | undefined): boolean {
+  return !!a && !!b && a.length === b.length && a.every((r, i) => r === b[i]);
+}
+
+/** What a partial sync changes (for logs, metrics and tests). */
+export interface RulesetDiff {
+  addedChains: string[];
+  changedChains: string[];
+  removedChains: string[];
+  addedSets: string[];
+  removedSets: string[];
+  /** Elements added or deleted, counted per map. */
+  elementChanges: number;
+}
+
+/** The differences between two rulesets with the same frame. */
+export function diffRulesets(prev: Ruleset, next: Ruleset): RulesetDiff {
+  const d: RulesetDiff = { addedChains: [], changedChains: [], removedChains: [], addedSets: [], removedSets: [], elementChanges: 0 };
+  for (const name of sortedKeys(next.chains)) {
+    if (!prev.chains.has(name)) d.addedChains.push(name);
+    else if (!sameRules(prev.chains.get(name), next.chains.get(name))) d.changedChains.push(name);
+  }
+  for (const name of sortedKeys(prev.chains)) if (!next.chains.has(name)) d.removedChains.push(name);
+  for (const name of sortedKeys(next.sets)) if (prev.sets.get(name) !== next.sets.get(name)) d.addedSets.push(name);
+  for (const name of sortedKeys(prev.sets)) if (!next.sets.has(name)) d.removedSets.push(name);
+  for (const map of new Set([...prev.elements.keys(), ...next.elements.keys()])) {
+    const a = prev.elements.get(map) ?? new Map<string, string>();
+    const b = next.elements.get(map) ?? new Map<string, string>();
+    for (const [k, v] of a) if (b.get(k) !== v) d.elementChanges++;
+    for (const [k, v] of b) if (a.get(k) !== v) d.elementChanges++;
+  }
+  return d;
+}
+
+/** True when `prev` and `next` differ only in what a partial sync can change. */
+export function canPartial(prev: Ruleset, next: Ruleset): boolean {
+  if (prev.frame.length !== next.frame.length || !prev.frame.every((l, i) => l === next.frame[i])) return false;
+  // a set whose declaration changed keeps its name only if the timeout is unchanged (it is
+  // part of the name), so a same-named set with a new declaration means a bug: go full
+  for (const [name, decl] of next.sets) if (prev.sets.has(name) && prev.sets.get(name) !== decl) return false;
+  return true;
+}
+
+/**
+ * The transaction that turns `prev` (what the kernel has) into `next`, touching only what
+ * changed; "" when nothing did. Call only when {@link canPartial} holds.
+ */
+export function partialScript(prev: Ruleset, next: Ruleset): string {
+  const d = diffRulesets(prev, next);
+  const lines: string[] = [];
+  // 1. empty changed and doomed chains, so nothing references what step 3 deletes
+  for (const name of [...d.changedChains, ...d.removedChains]) lines.push(`flush chain ${T} ${name}`);
+  // 2. drop elements that go away or change value (a map key cannot be overwritten in place)
+  const adds: Array<[string, Array<[string, string]>]> = [];
+  for (const map of [...new Set([...prev.elements.keys(), ...next.elements.keys()])].sort()) {
+    const a = prev.elements.get(map) ?? new Map<string, string>();
+    const b = next.elements.get(map) ?? new Map<string, string>();
+    const del = [...a.keys()].filter((k) => b.get(k) !== a.get(k)).sort();
+    if (del.length) lines.push(...elementLines('delete', map, del.map((k) => [k, '']), false));
+    const add = [...b.keys()].filter((k) => a.get(k) !== b.get(k)).sort();
+    if (add.length) adds.push([map, add.map((k) => [k, b.get(k)!])]);
+  }
+  // 3. delete what nobody references now
+  for (const name of d.removedChains) lines.push(`delete chain ${T} ${name}`);
+  for (const name of d.removedSets) lines.push(`delete set ${T} ${name}`);
+  // 4. declare, 5. fill, 6. point the maps at them
+  for (const name of d.addedSets) lines.push(`add set ${T} ${name} ${next.sets.get(name)}`);
+  for (const name of d.addedChains) lines.push(`add chain ${T} ${name}`);
+  for (const name of [...d.addedChains, ...d.changedChains]) for (const r of next.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
+  for (const [map, entries] of adds) lines.push(...elementLines('add', map, entries, true));
+  return lines.length ? lines.join('\n') + '\n' : '';
+}

@@ -1,0 +1,181 @@
+/**
+ * Syncing on a real kernel: partial syncs touch only the changed Service (rule handles of the
+ * others survive), a deleted Service leaves no chain, stale UDP conntrack entries are deleted,
+ * and drift is noticed and repaired. Topology in proxy-topo.ts; the oracles are `nft -j` and
+ * `conntrack -L` in the node namespace and what the echo servers answer.
+ */
+import test from 'ava';
+import { selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
+import { nftApply } from '../../src/proxy/nft.ts';
+import { buildRuleset, fullScript } from '../../src/proxy/ruleset.ts';
+import { ProxySyncer } from '../../src/proxy/sync.ts';
+import { validateEndpointSlice, validateService } from '../../src/proxy/types.ts';
+import { buildTopo, POD_IPS, rawService, rawSlice, tally, type Topo } from './proxy-topo.ts';
+
+let topo: Topo;
+
+const ports = [
+  { name: 'http', port: 8080, protocol: 'TCP' },
+  { name: 'dns', port: 5353, protocol: 'UDP' },
+];
+const svcPorts = [{ name: 'http', port: 80 }, { name: 'dns', port: 53, protocol: 'UDP' }];
+
+/** Desired state from API-shaped objects: service name -> [clusterIP, endpoints]. */
+function state(spec: Record<string, [string, Array<{ ip: string; ready?: boolean }>]>): ProxyState {
+  const services = Object.entries(spec).map(([name, [ip]]) => validateService(rawService(name, { clusterIP: ip, ports: svcPorts })));
+  const slices = Object.entries(spec).map(([name, [, eps]]) => validateEndpointSlice(rawSlice(name, eps, ports)));
+  return selectEndpoints(
+    services.map((r) => (r.ok ? r.value : fail(r.reason))),
+    slices.map((r) => (r.ok ? r.value : fail(r.reason))),
+    { nodeName: 'node-a' },
+  );
+}
+
+function fail(reason: string): never {
+  throw new Error(`fixture invalid: ${reason}`);
+}
+
+interface Listing {
+  chains: Set<string>;
+  /** chain -> rule handles in order. */
+  handles: Map<string, number[]>;
+  elements: Map<string, string>;
+}
+
+function listing(): Listing {
+  const doc = JSON.parse(topo.nsh(topo.node, '/usr/sbin/nft', ['-j', 'list', 'table', 'ip', 'weft-proxy'])) as { nftables: Array<Record<string, any>> };
+  const l: Listing = { chains: new Set(), handles: new Map(), elements: new Map() };
+  for (const o of doc.nftables) {
+    if (o.chain) l.chains.add(o.chain.name);
+    if (o.rule) l.handles.set(o.rule.chain, [...(l.handles.get(o.rule.chain) ?? []), o.rule.handle]);
+    if (o.map || o.set) {
+      const m = o.map ?? o.set;
+      l.elements.set(m.name, JSON.stringify(m.elem ?? []));
+    }
+  }
+  return l;
+}
+
+const A = '198.19.0.20';
+const B = '198.19.0.21';
+const C = '198.19.0.22';
+const [P1, P2, P3] = POD_IPS as [string, string, string];
+
+test.before(async () => {
+  topo = await buildTopo();
+});
+
+test.after.always(async () => {
+  await topo?.scope.cleanup();
+});
+
+test.serial('partial sync rewrites only the changed service; a deleted one leaves no chain', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
+  const all = [{ ip: P1 }, { ip: P2 }, { ip: P3 }];
+  t.is((await syncer.sync(state({ a: [A, all], b: [B, all], c: [C, all] }))).mode, 'full');
+  const before = listing();
+  t.true([...before.chains].some((c) => c.includes('/c/')));
+
+  const r = await syncer.sync(state({ a: [A, all], b: [B, [{ ip: P1 }, { ip: P2 }, { ip: P3, ready: false }]] }));
+  t.is(r.mode, 'partial');
+  const after = listing();
+  t.deepEqual([...after.chains].filter((c) => c.includes('/c/')), [], 'no chain of the deleted service');
+  t.false(after.elements.get('service-ips')!.includes(C), 'no map element of the deleted service');
+  t.false(after.elements.get('cluster-ips')!.includes(C));
+  for (const [chain, handles] of before.handles) {
+    if (chain.includes('/a/') || !/^(svc|ep|ext|local)-/.test(chain)) t.deepEqual(after.handles.get(chain), handles, `untouched: ${chain}`);
+  }
+  const bSvc = [...after.chains].filter((c) => c.startsWith('svc-') && c.includes('/b/'));
+  t.is(bSvc.length, 2);
+  for (const c of bSvc) t.notDeepEqual(after.handles.get(c), before.handles.get(c), `rewritten: ${c}`);
+  t.false([...after.chains].some((c) => c.includes('/b/') && c.includes(`__${P3}/`)), 'the not-ready endpoint chain is gone');
+  t.true([...after.chains].some((c) => c.includes('/b/') && c.includes(`__${P1}/`)), 'kept endpoint chains stay');
+  t.deepEqual(r.diff!.addedChains, []);
+
+  const counts = tally(await topo.request(topo.client, { host: B, port: 80, count: 60 }));
+  t.deepEqual(Object.keys(counts).sort(), ['pod-1', 'pod-2'], 'not-ready endpoint excluded');
+  t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 60 }))).sort(), ['pod-1', 'pod-2', 'pod-3']);
+  const [gone] = await topo.request(topo.client, { host: C, port: 80, timeoutMs: 700 });
+  t.is(gone!.err, 'TIMEOUT', 'a deleted service is no longer answered nor rejected');
+
+  t.is((await syncer.sync(state({ a: [A, all], b: [B, [{ ip: P1 }, { ip: P2 }, { ip: P3, ready: false }]] }))).mode, 'unchanged');
+  const [none] = await Promise.all([syncer.sync(state({ a: [A, all], b: [B, []] })), syncer.sync(state({ a: [A, all], b: [B, [{ ip: P2 }]] }))]);
+  t.is(none.mode, 'partial', 'concurrent syncs are serialized and each is a valid partial');
+  t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: B, port: 80, count: 20 }))), ['pod-2']);
+});
+
+test.serial('stale UDP conntrack entries to a removed endpoint are deleted after the sync', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
+  const one = state({ d: [A, [{ ip: P1 }]] });
+  const moved = state({ d: [A, [{ ip: P2 }]] });
+  await syncer.sync(one, { full: true });
+  const srcPort = 40053;
+  const udp = () => topo.request(topo.client, { host: A, port: 53, proto: 'udp', srcPort });
+  t.is((await udp())[0]!.reply, 'pod-1 198.18.0.10');
+  const flows = () => topo.nsh(topo.node, 'conntrack', ['-L', '-p', 'udp', '--orig-dst', A]).trim();
+  t.regex(flows(), new RegExp(`src=${P1.replace(/\./g, '\\.')} dst=198\\.18\\.0\\.10 sport=5353 dport=${srcPort}`));
+
+  // control: the same rules applied without the cleanup keep the flow on the old endpoint
+  await nftApply(fullScript(buildRuleset(moved)), { netns: topo.nodeNetns });
+  t.is((await udp())[0]!.reply, 'pod-1 198.18.0.10', 'stale flow (kubernetes #19029) reproduced');
+
+  const r = await syncer.sync(moved, { full: true });
+  t.true(r.flowsDeleted >= 1, `deleted ${r.flowsDeleted}`);
+  t.notRegex(flows(), new RegExp(`src=${P1.replace(/\./g, '\\.')} `));
+  t.is((await udp())[0]!.reply, 'pod-2 198.18.0.10', 'the same client port now reaches the new endpoint');
+  const tcp = await topo.request(topo.client, { host: A, port: 80 });
+  t.is(tcp[0]!.reply, 'pod-2 198.18.0.10');
+});
+
+test.serial('drift (a rule deleted, the table deleted) is noticed and repaired by a full sync', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
+  const s = state({ e: [A, [{ ip: P3 }]] });
+  t.false(await syncer.drifted(), 'nothing to compare before the first sync');
+  await syncer.sync(s);
+  t.false(await syncer.drifted());
+  const l = listing();
+  const chain = [...l.chains].find((c) => c.startsWith('ep-') && c.includes('/e/tcp/'))!;
+  const dnat = l.handles.get(chain)!.at(-1)!;
+  topo.nsh(topo.node, '/usr/sbin/nft', ['delete', 'rule', 'ip', 'weft-proxy', chain, 'handle', String(dnat)]);
+  const [broken] = await topo.request(topo.client, { host: A, port: 80, timeoutMs: 700 });
+  t.truthy(broken!.err, 'the damage is real');
+  t.true(await syncer.drifted());
+  t.is((await syncer.sync(s)).mode, 'full', 'after drift the next sync is full even with nothing changed');
+  t.false(await syncer.drifted());
+  t.is((await topo.request(topo.client, { host: A, port: 80 }))[0]!.reply, 'pod-3 198.18.0.10');
+
+  topo.nsh(topo.node, '/usr/sbin/nft', ['delete', 'table', 'ip', 'weft-proxy']);
+  t.true(await syncer.drifted());
+  t.is((await syncer.sync(s)).mode, 'full');
+  t.is((await topo.request(topo.client, { host: A, port: 80 }))[0]!.reply, 'pod-3 198.18.0.10');
+});
+
+test.serial('readBack "full": after a partial sync the next check re-baselines, later drift is seen', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns, readBack: 'full' });
+  t.is((await syncer.sync(state({ g: [A, [{ ip: P1 }, { ip: P2 }]] }))).mode, 'full');
+  t.false(await syncer.drifted());
+  t.is((await syncer.sync(state({ g: [A, [{ ip: P1 }]] }))).mode, 'partial');
+  t.false(await syncer.drifted(), 'baseline taken');
+  t.false(await syncer.drifted());
+  const chain = [...listing().chains].find((c) => c.startsWith('svc-') && c.includes('/g/tcp/'))!;
+  topo.nsh(topo.node, '/usr/sbin/nft', ['flush', 'chain', 'ip', 'weft-proxy', chain]);
+  t.true(await syncer.drifted());
+  t.is((await syncer.sync(state({ g: [A, [{ ip: P1 }]] }))).mode, 'full');
+  t.is((await topo.request(topo.client, { host: A, port: 80 }))[0]!.reply, 'pod-1 198.18.0.10');
+});
+
+test.serial('a failed partial sync leaves the kernel as it was and the next sync is full', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
+  await syncer.sync(state({ f: [A, [{ ip: P1 }, { ip: P2 }]] }));
+  // someone removes a chain the next partial sync expects to flush
+  const l = listing();
+  const ep = [...l.chains].find((c) => c.startsWith('ep-') && c.includes('/f/tcp/') && c.includes(`__${P2}/`))!;
+  const svc = [...l.chains].find((c) => c.startsWith('svc-') && c.includes('/f/tcp/'))!;
+  topo.nsh(topo.node, '/usr/sbin/nft', ['flush', 'chain', 'ip', 'weft-proxy', svc]);
+  topo.nsh(topo.node, '/usr/sbin/nft', ['delete', 'chain', 'ip', 'weft-proxy', ep]);
+  const before = topo.nsh(topo.node, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft-proxy']);
+  await t.throwsAsync(syncer.sync(state({ f: [A, [{ ip: P1 }]] })), { message: /nft -f/ });
+  t.is(topo.nsh(topo.node, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft-proxy']), before, 'all or nothing');
+  t.is((await syncer.sync(state({ f: [A, [{ ip: P1 }]] }))).mode, 'full');
+  t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 10 }))), ['pod-1']);
+});
