@@ -7,6 +7,7 @@ import test from 'ava';
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, posix } from 'node:path';
 import { parseAllDocuments } from 'yaml';
+import * as kubeClient from '@kubernetes/client-node';
 import { parseOptions } from '../../src/daemon/options.ts';
 import { DEFAULTS as CNI_DEFAULTS } from '../../src/cni/config.ts';
 import { DEFAULT_SOCKET } from '../../src/fastpath/server.ts';
@@ -133,9 +134,11 @@ function granted(role: Obj): Set<string> {
 }
 
 /**
- * Kubernetes API calls in `src/`, mapped to the permission each needs: client-node's typed
- * methods (`api.readNode(...)`) and the paths given to its Watch / makeInformer. A typed call
- * this table does not know fails the test, so a new call cannot slip in without its RBAC.
+ * Kubernetes API calls in src/ and cmd/, mapped to the permission each needs: client-node's typed
+ * methods (`core.listServiceForAllNamespaces()`: every method name of every `*Api` class
+ * client-node exports is looked for) and the collection paths handed to its Watch /
+ * makeInformer (src/kube/informer.ts), which need `watch`. A typed call this table does not know
+ * fails the test, so no new call slips in without its RBAC.
  */
 const TYPED_CALLS: Record<string, string> = {
   readNode: 'nodes get',
@@ -155,6 +158,18 @@ const WATCH_PATHS: Record<string, string> = {
   '/apis/discovery.k8s.io/v1/endpointslices': 'discovery.k8s.io/endpointslices watch',
 };
 
+/** Every method name of client-node's generated API classes (CoreV1Api, DiscoveryV1Api, ...). */
+const API_METHODS: Set<string> = (() => {
+  const out = new Set<string>();
+  for (const [name, value] of Object.entries(kubeClient)) {
+    if (!/Api$/.test(name) || typeof value !== 'function' || !value.prototype) continue;
+    // Generated per-resource methods (`readNode`, `listServiceForAllNamespaces`); the generic
+    // KubernetesObjectApi's bare `list`/`create` would match every array and map in src/.
+    for (const m of Object.getOwnPropertyNames(value.prototype)) if (/^(?:read|list|patch|replace|create|delete|connect|watch)[A-Z]/.test(m)) out.add(m);
+  }
+  return out;
+})();
+
 function sourceFiles(dir: string): string[] {
   const out: string[] = [];
   for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -171,27 +186,22 @@ function usedPermissions(): { used: Map<string, string>; unknown: string[] } {
   const unknown: string[] = [];
   for (const file of [...sourceFiles(join(root, 'src')), ...sourceFiles(join(root, 'cmd'))]) {
     const text = readFileSync(file, 'utf8');
-    if (!text.includes('@kubernetes/client-node') && !/\bapi\.(read|list|patch|replace|create|delete)[A-Z]/.test(text)) continue;
     const where = file.slice(root.length + 1);
-    for (const m of text.matchAll(/\bapi\.((?:read|list|patch|replace|create|delete|connect)[A-Z]\w*)\(/g)) {
+    if (/\bKubernetesObjectApi\b/.test(text)) unknown.push(`${where}: KubernetesObjectApi (generic calls: add their permissions here)`);
+    for (const m of text.matchAll(/\.([a-z]\w*)\(/g)) {
+      if (!API_METHODS.has(m[1]!)) continue;
       const perm = TYPED_CALLS[m[1]!];
       if (perm) used.set(perm, where);
       else unknown.push(`${where}: ${m[1]}`);
     }
     for (const m of text.matchAll(/['"`](\/apis?\/[a-z0-9./-]+)['"`?]/g)) {
       const perm = WATCH_PATHS[m[1]!];
-      if (perm && /\b(Watch|makeInformer)\b/.test(text)) used.set(perm, where);
-      else if (!perm) unknown.push(`${where}: ${m[1]}`);
+      if (perm) used.set(perm, where);
+      else unknown.push(`${where}: ${m[1]}`);
     }
   }
   return { used, unknown };
 }
-
-/**
- * Granted for the Service proxy (issue 9), whose API client has not landed yet: allowed while no
- * code uses them; once it does they are checked like every other permission.
- */
-const PENDING_PROXY = new Set(['services list', 'services watch', 'discovery.k8s.io/endpointslices list', 'discovery.k8s.io/endpointslices watch']);
 
 for (const set of sets) {
   const { mode, objs, ns, sa, role, binding, cm, ds, pod, allContainers, weftd } = set;
@@ -422,11 +432,9 @@ test('kube mode: the ClusterRole grants exactly the API calls the code makes', (
   t.deepEqual(unknown, [], 'every Kubernetes API call in src/ is in the test\'s permission table');
   const grants = granted(kube.role);
   for (const [perm, where] of used) t.true(grants.has(perm), `${perm} (used in ${where}) is granted`);
-  for (const perm of grants) {
-    t.true(used.has(perm) || PENDING_PROXY.has(perm), `${perm} is granted but no code uses it`);
-  }
-  // The kube subnet manager's calls, at least: without them weftd cannot start in this mode.
-  for (const perm of ['nodes get', 'nodes list', 'nodes watch', 'nodes/status patch']) t.true(used.has(perm), `code uses ${perm}`);
+  for (const perm of grants) t.true(used.has(perm), `${perm} is granted but no code uses it`);
+  // The kube subnet manager's and the Service proxy's calls, at least: the scan must find them.
+  for (const perm of ['nodes get', 'nodes list', 'nodes watch', 'nodes/status patch', 'services list', 'services watch']) t.true(used.has(perm), `code uses ${perm}`);
   // Nothing that writes anything but a Node's status; no wildcards.
   for (const rule of kube.role.rules) {
     for (const v of rule.verbs) t.true(['get', 'list', 'watch', 'patch'].includes(v), `verb ${v}`);
@@ -476,6 +484,11 @@ test('Dockerfile: multi-stage on Node 24, final image has nft, node and the exte
   t.true(stages.length >= 2);
   t.regex(stages[0]![0]!, /^FROM node:24/);
   t.true(final.some((l) => /apt-get install .*nftables/.test(l)));
+  // The tools weftd execs are in the image: iptables-{nft,legacy}-{save,restore} (src/rules) and
+  // conntrack (the Service proxy), from Debian's iptables and conntrack packages.
+  t.regex(readFileSync(join(root, 'src', 'rules', 'iptables.ts'), 'utf8'), /`iptables-\$\{backend\}-\$\{tool\}`/);
+  t.regex(readFileSync(join(root, 'src', 'proxy', 'nft.ts'), 'utf8'), /sbin\('conntrack'\)/);
+  for (const pkg of ['iptables', 'conntrack']) t.true(final.some((l) => new RegExp(`apt-get install .*\\b${pkg}\\b`).test(l)), `final image installs ${pkg}`);
   const paths = imagePaths();
   t.true(paths.has('/usr/local/bin/node'));
   // weftd/weftctl are bundles that leave some modules external (scripts/build.ts): the image must
