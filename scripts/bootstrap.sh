@@ -18,6 +18,8 @@ declare -A want=(
   [conntrack]=conntrack [socat]=socat
   # test/priv/cri.test.ts: containerd's CRI plugin as a node's runtime, runc under it
   [containerd]=containerd [ctr]=containerd [runc]=runc [unshare]=util-linux
+  # scripts/image.sh and test/priv/image.test.ts: the image built with podman on local base images
+  [podman]=podman [mmdebstrap]=mmdebstrap
 )
 missing=()
 for cmd in "${!want[@]}"; do
