@@ -69,7 +69,14 @@ export async function figCri(ctx: BenchContext): Promise<Figure> {
         writeFileSync(confFile, conflist(weftConfig(dir, subnetFile, { fastpathSocket: served.socket }) as Record<string, unknown>));
         execFileSync('sh', [join(root, 'install', 'install-cni.sh')], {
           stdio: 'pipe',
-          env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', WEFT_CNI_SRC_DIR: pkg, WEFT_HOST_CNI_BIN_DIR: bin, WEFT_HOST_CNI_LIB_DIR: join(dir, 'opt/cni/lib/weft'), WEFT_HOST_CNI_CONF_DIR: conf, WEFT_CNI_CONF_FILE: confFile },
+          env: {
+            PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+            WEFT_CNI_SRC_DIR: pkg,
+            WEFT_HOST_CNI_BIN_DIR: bin,
+            WEFT_HOST_CNI_LIB_DIR: join(dir, 'opt/cni/lib/weft'),
+            WEFT_HOST_CNI_CONF_DIR: conf,
+            WEFT_CNI_CONF_FILE: confFile,
+          },
         });
       } else {
         cpSync('/usr/lib/cni/bridge', join(bin, 'bridge'));

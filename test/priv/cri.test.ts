@@ -125,9 +125,15 @@ async function removeSandbox(s: Sandbox): Promise<void> {
 /** What a pod leaves on its node: host-side veths, IPAM claims, pod namespaces, shims. */
 function nodeState(node: string): { veths: string[]; claims: string[]; podNetns: string[]; shims: number } {
   const n = cluster.node(node);
-  const veths = ipJson(n.netns, 'link', 'show', 'type', 'veth').map((l) => l.ifname as string).sort();
+  const veths = ipJson(n.netns, 'link', 'show', 'type', 'veth')
+    .map((l) => l.ifname as string)
+    .sort();
   const ipamDir = join(n.dataDir, 'weft');
-  const claims = existsSync(ipamDir) ? readdirSync(ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)).sort() : [];
+  const claims = existsSync(ipamDir)
+    ? readdirSync(ipamDir)
+        .filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))
+        .sort()
+    : [];
   const cd = runtimes.get(node)!;
   const podNetns = [...new Set([...cd.podNetns].filter((p) => existsSync(p)).concat(cd.podNamespaces()))].sort();
   return { veths, claims, podNetns, shims: cd.shims().length };
@@ -196,7 +202,18 @@ test.serial('install-cni from a read-only source: the layout kubelet needs; a se
     t.deepEqual(inodes(host), before, 'idempotent: the same files, not rewritten');
   }
   // The source really is read-only inside the run: a write there fails.
-  const probe = execFileSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount --bind "${srcDir}" "${srcDir}" && mount -o remount,bind,ro "${srcDir}" "${srcDir}" && (touch "${srcDir}/x" 2>/dev/null && echo writable || echo read-only)`], { encoding: 'utf8' });
+  const probe = execFileSync(
+    'unshare',
+    [
+      '--mount',
+      '--propagation',
+      'private',
+      'sh',
+      '-c',
+      `mount --bind "${srcDir}" "${srcDir}" && mount -o remount,bind,ro "${srcDir}" "${srcDir}" && (touch "${srcDir}/x" 2>/dev/null && echo writable || echo read-only)`,
+    ],
+    { encoding: 'utf8' },
+  );
   t.is(probe.trim(), 'read-only');
 });
 
@@ -220,7 +237,11 @@ test.serial('install-cni: a changed file is replaced by rename; a failing run in
   t.regex(bad.stderr, /does not configure the weft plugin/);
   t.false(existsSync(conf), 'no conflist: the node stays NotReady');
   for (const dir of ['opt/cni/bin', 'opt/cni/lib/weft', 'etc/cni/net.d']) {
-    t.deepEqual(readdirSync(join(host, dir)).filter((f) => f.startsWith('.')), [], `${dir}: no temp files left`);
+    t.deepEqual(
+      readdirSync(join(host, dir)).filter((f) => f.startsWith('.')),
+      [],
+      `${dir}: no temp files left`,
+    );
   }
   // Installed again for the tests that follow.
   const t2 = installCni(node);
@@ -231,7 +252,7 @@ test.serial('CRI: sandboxes on two nodes get weft addresses from their node subn
   const v = await runtimes.get('n1')!.cri().version();
   t.is(v.runtimeName, 'containerd');
   t.is(v.runtimeApiVersion, 'v1');
-  for (const node of NODES) t.false(existsSync(join(runtimes.get(node)!.path, 'node')), 'no Node.js on containerd\'s PATH');
+  for (const node of NODES) t.false(existsSync(join(runtimes.get(node)!.path, 'node')), "no Node.js on containerd's PATH");
   // Proof that ADD goes through weftd: the standalone the launcher would fall back to is gone.
   const standalone = join(hosts.get('n1')!, 'opt/cni/bin/weft-standalone');
   renameSync(standalone, `${standalone}.aside`);
@@ -245,7 +266,9 @@ test.serial('CRI: sandboxes on two nodes get weft addresses from their node subn
   t.true(inSubnet(a.ip, cluster.subnetOf('n1')!), `${a.ip} in ${cluster.subnetOf('n1')}`);
   t.true(inSubnet(b.ip, cluster.subnetOf('n2')!), `${b.ip} in ${cluster.subnetOf('n2')}`);
   // The address the CRI reports is the one inside the sandbox's namespace.
-  const addrs = (JSON.parse(sh('nsenter', [`--net=${a.netns}`, '--', 'ip', '-j', '-4', 'addr', 'show', 'dev', 'eth0'])) as Array<{ addr_info: Array<{ local: string }> }>).flatMap((l) => l.addr_info.map((x) => x.local));
+  const addrs = (JSON.parse(sh('nsenter', [`--net=${a.netns}`, '--', 'ip', '-j', '-4', 'addr', 'show', 'dev', 'eth0'])) as Array<{ addr_info: Array<{ local: string }> }>).flatMap((l) =>
+    l.addr_info.map((x) => x.local),
+  );
   t.deepEqual(addrs, [a.ip]);
   t.true(reachable(a.netns, b.ip), `${a.ip} -> ${b.ip} over VXLAN`);
   t.true(reachable(b.netns, a.ip), `${b.ip} -> ${a.ip} over VXLAN`);

@@ -189,9 +189,17 @@ test.before(async () => {
   const weftd = container('weftd');
   weftdName = `wt-img-weftd-${process.pid}`;
   podman([
-    'run', '-d', '--name', weftdName, netFlag, ...ULIMITS, ...(podSpec.hostPID ? ['--pid=host'] : []),
+    'run',
+    '-d',
+    '--name',
+    weftdName,
+    netFlag,
+    ...ULIMITS,
+    ...(podSpec.hostPID ? ['--pid=host'] : []),
     ...runFlags(weftd, { configDir, cm, fields, identity: true }),
-    ...entrypoint(weftd), IMAGE, ...weftd.args,
+    ...entrypoint(weftd),
+    IMAGE,
+    ...weftd.args,
   ]);
   const end = Date.now() + 60_000;
   while ((await readyz()) !== 200) {
@@ -249,7 +257,7 @@ test.serial('a pod through containerd -> the installed launcher -> weftd in the 
   // Proof of the fast path: the standalone the launcher would fall back to is gone meanwhile.
   const standalone = join(hostRoot, 'opt/cni/bin/weft-standalone');
   renameSync(standalone, `${standalone}.aside`);
-  let pod;
+  let pod: Awaited<ReturnType<typeof runPod>>;
   try {
     pod = await runPod();
   } finally {
@@ -278,5 +286,9 @@ test.serial('weftd stopped: the installed weft-standalone serves the pod; weftd 
   t.true(pingFrom(again.netns, peer.ip));
   await removePod(again.id);
   t.deepEqual(cd.podNamespaces(), [], 'no pod namespace left');
-  t.deepEqual(readdirSync(join(onHost('/var/lib/cni/networks'), 'weft')).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)), [], 'no address left claimed');
+  t.deepEqual(
+    readdirSync(join(onHost('/var/lib/cni/networks'), 'weft')).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)),
+    [],
+    'no address left claimed',
+  );
 });

@@ -19,7 +19,9 @@ type Obj = Record<string, any>;
 /** The objects of one manifest directory (its *.yaml files, in the order kubectl applies them). */
 function loadManifests(dir: string): Obj[] {
   const objs: Obj[] = [];
-  for (const file of readdirSync(dir).filter((f) => f.endsWith('.yaml')).sort()) {
+  for (const file of readdirSync(dir)
+    .filter((f) => f.endsWith('.yaml'))
+    .sort()) {
     for (const doc of parseAllDocuments(readFileSync(join(dir, file), 'utf8'))) {
       if (doc.errors.length) throw new Error(`${file}: ${doc.errors[0]!.message}`);
       const obj = doc.toJS();
@@ -208,10 +210,7 @@ for (const set of sets) {
   const title = (what: string) => `${mode} mode (${set.dir.slice(root.length + 1)}/): ${what}`;
 
   test(title('every manifest parses and carries the kinds an install needs'), (t) => {
-    t.deepEqual(
-      objs.map((o) => o.kind).sort(),
-      ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount'],
-    );
+    t.deepEqual(objs.map((o) => o.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount']);
     for (const o of objs) t.truthy(o.apiVersion, `${o.kind} has an apiVersion`);
   });
 
@@ -286,7 +285,10 @@ for (const set of sets) {
     for (const c of allContainers) {
       for (const m of c.volumeMounts ?? []) t.true(volumes.has(m.name), `${c.name} mounts ${m.name}`);
     }
-    const hostPaths = pod.volumes.filter((v: Obj) => v.hostPath).map((v: Obj) => v.hostPath.path).sort();
+    const hostPaths = pod.volumes
+      .filter((v: Obj) => v.hostPath)
+      .map((v: Obj) => v.hostPath.path)
+      .sort();
     t.deepEqual(hostPaths, ['/etc/cni/net.d', '/opt/cni', '/run/flannel', '/run/weft', '/var/lib/cni/networks', '/var/run/netns']);
 
     // weftd writes the subnet file into the hostPath the CNI plugin (on the host) reads it from.
@@ -327,7 +329,10 @@ for (const set of sets) {
       t.is(m.hostPath, `${nsDir}/cni-1234`);
       t.is(m.mount.mountPropagation, 'HostToContainer');
     }
-    t.true(weftd.volumeMounts.some((m: Obj) => m.mountPropagation === 'HostToContainer' && /^\/(var\/)?run\/netns$/.test(m.mountPath)), 'weftd sees pod namespaces');
+    t.true(
+      weftd.volumeMounts.some((m: Obj) => m.mountPropagation === 'HostToContainer' && /^\/(var\/)?run\/netns$/.test(m.mountPath)),
+      'weftd sees pod namespaces',
+    );
     t.truthy(weftdHostPath(opts.subnetFile).mount);
   });
 
@@ -347,9 +352,7 @@ for (const set of sets) {
     t.is(hostPathOf(env.WEFT_HOST_CNI_CONF_DIR), '/etc/cni/net.d');
     const confMount = init.volumeMounts.find((vm: Obj) => env.WEFT_CNI_CONF_FILE.startsWith(`${vm.mountPath}/`));
     const confVol = pod.volumes.find((v: Obj) => v.name === confMount.name);
-    t.true(
-      confVol.configMap.items.some((i: Obj) => posix.join(confMount.mountPath, i.path) === env.WEFT_CNI_CONF_FILE && i.key === 'cni-conf.json'),
-    );
+    t.true(confVol.configMap.items.some((i: Obj) => posix.join(confMount.mountPath, i.path) === env.WEFT_CNI_CONF_FILE && i.key === 'cni-conf.json'));
     const script = readFileSync(join(root, 'install', 'install-cni.sh'), 'utf8');
     for (const name of ['WEFT_HOST_CNI_BIN_DIR', 'WEFT_HOST_CNI_LIB_DIR', 'WEFT_HOST_CNI_CONF_DIR', 'WEFT_CNI_CONF_FILE']) {
       t.true(script.includes(`\${${name}:-`), `install-cni.sh reads ${name}`);
@@ -364,7 +367,10 @@ for (const set of sets) {
     // Every flag the DaemonSet passes is one weftd accepts.
     t.notThrows(() => parseOptions(weftd.args, set.env, 'node'));
     const [host, port] = addr.split(':');
-    for (const [probe, path] of [[weftd.livenessProbe, '/healthz'], [weftd.readinessProbe, '/readyz']] as const) {
+    for (const [probe, path] of [
+      [weftd.livenessProbe, '/healthz'],
+      [weftd.readinessProbe, '/readyz'],
+    ] as const) {
       t.is(probe.httpGet.path, path);
       t.is(String(probe.httpGet.port), port);
       t.is(probe.httpGet.host, host);
@@ -385,7 +391,10 @@ test('the two sets differ only where the mode does: same names, same image, same
   }
   t.deepEqual(kube.ns, etcd.ns, 'one Namespace definition');
   t.is(kube.weftd.image, etcd.weftd.image);
-  t.deepEqual(kube.pod.initContainers.find((c: Obj) => c.name === 'install-cni'), etcd.pod.initContainers.find((c: Obj) => c.name === 'install-cni'));
+  t.deepEqual(
+    kube.pod.initContainers.find((c: Obj) => c.name === 'install-cni'),
+    etcd.pod.initContainers.find((c: Obj) => c.name === 'install-cni'),
+  );
   t.is(kube.cm.data['cni-conf.json'], etcd.cm.data['cni-conf.json']);
   t.deepEqual(kube.weftd.securityContext, etcd.weftd.securityContext);
 });
@@ -411,10 +420,17 @@ test('kube mode: kube subnet manager on the mounted net-conf.json, node name fro
   const text = readFileSync(join(kube.dir, '30-daemonset.yaml'), 'utf8') + readFileSync(join(kube.dir, '20-configmap.yaml'), 'utf8');
   for (const c of kube.allContainers) {
     for (const e of c.env ?? []) t.false(/ETCD/.test(e.name), `${c.name}: ${e.name}`);
-    t.false((c.args ?? []).some((a: string) => a.includes('etcd')), `${c.name} args name no etcd`);
+    t.false(
+      (c.args ?? []).some((a: string) => a.includes('etcd')),
+      `${c.name} args name no etcd`,
+    );
   }
   t.false(/^\s*-\s*name:\s*etcd/m.test(text), 'no etcd volume');
-  t.deepEqual(kube.pod.initContainers.map((c: Obj) => c.name), ['install-cni'], 'no network-config init: the network comes from the mounted file');
+  t.deepEqual(
+    kube.pod.initContainers.map((c: Obj) => c.name),
+    ['install-cni'],
+    'no network-config init: the network comes from the mounted file',
+  );
   // The parsed options: what weftd will run with.
   const opts = parseOptions(weftd.args, kube.env, 'node') as unknown as Obj;
   t.true(opts.kubeSubnetMgr, 'parseOptions sees --kube-subnet-mgr');
@@ -429,7 +445,7 @@ test('kube mode: the ServiceAccount token is mounted (in-cluster config)', (t) =
 
 test('kube mode: the ClusterRole grants exactly the API calls the code makes', (t) => {
   const { used, unknown } = usedPermissions();
-  t.deepEqual(unknown, [], 'every Kubernetes API call in src/ is in the test\'s permission table');
+  t.deepEqual(unknown, [], "every Kubernetes API call in src/ is in the test's permission table");
   const grants = granted(kube.role);
   for (const [perm, where] of used) t.true(grants.has(perm), `${perm} (used in ${where}) is granted`);
   for (const perm of grants) t.true(used.has(perm), `${perm} is granted but no code uses it`);
@@ -456,7 +472,10 @@ test('conflist: CNI 1.0.0 (what containerd 1.6/1.7 and the reference plugins 1.1
   // (Debian 12's portmap): 1.0.0 is the newest version the runtimes users run all accept.
   t.is(conflist.cniVersion, '1.0.0');
   t.is(conflist.name, 'weft');
-  t.deepEqual(conflist.plugins.map((p: Obj) => p.type), ['weft', 'portmap']);
+  t.deepEqual(
+    conflist.plugins.map((p: Obj) => p.type),
+    ['weft', 'portmap'],
+  );
   t.deepEqual(conflist.plugins[1].capabilities, { portMappings: true });
 });
 
@@ -488,7 +507,11 @@ test('Dockerfile: multi-stage on Node 24, final image has nft, node and the exte
   // conntrack (the Service proxy), from Debian's iptables and conntrack packages.
   t.regex(readFileSync(join(root, 'src', 'rules', 'iptables.ts'), 'utf8'), /`iptables-\$\{backend\}-\$\{tool\}`/);
   t.regex(readFileSync(join(root, 'src', 'proxy', 'nft.ts'), 'utf8'), /sbin\('conntrack'\)/);
-  for (const pkg of ['iptables', 'conntrack']) t.true(final.some((l) => new RegExp(`apt-get install .*\\b${pkg}\\b`).test(l)), `final image installs ${pkg}`);
+  for (const pkg of ['iptables', 'conntrack'])
+    t.true(
+      final.some((l) => new RegExp(`apt-get install .*\\b${pkg}\\b`).test(l)),
+      `final image installs ${pkg}`,
+    );
   const paths = imagePaths();
   t.true(paths.has('/usr/local/bin/node'));
   // weftd/weftctl are bundles that leave some modules external (scripts/build.ts): the image must
@@ -500,10 +523,16 @@ test('Dockerfile: multi-stage on Node 24, final image has nft, node and the exte
   for (const mod of externals) {
     t.true(paths.has(`/opt/weft/node_modules/${mod}`), `${mod} is in /opt/weft/node_modules`);
   }
-  t.true(final.some((l) => l.includes('/opt/weft/native')), 'setns addon beside the bundles (bin/../native)');
+  t.true(
+    final.some((l) => l.includes('/opt/weft/native')),
+    'setns addon beside the bundles (bin/../native)',
+  );
   // scripts/build.ts writes what the bundles read at run time beside them: dist/proto (etcd3)
   // and dist/package.json (CommonJS scope); the image keeps the same relative layout.
   t.regex(build, /join\(dist, 'proto'\)/);
   t.true(paths.has('/opt/weft/proto') && paths.has('/opt/weft/package.json'));
-  t.true(stages[0]!.some((l) => /WEFT_SHEBANG=\/usr\/local\/bin\/node/.test(l)), 'bundles name the image node');
+  t.true(
+    stages[0]!.some((l) => /WEFT_SHEBANG=\/usr\/local\/bin\/node/.test(l)),
+    'bundles name the image node',
+  );
 });

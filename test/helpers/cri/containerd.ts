@@ -87,7 +87,9 @@ function childrenOf(pid: number): number[] {
 /** containerd's pod namespaces (`cni-<uuid>`) in /run/netns. */
 function runNetnsCni(): string[] {
   try {
-    return readdirSync('/run/netns').filter((f) => /^cni-[0-9a-f-]{36}$/.test(f)).map((f) => join('/var/run/netns', f));
+    return readdirSync('/run/netns')
+      .filter((f) => /^cni-[0-9a-f-]{36}$/.test(f))
+      .map((f) => join('/var/run/netns', f));
   } catch {
     return [];
   }
@@ -245,9 +247,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   podNamespaces(): string[] {
     if (this.opts.netnsUnderState ?? true) {
       const dir = join(this.opts.dir, 'state', 'io.containerd.grpc.v1.cri', 'netns');
-      return existsSync(dir) ? readdirSync(dir).map((f) => join(dir, f)).sort() : [];
+      return existsSync(dir)
+        ? readdirSync(dir)
+            .map((f) => join(dir, f))
+            .sort()
+        : [];
     }
-    return runNetnsCni().filter((p) => !this.#foreignNetns.has(p)).sort();
+    return runNetnsCni()
+      .filter((p) => !this.#foreignNetns.has(p))
+      .sort();
   }
 
   /** The shim processes serving this containerd (they carry its socket address on their command line). */
