@@ -114,7 +114,9 @@ fi
 
 echo "image: building $tag"
 # Host network for the build's apt-get and npm ci; --pull=never keeps podman on the local bases.
-podman build --pull="$pull" --network=host "${build_mounts[@]}" -t "$tag" -f Dockerfile .
+# The commit it was built from (test/priv/image.test.ts says when the image is older).
+rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+podman build --pull="$pull" --network=host "${build_mounts[@]}" --label "org.opencontainers.image.revision=$rev" -t "$tag" -f Dockerfile .
 if [ -n "${WEFT_IMAGE_OUT:-}" ]; then
   podman save --format oci-archive -o "$WEFT_IMAGE_OUT" "$tag"
   echo "image: saved $tag to $WEFT_IMAGE_OUT"

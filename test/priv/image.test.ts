@@ -14,11 +14,12 @@
  * dataDir in the conflist); so every such volume is also mounted at <root>/H, the identity it
  * has on a real node.
  *
- * The image is built when missing (scripts/image.sh: minutes, needs apt and npm registry access);
- * WEFT_TEST_IMAGE names another one.
+ * The image must have been built first (scripts/image.sh: minutes, needs apt and npm registry
+ * access, longer than ava's inactivity timeout); without it every test here is skipped and says
+ * so. WEFT_TEST_IMAGE names another image.
  */
 import test from 'ava';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseAllDocuments } from 'yaml';
@@ -158,11 +159,21 @@ async function readyz(): Promise<number> {
   return (await cluster.topo.http('n1', '/readyz')).status;
 }
 
-test.before(async () => {
-  if (podman(['image', 'exists', IMAGE], { check: false }).status !== 0) {
-    if (process.env.WEFT_TEST_IMAGE) throw new Error(`image ${IMAGE} not found`);
-    execFileSync('bash', [join(root, 'scripts/image.sh')], { stdio: 'pipe', timeout: 30 * 60_000, env: { ...process.env, WEFT_IMAGE: IMAGE } });
-  }
+const missing =
+  spawnSync('podman', ['--version']).status !== 0
+    ? 'podman not installed'
+    : podman(['image', 'exists', IMAGE], { check: false }).status !== 0
+      ? `image ${IMAGE} not built (run scripts/image.sh)`
+      : undefined;
+/** test.serial, or a skip that names what is missing. */
+const serial = missing ? (title: string, _fn: unknown) => test.serial.skip(`${title} [skipped: ${missing}]`, () => {}) : test.serial;
+
+test.before(async (t) => {
+  if (missing) return;
+  // scripts/image.sh labels the image with the commit it was built from.
+  const rev = podman(['image', 'inspect', '--format', '{{index .Labels "org.opencontainers.image.revision"}}', IMAGE], { check: false }).out.trim();
+  const head = spawnSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
+  if (rev !== head) t.log(`note: ${IMAGE} was built from ${rev || 'an unknown revision'}, the work tree is at ${head}`);
   work = mkdtempSync('/tmp/wt-img-');
   hostRoot = join(work, 'host');
   // n1 runs weftd from the image; n2 runs dist/bin/weftd as its peer.
@@ -217,7 +228,7 @@ test.after.always(async () => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
-test.serial('install-cni from the image (uid 0, no capabilities, read-only root) installed the plugin and the conflist', (t) => {
+serial('install-cni from the image (uid 0, no capabilities, read-only root) installed the plugin and the conflist', (t) => {
   const bin = join(hostRoot, 'opt/cni/bin');
   for (const f of ['weft', 'weft-standalone', 'portmap', 'loopback']) t.true(existsSync(join(bin, f)), f);
   t.true(existsSync(join(hostRoot, 'opt/cni/lib/weft/netlink.node')));
@@ -228,7 +239,7 @@ test.serial('install-cni from the image (uid 0, no capabilities, read-only root)
   t.true(JSON.parse(r.stdout).supportedVersions.includes('1.0.0'));
 });
 
-test.serial('weftd from the image: leased a subnet, wrote the subnet file on the host, peers with n2', async (t) => {
+serial('weftd from the image: leased a subnet, wrote the subnet file on the host, peers with n2', async (t) => {
   t.is(await readyz(), 200);
   const subnet = readFileSync(onHost('/run/flannel/subnet.env'), 'utf8');
   t.regex(subnet, /^FLANNEL_SUBNET=198\.18\./m);
@@ -252,7 +263,7 @@ test.serial('weftd from the image: leased a subnet, wrote the subnet file on the
   t.true(cluster.hasPeer('n1', 'n2'), "the image's weftd programmed n2");
 });
 
-test.serial('a pod through containerd -> the installed launcher -> weftd in the image (fast path), reaching n2 over the overlay', async (t) => {
+serial('a pod through containerd -> the installed launcher -> weftd in the image (fast path), reaching n2 over the overlay', async (t) => {
   const peer = await cluster.addPods('n2', 1);
   // Proof of the fast path: the standalone the launcher would fall back to is gone meanwhile.
   const standalone = join(hostRoot, 'opt/cni/bin/weft-standalone');
@@ -269,7 +280,7 @@ test.serial('a pod through containerd -> the installed launcher -> weftd in the 
   t.false(existsSync(join(onHost('/var/lib/cni/networks'), 'weft', pod.ip)), 'released');
 });
 
-test.serial('weftd stopped: the installed weft-standalone serves the pod; weftd restarted serves again', async (t) => {
+serial('weftd stopped: the installed weft-standalone serves the pod; weftd restarted serves again', async (t) => {
   const peer = cluster.pods[0]!;
   podman(['stop', '-t', '10', weftdName]);
   t.not(await readyz(), 200);
