@@ -37,7 +37,7 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 # weftd and weftctl: bundles; the setns addon beside them (bin/../native); the one native
 # module the bundles leave external, resolved from /opt/weft/node_modules.
-COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftctl /opt/weft/bin/
+COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftctl /src/dist/bin/weft-cni-worker.js /opt/weft/bin/
 COPY --from=build /src/dist/native/ /opt/weft/native/
 # etcd3's .proto files, read at run time from bin/../proto; the CommonJS scope marker.
 COPY --from=build /src/dist/proto/ /opt/weft/proto/

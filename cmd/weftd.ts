@@ -20,7 +20,7 @@ import type { SubnetManager } from '../src/subnet/manager.ts';
 import type { NetworkConfig } from '../src/subnet/config.ts';
 import { loadKubeConfig } from '../src/kube/client.ts';
 import { runServiceProxy } from '../src/proxy/controller.ts';
-import { startCniFastpath } from '../src/fastpath/index.ts';
+import { startCniFastpath, type FastpathServer } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
   let opts;
@@ -104,10 +104,19 @@ async function main(): Promise<number> {
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
   // is not fatal (launchers fall back to the standalone plugin).
+  let fastpath: Promise<FastpathServer | undefined> = Promise.resolve(undefined);
   if (opts.cniSocket) {
-    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, log: (m) => log.debug(m) }).then(
-      (s) => log.info(`serving CNI requests on ${s.path}`),
-      (err) => log.warn(`cni fast path off: ${errText(err)}`),
+    const network = { subnetFile: opts.subnetFile, dataDir: opts.cniDataDir, bridge: opts.cniBridge };
+    const workers = { min: Math.min(1, opts.cniWorkers), max: opts.cniWorkers };
+    fastpath = startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, workers, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
+      (s) => {
+        log.info(`serving CNI requests on ${s.path}`);
+        return s;
+      },
+      (err) => {
+        log.warn(`cni fast path off: ${errText(err)}`);
+        return undefined;
+      },
     );
   }
   // The Service proxy (kube-proxy's role) reads Services and EndpointSlices from the API server:
@@ -147,6 +156,9 @@ async function main(): Promise<number> {
     log.error(`fatal: ${errText(err)}`);
     return 1;
   } finally {
+    // SIGTERM: CNI requests in flight finish (or are undone) before we exit, bounded well
+    // below the DaemonSet's terminationGracePeriodSeconds.
+    await (await fastpath)?.drain(10_000);
     manager.close();
     nl.close();
     dumpNl.close();

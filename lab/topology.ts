@@ -20,6 +20,14 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { EtcdServer, killAndWait, makeTestPki, type TestPki } from './etcd.ts';
 import { spawnApiServer } from './apiserver/process.ts';
+import { ECHO_CLIENT, ECHO_SERVER } from './echo/index.ts';
+
+/** One echo request's outcome: the reply line, or an error code, and how long it took. */
+export interface EchoReply {
+  reply?: string;
+  err?: string;
+  ms: number;
+}
 
 const execFileP = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '..');
@@ -82,6 +90,8 @@ export interface LabPod {
   /** Pod address without prefix length. */
   ip: string;
   result: unknown;
+  /** The echo server (lab/echo) running in the pod, if one was started. */
+  echoPid?: number;
 }
 
 export interface TopologyState {
@@ -166,6 +176,10 @@ export class Topology {
       ipn(state.underlayNetns, 'link', 'set', 'lo', 'up');
       ipn(state.underlayNetns, 'link', 'add', 'br0', 'type', 'bridge');
       ipn(state.underlayNetns, 'link', 'set', 'br0', 'up');
+      // The underlay's "router": nodes route what they have no route for here, as real nodes have
+      // a default route (a Service IP no rule DNATs must get a routing decision, not ENETUNREACH).
+      // The underlay namespace forwards nothing (ip_forward stays 0), so nothing leaves the lab.
+      ipn(state.underlayNetns, 'addr', 'add', `${underlay}.1/24`, 'dev', 'br0');
       topo.#attach(state.etcdNetns, 'vcp', `${underlay}.2`);
       await etcd.start();
       state.etcdPid = etcd.pid;
@@ -303,6 +317,7 @@ export class Topology {
     this.state.nodes.push(node);
     this.#save();
     this.#attach(node.netns, `v${name}`, node.ip);
+    ipn(node.netns, 'route', 'add', 'default', 'via', `${this.state.underlay}.1`, 'dev', 'eth0');
     if (this.state.mode === 'kube') await this.#registerNode(node);
     if (opts.start ?? true) await this.startDaemon(name, { args: opts.args });
     return node;
@@ -451,10 +466,57 @@ export class Topology {
     return pod;
   }
 
+  /**
+   * Starts the TCP + UDP echo server (lab/echo/server.cjs) in a pod; resolves once it listens.
+   * It answers every connection or datagram with "<pod name> <client address>".
+   */
+  async startEcho(podName: string, ports: { tcp: number[]; udp: number[] }): Promise<number> {
+    const pod = this.state.pods.find((p) => p.name === podName);
+    if (!pod) throw new Error(`lab pod "${podName}" not found`);
+    const child = spawn('nsenter', [`--net=/run/netns/${pod.netns}`, '--', process.execPath, ECHO_SERVER, pod.name, ports.tcp.join(','), ports.udp.join(',')], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+      detached: this.#opts.detached ?? false,
+    });
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error(`echo server in "${pod.name}" did not start`)), 15_000);
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d;
+        if (!out.includes('ready')) return;
+        clearTimeout(timer);
+        resolve();
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`echo server in "${pod.name}" exited (${code})`));
+      });
+    });
+    child.stdout!.destroy();
+    if (this.#opts.detached) child.unref();
+    pod.echoPid = child.pid;
+    this.#save();
+    return child.pid!;
+  }
+
+  /**
+   * Makes `count` echo requests (lab/echo/client.cjs) from namespace `netns`, one after another:
+   * each reply is "<endpoint pod> <source address it saw>", or an error code (ECONNREFUSED, TIMEOUT).
+   */
+  async echoRequest(netns: string, o: { host: string; port: number; proto?: 'tcp' | 'udp'; count?: number; timeoutMs?: number }): Promise<EchoReply[]> {
+    const req = { proto: 'tcp', count: 1, timeoutMs: 2000, ...o };
+    const { stdout } = await execFileP('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ECHO_CLIENT, JSON.stringify(req)], {
+      encoding: 'utf8',
+      timeout: 30_000 + req.count * req.timeoutMs,
+      maxBuffer: 16 << 20,
+    });
+    return JSON.parse(stdout) as EchoReply[];
+  }
+
   /** Runs CNI DEL for a pod and deletes its namespace. */
   async removePod(name: string): Promise<void> {
     const pod = this.state.pods.find((p) => p.name === name);
     if (!pod) return;
+    if (pod.echoPid && isAlive(pod.echoPid)) await killAndWait(pod.echoPid, 'SIGKILL');
     await this.#cni(this.node(pod.node), { command: 'DEL', pod }).catch(() => undefined);
     try {
       sh('ip', ['netns', 'del', pod.netns]);
@@ -526,7 +588,7 @@ function tail(file: string, lines = 20): string {
  * SIGKILL every recorded process and delete every recorded namespace.
  */
 export function destroyTopologySync(state: TopologyState): void {
-  for (const pid of [...state.nodes.map((n) => n.pid), state.apiServer?.pid, state.etcdPid]) {
+  for (const pid of [...state.pods.map((p) => p.echoPid), ...state.nodes.map((n) => n.pid), state.apiServer?.pid, state.etcdPid]) {
     if (pid && isAlive(pid)) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -558,7 +620,7 @@ export async function destroyTopology(stateOrDir: TopologyState | string, opts: 
   } else {
     state = stateOrDir;
   }
-  await Promise.all(state.nodes.map((n) => (n.pid && isAlive(n.pid) ? killAndWait(n.pid, 'SIGKILL') : undefined)));
+  await Promise.all([...state.pods.map((p) => p.echoPid), ...state.nodes.map((n) => n.pid)].map((pid) => (pid && isAlive(pid) ? killAndWait(pid, 'SIGKILL') : undefined)));
   if (state.apiServer?.pid && isAlive(state.apiServer.pid)) await killAndWait(state.apiServer.pid, 'SIGKILL');
   if (state.apiServer) state.apiServer.pid = undefined;
   if (state.etcdPid && isAlive(state.etcdPid)) await killAndWait(state.etcdPid, 'SIGKILL');

@@ -4,11 +4,13 @@
  */
 import { errText, UsageError } from '../core/errors.ts';
 import { NodeNotFoundError } from '../status/collect.ts';
+import { etcdOnly } from '../status/kube.ts';
 import { SourceUnavailableError } from '../status/model.ts';
 import { VERSION } from '../status/version.ts';
 import { ConfigError } from '../subnet/config.ts';
 import { USAGE, type CommandLine, type Verb } from './args.ts';
 import { checkCommand } from './check.ts';
+import { kubeMode } from './connect.ts';
 import type { Command, CommandContext } from './context.ts';
 import { describeNodeCommand } from './describe.ts';
 import { getNodesCommand } from './get.ts';
@@ -39,6 +41,8 @@ export async function runCommand(line: CommandLine, deps: Omit<CommandContext, '
     deps.out(`weftctl ${VERSION} (node ${process.version})\n`);
     return 0;
   }
+  // Before opening anything: in Kubernetes mode there is no etcd config to write.
+  if (line.verb === 'network init' && kubeMode(line.flags, deps.env)) throw etcdOnly('network init');
   const source = deps.openSource();
   try {
     return await COMMANDS[line.verb]({ ...deps, flags: line.flags, arg: line.arg, args: line.args, source });

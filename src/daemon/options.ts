@@ -48,6 +48,11 @@ export interface DaemonOptions {
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
+  /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused). */
+  cniDataDir: string;
+  cniBridge: string;
+  /** Most worker threads for CNI requests (one kept warm); 0 runs them on the main thread. */
+  cniWorkers: number;
 }
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
@@ -79,6 +84,9 @@ const FLAGS = {
   'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
+  'cni-data-dir': { type: 'string', default: '/var/lib/cni/networks', help: 'the IPAM dataDir of the only network the CNI fast path serves' },
+  'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
+  'cni-workers': { type: 'string', default: '2', help: 'worker threads running CNI requests, one kept warm ("0": on the main thread)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -178,6 +186,13 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   const cniSocket = str('cni-socket') ?? '';
   if (cniSocket && !cniSocket.startsWith('/')) throw new UsageError(`--cni-socket: "${cniSocket}" is not an absolute path`);
   if (Buffer.byteLength(cniSocket) > MAX_SOCKET_PATH) throw new UsageError(`--cni-socket: "${cniSocket}" is longer than ${MAX_SOCKET_PATH} bytes (a unix socket path limit)`);
+  const cniDataDir = str('cni-data-dir')!;
+  if (!cniDataDir.startsWith('/')) throw new UsageError(`--cni-data-dir: "${cniDataDir}" is not an absolute path`);
+  const cniBridge = str('cni-bridge')!;
+  if (!/^[^/:\s]{1,15}$/.test(cniBridge) || cniBridge === '.' || cniBridge === '..') throw new UsageError(`--cni-bridge: "${cniBridge}" is not an interface name`);
+  const cniWorkersText = str('cni-workers')!;
+  const cniWorkers = Number(cniWorkersText);
+  if (!/^\d+$/.test(cniWorkersText) || cniWorkers > 16) throw new UsageError(`--cni-workers: "${cniWorkersText}" is not a number from 0 to 16`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
@@ -206,5 +221,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     resyncIntervalMs: resync,
     logLevel,
     cniSocket,
+    cniDataDir,
+    cniBridge,
+    cniWorkers,
   };
 }

@@ -110,6 +110,8 @@ export function compareState(opts: {
   device: string;
   subnetFile: string;
   publicIP?: string;
+  /** What the leases come from, for messages (default `etcd`). */
+  against?: string;
 }): CheckReport {
   const { kernel, leases, config, device } = opts;
   const findings: Finding[] = [];
@@ -121,7 +123,7 @@ export function compareState(opts: {
   if (!self && fileSubnet) self = leases.find((l) => gatewayOf(parseCIDR(l.subnet)) === fileSubnet);
 
   if (!self) {
-    add('missing', 'lease', `no lease in etcd for this node${localIP ? ` (public IP ${localIP})` : ''}`);
+    add('missing', 'lease', `no lease in ${opts.against ?? 'etcd'} for this node${localIP ? ` (public IP ${localIP})` : ''}`);
   }
   const dev = kernel.device;
   if (!dev) {

@@ -31,6 +31,9 @@ test('options: defaults', (t) => {
     resyncIntervalMs: 300_000,
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
+    cniDataDir: '/var/lib/cni/networks',
+    cniBridge: 'cni0',
+    cniWorkers: 2,
   });
 });
 

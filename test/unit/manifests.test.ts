@@ -334,6 +334,11 @@ for (const set of sets) {
       'weftd sees pod namespaces',
     );
     t.truthy(weftdHostPath(opts.subnetFile).mount);
+    // weftd serves only its own network: the conflist must name exactly it, or every request is refused.
+    const plugin = conflist.plugins[0];
+    t.is(plugin.subnetFile ?? CNI_DEFAULTS.subnetFile, opts.subnetFile, 'conflist subnetFile is weftd --subnet-file');
+    t.is(dataDir, opts.cniDataDir, 'conflist dataDir is weftd --cni-data-dir');
+    t.is(plugin.bridge ?? CNI_DEFAULTS.bridge, opts.cniBridge, 'conflist bridge is weftd --cni-bridge');
   });
 
   test(title('install-cni writes where kubelet and the packaged plugin look'), (t) => {

@@ -13,6 +13,7 @@ export * from './annotations.ts';
 export * from './netconf.ts';
 export * from './table.ts';
 export * from './manager.ts';
+export * from './informer.ts';
 
 export interface CreateKubeSubnetManagerOptions {
   /** --kubeconfig; else in-cluster, else $KUBECONFIG. */

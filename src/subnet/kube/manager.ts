@@ -11,8 +11,8 @@
  *   changed keys, on `nodes/<name>/status` as flannel does (so RBAC needs nodes/status patch and
  *   no nodes patch). A user-set `public-ip-overwrite` wins. If someone strips or edits them
  *   later, the watch notices and writes them back.
- * - Peers: a Node informer kept up by src/kube/informer.ts (client-node's ListWatch, restarted
- *   with backoff after errors; it keeps its resourceVersion, so a restarted watch resumes where
+ * - Peers: the Node informer (src/subnet/kube/informer.ts on src/kube/informer.ts: client-node's
+ *   ListWatch, restarted with backoff after errors; it keeps its resourceVersion, so a restarted watch resumes where
  *   it stopped, and asks for bookmarks, so in a quiet cluster that version stays recent and a
  *   reconnect does not turn into a 410 and a full relist). Every listing (first and after 410)
  *   goes through the peer table (src/subnet/kube/table.ts), which turns it into the events the
@@ -23,7 +23,6 @@
  * touched from them. Own-annotation repairs are serialized through one promise chain.
  */
 import { Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
-import { keepInformer } from '../../kube/informer.ts';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { errText, markRetryable } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
@@ -43,6 +42,7 @@ import {
   type NodeLike,
 } from './annotations.ts';
 import { DEFAULT_NET_CONF_PATH, loadNetConf } from './netconf.ts';
+import { runNodeInformer } from './informer.ts';
 import { NodeLeaseTable } from './table.ts';
 
 /** Our podCIDR cannot be used (outside Network, not a CIDR); retrying will not fix it. */
@@ -318,42 +318,33 @@ export class KubeSubnetManager implements SubnetManager {
     };
     const own = (n: V1Node) => n.metadata?.name === this.nodeName;
 
-    const client = this.#client;
-    const listFn = async (): Promise<V1NodeList> => {
-      const list = await client.list();
-      // Failing here keeps the informer from starting a watch after we stopped it.
-      if (stop.aborted) throw new Error('node watch stopped');
-      const events = table.replace(list.items);
-      const mine = list.items.find(own);
-      if (mine) this.#ownNodeChanged(mine);
-      if (!synced) {
-        synced = true;
-        handler.snapshot(table.leases());
-      } else {
-        // Only after 410 Gone (or a failed list): worth a line, with what the watch had missed.
-        log.info(`node list: re-listed ${list.items.length} node(s), ${events.length} change(s) since the watch stopped`);
-        emit(events);
-      }
-      return list;
-    };
-    const onChange = (n: V1Node) => {
-      if (own(n)) this.#ownNodeChanged(n);
-      else emit(table.upsert(n));
-    };
-    await keepInformer<V1Node>(stop, {
-      kc: this.#opts.kc,
-      path: '/api/v1/nodes',
-      what: 'node watch',
-      list: listFn,
-      onAdd: onChange,
-      onUpdate: onChange,
+    await runNodeInformer(this.#opts.kc, {
+      list: () => this.#client.list(),
+      signal: stop,
+      clock: this.#clock,
+      log,
+      backoffMs: this.#opts.restartBackoffMs,
+      onError: (err) => this.#opts.onError?.(err),
+      onList: (list) => {
+        const events = table.replace(list.items);
+        const mine = list.items.find(own);
+        if (mine) this.#ownNodeChanged(mine);
+        if (!synced) {
+          synced = true;
+          handler.snapshot(table.leases());
+        } else {
+          // Only after 410 Gone (or a failed list): worth a line, with what the watch had missed.
+          log.info(`node list: re-listed ${list.items.length} node(s), ${events.length} change(s) since the watch stopped`);
+          emit(events);
+        }
+      },
+      onUpsert: (n) => {
+        if (own(n)) this.#ownNodeChanged(n);
+        else emit(table.upsert(n));
+      },
       onDelete: (n) => {
         if (n.metadata?.name) emit(table.remove(n.metadata.name));
       },
-      log,
-      clock: this.#clock,
-      backoffMs: this.#opts.restartBackoffMs,
-      onError: this.#opts.onError,
     });
   }
 

@@ -64,6 +64,15 @@ export class NodeLeaseTable {
     return out;
   }
 
+  /**
+   * What the table made of node `name`: its lease, or why it has none (`pending`: no podCIDR or
+   * annotations yet; `invalid`/`conflict`: rejected). Undefined for our own node and unknown names.
+   */
+  nodeState(name: string): { state: Entry['state']; lease?: Lease; why?: string } | undefined {
+    const e = this.#nodes.get(name);
+    return e && { state: e.state, lease: e.lease, why: e.why };
+  }
+
   /** Peers skipped because podCIDR or backend annotations are missing. */
   get pendingCount(): number {
     return this.#pending;
