@@ -54,7 +54,7 @@ test.serial('kube mode: weftd stopped -> weft-standalone serves the pod; the ove
     await c.removeSandbox(s);
     t.deepEqual(c.nodeState('n1'), before);
   } finally {
-    await c.cluster.topo.startDaemon('n1');
+    await c.cluster.topo.startDaemon('n1', { args: ['--cni-data-dir', c.cluster.node('n1').dataDir] });
   }
   await c.removeSandbox(peer);
 });

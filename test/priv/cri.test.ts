@@ -157,7 +157,7 @@ test.serial('CRI: weftd stopped -> the launcher falls back to weft-standalone (n
     }
     t.deepEqual(c.nodeState('n1'), before, 'a failed RunPodSandbox leaves nothing either');
   } finally {
-    await c.cluster.topo.startDaemon('n1');
+    await c.cluster.topo.startDaemon('n1', { args: ['--cni-data-dir', c.cluster.node('n1').dataDir] });
   }
   const again = await c.runSandbox('n1');
   t.true(reachable(again.netns, peer.ip));

@@ -115,6 +115,21 @@ function runFlags(c: Obj, opts: { configDir: string; cm: Record<string, string>;
   return flags;
 }
 
+/**
+ * A weftd flag naming a path on a hostPath volume (`--subnet-file=/run/flannel/subnet.env`),
+ * with the temporary host's path instead: mounted at the same path inside (the identity mounts),
+ * it is what the host-side plugin names in its requests, as the manifest's path is on a node.
+ */
+function hostArg(arg: string): string {
+  const m = /^(--[a-z-]+)=(\/.*)$/.exec(arg);
+  if (!m) return arg;
+  for (const vm of container('weftd').volumeMounts ?? []) {
+    const v = volumes.get(vm.name)!;
+    if (v.hostPath && (m[2] === vm.mountPath || m[2]!.startsWith(`${vm.mountPath}/`))) return `${m[1]}=${onHost(v.hostPath.path)}${m[2]!.slice(vm.mountPath.length)}`;
+  }
+  return arg;
+}
+
 /** A container's `command` replaces the image's ENTRYPOINT (Kubernetes semantics); `args` follow the image name. */
 function entrypoint(c: Obj): string[] {
   return c.command ? ['--entrypoint', JSON.stringify(c.command)] : [];
@@ -210,7 +225,7 @@ test.before(async (t) => {
     ...runFlags(weftd, { configDir, cm, fields, identity: true }),
     ...entrypoint(weftd),
     IMAGE,
-    ...weftd.args,
+    ...weftd.args.map(hostArg),
   ]);
   const end = Date.now() + 60_000;
   while ((await readyz()) !== 200) {

@@ -64,8 +64,11 @@ export class CriCluster {
     const work = mkdtempSync('/tmp/wt-cri-');
     let c: CriCluster | undefined;
     try {
-      const cluster = await startCluster(opts);
+      const cluster = await startCluster({ ...opts, start: false });
       c = new CriCluster(cluster, work);
+      // weftd's fast path serves only its own network: the conflist's dataDir (the lab node's
+      // IPAM dir) must be its --cni-data-dir, as /var/lib/cni/networks is on both sides on a node.
+      await Promise.all(cluster.topo.state.nodes.map((n) => cluster.topo.startDaemon(n.name, { args: ['--cni-data-dir', n.dataDir] })));
       // The image's /opt/weft/cni (Dockerfile): dist/pkg plus the reference portmap.
       cpSync(join(root, 'dist/pkg'), c.srcDir, { recursive: true });
       cpSync('/usr/lib/cni/portmap', join(c.srcDir, 'bin/portmap'));
