@@ -76,7 +76,8 @@ function linkInfo(spec: LinkSpec): Buffer {
   }
 }
 
-function parseVxlan(data: Buffer): VxlanInfo {
+/** IFLA_INFO_DATA of a vxlan link (also read by monitor.ts). */
+export function parseVxlan(data: Buffer): VxlanInfo {
   const a = parseAttrs(data);
   const id = a.get(IFLA_VXLAN_ID);
   const link = a.get(IFLA_VXLAN_LINK);
@@ -278,7 +279,10 @@ class RtNetlink implements Netlink {
 
   async routeDel(r: Route): Promise<void> {
     const { data, attrs } = routeMsg(r);
-    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(data as never, attrs, this.#o));
+    // Match any protocol and scope, as `ip route del` does: a route someone else added (proto
+    // boot, say) is deleted too, not refused with ESRCH.
+    const match = { ...data, protocol: 0 /* RTPROT_UNSPEC */, scope: 255 /* RT_SCOPE_NOWHERE */ };
+    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(match as never, attrs, this.#o));
   }
 
   async neighs(index?: number): Promise<Neigh[]> {
