@@ -84,12 +84,13 @@ export function parseVxlan(data: Buffer): VxlanInfo {
   const local = a.get(IFLA_VXLAN_LOCAL);
   const learning = a.get(IFLA_VXLAN_LEARNING);
   const port = a.get(IFLA_VXLAN_PORT);
+  // Sizes checked: notifications (monitor.ts) come through here too.
   return {
-    vni: id ? id.readUInt32LE(0) : 0,
-    port: port ? port.readUInt16BE(0) : 0,
-    local: local ? formatIPv4(bufferToIPv4(local)) : undefined,
-    parentIndex: link ? link.readUInt32LE(0) || undefined : undefined,
-    learning: learning ? learning[0] !== 0 : true,
+    vni: id && id.length >= 4 ? id.readUInt32LE(0) : 0,
+    port: port && port.length >= 2 ? port.readUInt16BE(0) : 0,
+    local: local && local.length === 4 ? formatIPv4(bufferToIPv4(local)) : undefined,
+    parentIndex: link && link.length >= 4 ? link.readUInt32LE(0) || undefined : undefined,
+    learning: learning && learning.length ? learning[0] !== 0 : true,
   };
 }
 
