@@ -110,13 +110,18 @@ export function parseNotifications(buf: Buffer): Array<RtEvent | typeof OVERRUN>
       continue;
     }
     if (type === NLMSG_ERROR) continue;
-    const ev = parseMessage(type, body);
+    const ev = parseRtMessage(type, body);
     if (ev) out.push(ev);
   }
   return out;
 }
 
-function parseMessage(type: number, body: Buffer): RtEvent | undefined {
+/**
+ * One rtnetlink message body of `type` as an event (undefined: a type, family or route type
+ * weft does not read). Dump replies are the same messages (NEW* types), so rtnl.ts reads its
+ * neighbor, FDB and route dumps with this too.
+ */
+export function parseRtMessage(type: number, body: Buffer): RtEvent | undefined {
   switch (type) {
     case RTM_NEWLINK:
     case RTM_DELLINK:
