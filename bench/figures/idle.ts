@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { BenchScope, sleep } from '../lib/scope.ts';
 import { bins, missing, root } from '../lib/paths.ts';
-import { cpuMs, makeRig, rssMiB, startWeftd, ETCD_PREFIX } from '../lib/rig.ts';
+import { cpuMs, makeRig, rssMiB, rssParts, startWeftd, ETCD_PREFIX } from '../lib/rig.ts';
 import { indexOf, leaseFor } from '../lib/leases.ts';
 import { msSince, percentile, round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure } from '../lib/report.ts';
@@ -40,6 +40,8 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
     for (let i = 1; indexes.length < PEERS + singles; i++) if (i !== ownIndex) indexes.push(i);
     const bulkIdx = indexes.slice(0, PEERS);
     const singleIdx = indexes.slice(PEERS);
+    await sleep(2000);
+    const rss0 = rssMiB(d.pid);
 
     const writerChild = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'lease-writer.ts'), rig.etcd.endpoint, ETCD_PREFIX], {
       ns: rig.ns,
@@ -79,6 +81,7 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
     const selfPct = ((cpu1.self - cpu0.self) / wallMs) * 100;
     const childPct = ((cpu1.children - cpu0.children) / wallMs) * 100;
     const rssEnd = rss[rss.length - 1];
+    const parts = rssParts(d.pid);
     const rssMax = Math.max(...rss);
 
     // Route additions as the kernel announces them, with our monotonic receive time.
@@ -113,6 +116,9 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
         { metric: '  processes it spawned (nft) meanwhile', unit: '% of a core', weft: round(childPct, 2) },
         { metric: `weftd RSS at the end of the idle minute`, unit: 'MiB', weft: round(rssEnd, 1), target: '< 80 MiB', met: rssEnd < 80 },
         { metric: '  highest RSS sample (every 5 s)', unit: 'MiB', weft: round(rssMax, 1) },
+        { metric: '  of the last: anonymous (heaps, stacks)', unit: 'MiB', weft: round(parts.anon, 1) },
+        { metric: '  of the last: file-backed (node binary, libraries)', unit: 'MiB', weft: round(parts.file, 1) },
+        { metric: '  weftd RSS before any peer', unit: 'MiB', weft: round(rss0, 1) },
         { metric: `new peer: etcd write to route, p50 (n=${lat.length})`, unit: 'ms', weft: round(p50) },
         { metric: `new peer: etcd write to route, p99 (n=${lat.length})`, unit: 'ms', weft: round(p99), target: '< 10 ms', met: p99 < 10 },
       ],
@@ -126,6 +132,8 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
         idleWallMs: wallMs,
         cpuMs: { self: cpu1.self - cpu0.self, children: cpu1.children - cpu0.children },
         rssMiB: rss,
+        rssNoPeersMiB: rss0,
+        rssPartsMiB: parts,
         single: { ...summarize(lat), samples: lat },
         loadavg: readFileSync('/proc/loadavg', 'utf8').trim(),
       },

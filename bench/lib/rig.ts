@@ -145,6 +145,13 @@ export function cpuMs(pid: number): { self: number; children: number } {
   return { self: ((utime + stime) * 1000) / CLK_TCK, children: ((cutime + cstime) * 1000) / CLK_TCK };
 }
 
+/** RssAnon (heap, stacks) and RssFile (mapped binary and libraries) of a process in MiB. */
+export function rssParts(pid: number): { anon: number; file: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
+  return { anon: kb('RssAnon') / 1024, file: kb('RssFile') / 1024 };
+}
+
 /** VmRSS of a process in MiB. */
 export function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -76,6 +76,17 @@ test.serial('a neighbor changed to another MAC is set right within ~1 s', async 
   t.true(ms !== undefined && ms < EVENT_MS, `after ${ms} ms`);
 });
 
+test.serial('a peer route replaced by one through another device is put back within ~1 s', async (t) => {
+  const ns = cluster.node('n1').netns;
+  const sub3 = cluster.subnetOf('n3')!;
+  sh('ip', ['-n', ns, 'route', 'replace', sub3, 'via', '198.51.100.1', 'dev', 'eth0']);
+  const ms = await timeUntil(() => cluster.hasPeer('n1', 'n3'));
+  t.log(`route back on flannel.1 after ${ms} ms`);
+  t.true(ms !== undefined && ms < EVENT_MS, `after ${ms} ms`);
+  t.regex(cluster.log('n1'), new RegExp(`full pass: route ${sub3.replace(/\./g, '\\.')} added on device \\d+`));
+  t.true(repairs('n1').some((l) => l.includes(`repair: route ${sub3}`)));
+});
+
 test.serial('a route and an FDB entry nobody wants are removed within ~1 s', async (t) => {
   const ns = cluster.node('n1').netns;
   sh('ip', ['-n', ns, 'route', 'add', '198.18.250.0/24', 'via', '198.18.250.0', 'dev', 'flannel.1', 'onlink']);

@@ -101,6 +101,12 @@ export class DriftWatch {
       return;
     }
     const cache = this.#o.cache;
+    if (ev.kind === 'route' && ev.op === 'new' && ev.route.index !== dev.index && (ev.route.table ?? 254) === 254 && cache.route(ev.route.dst)) {
+      // Another device's route to a destination we route: `ip route replace` swaps ours out
+      // without a deletion notice, and the cache cannot tell whether ours is still there.
+      this.#o.fullPass(`route ${ev.route.dst} added on device ${ev.route.index}`);
+      return;
+    }
     if (!cache.apply(ev) || cache.index !== dev.index) return;
     const key = this.#drifted(ev);
     if (key !== undefined) this.#mark(key);
