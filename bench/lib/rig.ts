@@ -52,9 +52,10 @@ export interface Daemon {
 
 /**
  * Starts weftd in the rig and waits for /readyz (polled from inside the namespace). `args` are
- * appended to the rig's flags (e.g. a --reconcile-interval to compare).
+ * appended to the rig's flags (e.g. a --reconcile-interval to compare), `env` to its clean
+ * environment.
  */
-export async function startWeftd(scope: BenchScope, rig: Rig, opts: { timeoutMs?: number; args?: string[] } = {}): Promise<Daemon> {
+export async function startWeftd(scope: BenchScope, rig: Rig, opts: { timeoutMs?: number; args?: string[]; env?: Record<string, string> } = {}): Promise<Daemon> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   // WEFT_BENCH_WEFTD_NODE_OPTIONS lets one try V8 flags on the daemon without rebuilding it.
   const nodeOptions = process.env.WEFT_BENCH_WEFTD_NODE_OPTIONS;
@@ -91,7 +92,7 @@ export async function startWeftd(scope: BenchScope, rig: Rig, opts: { timeoutMs?
   })();
   const wall0 = Date.now();
   const t0 = process.hrtime.bigint();
-  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}) };
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}), ...opts.env };
   const child = scope.spawn(bins.weftd, args, { ns: rig.ns, env, stdio: ['ignore', log, log] });
   closeSync(log);
   const readyMs = await new Promise<number>((resolve, reject) => {
