@@ -174,7 +174,7 @@ function parseAddr(op: RtOp, body: Buffer): RtEvent | undefined {
   if (body.length < IFADDRMSG_LEN || body[0] !== AF_INET) return undefined;
   const a = parseAttrs(body.subarray(IFADDRMSG_LEN));
   const raw = a.get(IFA_LOCAL) ?? a.get(IFA_ADDRESS);
-  if (!raw || raw.length !== 4) return undefined;
+  if (raw?.length !== 4) return undefined;
   return { kind: 'addr', op, addr: { index: body.readUInt32LE(4), ip: formatIPv4(bufferToIPv4(raw)), prefixLen: body[1] } };
 }
 
@@ -206,7 +206,7 @@ function parseNeigh(op: RtOp, body: Buffer): RtEvent | undefined {
   const a = parseAttrs(body.subarray(NDMSG_LEN));
   const dst = a.get(NDA_DST);
   const ll = a.get(NDA_LLADDR);
-  if (!dst || dst.length !== 4) return undefined;
+  if (dst?.length !== 4) return undefined;
   const ip = formatIPv4(bufferToIPv4(dst));
   const mac = ll && ll.length === 6 ? bufferToMAC(ll) : '';
   if (family === AF_BRIDGE) {

@@ -94,7 +94,7 @@ export function parseVxlan(data: Buffer): VxlanInfo {
     port: port && port.length >= 2 ? port.readUInt16BE(0) : 0,
     local: local && local.length === 4 ? formatIPv4(bufferToIPv4(local)) : undefined,
     parentIndex: link && link.length >= 4 ? link.readUInt32LE(0) || undefined : undefined,
-    learning: learning && learning.length ? learning[0] !== 0 : true,
+    learning: learning?.length ? learning[0] !== 0 : true,
   };
 }
 

@@ -32,7 +32,10 @@ async function timeUntil(cond: () => boolean, limitMs = 10_000): Promise<number 
 }
 
 function repairs(node: string): string[] {
-  return cluster.log(node).split('\n').filter((l) => l.includes('repair: '));
+  return cluster
+    .log(node)
+    .split('\n')
+    .filter((l) => l.includes('repair: '));
 }
 
 test.serial('the peers are programmed and nothing is taken for drift', async (t) => {
@@ -103,7 +106,7 @@ test.serial('a route and an FDB entry nobody wants are removed within ~1 s', asy
 
 test.serial('flannel.1 set down comes up again, and a deleted flannel.1 comes back with every peer, within ~1 s', async (t) => {
   const ns = cluster.node('n2').netns;
-  const up = () => (sh('ip', ['-n', ns, '-j', 'link', 'show', 'flannel.1']).includes('"UP"') ? true : false);
+  const up = () => !!sh('ip', ['-n', ns, '-j', 'link', 'show', 'flannel.1']).includes('"UP"');
   sh('ip', ['-n', ns, 'link', 'set', 'flannel.1', 'down']);
   const upMs = await timeUntil(() => up() && cluster.hasPeer('n2', 'n1') && cluster.hasPeer('n2', 'n3'));
   t.log(`up again after ${upMs} ms`);

@@ -34,7 +34,11 @@ async function setup() {
     onRepair: (what) => repairs.push(what),
     monitor: (h): RtMonitor => {
       handlers = h;
-      return { close: () => void (closed = true) };
+      return {
+        close: () => {
+          closed = true;
+        },
+      };
     },
   });
   await net.setSubnet(parseCIDR('198.18.1.0/24'));
@@ -75,7 +79,10 @@ test('a deleted route is put back from the cache for its peer only, without a du
   const { nl, repairs, emit, index, stop } = await setup();
   let dumps = 0;
   const routes = nl.routes.bind(nl);
-  nl.routes = async () => (dumps++, routes());
+  nl.routes = async () => {
+    dumps++;
+    return routes();
+  };
   nl.routes_ = nl.routes_.filter((r) => r.dst !== '198.18.2.0/24');
   emit({ kind: 'route', op: 'del', route: { dst: '198.18.2.0/24', gateway: '198.18.2.0', index, onlink: true, table: 254, scope: 'universe' } });
   await tick(80);
@@ -152,9 +159,25 @@ test('the cache keeps events that arrive while its dump is read, and is void aft
   // Arrives during the dump: the dump may or may not show it.
   c.apply({ kind: 'route', op: 'del', route: route('198.18.2.0/24') });
   c.apply({ kind: 'route', op: 'new', route: route('198.18.4.0/24') });
-  c.endDump({ neighs: [], fdbs: [{ index: 7, mac: 'aa:bb:cc:00:00:02', dst: '198.51.100.12' }, { index: 8, mac: 'x', dst: 'y' }], routes: [route('198.18.2.0/24'), route('198.18.3.0/24')] }, 7);
+  c.endDump(
+    {
+      neighs: [],
+      fdbs: [
+        { index: 7, mac: 'aa:bb:cc:00:00:02', dst: '198.51.100.12' },
+        { index: 8, mac: 'x', dst: 'y' },
+      ],
+      routes: [route('198.18.2.0/24'), route('198.18.3.0/24')],
+    },
+    7,
+  );
   t.true(c.valid);
-  t.deepEqual(c.dump().routes.map((r) => r.dst).sort(), ['198.18.3.0/24', '198.18.4.0/24']);
+  t.deepEqual(
+    c
+      .dump()
+      .routes.map((r) => r.dst)
+      .sort(),
+    ['198.18.3.0/24', '198.18.4.0/24'],
+  );
   t.deepEqual(c.dump().fdbs, [{ index: 7, mac: 'aa:bb:cc:00:00:02', dst: '198.51.100.12' }], 'other devices are not kept');
   // Lost events during a dump: that dump cannot make it valid.
   c.invalidate();

@@ -57,13 +57,7 @@ const RTM_NEWNEIGH = 28;
 const RTM_DELNEIGH = 29;
 
 test('a peer route: destination, gateway, device, onlink, table and scope as the dumps read them', (t) => {
-  const body = Buffer.concat([
-    rtmsg({ dstLen: 24, flags: 4 /* RTNH_F_ONLINK */ }),
-    nla(15, u32(254)),
-    nla(1, ip('198.18.2.0')),
-    nla(5, ip('198.18.2.0')),
-    nla(4, u32(7)),
-  ]);
+  const body = Buffer.concat([rtmsg({ dstLen: 24, flags: 4 /* RTNH_F_ONLINK */ }), nla(15, u32(254)), nla(1, ip('198.18.2.0')), nla(5, ip('198.18.2.0')), nla(4, u32(7))]);
   t.deepEqual(parseNotifications(msg(RTM_NEWROUTE, body)), [
     { kind: 'route', op: 'new', route: { dst: '198.18.2.0/24', table: 254, gateway: '198.18.2.0', index: 7, onlink: true, scope: 'universe' } },
   ]);
