@@ -225,6 +225,14 @@ export interface RtMonitorHandlers {
 }
 
 export interface RtMonitor {
+  /**
+   * Leaves the groups until {@link resume}; datagrams already queued are dropped unread. For a
+   * caller that is about to cause a flood of notifications it would only discard (1000 peers
+   * being programmed), so that reading them costs nothing; what changed meanwhile is not seen.
+   */
+  pause(): void;
+  /** Joins the groups again. */
+  resume(): void;
   close(): void;
 }
 
@@ -239,17 +247,19 @@ const RECV_BUFFER = 4 << 20;
 export function openRtMonitor(handlers: RtMonitorHandlers, opts: { netns?: NetNs; groups?: number[] } = {}): RtMonitor {
   const create = () => new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: RECV_BUFFER, sendBufferSize: 0 /* the default: nothing is sent */ });
   const sock = opts.netns ? withNetns(opts.netns, create) : create();
+  const groups = opts.groups ?? [RTNLGRP.LINK, RTNLGRP.IPV4_IFADDR, RTNLGRP.NEIGH, RTNLGRP.IPV4_ROUTE];
   try {
-    for (const g of opts.groups ?? [RTNLGRP.LINK, RTNLGRP.IPV4_IFADDR, RTNLGRP.NEIGH, RTNLGRP.IPV4_ROUTE]) sock.addMembership(g);
+    for (const g of groups) sock.addMembership(g);
   } catch (err) {
     sock.close();
     throw err;
   }
   sock.unref();
   let closed = false;
+  let paused = false;
   sock.on('message', (msg: Buffer, rinfo: { port: number }) => {
     // Only the kernel (port 0) speaks for the kernel.
-    if (rinfo.port !== 0) return;
+    if (paused || rinfo.port !== 0) return;
     let parsed: Array<RtEvent | typeof OVERRUN>;
     try {
       parsed = parseNotifications(msg);
@@ -263,9 +273,19 @@ export function openRtMonitor(handlers: RtMonitorHandlers, opts: { netns?: NetNs
   });
   sock.on('truncatedMessage', () => handlers.onLost(new Error('rtnetlink notification truncated')));
   sock.on('error', (err: Error) => {
-    if (!closed) handlers.onLost(err);
+    if (!closed && !paused) handlers.onLost(err);
   });
   return {
+    pause: () => {
+      if (closed || paused) return;
+      paused = true;
+      for (const g of groups) sock.dropMembership(g);
+    },
+    resume: () => {
+      if (closed || !paused) return;
+      for (const g of groups) sock.addMembership(g);
+      paused = false;
+    },
     close: () => {
       if (closed) return;
       closed = true;

@@ -28,6 +28,7 @@ async function setup() {
   const repairs: string[] = [];
   let handlers: RtMonitorHandlers | undefined;
   let closed = false;
+  const subscription: string[] = [];
   const net = await VxlanNetwork.open(nl, {
     device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
     log,
@@ -35,6 +36,8 @@ async function setup() {
     monitor: (h): RtMonitor => {
       handlers = h;
       return {
+        pause: () => void subscription.push('pause'),
+        resume: () => void subscription.push('resume'),
         close: () => {
           closed = true;
         },
@@ -55,7 +58,7 @@ async function setup() {
     await watching;
     return closed;
   };
-  return { nl, net, repairs, emit, index, stop, lost: (e: Error) => handlers!.onLost(e) };
+  return { nl, net, repairs, emit, index, stop, subscription, lost: (e: Error) => handlers!.onLost(e) };
 }
 
 test('events that echo what weftd wrote cause no work', async (t) => {
@@ -190,4 +193,35 @@ test('the cache keeps events that arrive while its dump is read, and is void aft
   c.endDump({ neighs: [], fdbs: [], routes: [route('198.18.5.0/24')] }, 7);
   t.true(c.valid);
   t.truthy(c.route('198.18.5.0/24'));
+});
+
+test('a bulk of peer jobs pauses the subscription; once they are done it resumes and a full pass reads the kernel again', async (t) => {
+  const { nl, net, emit, index, subscription, stop } = await setup();
+  let dumps = 0;
+  const routes = nl.routes.bind(nl);
+  nl.routes = async () => {
+    dumps++;
+    return routes();
+  };
+  const bulk = Array.from({ length: 40 }, (_, i) => net.applyPut(lease(`198.18.${10 + i}.0/24`, `198.51.100.${100 + i}`, `aa:bb:cc:00:01:${(16 + i).toString(16)}`)));
+  // The first of their notifications arrives while most jobs are still queued.
+  emit({ kind: 'neigh', op: 'new', neigh: { index, ip: '198.18.10.0', mac: 'aa:bb:cc:00:01:10', permanent: true } });
+  t.deepEqual(subscription, ['pause']);
+  // Drift meanwhile goes unseen by the event path...
+  nl.routes_ = nl.routes_.filter((r) => r.dst !== '198.18.3.0/24');
+  emit({ kind: 'route', op: 'del', route: { dst: '198.18.3.0/24', gateway: '198.18.3.0', index, table: 254 } });
+  await Promise.all(bulk);
+  await tick(60);
+  // ...and is found by the full pass that follows.
+  t.deepEqual(subscription, ['pause', 'resume']);
+  t.is(dumps, 1);
+  t.true(nl.routes_.some((r) => r.dst === '198.18.3.0/24'));
+  t.is(nl.routes_.filter((r) => r.index === index).length, 42);
+  // The cache is valid again: the event path repairs on its own.
+  nl.routes_ = nl.routes_.filter((r) => r.dst !== '198.18.2.0/24');
+  emit({ kind: 'route', op: 'del', route: { dst: '198.18.2.0/24', gateway: '198.18.2.0', index, table: 254 } });
+  await tick(60);
+  t.is(dumps, 1);
+  t.true(nl.routes_.some((r) => r.dst === '198.18.2.0/24'));
+  await stop();
 });

@@ -31,6 +31,15 @@ import type { Peer, WantedPeers } from './peers.ts';
 /** How long drifted keys are gathered before they are planned. */
 export const SETTLE_MS = 30;
 
+/**
+ * Peer jobs in the queue from which the event path steps aside: a bulk of them (a snapshot, a
+ * burst of lease events) makes three notifications per peer that would all be read, parsed and
+ * found to be our own writes, in the same thread that programs the peers. It pauses the
+ * subscription instead and runs a full pass once the queue is empty; drift that happens
+ * meanwhile is found by that pass.
+ */
+export const BUSY_JOBS = 16;
+
 /** The wanted peers, with the look-ups the judging needs (PeerSet). */
 export interface DriftPeers extends WantedPeers {
   get(id: string): Peer | undefined;
@@ -48,8 +57,13 @@ export interface DriftWatchOptions {
   repairKeys: (keys: ReadonlySet<string>, settled: (key: string) => boolean) => Promise<unknown>;
   /** Asks for a full pass (device, address, every peer); requests while one is queued merge. */
   fullPass: (why: string) => void;
+  /** Peer jobs queued or running, and a promise for when there are none. */
+  jobs: { pending: () => number; idle: () => Promise<void> };
+  /** Pauses and resumes the subscription (RtMonitor; set once it is open). */
+  subscription?: { pause(): void; resume(): void };
   log: Log;
   settleMs?: number;
+  busyJobs?: number;
 }
 
 /** Judges notifications and starts repairs; see the module comment. */
@@ -59,15 +73,39 @@ export class DriftWatch {
   #watch: Watch | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  #paused = false;
 
   constructor(opts: DriftWatchOptions) {
     this.#o = opts;
   }
 
+  /** Whether the subscription is paused for a bulk of peer jobs. */
+  get paused(): boolean {
+    return this.#paused;
+  }
+
   /** The events of one notification datagram, in order. */
   onEvents(events: readonly RtEvent[]): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#paused) return;
+    if (this.#o.subscription && this.#o.jobs.pending() >= (this.#o.busyJobs ?? BUSY_JOBS)) {
+      this.#pause();
+      return;
+    }
     for (const ev of events) this.#judge(ev);
+  }
+
+  /** Steps aside for a bulk of peer jobs; see {@link BUSY_JOBS}. */
+  #pause(): void {
+    this.#paused = true;
+    this.#o.subscription!.pause();
+    this.#o.cache.invalidate();
+    this.#o.log.debug(`kernel notifications paused while ${this.#o.jobs.pending()} peer jobs run`);
+    this.#o.jobs.idle().then(() => {
+      if (this.#closed) return;
+      this.#o.subscription!.resume();
+      this.#paused = false;
+      this.#o.fullPass('peer jobs done, kernel notifications resumed');
+    });
   }
 
   /** Notifications were lost: nothing built from them can be trusted until a full dump. */

@@ -179,6 +179,16 @@ export class Executor {
     return this.#carryOut(planPeers(this.#opts.peers, cache.dump(), { index: this.#index, settled, keys }));
   }
 
+  /** Peer jobs queued or running. */
+  get pending(): number {
+    return this.#queue.pending;
+  }
+
+  /** Resolves once no peer job is queued or running. */
+  async idle(): Promise<void> {
+    while (this.#queue.pending) await this.#queue.idle(1000);
+  }
+
   /** Starts recording which keys jobs work on (see KeyedJobQueue.watch). */
   watch(): Watch {
     return this.#queue.watch();

@@ -199,9 +199,11 @@ export class VxlanNetwork implements BackendNetwork {
       watch: () => this.#exec.watch(),
       repairKeys: (keys, settled) => this.#serial(() => this.#exec.repairKeys(keys, settled)),
       fullPass: (why) => this.#queuePass(why),
+      jobs: { pending: () => this.#exec.pending, idle: () => this.#exec.idle() },
+      subscription: { pause: () => mon?.pause(), resume: () => mon?.resume() },
       log,
     });
-    let mon: RtMonitor;
+    let mon: RtMonitor | undefined;
     try {
       mon = open({ onEvents: (evs) => drift.onEvents(evs), onLost: (err) => drift.onLost(err) });
     } catch (err) {
