@@ -20,6 +20,7 @@ import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
 import { figDataplane } from './figures/dataplane.ts';
 import { figIdle } from './figures/idle.ts';
+import { figCri } from './figures/cri.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
@@ -33,6 +34,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
   idle: { title: 'weftd idle with 1000 peers: CPU, RSS, new-peer latency', run: figIdle },
+  cri: { title: 'pod sandbox Run / Stop+Remove through containerd CRI', run: figCri },
 };
 
 async function main(): Promise<void> {
