@@ -27,7 +27,7 @@ test('options: defaults', (t) => {
     nodeName: 'host-a',
     leaseTtlSeconds: 86_400,
     renewMarginSeconds: 3600,
-    reconcileIntervalMs: 1000,
+    reconcileIntervalMs: 60_000,
     resyncIntervalMs: 300_000,
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
