@@ -268,7 +268,14 @@ export class Topology {
     await this.api(
       'PATCH',
       `/api/v1/nodes/${node.name}/status`,
-      { status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: node.name }] } },
+      {
+        status: {
+          addresses: [
+            { type: 'InternalIP', address: node.ip },
+            { type: 'Hostname', address: node.name },
+          ],
+        },
+      },
       { contentType: 'application/strategic-merge-patch+json' },
     );
   }
@@ -335,12 +342,17 @@ export class Topology {
         : ['--etcd-endpoints', this.state.etcdEndpoint, '--etcd-prefix', this.state.etcdPrefix];
     return [
       ...source,
-      '--iface', 'eth0',
-      '--subnet-file', node.subnetFile,
-      '--healthz-addr', node.healthzAddr,
-      '--node-name', node.name,
+      '--iface',
+      'eth0',
+      '--subnet-file',
+      node.subnetFile,
+      '--healthz-addr',
+      node.healthzAddr,
+      '--node-name',
+      node.name,
       '--ip-masq',
-      '--log-level', 'debug',
+      '--log-level',
+      'debug',
       ...(this.state.etcdTls && this.state.mode !== 'kube'
         ? ['--etcd-cafile', this.state.etcdTls.ca, '--etcd-certfile', this.state.etcdTls.clientCert, '--etcd-keyfile', this.state.etcdTls.clientKey]
         : []),
@@ -382,11 +394,10 @@ export class Topology {
   /** GET a daemon endpoint (/healthz, /readyz, /metrics) from inside the node namespace. */
   async http(name: string, path: string): Promise<{ status: number; body: string }> {
     const node = this.node(name);
-    const { stdout } = await execFileP(
-      'nsenter',
-      [`--net=/run/netns/${node.netns}`, '--', 'curl', '-s', '-m', '3', '-w', '\n%{http_code}', `http://${node.healthzAddr}${path}`],
-      { encoding: 'utf8', timeout: 10_000 },
-    ).catch(() => ({ stdout: '\n0' }));
+    const { stdout } = await execFileP('nsenter', [`--net=/run/netns/${node.netns}`, '--', 'curl', '-s', '-m', '3', '-w', '\n%{http_code}', `http://${node.healthzAddr}${path}`], {
+      encoding: 'utf8',
+      timeout: 10_000,
+    }).catch(() => ({ stdout: '\n0' }));
     const cut = stdout.lastIndexOf('\n');
     return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
   }

@@ -4,13 +4,21 @@
 // caller sees which endpoint it reached and which source address the endpoint saw. Prints
 // "ready" once every port listens.
 'use strict';
-const net = require('node:net'), dgram = require('node:dgram');
+const net = require('node:net'),
+  dgram = require('node:dgram');
 const [name, tcpPorts, udpPorts] = process.argv.slice(2);
 let pending = 0;
-const done = () => { if (--pending === 0) process.stdout.write('ready\n'); };
+const done = () => {
+  if (--pending === 0) process.stdout.write('ready\n');
+};
 for (const p of tcpPorts.split(',').map(Number)) {
   pending++;
-  net.createServer((c) => { c.on('error', () => {}); c.end(name + ' ' + c.remoteAddress + '\n'); }).listen(p, '0.0.0.0', done);
+  net
+    .createServer((c) => {
+      c.on('error', () => {});
+      c.end(name + ' ' + c.remoteAddress + '\n');
+    })
+    .listen(p, '0.0.0.0', done);
 }
 for (const p of udpPorts.split(',').map(Number)) {
   pending++;

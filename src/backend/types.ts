@@ -38,4 +38,3 @@ export interface BackendNetwork {
    */
   peerMAC(lease: Lease): string | undefined;
 }
-

@@ -91,13 +91,7 @@ export function gatewayOf(subnet: IPv4Net): string {
 
 /** The file's text (pure). */
 export function formatSubnetEnv(c: SubnetEnvContents): string {
-  return [
-    `FLANNEL_NETWORK=${formatCIDR(c.network)}`,
-    `FLANNEL_SUBNET=${gatewayOf(c.subnet)}`,
-    `FLANNEL_MTU=${c.mtu}`,
-    `FLANNEL_IPMASQ=${c.ipMasq}`,
-    '',
-  ].join('\n');
+  return [`FLANNEL_NETWORK=${formatCIDR(c.network)}`, `FLANNEL_SUBNET=${gatewayOf(c.subnet)}`, `FLANNEL_MTU=${c.mtu}`, `FLANNEL_IPMASQ=${c.ipMasq}`, ''].join('\n');
 }
 
 /** Writes atomically (temp file + rename in the same directory), so a reader never sees half a file. */

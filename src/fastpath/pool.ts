@@ -108,16 +108,19 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
   };
   for (let i = 0; i < min; i++) slots.push(spawn());
   // Extra workers that sat idle go; the timer never keeps weftd alive.
-  const reaper = setInterval(() => {
-    const now = Date.now();
-    for (const slot of [...slots]) {
-      if (slots.length <= min) break;
-      if (!slot.pending.size && now - slot.idleSince > idleMs) {
-        slots.splice(slots.indexOf(slot), 1);
-        void slot.worker.terminate();
+  const reaper = setInterval(
+    () => {
+      const now = Date.now();
+      for (const slot of [...slots]) {
+        if (slots.length <= min) break;
+        if (!slot.pending.size && now - slot.idleSince > idleMs) {
+          slots.splice(slots.indexOf(slot), 1);
+          void slot.worker.terminate();
+        }
       }
-    }
-  }, Math.min(idleMs, 5000));
+    },
+    Math.min(idleMs, 5000),
+  );
   reaper.unref();
   const handler: CniHandler = (req: CniRequest) =>
     new Promise<CniReply>((resolve) => {

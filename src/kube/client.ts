@@ -97,7 +97,7 @@ export function toApiError(op: string, err: unknown): KubeApiError {
     }
     return new KubeApiError(op, e.code, detail.slice(0, 300), { cause: err });
   }
-  const why = e?.name === 'TimeoutError' ? 'timed out' : (e?.cause as Error | undefined)?.message ?? e?.message ?? String(err);
+  const why = e?.name === 'TimeoutError' ? 'timed out' : ((e?.cause as Error | undefined)?.message ?? e?.message ?? String(err));
   return new KubeApiError(op, 0, why, { cause: err });
 }
 

@@ -241,10 +241,7 @@ class RtNetlink implements Netlink {
 
   async linkSetHairpin(index: number, on: boolean): Promise<void> {
     // AF_BRIDGE SETLINK with a *nested* IFLA_PROTINFO; the package cannot set NLA_F_NESTED.
-    const body = Buffer.concat([
-      ifinfomsg({ family: AF_BRIDGE, index }),
-      nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0))),
-    ]);
+    const body = Buffer.concat([ifinfomsg({ family: AF_BRIDGE, index }), nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0)))]);
     await call(`set hairpin on link ${index}`, () => this.#sock.request(RTM_SETLINK, body, this.#o));
   }
 
@@ -299,9 +296,7 @@ class RtNetlink implements Netlink {
 
   async routeReplace(r: Route): Promise<void> {
     const { data, attrs } = routeMsg(r);
-    await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () =>
-      this.#sock.newRoute(data as never, attrs, this.#with({ flags: CREATE_REPLACE })),
-    );
+    await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () => this.#sock.newRoute(data as never, attrs, this.#with({ flags: CREATE_REPLACE })));
   }
 
   async routeDel(r: Route): Promise<void> {
@@ -333,9 +328,7 @@ class RtNetlink implements Netlink {
   }
 
   async neighDel(n: Neigh): Promise<void> {
-    await call(`delete neighbor ${n.ip}`, () =>
-      this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }, this.#o),
-    );
+    await call(`delete neighbor ${n.ip}`, () => this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }, this.#o));
   }
 
   async fdbs(index?: number): Promise<Fdb[]> {
@@ -362,11 +355,7 @@ class RtNetlink implements Netlink {
 
   async fdbDel(f: Fdb): Promise<void> {
     await call(`delete fdb ${f.mac} -> ${f.dst}`, () =>
-      this.#sock.delNeighbor(
-        { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
-        { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
-        this.#o,
-      ),
+      this.#sock.delNeighbor({ family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } }, { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) }, this.#o),
     );
   }
 
@@ -379,4 +368,3 @@ class RtNetlink implements Netlink {
 export function createRtnl(): Netlink {
   return new RtNetlink(createRtNetlink());
 }
-

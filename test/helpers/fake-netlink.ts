@@ -15,7 +15,9 @@ export class FakeNetlink implements Netlink {
   ops: string[] = [];
   #next = 10;
 
-  async links() { return this.links_; }
+  async links() {
+    return this.links_;
+  }
   async linkByName(name: string) {
     const l = this.links_.find((x) => x.name === name);
     if (!l) throw new LinkNotFoundError(name);
@@ -29,8 +31,16 @@ export class FakeNetlink implements Netlink {
   async linkAdd(spec: LinkSpec) {
     if (this.links_.some((l) => l.name === spec.name)) throw new NetlinkError('add', 'EEXIST');
     if (spec.kind !== 'vxlan') throw new Error('fake: vxlan only');
-    const mac = spec.mac ?? `aa:00:00:00:00:${(this.#next).toString(16).padStart(2, '0')}`;
-    this.links_.push({ index: this.#next++, name: spec.name, kind: 'vxlan', mtu: spec.mtu ?? 1500, mac, up: false, vxlan: { vni: spec.vni, port: spec.port, local: spec.local, parentIndex: spec.parentIndex, learning: spec.learning ?? false } });
+    const mac = spec.mac ?? `aa:00:00:00:00:${this.#next.toString(16).padStart(2, '0')}`;
+    this.links_.push({
+      index: this.#next++,
+      name: spec.name,
+      kind: 'vxlan',
+      mtu: spec.mtu ?? 1500,
+      mac,
+      up: false,
+      vxlan: { vni: spec.vni, port: spec.port, local: spec.local, parentIndex: spec.parentIndex, learning: spec.learning ?? false },
+    });
     this.ops.push(`link add ${spec.name}`);
   }
   /** What the kernel does when a device goes: everything on it goes too. */
@@ -41,15 +51,28 @@ export class FakeNetlink implements Netlink {
     this.neighs_ = this.neighs_.filter((n) => n.index !== index);
     this.fdbs_ = this.fdbs_.filter((f) => f.index !== index);
   }
-  async linkSetUp(index: number) { this.links_.find((l) => l.index === index)!.up = true; }
-  async linkSetMtu(index: number, mtu: number) { this.links_.find((l) => l.index === index)!.mtu = mtu; }
+  async linkSetUp(index: number) {
+    this.links_.find((l) => l.index === index)!.up = true;
+  }
+  async linkSetMtu(index: number, mtu: number) {
+    this.links_.find((l) => l.index === index)!.mtu = mtu;
+  }
   async linkSetMaster() {}
   async linkSetNetns() {}
   async linkSetHairpin() {}
-  async addrs(index?: number) { return this.addrs_.filter((a) => index === undefined || a.index === index); }
-  async addrAdd(a: Addr) { this.addrs_.push(a); this.ops.push(`addr add ${a.ip}/${a.prefixLen}`); }
-  async addrDel(a: Addr) { this.addrs_ = this.addrs_.filter((x) => !(x.index === a.index && x.ip === a.ip)); }
-  async routes() { return this.routes_.map((r) => ({ ...r })); }
+  async addrs(index?: number) {
+    return this.addrs_.filter((a) => index === undefined || a.index === index);
+  }
+  async addrAdd(a: Addr) {
+    this.addrs_.push(a);
+    this.ops.push(`addr add ${a.ip}/${a.prefixLen}`);
+  }
+  async addrDel(a: Addr) {
+    this.addrs_ = this.addrs_.filter((x) => !(x.index === a.index && x.ip === a.ip));
+  }
+  async routes() {
+    return this.routes_.map((r) => ({ ...r }));
+  }
   async routeReplace(r: Route) {
     this.routes_ = this.routes_.filter((x) => x.dst !== r.dst);
     this.routes_.push({ ...r });
@@ -60,7 +83,9 @@ export class FakeNetlink implements Netlink {
     this.routes_ = this.routes_.filter((x) => x.dst !== r.dst);
     this.ops.push(`route del ${r.dst}`);
   }
-  async neighs(index?: number) { return this.neighs_.filter((n) => index === undefined || n.index === index).map((n) => ({ ...n })); }
+  async neighs(index?: number) {
+    return this.neighs_.filter((n) => index === undefined || n.index === index).map((n) => ({ ...n }));
+  }
   async neighReplace(n: Neigh) {
     this.neighs_ = this.neighs_.filter((x) => !(x.index === n.index && x.ip === n.ip));
     this.neighs_.push({ ...n });
@@ -70,7 +95,9 @@ export class FakeNetlink implements Netlink {
     this.neighs_ = this.neighs_.filter((x) => !(x.index === n.index && x.ip === n.ip));
     this.ops.push(`neigh del ${n.ip}`);
   }
-  async fdbs(index?: number) { return this.fdbs_.filter((f) => index === undefined || f.index === index).map((f) => ({ ...f })); }
+  async fdbs(index?: number) {
+    return this.fdbs_.filter((f) => index === undefined || f.index === index).map((f) => ({ ...f }));
+  }
   async fdbReplace(f: Fdb) {
     this.fdbs_ = this.fdbs_.filter((x) => !(x.index === f.index && x.mac === f.mac));
     this.fdbs_.push({ ...f });
@@ -84,4 +111,3 @@ export class FakeNetlink implements Netlink {
   }
   close() {}
 }
-

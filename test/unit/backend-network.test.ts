@@ -48,19 +48,17 @@ test('a changed MAC and IP replaces the entries and removes the old FDB entry; r
   await net.applySnapshot([peer2, peer3]);
   nl.ops = [];
   await net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22'));
-  t.deepEqual(nl.ops, [
-    'neigh 10.244.2.0 aa:bb:cc:00:00:22 permanent',
-    'fdb aa:bb:cc:00:00:22 198.51.100.22',
-    'route 10.244.2.0/24 via 10.244.2.0 onlink',
-    'fdb del aa:bb:cc:00:00:02 198.51.100.12',
-  ]);
+  t.deepEqual(nl.ops, ['neigh 10.244.2.0 aa:bb:cc:00:00:22 permanent', 'fdb aa:bb:cc:00:00:22 198.51.100.22', 'route 10.244.2.0/24 via 10.244.2.0 onlink', 'fdb del aa:bb:cc:00:00:02 198.51.100.12']);
   nl.ops = [];
   await net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22'));
   t.deepEqual(nl.ops, [], 'an unchanged lease touches nothing');
   await net.applyDelete({ subnet: parseCIDR('10.244.3.0/24') });
   t.deepEqual(nl.ops, ['route del 10.244.3.0/24', 'neigh del 10.244.3.0', 'fdb del aa:bb:cc:00:00:03 198.51.100.13']);
   t.is(net.peerCount, 1);
-  t.deepEqual(nl.fdbs_.map((f) => f.mac), ['aa:bb:cc:00:00:22']);
+  t.deepEqual(
+    nl.fdbs_.map((f) => f.mac),
+    ['aa:bb:cc:00:00:22'],
+  );
 });
 
 test('a snapshot diff removes peers that are gone and reconcile drops entries nobody owns', async (t) => {
@@ -71,9 +69,18 @@ test('a snapshot diff removes peers that are gone and reconcile drops entries no
   nl.fdbs_.push({ index: dev, mac: 'aa:bb:cc:00:00:09', dst: '198.51.100.19' });
   nl.routes_.push({ dst: '10.244.9.0/24', gateway: '10.244.9.0', index: dev, onlink: true });
   await net.applySnapshot([peer2]);
-  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.2.0/24']);
-  t.deepEqual(nl.neighs_.map((n) => n.ip), ['10.244.2.0']);
-  t.deepEqual(nl.fdbs_.map((f) => f.dst), ['198.51.100.12']);
+  t.deepEqual(
+    nl.routes_.map((r) => r.dst),
+    ['10.244.2.0/24'],
+  );
+  t.deepEqual(
+    nl.neighs_.map((n) => n.ip),
+    ['10.244.2.0'],
+  );
+  t.deepEqual(
+    nl.fdbs_.map((f) => f.dst),
+    ['198.51.100.12'],
+  );
   t.deepEqual(repairs, ['stale', 'stale', 'stale']);
 });
 
@@ -92,7 +99,10 @@ test('reconcile puts back a deleted route, FDB entry, neighbor and device (same 
   const dev = nl.links_.find((l) => l.name === 'flannel.1')!;
   t.is(dev.mac, mac);
   t.true(dev.up);
-  t.deepEqual(nl.addrs_.filter((a) => a.index === dev.index), [{ index: dev.index, ip: '10.244.1.0', prefixLen: 32 }]);
+  t.deepEqual(
+    nl.addrs_.filter((a) => a.index === dev.index),
+    [{ index: dev.index, ip: '10.244.1.0', prefixLen: 32 }],
+  );
   t.is(nl.routes_.length, 2);
   t.is(nl.neighs_.length, 2);
   t.is(nl.fdbs_.length, 2);
@@ -121,9 +131,15 @@ class SlowNetlink extends FakeNetlink {
       this.inFlight--;
     }
   }
-  override neighReplace(n: Neigh) { return this.#slow(() => super.neighReplace(n)); }
-  override fdbReplace(f: Fdb) { return this.#slow(() => super.fdbReplace(f)); }
-  override routeReplace(r: Route) { return this.#slow(() => super.routeReplace(r)); }
+  override neighReplace(n: Neigh) {
+    return this.#slow(() => super.neighReplace(n));
+  }
+  override fdbReplace(f: Fdb) {
+    return this.#slow(() => super.fdbReplace(f));
+  }
+  override routeReplace(r: Route) {
+    return this.#slow(() => super.routeReplace(r));
+  }
 }
 
 /** A read-only view of `nl` (the second socket) whose neighbor dump waits for `hold`. */
@@ -157,9 +173,13 @@ test('a bulk snapshot programs different peers side by side, within the limit, e
   t.is(nl.neighs_.length, 20);
   t.is(nl.fdbs_.length, 20);
   for (const l of leases) {
-    const gw = `10.244.${l.subnet.ip >>> 8 & 255}.0`;
+    const gw = `10.244.${(l.subnet.ip >>> 8) & 255}.0`;
     const mine = nl.ops.filter((o) => o.startsWith(`neigh ${gw} `) || o.startsWith(`route ${gw}/`) || o.includes(` ${l.publicIP}`));
-    t.deepEqual(mine.map((o) => o.split(' ')[0]), ['neigh', 'fdb', 'route'], gw);
+    t.deepEqual(
+      mine.map((o) => o.split(' ')[0]),
+      ['neigh', 'fdb', 'route'],
+      gw,
+    );
   }
   t.is(await net.reconcile(), 0);
 });
@@ -169,12 +189,20 @@ test('a new peer is programmed while a reconcile pass is still reading, and the 
   let release!: () => void;
   const { view, started } = heldDumps(nl, new Promise<void>((r) => (release = r)));
   const repairs: string[] = [];
-  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, dumpNl: view, onRepair: (w) => repairs.push(w) });
+  const net = await VxlanNetwork.open(nl, {
+    device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
+    log: silent,
+    dumpNl: view,
+    onRepair: (w) => repairs.push(w),
+  });
   await net.setSubnet(parseCIDR('10.244.1.0/24'));
   const pass = net.reconcile();
   await started;
   await net.applyPut(peer2);
-  t.true(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'route in place while the dump is held');
+  t.true(
+    nl.routes_.some((r) => r.dst === '10.244.2.0/24'),
+    'route in place while the dump is held',
+  );
   release();
   t.is(await pass, 0);
   t.deepEqual(repairs, []);
@@ -201,7 +229,10 @@ test('without a second socket a dump has the socket to itself: a peer update wai
   const put = net.applyPut(peer2).then(() => (done = true));
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
   t.false(done);
-  t.false(nl.ops.some((o) => o.startsWith('neigh 10.244.2.0')), 'nothing sent during the dump');
+  t.false(
+    nl.ops.some((o) => o.startsWith('neigh 10.244.2.0')),
+    'nothing sent during the dump',
+  );
   release();
   await put;
   await pass;
@@ -219,14 +250,26 @@ test('events for one peer apply in order even when not awaited; a MAC moving to 
     net.applyPut(lease('10.244.2.0/24', '198.51.100.32', 'aa:bb:cc:00:00:32')),
     net.applyDelete({ subnet: parseCIDR('10.244.2.0/24') }),
   ]);
-  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.3.0/24']);
-  t.deepEqual(nl.fdbs_.map((f) => f.mac), ['aa:bb:cc:00:00:03']);
+  t.deepEqual(
+    nl.routes_.map((r) => r.dst),
+    ['10.244.3.0/24'],
+  );
+  t.deepEqual(
+    nl.fdbs_.map((f) => f.mac),
+    ['aa:bb:cc:00:00:03'],
+  );
   // peer 3's node took a new subnet (same VTEP MAC and IP) before its old lease expired.
   const moved = lease('10.244.33.0/24', '198.51.100.13', 'aa:bb:cc:00:00:03');
   await net.applyPut(moved);
   await net.applyDelete({ subnet: parseCIDR('10.244.3.0/24') });
-  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.33.0/24']);
-  t.deepEqual(nl.neighs_.map((n) => n.ip), ['10.244.33.0']);
+  t.deepEqual(
+    nl.routes_.map((r) => r.dst),
+    ['10.244.33.0/24'],
+  );
+  t.deepEqual(
+    nl.neighs_.map((n) => n.ip),
+    ['10.244.33.0'],
+  );
   t.deepEqual(nl.fdbs_, [{ index: net.link.index, mac: 'aa:bb:cc:00:00:03', dst: '198.51.100.13' }]);
   t.is(await net.reconcile(), 0);
 });
@@ -236,7 +279,13 @@ test('a reconcile pass that reads during a bulk add leaves queued peers to their
   let release!: () => void;
   const { view, started } = heldDumps(nl, new Promise<void>((r) => (release = r)));
   const repairs: string[] = [];
-  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, concurrency: 2, dumpNl: view, onRepair: (w) => repairs.push(w) });
+  const net = await VxlanNetwork.open(nl, {
+    device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
+    log: silent,
+    concurrency: 2,
+    dumpNl: view,
+    onRepair: (w) => repairs.push(w),
+  });
   await net.setSubnet(parseCIDR('10.244.1.0/24'));
   nl.ops = [];
   const pass = net.reconcile();

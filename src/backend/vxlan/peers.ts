@@ -118,4 +118,3 @@ export class PeerSet implements WantedPeers {
     return this.#fdbUsers.has(fdbKey(mac, dst));
   }
 }
-
