@@ -243,7 +243,7 @@ async function up(a: LabArgs): Promise<number> {
   const opt = [a.name !== 'lab' ? ` --name ${a.name}` : '', a.prefix !== 'weft' ? ` --prefix ${a.prefix}` : '', a.stateDir !== '/run/weft-lab' ? ` --state-dir ${a.stateDir}` : ''].join('');
   const lab = `./scripts/lab.sh`;
   process.stdout.write(
-    [
+    `${[
       `\nThe lab is up. Explore it:`,
       pod && other ? `  ${lab} exec${opt} ${pod.name} ping -c 3 ${other.ip}      # a command in a pod` : '',
       `  ${lab} exec${opt} n1 ip -d link show flannel.1      # a command on a node`,
@@ -258,7 +258,7 @@ async function up(a: LabArgs): Promise<number> {
       '',
     ]
       .filter((l) => l !== '')
-      .join('\n') + '\n',
+      .join('\n')}\n`,
   );
   return matrix.ok === matrix.total && consistent === s.nodes.length && services.ok ? 0 : 1;
 }

@@ -220,7 +220,7 @@ export class Topology {
   async #startApiServer(config: { Network: string; SubnetLen: number }): Promise<void> {
     const s = this.state;
     const netConf = join(s.workDir, 'net-conf.json');
-    writeFileSync(netConf, JSON.stringify(config, null, 2) + '\n');
+    writeFileSync(netConf, `${JSON.stringify(config, null, 2)}\n`);
     const kubeconfig = join(s.workDir, 'kubeconfig');
     const logFile = join(s.workDir, 'apiserver.log');
     const ipam = this.#opts.allocateNodeCIDRs ?? true;
@@ -297,7 +297,7 @@ export class Topology {
   }
 
   #save(): void {
-    writeFileSync(join(this.state.workDir, 'state.json'), JSON.stringify(this.state, null, 2) + '\n');
+    writeFileSync(join(this.state.workDir, 'state.json'), `${JSON.stringify(this.state, null, 2)}\n`);
   }
 
   node(name: string): LabNode {
@@ -649,5 +649,5 @@ export async function destroyTopology(stateOrDir: TopologyState | string, opts: 
   for (const n of state.nodes) n.pid = undefined;
   state.etcdPid = undefined;
   if (opts.removeWorkDir) rmSync(state.workDir, { recursive: true, force: true });
-  else if (existsSync(state.workDir)) writeFileSync(join(state.workDir, 'state.json'), JSON.stringify({ ...state, nodes: [], pods: [] }, null, 2) + '\n');
+  else if (existsSync(state.workDir)) writeFileSync(join(state.workDir, 'state.json'), `${JSON.stringify({ ...state, nodes: [], pods: [] }, null, 2)}\n`);
 }

@@ -16,13 +16,13 @@ for (const p of tcpPorts.split(',').map(Number)) {
   net
     .createServer((c) => {
       c.on('error', () => {});
-      c.end(name + ' ' + c.remoteAddress + '\n');
+      c.end(`${name} ${c.remoteAddress}\n`);
     })
     .listen(p, '0.0.0.0', done);
 }
 for (const p of udpPorts.split(',').map(Number)) {
   pending++;
   const s = dgram.createSocket('udp4');
-  s.on('message', (m, r) => s.send(name + ' ' + r.address + '\n', r.port, r.address));
+  s.on('message', (_m, r) => s.send(`${name} ${r.address}\n`, r.port, r.address));
   s.bind(p, '0.0.0.0', done);
 }

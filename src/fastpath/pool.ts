@@ -82,7 +82,10 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
     worker.unref();
     const slot: Slot = { worker, pending: new Map(), idleSince: Date.now(), ready: false };
     worker.on('message', (m: FromWorker | 'ready') => {
-      if (m === 'ready') return void (slot.ready = true);
+      if (m === 'ready') {
+        slot.ready = true;
+        return;
+      }
       const done = slot.pending.get(m.id);
       slot.pending.delete(m.id);
       if (!slot.pending.size) slot.idleSince = Date.now();

@@ -114,7 +114,7 @@ test('options: --cni-socket from flag or $WEFTD_CNI_SOCKET, empty disables the f
     t.regex(err!.message, re);
   }
   t.notThrows(() => parseOptions(['--cni-socket', `/${'d'.repeat(106)}`], {}, 'h'), '107 bytes fit');
-  t.regex(usage(), /--cni-socket .*\(default "\/run\/weft\/cni.sock"\)  \[\$WEFTD_CNI_SOCKET\]/);
+  t.regex(usage(), /--cni-socket .*\(default "\/run\/weft\/cni.sock"\) {2}\[\$WEFTD_CNI_SOCKET\]/);
 });
 
 test('durations', (t) => {
