@@ -220,7 +220,9 @@ export class Topology {
   async #startApiServer(config: { Network: string; SubnetLen: number }): Promise<void> {
     const s = this.state;
     const netConf = join(s.workDir, 'net-conf.json');
-    writeFileSync(netConf, `${JSON.stringify(config, null, 2)}\n`);
+    // As kube-flannel.yml ships it: Network and Backend; the podCIDRs' size is the node IPAM's.
+    const { SubnetLen: _mask, ...netConfJson } = config;
+    writeFileSync(netConf, `${JSON.stringify(netConfJson, null, 2)}\n`);
     const kubeconfig = join(s.workDir, 'kubeconfig');
     const logFile = join(s.workDir, 'apiserver.log');
     const ipam = this.#opts.allocateNodeCIDRs ?? true;

@@ -59,7 +59,14 @@ export const systemMasq: PodMasq = {
     if (!r.ok) throw new Error(`set up masquerade for ${ip}: nft: ${r.stderr}`);
   },
   async remove(ip) {
-    const r = await nft(`delete element ip ${MASQ_TABLE} pods { ${ip} }\n`);
+    let r;
+    try {
+      r = await nft(`delete element ip ${MASQ_TABLE} pods { ${ip} }\n`);
+    } catch (err) {
+      // Without nft no ADD could have added the element: nothing to undo (DEL must not fail).
+      if (((err as Error).cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return;
+      throw err;
+    }
     // No table, no set, or no such element: nothing to undo.
     if (!r.ok && !/No such file or directory|does not exist/i.test(r.stderr)) throw new Error(`remove masquerade for ${ip}: nft: ${r.stderr}`);
   },

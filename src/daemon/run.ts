@@ -19,6 +19,7 @@
  */
 import type { Server } from 'node:http';
 import { systemClock, type Clock } from '../core/clock.ts';
+import { errText } from '../core/errors.ts';
 import type { Log } from '../core/log.ts';
 import { constantDelay, retrying, type RetryPolicy } from '../core/retry.ts';
 import { readPreviousSubnet, writeSubnetEnv } from '../core/subnetenv.ts';
@@ -106,8 +107,11 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     // Services do not wait for the overlay: a node's own pods can use them meanwhile.
     const proxying = deps.serviceProxy?.(config).catch((err) => {
       health.fail();
+      log.error(`service proxy stopped: ${errText(err)}`);
       throw err;
     });
+    // Observed now (a rejection must not go unhandled while the overlay starts); awaited below.
+    proxying?.catch(() => undefined);
     const { external, network } = await openBackend(config, {
       nl,
       open: deps.openBackend,

@@ -140,19 +140,23 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
       while (dirty && !signal.aborted) {
         dirty = false;
         const state = selectEndpoints(caches.services.values(), caches.slices.values(), { nodeName: opts.nodeName, nodePortRange: opts.nodePortRange });
+        // A full sync asked for while this one runs (the periodic timer, drift) is kept for the next.
+        const wantFull = full;
+        full = false;
         try {
-          const r = await syncer.sync(state, { full });
-          full = false;
+          const r = await syncer.sync(state, { full: wantFull });
           if (failingSince) log.info(`proxy: syncing again after ${Math.round((clock.now() - failingSince) / 1000)}s`);
           failingSince = 0;
           opts.onSync?.(r, state);
           if (r.mode !== 'unchanged') log.debug(`proxy: ${r.mode} sync, ${state.ports.length} service port(s), ${Math.round(r.ms)} ms`);
         } catch (err) {
+          full ||= wantFull;
           opts.onSyncError?.(err);
-          if (!failingSince) log.error(`proxy: sync failed: ${errText(err)}; retrying`);
+          if (!failingSince) log.error(`proxy: sync failed: ${errText(err)}; retrying with backoff`);
           failingSince ||= clock.now();
           dirty = true;
-          await clock.sleep(1000, signal);
+          // 1 s, doubling while it keeps failing, at most 30 s: a lasting failure does not spin.
+          await clock.sleep(Math.min(30_000, 1000 * 2 ** Math.min(5, Math.floor((clock.now() - failingSince) / 2000))), signal);
         }
       }
     } finally {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { destroyTopologySync, Topology, type LabPod, type TopologyOptions } from '../../lab/topology.ts';
 import { inNs, ipJson, sh } from './netns.ts';
+import { formatCIDR, networkOf, parseCIDR } from '../../src/ip/ipv4.ts';
 
 export interface ClusterOptions extends Partial<TopologyOptions> {
   nodes?: number;
@@ -63,9 +64,9 @@ export class Cluster {
   subnetOf(name: string): string | undefined {
     const s = this.topo.subnetEnv(name).FLANNEL_SUBNET;
     if (!s) return undefined;
-    const [ip, len] = s.split('/');
-    const o = ip.split('.').map(Number);
-    return `${o[0]}.${o[1]}.${o[2]}.0/${len}`;
+    // FLANNEL_SUBNET is the gateway (first address) with the subnet's length.
+    const gw = parseCIDR(s);
+    return formatCIDR(networkOf(gw));
   }
 
   /** True when `name` has the neighbor, FDB entry and route for peer `peer`. */

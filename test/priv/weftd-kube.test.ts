@@ -109,3 +109,13 @@ test('a node without a podCIDR stays not ready with one line naming the cause, t
   t.is(bare.log('n1').match(/allocate-node-cidrs/g)?.length, 1, 'said once, not per retry');
   t.is(condition(await topo.getNode('n1'), 'NetworkUnavailable')?.status, 'False');
 });
+
+test('podCIDRs of another size than /24 (kube-controller-manager --node-cidr-mask-size 26): peers are programmed', async (t) => {
+  const small = await startCluster({ nodes: 2, podsPerNode: 1, mode: 'kube', subnetLen: 26, underlay: '203.0.113' });
+  t.teardown(() => small.destroy());
+  for (const n of ['n1', 'n2']) t.regex(small.subnetOf(n) ?? '', /\/26$/, n);
+  t.true(small.hasPeer('n1', 'n2') && small.hasPeer('n2', 'n1'), 'each node has the other as a peer');
+  const [a, b] = small.pods;
+  t.true(reachable(a!.netns, b!.ip), 'pod to pod across nodes');
+  t.regex(small.log('n1'), /subnet length \/26 from our podCIDR/);
+});

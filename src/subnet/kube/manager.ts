@@ -174,6 +174,18 @@ export class KubeSubnetManager implements SubnetManager {
         { cause },
       );
     }
+    if (subnet.prefixLen !== config.subnetLen) {
+      const file = this.#config && 'subnetLenFromFile' in this.#config ? this.#config.subnetLenFromFile : true;
+      if (file) {
+        throw new PodCIDRError(
+          `node "${this.nodeName}": podCIDR ${cidr} is a /${subnet.prefixLen} but net-conf.json says "SubnetLen": ${config.subnetLen}; set it to ${subnet.prefixLen} or remove it`,
+        );
+      }
+      // As flannel's kube mode: the podCIDRs' size is kube-controller-manager's
+      // (--node-cidr-mask-size); peers are judged by it (the lease gate checks SubnetLen).
+      this.#log.info(`subnet length /${subnet.prefixLen} from our podCIDR (net-conf.json sets no SubnetLen)`);
+      config.subnetLen = subnet.prefixLen;
+    }
     const publicIP = await this.#publish(node, attrs);
     this.#own = { subnet, attrs };
     return { subnet, publicIP, backendType: attrs.backendType, backendData: attrs.backendData };

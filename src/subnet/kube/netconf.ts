@@ -14,7 +14,10 @@ export const DEFAULT_NET_CONF_PATH = '/etc/kube-weft/net-conf.json';
 const MAX_NET_CONF_BYTES = 64 * 1024;
 
 /** Reads and parses net-conf.json; throws {@link ConfigError} naming the file. */
-export function loadNetConf(path: string = DEFAULT_NET_CONF_PATH): NetworkConfig {
+/** flannel's net-conf.json as read in Kubernetes mode. */
+export type KubeNetConf = NetworkConfig & { subnetLenFromFile: boolean };
+
+export function loadNetConf(path: string = DEFAULT_NET_CONF_PATH): KubeNetConf {
   let text: string;
   try {
     const fd = openSync(path, 'r');
@@ -39,7 +42,11 @@ export function loadNetConf(path: string = DEFAULT_NET_CONF_PATH): NetworkConfig
     throw new ConfigError(`network config "${path}" cannot be read${code ? ` (${code})` : ''}`, { cause: err });
   }
   try {
-    return parseNetworkConfig(text);
+    const config = parseNetworkConfig(text);
+    // Whether the file fixes SubnetLen, or the default (24) only stands in until the podCIDR's
+    // size (kube-controller-manager --node-cidr-mask-size) is known.
+    const raw = JSON.parse(text) as Record<string, unknown>;
+    return Object.assign(config, { subnetLenFromFile: raw.SubnetLen !== undefined && raw.SubnetLen !== '' });
   } catch (err) {
     if (err instanceof ConfigError) throw new ConfigError(`${err.message} (file "${path}")`, { cause: err });
     throw err;
