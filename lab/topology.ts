@@ -220,6 +220,7 @@ export class Topology {
       '--etcd-prefix', this.state.etcdPrefix,
       '--iface', 'eth0',
       '--subnet-file', node.subnetFile,
+      '--cni-data-dir', node.dataDir,
       '--healthz-addr', node.healthzAddr,
       '--node-name', node.name,
       '--ip-masq',

@@ -7,6 +7,7 @@ import { isIPv4 } from '../ip/ipv4.ts';
 import { DEFAULT_ETCD_PREFIX } from '../subnet/etcd.ts';
 import { DEFAULT_SOCKET } from '../fastpath/server.ts';
 import { LOG_LEVELS } from './logger.ts';
+import { DEFAULT_CNI_DATA_DIR } from './pods.ts';
 import { UsageError } from '../core/errors.ts';
 
 export { UsageError };
@@ -32,6 +33,8 @@ export interface DaemonOptions {
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
+  /** The CNI plugin's IPAM `dataDir`: which pods still use a lost subnet (src/daemon/pods.ts). */
+  cniDataDir: string;
 }
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
@@ -55,6 +58,11 @@ const FLAGS = {
   'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
+  'cni-data-dir': {
+    type: 'string',
+    default: DEFAULT_CNI_DATA_DIR,
+    help: "the CNI plugin's IPAM dataDir; a lost subnet is left only when no pod address is allocated in it",
+  },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -133,6 +141,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   const cniSocket = str('cni-socket') ?? '';
   if (cniSocket && !cniSocket.startsWith('/')) throw new UsageError(`--cni-socket: "${cniSocket}" is not an absolute path`);
   if (Buffer.byteLength(cniSocket) > MAX_SOCKET_PATH) throw new UsageError(`--cni-socket: "${cniSocket}" is longer than ${MAX_SOCKET_PATH} bytes (a unix socket path limit)`);
+  const cniDataDir = str('cni-data-dir')!;
+  if (!cniDataDir.startsWith('/')) throw new UsageError(`--cni-data-dir: "${cniDataDir}" is not an absolute path`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
@@ -153,5 +163,6 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     resyncIntervalMs: resync,
     logLevel,
     cniSocket,
+    cniDataDir,
   };
 }

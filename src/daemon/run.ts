@@ -9,7 +9,9 @@
  *   5. rules keeper (rules.ts, --ip-masq) and the subnet file, then the manager's ready hook;
  *      ready (health.ts);
  *   6. until aborted: renew the lease, follow the watch, reconcile kernel state and rules
- *      (reconcile.ts).
+ *      (reconcile.ts). A lost subnet (lease.ts) makes the node not ready and writes the lost
+ *      form of the subnet file until the subnet is reclaimed, or moves the node (flannel.1 and
+ *      cni0's gateway) once no pod is left on it (pods.ts).
  * Aborting (SIGTERM) stops the loops and leaves the data plane in place, so pods keep talking
  * while the daemon restarts; the next start picks everything up again without disruption.
  * The daemon knows only the SubnetManager and BackendNetwork interfaces; cmd/weftd.ts wires
@@ -20,13 +22,14 @@ import { systemClock, type Clock } from '../core/clock.ts';
 import type { Log } from '../core/log.ts';
 import { constantDelay, retrying, type RetryPolicy } from '../core/retry.ts';
 import { readPreviousSubnet, writeSubnetEnv } from '../core/subnetenv.ts';
-import { formatCIDR } from '../ip/ipv4.ts';
+import { formatCIDR, type IPv4Net } from '../ip/ipv4.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { Lease } from '../subnet/lease.ts';
 import type { SubnetManager } from '../subnet/manager.ts';
 import { openBackend, type BackendFactory } from './backend.ts';
 import { Health } from './health.ts';
 import { acquireLease, LeaseKeeper } from './lease.ts';
+import { moveBridgeGateway, podAddressesIn } from './pods.ts';
 import { Metrics } from './metrics.ts';
 import type { DaemonOptions } from './options.ts';
 import { followPeers } from './peers.ts';
@@ -111,26 +114,46 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       clock,
       log,
     };
-    const first = await acquireLease(readPreviousSubnet(opts.subnetFile), { ...leaseCtx, signal, retry: retry.lease });
+    const podsOn = async (subnet: IPv4Net) => (await podAddressesIn(opts.cniDataDir, subnet)).length;
+    const first = await acquireLease(readPreviousSubnet(opts.subnetFile), { ...leaseCtx, signal, retry: retry.lease, podsOn });
     if (!first) return;
-    await network.setSubnet(first.subnet);
+    await network.setSubnet(first.lease.subnet);
 
     const rules = new RulesKeeper(deps.rules ?? nftRules, { log, onRepair: () => metrics.repairs.inc() });
     const rulesSpec = (lease: Lease) => ({ network: config.network, subnet: lease.subnet, masquerade: true });
+    // The lost form while the subnet is lost, read at the moment of writing (a loss may be
+    // noticed while the rules are being applied).
     const publish = async (lease: Lease) => {
       if (opts.ipMasq) await rules.apply(rulesSpec(lease));
-      writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+      const contents = { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq };
+      writeSubnetEnv(opts.subnetFile, contents, { lostTo: keeper.lostTo });
     };
-    const keeper = new LeaseKeeper(first, {
+    const keeper: LeaseKeeper = new LeaseKeeper(first.lease, {
       ...leaseCtx,
       renewMarginMs: opts.renewMarginSeconds * 1000,
       retry: retry.renew,
       metrics,
-      onNewLease: async (lease) => {
-        await network.setSubnet(lease.subnet);
+      podsOn,
+      lostTo: first.lostTo,
+      onLost: async (lease) => {
+        health.setLost(true);
         await publish(lease);
       },
+      onReclaimed: async (lease) => {
+        // The lost state ends when this returns: write the normal file then.
+        writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+        health.setLost(false);
+      },
+      onNewLease: async (lease, old) => {
+        await network.setSubnet(lease.subnet);
+        const bridge = await moveBridgeGateway(nl, { from: old.subnet, to: lease.subnet });
+        if (bridge) log.info(`moved the pod gateway on "${bridge}" to ${formatCIDR(lease.subnet)}`);
+        if (opts.ipMasq) await rules.apply(rulesSpec(lease));
+        writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+        health.setLost(false);
+      },
     });
+    if (first.lostTo) health.setLost(true);
     // Renewal runs from here on, also while the peers are still being programmed.
     const renewing = keeper.run(signal);
     const peers = followPeers(signal, { manager, network, own: keeper, publicIP: external.ip, log, metrics });
@@ -146,7 +169,8 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     if (signal.aborted) return;
     health.setReady(true);
     health.passed();
-    log.info(`ready: subnet ${formatCIDR(keeper.lease.subnet)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
+    if (keeper.lostTo) log.warn(`started, not ready: subnet ${formatCIDR(keeper.lease.subnet)} is held by ${keeper.lostTo}; ${network.peerCount} peer(s)`);
+    else log.info(`ready: subnet ${formatCIDR(keeper.lease.subnet)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
 
     const reconciling = reconcileLoop(signal, {
       network,

@@ -23,6 +23,7 @@ test('options: defaults', (t) => {
     resyncIntervalMs: 300_000,
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
+    cniDataDir: '/var/lib/cni/networks',
   });
 });
 
