@@ -30,6 +30,8 @@ export interface DaemonOptions {
   reconcileIntervalMs: number;
   /** How often the watched lease table is compared with a full etcd listing; 0 disables. */
   resyncIntervalMs: number;
+  /** No watch event and no progress answer for this long: restart the watch (src/subnet/etcdwatch.ts). */
+  watchStallMs: number;
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
@@ -56,6 +58,11 @@ const FLAGS = {
   'renew-margin': { type: 'string', default: '1h', help: 'renew the lease this long before it expires' },
   'reconcile-interval': { type: 'string', default: '1s', help: 'how often kernel state is checked and repaired' },
   'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
+  'watch-stall-timeout': {
+    type: 'string',
+    default: '15s',
+    help: 'restart the etcd watch after this long without an event or a progress answer (progress is asked for every third of it)',
+  },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
   'cni-data-dir': {
@@ -136,6 +143,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   if (reconcile < 100) throw new UsageError('--reconcile-interval: must be at least 100ms');
   const resync = parseDuration(str('resync-interval')!, 'resync-interval');
   if (resync !== 0 && resync < 1000) throw new UsageError('--resync-interval: must be 0 (off) or at least 1s');
+  const watchStall = parseDuration(str('watch-stall-timeout')!, 'watch-stall-timeout');
+  if (watchStall < 1000) throw new UsageError('--watch-stall-timeout: must be at least 1s');
   const logLevel = str('log-level')!;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   const cniSocket = str('cni-socket') ?? '';
@@ -161,6 +170,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     renewMarginSeconds: Math.ceil(margin / 1000),
     reconcileIntervalMs: reconcile,
     resyncIntervalMs: resync,
+    watchStallMs: watchStall,
     logLevel,
     cniSocket,
     cniDataDir,

@@ -24,6 +24,7 @@ test('options: defaults', (t) => {
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
     cniDataDir: '/var/lib/cni/networks',
+    watchStallMs: 15000,
   });
 });
 
