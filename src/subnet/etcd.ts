@@ -18,7 +18,7 @@
  *   revision.
  */
 import { readFileSync } from 'node:fs';
-import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
+import { Etcd3, isRecoverableError, type IKeyValue, type IOptions } from 'etcd3';
 import type { IPv4Net } from '../ip/ipv4.ts';
 import { chooseSubnet, describeSubnet } from './choose.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
@@ -81,11 +81,19 @@ export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile'
     hosts: opts.endpoints,
     dialTimeout: timeout,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
-    faultHandling: { watchBackoff: etcdBackoff(opts.retry ?? DEFAULT_ETCD_RETRY) },
+    faultHandling: { watchBackoff: etcdBackoff(opts.retry ?? DEFAULT_ETCD_RETRY), host: () => new HostBreaker() as unknown as HostPolicy },
     // Without keepalive a connection that dies silently (no FIN, no RST) is never noticed by
     // grpc-js: streams on it hang (etcdwatch.ts). etcd refuses pings more often than every 5 s
     // (--grpc-keepalive-min-time) and pings without a call in flight.
-    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000, 'grpc.keepalive_permit_without_calls': 0 },
+    // A reconnect backoff capped at 2 s (grpc-js: up to 120 s) so the end of an outage is
+    // noticed within seconds.
+    grpcOptions: {
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5_000,
+      'grpc.keepalive_permit_without_calls': 0,
+      'grpc.initial_reconnect_backoff_ms': 500,
+      'grpc.max_reconnect_backoff_ms': 2_000,
+    },
   };
   if (opts.cafile || opts.certfile || opts.keyfile) {
     const read = (what: string, file: string) => {
@@ -103,6 +111,42 @@ export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile'
     };
   }
   return o;
+}
+
+type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>;
+
+/** Thrown while a host's breaker is open; etcd3 then tries the next endpoint. */
+class HostUnavailableError extends Error {
+  constructor(last: string) {
+    super(`etcd endpoint failed 3 times in a row (last: ${last}); trying it again within 1s`);
+    this.name = 'HostUnavailableError';
+  }
+}
+
+/**
+ * etcd3's per-endpoint fault policy (it only calls `execute`): open after 3 recoverable failures
+ * in a row, let a call through again after 1 s. etcd3's default waits 5 s, which the end of every
+ * outage then waits out before the watch or a renewal gets through.
+ */
+class HostBreaker {
+  #failures = 0;
+  #openUntil = 0;
+  #last = '';
+
+  async execute<T>(fn: (ctx: { signal: AbortSignal }) => Promise<T> | T): Promise<T> {
+    if (Date.now() < this.#openUntil) throw new HostUnavailableError(this.#last);
+    try {
+      const v = await fn({ signal: new AbortController().signal });
+      this.#failures = 0;
+      return v;
+    } catch (err) {
+      if (err instanceof Error && isRecoverableError(err)) {
+        this.#last = err.message;
+        if (++this.#failures >= 3) this.#openUntil = Date.now() + 1000;
+      }
+      throw err;
+    }
+  }
 }
 
 /** etcd3's backoff shape (`duration`, then `next()` after another failure) from a policy. */
