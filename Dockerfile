@@ -4,6 +4,7 @@
 # bin/weft-standalone (the launcher's fallback), and its native addons.
 #
 #   docker build -t weft:0.1.0 .
+#   scripts/image.sh             # the same with podman, also without a registry (local base images)
 
 FROM node:24-bookworm-slim AS build
 # gcc + libc6-dev: the setns addon and the static fast-path launcher (libc.a).
@@ -27,13 +28,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 FROM debian:bookworm-slim
+# What weftd execs: nft (its rules, the Service proxy's table), iptables-{nft,legacy}-{save,restore}
+# (WEFT-FORWARD where a host firewall's FORWARD policy drops), conntrack (the proxy's stale UDP
+# flows).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables ca-certificates \
+ && apt-get install -y --no-install-recommends nftables iptables conntrack ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 # weftd and weftctl: bundles; the setns addon beside them (bin/../native); the one native
 # module the bundles leave external, resolved from /opt/weft/node_modules.
-COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftctl /opt/weft/bin/
+COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftctl /src/dist/bin/weft-cni-worker.js /opt/weft/bin/
 COPY --from=build /src/dist/native/ /opt/weft/native/
 # etcd3's .proto files, read at run time from bin/../proto; the CommonJS scope marker.
 COPY --from=build /src/dist/proto/ /opt/weft/proto/

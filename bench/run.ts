@@ -19,6 +19,7 @@ import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
 import { figDataplane } from './figures/dataplane.ts';
+import { figCri } from './figures/cri.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
 
@@ -31,6 +32,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
   dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
+  cri: { title: 'pod sandbox Run / Stop+Remove through containerd CRI', run: figCri },
 };
 
 async function main(): Promise<void> {

@@ -15,7 +15,7 @@ function readStdin(): string {
   }
 }
 
-const deps = systemDeps({ env: process.env, log: (msg) => process.stderr.write(`${msg}\n`) });
+const deps = systemDeps({ log: (msg) => process.stderr.write(`${msg}\n`) });
 
 async function main(): Promise<number> {
   return runSkel(

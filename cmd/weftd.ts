@@ -1,7 +1,7 @@
 /**
- * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the etcd subnet
- * manager, the VXLAN backend, netlink and the logger, and runs until SIGTERM/SIGINT. Exit codes: 0 after a clean
- * stop, 2 on bad usage, 1 on a fatal error.
+ * weftd: the node daemon. Parses flags (each also from WEFTD_* env), wires the subnet manager
+ * (etcd, or Kubernetes with --kube-subnet-mgr), the VXLAN backend, netlink and the logger, and
+ * runs until SIGTERM/SIGINT. Exit codes: 0 after a clean stop, 2 on bad usage, 1 on a fatal error.
  */
 import { hostname } from 'node:os';
 import { expectedDevice } from '../src/backend/vxlan/expected.ts';
@@ -15,7 +15,12 @@ import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
 import { setSysctl } from '../src/netns/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
-import { startCniFastpath } from '../src/fastpath/index.ts';
+import { createKubeSubnetManager } from '../src/subnet/kube/index.ts';
+import type { SubnetManager } from '../src/subnet/manager.ts';
+import type { NetworkConfig } from '../src/subnet/config.ts';
+import { loadKubeConfig } from '../src/kube/client.ts';
+import { runServiceProxy } from '../src/proxy/controller.ts';
+import { startCniFastpath, type FastpathServer } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
   let opts;
@@ -41,22 +46,40 @@ async function main(): Promise<number> {
       ac.abort();
     });
   }
-  let manager: EtcdSubnetManager;
+  // The one choice between the modes: everything below runs on the SubnetManager interface.
+  let manager: SubnetManager;
   try {
-    manager = new EtcdSubnetManager({
-      endpoints: opts.etcdEndpoints,
-      prefix: opts.etcdPrefix,
-      cafile: opts.etcdCafile,
-      certfile: opts.etcdCertfile,
-      keyfile: opts.etcdKeyfile,
-      onError: () => metrics.etcdErrors.inc(),
-      resyncIntervalMs: opts.resyncIntervalMs,
-      onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
-      onWatchRestart: (reason) => metrics.watchRestarts.inc({ reason }),
-      watchStallMs: opts.watchStallMs,
-      log,
-    });
+    manager = opts.kubeSubnetMgr
+      ? createKubeSubnetManager({
+          kubeconfig: opts.kubeconfig,
+          nodeName: opts.nodeName,
+          netConfPath: opts.netConfigPath,
+          annotationPrefix: opts.kubeAnnotationPrefix,
+          setNodeNetworkUnavailable: opts.setNodeNetworkUnavailable,
+          log,
+          signal: ac.signal,
+          onMalformedNode: () => metrics.malformedNodes.inc(),
+          onUnannotatedNodes: (n) => metrics.unannotatedNodes.set(n),
+          onError: () => metrics.kubeErrors.inc(),
+        })
+      : new EtcdSubnetManager({
+          endpoints: opts.etcdEndpoints,
+          prefix: opts.etcdPrefix,
+          cafile: opts.etcdCafile,
+          certfile: opts.etcdCertfile,
+          keyfile: opts.etcdKeyfile,
+          onError: () => metrics.etcdErrors.inc(),
+          resyncIntervalMs: opts.resyncIntervalMs,
+          onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
+          onWatchRestart: (reason) => metrics.watchRestarts.inc({ reason }),
+          watchStallMs: opts.watchStallMs,
+          log,
+        });
   } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`weftd: ${err.message}\n`);
+      return 2;
+    }
     log.error(`fatal: ${errText(err)}`);
     return 1;
   }
@@ -65,32 +88,79 @@ async function main(): Promise<number> {
   const dumpNl = openNetlink();
   // Pods' traffic is routed through this host; then flannel's VXLAN device (expected.ts says
   // what it must look like: flannel.<VNI>, the underlay MTU less the encapsulation).
-  const openBackend: BackendFactory = (config, { external, onRepair }) => {
+  const openBackend: BackendFactory = async (config, { external, onRepair }) => {
     setSysctl('net.ipv4.ip_forward', '1');
+    // A recreated device keeps the MAC peers know us by, where the manager remembers one.
+    const mac = await manager.previousVtepMAC?.(config.backend.vni);
     return VxlanNetwork.open(nl, {
-      device: expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }),
+      device: { ...expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }), mac },
       log,
       dumpNl,
       onRepair,
     });
   };
-  log.info(`weftd starting`, { etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile });
+  log.info(
+    `weftd starting`,
+    opts.kubeSubnetMgr ? { mode: 'kube', node: opts.nodeName, netConf: opts.netConfigPath, subnetFile: opts.subnetFile } : { mode: 'etcd', etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile },
+  );
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve
   // is not fatal (launchers fall back to the standalone plugin).
+  let fastpath: Promise<FastpathServer | undefined> = Promise.resolve(undefined);
   if (opts.cniSocket) {
-    startCniFastpath({ path: opts.cniSocket, signal: ac.signal, log: (m) => log.debug(m) }).then(
-      (s) => log.info(`serving CNI requests on ${s.path}`),
-      (err) => log.warn(`cni fast path off: ${errText(err)}`),
+    const network = { subnetFile: opts.subnetFile, dataDir: opts.cniDataDir, bridge: opts.cniBridge };
+    const workers = { min: Math.min(1, opts.cniWorkers), max: opts.cniWorkers };
+    fastpath = startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, workers, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
+      (s) => {
+        log.info(`serving CNI requests on ${s.path}`);
+        return s;
+      },
+      (err) => {
+        log.warn(`cni fast path off: ${errText(err)}`);
+        return undefined;
+      },
     );
   }
+  // The Service proxy (kube-proxy's role) reads Services and EndpointSlices from the API server:
+  // the same kubeconfig as Kubernetes mode, also usable beside an etcd-mode overlay.
+  let serviceProxy: ((config: NetworkConfig) => Promise<void>) | undefined;
+  if (opts.proxy) {
+    let kc;
+    try {
+      kc = loadKubeConfig({ kubeconfig: opts.kubeconfig }).kc;
+    } catch (err) {
+      process.stderr.write(`weftd: --proxy: ${errText(err)}\n`);
+      return 2;
+    }
+    serviceProxy = (config) =>
+      runServiceProxy(ac.signal, {
+        kc,
+        nodeName: opts.nodeName,
+        clusterCIDR: config.network,
+        nodePortRange: opts.nodePortRange,
+        fullSyncIntervalMs: opts.proxyFullSyncIntervalMs,
+        log,
+        onSync: (r, state) => {
+          metrics.proxySyncs.inc({ mode: r.mode });
+          if (r.mode !== 'unchanged') metrics.proxySyncSeconds.observe(r.ms / 1000);
+          metrics.proxyServicePorts.set(state.ports.length);
+        },
+        onSyncError: () => metrics.proxySyncs.inc({ mode: 'failed' }),
+        onInvalid: (kind) => metrics.proxyInvalidObjects.inc({ kind }),
+        onDrift: () => metrics.repairs.inc(),
+        onApiError: () => metrics.kubeErrors.inc(),
+      });
+  }
   try {
-    await runDaemon(opts, { nl, manager, openBackend, log, metrics, signal: ac.signal });
+    await runDaemon(opts, { nl, manager, openBackend, serviceProxy, log, metrics, signal: ac.signal });
     return 0;
   } catch (err) {
     log.error(`fatal: ${errText(err)}`);
     return 1;
   } finally {
+    // SIGTERM: CNI requests in flight finish (or are undone) before we exit, bounded well
+    // below the DaemonSet's terminationGracePeriodSeconds.
+    await (await fastpath)?.drain(10_000);
     manager.close();
     nl.close();
     dumpNl.close();

@@ -16,11 +16,32 @@ lib_dir=${WEFT_HOST_CNI_LIB_DIR:-/host/opt/cni/lib/weft}
 conf_dir=${WEFT_HOST_CNI_CONF_DIR:-/host/etc/cni/net.d}
 conf_file=${WEFT_CNI_CONF_FILE:-/etc/weft/cni-conf.json}
 
+# Temporary files this run made and has not renamed yet: removed on any exit, so a failed or
+# killed install leaves nothing behind (a fixed temp name would also let two concurrent runs,
+# e.g. an init container restarted while the old one is still exiting, write the same file).
+pending=""
+cleanup() {
+  for f in $pending; do rm -f "$f"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
 install_atomic() { # install_atomic SRC DEST MODE
-  tmp="$(dirname "$2")/.$(basename "$2").weft-tmp"
+  # Same directory as DEST: rename(2) is atomic only within one filesystem. The dot prefix and
+  # the suffix keep the temp file out of what kubelet and the runtime look at (libcni loads
+  # only *.conf, *.conflist, *.json from the conf dir; nobody execs a dot file from bin).
+  tmp=$(mktemp "$(dirname "$2")/.$(basename "$2").XXXXXX.weft-tmp")
+  pending="$pending $tmp"
   cp "$1" "$tmp"
   chmod "$3" "$tmp"
-  mv -f "$tmp" "$2"
+  # Unchanged content: keep the installed file (its inode, which a running plugin or an
+  # open conflist may hold); re-running the install is then a no-op on the host.
+  if [ -f "$2" ] && cmp -s "$tmp" "$2" && [ "$(stat -c %a "$2")" = "${3#0}" ]; then
+    rm -f "$tmp"
+  else
+    mv -f "$tmp" "$2"
+  fi
+  pending=$(printf '%s' "$pending" | sed "s| $tmp||")
 }
 
 mkdir -p "$bin_dir" "$lib_dir" "$conf_dir"

@@ -2,7 +2,10 @@
  * The lab: a whole weft cluster on this machine, in network namespaces (lab/topology.ts builds
  * it). `scripts/lab.sh` installs what is missing, builds, and runs this file:
  *
- *   node lab/cli.ts up [--nodes N] [--pods N]   underlay, etcd, N nodes running weftd, pods
+ *   node lab/cli.ts up [--nodes N] [--pods N] [--etcd]
+ *                                               underlay, control plane (etcd + the lab API
+ *                                               server), N nodes running weftd, pods; --etcd: weftd
+ *                                               leases subnets in etcd instead of Kubernetes mode
  *   node lab/cli.ts status                      what is running
  *   node lab/cli.ts exec <target> <cmd...>      run a command in a node, pod, underlay or etcd
  *   node lab/cli.ts down                        remove everything the lab made (safe twice)
@@ -16,7 +19,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { destroyTopology, Topology, type LabNode, type LabPod, type TopologyState } from './topology.ts';
+import { destroyTopology, LAB_NETWORK_NAME, Topology, type LabNode, type LabPod, type TopologyState } from './topology.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const BIN = join(ROOT, 'dist', 'bin');
@@ -31,6 +34,8 @@ interface LabArgs {
   underlay: string;
   nodes: number;
   pods: number;
+  /** weftd's mode: Kubernetes (the default, as the install) or etcd (`--etcd`). */
+  mode: 'kube' | 'etcd';
 }
 
 function parse(argv: string[]): { cmd: string; rest: string[]; args: LabArgs } {
@@ -55,6 +60,7 @@ function parse(argv: string[]): { cmd: string; rest: string[]; args: LabArgs } {
         underlay: { type: 'string', default: '198.51.100' },
         nodes: { type: 'string', default: '3' },
         pods: { type: 'string', default: '2' },
+        etcd: { type: 'boolean', default: false },
       },
     });
   } catch (err) {
@@ -81,6 +87,7 @@ function parse(argv: string[]): { cmd: string; rest: string[]; args: LabArgs } {
       underlay: v.underlay!,
       nodes: int(v.nodes!, 'nodes', 1, 20),
       pods: int(v.pods!, 'pods', 0, 10),
+      mode: v.etcd ? 'etcd' : 'kube',
     },
   };
 }
@@ -123,13 +130,19 @@ function inNs(netns: string, cmd: string, args: string[], env: NodeJS.ProcessEnv
   });
 }
 
-/** Environment for commands run on a node: weftctl on PATH, pointed at the lab's etcd and files. */
+/**
+ * Environment for commands run in the lab: weftctl on PATH, pointed at the lab's control plane
+ * (the API server through KUBECONFIG in Kubernetes mode, so kubectl works too; etcd otherwise)
+ * and, on nodes and pods, at the node's subnet file.
+ */
 function nodeEnv(state: TopologyState, node?: LabNode): NodeJS.ProcessEnv {
+  const api = state.apiServer;
   return {
     ...process.env,
     PATH: `${BIN}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}`,
-    WEFTD_ETCD_ENDPOINTS: state.etcdEndpoint,
-    WEFTD_ETCD_PREFIX: state.etcdPrefix,
+    ...(state.mode === 'kube' && api
+      ? { KUBECONFIG: api.kubeconfig, WEFTD_KUBE_SUBNET_MGR: 'true', WEFTD_NET_CONFIG_PATH: api.netConf }
+      : { WEFTD_ETCD_ENDPOINTS: state.etcdEndpoint, WEFTD_ETCD_PREFIX: state.etcdPrefix }),
     ...(node ? { WEFTD_SUBNET_FILE: node.subnetFile } : {}),
   };
 }
@@ -164,7 +177,8 @@ async function up(a: LabArgs): Promise<number> {
     if (!existsSync(join(BIN, bin))) throw new Error(`${join(BIN, bin)} is missing: run "node scripts/build.ts" (scripts/lab.sh does)`);
   }
 
-  step(`creating lab "${a.name}": underlay ${a.underlay}.0/24, etcd, ${a.nodes} node(s) with ${a.pods} pod(s) each`);
+  const kube = a.mode === 'kube';
+  step(`creating lab "${a.name}": underlay ${a.underlay}.0/24, ${kube ? 'etcd + API server' : 'etcd'}, ${a.nodes} node(s) with ${a.pods} pod(s) each, weftd in ${kube ? 'Kubernetes' : 'etcd'} mode`);
   let topo: Topology | undefined;
   const abort = () => {
     process.stderr.write('\ninterrupted: tearing the lab down\n');
@@ -173,13 +187,22 @@ async function up(a: LabArgs): Promise<number> {
   process.once('SIGINT', abort);
   process.once('SIGTERM', abort);
   try {
-    topo = await Topology.create({ workDir: workDir(a), prefix: a.prefix, id: a.name, underlay: a.underlay, detached: true });
+    // Kubernetes mode runs as the install does: weftd is the Service proxy too (no kube-proxy).
+    const weftdArgs = kube ? ['--proxy'] : [];
+    topo = await Topology.create({ workDir: workDir(a), prefix: a.prefix, id: a.name, underlay: a.underlay, detached: true, mode: a.mode, weftdArgs });
     const s = topo.state;
     step(`underlay bridge br0 in ${s.underlayNetns}; etcd ready at ${s.etcdEndpoint} (in ${s.etcdNetns}); pod network ${s.podNetwork}`);
+    if (s.apiServer) step(`API server ready at ${s.apiServer.url} (in ${s.etcdNetns}), assigning node podCIDRs from ${s.podNetwork}; kubeconfig ${s.apiServer.kubeconfig}`);
     for (let i = 0; i < a.nodes; i++) {
       const node = await topo.addNode();
       const env = topo.subnetEnv(node.name);
-      step(`node ${node.name} ${node.ip} (${node.netns}): weftd ready, subnet ${env.FLANNEL_SUBNET ?? '?'}, MTU ${env.FLANNEL_MTU ?? '?'}`);
+      let kubeFacts = '';
+      if (kube) {
+        const obj = await topo.getNode(node.name);
+        const cond = (obj?.status?.conditions ?? []).find((c: { type: string }) => c.type === 'NetworkUnavailable');
+        kubeFacts = `, podCIDR ${obj?.spec?.podCIDR ?? '?'}, NetworkUnavailable=${cond?.status ?? '?'} (${cond?.reason ?? 'unset'})`;
+      }
+      step(`node ${node.name} ${node.ip} (${node.netns}): weftd ready, subnet ${env.FLANNEL_SUBNET ?? '?'}, MTU ${env.FLANNEL_MTU ?? '?'}${kubeFacts}`);
     }
     for (const node of s.nodes) {
       for (let k = 0; k < a.pods; k++) {
@@ -202,6 +225,9 @@ async function up(a: LabArgs): Promise<number> {
   const matrix = await pingMatrix(s.pods);
   process.stdout.write(`\n${matrix.text}\n${matrix.ok}/${matrix.total} pings ok\n\n`);
 
+  const services = kube ? await serviceDemo(topo) : { ok: true, text: '' };
+  if (services.text) process.stdout.write(services.text);
+
   step('weftctl get nodes (run on n1)');
   const n1 = s.nodes[0]!;
   const get = await inNs(n1.netns, join(BIN, 'weftctl'), ['get', 'nodes'], nodeEnv(s, n1));
@@ -212,7 +238,7 @@ async function up(a: LabArgs): Promise<number> {
     if (check.code === 0) consistent++;
     else process.stdout.write(`weftctl check on ${node.name}:\n${check.out}\n`);
   }
-  step(`weftctl check: ${consistent}/${s.nodes.length} node(s) consistent with etcd`);
+  step(`weftctl check: ${consistent}/${s.nodes.length} node(s) consistent with ${kube ? 'the Node annotations' : 'etcd'}`);
 
   const pod = s.pods[0];
   const other = s.pods.find((p) => p.node !== pod?.node) ?? s.pods[1];
@@ -228,18 +254,78 @@ async function up(a: LabArgs): Promise<number> {
       pod && other ? `  ${lab} exec${opt} ${pod.name} ping -c 3 ${other.ip}      # a command in a pod` : '',
       `  ${lab} exec${opt} n1 ip -d link show flannel.1      # a command on a node`,
       `  ${lab} exec${opt} n1 ip route; ${lab} exec${opt} n1 bridge fdb show dev flannel.1`,
-      `  ${lab} exec${opt} n1 weftctl get nodes -o wide       # weftctl on a node (etcd preset)`,
-      `  ${lab} exec${opt} n1 weftctl check                   # kernel state vs etcd`,
+      `  ${lab} exec${opt} n1 weftctl get nodes -o wide       # weftctl on a node (${kube ? 'KUBECONFIG' : 'etcd'} preset)`,
+      kube ? `  ${lab} exec${opt} n1 kubectl get nodes -o wide       # kubectl against the lab API server` : '',
+      `  ${lab} exec${opt} n1 weftctl check                   # kernel state vs ${kube ? 'the Node annotations' : 'etcd'}`,
       `  ${lab} exec${opt} underlay tcpdump -ni br0 udp port 8472   # capture VXLAN on the underlay`,
       `  ${lab} status${opt}`,
       `  ${lab} down${opt}                                    # remove everything`,
-      `Logs: ${workDir(a)}/<node>/weftd.log, ${workDir(a)}/etcd.log`,
+      `Logs: ${workDir(a)}/<node>/weftd.log, ${workDir(a)}/etcd.log${kube ? `, ${workDir(a)}/apiserver.log` : ''}`,
       '',
     ]
       .filter((l) => l !== '')
       .join('\n') + '\n',
   );
-  return matrix.ok === matrix.total && consistent === s.nodes.length ? 0 : 1;
+  return matrix.ok === matrix.total && consistent === s.nodes.length && services.ok ? 0 : 1;
+}
+
+/**
+ * Kubernetes mode's Service walk-through: echo servers (TCP 8080, UDP 5353) in the first pod of
+ * the first two nodes, a Service `default/echo` (ports 80/TCP, 53/UDP) and its EndpointSlice
+ * through the API server, then every pod calls the ClusterIP over both protocols, and one
+ * `weftctl trace` shows the walk from a pod to the ClusterIP.
+ */
+async function serviceDemo(topo: Topology): Promise<{ ok: boolean; text: string }> {
+  const s = topo.state;
+  const backends = s.nodes.slice(0, 2).map((n) => s.pods.find((p) => p.node === n.name)).filter((p): p is LabPod => Boolean(p));
+  if (!backends.length) return { ok: true, text: '' };
+  for (const p of backends) await topo.startEcho(p.name, { tcp: [8080], udp: [5353] });
+  const svc = await topo.api('POST', '/api/v1/namespaces/default/services', {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: 'echo', namespace: 'default' },
+    spec: {
+      selector: { app: 'echo' },
+      ports: [
+        { name: 'tcp', port: 80, targetPort: 8080, protocol: 'TCP' },
+        { name: 'udp', port: 53, targetPort: 5353, protocol: 'UDP' },
+      ],
+    },
+  });
+  await topo.api('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'echo-lab', namespace: 'default', labels: { 'kubernetes.io/service-name': 'echo' } },
+    addressType: 'IPv4',
+    endpoints: backends.map((p) => ({ addresses: [p.ip], nodeName: p.node, conditions: { ready: true } })),
+    ports: [
+      { name: 'tcp', port: 8080, protocol: 'TCP' },
+      { name: 'udp', port: 5353, protocol: 'UDP' },
+    ],
+  });
+  const ip: string = svc.spec.clusterIP;
+  step(`Service default/echo: ClusterIP ${ip}, ports 80/TCP and 53/UDP, endpoints ${backends.map((p) => `${p.name} ${p.ip}`).join(', ')}`);
+  // The proxies program the Service within moments; give them up to 10 s.
+  const first = s.pods[0]!;
+  for (let i = 0; i < 100; i++) {
+    if ((await topo.echoRequest(first.netns, { host: ip, port: 80, timeoutMs: 500 }))[0]?.reply) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const lines: string[] = [];
+  let ok = 0;
+  for (const pod of s.pods) {
+    const [tcp] = await topo.echoRequest(pod.netns, { host: ip, port: 80 });
+    const [udp] = await topo.echoRequest(pod.netns, { host: ip, port: 53, proto: 'udp' });
+    const fine = Boolean(tcp?.reply && udp?.reply);
+    if (fine) ok++;
+    const who = (r: typeof tcp) => r?.reply?.split(' ')[0] ?? r?.err ?? '?';
+    lines.push(`  ${pod.name.padEnd(6)} -> ${ip}:80/tcp answered by ${who(tcp)}, :53/udp answered by ${who(udp)}${fine ? '' : '  FAIL'}`);
+  }
+  step(`every pod calls the ClusterIP: ${ok}/${s.pods.length} ok`);
+  const node = s.nodes.find((n) => n.name === first.node)!;
+  const trace = await inNs(node.netns, join(BIN, 'weftctl'), ['trace', first.ip, `${ip}:80/tcp`, '--ipam-dir', join(node.dataDir, LAB_NETWORK_NAME)], nodeEnv(s, node));
+  step(`weftctl trace ${first.ip} ${ip}:80/tcp (run on ${node.name})`);
+  return { ok: ok === s.pods.length, text: `\n${lines.join('\n')}\n\n${trace.out}\n` };
 }
 
 /** Namespaces of this lab, also ones a crashed `up` may not have recorded. */
@@ -281,7 +367,8 @@ async function status(a: LabArgs): Promise<number> {
     process.stdout.write(`lab "${a.name}" is not up\n`);
     return 1;
   }
-  process.stdout.write(`lab "${a.name}": underlay ${s.underlay}.0/24 (${s.underlayNetns}), etcd ${s.etcdEndpoint} ${alive(s.etcdPid) ? 'running' : 'STOPPED'}\n`);
+  const api = s.apiServer ? `, API server ${s.apiServer.url} ${alive(s.apiServer.pid) ? 'running' : 'STOPPED'}` : '';
+  process.stdout.write(`lab "${a.name}" (${s.mode ?? 'etcd'} mode): underlay ${s.underlay}.0/24 (${s.underlayNetns}), etcd ${s.etcdEndpoint} ${alive(s.etcdPid) ? 'running' : 'STOPPED'}${api}\n`);
   for (const n of s.nodes) {
     const pods = s.pods.filter((p) => p.node === n.name).map((p) => `${p.name} ${p.ip}`);
     process.stdout.write(`  ${n.name} ${n.ip} weftd ${alive(n.pid) ? `running (pid ${n.pid})` : 'STOPPED'}; pods: ${pods.join(', ') || 'none'}\n`);
@@ -323,10 +410,14 @@ async function exec(a: LabArgs, rest: string[]): Promise<number> {
 
 const USAGE = `usage: ./scripts/lab.sh up|down|status|exec [flags]
 
-  up [--nodes N] [--pods N]   start the lab (default 3 nodes, 2 pods each); ends with a ping matrix
+  up [--nodes N] [--pods N] [--etcd]
+                              start the lab (default 3 nodes, 2 pods each); ends with a ping matrix.
+                              weftd runs in Kubernetes mode against the lab API server; --etcd
+                              runs it on etcd (flannel's etcd schema) instead
   status                      what runs, and weftctl get nodes
   exec TARGET CMD [ARGS...]   run CMD in a node (n1), pod (n1p1), "underlay" or "etcd" namespace;
-                              weftctl is on PATH there, pointed at the lab's etcd
+                              weftctl is on PATH there, pointed at the lab's control plane
+                              (KUBECONFIG is set in Kubernetes mode, so kubectl works too)
   down                        remove everything the lab made (safe to run twice)
 
   --name NAME (default lab)  --state-dir DIR (default /run/weft-lab)

@@ -19,9 +19,24 @@ import { randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { EtcdServer, killAndWait, makeTestPki, type TestPki } from './etcd.ts';
+import { spawnApiServer } from './apiserver/process.ts';
+import { ECHO_CLIENT, ECHO_SERVER } from './echo/index.ts';
+
+/** One echo request's outcome: the reply line, or an error code, and how long it took. */
+export interface EchoReply {
+  reply?: string;
+  err?: string;
+  ms: number;
+}
 
 const execFileP = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '..');
+
+/** The lab's Service ClusterIP range (inside 198.18.0.0/15, apart from the pod network). */
+export const LAB_SERVICE_RANGE = '198.19.0.0/16';
+
+/** The CNI network name of the lab's pods (their IPAM store is `<node dataDir>/<this>`). */
+export const LAB_NETWORK_NAME = 'weft-lab';
 
 export interface TopologyOptions {
   /** Directory for state, logs, subnet files, IPAM stores and etcd data (created). */
@@ -46,6 +61,14 @@ export interface TopologyOptions {
   detached?: boolean;
   /** Serve etcd over TLS with client certificates (throwaway PKI in workDir/pki). */
   etcdTls?: boolean;
+  /**
+   * `kube`: the lab API server (lab/apiserver) runs beside etcd in the control-plane namespace,
+   * plays kube-controller-manager's node IPAM, and weftd runs with --kube-subnet-mgr (the lease
+   * is the Node's podCIDR). `etcd` (default): weftd leases subnets in etcd.
+   */
+  mode?: 'etcd' | 'kube';
+  /** Kubernetes mode: assign podCIDRs to new Nodes (default true; false leaves them unassigned). */
+  allocateNodeCIDRs?: boolean;
 }
 
 export interface LabNode {
@@ -70,6 +93,8 @@ export interface LabPod {
   /** Pod address without prefix length. */
   ip: string;
   result: unknown;
+  /** The echo server (lab/echo) running in the pod, if one was started. */
+  echoPid?: number;
 }
 
 export interface TopologyState {
@@ -85,6 +110,9 @@ export interface TopologyState {
   /** Present when etcd serves TLS: CA and client certificate files for clients. */
   etcdTls?: TestPki;
   etcdPid?: number;
+  mode: 'etcd' | 'kube';
+  /** Kubernetes mode: the API server's URL, its pid, the kubeconfig and net-conf.json files. */
+  apiServer?: { url: string; pid?: number; kubeconfig: string; netConf: string; logFile: string };
   nodes: LabNode[];
   pods: LabPod[];
 }
@@ -131,6 +159,7 @@ export class Topology {
       underlayNetns: `${prefix}-ul-${id}`,
       etcdNetns: `${prefix}-cp-${id}`,
       etcdEndpoint: `${opts.etcdTls ? 'https' : 'http'}://${underlay}.2:2379`,
+      mode: opts.mode ?? 'etcd',
       nodes: [],
       pods: [],
     };
@@ -150,6 +179,10 @@ export class Topology {
       ipn(state.underlayNetns, 'link', 'set', 'lo', 'up');
       ipn(state.underlayNetns, 'link', 'add', 'br0', 'type', 'bridge');
       ipn(state.underlayNetns, 'link', 'set', 'br0', 'up');
+      // The underlay's "router": nodes route what they have no route for here, as real nodes have
+      // a default route (a Service IP no rule DNATs must get a routing decision, not ENETUNREACH).
+      // The underlay namespace forwards nothing (ip_forward stays 0), so nothing leaves the lab.
+      ipn(state.underlayNetns, 'addr', 'add', `${underlay}.1/24`, 'dev', 'br0');
       topo.#attach(state.etcdNetns, 'vcp', `${underlay}.2`);
       await etcd.start();
       state.etcdPid = etcd.pid;
@@ -159,7 +192,8 @@ export class Topology {
         Backend: { Type: 'vxlan', VNI: 1, Port: 8472 },
         ...opts.networkConfig,
       };
-      await etcd.put(`${state.etcdPrefix}/config`, JSON.stringify(config));
+      if (state.mode === 'kube') await topo.#startApiServer(config);
+      else await etcd.put(`${state.etcdPrefix}/config`, JSON.stringify(config));
       topo.#save();
       return topo;
     } catch (err) {
@@ -176,6 +210,83 @@ export class Topology {
     ipn(this.state.underlayNetns, 'link', 'set', hostEnd, 'master', 'br0', 'up');
     ipn(ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0');
     ipn(ns, 'link', 'set', 'eth0', 'up');
+  }
+
+  /**
+   * Kubernetes mode: net-conf.json (what the DaemonSet's ConfigMap holds), then the API server
+   * on etcd with node IPAM for the pod network. It listens on the control plane's underlay
+   * address, so node namespaces reach it as a real cluster's nodes would.
+   */
+  async #startApiServer(config: { Network: string; SubnetLen: number }): Promise<void> {
+    const s = this.state;
+    const netConf = join(s.workDir, 'net-conf.json');
+    writeFileSync(netConf, JSON.stringify(config, null, 2) + '\n');
+    const kubeconfig = join(s.workDir, 'kubeconfig');
+    const logFile = join(s.workDir, 'apiserver.log');
+    const ipam = this.#opts.allocateNodeCIDRs ?? true;
+    const api = await spawnApiServer({
+      netns: s.etcdNetns,
+      listen: `${s.underlay}.2:6443`,
+      etcd: [s.etcdEndpoint],
+      etcdTls: s.etcdTls ? { cafile: s.etcdTls.ca, certfile: s.etcdTls.clientCert, keyfile: s.etcdTls.clientKey } : undefined,
+      serviceClusterIPRange: LAB_SERVICE_RANGE,
+      kubeconfig,
+      logFile,
+      detached: this.#opts.detached,
+      args: ipam ? ['--allocate-node-cidrs', '--cluster-cidr', config.Network, '--node-cidr-mask-size', String(config.SubnetLen)] : [],
+    });
+    s.apiServer = { url: api.url, pid: api.pid, kubeconfig, netConf, logFile };
+  }
+
+  /**
+   * A request to the lab API server, made with curl from inside the control-plane namespace
+   * (the root namespace has no route to the underlay). Returns the parsed JSON body.
+   */
+  async api(method: string, path: string, body?: unknown, opts: { contentType?: string; allow404?: boolean } = {}): Promise<any> {
+    const api = this.state.apiServer;
+    if (!api) throw new Error('lab: not in Kubernetes mode (no API server)');
+    const args = [`--net=/run/netns/${this.state.etcdNetns}`, '--', 'curl', '-sS', '-m', '10', '-X', method, '-w', '\n%{http_code}', '-H', 'accept: application/json'];
+    if (body !== undefined) args.push('-H', `content-type: ${opts.contentType ?? 'application/json'}`, '--data-binary', '@-');
+    const p = execFileP('nsenter', [...args, `${api.url}${path}`], { encoding: 'utf8', timeout: 15_000 });
+    p.child.stdin?.end(body === undefined ? '' : JSON.stringify(body));
+    const { stdout } = await p;
+    const cut = stdout.lastIndexOf('\n');
+    const code = Number(stdout.slice(cut + 1));
+    const text = stdout.slice(0, cut);
+    if (code === 404 && opts.allow404) return undefined;
+    if (code < 200 || code >= 300) throw new Error(`lab API ${method} ${path}: HTTP ${code}: ${text.slice(0, 500)}`);
+    return text ? JSON.parse(text) : undefined;
+  }
+
+  /** Kubernetes mode: registers node `name` as kubelet would (the Node, then its addresses). */
+  async #registerNode(node: LabNode): Promise<void> {
+    await this.api('POST', '/api/v1/nodes', {
+      apiVersion: 'v1',
+      kind: 'Node',
+      metadata: { name: node.name, labels: { 'kubernetes.io/hostname': node.name, 'kubernetes.io/os': 'linux' } },
+    });
+    await this.api(
+      'PATCH',
+      `/api/v1/nodes/${node.name}/status`,
+      { status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: node.name }] } },
+      { contentType: 'application/strategic-merge-patch+json' },
+    );
+  }
+
+  /** Kubernetes mode: the Node object (undefined once deleted). */
+  getNode(name: string): Promise<any> {
+    return this.api('GET', `/api/v1/nodes/${name}`, undefined, { allow404: true });
+  }
+
+  /** Kubernetes mode: waits until the node IPAM (or a test) gave `name` a podCIDR. */
+  async waitPodCIDR(name: string, timeoutMs = 10_000): Promise<string> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const cidr = (await this.getNode(name))?.spec?.podCIDR;
+      if (cidr) return cidr;
+      if (Date.now() > end) throw new Error(`lab: node "${name}" got no podCIDR within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   #save(): void {
@@ -209,15 +320,21 @@ export class Topology {
     this.state.nodes.push(node);
     this.#save();
     this.#attach(node.netns, `v${name}`, node.ip);
+    ipn(node.netns, 'route', 'add', 'default', 'via', `${this.state.underlay}.1`, 'dev', 'eth0');
+    if (this.state.mode === 'kube') await this.#registerNode(node);
     if (opts.start ?? true) await this.startDaemon(name, { args: opts.args });
     return node;
   }
 
   /** The weftd command line for a node (without extra args). */
   weftdArgs(node: LabNode): string[] {
+    const api = this.state.apiServer;
+    const source =
+      this.state.mode === 'kube' && api
+        ? ['--kube-subnet-mgr', '--kubeconfig', api.kubeconfig, '--net-config-path', api.netConf]
+        : ['--etcd-endpoints', this.state.etcdEndpoint, '--etcd-prefix', this.state.etcdPrefix];
     return [
-      '--etcd-endpoints', this.state.etcdEndpoint,
-      '--etcd-prefix', this.state.etcdPrefix,
+      ...source,
       '--iface', 'eth0',
       '--subnet-file', node.subnetFile,
       '--cni-data-dir', node.dataDir,
@@ -225,7 +342,7 @@ export class Topology {
       '--node-name', node.name,
       '--ip-masq',
       '--log-level', 'debug',
-      ...(this.state.etcdTls
+      ...(this.state.etcdTls && this.state.mode !== 'kube'
         ? ['--etcd-cafile', this.state.etcdTls.ca, '--etcd-certfile', this.state.etcdTls.clientCert, '--etcd-keyfile', this.state.etcdTls.clientKey]
         : []),
       ...(this.#opts.weftdArgs ?? []),
@@ -301,7 +418,7 @@ export class Topology {
   #cniConf(node: LabNode): string {
     return JSON.stringify({
       cniVersion: '1.0.0',
-      name: 'weft-lab',
+      name: LAB_NETWORK_NAME,
       type: 'weft',
       bridge: 'cni0',
       subnetFile: node.subnetFile,
@@ -353,10 +470,57 @@ export class Topology {
     return pod;
   }
 
+  /**
+   * Starts the TCP + UDP echo server (lab/echo/server.cjs) in a pod; resolves once it listens.
+   * It answers every connection or datagram with "<pod name> <client address>".
+   */
+  async startEcho(podName: string, ports: { tcp: number[]; udp: number[] }): Promise<number> {
+    const pod = this.state.pods.find((p) => p.name === podName);
+    if (!pod) throw new Error(`lab pod "${podName}" not found`);
+    const child = spawn('nsenter', [`--net=/run/netns/${pod.netns}`, '--', process.execPath, ECHO_SERVER, pod.name, ports.tcp.join(','), ports.udp.join(',')], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+      detached: this.#opts.detached ?? false,
+    });
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error(`echo server in "${pod.name}" did not start`)), 15_000);
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d;
+        if (!out.includes('ready')) return;
+        clearTimeout(timer);
+        resolve();
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`echo server in "${pod.name}" exited (${code})`));
+      });
+    });
+    child.stdout!.destroy();
+    if (this.#opts.detached) child.unref();
+    pod.echoPid = child.pid;
+    this.#save();
+    return child.pid!;
+  }
+
+  /**
+   * Makes `count` echo requests (lab/echo/client.cjs) from namespace `netns`, one after another:
+   * each reply is "<endpoint pod> <source address it saw>", or an error code (ECONNREFUSED, TIMEOUT).
+   */
+  async echoRequest(netns: string, o: { host: string; port: number; proto?: 'tcp' | 'udp'; count?: number; timeoutMs?: number }): Promise<EchoReply[]> {
+    const req = { proto: 'tcp', count: 1, timeoutMs: 2000, ...o };
+    const { stdout } = await execFileP('nsenter', [`--net=/run/netns/${netns}`, '--', process.execPath, ECHO_CLIENT, JSON.stringify(req)], {
+      encoding: 'utf8',
+      timeout: 30_000 + req.count * req.timeoutMs,
+      maxBuffer: 16 << 20,
+    });
+    return JSON.parse(stdout) as EchoReply[];
+  }
+
   /** Runs CNI DEL for a pod and deletes its namespace. */
   async removePod(name: string): Promise<void> {
     const pod = this.state.pods.find((p) => p.name === name);
     if (!pod) return;
+    if (pod.echoPid && isAlive(pod.echoPid)) await killAndWait(pod.echoPid, 'SIGKILL');
     await this.#cni(this.node(pod.node), { command: 'DEL', pod }).catch(() => undefined);
     try {
       sh('ip', ['netns', 'del', pod.netns]);
@@ -378,6 +542,23 @@ export class Topology {
   async startEtcd(): Promise<void> {
     await this.etcd.start();
     this.state.etcdPid = this.etcd.pid;
+    this.#save();
+  }
+
+  /** Kubernetes mode: stops the API server (SIGTERM by default); etcd keeps its objects. */
+  async stopApiServer(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const api = this.state.apiServer;
+    if (api?.pid && isAlive(api.pid)) await killAndWait(api.pid, signal);
+    if (api) api.pid = undefined;
+    this.#save();
+  }
+
+  /** Kubernetes mode: starts the API server again on the same etcd. */
+  async startApiServer(): Promise<void> {
+    const api = this.state.apiServer;
+    if (!api) throw new Error('lab: not in Kubernetes mode');
+    const config = JSON.parse(readFileSync(api.netConf, 'utf8')) as { Network: string; SubnetLen: number };
+    await this.#startApiServer(config);
     this.#save();
   }
 
@@ -411,7 +592,7 @@ function tail(file: string, lines = 20): string {
  * SIGKILL every recorded process and delete every recorded namespace.
  */
 export function destroyTopologySync(state: TopologyState): void {
-  for (const pid of [...state.nodes.map((n) => n.pid), state.etcdPid]) {
+  for (const pid of [...state.pods.map((p) => p.echoPid), ...state.nodes.map((n) => n.pid), state.apiServer?.pid, state.etcdPid]) {
     if (pid && isAlive(pid)) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -443,7 +624,9 @@ export async function destroyTopology(stateOrDir: TopologyState | string, opts: 
   } else {
     state = stateOrDir;
   }
-  await Promise.all(state.nodes.map((n) => (n.pid && isAlive(n.pid) ? killAndWait(n.pid, 'SIGKILL') : undefined)));
+  await Promise.all([...state.pods.map((p) => p.echoPid), ...state.nodes.map((n) => n.pid)].map((pid) => (pid && isAlive(pid) ? killAndWait(pid, 'SIGKILL') : undefined)));
+  if (state.apiServer?.pid && isAlive(state.apiServer.pid)) await killAndWait(state.apiServer.pid, 'SIGKILL');
+  if (state.apiServer) state.apiServer.pid = undefined;
   if (state.etcdPid && isAlive(state.etcdPid)) await killAndWait(state.etcdPid, 'SIGKILL');
   const names = [...state.pods.map((p) => p.netns), ...state.nodes.map((n) => n.netns), state.etcdNetns, state.underlayNetns];
   for (const ns of names) {

@@ -12,10 +12,14 @@ fi
 
 # command -> Debian package that provides it
 declare -A want=(
-  [ip]=iproute2 [bridge]=iproute2 [nsenter]=util-linux [nft]=nftables
+  [ip]=iproute2 [bridge]=iproute2 [nsenter]=util-linux [nft]=nftables [iptables]=iptables
   [etcd]=etcd-server [etcdctl]=etcd-client [tcpdump]=tcpdump [iperf3]=iperf3
   [ping]=iputils-ping [cc]=gcc [pkill]=procps [npm]=npm [node]=nodejs [curl]=curl [openssl]=openssl
-  [conntrack]=conntrack
+  [conntrack]=conntrack [socat]=socat
+  # test/priv/cri.test.ts: containerd's CRI plugin as a node's runtime, runc under it
+  [containerd]=containerd [ctr]=containerd [runc]=runc [unshare]=util-linux
+  # scripts/image.sh and test/priv/image.test.ts: the image built with podman on local base images
+  [podman]=podman [mmdebstrap]=mmdebstrap
 )
 missing=()
 for cmd in "${!want[@]}"; do

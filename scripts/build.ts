@@ -110,8 +110,18 @@ require("./${bundle}");
 `;
 // Cache entries of earlier builds are keyed by content no file has any more.
 rmSync(join(dist, 'cache'), { recursive: true, force: true });
+// weftd's CNI worker threads (src/fastpath/pool.ts) load this file beside the weftd bundle.
+const cniWorker = build({
+  entryPoints: [join(root, 'src', 'fastpath', 'worker.ts')],
+  write: false,
+  ...bundleOptions,
+  sourcemap: false,
+  external: ['netlink'],
+  logLevel: 'warning',
+}).then((out) => writeAtomic(join(dist, 'bin', 'weft-cni-worker.js'), out.outputFiles[0].contents));
 await Promise.all([
   setns,
+  cniWorker,
   ...entries.map(async (file) => {
     const name = file.replace(/\.ts$/, '');
     const fast = fastStart.has(name);

@@ -16,6 +16,21 @@ if ! tsc -p tsconfig.json --noEmit; then
   echo "typecheck failed" >&2
   failed=1
 fi
+if ! biome check .; then
+  echo "lint/format check failed (npm run lint; npm run format fixes formatting)" >&2
+  failed=$((failed + 1))
+fi
+
+# The image the DaemonSet runs (test/priv/image.test.ts runs it as a node): built with podman on
+# local base images when it is missing or was built from another commit. A few minutes.
+want_rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+have_rev=$(podman image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' weft:0.1.0 2>/dev/null || true)
+if [ "$have_rev" != "$want_rev" ]; then
+  if ! bash scripts/image.sh; then
+    echo "image build failed (scripts/image.sh)" >&2
+    failed=$((failed + 1))
+  fi
+fi
 
 # Tests must keep weftd's fast-path socket in their own temp dirs, never the host's /run/weft.
 host_sock_before=0

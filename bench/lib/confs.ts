@@ -14,7 +14,10 @@ export function writeSubnetEnv(dir: string, subnet: string): string {
   const o = net.split('.').map(Number);
   const gw = `${o[0]}.${o[1]}.${o[2]}.${o[3] + 1}`;
   const file = join(dir, 'subnet.env');
-  writeFileSync(file, `FLANNEL_NETWORK=${NETWORK}\nFLANNEL_SUBNET=${gw}/${len}\nFLANNEL_MTU=${MTU}\nFLANNEL_IPMASQ=false\n`);
+  // IPMASQ=true: the node daemon masquerades, so neither side sets up per-pod masquerade (with
+  // false, weft would add an nft element per pod as flannel's plugin does; the reference
+  // config has no ipMasq).
+  writeFileSync(file, `FLANNEL_NETWORK=${NETWORK}\nFLANNEL_SUBNET=${gw}/${len}\nFLANNEL_MTU=${MTU}\nFLANNEL_IPMASQ=true\n`);
   return file;
 }
 

@@ -22,7 +22,8 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
   const child = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'cni-server.ts'), socket], {
     ns: nodeNs,
     cwd: root,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1' },
+    // The one network it serves: bench/lib/confs.ts weftConfig's paths under `dir`.
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1', WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam'), WEFT_SERVE_WORKERS: process.env.WEFT_SERVE_WORKERS ?? '0' },
   });
   const handled: Handled[] = [];
   let err = '';

@@ -23,5 +23,14 @@ export interface BackendNetwork {
   readonly mtu: number;
   /** Sets this node's own subnet (its lease), which is never programmed as a peer. */
   setSubnet(subnet: IPv4Net): Promise<void>;
+  /** The overlay device's ifindex (its routes are the peers', not this node's own networks). */
+  readonly deviceIndex: number;
+  /** The overlay device's MAC (lower case), when the backend has one: no peer may claim it. */
+  readonly deviceMAC: string | undefined;
+  /**
+   * The MAC a peer's lease asks to be reached at (undefined: the backend uses none); throws with
+   * the reason when the lease is not one this backend can program (type, backend data).
+   */
+  peerMAC(lease: Lease): string | undefined;
 }
 

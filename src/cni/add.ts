@@ -9,14 +9,11 @@ import { allocate, NoFreeAddressError } from '../ipam/index.ts';
 import { formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import { findLink, isExists, isGone, type Link, type Netlink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
-import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
+import { hostVethName, requirePodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
 import { buildResult, encodeResult, parsePrevResult } from './result.ts';
 import { readSubnetFile, type SubnetInfo } from './subnetfile.ts';
 import type { NetNs } from '../netns/index.ts';
 import type { Result, RouteConfig } from './types.ts';
-
-/** ADD's steps, in order; `failAfter` names one of these. */
-export const STEPS = ['bridge', 'ipam', 'veth', 'host-veth', 'pod-addr', 'pod-routes', 'sysctl'] as const;
 
 /** Undo actions, run newest first; failures are logged, never mask the original error. */
 class UndoStack {
@@ -90,7 +87,7 @@ export async function cmdAdd(req: Request, deps: Deps): Promise<Record<string, u
   const prev = conf.prevResult ? parsePrevResult(conf.prevResult) : undefined;
   const subnet = readSubnetFile(conf.subnetFile);
   const mtu = conf.mtu ?? subnet.mtu;
-  const pod = openPodNetns(deps, env.netns);
+  const pod = requirePodNetns(deps, env.netns);
   let host: Netlink | undefined;
   let podNl: Netlink | undefined;
   try {
@@ -117,9 +114,6 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
   const { env, conf } = req;
   const { subnet, mtu, prev, pod, host, podNl } = ctx;
   const undo = new UndoStack(deps.log);
-  const step = (name: (typeof STEPS)[number]) => {
-    if (deps.failAfter === name) throw new Error(`injected failure after step "${name}"`);
-  };
   try {
     if (await findLink(podNl, env.ifname)) {
       throw new CniError(ERR.IFACE_EXISTS, `interface "${env.ifname}" already exists in "${env.netns}"`);
@@ -128,7 +122,6 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     const br = await ensureBridge(host, conf.bridge, mtu);
     await ensureGateway(host, br, subnet);
     deps.writeSysctl('net/ipv4/ip_forward', '1');
-    step('bridge');
 
     const store = deps.store(conf);
     const owner = { containerID: env.containerID, ifname: env.ifname };
@@ -139,8 +132,7 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       if (err instanceof NoFreeAddressError) throw new CniError(ERR.NO_FREE_ADDRESS, err.message);
       throw err;
     }
-    undo.push(`release ${formatIPv4(ip)}`, () => store.release(ip));
-    step('ipam');
+    undo.push(`release ${formatIPv4(ip)}`, () => store.locked(() => store.release(ip)));
 
     const vethName = hostVethName(env.containerID, env.ifname);
     try {
@@ -158,18 +150,16 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       const link = await findLink(host, vethName);
       if (link) await host.linkDel(link.index).catch((err) => { if (!isGone(err)) throw err; });
     });
-    step('veth');
 
     const hostLink = await host.linkByName(vethName);
-    await host.linkSetMaster(hostLink.index, br.index);
+    // Owner label and bridge in one request: DEL and GC delete only a veth labelled as theirs.
+    await host.linkSetMaster(hostLink.index, br.index, { alias: vethAlias(env.containerID, env.ifname) });
     await host.linkSetHairpin(hostLink.index, conf.hairpinMode);
     await host.linkSetUp(hostLink.index);
-    step('host-veth');
 
     const podLink = await podNl.linkByName(env.ifname);
     await podNl.linkSetUp(podLink.index);
     await podNl.addrAdd({ index: podLink.index, ip: formatIPv4(ip), prefixLen: subnet.subnet.prefixLen });
-    step('pod-addr');
 
     const routes = podRoutes(subnet, conf.isDefaultGateway);
     for (const r of routes) {
@@ -179,13 +169,19 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
         throw new Error(`add route ${r.dst} via ${r.gw} in the pod`, { cause: err });
       }
     }
-    step('pod-routes');
+
+    if (conf.ipMasq ?? !subnet.ipMasq) {
+      const addr = formatIPv4(ip);
+      await deps.masq.add(addr, formatCIDR(subnet.network));
+      undo.push(`remove masquerade for ${addr}`, () => deps.masq.remove(addr));
+    }
 
     // Announce the new address with a gratuitous ARP when the link comes up (as the bridge plugin).
     deps.writeSysctl(`net/ipv4/conf/${env.ifname}/arp_notify`, '1', pod);
-    step('sysctl');
 
-    const [brNow, hostNow, podNow] = await Promise.all([host.linkByIndex(br.index), host.linkByIndex(hostLink.index), podNl.linkByIndex(podLink.index)]);
+    // The veths' MACs are as created; the bridge's may have changed when it gained a port.
+    const brNow = await host.linkByIndex(br.index);
+    const [hostNow, podNow] = [hostLink, podLink];
     const address: IPv4Net = { ip, prefixLen: subnet.subnet.prefixLen };
     const result = buildResult(
       {

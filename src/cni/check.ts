@@ -5,7 +5,7 @@
 import { formatIPv4, networkOf, parseCIDR } from '../ip/ipv4.ts';
 import { findLink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
-import { hostVethName, openPodNetns, type Deps, type Request } from './plugin.ts';
+import { hostVethName, requirePodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
 import { parsePrevResult } from './result.ts';
 
 function mismatch(msg: string): CniError {
@@ -19,7 +19,7 @@ export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
   const podIndex = prev.interfaces.findIndex((i) => i.name === env.ifname && i.sandbox !== undefined);
   if (podIndex < 0) throw mismatch(`prevResult has no interface "${env.ifname}" in a sandbox`);
 
-  const pod = openPodNetns(deps, env.netns);
+  const pod = requirePodNetns(deps, env.netns);
   const podNl = deps.openNetlink(pod);
   const host = deps.openNetlink();
   try {
@@ -51,6 +51,8 @@ export async function cmdCheck(req: Request, deps: Deps): Promise<void> {
     const vethName = hostVethName(env.containerID, env.ifname);
     const veth = await findLink(host, vethName);
     if (!veth) throw mismatch(`host veth "${vethName}" is missing`);
+    const owner = vethAlias(env.containerID, env.ifname);
+    if (veth.alias !== owner) throw mismatch(`host veth "${vethName}" belongs to "${veth.alias ?? ''}", not "${owner}"`);
     const br = await findLink(host, conf.bridge);
     if (!br) throw mismatch(`bridge "${conf.bridge}" is missing`);
     if (veth.masterIndex !== br.index) throw mismatch(`host veth "${vethName}" is not attached to bridge "${conf.bridge}"`);

@@ -3,6 +3,7 @@
  * stdin. Everything a later step relies on (names used in paths, link names, numbers) is checked
  * here, so bad input fails before anything is created.
  */
+import { posix } from 'node:path';
 import { CniError, ERR } from './errors.ts';
 import {
   COMMANDS,
@@ -29,6 +30,11 @@ export interface NetConf {
   isDefaultGateway: boolean;
   /** Overrides FLANNEL_MTU when set. */
   mtu?: number;
+  /**
+   * Masquerade this pod's traffic leaving the pod network (./masq.ts). Unset: exactly when
+   * weftd does not (FLANNEL_IPMASQ=false), as flannel's plugin sets the bridge plugin's ipMasq.
+   */
+  ipMasq?: boolean;
   /** The previous plugin's result (chained ADD, CHECK, DEL), as sent. */
   prevResult?: Record<string, unknown>;
   /** GC: attachments still in use. */
@@ -42,6 +48,34 @@ export const DEFAULTS = {
   hairpinMode: true,
   isDefaultGateway: true,
 } as const;
+
+/**
+ * The one network a server (weftd's fast path) serves. A request may leave these out (it gets
+ * them) or name exactly these; naming anything else is refused, never widened to it.
+ */
+export interface OwnNetwork {
+  subnetFile: string;
+  dataDir: string;
+  bridge: string;
+}
+
+/** `a//b/./c/` -> `/a/b/c`: the same path spelt differently is still the same. */
+function samePath(a: string, b: string): boolean {
+  const norm = (p: string) => posix.normalize(p).replace(/(.)\/+$/, '$1');
+  return norm(a) === norm(b);
+}
+
+/** Refuses a request field that is not the server's own; returns the value to use. */
+function confined(o: Record<string, unknown>, field: { key: keyof OwnNetwork; own: string }): string {
+  const { key, own } = field;
+  const v = o[key];
+  if (v === undefined) return own;
+  const same = typeof v === 'string' && (key === 'bridge' ? v === own : v.startsWith('/') && samePath(v, own));
+  if (!same) {
+    throw configError(`"${key}" ${JSON.stringify(v).slice(0, 200)} is not this node's network`, `weftd serves only its own network (${key} ${own}); leave "${key}" out or use that`);
+  }
+  return own;
+}
 
 /** libcni's rule for container IDs and network names: safe as file names and file content. */
 const SAFE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
@@ -152,9 +186,10 @@ function parseAttachments(v: unknown, key: string): Attachment[] {
 
 /**
  * Parses the network configuration. Malformed JSON -> 6; missing or unsupported cniVersion -> 1;
- * anything else invalid -> 7.
+ * anything else invalid -> 7. With `own`, subnetFile, dataDir and bridge are confined to that
+ * network ({@link OwnNetwork}).
  */
-export function parseConf(stdin: string, command: Command): NetConf {
+export function parseConf(stdin: string, command: Command, opts: { own?: OwnNetwork } = {}): NetConf {
   let raw: unknown;
   try {
     raw = JSON.parse(stdin);
@@ -182,11 +217,12 @@ export function parseConf(stdin: string, command: Command): NetConf {
   if (!isValidContainerID(o.name) || o.name.length > 255) throw configError(`invalid network name "${o.name}"`, 'allowed: letters, digits, "_", ".", "-"');
   if (o.type !== undefined && typeof o.type !== 'string') throw configError('invalid "type": expected a string');
 
-  const bridge = optString(o, 'bridge', DEFAULTS.bridge);
+  const { own } = opts;
+  const bridge = own ? confined(o, { key: 'bridge', own: own.bridge }) : optString(o, 'bridge', DEFAULTS.bridge);
   if (!isValidIfname(bridge)) throw configError(`invalid "bridge" "${bridge}": not a valid interface name`);
-  const dataDir = optString(o, 'dataDir', DEFAULTS.dataDir);
+  const dataDir = own ? confined(o, { key: 'dataDir', own: own.dataDir }) : optString(o, 'dataDir', DEFAULTS.dataDir);
   if (!dataDir.startsWith('/')) throw configError(`invalid "dataDir" "${dataDir}": not an absolute path`);
-  const subnetFile = optString(o, 'subnetFile', DEFAULTS.subnetFile);
+  const subnetFile = own ? confined(o, { key: 'subnetFile', own: own.subnetFile }) : optString(o, 'subnetFile', DEFAULTS.subnetFile);
   if (!subnetFile.startsWith('/')) throw configError(`invalid "subnetFile" "${subnetFile}": not an absolute path`);
 
   let mtu: number | undefined;
@@ -217,6 +253,7 @@ export function parseConf(stdin: string, command: Command): NetConf {
     mtu,
     prevResult,
   };
+  if (o.ipMasq !== undefined) conf.ipMasq = optBool(o, 'ipMasq', false);
   if (command === 'GC') {
     // Spec 1.1 names the key cni.dev/valid-attachments; older drafts and libcni used cni.dev/attachments.
     const key = o['cni.dev/valid-attachments'] !== undefined ? 'cni.dev/valid-attachments' : 'cni.dev/attachments';

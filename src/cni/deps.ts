@@ -5,17 +5,25 @@
  */
 import { DiskStore } from '../ipam/disk.ts';
 import { openNetlink } from '../netlink/index.ts';
-import { openNetns, setSysctl } from '../netns/index.ts';
+import { isOwnNetns, openNetns, setSysctl } from '../netns/index.ts';
+import type { OwnNetwork } from './config.ts';
+import { systemMasq } from './masq.ts';
 import type { Deps } from './plugin.ts';
 
-export function systemDeps(opts: { log: (msg: string) => void; env?: NodeJS.ProcessEnv }): Deps {
+/**
+ * The real dependencies. `network` confines requests to one network (weftd's fast path);
+ * the standalone binary serves whatever configuration its runtime hands it.
+ * Fault injection for tests wraps these (test/helpers/cni-faults.ts); nothing here reads a switch.
+ */
+export function systemDeps(opts: { log: (msg: string) => void; network?: OwnNetwork }): Deps {
   return {
     openNetlink: (netns) => openNetlink(netns ? { netns } : {}),
     openNetns,
+    isOwnNetns,
     writeSysctl: setSysctl,
     store: (conf) => new DiskStore(conf.dataDir, conf.name),
-    // Honoured only when a test sets it; kubelet never does.
-    failAfter: opts.env?.WEFT_TEST_FAIL_AFTER || undefined,
+    masq: systemMasq,
+    network: opts.network,
     log: opts.log,
   };
 }

@@ -3,7 +3,8 @@ import type { Netlink } from '../netlink/index.ts';
 import type { NetNs } from '../netns/index.ts';
 import type { Store } from '../ipam/store.ts';
 import { NetnsNotFoundError } from '../netns/index.ts';
-import type { NetConf } from './config.ts';
+import type { NetConf, OwnNetwork } from './config.ts';
+import type { PodMasq } from './masq.ts';
 import { CniError, ERR } from './errors.ts';
 import type { CniEnv } from './types.ts';
 
@@ -15,14 +16,18 @@ export interface Request {
 export interface Deps {
   /** Opens netlink in `netns`, or in the node namespace the process runs in. */
   openNetlink(netns?: NetNs): Netlink;
-  /** Opens a namespace by path; throws NetnsNotFoundError. */
+  /** Opens a namespace by path; throws NetnsNotFoundError. Must never block (the path is the request's). */
   openNetns(path: string): NetNs;
+  /** True when `ns` is the namespace this process serves (never a pod's). */
+  isOwnNetns(ns: NetNs): boolean;
   /** Writes a `/proc/sys` file, given as a path below it (`net/ipv4/ip_forward`), in `netns` or here. */
   writeSysctl(path: string, value: string, netns?: NetNs): void;
   /** The IPAM store of a network. */
   store(conf: NetConf): Store;
-  /** Tests only: ADD fails right after the named step (see add.ts STEPS) to exercise undo. */
-  failAfter?: string;
+  /** Per-pod masquerade (./masq.ts), for nodes where weftd does not masquerade. */
+  masq: PodMasq;
+  /** When set, the only network served: see {@link OwnNetwork} (weftd's fast path sets it). */
+  network?: OwnNetwork;
   /** Diagnostics; never stdout. */
   log(msg: string): void;
 }
@@ -41,14 +46,50 @@ export function hostVethName(containerID: string, ifname: string): string {
   return `veth${h.toString(16).padStart(8, '0')}`;
 }
 
-/** Opens the pod's namespace; a path that is not one is bad input (code 4). */
-export function openPodNetns(deps: Deps, path: string): NetNs {
+/**
+ * The host veth's owner, recorded as its IFLA_IFALIAS: `containerID/ifname`, or for IDs too
+ * long for an alias (255 bytes) `weft-sha256:` + the hex digest of both. The 32-bit name
+ * ({@link hostVethName}) can collide; DEL and GC delete a veth only when this matches.
+ */
+export function vethAlias(containerID: string, ifname: string): string {
+  const text = `${containerID}/${ifname}`;
+  if (Buffer.byteLength(text) <= 255) return text;
+  // Loaded only here: every pod start would pay for crypto otherwise.
+  const { createHash } = process.getBuiltinModule('node:crypto');
+  return `weft-sha256:${createHash('sha256').update(`${containerID}\0${ifname}`).digest('hex')}`;
+}
+
+/**
+ * Opens the pod's namespace; a path that is not one is bad input (code 4), and so is the
+ * namespace this process serves: a "pod" there would replace the node's own routes.
+ * With `missingOk` (DEL), a path that is gone returns undefined.
+ */
+export function openPodNetns(deps: Deps, path: string, opts: { missingOk?: boolean } = {}): NetNs | undefined {
+  let ns: NetNs;
   try {
-    return deps.openNetns(path);
+    ns = deps.openNetns(path);
   } catch (err) {
     if (err instanceof NetnsNotFoundError) {
+      if (opts.missingOk) return undefined;
       throw new CniError(ERR.INVALID_ENV, `CNI_NETNS "${path}" is not a network namespace`, '', { cause: err });
     }
     throw err;
   }
+  let own: boolean;
+  try {
+    own = deps.isOwnNetns(ns);
+  } catch (err) {
+    ns.close();
+    throw err;
+  }
+  if (own) {
+    ns.close();
+    throw new CniError(ERR.INVALID_ENV, `CNI_NETNS "${path}" is the node's own network namespace, not a pod's`);
+  }
+  return ns;
+}
+
+/** {@link openPodNetns} for commands that need the namespace. */
+export function requirePodNetns(deps: Deps, path: string): NetNs {
+  return openPodNetns(deps, path)!;
 }

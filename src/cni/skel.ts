@@ -26,7 +26,7 @@ async function dispatch(io: SkelIO, deps: Deps): Promise<Record<string, unknown>
     return { cniVersion: peekVersion(io.stdin) ?? LATEST_VERSION, supportedVersions: [...SUPPORTED_VERSIONS] };
   }
   const env = parseEnv(io.env);
-  const req: Request = { env, conf: parseConf(io.stdin, command) };
+  const req: Request = { env, conf: parseConf(io.stdin, command, { own: deps.network }) };
   switch (command) {
     case 'ADD':
       return cmdAdd(req, deps);

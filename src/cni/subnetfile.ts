@@ -3,7 +3,7 @@
  * what can go wrong into CNI codes. Missing means weftd has not leased a subnet yet: a retryable
  * error (11), not a failure.
  */
-import { readFileSync } from 'node:fs';
+import { readFileBounded } from '../core/readfile.ts';
 import { parseSubnetEnv, SubnetEnvError, SubnetLostError, type SubnetEnv } from '../core/subnetenv.ts';
 import { CniError, ERR, retryable } from './errors.ts';
 
@@ -26,7 +26,7 @@ export function parseSubnetFile(text: string, path = 'subnet.env'): SubnetInfo {
 export function readSubnetFile(path: string): SubnetInfo {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readFileBounded(path, 64 << 10); // a subnet.env is ~100 bytes
   } catch (cause) {
     if ((cause as NodeJS.ErrnoException).code === 'ENOENT') {
       throw retryable(`node daemon (weftd) is not ready: subnet file "${path}" does not exist yet`, cause);

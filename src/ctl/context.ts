@@ -6,6 +6,8 @@ export interface CommandContext {
   flags: Flags;
   /** The command's argument (`describe node NAME`). */
   arg?: string;
+  /** Positional arguments after the command words (`trace SRC DST`). */
+  args?: string[];
   source: StatusSource;
   out(text: string): void;
   /**

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { UsageError } from '../core/errors.ts';
 import { formatCIDR } from '../ip/ipv4.ts';
 import { summarizeConfig } from '../status/collect.ts';
+import { etcdOnly } from '../status/kube.ts';
 import { SourceUnavailableError, type NetworkSummary, type StatusSource } from '../status/model.ts';
 import { renderNetwork } from '../status/render.ts';
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from '../subnet/config.ts';
@@ -87,6 +88,7 @@ function configText(ctx: CommandContext): string {
 
 /** `weftctl network init`. */
 export async function networkInitCommand(ctx: CommandContext): Promise<number> {
+  if (ctx.source.mode === 'kube') throw etcdOnly('network init');
   const res = await initNetwork(ctx.source, configText(ctx), { force: ctx.flags.force });
   const c = res.config;
   const what = `${c.network}, subnets /${c.subnetLen} (${c.subnetMin} - ${c.subnetMax}), vxlan VNI ${c.backend.vni} UDP ${c.backend.port}`;

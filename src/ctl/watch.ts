@@ -5,6 +5,10 @@
  */
 import type { NodeEvent, NodeLease, NodeWatchHandler } from '../status/model.ts';
 
+function sameVerdict(a: NodeLease, b: NodeLease): boolean {
+  return a.kube?.annotations.state === b.kube?.annotations.state && a.kube?.annotations.reason === b.kube?.annotations.reason;
+}
+
 /** The nodes printed so far, by key; emits an event for each change. */
 export class NodeEvents implements NodeWatchHandler {
   readonly #known = new Map<string, NodeLease>();
@@ -25,10 +29,13 @@ export class NodeEvents implements NodeWatchHandler {
     for (const key of [...this.#known.keys()]) if (!seen.has(key)) this.delete(key);
   }
 
-  /** A node that is new or at a new revision; a repeat of a known revision is dropped. */
+  /**
+   * A node that is new or at a new revision; a repeat of a known revision is dropped, unless
+   * (kube) the node was judged differently because of another node (a podCIDR conflict).
+   */
   put(node: NodeLease): void {
     const old = this.#known.get(node.key);
-    if (old?.modRevision === node.modRevision) return;
+    if (old && old.modRevision === node.modRevision && sameVerdict(old, node)) return;
     this.#known.set(node.key, node);
     this.#emit({ type: old ? 'MODIFIED' : 'ADDED', node });
   }

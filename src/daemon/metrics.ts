@@ -4,7 +4,7 @@
  * {@link Metrics} has its own Registry (never prom-client's global one), so several daemons can
  * run in one process (tests) without their metrics colliding.
  */
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { systemClock, type Clock } from '../core/clock.ts';
 
 export class Metrics {
@@ -15,6 +15,8 @@ export class Metrics {
   readonly etcdErrors: Counter;
   /** Kernel objects and nftables tables the reconciler put back or removed. */
   readonly repairs: Counter;
+  /** Leases the lease gate (src/subnet/validate.ts) rejects now: never programmed. */
+  readonly invalidLeases: Gauge;
   /** Lease changes the watch missed and a periodic resync found. */
   readonly resyncRepairs: Counter;
   readonly ready: Gauge;
@@ -22,6 +24,17 @@ export class Metrics {
   readonly subnetLost: Gauge;
   /** Lease watches restarted, by reason (stalled, cancelled, reconnected, resync). */
   readonly watchRestarts: Counter<'reason'>;
+  /** Kubernetes mode: peer Nodes skipped for malformed annotations or podCIDRs. */
+  readonly malformedNodes: Counter;
+  /** Service proxy: syncs by mode (full, partial, unchanged) and failures. */
+  readonly proxySyncs: Counter<'mode'>;
+  readonly proxySyncSeconds: Histogram;
+  readonly proxyServicePorts: Gauge;
+  readonly proxyInvalidObjects: Counter<'kind'>;
+  /** Kubernetes mode: failed API calls and watch interruptions. */
+  readonly kubeErrors: Counter;
+  /** Kubernetes mode: peer Nodes that have no weft/flannel annotations yet. */
+  readonly unannotatedNodes: Gauge;
   /** Epoch ms when our lease expires; undefined before the first lease and for leases that never expire. */
   #leaseExpiresAt: number | undefined;
 
@@ -51,6 +64,11 @@ export class Metrics {
     this.renewals = new Counter({ name: 'weftd_lease_renewals_total', help: 'Successful lease renewals.', registers });
     this.etcdErrors = new Counter({ name: 'weftd_etcd_errors_total', help: 'Failed etcd calls and watch interruptions.', registers });
     this.repairs = new Counter({ name: 'weftd_reconcile_repairs_total', help: 'Kernel state the reconciler had to put back or remove.', registers });
+    this.invalidLeases = new Gauge({
+      name: 'weftd_invalid_leases',
+      help: 'Leases in the table that failed validation and are not programmed (each logged once when rejected).',
+      registers,
+    });
     this.resyncRepairs = new Counter({
       name: 'weftd_watch_resync_repairs_total',
       help: 'Lease changes the etcd watch missed and a periodic re-list found.',
@@ -68,6 +86,18 @@ export class Metrics {
       labelNames: ['reason'],
       registers,
     });
+    this.malformedNodes = new Counter({ name: 'weftd_kube_malformed_nodes_total', help: 'Kubernetes mode: peer Nodes skipped (never programmed) for malformed annotations or podCIDRs.', registers });
+    this.proxySyncs = new Counter({ name: 'weftd_proxy_syncs_total', help: 'Service proxy nftables syncs by mode (full, partial, unchanged, failed).', labelNames: ['mode'], registers });
+    this.proxySyncSeconds = new Histogram({
+      name: 'weftd_proxy_sync_duration_seconds',
+      help: 'Service proxy: time from a desired state to rules live in the kernel (one nft transaction).',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.proxyServicePorts = new Gauge({ name: 'weftd_proxy_service_ports', help: 'Service proxy: Service ports programmed.', registers });
+    this.proxyInvalidObjects = new Counter({ name: 'weftd_proxy_invalid_objects_total', help: 'Service proxy: Services and EndpointSlices ignored as invalid.', labelNames: ['kind'], registers });
+    this.kubeErrors = new Counter({ name: 'weftd_kube_api_errors_total', help: 'Kubernetes mode: failed API server calls and watch interruptions.', registers });
+    this.unannotatedNodes = new Gauge({ name: 'weftd_kube_unannotated_nodes', help: 'Kubernetes mode: peer Nodes without backend annotations yet (skipped).', registers });
   }
 
   /** Records our lease's expiry (epoch ms; undefined: it never expires). */

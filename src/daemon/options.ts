@@ -5,6 +5,8 @@
 import { parseArgs } from 'node:util';
 import { isIPv4 } from '../ip/ipv4.ts';
 import { DEFAULT_ETCD_PREFIX } from '../subnet/etcd.ts';
+import { annotationNames, DEFAULT_ANNOTATION_PREFIX } from '../subnet/kube/annotations.ts';
+import { DEFAULT_NET_CONF_PATH } from '../subnet/kube/netconf.ts';
 import { DEFAULT_SOCKET } from '../fastpath/server.ts';
 import { LOG_LEVELS } from './logger.ts';
 import { DEFAULT_CNI_DATA_DIR } from './pods.ts';
@@ -13,6 +15,20 @@ import { UsageError } from '../core/errors.ts';
 export { UsageError };
 
 export interface DaemonOptions {
+  /** Kubernetes mode (flannel's kube subnet manager): lease = node.spec.podCIDR, no etcd. */
+  kubeSubnetMgr: boolean;
+  /** Kubernetes mode: kubeconfig file (else in-cluster, else $KUBECONFIG). */
+  kubeconfig?: string;
+  /** Kubernetes mode: flannel's net-conf.json. */
+  netConfigPath: string;
+  /** Kubernetes mode: annotation prefix (flannel's by default, so flannel nodes interoperate). */
+  kubeAnnotationPrefix: string;
+  /** Kubernetes mode: set NetworkUnavailable=False once the node is ready. */
+  setNodeNetworkUnavailable: boolean;
+  /** Run the Service proxy (src/proxy). */
+  proxy: boolean;
+  nodePortRange: { min: number; max: number };
+  proxyFullSyncIntervalMs: number;
   etcdEndpoints: string[];
   etcdPrefix: string;
   etcdCafile?: string;
@@ -35,14 +51,25 @@ export interface DaemonOptions {
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
-  /** The CNI plugin's IPAM `dataDir`: which pods still use a lost subnet (src/daemon/pods.ts). */
+  /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused); the dataDir also tells which pods still use a lost subnet (src/daemon/pods.ts). */
   cniDataDir: string;
+  cniBridge: string;
+  /** Most worker threads for CNI requests (one kept warm); 0 runs them on the main thread. */
+  cniWorkers: number;
 }
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
 const MAX_SOCKET_PATH = 107;
 
 const FLAGS = {
+  'kube-subnet-mgr': { type: 'boolean', default: false, help: 'Kubernetes mode: the subnet is node.spec.podCIDR, peers come from Node annotations; no etcd' },
+  kubeconfig: { type: 'string', help: 'Kubernetes mode: kubeconfig file (default: in-cluster service account, else $KUBECONFIG)' },
+  'net-config-path': { type: 'string', default: DEFAULT_NET_CONF_PATH, help: 'Kubernetes mode: network config (flannel\'s net-conf.json)' },
+  'kube-annotation-prefix': { type: 'string', default: DEFAULT_ANNOTATION_PREFIX, help: 'Kubernetes mode: prefix of the Node annotations weft reads and writes' },
+  'set-node-network-unavailable': { type: 'boolean', default: true, help: 'Kubernetes mode: set the NetworkUnavailable=False condition once ready (--no-set-node-network-unavailable: leave it)' },
+  proxy: { type: 'boolean', default: false, help: 'Service proxy: ClusterIP/NodePort to ready endpoints in nftables (the kube-proxy role; needs the Kubernetes API)' },
+  'service-node-port-range': { type: 'string', default: '30000-32767', help: 'Service proxy: the NodePort range (kube-apiserver\'s --service-node-port-range)' },
+  'proxy-full-sync-interval': { type: 'string', default: '5m', help: 'Service proxy: how often the whole ip weft-proxy table is rewritten' },
   'etcd-endpoints': { type: 'string', default: 'http://127.0.0.1:2379', help: 'comma-separated etcd client URLs' },
   'etcd-prefix': { type: 'string', default: DEFAULT_ETCD_PREFIX, help: 'etcd key prefix (config at <prefix>/config)' },
   'etcd-cafile': { type: 'string', help: 'CA bundle for etcd TLS' },
@@ -53,7 +80,7 @@ const FLAGS = {
   'subnet-file': { type: 'string', default: '/run/flannel/subnet.env', help: 'where to write FLANNEL_* for the CNI plugin' },
   'ip-masq': { type: 'boolean', default: false, help: 'masquerade pod traffic leaving the pod network (nftables)' },
   'healthz-addr': { type: 'string', default: '127.0.0.1:9333', help: 'host:port for /healthz, /readyz, /metrics ("" disables)' },
-  'node-name': { type: 'string', help: 'name used in logs (default: hostname)' },
+  'node-name': { type: 'string', help: 'this node\'s name (also $NODE_NAME; required in Kubernetes mode; default in etcd mode: hostname)' },
   'lease-ttl': { type: 'string', default: '24h', help: 'subnet lease TTL (e.g. 24h, 90s)' },
   'renew-margin': { type: 'string', default: '1h', help: 'renew the lease this long before it expires' },
   'reconcile-interval': { type: 'string', default: '1s', help: 'how often kernel state is checked and repaired' },
@@ -65,11 +92,9 @@ const FLAGS = {
   },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
-  'cni-data-dir': {
-    type: 'string',
-    default: DEFAULT_CNI_DATA_DIR,
-    help: "the CNI plugin's IPAM dataDir; a lost subnet is left only when no pod address is allocated in it",
-  },
+  'cni-data-dir': { type: 'string', default: DEFAULT_CNI_DATA_DIR, help: 'the IPAM dataDir of the only network the CNI fast path serves; a lost subnet is left only when no pod address is allocated in it' },
+  'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
+  'cni-workers': { type: 'string', default: '2', help: 'worker threads running CNI requests, one kept warm ("0": on the main thread)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -105,6 +130,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
       args: argv,
       options: Object.fromEntries(Object.entries(FLAGS).map(([k, f]) => [k, { type: f.type }])) as Record<FlagName, { type: 'string' | 'boolean' }>,
       allowPositionals: false,
+      // `--no-<flag>` turns a boolean off (for the ones that default to true).
+      allowNegative: true,
       strict: true,
     });
   } catch (err) {
@@ -126,8 +153,27 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   const str = (name: FlagName) => get(name) as string | undefined;
   if (get('help')) return undefined;
 
+  const kube = Boolean(get('kube-subnet-mgr'));
+  // flannel's DaemonSet passes the node name as NODE_NAME (downward API); accept it too.
+  const nodeName = str('node-name') || env.NODE_NAME || '';
+  if (kube && !nodeName) throw new UsageError('--kube-subnet-mgr needs the node name: --node-name or $NODE_NAME (the downward API\'s spec.nodeName)');
+  const netConfigPath = str('net-config-path')!;
+  if (!netConfigPath.startsWith('/')) throw new UsageError(`--net-config-path: "${netConfigPath}" is not an absolute path`);
+  const annotationPrefix = str('kube-annotation-prefix')!;
+  try {
+    annotationNames(annotationPrefix);
+  } catch (err) {
+    throw new UsageError(`--kube-annotation-prefix: ${(err as Error).message}`);
+  }
+  const npr = /^(\d{1,5})-(\d{1,5})$/.exec(str('service-node-port-range')!);
+  const nodePortRange = npr ? { min: Number(npr[1]), max: Number(npr[2]) } : undefined;
+  if (!nodePortRange || nodePortRange.min < 1 || nodePortRange.max > 65535 || nodePortRange.min > nodePortRange.max) {
+    throw new UsageError(`--service-node-port-range: "${str('service-node-port-range')}" is not a range like 30000-32767`);
+  }
+  const fullSync = parseDuration(str('proxy-full-sync-interval')!, 'proxy-full-sync-interval');
+  if (fullSync < 10_000) throw new UsageError('--proxy-full-sync-interval: must be at least 10s');
   const endpoints = (str('etcd-endpoints') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  if (!endpoints.length) throw new UsageError('--etcd-endpoints: at least one endpoint is required');
+  if (!kube && !endpoints.length) throw new UsageError('--etcd-endpoints: at least one endpoint is required');
   for (const e of endpoints) {
     if (!/^https?:\/\/[^/]+\/?$/.test(e)) throw new UsageError(`--etcd-endpoints: "${e}" is not an http(s)://host:port URL`);
   }
@@ -152,9 +198,22 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   if (Buffer.byteLength(cniSocket) > MAX_SOCKET_PATH) throw new UsageError(`--cni-socket: "${cniSocket}" is longer than ${MAX_SOCKET_PATH} bytes (a unix socket path limit)`);
   const cniDataDir = str('cni-data-dir')!;
   if (!cniDataDir.startsWith('/')) throw new UsageError(`--cni-data-dir: "${cniDataDir}" is not an absolute path`);
+  const cniBridge = str('cni-bridge')!;
+  if (!/^[^/:\s]{1,15}$/.test(cniBridge) || cniBridge === '.' || cniBridge === '..') throw new UsageError(`--cni-bridge: "${cniBridge}" is not an interface name`);
+  const cniWorkersText = str('cni-workers')!;
+  const cniWorkers = Number(cniWorkersText);
+  if (!/^\d+$/.test(cniWorkersText) || cniWorkers > 16) throw new UsageError(`--cni-workers: "${cniWorkersText}" is not a number from 0 to 16`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
+    kubeSubnetMgr: kube,
+    kubeconfig: str('kubeconfig') || undefined,
+    netConfigPath,
+    kubeAnnotationPrefix: annotationPrefix,
+    setNodeNetworkUnavailable: Boolean(get('set-node-network-unavailable')),
+    proxy: Boolean(get('proxy')),
+    nodePortRange,
+    proxyFullSyncIntervalMs: fullSync,
     etcdEndpoints: endpoints,
     etcdPrefix: str('etcd-prefix')!,
     etcdCafile: tls.cafile || undefined,
@@ -165,7 +224,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     subnetFile,
     ipMasq: Boolean(get('ip-masq')),
     healthzAddr: str('healthz-addr') ?? '',
-    nodeName: str('node-name') || hostname,
+    nodeName: nodeName || hostname,
     leaseTtlSeconds: Math.ceil(ttl / 1000),
     renewMarginSeconds: Math.ceil(margin / 1000),
     reconcileIntervalMs: reconcile,
@@ -174,5 +233,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     logLevel,
     cniSocket,
     cniDataDir,
+    cniBridge,
+    cniWorkers,
   };
 }

@@ -6,12 +6,15 @@
  *   3. lease (lease.ts): take a subnet lease carrying the backend data (our old lease, else our
  *      old subnet, else a free one), and from then on keep it renewed;
  *   4. peer glue (peers.ts): program every peer from the lease table, then follow the watch;
- *   5. rules keeper (rules.ts, --ip-masq) and the subnet file, then the manager's ready hook;
+ *      every lease passes the lease gate (src/subnet/validate.ts) first;
+ *   5. rules keeper (rules.ts: the forward rules always, masquerade with --ip-masq, the
+ *      iptables FORWARD accept rules) and the subnet file, then the manager's ready hook;
  *      ready (health.ts);
  *   6. until aborted: renew the lease, follow the watch, reconcile kernel state and rules
- *      (reconcile.ts). A lost subnet (lease.ts) makes the node not ready and writes the lost
- *      form of the subnet file until the subnet is reclaimed, or moves the node (flannel.1 and
- *      cni0's gateway) once no pod is left on it (pods.ts).
+ *      (reconcile.ts); with --proxy, the Service proxy (src/proxy) runs beside it all from step 1.
+ *      A lost subnet (lease.ts) makes the node not ready and writes the lost form of the subnet
+ *      file until the subnet is reclaimed, or moves the node (flannel.1 and cni0's gateway) once
+ *      no pod is left on it (pods.ts).
  * Aborting (SIGTERM) stops the loops and leaves the data plane in place, so pods keep talking
  * while the daemon restarts; the next start picks everything up again without disruption.
  * The daemon knows only the SubnetManager and BackendNetwork interfaces; cmd/weftd.ts wires
@@ -24,15 +27,17 @@ import { constantDelay, retrying, type RetryPolicy } from '../core/retry.ts';
 import { readPreviousSubnet, writeSubnetEnv } from '../core/subnetenv.ts';
 import { formatCIDR, type IPv4Net } from '../ip/ipv4.ts';
 import type { Netlink } from '../netlink/index.ts';
+import type { NetworkConfig } from '../subnet/config.ts';
 import type { Lease } from '../subnet/lease.ts';
 import type { SubnetManager } from '../subnet/manager.ts';
+import { LeaseGate, nodeFacts } from '../subnet/validate.ts';
 import { openBackend, type BackendFactory } from './backend.ts';
 import { Health } from './health.ts';
 import { acquireLease, LeaseKeeper } from './lease.ts';
 import { moveBridgeGateway, podAddressesIn } from './pods.ts';
 import { Metrics } from './metrics.ts';
 import type { DaemonOptions } from './options.ts';
-import { followPeers } from './peers.ts';
+import { PeerGlue } from './peers.ts';
 import { reconcileLoop } from './reconcile.ts';
 import { nftRules, RulesKeeper, type RulesOps } from './rules.ts';
 import { startHealthServer } from './server.ts';
@@ -68,9 +73,14 @@ export interface DaemonDeps {
   log: Log;
   clock?: Clock;
   metrics?: Metrics;
-  /** nftables operations (injected so unit wiring can skip nft). */
+  /** nftables and iptables operations (injected so unit wiring can skip nft and iptables). */
   rules?: RulesOps;
   retry?: Partial<DaemonRetry>;
+  /**
+   * The Service proxy (--proxy; cmd/weftd.ts wires src/proxy/controller.ts): started once the
+   * network config is known, runs beside the overlay until the signal aborts.
+   */
+  serviceProxy?: (config: NetworkConfig) => Promise<void>;
   /** Aborting it stops the daemon (SIGTERM). */
   signal: AbortSignal;
 }
@@ -97,6 +107,11 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     const config = await retrying('network config', () => manager.getConfig(), { ...step, policy: retry.config });
     if (!config) return;
     log.info(`network ${formatCIDR(config.network)}, /${config.subnetLen} per node, vxlan VNI ${config.backend.vni} port ${config.backend.port}`);
+    // Services do not wait for the overlay: a node's own pods can use them meanwhile.
+    const proxying = deps.serviceProxy?.(config).catch((err) => {
+      health.fail();
+      throw err;
+    });
     const { external, network } = await openBackend(config, {
       nl,
       open: deps.openBackend,
@@ -118,16 +133,27 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     const first = await acquireLease(readPreviousSubnet(opts.subnetFile), { ...leaseCtx, signal, retry: retry.lease, podsOn });
     if (!first) return;
     await network.setSubnet(first.lease.subnet);
+    const readFacts = async () => nodeFacts(await nl.addrs(), await nl.routes(), { vxlanIndex: network.deviceIndex });
+    const facts = await readFacts();
+    const gate = new LeaseGate({
+      config,
+      ownSubnet: first.lease.subnet,
+      ownMAC: network.deviceMAC,
+      vtepMAC: (l) => network.peerMAC(l),
+      ...facts,
+    });
 
     const rules = new RulesKeeper(deps.rules ?? nftRules, { log, onRepair: () => metrics.repairs.inc() });
-    const rulesSpec = (lease: Lease) => ({ network: config.network, subnet: lease.subnet, masquerade: true });
+    const rulesSpec = (lease: Lease) => ({ network: config.network, subnet: lease.subnet, masquerade: opts.ipMasq });
+    const env = (lease: Lease) => ({ network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
     // The lost form while the subnet is lost, read at the moment of writing (a loss may be
     // noticed while the rules are being applied).
     const publish = async (lease: Lease) => {
-      if (opts.ipMasq) await rules.apply(rulesSpec(lease));
-      const contents = { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq };
-      writeSubnetEnv(opts.subnetFile, contents, { lostTo: keeper.lostTo });
+      await rules.apply(rulesSpec(lease));
+      writeSubnetEnv(opts.subnetFile, env(lease), { lostTo: keeper.lostTo });
     };
+    // Created before the keeper so a move (onNewLease) can re-validate; it follows the watch below.
+    let glue: PeerGlue | undefined;
     const keeper: LeaseKeeper = new LeaseKeeper(first.lease, {
       ...leaseCtx,
       renewMarginMs: opts.renewMarginSeconds * 1000,
@@ -141,29 +167,31 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       },
       onReclaimed: async (lease) => {
         // The lost state ends when this returns: write the normal file then.
-        writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+        writeSubnetEnv(opts.subnetFile, env(lease));
         health.setLost(false);
       },
       onNewLease: async (lease, old) => {
         await network.setSubnet(lease.subnet);
+        glue!.update({ ownSubnet: lease.subnet });
         const bridge = await moveBridgeGateway(nl, { from: old.subnet, to: lease.subnet });
         if (bridge) log.info(`moved the pod gateway on "${bridge}" to ${formatCIDR(lease.subnet)}`);
-        if (opts.ipMasq) await rules.apply(rulesSpec(lease));
-        writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+        await rules.apply(rulesSpec(lease));
+        writeSubnetEnv(opts.subnetFile, env(lease));
         health.setLost(false);
       },
     });
     if (first.lostTo) health.setLost(true);
     // Renewal runs from here on, also while the peers are still being programmed.
+    glue = new PeerGlue({ manager, network, gate, facts, own: keeper, publicIP: external.ip, log, metrics });
     const renewing = keeper.run(signal);
-    const peers = followPeers(signal, { manager, network, own: keeper, publicIP: external.ip, log, metrics });
+    const peers = glue.follow(signal);
     await unlessAborted(peers.synced, signal);
     if (signal.aborted) return;
 
     // Ready means every peer is really in the kernel: one full reconcile pass must succeed.
     await retrying('program peers', () => network.reconcile(), { ...step, policy: retry.peers });
     if (signal.aborted) return;
-    await retrying('masquerade rules and subnet file', () => publish(keeper.lease), { ...step, policy: retry.publish });
+    await retrying('forward/masquerade rules and subnet file', () => publish(keeper.lease), { ...step, policy: retry.publish });
     if (signal.aborted) return;
     if (manager.ready) await retrying('report the lease complete', () => manager.ready!(keeper.lease), { ...step, policy: retry.publish });
     if (signal.aborted) return;
@@ -174,14 +202,15 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
 
     const reconciling = reconcileLoop(signal, {
       network,
-      rules: opts.ipMasq ? { keeper: rules, spec: () => rulesSpec(keeper.lease) } : undefined,
+      rules: { keeper: rules, spec: () => rulesSpec(keeper.lease) },
+      refreshFacts: async () => void glue!.refreshFacts(await readFacts()),
       intervalMs: opts.reconcileIntervalMs,
       clock,
       health,
       metrics,
       log,
     });
-    await Promise.all([renewing, peers.done, reconciling]);
+    await Promise.all([renewing, peers.done, reconciling, proxying]);
   } catch (err) {
     health.fail();
     throw err;

@@ -2,25 +2,32 @@
  * The in-process CNI handler weftd serves on the fast path: the CNI skel (src/cni/skel.ts) with
  * the same real dependencies as the standalone `weft` binary (cmd/weft.ts), run per request
  * with that request's environment and stdin, output collected instead of written to fd 1/2.
+ * Unlike the standalone binary, it serves one network only (weftd's own, {@link OwnNetwork}).
  */
+import type { OwnNetwork } from '../cni/config.ts';
 import type { Deps } from '../cni/plugin.ts';
 import { systemDeps } from '../cni/deps.ts';
 import { runSkel } from '../cni/skel.ts';
 import type { CniHandler } from './server.ts';
 import type { CniReply, CniRequest } from './protocol.ts';
 
-/** Runs one forwarded request through the CNI skel. */
-export function handleCni(req: CniRequest): Promise<CniReply> {
-  return handleCniWith(req);
+export interface HandlerOptions {
+  /** The only network served: requests naming another subnetFile, dataDir or bridge are refused. */
+  network: OwnNetwork;
+  /** Wraps the request's dependencies (the bench times netlink, IPAM and namespace calls; tests inject faults). */
+  wrap?: (deps: Deps) => Deps;
 }
 
-/**
- * {@link handleCni} with a hook that may wrap the request's dependencies (the bench uses it to
- * time netlink, IPAM and namespace calls separately).
- */
-export async function handleCniWith(req: CniRequest, wrap: (deps: Deps) => Deps = (d) => d): Promise<CniReply> {
+/** The fast path's handler for `network`. */
+export function cniHandler(opts: HandlerOptions): CniHandler {
+  return (req) => handleCniWith(req, opts);
+}
+
+/** Runs one forwarded request through the CNI skel. */
+export async function handleCniWith(req: CniRequest, opts: HandlerOptions): Promise<CniReply> {
   let stdout = '';
   let stderr = '';
+  const deps = systemDeps({ network: opts.network, log: (msg) => (stderr += `${msg}\n`) });
   const code = await runSkel(
     {
       env: req.env,
@@ -28,10 +35,7 @@ export async function handleCniWith(req: CniRequest, wrap: (deps: Deps) => Deps 
       stdout: (text) => (stdout += text),
       stderr: (text) => (stderr += text),
     },
-    // The request's environment, not weftd's: its test hook (WEFT_TEST_FAIL_AFTER) is per call.
-    wrap(systemDeps({ env: req.env, log: (msg) => (stderr += `${msg}\n`) })),
+    opts.wrap ? opts.wrap(deps) : deps,
   );
   return { code, stdout, stderr };
 }
-
-handleCni satisfies CniHandler;

@@ -20,7 +20,17 @@
  *
  * Socket: the network config's "fastpathSocket" string, else /run/weft/cni.sock.
  * Fallback binary: WEFT_FALLBACK compiled in, else weft-standalone beside this program, else
- * weft beside this program when that is not this program itself.
+ * weft beside this program when that is not this program itself. "Beside" means beside the
+ * real file (/proc/self/exe), so an install through a symlink (/opt/cni/bin/weft -> ...) works.
+ * No fallback binary, or one that cannot be exec'd, is a broken install: a permanent error
+ * (code 999), not "try again later" (11) forever.
+ *
+ * Environment: only CNI_* and PATH are forwarded (to weftd and to the fallback). The runtime's
+ * own environment (containerd's, kubelet's) is none of the plugin's business.
+ *
+ * Deadlines: the acknowledgement within ACK_TIMEOUT_MS, the reply within REPLY_TIMEOUT_MS (90 s),
+ * below kubelet's default --runtime-request-timeout of 2 min, so the runtime hears an answer
+ * (11 for an ADD: it DELs and retries; weftd runs that DEL after the ADD it still finishes).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,8 +52,11 @@
 /* Generous: a busy daemon (a burst of 100 ADDs on 2 cores) is still far faster than the
  * fallback, which starts one Node process per call; only a wedged daemon should hit this. */
 #define ACK_TIMEOUT_MS 10000
-#define REPLY_TIMEOUT_MS 300000
-#define MAX_STDIN (16 << 20)
+#define REPLY_TIMEOUT_MS 90000
+/* protocol.ts MAX_STDIN: MAX_REQUEST (1 MiB) - MAX_ENV (64 KiB) - 12 */
+#define MAX_STDIN ((1 << 20) - (64 << 10) - 12)
+#define MAX_REPLY (16 << 20)
+#define MAX_ENV_VARS 256
 
 extern char **environ;
 
@@ -157,11 +170,28 @@ static void fail_retry(const char *msg) {
   exit(1);
 }
 
+/* Prints a permanent CNI error (retrying cannot help) and exits. */
+static void fail_perm(int code, const char *msg) {
+  printf("{\"cniVersion\":\"1.0.0\",\"code\":%d,\"msg\":\"%s\"}\n", code, msg);
+  exit(1);
+}
+
+/* The environment forwarded: CNI_* and PATH only, NULL-terminated. */
+static char *fwd_env[MAX_ENV_VARS + 1];
+
+static void filter_env(void) {
+  size_t n = 0;
+  for (char **e = environ; *e && n < MAX_ENV_VARS; e++) {
+    if (strncmp(*e, "CNI_", 4) == 0 || strncmp(*e, "PATH=", 5) == 0) fwd_env[n++] = *e;
+  }
+  fwd_env[n] = NULL;
+}
+
 /* Execs the standalone plugin with our environment and `in` as its stdin. Never returns. */
 static void fallback(const struct buf *in, const char *why) {
   char self[PATH_MAX], dir[PATH_MAX], cand[PATH_MAX + 32];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) fail_retry("weft launcher: cannot find its own path");
+  if (n <= 0) fail_perm(999, "weft launcher: cannot find its own path (/proc/self/exe)");
   self[n] = 0;
   snprintf(dir, sizeof dir, "%s", self);
   char *slash = strrchr(dir, '/');
@@ -179,18 +209,19 @@ static void fallback(const struct buf *in, const char *why) {
     snprintf(cand, sizeof cand, "%s/weft", dir);
     if (access(cand, X_OK) == 0 && stat(self, &me) == 0 && stat(cand, &it) == 0 && !(me.st_dev == it.st_dev && me.st_ino == it.st_ino)) target = cand;
   }
-  if (!target) fail_retry("weft launcher: weftd is not serving and no standalone weft binary was found");
+  if (!target) fail_perm(999, "weft launcher: weftd is not serving and no standalone weft binary was found beside the launcher (a broken install)");
   if (getenv("WEFT_LAUNCHER_DEBUG")) fprintf(stderr, "weft launcher: falling back to %s: %s\n", target, why);
   int fd = memfd_create("weft-stdin", MFD_CLOEXEC);
   if (fd < 0 || (in->len && write(fd, in->p, in->len) != (ssize_t)in->len) || lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) < 0) {
     fail_retry("weft launcher: cannot pass stdin to the standalone binary");
   }
   char *argv[] = {(char *)target, NULL};
-  execve(target, argv, environ);
-  fail_retry("weft launcher: cannot exec the standalone weft binary");
+  execve(target, argv, fwd_env);
+  fail_perm(999, "weft launcher: cannot exec the standalone weft binary (a broken install)");
 }
 
 int main(void) {
+  filter_env();
   struct buf in = {0};
   char chunk[65536];
   for (;;) {
@@ -198,7 +229,7 @@ int main(void) {
     if (r > 0) put(&in, chunk, (size_t)r);
     else if (r == 0) break;
     else if (errno != EINTR) fail_retry("weft launcher: cannot read stdin");
-    if (in.len > MAX_STDIN) fail_retry("weft launcher: network config too large");
+    if (in.len > MAX_STDIN) fail_perm(7, "weft launcher: network configuration larger than 960 KiB");
   }
 
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -211,9 +242,7 @@ int main(void) {
   struct buf req = {0};
   put(&req, "WFT1", 4);
   struct buf env = {0};
-  for (char **e = environ; *e; e++) {
-    if (strncmp(*e, "WEFT_LAUNCHER_NETNS=", 20) != 0) put(&env, *e, strlen(*e) + 1);
-  }
+  for (char **e = fwd_env; *e; e++) put(&env, *e, strlen(*e) + 1);
   struct stat netns;
   if (stat("/proc/self/ns/net", &netns) == 0) {
     char kv[64];
@@ -246,6 +275,7 @@ int main(void) {
     fallback(&in, "daemon stopped mid-request");
   }
   uint32_t code = get32(hdr), outLen = get32(hdr + 4);
+  if (outLen > MAX_REPLY) fail_retry("weftd reply too large");
   struct buf out = {0};
   for (uint32_t left = outLen; left > 0;) {
     size_t n = left < sizeof chunk ? left : sizeof chunk;
@@ -256,6 +286,7 @@ int main(void) {
   unsigned char elen[4];
   if (read_all(s, elen, 4, deadline) < 0) fail_retry("weftd reply truncated");
   struct buf err = {0};
+  if (get32(elen) > MAX_REPLY) fail_retry("weftd reply too large");
   for (uint32_t left = get32(elen); left > 0;) {
     size_t n = left < sizeof chunk ? left : sizeof chunk;
     if (read_all(s, chunk, n, deadline) < 0) fail_retry("weftd reply truncated");

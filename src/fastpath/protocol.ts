@@ -14,8 +14,15 @@
 export const MAGIC = 'WFT1';
 export const ACK = 0x41; // 'A'
 export const GO = 0x47; // 'G'
-/** Refuse requests larger than this (a network config is a few KiB). */
-export const MAX_REQUEST = 16 << 20;
+/**
+ * Refuse requests larger than this, whole (a network config is a few KiB, a chained one with
+ * prevResult tens); the launcher refuses stdin above {@link MAX_STDIN} itself.
+ */
+export const MAX_REQUEST = 1 << 20;
+/** The forwarded environment (CNI_* and PATH only) stays far below this. */
+export const MAX_ENV = 64 << 10;
+/** Largest network config the launcher forwards (launcher.c MAX_STDIN). */
+export const MAX_STDIN = MAX_REQUEST - MAX_ENV - 12;
 
 export interface CniRequest {
   env: Record<string, string>;
@@ -56,10 +63,10 @@ export function decodeRequest(buf: Buffer): CniRequest | undefined {
   if (buf.length > MAX_REQUEST) throw new ProtocolError('request too large');
   if (buf.length < 8) return undefined;
   const envLen = buf.readUInt32LE(4);
-  if (envLen > MAX_REQUEST) throw new ProtocolError('request too large');
+  if (envLen > MAX_ENV) throw new ProtocolError('environment too large');
   if (buf.length < 12 + envLen) return undefined;
   const stdinLen = buf.readUInt32LE(8 + envLen);
-  if (stdinLen > MAX_REQUEST) throw new ProtocolError('request too large');
+  if (stdinLen > MAX_STDIN) throw new ProtocolError('request too large');
   const total = 12 + envLen + stdinLen;
   if (buf.length < total) return undefined;
   if (buf.length > total) throw new ProtocolError('trailing bytes after request');

@@ -2,20 +2,39 @@
  * host-local's on-disk store, byte for byte, so a node can switch between weft and
  * bridge + host-local without leaking addresses:
  * - directory `<dataDir>/<network name>/`;
- * - one file per allocated address, named by the address, created with O_EXCL (the atomic
- *   claim: concurrent ADDs for different containers never get the same address), content
- *   `<containerID>\r\n<ifname>`;
+ * - `lock`: host-local's lock file; allocation and release hold flock(LOCK_EX) on it (as
+ *   host-local does through go-filemutex), so weft and host-local can share a store at once;
+ * - one file per allocated address, named by the address, content `<containerID>\r\n<ifname>`.
+ *   Written to a temporary name first and link(2)ed into place (the atomic claim: link never
+ *   replaces), so the file never exists without its owner in it;
  * - `last_reserved_ip.0`: the last address handed out (round-robin hint), written via rename.
- * Synchronous fs calls on purpose: they are tiny and the CNI binary runs once per request.
+ * Synchronous fs calls on purpose: they are tiny and the CNI binary runs once per request;
+ * every read is bounded (the store's directory is root's, but its files are not weft's alone).
  */
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, unlinkSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
+import { markRetryable } from '../core/errors.ts';
+import { readFileBounded } from '../core/readfile.ts';
 import { formatIPv4, isIPv4, parseIPv4 } from '../ip/ipv4.ts';
+import { tryLockExclusive, unlock } from '../native/sys.ts';
 import type { Owner } from './allocator.ts';
 import type { Allocation, Store } from './store.ts';
 
 const LINE_BREAK = '\r\n';
 const LAST_RESERVED = 'last_reserved_ip.0';
+const LOCK = 'lock';
+/** An allocation file holds an ID (<= 1024 bytes, config.ts) and an interface name. */
+const MAX_ALLOCATION_FILE = 4096;
+/** How long to wait for host-local (or another weft) to let go of the lock. */
+const LOCK_TIMEOUT_MS = 30_000;
+
+/**
+ * Per-directory queue inside this process. flock(2) locks belong to open files, so two
+ * requests in weftd would otherwise each lock their own descriptor and exclude each other only
+ * by polling; the queue hands the lock over in order, and the flock excludes other processes.
+ */
+const queues = new Map<string, Promise<void>>();
+let seq = 0;
 
 function code(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException).code;
@@ -40,25 +59,72 @@ export class DiskStore implements Store {
     mkdirSync(this.dir, { recursive: true, mode: 0o755 });
   }
 
+  async locked<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = queues.get(this.dir) ?? Promise.resolve();
+    let done!: () => void;
+    const mine = prev.then(() => new Promise<void>((r) => (done = r)));
+    queues.set(this.dir, mine);
+    await prev;
+    try {
+      const fd = await this.#flock();
+      try {
+        return await fn();
+      } finally {
+        unlock(fd);
+        closeSync(fd);
+      }
+    } finally {
+      done();
+      if (queues.get(this.dir) === mine) queues.delete(this.dir);
+    }
+  }
+
+  /** Opens `<dir>/lock` and takes flock(LOCK_EX) on it without ever blocking the thread. */
+  async #flock(): Promise<number> {
+    this.#ensureDir();
+    const path = join(this.dir, LOCK);
+    let fd: number;
+    try {
+      fd = openSync(path, fsc.O_RDONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | fsc.O_NONBLOCK, 0o600);
+    } catch (err) {
+      throw new Error(`open IPAM lock "${path}"`, { cause: err });
+    }
+    try {
+      const deadline = Date.now() + LOCK_TIMEOUT_MS;
+      // Holders (host-local, another worker thread) keep it for a millisecond or two: poll often.
+      for (let wait = 1; !tryLockExclusive(fd); wait = Math.min(wait * 2, 5)) {
+        if (Date.now() >= deadline) throw markRetryable(new Error(`IPAM lock "${path}" is still held after ${LOCK_TIMEOUT_MS / 1000} s`));
+        await new Promise((r) => setTimeout(r, wait));
+      }
+      return fd;
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+
   async reserve(ip: number, owner: Owner): Promise<boolean> {
     this.#ensureDir();
     const file = join(this.dir, formatIPv4(ip));
-    let fd: number;
+    const tmp = join(this.dir, `.reserve-${formatIPv4(ip)}-${process.pid}-${seq++}-${Date.now()}`);
     try {
-      fd = openSync(file, 'wx', 0o644);
+      writeFileSync(tmp, `${owner.containerID}${LINE_BREAK}${owner.ifname}`, { flag: 'wx', mode: 0o644 });
+    } catch (err) {
+      throw new Error(`write reservation "${tmp}"`, { cause: err });
+    }
+    try {
+      linkSync(tmp, file);
+      return true;
     } catch (err) {
       if (code(err) === 'EEXIST') return false;
       throw new Error(`reserve ${formatIPv4(ip)} in "${this.dir}"`, { cause: err });
+    } finally {
+      try {
+        unlinkSync(tmp);
+      } catch {
+        /* only a stray temporary: list() ignores it */
+      }
     }
-    try {
-      writeSync(fd, `${owner.containerID}${LINE_BREAK}${owner.ifname}`);
-    } catch (err) {
-      closeSync(fd);
-      unlinkSync(file);
-      throw new Error(`write reservation "${file}"`, { cause: err });
-    }
-    closeSync(fd);
-    return true;
   }
 
   async release(ip: number): Promise<void> {
@@ -70,6 +136,10 @@ export class DiskStore implements Store {
   }
 
   async releaseByOwner(owner: Owner): Promise<number[]> {
+    return this.locked(() => this.#releaseByOwner(owner));
+  }
+
+  async #releaseByOwner(owner: Owner): Promise<number[]> {
     const freed: number[] = [];
     for (const a of await this.list()) {
       // Match host-local: `<id>\r\n<ifname>`, or a legacy file holding just the ID.
@@ -94,9 +164,14 @@ export class DiskStore implements Store {
       if (!isIPv4(name)) continue;
       let text: string;
       try {
-        text = readFileSync(join(this.dir, name), 'utf8');
+        text = readFileBounded(join(this.dir, name), MAX_ALLOCATION_FILE);
       } catch (err) {
         if (code(err) === 'ENOENT') continue; // released meanwhile
+        // Not a regular file or absurdly large: not ours to read or free, but the address is taken.
+        if (code(err) === 'EFBIG' || code(err) === 'EINVAL') {
+          out.push({ ip: parseIPv4(name), containerID: '', ifname: '' });
+          continue;
+        }
         throw new Error(`read allocation "${join(this.dir, name)}"`, { cause: err });
       }
       out.push({ ip: parseIPv4(name), ...parseOwner(text) });
@@ -106,7 +181,7 @@ export class DiskStore implements Store {
 
   async lastReserved(): Promise<number | undefined> {
     try {
-      const text = readFileSync(join(this.dir, LAST_RESERVED), 'utf8').trim();
+      const text = readFileBounded(join(this.dir, LAST_RESERVED), 64).trim();
       return isIPv4(text) ? parseIPv4(text) : undefined;
     } catch {
       return undefined;

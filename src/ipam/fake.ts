@@ -8,6 +8,19 @@ export class FakeStore implements Store {
   /** Set to make checkWritable fail. */
   readOnly = false;
 
+  #tail: Promise<unknown> = Promise.resolve();
+  /** Calls made while the lock was held, for tests. */
+  lockedCalls = 0;
+
+  async locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(
+      () => (this.lockedCalls++, fn()),
+      () => (this.lockedCalls++, fn()),
+    );
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
   async reserve(ip: number, owner: Owner): Promise<boolean> {
     if (this.readOnly) throw new Error('fake store is read-only');
     if (this.held.has(ip)) return false;
@@ -20,6 +33,10 @@ export class FakeStore implements Store {
   }
 
   async releaseByOwner(owner: Owner): Promise<number[]> {
+    return this.locked(async () => this.#releaseByOwner(owner));
+  }
+
+  #releaseByOwner(owner: Owner): number[] {
     const freed: number[] = [];
     for (const [ip, o] of this.held) {
       if (o.containerID === owner.containerID && o.ifname === owner.ifname) freed.push(ip);

@@ -15,11 +15,16 @@ export class DuplicateAllocationError extends Error {
 }
 
 /**
- * Allocates an address for `owner`. Candidates already known to be taken are skipped; each
- * claim is atomic in the store, so concurrent callers for different owners that race for the
- * same address just move on to the next one. Throws {@link NoFreeAddressError} when exhausted.
+ * Allocates an address for `owner`, holding the store's lock (host-local's), so the check that
+ * the owner holds nothing yet and the claim are one step: two ADDs for one container get one
+ * address. Each claim is also atomic on its own (a file that appears with its owner in it).
+ * Throws {@link NoFreeAddressError} when exhausted.
  */
 export async function allocate(store: Store, range: Range, owner: Owner): Promise<number> {
+  return store.locked(() => allocateLocked(store, range, owner));
+}
+
+async function allocateLocked(store: Store, range: Range, owner: Owner): Promise<number> {
   const existing = await store.list();
   const mine = existing.find((a) => a.containerID === owner.containerID && a.ifname === owner.ifname);
   if (mine) throw new DuplicateAllocationError(owner, mine.ip);
@@ -27,7 +32,12 @@ export async function allocate(store: Store, range: Range, owner: Owner): Promis
   for (const ip of candidates(range, await store.lastReserved())) {
     if (taken.has(ip)) continue;
     if (await store.reserve(ip, owner)) {
-      await store.setLastReserved(ip);
+      try {
+        await store.setLastReserved(ip);
+      } catch (err) {
+        await store.release(ip); // the caller never learns of an address it did not get
+        throw err;
+      }
       return ip;
     }
   }

@@ -6,11 +6,17 @@ export interface Allocation extends Owner {
 }
 
 export interface Store {
+  /**
+   * Runs `fn` holding the store's exclusive lock (the disk store: host-local's flock on
+   * `<dir>/lock`, so weft and host-local can share a store). Not reentrant: `fn` must not call
+   * {@link releaseByOwner} or `locked` again.
+   */
+  locked<T>(fn: () => Promise<T>): Promise<T>;
   /** Claims `ip` for `owner` atomically; false when it is already held (by anyone). */
   reserve(ip: number, owner: Owner): Promise<boolean>;
   /** Frees `ip`; a no-op when it is not held. */
   release(ip: number): Promise<void>;
-  /** Frees everything `owner` holds; returns the freed addresses (empty when none). */
+  /** Frees everything `owner` holds, under the lock; returns the freed addresses (empty when none). */
   releaseByOwner(owner: Owner): Promise<number[]>;
   list(): Promise<Allocation[]>;
   lastReserved(): Promise<number | undefined>;

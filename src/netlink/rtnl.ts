@@ -94,7 +94,7 @@ function parseVxlan(data: Buffer): VxlanInfo {
 
 interface RawLink {
   data: { index?: number; flags?: { up?: true } };
-  attrs: { ifname?: string; mtu?: number; address?: Buffer; master?: number; linkinfo?: Buffer };
+  attrs: { ifname?: string; mtu?: number; address?: Buffer; master?: number; linkinfo?: Buffer; ifalias?: string };
 }
 
 function toLink(m: RawLink): Link {
@@ -106,6 +106,7 @@ function toLink(m: RawLink): Link {
     up: Boolean(m.data.flags?.up),
   };
   if (m.attrs.master) link.masterIndex = m.attrs.master;
+  if (m.attrs.ifalias) link.alias = m.attrs.ifalias;
   if (m.attrs.linkinfo) {
     const info = parseAttrs(m.attrs.linkinfo);
     const kind = info.get(IFLA_INFO_KIND);
@@ -205,8 +206,13 @@ class RtNetlink implements Netlink {
     await call(`set link ${index} mtu ${mtu}`, () => this.#sock.setLink({ index }, { mtu }, this.#o));
   }
 
-  async linkSetMaster(index: number, masterIndex: number): Promise<void> {
-    await call(`set link ${index} master ${masterIndex}`, () => this.#sock.setLink({ index }, { master: masterIndex }, this.#o));
+  async linkSetMaster(index: number, masterIndex: number, opts: { alias?: string } = {}): Promise<void> {
+    const attrs: { master: number; ifalias?: string } = { master: masterIndex };
+    if (opts.alias !== undefined) {
+      if (Buffer.byteLength(opts.alias) > 255) throw new Error(`set link ${index} alias: longer than 255 bytes`);
+      attrs.ifalias = opts.alias;
+    }
+    await call(`set link ${index} master ${masterIndex}`, () => this.#sock.setLink({ index }, attrs, this.#o));
   }
 
   async linkSetNetns(index: number, netnsFd: number): Promise<void> {

@@ -26,6 +26,8 @@ export interface Link {
   up: boolean;
   /** Index of the master (bridge) device, when enslaved. */
   masterIndex?: number;
+  /** IFLA_IFALIAS, when set (weft records a host veth's owner there). */
+  alias?: string;
   vxlan?: VxlanInfo;
 }
 
@@ -91,7 +93,11 @@ export interface Netlink {
   linkDel(index: number): Promise<void>;
   linkSetUp(index: number): Promise<void>;
   linkSetMtu(index: number, mtu: number): Promise<void>;
-  linkSetMaster(index: number, masterIndex: number): Promise<void>;
+  /**
+   * Enslaves the link; with `alias`, sets IFLA_IFALIAS (at most 255 bytes) in the same request
+   * (the kernel ignores IFLA_IFALIAS when creating a link).
+   */
+  linkSetMaster(index: number, masterIndex: number, opts?: { alias?: string }): Promise<void>;
   /** Moves the link into the namespace behind `netnsFd`. */
   linkSetNetns(index: number, netnsFd: number): Promise<void>;
   /** Bridge port hairpin mode (IFLA_BRPORT_MODE). */

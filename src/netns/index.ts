@@ -7,8 +7,8 @@
  * stays bound to the namespace it was created in, which is all the rest of weft needs.
  * See README.md in this folder.
  */
-import { closeSync, openSync, writeFileSync, readFileSync, constants as fsc } from 'node:fs';
-import { loadNative } from '../native/load.ts';
+import { closeSync, fstatSync, openSync, statSync, writeFileSync, readFileSync, constants as fsc } from 'node:fs';
+import { fsType, NSFS_MAGIC, sys } from '../native/sys.ts';
 
 const CLONE_NEWNET = 0x40000000;
 
@@ -29,23 +29,31 @@ export interface NetNs {
   close(): void;
 }
 
-interface SetnsAddon {
-  setns(fd: number, nstype: number): void;
-}
+const loadAddon = sys;
 
-let addon: SetnsAddon | undefined;
-
-function loadAddon(): SetnsAddon {
-  addon ??= loadNative<SetnsAddon>('setns.node');
-  return addon;
-}
-
-/** Opens a namespace by path (`/run/netns/X`, `/proc/PID/ns/net`). Throws {@link NetnsNotFoundError}. */
+/**
+ * Opens a namespace by path (`/run/netns/X`, `/proc/PID/ns/net`). Throws {@link NetnsNotFoundError}.
+ * The path comes from the request: the open never blocks (O_NONBLOCK, so a FIFO returns at
+ * once; libuv adds O_CLOEXEC) and the file must be on nsfs before anything else touches it.
+ */
 export function openNetns(path: string): NetNs {
   let fd: number;
   try {
-    fd = openSync(path, fsc.O_RDONLY);
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
   } catch (cause) {
+    throw new NetnsNotFoundError(path, { cause });
+  }
+  // A missing addon is a broken install, not a bad path: let that error through as it is.
+  try {
+    loadAddon();
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  try {
+    if (fsType(fd) !== NSFS_MAGIC) throw new Error('not a namespace file (fstatfs f_type is not NSFS_MAGIC)');
+  } catch (cause) {
+    closeSync(fd);
     throw new NetnsNotFoundError(path, { cause });
   }
   let closed = false;
@@ -57,14 +65,7 @@ export function openNetns(path: string): NetNs {
       closed = true;
     },
   };
-  // Entering and leaving proves it is a network namespace (EINVAL otherwise). A missing addon
-  // is a broken install, not a bad path: let that error through as it is.
-  try {
-    loadAddon();
-  } catch (err) {
-    ns.close();
-    throw err;
-  }
+  // Entering and leaving proves it is a *network* namespace (EINVAL otherwise).
   try {
     withNetns(ns, () => undefined);
   } catch (cause) {
@@ -72,6 +73,19 @@ export function openNetns(path: string): NetNs {
     throw new NetnsNotFoundError(path, { cause });
   }
   return ns;
+}
+
+/** Identity of a namespace: its nsfs device and inode. */
+function identity(st: { dev: number; ino: number }): string {
+  return `${st.dev}:${st.ino}`;
+}
+
+/**
+ * True when `ns` is the network namespace this process serves (its main thread's, which is
+ * home whenever JavaScript runs outside {@link withNetns}): a pod must never be that one.
+ */
+export function isOwnNetns(ns: NetNs): boolean {
+  return identity(fstatSync(ns.fd)) === identity(statSync('/proc/self/ns/net'));
 }
 
 /** The namespace the calling thread is in now. */

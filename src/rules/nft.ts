@@ -1,18 +1,34 @@
 /**
- * Masquerade and forward rules in weft's own nftables table (`table ip weft`), never touching
- * anybody else's chains. The table is replaced in ONE `nft -f` transaction:
- * `add table` (so the delete cannot fail), `delete table`, then the full new table. nftables
- * applies a transaction atomically, so there is no moment without rules (flannel flushes and
- * re-adds its iptables chains, which breaks egress during restarts: flannel#2237).
+ * Forward and masquerade rules in weft's own nftables table (`table ip weft`), never touching
+ * anybody else's chains. The `forward` chain (accept from and to the pod network) is always
+ * there; the nat `postrouting` chain only with masquerading (--ip-masq). A host's iptables
+ * FORWARD chain can still drop what this table accepts: src/rules/iptables.ts covers that.
  *
- * `nft` is the ecosystem's own interface here (kube-proxy's nftables mode drives it the same
- * way), which is why this is the one place in src/ that runs a child process.
+ * The table is replaced in ONE `nft -f` transaction: `add table` (so the delete cannot fail),
+ * `delete table`, then the full new table. nftables applies a transaction atomically, so there is
+ * no moment without rules (flannel flushes and re-adds its iptables chains, which breaks egress
+ * during restarts: flannel#2237).
+ *
+ * The masquerade rules are flannel's iptables ones (FLANNEL-POSTRTG), including the early
+ * RETURN for packets kube-proxy marked for its own masquerade. flannel's nftables variant differs
+ * in two places that look unintended, and weft follows the iptables rules, which most clusters
+ * run: it matches the mark exactly (`meta mark 0x4000`) where kube-proxy sets one bit, and returns
+ * `ip saddr != <our subnet> ip daddr <Network>`, which makes its last masquerade rule unreachable.
+ *
+ * `nft` and `iptables-restore` are the ecosystem's own interfaces here (kube-proxy drives them the
+ * same way), which is why src/rules/ is the one place in src/ that runs child processes.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { formatCIDR, type IPv4Net } from '../ip/ipv4.ts';
 
 export const TABLE = 'weft';
+
+/**
+ * kube-proxy's masquerade mark (its `--masquerade-bit` 14, both in iptables and nftables mode),
+ * tested as a bit like flannel's `-m mark --mark 0x4000/0x4000`.
+ */
+export const KUBE_PROXY_MASQ_MARK = '0x4000';
 
 export interface RulesSpec {
   /** The whole pod network. */
@@ -38,22 +54,26 @@ export function rulesScript(spec: RulesSpec): string {
     '  }',
   ];
   if (spec.masquerade) {
+    // flannel's masquerade rules (pkg/trafficmngr/iptables: FLANNEL-POSTRTG), in its order.
     lines.push(
       '  chain postrouting {',
       '    type nat hook postrouting priority srcnat; policy accept;',
-      // pod -> pod anywhere in the cluster keeps its source address
-      `    ip saddr ${net} ip daddr ${net} return`,
-      // pod -> outside (not multicast) leaves with the node's address
-      `    ip saddr ${net} ip daddr != 224.0.0.0/4 masquerade fully-random`,
+      // kube-proxy marked it for its own masquerade: NATing it here too would NAT it twice
+      `    meta mark & ${KUBE_PROXY_MASQ_MARK} == ${KUBE_PROXY_MASQ_MARK} return`,
+      // our pods -> any pod, and any pod -> our pods, keep their source address
+      `    ip saddr ${sub} ip daddr ${net} return`,
+      `    ip saddr ${net} ip daddr ${sub} return`,
       // outside -> our own pods keeps its source
       `    ip saddr != ${net} ip daddr ${sub} return`,
+      // pod -> outside (not multicast) leaves with the node's address
+      `    ip saddr ${net} ip daddr != 224.0.0.0/4 masquerade fully-random`,
       // outside -> other nodes' pods is masqueraded so replies come back through us
       `    ip saddr != ${net} ip daddr ${net} masquerade fully-random`,
       '  }',
     );
   }
-  lines.push('}');
-  return lines.join('\n') + '\n';
+  lines.push('}', '');
+  return lines.join('\n');
 }
 
 /**
@@ -85,8 +105,8 @@ export function rulesPresent(spec: RulesSpec, opts: { nftBin?: string } = {}): P
     execFile(opts.nftBin ?? defaultNftBin(), ['list', 'table', 'ip', TABLE], { encoding: 'utf8', timeout: 30_000 }, (err, out) => {
       if (err) return resolve(false);
       const net = formatCIDR(spec.network);
-      const want = [`chain forward`, `ip saddr ${net} accept`];
-      if (spec.masquerade) want.push('chain postrouting', `ip saddr ${net} ip daddr ${net} return`);
+      const want = ['chain forward', `ip saddr ${net} accept`, `ip daddr ${net} accept`];
+      if (spec.masquerade) want.push('chain postrouting', `ip saddr ${formatCIDR(spec.subnet)} ip daddr ${net} return`, 'masquerade');
       resolve(want.every((w) => out.includes(w)));
     });
   });

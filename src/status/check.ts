@@ -3,7 +3,10 @@
  * with what etcd says that state should be, judged by the same rules weftd's reconcile uses
  * (src/backend/vxlan/expected.ts: device `flannel.<VNI>` and, per peer lease, a permanent
  * neighbor, an FDB entry and an onlink route); plus entries on the device that no lease
- * accounts for (extra) and the subnet file the CNI plugin reads.
+ * accounts for (extra) and the subnet file the CNI plugin reads. Leases are judged by weftd's
+ * lease gate (src/subnet/validate.ts, the same validateLeases over the same node facts): a
+ * rejected lease is reported as such and not expected in the kernel. The iptables FORWARD accept
+ * rules (src/rules/iptables.ts) are reported when the caller read them.
  *
  * Pure comparison ({@link compareState}) is separate from reading the kernel
  * ({@link readKernelState}) so it can be unit tested with plain objects.
@@ -22,13 +25,15 @@ import {
   VXLAN_OVERHEAD,
   type DeviceFault,
 } from '../backend/vxlan/expected.ts';
-import type { Peer } from '../backend/vxlan/peers.ts';
-import { formatCIDR, parseCIDR } from '../ip/ipv4.ts';
+import { peerFromLease, type Peer } from '../backend/vxlan/peers.ts';
+import { formatCIDR, parseCIDR, type IPv4Net } from '../ip/ipv4.ts';
 import { LinkNotFoundError, type Addr, type Fdb, type Link, type Neigh, type Netlink, type Route } from '../netlink/index.ts';
 import { ConfigError } from '../subnet/config.ts';
+import type { Lease } from '../subnet/lease.ts';
+import { nodeFacts, validateLeases } from '../subnet/validate.ts';
 import type { EtcdSubnetManager } from '../subnet/etcd.ts';
 import { collectConfig, collectNodes } from './collect.ts';
-import type { CheckReport, Finding, NetworkSummary, NodeLease, PeerCheck } from './model.ts';
+import type { CheckReport, Finding, NetworkSummary, NodeLease, PeerCheck, RejectedLeaseCheck } from './model.ts';
 
 /** Everything `check` reads from this node. */
 export interface KernelState {
@@ -43,6 +48,13 @@ export interface KernelState {
   /** Parsed subnet file; undefined when missing. `error` when unreadable. */
   subnetFile?: Record<string, string>;
   subnetFileError?: string;
+  /** Every address and connected network of the node (the lease gate's facts); undefined: not read. */
+  facts?: { ownAddresses: readonly string[]; connectedRoutes: readonly IPv4Net[] };
+  /**
+   * The iptables FORWARD accept rules: why they are not in place (`drift` undefined: they are),
+   * or why they could not be read; undefined when not checked.
+   */
+  forward?: { drift: string | undefined } | { error: string };
 }
 
 /** Reads the device, its entries and the subnet file through `nl` (bound to the node's namespace). */
@@ -56,15 +68,18 @@ export async function readKernelState(nl: Netlink, device: string, subnetFile: s
   try {
     state.device = await nl.linkByName(device);
   } catch (err) {
-    if (err instanceof LinkNotFoundError) return state;
-    throw err;
+    if (!(err instanceof LinkNotFoundError)) throw err;
+    state.facts = nodeFacts(await nl.addrs(), await nl.routes());
+    return state;
   }
   const idx = state.device.index;
   if (state.device.vxlan?.parentIndex) state.parent = await nl.linkByIndex(state.device.vxlan.parentIndex).catch(() => undefined);
   state.addrs = await nl.addrs(idx);
   state.neighs = await nl.neighs(idx);
   state.fdbs = await nl.fdbs(idx);
-  state.routes = (await nl.routes()).filter((r) => r.index === idx);
+  const routes = await nl.routes();
+  state.routes = routes.filter((r) => r.index === idx);
+  state.facts = nodeFacts(await nl.addrs(), routes, { vxlanIndex: idx });
   return state;
 }
 
@@ -110,6 +125,8 @@ export function compareState(opts: {
   device: string;
   subnetFile: string;
   publicIP?: string;
+  /** What the leases come from, for messages (default `etcd`). */
+  against?: string;
 }): CheckReport {
   const { kernel, leases, config, device } = opts;
   const findings: Finding[] = [];
@@ -117,11 +134,15 @@ export function compareState(opts: {
 
   const localIP = opts.publicIP ?? kernel.device?.vxlan?.local;
   const fileSubnet = kernel.subnetFile?.FLANNEL_SUBNET;
-  let self = localIP ? leases.find((l) => l.publicIP === localIP) : undefined;
-  if (!self && fileSubnet) self = leases.find((l) => gatewayOf(parseCIDR(l.subnet)) === fileSubnet);
+  const mine = localIP ? leases.filter((l) => l.publicIP === localIP) : [];
+  // A second lease carrying our address (a stale or forged one) must not pass for ours.
+  const matchesFile = (l: NodeLease) => !!fileSubnet && gatewayOf(parseCIDR(l.subnet)) === fileSubnet;
+  const onDevice = (l: NodeLease) => kernel.addrs.some((a) => a.ip === l.vtepIP);
+  let self: NodeLease | undefined = mine.find(matchesFile) ?? mine.find(onDevice) ?? mine[0];
+  if (!self && fileSubnet) self = leases.find(matchesFile);
 
   if (!self) {
-    add('missing', 'lease', `no lease in etcd for this node${localIP ? ` (public IP ${localIP})` : ''}`);
+    add('missing', 'lease', `no lease in ${opts.against ?? 'etcd'} for this node${localIP ? ` (public IP ${localIP})` : ''}`);
   }
   const dev = kernel.device;
   if (!dev) {
@@ -150,17 +171,22 @@ export function compareState(opts: {
     if (dev && sf.FLANNEL_MTU !== String(dev.mtu)) add('wrong', 'subnet-file', `FLANNEL_MTU=${sf.FLANNEL_MTU ?? '<none>'}, ${device} MTU is ${dev.mtu}`);
   }
 
+  const forward = kernel.forward;
+  if (forward && 'error' in forward) add('wrong', 'forward-rules', `iptables FORWARD accept rules unreadable: ${forward.error}`);
+  else if (forward?.drift) add('missing', 'forward-rules', `iptables FORWARD accept rules for ${config.network}: ${forward.drift}`);
+
+  // weftd programs only the leases its gate accepts; judge the rest as it does.
+  const verdict = judgeLeases(leases.filter((l) => l !== self), { kernel, config, self, localIP });
+  const rejected = verdict.rejected;
+  for (const r of rejected) add('wrong', 'lease', `${r.subnet} (PublicIP ${r.publicIP}) is invalid, weftd ignores it: ${r.reason}`, r.subnet);
+
   const peers: PeerCheck[] = [];
-  const others = leases.filter((l) => l !== self);
-  for (const p of others) {
+  const others = verdict.accepted.map((a) => a.node);
+  for (const { node: p, mac } of verdict.accepted) {
     const pc: PeerCheck = { subnet: p.subnet, publicIP: p.publicIP, vtepMAC: p.vtepMAC, neighbor: 'missing', fdb: 'missing', route: 'missing' };
     peers.push(pc);
-    if (!p.vtepMAC) {
-      add('wrong', 'lease', `peer ${p.subnet} (${p.publicIP}) publishes no VtepMAC`, p.subnet);
-      continue;
-    }
     if (!dev) continue;
-    const peer = peerOf(p, p.vtepMAC);
+    const peer = peerOf(p, mac);
     const neigh = kernel.neighs.find((n) => n.ip === peer.gateway);
     pc.neighbor = neighState(neigh, peer);
     if (pc.neighbor === 'missing') add('missing', 'neighbor', `${peer.gateway} lladdr ${peer.mac} dev ${device} permanent`, p.subnet);
@@ -181,7 +207,7 @@ export function compareState(opts: {
 
   // Entries for peers that are no longer in etcd (flannel never removes these: flannel#2554).
   const peerVtepIPs = new Set(others.map((p) => p.vtepIP));
-  const peerMACs = new Set(others.map((p) => p.vtepMAC));
+  const peerMACs = new Set(verdict.accepted.map((a) => a.mac));
   const peerSubnets = new Set(others.map((p) => p.subnet));
   for (const n of kernel.neighs) if (!peerVtepIPs.has(n.ip)) add('extra', 'neighbor', `${n.ip} lladdr ${n.mac} dev ${device}`);
   for (const f of kernel.fdbs) if (!peerMACs.has(f.mac)) add('extra', 'fdb', `${f.mac} dst ${f.dst} dev ${device}`);
@@ -191,8 +217,42 @@ export function compareState(opts: {
     self: self ? { publicIP: self.publicIP, subnet: self.subnet } : undefined,
     device,
     peers,
+    rejected,
+    ...(forward && { forward: 'error' in forward ? { state: 'unknown' as const, detail: forward.error } : forward.drift ? { state: 'drift' as const, detail: forward.drift } : { state: 'ok' as const } }),
     findings,
     consistent: findings.length === 0,
+  };
+}
+
+/** A listed lease back in the subnet layer's shape (what the gate validates). */
+function leaseOf(n: NodeLease): Lease {
+  return { subnet: parseCIDR(n.subnet), publicIP: n.publicIP, backendType: n.backendType, backendData: n.backendData, modRevision: n.modRevision };
+}
+
+/** Splits the other nodes' leases as weftd's lease gate would on this node. */
+function judgeLeases(
+  leases: NodeLease[],
+  at: { kernel: KernelState; config: NetworkSummary; self: NodeLease | undefined; localIP: string | undefined },
+): { accepted: Array<{ node: NodeLease; mac: string }>; rejected: RejectedLeaseCheck[] } {
+  const { kernel, config, self } = at;
+  const byLease = new Map(leases.map((n) => [leaseOf(n), n]));
+  const macs = new Map<Lease, string>();
+  const result = validateLeases([...byLease.keys()], {
+    config: { network: parseCIDR(config.network), subnetLen: config.subnetLen },
+    ownSubnet: self && parseCIDR(self.subnet),
+    ownAddresses: kernel.facts?.ownAddresses ?? (at.localIP ? [at.localIP] : []),
+    connectedRoutes: kernel.facts?.connectedRoutes ?? [],
+    ownMAC: kernel.device?.mac,
+    vtepMAC: (l) => {
+      const p = peerFromLease(l, config.backend.vni);
+      if ('skip' in p) throw new Error(p.skip);
+      macs.set(l, p.mac);
+      return p.mac;
+    },
+  });
+  return {
+    accepted: result.accepted.map((l) => ({ node: byLease.get(l)!, mac: macs.get(l)! })),
+    rejected: result.rejected.map((r) => ({ subnet: byLease.get(r.lease)!.subnet, publicIP: r.lease.publicIP, reason: r.reason })),
   };
 }
 

@@ -46,6 +46,12 @@ export interface SubnetManager {
    * until it succeeds; the daemon reports ready after it.
    */
   ready?(lease: Lease): Promise<void>;
+  /**
+   * The VTEP MAC this node published before (a Kubernetes manager reads it from our own Node's
+   * annotation), so a device recreated after a reboot keeps the MAC peers have in their FDB
+   * (flannel #1795). Undefined: none known; the device's own MAC is used.
+   */
+  previousVtepMAC?(vni: number): Promise<string | undefined>;
   close(): void;
 }
 

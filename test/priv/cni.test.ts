@@ -4,9 +4,12 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { INJECTED } from '../helpers/cni-faults.ts';
 import { cni, cniFixture, expectedVethName, type CniEnvFixture } from '../helpers/cni.ts';
 import { ipJson, ping, Scope, sh } from '../helpers/netns.ts';
+
+const root = resolve(import.meta.dirname, '..', '..');
 
 function setup(t: ExecutionContext, opts: { third?: number } = {}) {
   const scope = new Scope();
@@ -28,6 +31,15 @@ function ipFiles(fx: CniEnvFixture): string[] {
 function inet(ns: string, dev: string): string[] {
   const l = ipJson(ns, 'addr', 'show', 'dev', dev)[0];
   return (l?.addr_info ?? []).filter((a: any) => a.family === 'inet').map((a: any) => `${a.local}/${a.prefixlen}`);
+}
+
+/** `nft list set ip weft-pods pods` in `ns` ('' when there is no such table). */
+function nftPods(ns: string): string {
+  try {
+    return sh('nsenter', [`--net=/run/netns/${ns}`, '--', '/usr/sbin/nft', 'list', 'set', 'ip', 'weft-pods', 'pods']);
+  } catch {
+    return '';
+  }
 }
 
 /** Nothing of a pod attachment left: no veth on the node, only lo in the pod, no IP file. */
@@ -158,20 +170,39 @@ test('50 concurrent ADDs get 50 distinct addresses; 50 DELs release them all', a
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
 });
 
-for (const step of ['bridge', 'ipam', 'veth', 'host-veth', 'pod-addr', 'pod-routes', 'sysctl']) {
-  test(`a failure injected after step "${step}" leaves no IP file, veth or pod address`, async (t) => {
-    const { scope, node, fx } = setup(t, { third: 5 });
-    const pod = scope.netns('pod');
-    const add = await cni(node, { command: 'ADD', conf: fx.conf(), containerID: 'cf', netns: pod, ifname: 'eth0', env: { WEFT_TEST_FAIL_AFTER: step } });
+test('a failure injected at each dependency call of ADD in turn is undone: no IP file, veth or pod address', async (t) => {
+  const { scope, node, fx } = setup(t, { third: 5 });
+  const pod = scope.netns('pod');
+  // The fault injector is test wiring (test/helpers/cni-faults.ts), run as the plugin.
+  const bin = join(fx.dir, 'weft-faulty');
+  writeFileSync(bin, `#!/bin/sh\nexec ${process.execPath} ${join(root, 'test', 'helpers', 'cni-faults.ts')}\n`, { mode: 0o755 });
+  let failed = 0;
+  for (let at = 1; ; at++) {
+    // ipMasq: the per-pod masquerade step (and its undo) is among the calls.
+    const add = await cni(node, { bin, command: 'ADD', conf: fx.conf({ ipMasq: true }), containerID: 'cf', netns: pod, ifname: 'eth0', env: { WEFT_FAULT_AT: String(at) } });
+    if (add.code === 0) {
+      // Past the last call nothing fails: every call before it has been a fault point.
+      t.is(Number(/fault-calls (\d+)/.exec(add.stderr)?.[1]), at - 1, add.stderr);
+      break;
+    }
     t.is(add.code, 1);
-    t.is(add.json.code, 999);
-    t.is(add.json.msg, `injected failure after step "${step}"`);
+    t.is(add.json.code, 999, add.stdout);
+    t.true(`${add.json.msg}: ${add.json.details ?? ''}`.includes(`${INJECTED} ${at} (`), add.stdout);
+    t.log(`fault at ${at}: ${add.json.details ?? add.json.msg}`);
     assertNoAttachment(t, node, pod, fx);
-    // The same container can be added afterwards: nothing stale blocks it.
-    const retry = await cni(node, { command: 'ADD', conf: fx.conf(), containerID: 'cf', netns: pod, ifname: 'eth0' });
-    t.is(retry.code, 0, retry.stdout);
-  });
-}
+    t.notRegex(nftPods(node), /elements = \{ 198\./, 'no masquerade element left');
+    failed++;
+    if (at > 200) return t.fail('ADD never succeeded');
+  }
+  t.true(failed >= 15, `ADD makes ${failed} dependency calls`);
+  // The last run succeeded; the container is attached once, and DEL clears it.
+  t.is(ipFiles(fx).length, 1);
+  t.true(nftPods(node).includes(`elements = { ${ipFiles(fx)[0]} }`), 'the attached pod is masqueraded');
+  const del = await cni(node, { command: 'DEL', conf: fx.conf({ ipMasq: true }), containerID: 'cf', netns: pod, ifname: 'eth0' });
+  t.is(del.code, 0, del.stdout);
+  assertNoAttachment(t, node, pod, fx);
+  t.notRegex(nftPods(node), /elements = /);
+});
 
 test('a real failure midway (host veth name taken by another link) is undone and reported', async (t) => {
   const { scope, node, fx } = setup(t, { third: 6 });

@@ -21,6 +21,7 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const socket = join(dir, 'cni.sock');
   process.env.WEFTD_CNI_SOCKET = socket; // inherited by the lab's weftd
+  process.env.WEFTD_CNI_DATA_DIR = join(dir, 'ipam'); // the one network its fast path serves
   const cluster = await startCluster({ nodes: 1 });
   t.teardown(() => cluster.destroy());
   const scope = new Scope();

@@ -5,7 +5,7 @@
  * is absent, dead, or never acknowledges.
  */
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
@@ -23,14 +23,16 @@ interface Server {
   socket: string;
   handled: string[];
   kill(signal: NodeJS.Signals): void;
+  /** Its stderr so far. */
+  log(): string;
 }
 
 /** Starts the fast-path server inside `node` and waits until it listens. */
-async function startServer(scope: Scope, node: string, fx: CniEnvFixture): Promise<Server> {
+async function startServer(scope: Scope, node: string, fx: CniEnvFixture, opts: { workers?: number } = {}): Promise<Server> {
   const socket = join(fx.dir, 'cni.sock');
   const child = scope.spawn('nsenter', [`--net=/run/netns/${node}`, '--', process.execPath, join(root, 'bench', 'lib', 'cni-server.ts'), socket], {
     cwd: root,
-    env: { PATH: process.env.PATH, WEFT_FASTPATH_TIMING: '1' },
+    env: { PATH: process.env.PATH, WEFT_FASTPATH_TIMING: '1', WEFT_SERVE_WORKERS: String(opts.workers ?? 0) },
   });
   const handled: string[] = [];
   let log = '';
@@ -42,7 +44,7 @@ async function startServer(scope: Scope, node: string, fx: CniEnvFixture): Promi
   child.stdout!.on('data', (b: Buffer) => (ready ||= b.toString().includes('ready')));
   const ok = await eventually(() => ready || child.exitCode !== null, 20_000, 50);
   if (!ok || !ready) throw new Error(`fast-path server did not start: ${log}`);
-  return { socket, handled, kill: (sig) => child.kill(sig) };
+  return { socket, handled, kill: (sig) => child.kill(sig), log: () => log };
 }
 
 function setup(t: ExecutionContext, third: number) {
@@ -115,9 +117,9 @@ test('ADD and DEL through the launcher with the server up match the standalone b
   t.true(v.json.supportedVersions.includes('1.1.0'));
 });
 
-test('20 concurrent ADDs through the server get distinct addresses; DELs release them all', async (t) => {
-  const { scope, node, fx } = setup(t, 42);
-  const server = await startServer(scope, node, fx);
+for (const [workers, third] of [[0, 42], [4, 48]] as const) test(`20 concurrent ADDs through the server (${workers ? `${workers} worker threads` : 'main thread'}) get distinct addresses; DELs release them all`, async (t) => {
+  const { scope, node, fx } = setup(t, third);
+  const server = await startServer(scope, node, fx, { workers });
   const pods = Array.from({ length: 20 }, () => scope.netns('pod'));
   const conf = fx.conf({ fastpathSocket: server.socket });
   const adds = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
@@ -192,4 +194,57 @@ test('a launcher in another node\'s namespace is not served there: it falls back
   const addA = await cni(a.node, { bin: LAUNCHER, command: 'ADD', conf: a.fx.conf({ fastpathSocket: server.socket }), containerID: 'c2', netns: podA, ifname: 'eth0' });
   t.is(addA.code, 0, addA.stdout + addA.stderr);
   t.deepEqual(server.handled, ['ADD']);
+});
+
+test('the launcher and the standalone plugin work when exec\'d through a symlink (a common /opt/cni/bin install)', async (t) => {
+  const { scope, node, fx } = setup(t, 47);
+  const links = join(fx.dir, 'opt-cni-bin');
+  mkdirSync(links);
+  symlinkSync(LAUNCHER, join(links, 'weft'));
+  symlinkSync(WEFT_BIN, join(links, 'weft-solo'));
+  const pod = scope.netns('pod');
+  const pod2 = scope.netns('pod');
+  // The standalone through a link: its addons are found beside the real file.
+  const solo = await cni(node, { bin: join(links, 'weft-solo'), command: 'ADD', conf: fx.conf(), containerID: 's1', netns: pod, ifname: 'eth0' });
+  t.is(solo.code, 0, solo.stdout + solo.stderr);
+  // The launcher through a link with no server: it falls back to the standalone beside its real file.
+  const offline = fx.conf({ fastpathSocket: join(fx.dir, 'nobody.sock') });
+  const viaLink = await cni(node, { bin: join(links, 'weft'), command: 'ADD', conf: offline, containerID: 's2', netns: pod2, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+  t.is(viaLink.code, 0, viaLink.stdout + viaLink.stderr);
+  t.regex(viaLink.stderr, new RegExp(`falling back to ${WEFT_BIN.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  // And served by the server when it is up.
+  const server = await startServer(scope, node, fx);
+  const del = await cni(node, { bin: join(links, 'weft'), command: 'DEL', conf: fx.conf({ fastpathSocket: server.socket }), containerID: 's2', netns: pod2, ifname: 'eth0' });
+  t.is(del.code, 0, del.stdout + del.stderr);
+  t.deepEqual(server.handled, ['DEL']);
+  const del1 = await cni(node, { bin: join(links, 'weft-solo'), command: 'DEL', conf: fx.conf(), containerID: 's1', netns: pod, ifname: 'eth0' });
+  t.is(del1.code, 0, del1.stdout + del1.stderr);
+  t.deepEqual(ipFiles(fx), []);
+  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+});
+
+test('SIGTERM during a 50-pod burst: the server drains, every call completes or errors, nothing leaks', async (t) => {
+  const { scope, node, fx } = setup(t, 49);
+  const server = await startServer(scope, node, fx, { workers: 2 });
+  const pods = Array.from({ length: 50 }, () => scope.netns('pod'));
+  const conf = fx.conf({ fastpathSocket: server.socket });
+  const adds = Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `t${i}`, netns: pod, ifname: 'eth0' })));
+  // Mid-burst: some served, others still arriving.
+  t.true(await eventually(() => server.handled.length >= 5, 20_000, 5), 'the burst reached the server');
+  server.kill('SIGTERM');
+  const results = await adds;
+  for (const r of results) {
+    t.true(r.code === 0 || r.code === 1, `exit ${r.code}`);
+    const json = JSON.parse(r.stdout);
+    if (r.code === 0) t.truthy(json.ips?.[0]?.address, r.stdout);
+    else t.true(Number.isInteger(json.code), r.stdout);
+  }
+  t.log(`${results.filter((r) => r.code === 0).length} of 50 ADDs succeeded; ${server.handled.filter((c) => c === 'ADD').length} served by the server before it stopped`);
+  t.true(await eventually(() => /drained all/.test(server.log()), 15_000), `the server drained: ${server.log()}`);
+  // The runtime deletes every pod afterwards (through the fallback now): nothing may be left.
+  const dels = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'DEL', conf, containerID: `t${i}`, netns: pod, ifname: 'eth0' })));
+  for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
+  t.deepEqual(ipFiles(fx), []);
+  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+  for (const pod of pods) t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
 });

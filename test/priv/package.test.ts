@@ -102,15 +102,15 @@ test('install-cni refuses a package whose standalone does not run, before touchi
   t.deepEqual(readdirSync(join(target, 'etc/cni/net.d')), [], 'no conflist: the node does not become Ready');
 });
 
-test('the launcher alone (standalone missing) answers with a retryable CNI error', (t) => {
+test('the launcher alone (standalone missing) answers with a permanent CNI error, not "try again" forever', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'wt-pkg-alone-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   cpSync(bin(), join(dir, 'weft'));
   const input = JSON.stringify({ cniVersion: '1.1.0', fastpathSocket: join(dir, 'nobody.sock') });
   const r = spawnSync(join(dir, 'weft'), [], { input, env: { PATH: BARE_PATH, CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
   t.is(r.status, 1);
-  t.is(JSON.parse(r.stdout).code, 11);
-  t.regex(JSON.parse(r.stdout).msg, /no standalone weft binary/);
+  t.is(JSON.parse(r.stdout).code, 999);
+  t.regex(JSON.parse(r.stdout).msg, /no standalone weft binary.*broken install/);
 });
 
 test('packaged plugin: two pods ping each other through cni0; CHECK passes; DEL removes everything', async (t) => {
@@ -161,12 +161,17 @@ test('a broken install (addons missing) answers with a CNI error, not a crash, a
   t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
   t.deepEqual(existsSync(fx.ipamDir) ? readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [], []);
 
-  // $WEFT_NATIVE_DIR reaches the standalone through the launcher's exec and points it at addons.
+  // The launcher forwards only CNI_* and PATH, so $WEFT_NATIVE_DIR from the runtime's
+  // environment does not reach the standalone through it...
   const env = { PATH: BARE_PATH, WEFT_NATIVE_DIR: join(host, 'opt/cni/lib/weft') };
   const conf = fx.conf({}, '1.1.0');
-  const fixed = await cni(node, { command: 'ADD', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft'), env });
+  const still = await cni(node, { command: 'ADD', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft'), env });
+  t.not(still.code, 0, still.stdout);
+  t.regex(`${still.json?.msg} ${still.json?.details ?? ''}`, /native (netlink|setns) addon/);
+  // ...but it mends the standalone run on its own.
+  const fixed = await cni(node, { command: 'ADD', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft-standalone'), env });
   t.is(fixed.code, 0, fixed.stdout + fixed.stderr);
-  const del = await cni(node, { command: 'DEL', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft'), env });
+  const del = await cni(node, { command: 'DEL', conf, containerID: 'b1', netns: pod, ifname: 'eth0', bin: join(broken, 'bin/weft-standalone'), env });
   t.is(del.code, 0, del.stdout + del.stderr);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
 });

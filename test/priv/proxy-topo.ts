@@ -11,9 +11,7 @@
  * "<pod> <client address>" so tests see which endpoint answered and what source it saw.
  * Clients are Node scripts run inside a namespace; they print one JSON result.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { ECHO_CLIENT, ECHO_SERVER } from '../../lab/echo/index.ts';
 import { execFile, type ChildProcess } from 'node:child_process';
 import { inNs, Scope, sh } from '../helpers/netns.ts';
 
@@ -23,54 +21,7 @@ export const POD_IPS = ['198.18.0.11', '198.18.0.12', '198.18.0.13'];
 export const EXT_NODE_IP = '203.0.113.1';
 export const EXT_IP = '203.0.113.2';
 
-const SERVER = `
-const net = require('node:net'), dgram = require('node:dgram');
-const [name, tcpPorts, udpPorts] = process.argv.slice(2);
-let pending = 0;
-const done = () => { if (--pending === 0) process.stdout.write('ready\\n'); };
-for (const p of tcpPorts.split(',').map(Number)) {
-  pending++;
-  net.createServer((c) => { c.on('error', () => {}); c.end(name + ' ' + c.remoteAddress + '\\n'); }).listen(p, '0.0.0.0', done);
-}
-for (const p of udpPorts.split(',').map(Number)) {
-  pending++;
-  const s = dgram.createSocket('udp4');
-  s.on('message', (m, r) => s.send(name + ' ' + r.address + '\\n', r.port, r.address));
-  s.bind(p, '0.0.0.0', done);
-}
-`;
 
-const CLIENT = `
-const net = require('node:net'), dgram = require('node:dgram');
-const o = JSON.parse(process.argv[2]);
-function tcp() {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const c = net.connect({ host: o.host, port: o.port });
-    let buf = '';
-    const timer = setTimeout(() => { c.destroy(); resolve({ err: 'TIMEOUT', ms: Date.now() - t0 }); }, o.timeoutMs);
-    c.on('data', (d) => (buf += d));
-    c.on('end', () => { clearTimeout(timer); resolve({ reply: buf.trim(), ms: Date.now() - t0 }); });
-    c.on('error', (e) => { clearTimeout(timer); resolve({ err: e.code, ms: Date.now() - t0 }); });
-  });
-}
-function udp() {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-    const fin = (r) => { clearTimeout(timer); try { s.close(); } catch {} resolve({ ...r, ms: Date.now() - t0 }); };
-    const timer = setTimeout(() => fin({ err: 'TIMEOUT' }), o.timeoutMs);
-    s.on('message', (m) => fin({ reply: m.toString().trim() }));
-    s.on('error', (e) => fin({ err: e.code }));
-    s.bind(o.srcPort || 0, () => s.connect(o.port, o.host, () => s.send('hi')));
-  });
-}
-(async () => {
-  const out = [];
-  for (let i = 0; i < o.count; i++) out.push(await (o.proto === 'udp' ? udp() : tcp()));
-  process.stdout.write(JSON.stringify(out));
-})();
-`;
 
 export interface Reply {
   reply?: string;
@@ -118,12 +69,8 @@ export async function buildTopo(): Promise<Topo> {
 }
 
 async function build(scope: Scope): Promise<Topo> {
-  const dir = mkdtempSync(join(tmpdir(), 'wt-proxy-'));
-  scope.defer(() => rmSync(dir, { recursive: true, force: true }));
-  const serverJs = join(dir, 'server.cjs');
-  const clientJs = join(dir, 'client.cjs');
-  writeFileSync(serverJs, SERVER);
-  writeFileSync(clientJs, CLIENT);
+  const serverJs = ECHO_SERVER;
+  const clientJs = ECHO_CLIENT;
   const node = scope.netns('pxnode');
   const nodeNetns = `/run/netns/${node}`;
   sh('ip', ['-n', node, 'link', 'add', 'br0', 'type', 'bridge']);

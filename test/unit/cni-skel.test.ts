@@ -15,7 +15,7 @@ function stubDeps(store = new FakeStore()): Deps {
   const never = () => {
     throw new Error('kernel access not expected in this test');
   };
-  return { openNetlink: never, openNetns: never, writeSysctl: never, store: () => store, log: () => undefined };
+  return { openNetlink: never, openNetns: never, isOwnNetns: never, masq: { add: never, remove: never }, writeSysctl: never, store: () => store, log: () => undefined };
 }
 
 async function run(env: Record<string, string | undefined>, stdin: string, deps = stubDeps()) {

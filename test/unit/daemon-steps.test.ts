@@ -15,14 +15,16 @@ import { Health } from '../../src/daemon/health.ts';
 import { LeaseKeeper } from '../../src/daemon/lease.ts';
 import { Metrics } from '../../src/daemon/metrics.ts';
 import { parseOptions } from '../../src/daemon/options.ts';
-import { followPeers } from '../../src/daemon/peers.ts';
+import { followPeers, PeerGlue, REJECTION_LINES } from '../../src/daemon/peers.ts';
 import { RulesKeeper, type RulesOps } from '../../src/daemon/rules.ts';
+import { reconcileLoop } from '../../src/daemon/reconcile.ts';
 import { runDaemon } from '../../src/daemon/run.ts';
 import { formatCIDR, parseCIDR, type IPv4Net } from '../../src/ip/ipv4.ts';
 import type { Netlink } from '../../src/netlink/index.ts';
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from '../../src/subnet/config.ts';
 import type { Lease, LeaseAttrs } from '../../src/subnet/lease.ts';
 import { LeaseLostError, type LeaseWatchHandler, type SubnetManager } from '../../src/subnet/manager.ts';
+import { LeaseGate, type LeaseContext } from '../../src/subnet/validate.ts';
 import { FakeClock } from '../helpers/clock.ts';
 
 function recordingLog(): Log & { lines: string[] } {
@@ -120,6 +122,26 @@ class FakeNetwork implements BackendNetwork {
     this.own = formatCIDR(subnet);
     this.calls.push(`setSubnet ${this.own}`);
   }
+  readonly deviceIndex = 9;
+  readonly deviceMAC = '02:00:00:00:00:11';
+  peerMAC(lease: Lease): string {
+    const mac = (lease.backendData as { VtepMAC?: unknown } | undefined)?.VtepMAC;
+    if (typeof mac !== 'string') throw new Error('BackendData has no valid "VtepMAC"');
+    return mac;
+  }
+}
+
+/** A gate for our node 198.51.100.11 on eth0 (198.51.100.0/24), owning `own`, as run.ts builds it. */
+function gateFor(own: string, network: FakeNetwork, facts: Partial<LeaseContext> = {}): LeaseGate {
+  return new LeaseGate({
+    config,
+    ownSubnet: parseCIDR(own),
+    ownMAC: network.deviceMAC,
+    vtepMAC: (l) => network.peerMAC(l),
+    ownAddresses: ['198.51.100.11'],
+    connectedRoutes: [parseCIDR('198.51.100.0/24')],
+    ...facts,
+  });
 }
 
 /** Just enough netlink to find the external interface: eth0 (index 2) with 198.51.100.11 and the default route. */
@@ -178,7 +200,13 @@ test('rules keeper: applies, sees the table changed or gone, and puts it back on
     },
     read: async () => table,
     check: async () => table !== undefined,
+    ensureForward: async (net) => {
+      applied.push(`forward ${formatCIDR(net)}`);
+      forward = undefined;
+    },
+    forwardDrift: async () => forward,
   };
+  let forward: string | undefined;
   let repairs = 0;
   const log = recordingLog();
   const keeper = new RulesKeeper(ops, { log, onRepair: () => repairs++ });
@@ -193,11 +221,15 @@ test('rules keeper: applies, sees the table changed or gone, and puts it back on
   t.is(await keeper.drift(spec), undefined, 'the new fingerprint is the reference now');
   table = undefined;
   t.true(await keeper.repair(spec));
-  t.deepEqual(applied, ['198.18.3.0/24', '198.18.3.0/24', '198.18.3.0/24']);
-  t.is(repairs, 2);
+  forward = 'iptables-nft: jump from FORWARD to WEFT-FORWARD missing';
+  t.true(await keeper.repair(spec), 'the FORWARD accept rules drifted, the table did not');
+  t.false(await keeper.repair(spec));
+  t.deepEqual(applied, ['198.18.3.0/24', 'forward 198.18.0.0/16', '198.18.3.0/24', '198.18.3.0/24', 'forward 198.18.0.0/16']);
+  t.is(repairs, 3);
   t.deepEqual(log.lines, [
     'info repair: nftables table "ip weft" put back (its rules had been changed)',
     'info repair: nftables table "ip weft" put back (it was missing)',
+    'info repair: iptables FORWARD accept rules put back (iptables-nft: jump from FORWARD to WEFT-FORWARD missing)',
   ]);
 });
 
@@ -318,6 +350,7 @@ test('peer glue: other leases go to the backend, our own lease deleted or taken 
   const { synced, done } = followPeers(ac.signal, {
     manager,
     network,
+    gate: gateFor('198.18.1.0/24', network),
     own: { isOwn: (s) => s.ip === own.ip && s.prefixLen === own.prefixLen, kick: () => kicks++ },
     publicIP: '198.51.100.11',
     log,
@@ -338,6 +371,198 @@ test('peer glue: other leases go to the backend, our own lease deleted or taken 
   t.true(log.lines.includes('warn our lease 198.18.1.0/24 was taken over; renewing'));
   ac.abort();
   await done;
+});
+
+/** A lease whose VtepMAC is given (mkLease derives it from the PublicIP). */
+const withMAC = (cidr: string, publicIP: string, mac: string): Lease => ({ ...mkLease(cidr, publicIP), backendData: { VNI: 7, VtepMAC: mac } });
+
+test('peer glue with the gate: invalid leases never reach the backend, are logged once and counted; a later valid value is applied', async (t) => {
+  const good = mkLease('198.18.2.0/24', '198.51.100.12');
+  const table = [
+    mkLease('198.18.1.0/24', '198.51.100.11'),
+    good,
+    mkLease('1.0.0.0/8', '198.51.100.13'),
+    mkLease('198.18.3.128/25', '198.51.100.14'),
+    mkLease('198.18.4.0/24', '198.51.100.11'),
+    withMAC('198.18.5.0/24', '198.51.100.15', '01:00:5e:00:00:01'),
+    withMAC('198.18.6.0/24', '198.51.100.16', '02:00:00:00:00:12'),
+  ];
+  const manager = new FakeManager({ subnets: [], table });
+  const network = new FakeNetwork();
+  network.own = '198.18.1.0/24';
+  const metrics = new Metrics();
+  const ac = new AbortController();
+  const log = recordingLog();
+  const own = parseCIDR('198.18.1.0/24');
+  const { synced, done } = followPeers(ac.signal, {
+    manager,
+    network,
+    gate: gateFor('198.18.1.0/24', network),
+    own: { isOwn: (s) => s.ip === own.ip && s.prefixLen === own.prefixLen, kick: () => {} },
+    publicIP: '198.51.100.11',
+    log,
+    metrics,
+  });
+  await synced;
+  t.deepEqual(network.calls, ['snapshot 2'], 'our own lease and 198.18.2.0/24 pass; the backend leaves our own out');
+  t.deepEqual([...network.peers.keys()], ['198.18.2.0/24']);
+  t.deepEqual(log.lines.filter((l) => l.startsWith('warn')), [
+    'warn ignoring lease 1.0.0.0/8 (PublicIP 198.51.100.13): subnet 1.0.0.0/8 is not inside network 198.18.0.0/16',
+    'warn ignoring lease 198.18.3.128/25 (PublicIP 198.51.100.14): subnet 198.18.3.128/25 is not a /24 (the network\'s SubnetLen)',
+    'warn ignoring lease 198.18.4.0/24 (PublicIP 198.51.100.11): PublicIP 198.51.100.11 is this node\'s address',
+    'warn ignoring lease 198.18.5.0/24 (PublicIP 198.51.100.15): VtepMAC 01:00:5e:00:00:01 is multicast',
+    'warn ignoring lease 198.18.6.0/24 (PublicIP 198.51.100.16): VtepMAC 02:00:00:00:00:12 is also used by the lease for 198.18.2.0/24, which ranks first',
+  ]);
+  t.regex(await metrics.render(), /^weftd_invalid_leases 5$/m);
+  t.regex(log.lines.at(-1)!, /^info lease table synced: 1 peer\(s\), 5 invalid lease\(s\) ignored$/);
+
+  // A resync with the same table: nothing new to log, nothing new for the backend.
+  const before = log.lines.length;
+  manager.handler!.snapshot(table);
+  await until('second snapshot', () => network.calls.length === 2);
+  t.deepEqual(log.lines.slice(before).filter((l) => l.startsWith('warn')), []);
+  // Later valid values for two rejected keys are applied; a rejected one deleted costs nothing.
+  manager.handler!.event({ type: 'put', lease: withMAC('198.18.5.0/24', '198.51.100.15', '02:00:00:00:00:15') });
+  manager.handler!.event({ type: 'delete', subnet: parseCIDR('1.0.0.0/8') });
+  manager.handler!.event({ type: 'put', lease: mkLease('198.18.3.0/24', '198.51.100.14') });
+  // The same key turning bad again is taken out of the kernel.
+  manager.handler!.event({ type: 'put', lease: withMAC('198.18.5.0/24', '198.51.100.15', 'ff:ff:ff:ff:ff:ff') });
+  await until('backend calls', () => network.calls.length === 5);
+  t.deepEqual(network.calls.slice(2), ['put 198.18.5.0/24', 'put 198.18.3.0/24', 'delete 198.18.5.0/24']);
+  t.deepEqual([...network.peers.keys()].sort(), ['198.18.2.0/24', '198.18.3.0/24']);
+  t.is(log.lines.at(-1), 'warn ignoring lease 198.18.5.0/24 (PublicIP 198.51.100.15): VtepMAC ff:ff:ff:ff:ff:ff is the broadcast address');
+  t.regex(await metrics.render(), /^weftd_invalid_leases 4$/m, '198.18.3.128/25, 198.18.4.0/24, 198.18.6.0/24 and 198.18.5.0/24 again');
+  ac.abort();
+  await done;
+});
+
+test('peer glue with the gate: a flood of invalid leases logs 20 lines and a count; our move and new routes re-validate', async (t) => {
+  const junk = Array.from({ length: REJECTION_LINES + 5 }, (_, i) => mkLease(`1.${i}.0.0/16`, '198.51.100.13'));
+  const manager = new FakeManager({ subnets: [], table: [mkLease('198.18.2.0/24', '198.51.100.12'), mkLease('198.18.3.0/24', '198.51.100.13'), ...junk] });
+  const network = new FakeNetwork();
+  network.own = '198.18.1.0/24';
+  const metrics = new Metrics();
+  const ac = new AbortController();
+  const log = recordingLog();
+  let own = parseCIDR('198.18.1.0/24');
+  const facts = { ownAddresses: ['198.51.100.11'], connectedRoutes: [parseCIDR('198.51.100.0/24')] };
+  const glue = new PeerGlue({
+    manager,
+    network,
+    gate: gateFor('198.18.1.0/24', network),
+    facts,
+    own: { isOwn: (s) => s.ip === own.ip && s.prefixLen === own.prefixLen, kick: () => {} },
+    publicIP: '198.51.100.11',
+    log,
+    metrics,
+  });
+  const { synced, done } = glue.follow(ac.signal);
+  await synced;
+  const warns = log.lines.filter((l) => l.startsWith('warn'));
+  t.is(warns.length, REJECTION_LINES + 1);
+  t.is(warns.at(-1), 'warn and 5 more invalid lease(s) ignored');
+  t.regex(await metrics.render(), /^weftd_invalid_leases 25$/m);
+  t.deepEqual([...network.peers.keys()], ['198.18.2.0/24', '198.18.3.0/24']);
+
+  // Another node on our subnet is refused while it is ours; after we moved to 198.18.9.0/24 its
+  // lease is re-validated and programmed.
+  manager.handler!.event({ type: 'put', lease: mkLease('198.18.1.0/24', '198.51.100.17') });
+  t.regex(log.lines.at(-1)!, /^warn ignoring lease 198\.18\.1\.0\/24 \(PublicIP 198\.51\.100\.17\): subnet 198\.18\.1\.0\/24 overlaps our subnet 198\.18\.1\.0\/24/);
+  own = parseCIDR('198.18.9.0/24');
+  network.own = '198.18.9.0/24';
+  glue.update({ ownSubnet: own });
+  await until('move applied', () => network.calls.length === 2);
+  t.deepEqual(network.calls, ['snapshot 2', 'put 198.18.1.0/24']);
+  t.regex(await metrics.render(), /^weftd_invalid_leases 25$/m);
+
+  t.false(glue.refreshFacts({ ownAddresses: ['198.51.100.11'], connectedRoutes: [parseCIDR('198.51.100.0/24')] }), 'same facts: no re-validation');
+  t.true(glue.refreshFacts({ ownAddresses: ['198.51.100.11'], connectedRoutes: [parseCIDR('198.51.100.0/24'), parseCIDR('198.18.3.0/24')] }));
+  await until('new route applied', () => network.calls.length === 3);
+  t.is(network.calls[2], 'delete 198.18.3.0/24', 'a lease over a connected network of this node is taken out');
+  t.is(log.lines.at(-1), 'warn ignoring lease 198.18.3.0/24 (PublicIP 198.51.100.13): subnet 198.18.3.0/24 overlaps connected route 198.18.3.0/24');
+  t.regex(await metrics.render(), /^weftd_invalid_leases 26$/m);
+  t.true(glue.refreshFacts(facts));
+  await until('route gone again', () => network.calls.length === 4);
+  t.is(network.calls[3], 'put 198.18.3.0/24');
+  ac.abort();
+  await done;
+});
+
+test('reconcile loop: every pass reconciles; every 10 s the rules are repaired and the node facts re-read, a failure of one not stopping the other', async (t) => {
+  const clock = new FakeClock();
+  const network = new FakeNetwork();
+  const metrics = new Metrics({ clock });
+  const log = recordingLog();
+  const seen: string[] = [];
+  let forwardDrift: string | undefined = 'iptables-legacy: chain WEFT-FORWARD missing';
+  const keeper = new RulesKeeper(
+    {
+      apply: async () => 'print',
+      read: async () => 'print',
+      check: async () => true,
+      ensureForward: async () => void seen.push('ensure forward'),
+      forwardDrift: async () => {
+        if (forwardDrift === 'boom') throw new Error('iptables-nft-save: boom');
+        return forwardDrift;
+      },
+    },
+    { log, onRepair: () => metrics.repairs.inc() },
+  );
+  await keeper.apply({ network: config.network, subnet: parseCIDR('198.18.1.0/24'), masquerade: false });
+  seen.length = 0;
+  const ac = new AbortController();
+  const loop = reconcileLoop(ac.signal, {
+    network,
+    rules: { keeper, spec: () => ({ network: config.network, subnet: parseCIDR('198.18.1.0/24'), masquerade: false }) },
+    refreshFacts: async () => void seen.push('facts'),
+    intervalMs: 2000,
+    clock,
+    health: new Health({ clock, metrics, stallMs: 60_000 }),
+    metrics,
+    log,
+  });
+  for (let i = 0; i < 4; i++) await clock.advance(2000);
+  t.is(network.calls.filter((c) => c === 'reconcile').length, 4);
+  t.deepEqual(seen, [], 'no rules tick before 10 s');
+  await clock.advance(2000);
+  await until('rules tick', () => seen.length === 2);
+  t.deepEqual(seen, ['ensure forward', 'facts']);
+  t.true(log.lines.includes('info repair: iptables FORWARD accept rules put back (iptables-legacy: chain WEFT-FORWARD missing)'));
+  forwardDrift = 'boom';
+  for (let i = 0; i < 5; i++) await clock.advance(2000);
+  await until('second tick', () => seen.length === 3);
+  t.is(seen[2], 'facts', 'the facts are re-read even when the rules check failed');
+  t.true(log.lines.includes('warn reconcile rules: iptables-nft-save: boom'));
+  t.regex(await metrics.render(), /^weftd_reconcile_repairs_total 1$/m);
+  ac.abort();
+  await loop;
+});
+
+test('runDaemon without --ip-masq: the forward rules and the iptables FORWARD accept rules all the same, no masquerade', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'weftd-unit-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const manager = new FakeManager({ subnets: ['198.18.1.0/24'], table: [mkLease('198.18.1.0/24', '198.51.100.11')] });
+  const applied: string[] = [];
+  const ac = new AbortController();
+  const running = runDaemon({ ...parseOptions(['--subnet-file', join(dir, 'subnet.env')], {}, 'n1')!, healthzAddr: '', reconcileIntervalMs: 20 }, {
+    nl: fakeNl,
+    manager,
+    openBackend: async () => new FakeNetwork(),
+    log: recordingLog(),
+    rules: {
+      apply: async (spec) => (applied.push(`table masquerade ${spec.masquerade}`), 'print'),
+      read: async () => 'print',
+      check: async () => true,
+      ensureForward: async (net) => void applied.push(`forward ${formatCIDR(net)}`),
+      forwardDrift: async () => undefined,
+    },
+    signal: ac.signal,
+  });
+  await until('ready', () => manager.readyWith.length > 0);
+  t.deepEqual(applied, ['table masquerade false', 'forward 198.18.0.0/16']);
+  t.false(parseSubnetEnv(readFileSync(join(dir, 'subnet.env'), 'utf8')).ipMasq);
+  ac.abort();
+  await running;
 });
 
 test('health: unhealthy after a fatal error or when reconcile passes stop', (t) => {
@@ -363,7 +588,10 @@ test('runDaemon: a lease that never expires, the ready hook after the subnet fil
   const dir = mkdtempSync(join(tmpdir(), 'weftd-unit-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const subnetFile = join(dir, 'subnet.env');
-  const manager = new FakeManager({ subnets: ['198.18.1.0/24'], table: [mkLease('198.18.1.0/24', '198.51.100.11'), mkLease('198.18.2.0/24', '198.51.100.12')] });
+  const manager = new FakeManager({
+    subnets: ['198.18.1.0/24'],
+    table: [mkLease('198.18.1.0/24', '198.51.100.11'), mkLease('198.18.2.0/24', '198.51.100.12'), mkLease('1.0.0.0/8', '198.51.100.13')],
+  });
   manager.configFailures = 1;
   let fileAtReady: string | undefined;
   manager.onReady = () => (fileAtReady = existsSync(subnetFile) ? readFileSync(subnetFile, 'utf8') : undefined);
@@ -374,9 +602,11 @@ test('runDaemon: a lease that never expires, the ready hook after the subnet fil
   const opts = { ...parseOptions(['--subnet-file', subnetFile, '--ip-masq'], {}, 'n1')!, healthzAddr: '', reconcileIntervalMs: 20 };
   const rulesApplied: string[] = [];
   const rules: RulesOps = {
-    apply: async (spec) => (rulesApplied.push(formatCIDR(spec.subnet)), 'print'),
+    apply: async (spec) => (rulesApplied.push(`${formatCIDR(spec.subnet)} masquerade ${spec.masquerade}`), 'print'),
     read: async () => 'print',
     check: async () => true,
+    ensureForward: async (net) => void rulesApplied.push(`forward ${formatCIDR(net)}`),
+    forwardDrift: async () => undefined,
   };
   const ac = new AbortController();
   const running = runDaemon(opts, {
@@ -401,13 +631,15 @@ test('runDaemon: a lease that never expires, the ready hook after the subnet fil
   t.is(formatCIDR(env.subnet), '198.18.1.0/24');
   t.is(env.mtu, 1450, "the backend's MTU");
   t.true(env.ipMasq);
-  t.deepEqual(rulesApplied, ['198.18.1.0/24']);
+  t.deepEqual(rulesApplied, ['198.18.1.0/24 masquerade true', 'forward 198.18.0.0/16']);
   t.deepEqual(network.calls.slice(0, 3), ['setSubnet 198.18.1.0/24', 'snapshot 2', 'reconcile']);
   t.is(network.peerCount, 1);
   t.true(log.lines.some((l) => /^info leased subnet 198\.18\.1\.0\/24$/.test(l)), log.lines.join('\n'));
   const text = await metrics.render();
   t.regex(text, /^weftd_ready 1$/m);
   t.regex(text, /^weftd_peers 1$/m);
+  t.regex(text, /^weftd_invalid_leases 1$/m, 'the 1.0.0.0/8 lease never reached the backend (snapshot 2 above)');
+  t.true(log.lines.includes('warn ignoring lease 1.0.0.0/8 (PublicIP 198.51.100.13): subnet 1.0.0.0/8 is not inside network 198.18.0.0/16'));
 
   await until('reconcile passes', () => network.calls.filter((c) => c === 'reconcile').length >= 4);
   t.false(manager.calls.some((c) => c.startsWith('renew')), 'a lease without expiry is not renewed on a timer');

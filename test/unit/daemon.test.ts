@@ -6,6 +6,14 @@ import { errText } from '../../src/core/errors.ts';
 test('options: defaults', (t) => {
   const o = parseOptions([], {}, 'host-a')!;
   t.deepEqual(o, {
+    kubeSubnetMgr: false,
+    kubeconfig: undefined,
+    netConfigPath: '/etc/kube-weft/net-conf.json',
+    kubeAnnotationPrefix: 'flannel.alpha.coreos.com',
+    setNodeNetworkUnavailable: true,
+    proxy: false,
+    nodePortRange: { min: 30000, max: 32767 },
+    proxyFullSyncIntervalMs: 300_000,
     etcdEndpoints: ['http://127.0.0.1:2379'],
     etcdPrefix: '/coreos.com/network',
     etcdCafile: undefined,
@@ -25,7 +33,22 @@ test('options: defaults', (t) => {
     cniSocket: '/run/weft/cni.sock',
     cniDataDir: '/var/lib/cni/networks',
     watchStallMs: 15000,
+    cniBridge: 'cni0',
+    cniWorkers: 2,
   });
+});
+
+test('options: Kubernetes mode needs the node name (flag or $NODE_NAME), not etcd; bad prefix refused', (t) => {
+  t.throws(() => parseOptions(['--kube-subnet-mgr'], {}, 'host-a'), { instanceOf: UsageError, message: /node name/ });
+  const o = parseOptions([], { WEFTD_KUBE_SUBNET_MGR: 'true', NODE_NAME: 'node-1', WEFTD_ETCD_ENDPOINTS: '' }, 'host-a')!;
+  t.true(o.kubeSubnetMgr);
+  t.is(o.nodeName, 'node-1');
+  t.deepEqual(o.etcdEndpoints, []);
+  t.is(parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--kubeconfig', '/k'], { NODE_NAME: 'node-1' }, 'h')!.nodeName, 'n2');
+  t.false(parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--no-set-node-network-unavailable'], {}, 'h')!.setNodeNetworkUnavailable);
+  t.throws(() => parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--kube-annotation-prefix', 'Not_A/Prefix'], {}, 'h'), { instanceOf: UsageError, message: /annotation-prefix/ });
+  t.throws(() => parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--net-config-path', 'rel.json'], {}, 'h'), { instanceOf: UsageError, message: /net-config-path/ });
+  t.throws(() => parseOptions(['--etcd-endpoints', ''], {}, 'h'), { instanceOf: UsageError, message: /etcd-endpoints/ });
 });
 
 test('options: every flag also from WEFTD_* env, flags win', (t) => {

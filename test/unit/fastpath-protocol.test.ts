@@ -1,5 +1,5 @@
 import test from 'ava';
-import { decodeRequest, encodeReply, encodeRequest, ProtocolError } from '../../src/fastpath/protocol.ts';
+import { decodeRequest, encodeReply, encodeRequest, MAX_REQUEST, ProtocolError } from '../../src/fastpath/protocol.ts';
 
 const req = { env: { CNI_COMMAND: 'ADD', CNI_ARGS: 'K=V;X=é=1', EMPTY: '' }, stdin: '{"cniVersion":"1.0.0","name":"n"}' };
 
@@ -16,7 +16,11 @@ test('garbage is rejected: bad magic, trailing bytes, absurd lengths', (t) => {
   const huge = Buffer.alloc(8);
   huge.write('WFT1');
   huge.writeUInt32LE(0xffffffff, 4);
-  t.throws(() => decodeRequest(huge), { instanceOf: ProtocolError, message: 'request too large' });
+  t.throws(() => decodeRequest(huge), { instanceOf: ProtocolError, message: 'environment too large' });
+  const bigStdin = encodeRequest({ env: {}, stdin: '' }).subarray(0, 12);
+  bigStdin.writeUInt32LE(MAX_REQUEST, 8);
+  t.throws(() => decodeRequest(bigStdin), { instanceOf: ProtocolError, message: 'request too large' });
+  t.throws(() => decodeRequest(Buffer.concat([Buffer.from('WFT1'), Buffer.alloc(MAX_REQUEST)])), { instanceOf: ProtocolError });
 });
 
 test('the reply is code, stdout and stderr with little-endian lengths, as launcher.c reads it', (t) => {

@@ -152,3 +152,32 @@ test('compareState: an address weftd would remove is extra; a non-vxlan device i
   k.addrs.pop();
   t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), ['wrong device: flannel.1 is a bridge device, not vxlan']);
 });
+
+test('compareState: leases weftd rejects are reported and not expected in the kernel; FORWARD rules state', (t) => {
+  const k = healthyKernel();
+  k.facts = { ownAddresses: ['198.51.100.11', '198.18.1.0'], connectedRoutes: [parseCIDR('198.51.100.0/24')] };
+  const bad = [
+    lease('1.0.0.0/8', '198.51.100.13', '0a:00:00:00:00:03'),
+    lease('198.18.4.0/24', '198.51.100.11', '0a:00:00:00:00:04'),
+    lease('198.18.5.0/24', '198.51.100.15', '01:00:5e:00:00:05'),
+  ];
+  k.forward = { drift: 'iptables-nft: jump from FORWARD to WEFT-FORWARD missing' };
+  const r = compareState({ kernel: k, leases: [...leases, ...bad], config, device: 'flannel.1', subnetFile: '/run/flannel/subnet.env' });
+  t.deepEqual(r.self, { publicIP: '198.51.100.11', subnet: '198.18.1.0/24' }, 'a second lease with our PublicIP does not pass for ours');
+  t.deepEqual(r.peers.map((p) => p.subnet), ['198.18.2.0/24'], 'no neighbor/FDB/route expected for a rejected lease');
+  t.deepEqual(r.rejected.map((x) => x.subnet), ['1.0.0.0/8', '198.18.4.0/24', '198.18.5.0/24']);
+  t.deepEqual(r.forward, { state: 'drift', detail: 'iptables-nft: jump from FORWARD to WEFT-FORWARD missing' });
+  t.deepEqual(r.findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), [
+    'missing forward-rules: iptables FORWARD accept rules for 198.18.0.0/16: iptables-nft: jump from FORWARD to WEFT-FORWARD missing',
+    'wrong lease: 1.0.0.0/8 (PublicIP 198.51.100.13) is invalid, weftd ignores it: subnet 1.0.0.0/8 is not inside network 198.18.0.0/16',
+    "wrong lease: 198.18.4.0/24 (PublicIP 198.51.100.11) is invalid, weftd ignores it: PublicIP 198.51.100.11 is this node's address",
+    'wrong lease: 198.18.5.0/24 (PublicIP 198.51.100.15) is invalid, weftd ignores it: VtepMAC 01:00:5e:00:00:05 is multicast',
+  ]);
+  t.false(r.consistent);
+  k.forward = { drift: undefined };
+  const ok = compareState({ kernel: k, leases, config, device: 'flannel.1', subnetFile: '/run/flannel/subnet.env' });
+  t.true(ok.consistent);
+  t.deepEqual(ok.forward, { state: 'ok' });
+  k.forward = { error: 'nft: not found' };
+  t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}`), ['wrong forward-rules']);
+});

@@ -84,6 +84,20 @@ export class VxlanNetwork implements BackendNetwork {
     return this.#device.link.mtu;
   }
 
+  get deviceIndex(): number {
+    return this.#device.link.index;
+  }
+
+  get deviceMAC(): string {
+    return this.#device.link.mac.toLowerCase();
+  }
+
+  peerMAC(lease: Lease): string {
+    const p = peerFromLease(lease, this.#opts.device.vni);
+    if ('skip' in p) throw new Error(p.skip);
+    return p.mac;
+  }
+
   get backendData(): unknown {
     return encodeBackendData({ vni: this.#opts.device.vni, vtepMAC: this.#device.link.mac });
   }

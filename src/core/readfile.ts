@@ -1,0 +1,40 @@
+/**
+ * Bounded reads of files whose path comes from outside (a request, a config): never more than
+ * `maxBytes` in memory, never blocking on a FIFO, never reading a device (`/dev/zero`).
+ */
+import { closeSync, fstatSync, openSync, readSync, constants as fsc } from 'node:fs';
+
+/** The file is not a regular file, or is larger than allowed. Carries an errno-style `code`. */
+export class BoundedReadError extends Error {
+  readonly code: 'EFBIG' | 'EINVAL';
+  readonly path: string;
+  constructor(path: string, code: 'EFBIG' | 'EINVAL', why: string) {
+    super(`"${path}" ${why}`);
+    this.name = 'BoundedReadError';
+    this.code = code;
+    this.path = path;
+  }
+}
+
+/**
+ * Reads `path` as UTF-8, at most `maxBytes`. Opened O_NONBLOCK (a FIFO returns at once) and
+ * refused unless a regular file; a file longer than `maxBytes` is an error, not truncated.
+ * fs errors (ENOENT, EACCES) are thrown as they are.
+ */
+export function readFileBounded(path: string, maxBytes: number): string {
+  const fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
+  try {
+    if (!fstatSync(fd).isFile()) throw new BoundedReadError(path, 'EINVAL', 'is not a regular file');
+    const buf = Buffer.alloc(maxBytes + 1);
+    let len = 0;
+    for (;;) {
+      const n = readSync(fd, buf, len, buf.length - len, null);
+      if (n === 0) break;
+      len += n;
+      if (len > maxBytes) throw new BoundedReadError(path, 'EFBIG', `is larger than ${maxBytes} bytes`);
+    }
+    return buf.toString('utf8', 0, len);
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * The Service proxy's control loop (kube-proxy's role): Service and EndpointSlice informers ->
+ * validated caches -> desired state (endpoints.ts) -> one nft transaction (sync.ts).
+ *
+ * - Nothing is programmed before both informers have listed once (a half-known cluster would
+ *   reject Services whose slices had not arrived yet).
+ * - Every change schedules a sync; changes that arrive while one runs are folded into the next
+ *   one, so a burst costs a few transactions, not one per event. Syncs are partial (only the
+ *   Service ports that changed) except the first, the periodic full one (`fullSyncIntervalMs`),
+ *   after a failure and after drift.
+ * - Drift (someone edited or deleted `ip weft-proxy`) is checked every `driftIntervalMs` and
+ *   repaired by a full sync. On a weftd restart the table stays in place until the first full
+ *   sync replaces it atomically, so established and new connections see no gap.
+ * - Objects from the API are hostile input: each is validated (types.ts) before it is cached;
+ *   an invalid one is dropped with one log line per object and reason, and counted.
+ */
+import { CoreV1Api, DiscoveryV1Api, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { systemClock, type Clock } from '../core/clock.ts';
+import { errText } from '../core/errors.ts';
+import type { Log } from '../core/log.ts';
+import type { IPv4Net } from '../ip/ipv4.ts';
+import { keepInformer } from '../kube/informer.ts';
+import { ensureBridgeNetfilter } from './bridge.ts';
+import { selectEndpoints, type ProxyState } from './endpoints.ts';
+import { ProxySyncer, type SyncResult } from './sync.ts';
+import { validateEndpointSlice, validateService, type EndpointSlice, type Service, type Validated } from './types.ts';
+
+/** What the proxy reports to metrics. */
+export interface ProxyHooks {
+  onSync?: (r: SyncResult, state: ProxyState) => void;
+  onSyncError?: (err: unknown) => void;
+  onInvalid?: (kind: string) => void;
+  onDrift?: () => void;
+  onApiError?: (err: unknown) => void;
+}
+
+export interface ServiceProxyOptions extends ProxyHooks {
+  kc: KubeConfig;
+  /** This node's name (Local traffic policies). */
+  nodeName: string;
+  /** The pod network: ClusterIP traffic from outside it is masqueraded. */
+  clusterCIDR: IPv4Net;
+  nodePortRange?: { min: number; max: number };
+  log: Log;
+  clock?: Clock;
+  /** How often the whole table is rewritten (default 5 min). */
+  fullSyncIntervalMs?: number;
+  /** How often the table is compared with what the last sync left (default 30 s). */
+  driftIntervalMs?: number;
+  /** The syncer (tests inject one bound to a namespace). */
+  syncer?: ProxySyncer;
+}
+
+const SERVICES = '/api/v1/services';
+const SLICES = '/apis/discovery.k8s.io/v1/endpointslices';
+
+function keyOf(o: KubernetesObject): string {
+  return `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
+}
+
+/** A validated cache of one kind, keyed by namespace/name. */
+class Cache<T> {
+  readonly #items = new Map<string, T>();
+  readonly #bad = new Map<string, string>();
+
+  readonly kind: string;
+  readonly validate: (raw: unknown) => Validated<T>;
+  readonly opts: { log: Log; onInvalid?: (kind: string) => void; onChange: () => void };
+
+  constructor(kind: string, validate: (raw: unknown) => Validated<T>, opts: Cache<T>['opts']) {
+    this.kind = kind;
+    this.validate = validate;
+    this.opts = opts;
+  }
+
+  values(): T[] {
+    return [...this.#items.values()];
+  }
+
+  get size(): number {
+    return this.#items.size;
+  }
+
+  replace(items: KubernetesObject[]): void {
+    this.#items.clear();
+    for (const o of items) this.#put(o, false);
+    this.opts.onChange();
+  }
+
+  upsert(o: KubernetesObject): void {
+    this.#put(o, true);
+  }
+
+  remove(o: KubernetesObject): void {
+    const k = keyOf(o);
+    this.#bad.delete(k);
+    if (this.#items.delete(k)) this.opts.onChange();
+  }
+
+  #put(o: KubernetesObject, notify: boolean): void {
+    const k = keyOf(o);
+    const v = this.validate(o);
+    if (v.ok) {
+      this.#bad.delete(k);
+      this.#items.set(k, v.value);
+    } else {
+      // One line per object and reason, not one per resync.
+      if (this.#bad.get(k) !== v.reason) this.opts.log.warn(`proxy: ignoring ${this.kind} "${k}": ${v.reason}`);
+      this.#bad.set(k, v.reason);
+      this.opts.onInvalid?.(this.kind);
+      if (!this.#items.delete(k)) return;
+    }
+    if (notify) this.opts.onChange();
+  }
+}
+
+/** Runs the Service proxy until `signal` aborts. */
+export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOptions): Promise<void> {
+  const { log } = opts;
+  const clock = opts.clock ?? systemClock;
+  const syncer = opts.syncer ?? new ProxySyncer({ log, ruleset: { clusterCIDR: opts.clusterCIDR } });
+  if (ensureBridgeNetfilter()) log.info('proxy: turned net.bridge.bridge-nf-call-iptables on (same-node endpoints need it)');
+
+  let dirty = false;
+  let full = true;
+  let running: Promise<void> | undefined;
+  const synced = { services: false, slices: false };
+  const schedule = () => {
+    dirty = true;
+    if (!running && synced.services && synced.slices && !signal.aborted) running = drain();
+  };
+  const caches = {
+    services: new Cache<Service>('Service', validateService, { log, onInvalid: opts.onInvalid, onChange: schedule }),
+    slices: new Cache<EndpointSlice>('EndpointSlice', validateEndpointSlice, { log, onInvalid: opts.onInvalid, onChange: schedule }),
+  };
+
+  let failingSince = 0;
+  async function drain(): Promise<void> {
+    try {
+      while (dirty && !signal.aborted) {
+        dirty = false;
+        const state = selectEndpoints(caches.services.values(), caches.slices.values(), { nodeName: opts.nodeName, nodePortRange: opts.nodePortRange });
+        try {
+          const r = await syncer.sync(state, { full });
+          full = false;
+          if (failingSince) log.info(`proxy: syncing again after ${Math.round((clock.now() - failingSince) / 1000)}s`);
+          failingSince = 0;
+          opts.onSync?.(r, state);
+          if (r.mode !== 'unchanged') log.debug(`proxy: ${r.mode} sync, ${state.ports.length} service port(s), ${Math.round(r.ms)} ms`);
+        } catch (err) {
+          opts.onSyncError?.(err);
+          if (!failingSince) log.error(`proxy: sync failed: ${errText(err)}; retrying`);
+          failingSince ||= clock.now();
+          dirty = true;
+          await clock.sleep(1000, signal);
+        }
+      }
+    } finally {
+      running = undefined;
+    }
+  }
+
+  const core = opts.kc.makeApiClient(CoreV1Api);
+  const discovery = opts.kc.makeApiClient(DiscoveryV1Api);
+  const informer = <T extends KubernetesObject>(
+    path: string,
+    cache: Cache<unknown>,
+    flag: keyof typeof synced,
+    list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>,
+  ) =>
+    keepInformer<T>(signal, {
+      kc: opts.kc,
+      path,
+      what: `proxy ${cache.kind} watch`,
+      list: async () => {
+        const l = await list();
+        // The informer relists after 410 too: either way the cache becomes exactly the listing.
+        cache.replace(l.items);
+        if (!synced[flag]) {
+          synced[flag] = true;
+          log.info(`proxy: ${cache.size} ${cache.kind}(s) listed`);
+          schedule();
+        }
+        return l as never;
+      },
+      onAdd: (o) => cache.upsert(o),
+      onUpdate: (o) => cache.upsert(o),
+      onDelete: (o) => cache.remove(o),
+      log,
+      clock,
+      onError: opts.onApiError,
+    });
+
+  const periodic = async (everyMs: number, fn: () => Promise<void>) => {
+    while (!signal.aborted) {
+      await clock.sleep(everyMs, signal);
+      if (signal.aborted) return;
+      await fn().catch((err) => log.warn(`proxy: ${errText(err)}`));
+    }
+  };
+
+  await Promise.all([
+    informer(SERVICES, caches.services as Cache<unknown>, 'services', () => core.listServiceForAllNamespaces()),
+    informer(SLICES, caches.slices as Cache<unknown>, 'slices', () => discovery.listEndpointSliceForAllNamespaces()),
+    periodic(opts.fullSyncIntervalMs ?? 5 * 60_000, async () => {
+      full = true;
+      schedule();
+    }),
+    periodic(opts.driftIntervalMs ?? 30_000, async () => {
+      if (!synced.services || !synced.slices || running) return;
+      if (await syncer.drifted()) {
+        opts.onDrift?.();
+        log.info(`repair: nftables table "ip weft-proxy" was changed by someone else; rewriting it`);
+        full = true;
+        schedule();
+      }
+    }),
+  ]);
+  await running;
+}
