@@ -12,14 +12,18 @@
  * stream is declared stalled and the caller restarts the watch from the last revision it saw.
  *
  * What we found about the silent watches (issue 11): etcd3 1.1.2 gives grpc-js no keepalive
- * options, so a TCP connection that dies without a FIN or RST (a blackholed path, a peer frozen
- * past its buffers, a NAT entry dropped) leaves the HTTP/2 stream open forever: no error, no
- * 'end', no event, and etcd3's watcher never reconnects. The fault-injection suite reproduces it
- * with a blackholing proxy (test/priv/faults.test.ts). etcdClientOptions now sets grpc keepalive
- * (the channel fails within about 15 s) and this module's progress requests catch a stream that
- * is alive at the TCP level but answers nothing. A watcher etcd itself has set aside (a slow
- * reader: "unsynced"/victim) keeps answering progress requests on etcd 3.4, so that case is
- * still left to the periodic resync (resync.ts).
+ * options, and a watch only receives. So a connection that dies without a FIN or RST reaching
+ * the client (a path that went away for good, a NAT entry dropped, a server that lost it) leaves
+ * the HTTP/2 stream open forever: no error, no 'end', no event, and etcd3's watcher never
+ * reconnects. test/priv/faults.test.ts shows it with its fault proxy's half-open mode: a plain
+ * etcd3 watcher stays silent (no event, no 'disconnected') for the whole 25 s the test waits,
+ * while weftd applies the same change within about 10 s over a new connection. The fixes:
+ * etcdClientOptions sets gRPC keepalive (a dead connection fails within about 15 s), and this
+ * module's progress requests catch a stream that answers nothing, even on a live connection.
+ * Not covered here: a watcher etcd itself set aside (a slow reader, "unsynced"/victim) keeps
+ * answering progress requests on etcd 3.4, so that case is left to the periodic resync
+ * (resync.ts). The compaction test of that case (test/priv/weftd-etcd.test.ts) now sees etcd's
+ * compaction cancel every time: the earlier "either path" was the old shared etcd3 stream.
  */
 import { Range, type Etcd3, type IEvent, type IWatchResponse } from 'etcd3';
 import type { Clock } from '../core/clock.ts';

@@ -1,7 +1,7 @@
 /**
  * The fault proxy's process (faultproxy.ts): `node faultproxy-main.ts <listen ip:port> <upstream ip:port>`,
  * started inside the control-plane namespace. Prints `listening`, then answers each stdin
- * command (`pass [ip]`, `blackhole [ip]`, `reset [ip]`, `stats`) with one `ok ...` or `error ...`
+ * command (`pass [ip]`, `blackhole [ip]`, `reset [ip]`, `halfopen [ip]`, `stats`) with one `ok ...` or `error ...`
  * line. Exits when stdin closes or on SIGTERM.
  */
 import { createInterface } from 'node:readline';
@@ -33,6 +33,8 @@ createInterface({ input: process.stdin })
         process.stdout.write(`ok ${cmd}\n`);
       } else if (cmd === 'reset') {
         process.stdout.write(`ok ${proxy.reset(addr)}\n`);
+      } else if (cmd === 'halfopen') {
+        process.stdout.write(`ok ${proxy.halfOpen(addr)}\n`);
       } else if (cmd === 'stats') {
         process.stdout.write(`ok ${JSON.stringify({ accepted: proxy.accepted, resets: proxy.resets, connections: proxy.connections })}\n`);
       } else {

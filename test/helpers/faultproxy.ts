@@ -8,6 +8,9 @@
  *   stay queued (reading is paused, as a dead path leaves them unacknowledged), so a short
  *   blackhole resumes like a network that came back;
  * - `reset`: close every current connection with a TCP RST; new ones pass;
+ * - `halfopen`: every current connection dies for good without the client being told: the
+ *   upstream side is closed, the client side stays open and silent forever (a path that went
+ *   away while the client had nothing to send); new ones pass;
  * each optionally for one client address only (`blackhole 198.51.100.13`), so one node can be
  * partitioned from etcd while the others are not.
  *
@@ -30,6 +33,8 @@ interface Conn {
 /** The proxy: listens on `listen`, forwards to `upstream`. */
 export class FaultProxy {
   readonly #conns = new Set<Conn>();
+  /** Half-open client sockets: never read, written or closed until the proxy closes. */
+  readonly #zombies = new Set<Socket>();
   readonly #server: Server;
   readonly #upstream: { host: string; port: number };
   /** Mode per client address; `*` for everyone else. */
@@ -72,6 +77,26 @@ export class FaultProxy {
       n++;
     }
     this.resets += n;
+    return n;
+  }
+
+  /** Makes every connection (of `addr`, or all) half-open; returns how many. */
+  halfOpen(addr = '*'): number {
+    let n = 0;
+    for (const c of [...this.#conns]) {
+      if (addr !== '*' && c.client.remoteAddress !== addr) continue;
+      this.#conns.delete(c);
+      if (c.piped) c.client.unpipe(c.upstream);
+      c.upstream?.unpipe(c.client);
+      c.client.pause();
+      c.client.removeAllListeners('data');
+      c.client.on('error', () => undefined);
+      c.upstream?.removeAllListeners('close');
+      c.upstream?.on('error', () => undefined);
+      c.upstream?.destroy();
+      this.#zombies.add(c.client);
+      n++;
+    }
     return n;
   }
 
@@ -130,6 +155,7 @@ export class FaultProxy {
 
   close(): void {
     this.reset();
+    for (const z of this.#zombies) z.destroy();
     this.#server.close();
   }
 }
@@ -191,6 +217,11 @@ export class FaultProxyProcess {
   /** RSTs the current connections; resolves with how many there were. */
   async reset(addr?: string): Promise<number> {
     return Number((await this.#cmd(`reset${addr ? ` ${addr}` : ''}`)).split(' ')[1]);
+  }
+
+  /** Leaves the current connections half-open; resolves with how many there were. */
+  async halfOpen(addr?: string): Promise<number> {
+    return Number((await this.#cmd(`halfopen${addr ? ` ${addr}` : ''}`)).split(' ')[1]);
   }
 
   /** `{ accepted, resets, connections }` so far. */
