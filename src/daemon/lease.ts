@@ -53,8 +53,8 @@ const sameSubnet = (a: IPv4Net, b: IPv4Net) => a.ip === b.ip && a.prefixLen === 
 /**
  * Takes a lease (our old one, else `previous`, else a free subnet), retrying until it works or
  * `signal` aborts (undefined). Out of subnets is waited out: a lease may expire or be deleted.
- * When `previous` is held by another node, we hold no lease and pods are still on `previous`,
- * no new subnet is taken: the result is `previous` (not leased) and `lostTo` the holder.
+ * When the manager lets nodes choose (`canLoseSubnet`), `previous` is held by another node, we
+ * hold no lease and pods are still on `previous`, no new subnet is taken: the result is `previous` (not leased) and `lostTo` the holder.
  */
 export async function acquireLease(
   previous: IPv4Net | undefined,
@@ -65,7 +65,7 @@ export async function acquireLease(
     'subnet lease',
     async () => {
       const attrs = ctx.attrs();
-      if (previous) {
+      if (previous && manager.canLoseSubnet) {
         const { leases } = await manager.listLeases();
         const holder = leases.find((l) => sameSubnet(l.subnet, previous));
         // Same backend data (VTEP MAC): this node under a new public IP; chooseSubnet takes it over.

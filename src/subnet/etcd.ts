@@ -186,6 +186,7 @@ function describeEvents(events: LeaseEvent[]): string {
 }
 
 export class EtcdSubnetManager implements SubnetManager {
+  readonly canLoseSubnet = true;
   readonly client: Etcd3;
   readonly prefix: string;
   readonly #clock: Clock;

@@ -22,8 +22,9 @@
  * module's progress requests catch a stream that answers nothing, even on a live connection.
  * Not covered here: a watcher etcd itself set aside (a slow reader, "unsynced"/victim) keeps
  * answering progress requests on etcd 3.4, so that case is left to the periodic resync
- * (resync.ts). The compaction test of that case (test/priv/weftd-etcd.test.ts) now sees etcd's
- * compaction cancel every time: the earlier "either path" was the old shared etcd3 stream.
+ * (resync.ts). The compaction test of that case (test/priv/weftd-etcd.test.ts) has seen etcd's
+ * compaction cancel in every run since (the earlier "either path" most likely came from the
+ * old shared etcd3 stream stalling after the freeze).
  */
 import { Range, type Etcd3, type IEvent, type IWatchResponse } from 'etcd3';
 import type { Clock } from '../core/clock.ts';

@@ -25,6 +25,12 @@ export interface LeaseWatchHandler {
 }
 
 export interface SubnetManager {
+  /**
+   * True when nodes choose their own subnets and another node can take ours (etcd). The daemon
+   * then refuses to leave a subnet pods still use (src/daemon/lease.ts). False or absent when
+   * the store assigns the subnet (Kubernetes' podCIDR): its answer is followed.
+   */
+  readonly canLoseSubnet?: boolean;
   /** Throws ConfigError when missing or invalid. */
   getConfig(): Promise<NetworkConfig>;
   listLeases(): Promise<{ leases: Lease[]; revision: string }>;
