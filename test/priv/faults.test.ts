@@ -41,7 +41,7 @@ const results: Record<string, unknown> = {};
 
 function record(t: { log(...v: unknown[]): void }, scenario: string, figures: Record<string, unknown>): void {
   results[scenario] = figures;
-  writeFileSync(resultsFile, JSON.stringify(results, null, 2) + '\n');
+  writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
   t.log(`${scenario}: ${JSON.stringify(figures)}`);
   t.log(`figures: ${resultsFile}`);
 }
@@ -139,7 +139,10 @@ test.serial('etcd blackholed 20 s: no lost pings, healthy and ready throughout, 
   await sleep(8000);
   const during = { healthz: await statuses('/healthz'), readyz: await statuses('/readyz') };
   await sleep(Math.max(0, 20_000 - (Date.now() - startedAt)));
-  t.false(NODES.some((n) => hasFake(n, '02:00:00:00:f0:01', '198.51.100.90')), 'nothing arrived through the blackhole');
+  t.false(
+    NODES.some((n) => hasFake(n, '02:00:00:00:f0:01', '198.51.100.90')),
+    'nothing arrived through the blackhole',
+  );
   await proxy.pass();
   const endedAt = Date.now();
   const appliedMs: Record<string, number> = {};
@@ -158,7 +161,16 @@ test.serial('etcd blackholed 20 s: no lost pings, healthy and ready throughout, 
   t.deepEqual(during.healthz, { n1: 200, n2: 200, n3: 200 }, 'alive: the data plane needs no etcd');
   t.deepEqual(during.readyz, { n1: 200, n2: 200, n3: 200 }, 'ready: the subnet file stays valid, new pods can start');
   for (const n of NODES) {
-    t.not(appliedMs[n], undefined, `${n} applied the change: ${cluster.log(n).split('\n').filter((l) => /lease watch|renew/.test(l)).slice(-8).join('\n')}`);
+    t.not(
+      appliedMs[n],
+      undefined,
+      `${n} applied the change: ${cluster
+        .log(n)
+        .split('\n')
+        .filter((l) => /lease watch|renew/.test(l))
+        .slice(-8)
+        .join('\n')}`,
+    );
     t.true(appliedMs[n] < 5000, `${n} applied the change ${appliedMs[n]} ms after the outage`);
   }
   t.true(restarts >= NODES.length, 'each node restarted its watch (stalled or broken stream)');
@@ -166,7 +178,7 @@ test.serial('etcd blackholed 20 s: no lost pings, healthy and ready throughout, 
   t.true(await eventually(() => NODES.every((n) => cluster.entriesFor(n, FAKE_SUBNET, '198.51.100.90') === 0), 20_000));
 });
 
-test.serial('connections that die half-open (server gone, client never told): weftd\'s watch recovers; a plain etcd3 watcher stays silent', async (t) => {
+test.serial("connections that die half-open (server gone, client never told): weftd's watch recovers; a plain etcd3 watcher stays silent", async (t) => {
   // The control: etcd3's own watcher with etcd3's default options (no gRPC keepalive), in n1's
   // namespace through the same proxy, printing what it sees.
   const script = join(resultsDir, 'control-watch.cjs');
@@ -245,7 +257,10 @@ test.serial('connections reset every 3 s for 24 s: converges, no lease or peer w
     NODES.map((n) => {
       const log = cluster.log(n).slice(logAt[n]);
       const count = (re: RegExp) => (log.match(re) ?? []).length;
-      return [n, { programmed: count(/peer (added|changed): 198\.18\.240\.0\/24/g), removed: count(/peer removed: 198\.18\.240\.0\/24/g), replaysSkipped: count(/is not newer than what is known; skipped/g) }];
+      return [
+        n,
+        { programmed: count(/peer (added|changed): 198\.18\.240\.0\/24/g), removed: count(/peer removed: 198\.18\.240\.0\/24/g), replaysSkipped: count(/is not newer than what is known; skipped/g) },
+      ];
     }),
   );
   const repairs = (await metricSum('weftd_reconcile_repairs_total')) - repairsBefore;

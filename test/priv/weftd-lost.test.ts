@@ -24,8 +24,7 @@ test.after.always(async () => {
 
 const THIEF = '198.51.100.99';
 const keyOf = (subnet: string) => `/coreos.com/network/subnets/${subnet.replace('/', '-')}`;
-const steal = (subnet: string, mac: string) =>
-  cluster.etcd.put(keyOf(subnet), JSON.stringify({ PublicIP: THIEF, BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: mac } }));
+const steal = (subnet: string, mac: string) => cluster.etcd.put(keyOf(subnet), JSON.stringify({ PublicIP: THIEF, BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: mac } }));
 
 /** The CNI STATUS verb as a runtime calls it on `node`. */
 async function status(node: string) {
@@ -34,7 +33,9 @@ async function status(node: string) {
 }
 
 function addrs(node: string, dev: string): string[] {
-  return ipJson(cluster.node(node).netns, 'addr', 'show', 'dev', dev).flatMap((l) => (l.addr_info ?? []).filter((a: { family: string }) => a.family === 'inet').map((a: { local: string; prefixlen: number }) => `${a.local}/${a.prefixlen}`));
+  return ipJson(cluster.node(node).netns, 'addr', 'show', 'dev', dev).flatMap((l) =>
+    (l.addr_info ?? []).filter((a: { family: string }) => a.family === 'inet').map((a: { local: string; prefixlen: number }) => `${a.local}/${a.prefixlen}`),
+  );
 }
 
 const gw = (subnet: string) => subnet.replace(/\.0\/(\d+)$/, '.1/$1');
@@ -59,7 +60,7 @@ test.serial('subnet taken by another node: not ready, STATUS 50, ADD retryable, 
   t.is(await cluster.metric('n1', 'weftd_ready'), 0);
   t.is((await cluster.topo.http('n1', '/healthz')).status, 200, 'alive: nothing is broken in the daemon');
   const env = cluster.topo.subnetEnv('n1');
-  t.false('FLANNEL_SUBNET' in env, 'no FLANNEL_SUBNET: flannel\'s plugin refuses ADD too');
+  t.false('FLANNEL_SUBNET' in env, "no FLANNEL_SUBNET: flannel's plugin refuses ADD too");
   t.is(env.WEFT_SUBNET_HOLDER, THIEF);
   t.truthy(env.FLANNEL_NETWORK);
 
@@ -135,9 +136,9 @@ test.serial('subnet taken and the last pod deleted: the node moves, cni0 and fla
   t.deepEqual(addrs('n1', 'cni0'), [gw(moved)], 'cni0 carries the new gateway only');
   t.deepEqual(addrs('n1', 'flannel.1'), [`${moved.split('/')[0]}/32`]);
   t.is(JSON.parse((await cluster.etcd.get(keyOf(moved)))!).PublicIP, cluster.node('n1').ip);
-  t.true(await eventually(() => cluster.hasPeer('n2', 'n1'), 20_000), 'n2 programs n1\'s new subnet');
+  t.true(await eventually(() => cluster.hasPeer('n2', 'n1'), 20_000), "n2 programs n1's new subnet");
   const [fresh] = await cluster.addPods('n1', 1);
-  t.true(fresh.ip.startsWith(moved.split('.').slice(0, 3).join('.') + '.'), `${fresh.ip} in ${moved}`);
+  t.true(fresh.ip.startsWith(`${moved.split('.').slice(0, 3).join('.')}.`), `${fresh.ip} in ${moved}`);
   t.true(await eventually(() => reachable(fresh.netns, p2.ip) && reachable(p2.netns, fresh.ip), 20_000));
   await cluster.etcd.del(keyOf(subnet));
 });

@@ -26,7 +26,7 @@ test('lost subnet file: no FLANNEL_SUBNET, the holder named, ADD retryable, the 
   const file = join(tmp(t), 'subnet.env');
   writeSubnetEnv(file, contents, { lostTo: '198.51.100.99' });
   const text = readFileSync(file, 'utf8');
-  t.notRegex(text, /^FLANNEL_SUBNET=/m, 'flannel\'s plugin too refuses ADD without FLANNEL_SUBNET');
+  t.notRegex(text, /^FLANNEL_SUBNET=/m, "flannel's plugin too refuses ADD without FLANNEL_SUBNET");
   t.regex(text, /^FLANNEL_NETWORK=198\.18\.0\.0\/16$/m);
   t.regex(text, /^WEFT_SUBNET_LOST=198\.18\.4\.1\/24$/m);
   t.regex(text, /^WEFT_SUBNET_HOLDER=198\.51\.100\.99$/m);
@@ -65,7 +65,10 @@ test('start-up: the previous subnet held elsewhere with pods on it starts lost, 
     ({
       canLoseSubnet,
       listLeases: async () => ({ leases: [holder], revision: '1' }),
-      acquireLease: async () => (acquired.push('acquire'), { subnet: parseCIDR('198.18.9.0/24'), ...attrs }),
+      acquireLease: async () => {
+        acquired.push('acquire');
+        return { subnet: parseCIDR('198.18.9.0/24'), ...attrs };
+      },
     }) as never;
   const ctx = (m: never, pods: number) => ({
     manager: m,
