@@ -351,14 +351,15 @@ export class EtcdSubnetManager implements SubnetManager {
       const end = await this.#watchOnce(from, { prefix, signal, handler, tracker });
       if (!end) continue;
       this.#opts.onWatchRestart?.(end.reason);
-      if (end.reason === 'error') {
+      // A broken or stalled stream is logged once per outage, not once per attempt, and
+      // retried after the policy's delay; one that worked for a while starts a new outage.
+      const trouble = end.reason === 'error' || end.reason === 'stalled';
+      if (end.heard || !trouble) failures = 0;
+      if (trouble) {
         this.#opts.onError?.(new Error(end.why));
         failures++;
-      } else {
-        failures = 0;
       }
-      // A broken stream is logged once per outage, not once per attempt.
-      if (end.reason !== 'error' || failures === 1) {
+      if (!trouble || failures === 1) {
         this.#log.info(`lease watch: ${end.why}; ${end.resumeAt === undefined ? 're-listing' : `restarting the watch from revision ${end.resumeAt}`}`);
       }
       from = end.resumeAt;

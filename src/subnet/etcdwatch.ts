@@ -37,6 +37,8 @@ export interface WatchEnd {
   why: string;
   /** Where to resume without a new listing; undefined: re-list first. */
   resumeAt?: bigint;
+  /** etcd answered on this stream (it worked for a while before it ended). */
+  heard?: boolean;
 }
 
 export interface WatchStreamOptions {
@@ -74,6 +76,7 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
   const range = Range.prefix(prefix);
   return await new Promise<WatchEnd | undefined>((resolve) => {
     let done = false;
+    let heard = false;
     let lastHeard = clock.now();
     const ticker = new AbortController();
     const finish = (end: WatchEnd | undefined) => {
@@ -83,7 +86,7 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
       signal.removeEventListener('abort', onAbort);
       opts.stop?.removeEventListener('abort', onStop);
       stream.cancel();
-      resolve(end);
+      resolve(end && { ...end, heard });
     };
     const onAbort = () => finish(undefined);
     const onStop = () => finish(opts.stop?.reason ?? { reason: 'resync', why: 'stopped', resumeAt: next });
@@ -93,6 +96,7 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
 
     stream.on('data', (res: IWatchResponse) => {
       if (done) return;
+      heard = true;
       lastHeard = clock.now();
       if (res.created && !res.canceled) {
         // An etcd whose revision is behind where we resume was emptied or restored from an

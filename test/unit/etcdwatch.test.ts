@@ -63,6 +63,7 @@ test('progress is asked for every interval; a stream that answers stays up; sile
   t.is(end.reason, 'stalled');
   t.is(end.resumeAt, 13n);
   t.regex(end.why, /no event and no progress answer for 3s/);
+  t.true(end.heard, 'it worked before it went silent');
   t.true(stream.cancelled);
 });
 
@@ -71,7 +72,7 @@ test('a compaction cancel re-lists; a created answer behind our revision is a re
     const { clock, stream, ended } = setup();
     await clock.advance(0);
     stream.reply({ created: true, canceled: true, compact_revision: '40' });
-    t.deepEqual(await ended, { reason: 'cancelled', why: 'watch cancelled (compacted at revision 40)' });
+    t.deepEqual(await ended, { reason: 'cancelled', why: 'watch cancelled (compacted at revision 40)', heard: true });
   }
   {
     const { clock, stream, ended } = setup(100n);
@@ -82,12 +83,21 @@ test('a compaction cancel re-lists; a created answer behind our revision is a re
     t.is(end.resumeAt, undefined, 'emptied etcd: re-list');
   }
   {
+    // Never a word from etcd: a stall that did not work even once.
+    const { clock, ended } = setup();
+    await clock.advance(0);
+    for (let i = 0; i < 3; i++) await clock.advance(1000);
+    const end = (await ended) as WatchEnd;
+    t.is(end.reason, 'stalled');
+    t.false(end.heard);
+  }
+  {
     const { clock, stream, ended } = setup();
     await clock.advance(0);
     stream.reply({ created: true });
     stream.reply({ header: { revision: '30' } as IWatchResponse['header'] }); // etcd's own progress notify for this watch
     stream.emit('error', new Error('14 UNAVAILABLE: Connection dropped'));
-    t.deepEqual(await ended, { reason: 'error', why: 'watch stream failed (14 UNAVAILABLE: Connection dropped)', resumeAt: 31n });
+    t.deepEqual(await ended, { reason: 'error', why: 'watch stream failed (14 UNAVAILABLE: Connection dropped)', resumeAt: 31n, heard: true });
   }
 });
 
