@@ -255,11 +255,32 @@ export class EtcdSubnetManager implements SubnetManager {
     const res = await this.#call(`create "${key}"`, () =>
       this.client.if(key, 'Version', '==', 0).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
     );
-    if (!res.succeeded) {
-      await this.#revoke(g.id);
+    const revision = res.succeeded ? res.header.revision : await this.#settleLost(key, g.id);
+    if (revision === undefined) return undefined;
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: revision, etcdLeaseId: g.id };
+  }
+
+  /**
+   * A transaction putting `key` under etcd lease `leaseId` did not succeed. etcd3 retries calls
+   * whose connection broke (UNAVAILABLE), so the "failure" may be the retry of a copy that was
+   * applied before the reply got lost: then the key is ours, under `leaseId`, and revoking that
+   * lease would delete our own key (every peer would drop this node until it is re-created).
+   * Returns the key's mod revision when it is ours; else revokes the unused lease (only when the
+   * key was read: when unsure, the lease is left to expire by itself).
+   */
+  async #settleLost(key: string, leaseId: string): Promise<string | undefined> {
+    let kv: IKeyValue | undefined;
+    try {
+      kv = (await this.#call(`get "${key}"`, () => this.client.get(key).exec())).kvs[0];
+    } catch {
       return undefined;
     }
-    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision, etcdLeaseId: g.id };
+    if (kv && String(kv.lease) === leaseId) {
+      this.#log.info(`"${key}" was written by an earlier copy of our own transaction (its reply was lost); keeping it`);
+      return kv.mod_revision;
+    }
+    await this.#revoke(leaseId);
+    return undefined;
   }
 
   /**
@@ -276,12 +297,10 @@ export class EtcdSubnetManager implements SubnetManager {
     const res = await this.#call(`renew "${key}"`, () =>
       this.client.if(key, 'Mod', '==', modRevision).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
     );
-    if (!res.succeeded) {
-      await this.#revoke(g.id);
-      return undefined;
-    }
+    const revision = res.succeeded ? res.header.revision : await this.#settleLost(key, g.id);
+    if (revision === undefined) return undefined;
     if (oldLease && oldLease !== g.id) await this.#revoke(oldLease);
-    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision, etcdLeaseId: g.id };
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: revision, etcdLeaseId: g.id };
   }
 
   async acquireLease(config: NetworkConfig, attrs: LeaseAttrs, opts: { previous?: IPv4Net; ttlSeconds: number }): Promise<Lease> {

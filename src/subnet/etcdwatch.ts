@@ -95,6 +95,14 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
     if (opts.stop?.aborted) return onStop();
 
     stream.on('data', (res: IWatchResponse) => {
+      // Runs inside grpc-js's callback: a throw here would be an uncaught exception.
+      try {
+        onData(res);
+      } catch (err) {
+        finish({ reason: 'error', why: `handling a watch response failed (${(err as Error).message})` });
+      }
+    });
+    const onData = (res: IWatchResponse) => {
       if (done) return;
       heard = true;
       lastHeard = clock.now();
@@ -120,11 +128,15 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
         // (The answer to a progress request, watch_id -1, promises that only on etcd >= 3.5.)
         next = BigInt(res.header.revision) + 1n;
       }
-    });
+    };
     const broken = (what: string) => finish({ reason: 'error', why: `watch stream ${what}`, resumeAt: next });
     stream.on('error', (err: Error) => broken(`failed (${err.message})`));
     stream.on('end', () => broken('ended'));
-    stream.write({ create_request: { key: range.start, range_end: range.end, start_revision: from.toString(), progress_notify: true } });
+    try {
+      stream.write({ create_request: { key: range.start, range_end: range.end, start_revision: from.toString(), progress_notify: true } });
+    } catch (err) {
+      broken(`write failed (${(err as Error).message})`);
+    }
 
     void (async () => {
       while (!ticker.signal.aborted) {

@@ -63,6 +63,20 @@ test.after.always(async () => {
   await cluster?.destroy();
 });
 
+// A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
+test.afterEach.always((t) => {
+  for (const n of NODES) {
+    const pid = cluster?.node(n).pid;
+    let alive = false;
+    try {
+      alive = pid !== undefined && process.kill(pid, 0);
+    } catch {
+      alive = false;
+    }
+    if (!alive) t.log(`weftd on ${n} is not running; its log ends:\n${cluster.log(n).split('\n').slice(-40).join('\n')}`);
+  }
+});
+
 const pod = (node: string): LabPod => cluster.pods.find((p) => p.node === node)!;
 
 /** Pings in both directions around the ring n1 -> n2 -> n3 -> n1 every 200 ms for `seconds`. */
