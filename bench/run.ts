@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only add,concurrent,peers,dp,ready,fast] [--quick] [--out FILE]`
+ * `npm run bench [-- --only add,concurrent,peers,dp,ready,fast,idle] [--quick] [--out FILE]`
  *
  * Prints each figure as weft vs a reference measured in the same run and writes everything
  * (samples included) to bench/results/<timestamp>.json. Needs root (namespaces). A figure whose
@@ -19,6 +19,7 @@ import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
 import { figDataplane } from './figures/dataplane.ts';
+import { figIdle } from './figures/idle.ts';
 import { figCri } from './figures/cri.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
@@ -32,6 +33,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
   dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
+  idle: { title: 'weftd idle with 1000 peers: CPU, RSS, new-peer latency', run: figIdle },
   cri: { title: 'pod sandbox Run / Stop+Remove through containerd CRI', run: figCri },
 };
 

@@ -13,6 +13,7 @@ import { errText, UsageError } from '../src/core/errors.ts';
 import { parseOptions, usage } from '../src/daemon/options.ts';
 import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
+import { openRtMonitor } from '../src/netlink/monitor.ts';
 import { setSysctl } from '../src/netns/index.ts';
 import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
 import { createKubeSubnetManager } from '../src/subnet/kube/index.ts';
@@ -96,6 +97,8 @@ async function main(): Promise<number> {
       device: { ...expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }), mac },
       log,
       dumpNl,
+      // Kernel notifications in weftd's namespace, the one nl was opened in.
+      monitor: (handlers) => openRtMonitor(handlers),
       onRepair,
     });
   };

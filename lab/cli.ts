@@ -159,9 +159,7 @@ async function pingMatrix(pods: LabPod[]): Promise<{ text: string; ok: number; t
   );
   const w = Math.max(4, ...pods.map((p) => p.name.length));
   const head = `${'from\\to'.padEnd(w + 2)}${pods.map((p) => p.name.padStart(w + 2)).join('')}`;
-  const rows = pods.map(
-    (a) => `${a.name.padEnd(w + 2)}${pods.map((b) => (a === b ? '-' : results.get(`${a.name}>${b.name}`) ? 'ok' : 'FAIL').padStart(w + 2)).join('')}`,
-  );
+  const rows = pods.map((a) => `${a.name.padEnd(w + 2)}${pods.map((b) => (a === b ? '-' : results.get(`${a.name}>${b.name}`) ? 'ok' : 'FAIL').padStart(w + 2)).join('')}`);
   const ok = [...results.values()].filter(Boolean).length;
   return { text: [head, ...rows].join('\n'), ok, total: pairs.length };
 }
@@ -242,14 +240,10 @@ async function up(a: LabArgs): Promise<number> {
 
   const pod = s.pods[0];
   const other = s.pods.find((p) => p.node !== pod?.node) ?? s.pods[1];
-  const opt = [
-    a.name !== 'lab' ? ` --name ${a.name}` : '',
-    a.prefix !== 'weft' ? ` --prefix ${a.prefix}` : '',
-    a.stateDir !== '/run/weft-lab' ? ` --state-dir ${a.stateDir}` : '',
-  ].join('');
+  const opt = [a.name !== 'lab' ? ` --name ${a.name}` : '', a.prefix !== 'weft' ? ` --prefix ${a.prefix}` : '', a.stateDir !== '/run/weft-lab' ? ` --state-dir ${a.stateDir}` : ''].join('');
   const lab = `./scripts/lab.sh`;
   process.stdout.write(
-    [
+    `${[
       `\nThe lab is up. Explore it:`,
       pod && other ? `  ${lab} exec${opt} ${pod.name} ping -c 3 ${other.ip}      # a command in a pod` : '',
       `  ${lab} exec${opt} n1 ip -d link show flannel.1      # a command on a node`,
@@ -264,7 +258,7 @@ async function up(a: LabArgs): Promise<number> {
       '',
     ]
       .filter((l) => l !== '')
-      .join('\n') + '\n',
+      .join('\n')}\n`,
   );
   return matrix.ok === matrix.total && consistent === s.nodes.length && services.ok ? 0 : 1;
 }
@@ -277,7 +271,10 @@ async function up(a: LabArgs): Promise<number> {
  */
 async function serviceDemo(topo: Topology): Promise<{ ok: boolean; text: string }> {
   const s = topo.state;
-  const backends = s.nodes.slice(0, 2).map((n) => s.pods.find((p) => p.node === n.name)).filter((p): p is LabPod => Boolean(p));
+  const backends = s.nodes
+    .slice(0, 2)
+    .map((n) => s.pods.find((p) => p.node === n.name))
+    .filter((p): p is LabPod => Boolean(p));
   if (!backends.length) return { ok: true, text: '' };
   for (const p of backends) await topo.startEcho(p.name, { tcp: [8080], udp: [5353] });
   const svc = await topo.api('POST', '/api/v1/namespaces/default/services', {

@@ -220,7 +220,7 @@ export class Topology {
   async #startApiServer(config: { Network: string; SubnetLen: number }): Promise<void> {
     const s = this.state;
     const netConf = join(s.workDir, 'net-conf.json');
-    writeFileSync(netConf, JSON.stringify(config, null, 2) + '\n');
+    writeFileSync(netConf, `${JSON.stringify(config, null, 2)}\n`);
     const kubeconfig = join(s.workDir, 'kubeconfig');
     const logFile = join(s.workDir, 'apiserver.log');
     const ipam = this.#opts.allocateNodeCIDRs ?? true;
@@ -268,7 +268,14 @@ export class Topology {
     await this.api(
       'PATCH',
       `/api/v1/nodes/${node.name}/status`,
-      { status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: node.name }] } },
+      {
+        status: {
+          addresses: [
+            { type: 'InternalIP', address: node.ip },
+            { type: 'Hostname', address: node.name },
+          ],
+        },
+      },
       { contentType: 'application/strategic-merge-patch+json' },
     );
   }
@@ -290,7 +297,7 @@ export class Topology {
   }
 
   #save(): void {
-    writeFileSync(join(this.state.workDir, 'state.json'), JSON.stringify(this.state, null, 2) + '\n');
+    writeFileSync(join(this.state.workDir, 'state.json'), `${JSON.stringify(this.state, null, 2)}\n`);
   }
 
   node(name: string): LabNode {
@@ -335,13 +342,19 @@ export class Topology {
         : ['--etcd-endpoints', this.state.etcdEndpoint, '--etcd-prefix', this.state.etcdPrefix];
     return [
       ...source,
-      '--iface', 'eth0',
-      '--subnet-file', node.subnetFile,
-      '--cni-data-dir', node.dataDir,
-      '--healthz-addr', node.healthzAddr,
-      '--node-name', node.name,
+      '--iface',
+      'eth0',
+      '--subnet-file',
+      node.subnetFile,
+      '--cni-data-dir',
+      node.dataDir,
+      '--healthz-addr',
+      node.healthzAddr,
+      '--node-name',
+      node.name,
       '--ip-masq',
-      '--log-level', 'debug',
+      '--log-level',
+      'debug',
       ...(this.state.etcdTls && this.state.mode !== 'kube'
         ? ['--etcd-cafile', this.state.etcdTls.ca, '--etcd-certfile', this.state.etcdTls.clientCert, '--etcd-keyfile', this.state.etcdTls.clientKey]
         : []),
@@ -383,11 +396,10 @@ export class Topology {
   /** GET a daemon endpoint (/healthz, /readyz, /metrics) from inside the node namespace. */
   async http(name: string, path: string): Promise<{ status: number; body: string }> {
     const node = this.node(name);
-    const { stdout } = await execFileP(
-      'nsenter',
-      [`--net=/run/netns/${node.netns}`, '--', 'curl', '-s', '-m', '3', '-w', '\n%{http_code}', `http://${node.healthzAddr}${path}`],
-      { encoding: 'utf8', timeout: 10_000 },
-    ).catch(() => ({ stdout: '\n0' }));
+    const { stdout } = await execFileP('nsenter', [`--net=/run/netns/${node.netns}`, '--', 'curl', '-s', '-m', '3', '-w', '\n%{http_code}', `http://${node.healthzAddr}${path}`], {
+      encoding: 'utf8',
+      timeout: 10_000,
+    }).catch(() => ({ stdout: '\n0' }));
     const cut = stdout.lastIndexOf('\n');
     return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
   }
@@ -639,5 +651,5 @@ export async function destroyTopology(stateOrDir: TopologyState | string, opts: 
   for (const n of state.nodes) n.pid = undefined;
   state.etcdPid = undefined;
   if (opts.removeWorkDir) rmSync(state.workDir, { recursive: true, force: true });
-  else if (existsSync(state.workDir)) writeFileSync(join(state.workDir, 'state.json'), JSON.stringify({ ...state, nodes: [], pods: [] }, null, 2) + '\n');
+  else if (existsSync(state.workDir)) writeFileSync(join(state.workDir, 'state.json'), `${JSON.stringify({ ...state, nodes: [], pods: [] }, null, 2)}\n`);
 }

@@ -76,8 +76,13 @@ const netlinkPkg = join(require.resolve('netlink/package.json'), '..');
 writeAtomic(join(dist, 'native', 'netlink.node'), readFileSync(join(netlinkPkg, 'prebuilds', `linux-${process.arch}`, 'node.napi.node')), 0o755);
 
 const setns = cc(join(dist, 'native', 'setns.node'), [
-  '-O2', '-Wall', '-Werror', '-shared', '-fPIC',
-  '-I', join(root, 'node_modules', 'node-api-headers', 'include'),
+  '-O2',
+  '-Wall',
+  '-Werror',
+  '-shared',
+  '-fPIC',
+  '-I',
+  join(root, 'node_modules', 'node-api-headers', 'include'),
   join(root, 'src', 'netns', 'native', 'setns.c'),
 ]);
 // The CNI fast-path launcher (static C, forwards to weftd; see src/fastpath/launcher.c). It
@@ -91,8 +96,7 @@ const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts'));
 // 1000 peers (bench peers: 104 -> 91 MiB); --optimize-for-size takes ~5 MiB more off (bench
 // peers, 6 interleaved runs each: 94.5 -> 89.4 MiB mean) at the same convergence and p50.
 const nodeFlags: Record<string, string[]> = { weftd: ['--max-semi-space-size=1', '--optimize-for-size'] };
-const shebangFor = (node: string, flags: string[] = []) =>
-  flags.length > 1 ? `#!/usr/bin/env -S ${node} ${flags.join(' ')}` : `#!${[node, ...flags].join(' ')}`;
+const shebangFor = (node: string, flags: string[] = []) => (flags.length > 1 ? `#!/usr/bin/env -S ${node} ${flags.join(' ')}` : `#!${[node, ...flags].join(' ')}`);
 // The CNI plugin, started once per pod, bundles the rtnetlink part of `netlink` (loading the
 // package's index at each start cost more than the rest of the bundle); weftd and weftctl,
 // long-lived or interactive, load `netlink` from node_modules beside dist/ (the image ships it).

@@ -19,9 +19,7 @@ export const nativeNetlink: Plugin = {
   name: 'weft-native-netlink',
   setup(b) {
     // Only netlink's own loader: anything else asking for node-gyp-build resolves as usual.
-    b.onResolve({ filter: /^node-gyp-build$/ }, (args) =>
-      inNetlink(args.importer) ? { path: 'node-gyp-build', namespace: 'weft-native-netlink' } : undefined,
-    );
+    b.onResolve({ filter: /^node-gyp-build$/ }, (args) => (inNetlink(args.importer) ? { path: 'node-gyp-build', namespace: 'weft-native-netlink' } : undefined));
     b.onLoad({ filter: /^node-gyp-build$/, namespace: 'weft-native-netlink' }, () => ({
       loader: 'js',
       resolveDir: netlinkDir,
@@ -31,9 +29,7 @@ export const nativeNetlink: Plugin = {
     // hasOwnProperty walk over util's keys triggers util's lazy getters: ~35 more built-in
     // modules (streams, worker_threads, ...) loaded at every start. Handing it util marked
     // `__esModule` makes __importStar return it as is.
-    b.onResolve({ filter: /^util$/ }, (args) =>
-      inNetlink(args.importer) ? { path: 'util', namespace: 'weft-native-netlink' } : undefined,
-    );
+    b.onResolve({ filter: /^util$/ }, (args) => (inNetlink(args.importer) ? { path: 'util', namespace: 'weft-native-netlink' } : undefined));
     b.onLoad({ filter: /^util$/, namespace: 'weft-native-netlink' }, () => ({
       loader: 'js',
       contents: `module.exports = new Proxy(require('node:util'), { get: (util, key) => (key === '__esModule' ? true : util[key]) });`,

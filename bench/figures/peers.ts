@@ -18,7 +18,7 @@ import { unavailable, type BenchContext, type Figure } from '../lib/report.ts';
 const DEV = 'flannel.1';
 
 /** Kernel entries on flannel.1 that belong to synthetic peers. */
-function counts(ns: string, gws: Set<string>, macs: Set<string>): { neigh: number; fdb: number; route: number } {
+export function counts(ns: string, gws: Set<string>, macs: Set<string>): { neigh: number; fdb: number; route: number } {
   const neigh = ipJson(ns, 'neigh', 'show', 'dev', DEV).filter((n) => gws.has(n.dst) && n.state?.includes('PERMANENT')).length;
   const out = sh('bridge', ['-n', ns, '-j', 'fdb', 'show', 'dev', DEV]).trim();
   const fdb = (out ? (JSON.parse(out) as any[]) : []).filter((f) => macs.has(f.mac) && f.dst).length;
@@ -27,7 +27,7 @@ function counts(ns: string, gws: Set<string>, macs: Set<string>): { neigh: numbe
 }
 
 /** A line-oriented JSON conversation with bench/lib/lease-writer.ts. */
-class Writer {
+export class Writer {
   readonly #lines: AsyncIterator<string>;
   readonly child: ChildProcess;
   constructor(child: ChildProcess) {

@@ -50,8 +50,13 @@ export interface Daemon {
   loadMs?: number;
 }
 
-/** Starts weftd in the rig and waits for /readyz (polled from inside the namespace). */
-export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000): Promise<Daemon> {
+/**
+ * Starts weftd in the rig and waits for /readyz (polled from inside the namespace). `args` are
+ * appended to the rig's flags (e.g. a --reconcile-interval to compare), `env` to its clean
+ * environment.
+ */
+export async function startWeftd(scope: BenchScope, rig: Rig, opts: { timeoutMs?: number; args?: string[]; env?: Record<string, string> } = {}): Promise<Daemon> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
   // WEFT_BENCH_WEFTD_NODE_OPTIONS lets one try V8 flags on the daemon without rebuilding it.
   const nodeOptions = process.env.WEFT_BENCH_WEFTD_NODE_OPTIONS;
   const args = [
@@ -64,6 +69,7 @@ export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000
     '--healthz-addr', '127.0.0.1:9333',
     '--node-name', 'bench',
     '--log-level', 'info',
+    ...(opts.args ?? []),
   ];
   // The poller starts (and pays its own start-up) before weftd; it reports the monotonic time
   // of the first 200 from /readyz.
@@ -86,7 +92,7 @@ export async function startWeftd(scope: BenchScope, rig: Rig, timeoutMs = 60_000
   })();
   const wall0 = Date.now();
   const t0 = process.hrtime.bigint();
-  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}) };
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}), ...opts.env };
   const child = scope.spawn(bins.weftd, args, { ns: rig.ns, env, stdio: ['ignore', log, log] });
   closeSync(log);
   const readyMs = await new Promise<number>((resolve, reject) => {
@@ -121,6 +127,30 @@ export function tail(file: string, lines = 8): string {
   } catch {
     return '(no log)';
   }
+}
+
+/** USER_HZ: /proc reports CPU time in these ticks (100 on every Linux architecture we run on). */
+const CLK_TCK = Number(sh('getconf', ['CLK_TCK']).trim()) || 100;
+
+/**
+ * CPU time a process has used so far, in milliseconds, from /proc/<pid>/stat: its own (utime +
+ * stime) and that of its children it has waited for (cutime + cstime: e.g. each `nft` it ran).
+ */
+export function cpuMs(pid: number): { self: number; children: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+  // f[0] is field 3 (state): utime, stime, cutime, cstime are fields 14 to 17.
+  const [utime, stime, cutime, cstime] = [f[11], f[12], f[13], f[14]];
+  if (![utime, stime, cutime, cstime].every(Number.isFinite)) throw new Error(`cannot read CPU time of pid ${pid}`);
+  return { self: ((utime + stime) * 1000) / CLK_TCK, children: ((cutime + cstime) * 1000) / CLK_TCK };
+}
+
+/** RssAnon (heap, stacks) and RssFile (mapped binary and libraries) of a process in MiB. */
+export function rssParts(pid: number): { anon: number; file: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
+  return { anon: kb('RssAnon') / 1024, file: kb('RssFile') / 1024 };
 }
 
 /** VmRSS of a process in MiB. */

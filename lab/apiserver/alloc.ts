@@ -49,7 +49,10 @@ export class KeyAllocator {
   }
 
   async release(n: number): Promise<void> {
-    await this.#client.delete().key(this.#dir + n).exec();
+    await this.#client
+      .delete()
+      .key(this.#dir + n)
+      .exec();
   }
 
   /**

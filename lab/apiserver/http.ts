@@ -77,7 +77,11 @@ export async function readBody(req: IncomingMessage, max: number, opts: { option
   if (!opts.patch && type === 'application/vnd.kubernetes.protobuf') return decodeProtobuf(raw);
   // CBOR and other bodies are not decoded here.
   if (opts.patch ? !type.endsWith('+json') : type !== '' && type !== 'application/json' && type !== 'application/yaml')
-    throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got "${type}")`);
+    throw new ApiError(
+      415,
+      'UnsupportedMediaType',
+      `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got "${type}")`,
+    );
   try {
     if (type === 'application/yaml') return YAML.parse(text, { maxAliasCount: 100 });
     return JSON.parse(text);
@@ -91,4 +95,3 @@ export function send(res: ServerResponse, code: number, body: unknown): void {
   res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-cache, private' });
   res.end(text);
 }
-

@@ -71,8 +71,7 @@ async function main(argv: string[]): Promise<void> {
   const etcd = (v.etcd ?? []).flatMap((e) => e.split(',')).filter(Boolean);
   if (!etcd.length) throw new UsageError('--etcd is required');
   const advertise = v['advertise-address'] ?? m[1]!;
-  if (v['kubernetes-service'] && (parseIPv4(advertise) === undefined || advertise === '0.0.0.0'))
-    throw new UsageError(`--kubernetes-service needs an IPv4 --advertise-address (not "${advertise}")`);
+  if (v['kubernetes-service'] && (parseIPv4(advertise) === undefined || advertise === '0.0.0.0')) throw new UsageError(`--kubernetes-service needs an IPv4 --advertise-address (not "${advertise}")`);
   if (v['allocate-node-cidrs'] && !v['cluster-cidr']) throw new UsageError('--allocate-node-cidrs needs --cluster-cidr');
   if (!/^\d{1,2}$/.test(v['node-cidr-mask-size']!)) throw new UsageError(`invalid --node-cidr-mask-size "${v['node-cidr-mask-size']}"`);
   const log = winston.createLogger({

@@ -41,10 +41,16 @@ export interface ApiServerProcess {
 
 export async function spawnApiServer(opts: ApiServerProcessOptions): Promise<ApiServerProcess> {
   const args = [
-    `--net=/run/netns/${opts.netns}`, '--', process.execPath, join(import.meta.dirname, 'main.ts'),
-    '--listen', opts.listen,
-    '--etcd', opts.etcd.join(','),
-    '--service-cluster-ip-range', opts.serviceClusterIPRange ?? '198.19.0.0/16',
+    `--net=/run/netns/${opts.netns}`,
+    '--',
+    process.execPath,
+    join(import.meta.dirname, 'main.ts'),
+    '--listen',
+    opts.listen,
+    '--etcd',
+    opts.etcd.join(','),
+    '--service-cluster-ip-range',
+    opts.serviceClusterIPRange ?? '198.19.0.0/16',
     ...(opts.kubeconfig ? ['--kubeconfig', opts.kubeconfig] : []),
     ...(opts.etcdTls ? ['--etcd-cafile', opts.etcdTls.cafile, '--etcd-certfile', opts.etcdTls.certfile, '--etcd-keyfile', opts.etcdTls.keyfile] : []),
     ...(opts.args ?? []),

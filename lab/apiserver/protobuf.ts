@@ -19,9 +19,15 @@ const MESSAGES: Record<string, Field[]> = {
   Unknown: [f(1, 'typeMeta', { msg: 'TypeMeta' }), f(2, 'raw', 'bytes'), f(3, 'contentEncoding', 'string'), f(4, 'contentType', 'string')],
   TypeMeta: [f(1, 'apiVersion', 'string'), f(2, 'kind', 'string')],
   ObjectMeta: [
-    f(1, 'name', 'string'), f(2, 'generateName', 'string'), f(3, 'namespace', 'string'), f(5, 'uid', 'string'),
-    f(6, 'resourceVersion', 'string'), f(11, 'labels', 'smap'), f(12, 'annotations', 'smap'),
-    f(13, 'ownerReferences', { msg: 'OwnerReference' }, true), f(14, 'finalizers', 'string', true),
+    f(1, 'name', 'string'),
+    f(2, 'generateName', 'string'),
+    f(3, 'namespace', 'string'),
+    f(5, 'uid', 'string'),
+    f(6, 'resourceVersion', 'string'),
+    f(11, 'labels', 'smap'),
+    f(12, 'annotations', 'smap'),
+    f(13, 'ownerReferences', { msg: 'OwnerReference' }, true),
+    f(14, 'finalizers', 'string', true),
   ],
   OwnerReference: [f(5, 'apiVersion', 'string'), f(1, 'kind', 'string'), f(3, 'name', 'string'), f(4, 'uid', 'string'), f(6, 'controller', 'bool'), f(7, 'blockOwnerDeletion', 'bool')],
   ConfigMap: [f(1, 'metadata', { msg: 'ObjectMeta' }), f(4, 'immutable', 'bool'), f(2, 'data', 'smap'), f(3, 'binaryData', 'bmap')],
@@ -29,12 +35,25 @@ const MESSAGES: Record<string, Field[]> = {
   NamespaceSpec: [f(1, 'finalizers', 'string', true)],
   Service: [f(1, 'metadata', { msg: 'ObjectMeta' }), f(2, 'spec', { msg: 'ServiceSpec' })],
   ServiceSpec: [
-    f(1, 'ports', { msg: 'ServicePort' }, true), f(2, 'selector', 'smap'), f(3, 'clusterIP', 'string'), f(18, 'clusterIPs', 'string', true),
-    f(4, 'type', 'string'), f(5, 'externalIPs', 'string', true), f(7, 'sessionAffinity', 'string'), f(8, 'loadBalancerIP', 'string'),
-    f(9, 'loadBalancerSourceRanges', 'string', true), f(10, 'externalName', 'string'), f(11, 'externalTrafficPolicy', 'string'),
-    f(12, 'healthCheckNodePort', 'int'), f(13, 'publishNotReadyAddresses', 'bool'), f(19, 'ipFamilies', 'string', true),
-    f(17, 'ipFamilyPolicy', 'string'), f(20, 'allocateLoadBalancerNodePorts', 'bool'), f(21, 'loadBalancerClass', 'string'),
-    f(22, 'internalTrafficPolicy', 'string'), f(23, 'trafficDistribution', 'string'),
+    f(1, 'ports', { msg: 'ServicePort' }, true),
+    f(2, 'selector', 'smap'),
+    f(3, 'clusterIP', 'string'),
+    f(18, 'clusterIPs', 'string', true),
+    f(4, 'type', 'string'),
+    f(5, 'externalIPs', 'string', true),
+    f(7, 'sessionAffinity', 'string'),
+    f(8, 'loadBalancerIP', 'string'),
+    f(9, 'loadBalancerSourceRanges', 'string', true),
+    f(10, 'externalName', 'string'),
+    f(11, 'externalTrafficPolicy', 'string'),
+    f(12, 'healthCheckNodePort', 'int'),
+    f(13, 'publishNotReadyAddresses', 'bool'),
+    f(19, 'ipFamilies', 'string', true),
+    f(17, 'ipFamilyPolicy', 'string'),
+    f(20, 'allocateLoadBalancerNodePorts', 'bool'),
+    f(21, 'loadBalancerClass', 'string'),
+    f(22, 'internalTrafficPolicy', 'string'),
+    f(23, 'trafficDistribution', 'string'),
   ],
   ServicePort: [f(1, 'name', 'string'), f(2, 'protocol', 'string'), f(6, 'appProtocol', 'string'), f(3, 'port', 'int'), f(4, 'targetPort', 'intstr'), f(5, 'nodePort', 'int')],
   IntOrString: [f(1, 'type', 'int'), f(2, 'intVal', 'int'), f(3, 'strVal', 'string')],
@@ -155,7 +174,11 @@ export function decodeProtobuf(body: Buffer): Record<string, Json> {
   const obj = decode(Buffer.from((env.raw as string) ?? '', 'base64'), msg, 1);
   const pruned = (prune(obj) ?? {}) as Record<string, Json>;
   // Map values that are empty strings are data, not absence: keep them.
-  for (const [path, src] of [['data', obj.data], ['binaryData', obj.binaryData]] as const) if (src) pruned[path] = src;
+  for (const [path, src] of [
+    ['data', obj.data],
+    ['binaryData', obj.binaryData],
+  ] as const)
+    if (src) pruned[path] = src;
   const meta = obj.metadata as Record<string, Json> | undefined;
   if (meta?.labels || meta?.annotations) {
     pruned.metadata = { ...((pruned.metadata ?? {}) as Record<string, Json>), ...(meta.labels ? { labels: meta.labels } : {}), ...(meta.annotations ? { annotations: meta.annotations } : {}) };

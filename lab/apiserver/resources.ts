@@ -108,7 +108,8 @@ function nodeCauses(obj: KubeObject): Cause[] {
   const causes: Cause[] = [];
   const spec = (obj.spec ?? {}) as { podCIDR?: Json; podCIDRs?: Json };
   obj.spec = spec as Json;
-  if (spec.podCIDR !== undefined && spec.podCIDR !== '' && !parseCIDR(spec.podCIDR)) causes.push({ field: 'spec.podCIDR', message: `Invalid value: ${JSON.stringify(spec.podCIDR)}: must be a valid CIDR` });
+  if (spec.podCIDR !== undefined && spec.podCIDR !== '' && !parseCIDR(spec.podCIDR))
+    causes.push({ field: 'spec.podCIDR', message: `Invalid value: ${JSON.stringify(spec.podCIDR)}: must be a valid CIDR` });
   if (spec.podCIDRs !== undefined) {
     if (!Array.isArray(spec.podCIDRs)) causes.push({ field: 'spec.podCIDRs', message: 'must be a list' });
     else {
@@ -321,8 +322,21 @@ export function findResource(group: string, version: string, resource: string): 
 }
 
 const META_FIELDS = new Set([
-  'name', 'generateName', 'namespace', 'selfLink', 'uid', 'resourceVersion', 'generation', 'creationTimestamp',
-  'deletionTimestamp', 'deletionGracePeriodSeconds', 'labels', 'annotations', 'ownerReferences', 'finalizers', 'managedFields',
+  'name',
+  'generateName',
+  'namespace',
+  'selfLink',
+  'uid',
+  'resourceVersion',
+  'generation',
+  'creationTimestamp',
+  'deletionTimestamp',
+  'deletionGracePeriodSeconds',
+  'labels',
+  'annotations',
+  'ownerReferences',
+  'finalizers',
+  'managedFields',
 ]);
 
 /** Fields of `obj` the kind does not have (top level and metadata only), as `spec.x`-style paths. */

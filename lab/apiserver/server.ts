@@ -106,7 +106,8 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     for (const name of SYSTEM_NAMESPACES) {
       if (!(await store.get(store.key(nsDef, undefined, name)))) await api.create(nsDef, undefined, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } }, false);
     }
-    if (opts.kubernetesService) await ensureKubernetesService(api, store, { clusterIP: formatIPv4(range.base + 1), address: opts.kubernetesService.address, port: opts.kubernetesService.port ?? opts.port });
+    if (opts.kubernetesService)
+      await ensureKubernetesService(api, store, { clusterIP: formatIPv4(range.base + 1), address: opts.kubernetesService.address, port: opts.kubernetesService.port ?? opts.port });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {
@@ -350,8 +351,7 @@ class Api {
   /** PUT: replaces the object (or its status) if `metadata.resourceVersion` is current or unset. */
   async #put(t: Target, name: string, body: KubeObject, dryRun: boolean): Promise<KubeObject> {
     checkKind(t.def, body);
-    if (body.metadata.name !== undefined && body.metadata.name !== name)
-      throw badRequest(`the name of the object (${String(body.metadata.name)}) does not match the name on the URL (${name})`);
+    if (body.metadata.name !== undefined && body.metadata.name !== name) throw badRequest(`the name of the object (${String(body.metadata.name)}) does not match the name on the URL (${name})`);
     if (t.def.namespaced && body.metadata.namespace !== undefined && body.metadata.namespace !== '' && body.metadata.namespace !== t.namespace)
       throw badRequest('the namespace of the provided object does not match the namespace sent on the request');
     const rv = body.metadata.resourceVersion;
@@ -375,7 +375,11 @@ class Api {
       case 'application/apply-patch+yaml':
         throw new ApiError(415, 'UnsupportedMediaType', 'server-side apply is not supported by this server');
       default:
-        throw new ApiError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`);
+        throw new ApiError(
+          415,
+          'UnsupportedMediaType',
+          `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`,
+        );
     }
     // A patch that sets resourceVersion is a precondition: no retry past a conflict.
     const conditional = Array.isArray(patch)
@@ -490,9 +494,7 @@ class Api {
   async #delete(t: Target, name: string, o: { options: Json | undefined; dryRun: boolean }): Promise<unknown> {
     const { def } = t;
     if (t.subresource) throw new ApiError(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource');
-    const pre = (typeof o.options === 'object' && o.options !== null && !Array.isArray(o.options) ? o.options.preconditions : undefined) as
-      | { uid?: Json; resourceVersion?: Json }
-      | undefined;
+    const pre = (typeof o.options === 'object' && o.options !== null && !Array.isArray(o.options) ? o.options.preconditions : undefined) as { uid?: Json; resourceVersion?: Json } | undefined;
     const key = this.#store.key(def, t.namespace, name);
     for (let attempt = 0; ; attempt++) {
       const cur = await this.#store.get(key);
@@ -559,7 +561,16 @@ class Api {
       // Items carry no kind/apiVersion in a list, as kube-apiserver sends them.
       items: bare,
     };
-    if (wantsTable(req)) return send(res, 200, renderTable(def, items.map((o) => withKind(def, o)), { resourceVersion: list.metadata.resourceVersion, includeObject: q.get('includeObject') }));
+    if (wantsTable(req))
+      return send(
+        res,
+        200,
+        renderTable(
+          def,
+          items.map((o) => withKind(def, o)),
+          { resourceVersion: list.metadata.resourceVersion, includeObject: q.get('includeObject') },
+        ),
+      );
     send(res, 200, list);
   }
 }
@@ -583,7 +594,10 @@ function selectors(def: ResourceDef, q: URLSearchParams): (o: KubeObject) => boo
 function parseTarget(path: string): Target | undefined {
   let seg: string[];
   try {
-    seg = path.split('/').filter(Boolean).map((s) => decodeURIComponent(s));
+    seg = path
+      .split('/')
+      .filter(Boolean)
+      .map((s) => decodeURIComponent(s));
   } catch {
     throw badRequest('malformed URL escape');
   }
@@ -642,7 +656,11 @@ function checkFields(def: ResourceDef, obj: KubeObject, mode: FieldValidation, r
   const unknown = unknownFields(def, obj);
   if (!unknown.length) return;
   if (mode === 'Strict') throw badRequest(`strict decoding error: ${unknown.map((f) => `unknown field "${f}"`).join(', ')}`);
-  if (!res.headersSent) res.setHeader('Warning', unknown.map((f) => `299 - "unknown field \\"${f}\\""`));
+  if (!res.headersSent)
+    res.setHeader(
+      'Warning',
+      unknown.map((f) => `299 - "unknown field \\"${f}\\""`),
+    );
 }
 
 function sameExceptMeta(a: KubeObject, b: KubeObject): boolean {

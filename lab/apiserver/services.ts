@@ -43,7 +43,8 @@ function defaultAndCheck(obj: KubeObject): Cause[] {
   const causes: Cause[] = [];
   const spec = specOf(obj);
   spec.type ??= 'ClusterIP';
-  if (!TYPES.includes(String(spec.type))) causes.push({ field: 'spec.type', message: `Unsupported value: ${JSON.stringify(spec.type)}: supported values: "ClusterIP", "ExternalName", "LoadBalancer", "NodePort"` });
+  if (!TYPES.includes(String(spec.type)))
+    causes.push({ field: 'spec.type', message: `Unsupported value: ${JSON.stringify(spec.type)}: supported values: "ClusterIP", "ExternalName", "LoadBalancer", "NodePort"` });
   spec.sessionAffinity ??= 'None';
   if (spec.sessionAffinity !== 'None' && spec.sessionAffinity !== 'ClientIP') causes.push({ field: 'spec.sessionAffinity', message: `Unsupported value: ${JSON.stringify(spec.sessionAffinity)}` });
   if (spec.selector !== undefined && spec.selector !== null) {
@@ -85,7 +86,8 @@ function defaultAndCheck(obj: KubeObject): Cause[] {
     }
     p.protocol ??= 'TCP';
     if (!PROTOCOLS.includes(String(p.protocol))) causes.push({ field: `${f}.protocol`, message: `Unsupported value: ${JSON.stringify(p.protocol)}: supported values: "SCTP", "TCP", "UDP"` });
-    if (!Number.isInteger(p.port) || (p.port as number) < 1 || (p.port as number) > 65535) causes.push({ field: `${f}.port`, message: `Invalid value: ${JSON.stringify(p.port ?? null)}: must be between 1 and 65535, inclusive` });
+    if (!Number.isInteger(p.port) || (p.port as number) < 1 || (p.port as number) > 65535)
+      causes.push({ field: `${f}.port`, message: `Invalid value: ${JSON.stringify(p.port ?? null)}: must be between 1 and 65535, inclusive` });
     p.targetPort ??= p.port ?? null;
     const tp = p.targetPort;
     if (typeof tp === 'number' ? !Number.isInteger(tp) || tp < 1 || tp > 65535 : typeof tp !== 'string' || !/^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/.test(tp))
@@ -138,10 +140,15 @@ async function allocate(obj: KubeObject, old: KubeObject | undefined, ctx: HookC
         }
       } else {
         const n = parseIPv4(spec.clusterIP)!;
-        if (!ctx.serviceIPs.contains(n)) causes.push({ field: 'spec.clusterIPs', message: `Invalid value: ${JSON.stringify([spec.clusterIP])}: failed to allocate IP ${String(spec.clusterIP)}: provided IP is not in the valid range. The range of valid IPs is the service cluster IP range` });
+        if (!ctx.serviceIPs.contains(n))
+          causes.push({
+            field: 'spec.clusterIPs',
+            message: `Invalid value: ${JSON.stringify([spec.clusterIP])}: failed to allocate IP ${String(spec.clusterIP)}: provided IP is not in the valid range. The range of valid IPs is the service cluster IP range`,
+          });
         else if (!before.ips.includes(n) && !ctx.dryRun) {
           if (await ctx.serviceIPs.claim(n, owner)) undo.push(() => ctx.serviceIPs.release(n));
-          else causes.push({ field: 'spec.clusterIPs', message: `Invalid value: ${JSON.stringify([spec.clusterIP])}: failed to allocate IP ${String(spec.clusterIP)}: provided IP is already allocated` });
+          else
+            causes.push({ field: 'spec.clusterIPs', message: `Invalid value: ${JSON.stringify([spec.clusterIP])}: failed to allocate IP ${String(spec.clusterIP)}: provided IP is already allocated` });
         }
       }
     }

@@ -77,13 +77,19 @@ export class Store {
 
   /** Creates `key`; undefined when it exists already. */
   async create(key: string, obj: KubeObject): Promise<bigint | undefined> {
-    const res = await this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(encode(obj))).commit();
+    const res = await this.client
+      .if(key, 'Create', '==', 0)
+      .then(this.client.put(key).value(encode(obj)))
+      .commit();
     return res.succeeded ? BigInt(res.header.revision) : undefined;
   }
 
   /** Replaces `key` if it is still at revision `rev`; undefined on a conflict (or when gone). */
   async update(key: string, obj: KubeObject, rev: bigint): Promise<bigint | undefined> {
-    const res = await this.client.if(key, 'Mod', '==', rev.toString()).then(this.client.put(key).value(encode(obj))).commit();
+    const res = await this.client
+      .if(key, 'Mod', '==', rev.toString())
+      .then(this.client.put(key).value(encode(obj)))
+      .commit();
     return res.succeeded ? BigInt(res.header.revision) : undefined;
   }
 

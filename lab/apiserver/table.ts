@@ -83,7 +83,10 @@ const COLUMNS: Record<string, Col[]> = {
     {
       name: 'Selector',
       priority: 1,
-      cell: (o) => Object.entries(o.spec?.selector ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '<none>',
+      cell: (o) =>
+        Object.entries(o.spec?.selector ?? {})
+          .map(([k, v]) => `${k}=${v}`)
+          .join(',') || '<none>',
     },
   ],
   EndpointSlice: [
@@ -107,12 +110,7 @@ export function renderTable(def: ResourceDef, objs: KubeObject[], opts: { resour
     columnDefinitions: cols.map((c) => ({ name: c.name, type: c.type ?? 'string', format: c.name === 'Name' ? 'name' : '', description: '', priority: c.priority ?? 0 })),
     rows: objs.map((o) => ({
       cells: cols.map((c) => c.cell(o)),
-      object:
-        opts.includeObject === 'Object'
-          ? o
-          : opts.includeObject === 'None'
-            ? undefined
-            : { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
+      object: opts.includeObject === 'Object' ? o : opts.includeObject === 'None' ? undefined : { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
     })),
   };
 }

@@ -154,4 +154,3 @@ function eventType(ev: StoreEvent, filter: (o: KubeObject) => boolean): string |
   // An object that stops matching leaves the watcher's view as a deletion.
   return before ? 'DELETED' : undefined;
 }
-

@@ -17,6 +17,11 @@ export interface BackendNetwork {
   applyDelete(lease: Pick<Lease, 'subnet'>): Promise<void>;
   /** Compares kernel state with the peer set and repairs drift; returns how many fixes it made. */
   reconcile(): Promise<number>;
+  /**
+   * Repairs drift as the kernel announces it, until `signal` aborts (resolves then). Optional:
+   * a backend without it relies on the periodic {@link reconcile} alone.
+   */
+  watch?(signal: AbortSignal): Promise<void>;
   /** Number of peers currently programmed. */
   readonly peerCount: number;
   /** The overlay device's MTU (what pods get through the subnet file). */
@@ -33,4 +38,3 @@ export interface BackendNetwork {
    */
   peerMAC(lease: Lease): string | undefined;
 }
-

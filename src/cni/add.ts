@@ -148,7 +148,10 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     }
     undo.push(`delete veth "${vethName}"`, async () => {
       const link = await findLink(host, vethName);
-      if (link) await host.linkDel(link.index).catch((err) => { if (!isGone(err)) throw err; });
+      if (link)
+        await host.linkDel(link.index).catch((err) => {
+          if (!isGone(err)) throw err;
+        });
     });
 
     const hostLink = await host.linkByName(vethName);

@@ -5,16 +5,7 @@
  */
 import { posix } from 'node:path';
 import { CniError, ERR } from './errors.ts';
-import {
-  COMMANDS,
-  compareVersions,
-  isSupportedVersion,
-  SUPPORTED_VERSIONS,
-  type Attachment,
-  type CniEnv,
-  type CniVersion,
-  type Command,
-} from './types.ts';
+import { COMMANDS, compareVersions, isSupportedVersion, SUPPORTED_VERSIONS, type Attachment, type CniEnv, type CniVersion, type Command } from './types.ts';
 
 /** The network configuration weft reads, defaults applied. */
 export interface NetConf {
@@ -78,7 +69,7 @@ function confined(o: Record<string, unknown>, field: { key: keyof OwnNetwork; ow
 }
 
 /** libcni's rule for container IDs and network names: safe as file names and file content. */
-const SAFE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
+const SAFE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 const MAX_ID_LEN = 1024;
 
 /** True when `name` is a valid Linux interface name (what CNI's ValidateInterfaceName checks). */

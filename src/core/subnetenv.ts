@@ -113,13 +113,7 @@ export function gatewayOf(subnet: IPv4Net): string {
 
 /** The file's text (pure). */
 export function formatSubnetEnv(c: SubnetEnvContents): string {
-  return [
-    `FLANNEL_NETWORK=${formatCIDR(c.network)}`,
-    `FLANNEL_SUBNET=${gatewayOf(c.subnet)}`,
-    `FLANNEL_MTU=${c.mtu}`,
-    `FLANNEL_IPMASQ=${c.ipMasq}`,
-    '',
-  ].join('\n');
+  return [`FLANNEL_NETWORK=${formatCIDR(c.network)}`, `FLANNEL_SUBNET=${gatewayOf(c.subnet)}`, `FLANNEL_MTU=${c.mtu}`, `FLANNEL_IPMASQ=${c.ipMasq}`, ''].join('\n');
 }
 
 /** The file's text for a lost subnet (pure): FLANNEL_SUBNET replaced by the WEFT_SUBNET_* keys. */

@@ -61,7 +61,10 @@ export async function initNetwork(source: StatusSource, text: string, opts: { fo
       const now = `${formatCIDR(next.network)} (subnets /${next.subnetLen})`;
       throw new NetworkInUseError(
         `refusing to change the network from ${was} to ${now}: ${nodes.length} node lease(s) exist ` +
-          `(${nodes.slice(0, 5).map((n) => `${n.publicIP} ${n.subnet}`).join(', ')}${nodes.length > 5 ? ', ...' : ''}) ` +
+          `(${nodes
+            .slice(0, 5)
+            .map((n) => `${n.publicIP} ${n.subnet}`)
+            .join(', ')}${nodes.length > 5 ? ', ...' : ''}) ` +
           'and their pods would be outside the new network; drain the nodes and stop weftd first, or pass --force',
       );
     }

@@ -4,8 +4,8 @@
  * and under a deadline. Objects go through the proxy's validators, so what is shown is what
  * weftd's proxy would accept; rejected objects are reported, not hidden.
  */
-import { CoreV1Api, DiscoveryV1Api, setHeaderMiddleware, type ConfigurationOptions } from '@kubernetes/client-node';
-import { KubeApiError, loadKubeConfig } from '../kube/client.ts';
+import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
+import { callOptions, KubeApiError, loadKubeConfig, toApiError } from '../kube/client.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../proxy/types.ts';
 
 /** What a {@link ServiceSource} lists. */
@@ -26,33 +26,6 @@ export interface ServiceSource {
 const PAGE = 500;
 const MAX_PAGES = 200;
 
-/** A deadline on each call (client-node's calls have none of their own). */
-function options(timeoutMs: number): ConfigurationOptions {
-  const base = setHeaderMiddleware('Accept', 'application/json');
-  return {
-    middleware: [
-      {
-        pre: (ctx) => {
-          ctx.setSignal(AbortSignal.timeout(timeoutMs));
-          return base.pre(ctx);
-        },
-        post: base.post,
-      },
-    ],
-    middlewareMergeStrategy: 'append',
-  };
-}
-
-function apiError(op: string, err: unknown): KubeApiError {
-  const e = err as { code?: unknown; body?: unknown; name?: string; message?: string; cause?: { message?: string } };
-  if (typeof e?.code === 'number' && e.code >= 100) {
-    const body = typeof e.body === 'string' ? e.body : JSON.stringify(e.body ?? '');
-    const m = /"message":\s*"([^"]{0,300})/.exec(body);
-    return new KubeApiError(op, e.code, m?.[1] ?? body.slice(0, 300), { cause: err });
-  }
-  return new KubeApiError(op, 0, e?.name === 'TimeoutError' ? 'timed out' : (e?.cause?.message ?? e?.message ?? String(err)), { cause: err });
-}
-
 async function paged<T>(op: string, fetch: (cont: string | undefined) => Promise<{ items: T[]; metadata?: { _continue?: string } }>): Promise<T[]> {
   const out: T[] = [];
   let cont: string | undefined;
@@ -61,7 +34,7 @@ async function paged<T>(op: string, fetch: (cont: string | undefined) => Promise
     try {
       res = await fetch(cont);
     } catch (err) {
-      throw apiError(op, err);
+      throw toApiError(op, err);
     }
     out.push(...res.items);
     cont = res.metadata?._continue || undefined;
@@ -87,7 +60,7 @@ export class KubeServiceSource implements ServiceSource {
   }
 
   async list(): Promise<ServiceListing> {
-    const o = options(this.#timeoutMs);
+    const o = callOptions(['Accept', 'application/json'], this.#timeoutMs);
     const [rawSvcs, rawSlices] = await Promise.all([
       paged('list services', (cont) => this.#core.listServiceForAllNamespaces({ limit: PAGE, _continue: cont }, o)),
       paged('list endpointslices', (cont) => this.#discovery.listEndpointSliceForAllNamespaces({ limit: PAGE, _continue: cont }, o)),

@@ -165,7 +165,7 @@ export function renderServices(list: ServiceList, format: 'table' | 'wide' | 'js
   if (format === 'yaml') return stringify(obj);
   const notes = [...list.warnings.map((w) => `warning: ${w}`)];
   if (list.table !== 'present') notes.push(`note: table ip weft-proxy is ${list.table} on this node: nothing is programmed here`);
-  if (!list.items.length) return [`No services found (${list.source}).`, ...notes].join('\n') + '\n';
+  if (!list.items.length) return `${[`No services found (${list.source}).`, ...notes].join('\n')}\n`;
   const apiMode = list.items.some((s) => s.ports.some((p) => p.total !== undefined));
   // from the table alone "programmed" is always yes: show what it programs instead
   const header = ['NAMESPACE', 'NAME', 'CLUSTER-IP', 'PORT(S)', 'ENDPOINTS', ...(apiMode ? ['PROGRAMMED'] : [])];
@@ -179,7 +179,7 @@ export function renderServices(list: ServiceList, format: 'table' | 'wide' | 'js
     return r;
   });
   const head = apiMode ? '' : `# ${list.source}: no Kubernetes API config (pass --kubeconfig or set $KUBECONFIG); endpoints as programmed\n`;
-  return head + textTable(header, rows) + (notes.length ? notes.join('\n') + '\n' : '');
+  return head + textTable(header, rows) + (notes.length ? `${notes.join('\n')}\n` : '');
 }
 
 /** True when some Kubernetes API config is available (flag, in-cluster, or $KUBECONFIG). */

@@ -20,9 +20,10 @@ export class Health {
     opts.metrics.ready.set(0);
   }
 
-  /** The stall limit for a reconcile interval: ten missed passes, at least 30 s. */
+  /** The stall limit for a reconcile interval: three missed passes, at least 30 s. */
   static stallMsFor(reconcileIntervalMs: number): number {
-    return Math.max(30_000, 10 * reconcileIntervalMs);
+    // Three missed full passes: with the 60 s default a wedged loop shows within 3 minutes.
+    return Math.max(30_000, 3 * reconcileIntervalMs);
   }
 
   healthy(): boolean {

@@ -43,6 +43,7 @@ export interface DaemonOptions {
   nodeName: string;
   leaseTtlSeconds: number;
   renewMarginSeconds: number;
+  /** The periodic full check (the event path repairs announced drift at once, see src/backend/vxlan/drift.ts). */
   reconcileIntervalMs: number;
   /** How often the watched lease table is compared with a full etcd listing; 0 disables. */
   resyncIntervalMs: number;
@@ -83,7 +84,7 @@ const FLAGS = {
   'node-name': { type: 'string', help: 'this node\'s name (also $NODE_NAME; required in Kubernetes mode; default in etcd mode: hostname)' },
   'lease-ttl': { type: 'string', default: '24h', help: 'subnet lease TTL (e.g. 24h, 90s)' },
   'renew-margin': { type: 'string', default: '1h', help: 'renew the lease this long before it expires' },
-  'reconcile-interval': { type: 'string', default: '1s', help: 'how often kernel state is checked and repaired' },
+  'reconcile-interval': { type: 'string', default: '60s', help: 'how often kernel state (device, address, every peer entry) gets a full check, the safety net: drift the kernel announces on the VXLAN device is repaired at once regardless; firewall rules are checked about every 10s either way' },
   'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
   'watch-stall-timeout': {
     type: 'string',

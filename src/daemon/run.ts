@@ -200,6 +200,8 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     if (keeper.lostTo) log.warn(`started, not ready: subnet ${formatCIDR(keeper.lease.subnet)} is held by ${keeper.lostTo}; ${network.peerCount} peer(s)`);
     else log.info(`ready: subnet ${formatCIDR(keeper.lease.subnet)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
 
+    // Drift repair as the kernel announces it; the reconcile loop below is the slow safety net.
+    const watching = network.watch?.(signal).catch((err) => log.warn(`kernel notification watch: ${(err as Error).message}`));
     const reconciling = reconcileLoop(signal, {
       network,
       rules: { keeper: rules, spec: () => rulesSpec(keeper.lease) },
@@ -210,7 +212,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       metrics,
       log,
     });
-    await Promise.all([renewing, peers.done, reconciling, proxying]);
+    await Promise.all([renewing, peers.done, reconciling, proxying, watching]);
   } catch (err) {
     health.fail();
     throw err;

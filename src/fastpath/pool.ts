@@ -82,7 +82,10 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
     worker.unref();
     const slot: Slot = { worker, pending: new Map(), idleSince: Date.now(), ready: false };
     worker.on('message', (m: FromWorker | 'ready') => {
-      if (m === 'ready') return void (slot.ready = true);
+      if (m === 'ready') {
+        slot.ready = true;
+        return;
+      }
       const done = slot.pending.get(m.id);
       slot.pending.delete(m.id);
       if (!slot.pending.size) slot.idleSince = Date.now();
@@ -108,16 +111,19 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
   };
   for (let i = 0; i < min; i++) slots.push(spawn());
   // Extra workers that sat idle go; the timer never keeps weftd alive.
-  const reaper = setInterval(() => {
-    const now = Date.now();
-    for (const slot of [...slots]) {
-      if (slots.length <= min) break;
-      if (!slot.pending.size && now - slot.idleSince > idleMs) {
-        slots.splice(slots.indexOf(slot), 1);
-        void slot.worker.terminate();
+  const reaper = setInterval(
+    () => {
+      const now = Date.now();
+      for (const slot of [...slots]) {
+        if (slots.length <= min) break;
+        if (!slot.pending.size && now - slot.idleSince > idleMs) {
+          slots.splice(slots.indexOf(slot), 1);
+          void slot.worker.terminate();
+        }
       }
-    }
-  }, Math.min(idleMs, 5000));
+    },
+    Math.min(idleMs, 5000),
+  );
   reaper.unref();
   const handler: CniHandler = (req: CniRequest) =>
     new Promise<CniReply>((resolve) => {

@@ -45,7 +45,12 @@ export class ProtocolError extends Error {
 
 /** Encodes a request (used by tests and by any Node client). */
 export function encodeRequest(req: CniRequest): Buffer {
-  const env = Buffer.from(Object.entries(req.env).map(([k, v]) => `${k}=${v}\0`).join(''), 'utf8');
+  const env = Buffer.from(
+    Object.entries(req.env)
+      .map(([k, v]) => `${k}=${v}\0`)
+      .join(''),
+    'utf8',
+  );
   const stdin = Buffer.from(req.stdin, 'utf8');
   const head = Buffer.alloc(8);
   const out = Buffer.concat([Buffer.from(MAGIC), head.subarray(0, 4), env, head.subarray(4), stdin]);
@@ -71,7 +76,10 @@ export function decodeRequest(buf: Buffer): CniRequest | undefined {
   if (buf.length < total) return undefined;
   if (buf.length > total) throw new ProtocolError('trailing bytes after request');
   const env: Record<string, string> = {};
-  for (const kv of buf.subarray(8, 8 + envLen).toString('utf8').split('\0')) {
+  for (const kv of buf
+    .subarray(8, 8 + envLen)
+    .toString('utf8')
+    .split('\0')) {
     const eq = kv.indexOf('=');
     if (eq > 0) env[kv.slice(0, eq)] = kv.slice(eq + 1);
   }

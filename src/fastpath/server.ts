@@ -71,7 +71,10 @@ export class SocketDirError extends Error {
 function isServed(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const c = createConnection(path);
-    c.once('connect', () => (c.destroy(), resolve(true)));
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
     c.once('error', () => resolve(false));
   });
 }
@@ -93,7 +96,10 @@ async function listenPrivate(server: Server, path: string): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       // bind(2) happens inside listen(), synchronously, so the umask below is restored after it.
-      server.listen(path, () => (server.off('error', reject), resolve()));
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
       process.umask(old);
     });
   } finally {
@@ -318,7 +324,7 @@ function handle(sock: Socket, st: ConnState): void {
       } catch (err) {
         // Handlers report errors as CNI JSON themselves; reaching here is a bug in the handler.
         st.warn(`cni fast path: handler threw: ${(err as Error)?.stack ?? err}`);
-        reply = { code: 1, stdout: JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: `weftd: ${(err as Error)?.message ?? err}` }) + '\n' };
+        reply = { code: 1, stdout: `${JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: `weftd: ${(err as Error)?.message ?? err}` })}\n` };
       }
       if (!sock.destroyed) sock.end(encodeReply(reply));
     };

@@ -66,7 +66,7 @@ export function broadcastOf(net: IPv4Net): number {
 
 export function contains(net: IPv4Net, ip: number): boolean {
   const mask = maskOf(net.prefixLen);
-  return ((ip & mask) >>> 0) === ((net.ip & mask) >>> 0);
+  return (ip & mask) >>> 0 === (net.ip & mask) >>> 0;
 }
 
 /** True when the two networks share any address. */

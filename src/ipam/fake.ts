@@ -13,10 +13,11 @@ export class FakeStore implements Store {
   lockedCalls = 0;
 
   async locked<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#tail.then(
-      () => (this.lockedCalls++, fn()),
-      () => (this.lockedCalls++, fn()),
-    );
+    const call = () => {
+      this.lockedCalls++;
+      return fn();
+    };
+    const run = this.#tail.then(call, call);
     this.#tail = run.catch(() => undefined);
     return run;
   }

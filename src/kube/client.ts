@@ -79,7 +79,8 @@ export class KubeApiError extends Error {
   }
 }
 
-function toApiError(op: string, err: unknown): KubeApiError {
+/** A client-node failure as a {@link KubeApiError} (status, the server's message, or why it was unreachable). */
+export function toApiError(op: string, err: unknown): KubeApiError {
   const e = err as { code?: unknown; body?: unknown; name?: string; message?: string; cause?: unknown };
   if (typeof e?.code === 'number' && e.code >= 100) {
     let detail = '';
@@ -96,7 +97,7 @@ function toApiError(op: string, err: unknown): KubeApiError {
     }
     return new KubeApiError(op, e.code, detail.slice(0, 300), { cause: err });
   }
-  const why = e?.name === 'TimeoutError' ? 'timed out' : (e?.cause as Error | undefined)?.message ?? e?.message ?? String(err);
+  const why = e?.name === 'TimeoutError' ? 'timed out' : ((e?.cause as Error | undefined)?.message ?? e?.message ?? String(err));
   return new KubeApiError(op, 0, why, { cause: err });
 }
 
@@ -113,6 +114,26 @@ export interface NodeClient {
   patchStatus(name: string, body: object): Promise<V1Node>;
 }
 
+/**
+ * Per-call options for client-node: a deadline (its calls have none of their own) and the one
+ * header the call needs (Accept, or a patch's Content-Type).
+ */
+export function callOptions(header: [string, string], timeoutMs: number): ConfigurationOptions {
+  const base = setHeaderMiddleware(header[0], header[1]);
+  return {
+    middleware: [
+      {
+        pre: (ctx) => {
+          ctx.setSignal(AbortSignal.timeout(timeoutMs));
+          return base.pre(ctx);
+        },
+        post: base.post,
+      },
+    ],
+    middlewareMergeStrategy: 'append',
+  };
+}
+
 /** {@link NodeClient} on client-node's CoreV1Api. */
 export class KubeNodeClient implements NodeClient {
   readonly api: CoreV1Api;
@@ -123,21 +144,8 @@ export class KubeNodeClient implements NodeClient {
     this.#timeoutMs = opts.timeoutMs ?? 10_000;
   }
 
-  /** Per-call options: a deadline, and the header the call needs. */
   #options(header: [string, string], timeoutMs = this.#timeoutMs): ConfigurationOptions {
-    const base = setHeaderMiddleware(header[0], header[1]);
-    return {
-      middleware: [
-        {
-          pre: (ctx) => {
-            ctx.setSignal(AbortSignal.timeout(timeoutMs));
-            return base.pre(ctx);
-          },
-          post: base.post,
-        },
-      ],
-      middlewareMergeStrategy: 'append',
-    };
+    return callOptions(header, timeoutMs);
   }
 
   async get(name: string): Promise<V1Node> {

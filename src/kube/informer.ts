@@ -45,12 +45,17 @@ export interface KeepInformerOptions<T extends KubernetesObject> {
 export async function keepInformer<T extends KubernetesObject>(signal: AbortSignal, opts: KeepInformerOptions<T>): Promise<void> {
   const { log, what } = opts;
   const clock = opts.clock ?? systemClock;
-  const informer = new ListWatch<T>(opts.path, new BookmarkWatch(opts.kc), async () => {
-    const list = await opts.list();
-    // Failing here keeps the informer from starting a watch after we stopped it.
-    if (signal.aborted) throw new Error(`${what} stopped`);
-    return list;
-  }, false);
+  const informer = new ListWatch<T>(
+    opts.path,
+    new BookmarkWatch(opts.kc),
+    async () => {
+      const list = await opts.list();
+      // Failing here keeps the informer from starting a watch after we stopped it.
+      if (signal.aborted) throw new Error(`${what} stopped`);
+      return list;
+    },
+    false,
+  );
   informer.on('add', opts.onAdd);
   informer.on('update', opts.onUpdate);
   informer.on('delete', opts.onDelete);

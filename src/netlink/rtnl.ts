@@ -5,11 +5,12 @@
  */
 // The rtnetlink part of the package only, not its index (which also loads nl80211, genl and
 // wireguard: ~500 KB of JavaScript the CNI binary would parse at every start).
-import { FlagsNew } from 'netlink/dist/constants.js';
+import { FlagsGet, FlagsNew } from 'netlink/dist/constants.js';
 import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt.js';
 import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
 import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from './attrs.ts';
 import { LinkNotFoundError, NetlinkError } from './errors.ts';
+import { parseRtMessage, type RtEvent } from './monitor.ts';
 import type { Addr, Fdb, Link, LinkSpec, Neigh, Netlink, Route, VxlanInfo } from './types.ts';
 
 const AF_INET = 2;
@@ -17,6 +18,9 @@ const AF_BRIDGE = 7;
 const RT_TABLE_MAIN = 254;
 const RTNH_F_ONLINK = 4;
 const RTM_SETLINK = 19;
+const RTM_GETROUTE = 26;
+const RTM_GETNEIGH = 30;
+const NDA_IFINDEX = 8;
 
 // rtnetlink attribute numbers (linux/if_link.h, linux/veth.h, linux/if_bridge.h)
 const IFLA_IFNAME = 3;
@@ -76,19 +80,21 @@ function linkInfo(spec: LinkSpec): Buffer {
   }
 }
 
-function parseVxlan(data: Buffer): VxlanInfo {
+/** IFLA_INFO_DATA of a vxlan link (also read by monitor.ts). */
+export function parseVxlan(data: Buffer): VxlanInfo {
   const a = parseAttrs(data);
   const id = a.get(IFLA_VXLAN_ID);
   const link = a.get(IFLA_VXLAN_LINK);
   const local = a.get(IFLA_VXLAN_LOCAL);
   const learning = a.get(IFLA_VXLAN_LEARNING);
   const port = a.get(IFLA_VXLAN_PORT);
+  // Sizes checked: notifications (monitor.ts) come through here too.
   return {
-    vni: id ? id.readUInt32LE(0) : 0,
-    port: port ? port.readUInt16BE(0) : 0,
-    local: local ? formatIPv4(bufferToIPv4(local)) : undefined,
-    parentIndex: link ? link.readUInt32LE(0) || undefined : undefined,
-    learning: learning ? learning[0] !== 0 : true,
+    vni: id && id.length >= 4 ? id.readUInt32LE(0) : 0,
+    port: port && port.length >= 2 ? port.readUInt16BE(0) : 0,
+    local: local && local.length === 4 ? formatIPv4(bufferToIPv4(local)) : undefined,
+    parentIndex: link && link.length >= 4 ? link.readUInt32LE(0) || undefined : undefined,
+    learning: learning?.length ? learning[0] !== 0 : true,
   };
 }
 
@@ -115,6 +121,20 @@ function toLink(m: RawLink): Link {
     if (link.kind === 'vxlan' && data) link.vxlan = parseVxlan(data);
   }
   return link;
+}
+
+/** A dump request's struct rtmsg: only the family set. */
+function rtmsgFamily(family: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt8(family, 0);
+  return b;
+}
+
+/** A dump request's struct ndmsg: only the family set. */
+function ndmsgFamily(family: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt8(family, 0);
+  return b;
 }
 
 function routeMsg(r: Route) {
@@ -221,10 +241,7 @@ class RtNetlink implements Netlink {
 
   async linkSetHairpin(index: number, on: boolean): Promise<void> {
     // AF_BRIDGE SETLINK with a *nested* IFLA_PROTINFO; the package cannot set NLA_F_NESTED.
-    const body = Buffer.concat([
-      ifinfomsg({ family: AF_BRIDGE, index }),
-      nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0))),
-    ]);
+    const body = Buffer.concat([ifinfomsg({ family: AF_BRIDGE, index }), nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0)))]);
     await call(`set hairpin on link ${index}`, () => this.#sock.request(RTM_SETLINK, body, this.#o));
   }
 
@@ -255,50 +272,47 @@ class RtNetlink implements Netlink {
   }
 
   async routes(table = RT_TABLE_MAIN): Promise<Route[]> {
-    const msgs = await call('list routes', () => this.#sock.getRoutes({ family: AF_INET }, undefined, this.#o));
     const out: Route[] = [];
+    for (const ev of await this.#dump('list routes', RTM_GETROUTE, rtmsgFamily(AF_INET))) {
+      if (ev.kind === 'route' && ev.route.table === table) out.push(ev.route);
+    }
+    return out;
+  }
+
+  /**
+   * A dump read with the notification parser (monitor.ts) instead of the package's, which
+   * turns every attribute of every entry into objects: a reconcile pass over 1000 peers reads
+   * 3000 entries, and only a handful of attributes of each matter.
+   */
+  async #dump(op: string, type: number, body: Buffer): Promise<RtEvent[]> {
+    const [msgs] = await call(op, () => this.#sock.socket.request(type, body, { ...this.#o, flags: FlagsGet.DUMP }));
+    const out: RtEvent[] = [];
     for (const m of msgs) {
-      const t = m.attrs.table ?? m.data.table;
-      if (t !== table) continue;
-      const type = m.data.type;
-      if (type !== undefined && type !== 1 && type !== 'UNICAST') continue;
-      const dstIp = m.attrs.dst ? bufferToIPv4(m.attrs.dst) : 0;
-      const r: Route = { dst: `${formatIPv4(dstIp)}/${m.data.dstLen ?? 0}`, table: t };
-      if (m.attrs.gateway) r.gateway = formatIPv4(bufferToIPv4(m.attrs.gateway));
-      if (m.attrs.oif) r.index = m.attrs.oif;
-      const flags = m.data.flags as { __unknown?: number } | undefined;
-      if (flags?.__unknown && flags.__unknown & RTNH_F_ONLINK) r.onlink = true;
-      const scope = m.data.scope;
-      r.scope = scope === 253 || scope === 'LINK' ? 'link' : scope === 254 || scope === 'HOST' ? 'host' : 'universe';
-      out.push(r);
+      const ev = parseRtMessage(m.type, m.data);
+      if (ev) out.push(ev);
     }
     return out;
   }
 
   async routeReplace(r: Route): Promise<void> {
     const { data, attrs } = routeMsg(r);
-    await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () =>
-      this.#sock.newRoute(data as never, attrs, this.#with({ flags: CREATE_REPLACE })),
-    );
+    await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () => this.#sock.newRoute(data as never, attrs, this.#with({ flags: CREATE_REPLACE })));
   }
 
   async routeDel(r: Route): Promise<void> {
     const { data, attrs } = routeMsg(r);
-    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(data as never, attrs, this.#o));
+    // Match any protocol and scope, as `ip route del` does: a route someone else added (proto
+    // boot, say) is deleted too, not refused with ESRCH.
+    const match = { ...data, protocol: 0 /* RTPROT_UNSPEC */, scope: 255 /* RT_SCOPE_NOWHERE */ };
+    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(match as never, attrs, this.#o));
   }
 
   async neighs(index?: number): Promise<Neigh[]> {
-    const msgs = await call('list neighbors', () => this.#sock.getNeighbors({ family: AF_INET }, undefined, this.#o));
+    // NDA_IFINDEX has the kernel leave out other devices' entries (neigh_valid_dump_req).
+    const body = Buffer.concat([ndmsgFamily(AF_INET), ...(index !== undefined ? [nla(NDA_IFINDEX, u32(index))] : [])]);
     const out: Neigh[] = [];
-    for (const m of msgs) {
-      if (m.data.family !== AF_INET || !m.attrs.dst || !m.attrs.lladdr) continue;
-      if (index !== undefined && m.data.ifindex !== index) continue;
-      out.push({
-        index: m.data.ifindex ?? 0,
-        ip: formatIPv4(bufferToIPv4(m.attrs.dst)),
-        mac: bufferToMAC(m.attrs.lladdr),
-        permanent: Boolean(m.data.state?.permanent),
-      });
+    for (const ev of await this.#dump('list neighbors', RTM_GETNEIGH, body)) {
+      if (ev.kind === 'neigh' && ev.op === 'new' && (index === undefined || ev.neigh.index === index)) out.push(ev.neigh);
     }
     return out;
   }
@@ -314,18 +328,17 @@ class RtNetlink implements Netlink {
   }
 
   async neighDel(n: Neigh): Promise<void> {
-    await call(`delete neighbor ${n.ip}`, () =>
-      this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }, this.#o),
-    );
+    await call(`delete neighbor ${n.ip}`, () => this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }, this.#o));
   }
 
   async fdbs(index?: number): Promise<Fdb[]> {
-    const msgs = await call('list fdb', () => this.#sock.getNeighbors({ family: AF_BRIDGE }, undefined, this.#o));
+    // An AF_BRIDGE dump request carrying a struct ifinfomsg names the port whose entries are
+    // wanted (the kernel's valid_fdb_dump_legacy): without it the kernel sends every bridge
+    // port's entries too, i.e. every pod MAC on cni0, only to be dropped here.
+    const body = ifinfomsg({ family: AF_BRIDGE, index: index ?? 0 });
     const out: Fdb[] = [];
-    for (const m of msgs) {
-      if (!m.attrs.dst || !m.attrs.lladdr || m.attrs.dst.length !== 4) continue;
-      if (index !== undefined && m.data.ifindex !== index) continue;
-      out.push({ index: m.data.ifindex ?? 0, mac: bufferToMAC(m.attrs.lladdr), dst: formatIPv4(bufferToIPv4(m.attrs.dst)) });
+    for (const ev of await this.#dump('list fdb', RTM_GETNEIGH, body)) {
+      if (ev.kind === 'fdb' && (index === undefined || ev.fdb.index === index)) out.push(ev.fdb);
     }
     return out;
   }
@@ -342,11 +355,7 @@ class RtNetlink implements Netlink {
 
   async fdbDel(f: Fdb): Promise<void> {
     await call(`delete fdb ${f.mac} -> ${f.dst}`, () =>
-      this.#sock.delNeighbor(
-        { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
-        { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
-        this.#o,
-      ),
+      this.#sock.delNeighbor({ family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } }, { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) }, this.#o),
     );
   }
 
@@ -359,4 +368,3 @@ class RtNetlink implements Netlink {
 export function createRtnl(): Netlink {
   return new RtNetlink(createRtNetlink());
 }
-

@@ -35,10 +35,12 @@
  * here, and {@link nftName} checks the whole name again, so no input string reaches nft text
  * unchecked; the only comment is a constant.
  *
- * Full sync: `add table` + `delete table` + the whole table, one transaction, so there is no
- * moment without rules and whatever someone else changed inside the table is gone. It also
- * empties the ClientIP affinity sets (sticky clients pick again once per full sync). Partial
- * sync: flush and rewrite only chains whose rules changed, delete chains and sets nobody
+ * Full sync: `add table` + `flush table` + the whole table + deletion of what the kernel held
+ * beyond it, one transaction (refreshScript): no moment without rules, the base chains never
+ * leave their hooks, and whatever someone else changed inside the table is gone. It also
+ * empties the ClientIP affinity sets (sticky clients pick again once per full sync). Only with
+ * no table yet, or after a declaration changed incompatibly, is the table replaced whole
+ * (fullScript: `add table` + `delete table` + everything). Partial sync: flush and rewrite only chains whose rules changed, delete chains and sets nobody
  * references any more, and add or delete only the map elements that differ, in one transaction.
  */
 import { hash } from 'node:crypto';
@@ -293,6 +295,52 @@ function elementLines(verb: 'add' | 'delete', map: string, entries: Array<[strin
 
 function sortedKeys<V>(m: Map<string, V>): string[] {
   return [...m.keys()].sort();
+}
+
+/** Names of the chains, sets and maps a table holds, as {@link tableNames} reads them. */
+export interface TableNames {
+  chains: Set<string>;
+  sets: Set<string>;
+  maps: Set<string>;
+}
+
+/** The chain and set/map names in `nft -j list table` output (undefined: no table). */
+export function tableNames(json: string | undefined): TableNames | undefined {
+  if (json === undefined) return undefined;
+  const out: TableNames = { chains: new Set(), sets: new Set(), maps: new Set() };
+  for (const o of (JSON.parse(json) as { nftables?: Array<Record<string, { name?: unknown }>> }).nftables ?? []) {
+    if (typeof o.chain?.name === 'string') out.chains.add(o.chain.name);
+    if (typeof o.set?.name === 'string') out.sets.add(o.set.name);
+    if (typeof o.map?.name === 'string') out.maps.add(o.map.name);
+  }
+  return out;
+}
+
+/** The names a ruleset declares (frame included), for the next {@link refreshScript}. */
+export function rulesetNames(rs: Ruleset): TableNames {
+  const out: TableNames = { chains: new Set(rs.chains.keys()), sets: new Set(rs.sets.keys()), maps: new Set() };
+  for (const line of rs.frame) {
+    const m = /^add (chain|set|map) \S+ \S+ (\S+)/.exec(line);
+    if (m) (m[1] === 'chain' ? out.chains : m[1] === 'set' ? out.sets : out.maps).add(m[2]!);
+  }
+  return out;
+}
+
+/**
+ * The whole table rewritten in place, as one `nft -f` transaction: `flush table` empties every
+ * chain, set and map, then everything is declared (idempotent for what exists) and filled
+ * again, and what `existing` holds that the ruleset no longer declares is deleted. Unlike
+ * {@link fullScript} the base chains stay registered on their hooks throughout, so no packet
+ * meets a moment of hook churn (kube-proxy's nftables mode syncs the same way). Fails where a
+ * declaration changed incompatibly (a newer weft changed a map's type): then replace the table.
+ */
+export function refreshScript(rs: Ruleset, existing: TableNames): string {
+  const lines = [`add table ${T}`, `flush table ${T}`];
+  const want = rulesetNames(rs);
+  for (const name of [...existing.chains].sort()) if (!want.chains.has(name)) lines.push(`delete chain ${T} ${name}`);
+  for (const name of [...existing.sets].sort()) if (!want.sets.has(name)) lines.push(`delete set ${T} ${name}`);
+  for (const name of [...existing.maps].sort()) if (!want.maps.has(name)) lines.push(`delete map ${T} ${name}`);
+  return [...lines, ...fullScript(rs).split('\n').slice(2)].join('\n');
 }
 
 /** The whole table, replacing whatever is there, as one `nft -f` transaction. */

@@ -15,7 +15,19 @@ import { silentLog } from '../core/log.ts';
 import { errText } from '../core/errors.ts';
 import { servicePortKey, type ProxyEndpoint, type ProxyState, type ServicePortState } from './endpoints.ts';
 import { conntrackDelete, nftApply, readProxyTable, tableFingerprint, type ConntrackFilter, type ExecOptions } from './nft.ts';
-import { buildRuleset, canPartial, diffRulesets, fullScript, partialScript, type Ruleset, type RulesetDiff, type RulesetOptions } from './ruleset.ts';
+import {
+  buildRuleset,
+  canPartial,
+  diffRulesets,
+  fullScript,
+  partialScript,
+  refreshScript,
+  tableNames,
+  type Ruleset,
+  type RulesetDiff,
+  type RulesetOptions,
+  type TableNames,
+} from './ruleset.ts';
 
 function used(sp: ServicePortState): Map<string, ProxyEndpoint> {
   const m = new Map<string, ProxyEndpoint>();
@@ -124,7 +136,7 @@ export class ProxySyncer {
     } else {
       mode = 'full';
       try {
-        await nftApply(fullScript(next), this.#opts);
+        await this.#full(next);
       } catch (err) {
         this.#needFull = true;
         throw err;
@@ -156,6 +168,30 @@ export class ProxySyncer {
     const ms = performance.now() - t0;
     this.#log.debug('proxy sync', { mode, ms: Math.round(ms * 10) / 10, servicePorts: state.ports.length, flowsDeleted });
     return { mode, diff, flowsDeleted, ms };
+  }
+
+  /**
+   * A full sync: the table rewritten in place (base chains stay on their hooks, so no packet
+   * meets a gap), deleting what the kernel's table holds beyond `next` (read first: after drift
+   * or a restart only the kernel knows). Only when there is no table yet, or the in-place
+   * transaction fails because a declaration changed incompatibly, is the table replaced whole.
+   */
+  async #full(next: Ruleset): Promise<void> {
+    let existing: TableNames | undefined;
+    try {
+      existing = tableNames(await readProxyTable(this.#opts));
+    } catch (err) {
+      this.#log.warn('proxy table read failed; replacing it whole', { err: errText(err) });
+    }
+    if (existing) {
+      try {
+        await nftApply(refreshScript(next, existing), this.#opts);
+        return;
+      } catch (err) {
+        this.#log.warn('proxy table could not be rewritten in place; replacing it whole', { err: errText(err) });
+      }
+    }
+    await nftApply(fullScript(next), this.#opts);
   }
 
   /**

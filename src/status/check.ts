@@ -13,18 +13,7 @@
  */
 import { gatewayOf, parseSubnetEnvVars } from '../core/subnetenv.ts';
 import { readFileSync } from 'node:fs';
-import {
-  addressFaults,
-  deviceAddress,
-  deviceFaults,
-  deviceName,
-  fdbState,
-  neighState,
-  overlayMtu,
-  routeState,
-  VXLAN_OVERHEAD,
-  type DeviceFault,
-} from '../backend/vxlan/expected.ts';
+import { addressFaults, deviceAddress, deviceFaults, deviceName, fdbState, neighState, overlayMtu, routeState, VXLAN_OVERHEAD, type DeviceFault } from '../backend/vxlan/expected.ts';
 import { peerFromLease, type Peer } from '../backend/vxlan/peers.ts';
 import { formatCIDR, parseCIDR, type IPv4Net } from '../ip/ipv4.ts';
 import { LinkNotFoundError, type Addr, type Fdb, type Link, type Neigh, type Netlink, type Route } from '../netlink/index.ts';
@@ -179,7 +168,10 @@ export function compareState(opts: {
   else if (forward?.drift) add('missing', 'forward-rules', `iptables FORWARD accept rules for ${config.network}: ${forward.drift}`);
 
   // weftd programs only the leases its gate accepts; judge the rest as it does.
-  const verdict = judgeLeases(leases.filter((l) => l !== self), { kernel, config, self, localIP });
+  const verdict = judgeLeases(
+    leases.filter((l) => l !== self),
+    { kernel, config, self, localIP },
+  );
   const rejected = verdict.rejected;
   for (const r of rejected) add('wrong', 'lease', `${r.subnet} (PublicIP ${r.publicIP}) is invalid, weftd ignores it: ${r.reason}`, r.subnet);
 
@@ -221,7 +213,9 @@ export function compareState(opts: {
     device,
     peers,
     rejected,
-    ...(forward && { forward: 'error' in forward ? { state: 'unknown' as const, detail: forward.error } : forward.drift ? { state: 'drift' as const, detail: forward.drift } : { state: 'ok' as const } }),
+    ...(forward && {
+      forward: 'error' in forward ? { state: 'unknown' as const, detail: forward.error } : forward.drift ? { state: 'drift' as const, detail: forward.drift } : { state: 'ok' as const },
+    }),
     findings,
     consistent: findings.length === 0,
   };
@@ -263,11 +257,7 @@ function judgeLeases(
  * Runs the whole check on the node `nl` is bound to: reads the config and leases from etcd and
  * the kernel state, then compares. The device defaults to `flannel.<VNI>` from the config.
  */
-export async function checkNode(
-  mgr: EtcdSubnetManager,
-  nl: Netlink,
-  opts: { subnetFile: string; device?: string; publicIP?: string },
-): Promise<CheckReport> {
+export async function checkNode(mgr: EtcdSubnetManager, nl: Netlink, opts: { subnetFile: string; device?: string; publicIP?: string }): Promise<CheckReport> {
   const config = await collectConfig(mgr);
   if (!config) throw new ConfigError(`no network config at "${mgr.prefix}/config": nothing to check against`);
   const { nodes } = await collectNodes(mgr);

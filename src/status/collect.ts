@@ -10,15 +10,7 @@ import { ConfigError, type NetworkConfig } from '../subnet/config.ts';
 import { EtcdUnavailableError, type EtcdSubnetManager } from '../subnet/etcd.ts';
 import { subnetKey, subnetsPrefix, type Lease } from '../subnet/lease.ts';
 import type { SubnetManager } from '../subnet/manager.ts';
-import {
-  SourceUnavailableError,
-  type NetworkSummary,
-  type NodeLease,
-  type NodeList,
-  type NodeWatchHandler,
-  type StatusSource,
-  type StoredConfig,
-} from './model.ts';
+import { SourceUnavailableError, type NetworkSummary, type NodeLease, type NodeList, type NodeWatchHandler, type StatusSource, type StoredConfig } from './model.ts';
 
 /** A node named on the command line is not in the listing (or the name is ambiguous). */
 export class NodeNotFoundError extends Error {

@@ -34,7 +34,7 @@ export function table(header: string[], rows: string[][]): string {
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
       .join('   ')
       .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n') + '\n';
+  return `${[line(header), ...rows.map(line)].join('\n')}\n`;
 }
 
 const HEADER = ['PUBLIC IP', 'SUBNET', 'VTEP MAC', 'EXPIRES IN', 'LEASE AGE'];
@@ -164,7 +164,7 @@ export function renderNodeEvent(ev: NodeEvent, format: OutputFormat, widths?: nu
   if (format === 'json') return `${JSON.stringify(doc)}\n`;
   if (format === 'yaml') return `---\n${stringify(doc)}`;
   const cells = [ev.type, ...row(ev.node, format === 'wide')];
-  return (widths ? cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))) : cells).join('   ').trimEnd() + '\n';
+  return `${(widths ? cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))) : cells).join('   ').trimEnd()}\n`;
 }
 
 /** The initial table of `--watch`, with an EVENT column; returns the column widths for rows. */
@@ -180,7 +180,7 @@ export function renderWatchHeader(list: NodeList, format: OutputFormat): { text:
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
       .join('   ')
       .trimEnd();
-  return { text: [line(header), ...rows.map(line)].join('\n') + '\n', widths };
+  return { text: `${[line(header), ...rows.map(line)].join('\n')}\n`, widths };
 }
 
 /** `get network`: the config nodes lease from. */
@@ -213,7 +213,7 @@ export function renderDescribe(node: NodeLease, config: NetworkSummary | undefin
     lines.push(['Network', `${config.network} (subnets /${config.subnetLen}, VNI ${config.backend.vni}, UDP ${config.backend.port})`]);
   }
   const w = Math.max(...lines.map(([k]) => k.length)) + 1;
-  return lines.map(([k, v]) => `${`${k}:`.padEnd(w)}  ${v}`).join('\n') + '\n';
+  return `${lines.map(([k, v]) => `${`${k}:`.padEnd(w)}  ${v}`).join('\n')}\n`;
 }
 
 /** `describe node` of a Kubernetes Node. */
@@ -260,5 +260,5 @@ export function renderCheck(report: CheckReport, format: OutputFormat): string {
   for (const s of report.skipped ?? []) out.push(`skipped node "${s.node}" (not a peer, no entries expected): ${printable(s.why)}`);
   for (const f of report.findings) out.push(`${f.kind.padEnd(7)} ${f.object}: ${f.detail}`);
   out.push(report.consistent ? `consistent: kernel state matches ${report.against ?? 'etcd'}` : `inconsistent: ${report.findings.length} difference(s)`);
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }

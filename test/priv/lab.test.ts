@@ -35,27 +35,40 @@ test.after.always(async () => {
   rmSync(stateDir, { recursive: true, force: true });
 });
 
-test('lab.sh up brings up 3 nodes and 6 pods that all reach each other; down removes everything, twice', async (t) => {
+test.serial('lab.sh up (Kubernetes mode) brings up 3 nodes and 6 pods that all reach each other and a Service; down removes everything, twice', async (t) => {
   t.timeout(300_000);
   const up = await lab(['up', ...flags]);
   t.is(up.code, 0, up.out + up.err);
   // Progress, as it goes.
   t.regex(up.out, /etcd ready at http:\/\/198\.51\.100\.2:2379/);
-  for (const n of [1, 2, 3]) t.regex(up.out, new RegExp(`node n${n} 198\\.51\\.100\\.1${n} \\(wt-n${n}-${name}\\): weftd ready, subnet 198\\.(18|19)\\.\\d+\\.1/24, MTU 1450`));
+  t.regex(up.out, /API server ready at http:\/\/198\.51\.100\.2:6443/);
+  for (const n of [1, 2, 3]) {
+    t.regex(
+      up.out,
+      new RegExp(`node n${n} 198\\.51\\.100\\.1${n} \\(wt-n${n}-${name}\\): weftd ready, subnet 198\\.18\\.\\d+\\.1/24, MTU 1450, podCIDR 198\\.18\\.\\d+\\.0/24, NetworkUnavailable=False \\(WeftIsUp\\)`),
+    );
+  }
   for (const p of ['n1p1', 'n1p2', 'n2p1', 'n2p2', 'n3p1', 'n3p2']) t.regex(up.out, new RegExp(`pod ${p} on n\\d \\(wt-${p}-${name}\\): 198\\.(18|19)\\.\\d+\\.\\d+`));
   // The ping matrix: every pod reaches every other pod.
   t.regex(up.out, /30\/30 pings ok/);
   t.notRegex(up.out, /FAIL/);
-  // weftctl get nodes: one row per node, and check finds every node consistent.
-  const rows = up.out.split('\n').filter((l) => /^198\.51\.100\.1[123]\s+198\.(18|19)\.\d+\.0\/24\s+([0-9a-f]{2}:){5}[0-9a-f]{2}\s+23h59m/.test(l));
+  // The Service: every pod reaches it over TCP and UDP; the trace walks DNAT, route, VXLAN.
+  t.regex(up.out, /Service default\/echo: ClusterIP 198\.19\.\d+\.\d+/);
+  t.regex(up.out, /every pod calls the ClusterIP: 6\/6 ok/);
+  t.regex(up.out, /service\s+dnat: service-ips\[198\.19\.[\d.]+ \. tcp \. 80\][\s\S]*encap\s+198\.51\.100\.1\d -> 198\.51\.100\.1\d UDP 8472 VNI 1/);
+  // weftctl get nodes: one row per Node, and check finds every node consistent.
+  const rows = up.out.split('\n').filter((l) => /^n[123]\s+198\.51\.100\.1[123]\s+198\.18\.\d+\.0\/24\s+([0-9a-f]{2}:){5}[0-9a-f]{2}\s+198\.51\.100\.1[123]\s+False\/WeftIsUp/.test(l));
   t.is(rows.length, 3, up.out);
-  t.regex(up.out, /weftctl check: 3\/3 node\(s\) consistent with etcd/);
+  t.regex(up.out, /weftctl check: 3\/3 node\(s\) consistent with the Node annotations/);
   t.regex(up.out, /Explore it:[\s\S]*exec[\s\S]*tcpdump -ni br0 udp port 8472[\s\S]*lab\.sh down/);
 
   t.is(labNamespaces().length, 1 + 1 + 3 + 6, labNamespaces().join(' '));
   const exec = await lab(['exec', ...flags, 'n1', 'weftctl', 'get', 'nodes', '-o', 'json']);
   t.is(exec.code, 0, exec.err);
   t.is(JSON.parse(exec.out).items.length, 3);
+  const kubectl = await lab(['exec', ...flags, 'n2', 'kubectl', 'get', 'nodes', '-o', 'name']);
+  t.is(kubectl.code, 0, kubectl.err);
+  t.deepEqual(kubectl.out.trim().split('\n'), ['node/n1', 'node/n2', 'node/n3']);
   const status = await lab(['status', ...flags]);
   t.is(status.code, 0, status.err);
   t.is(status.out.match(/weftd running/g)?.length, 3);
@@ -70,6 +83,21 @@ test('lab.sh up brings up 3 nodes and 6 pods that all reach each other; down rem
   const down2 = await lab(['down', ...flags]);
   t.is(down2.code, 0, down2.out + down2.err);
   t.regex(down2.out, /nothing to tear down/);
+});
+
+test.serial('lab.sh up --etcd: weftd leases subnets in etcd, every pod reaches every other; down removes it', async (t) => {
+  t.timeout(300_000);
+  const up = await lab(['up', ...flags, '--etcd', '--nodes', '2', '--pods', '1']);
+  t.is(up.code, 0, up.out + up.err);
+  t.regex(up.out, /weftd in etcd mode/);
+  t.notRegex(up.out, /API server/);
+  t.regex(up.out, /2\/2 pings ok/);
+  const rows = up.out.split('\n').filter((l) => /^198\.51\.100\.1[12]\s+198\.18\.\d+\.0\/24\s+([0-9a-f]{2}:){5}[0-9a-f]{2}\s+23h59m/.test(l));
+  t.is(rows.length, 2, up.out);
+  t.regex(up.out, /weftctl check: 2\/2 node\(s\) consistent with etcd/);
+  const down = await lab(['down', ...flags]);
+  t.is(down.code, 0, down.out + down.err);
+  t.deepEqual(labNamespaces(), []);
 });
 
 test('lab.sh rejects addresses outside the documentation ranges and unknown commands', async (t) => {

@@ -104,6 +104,27 @@ test.serial('partial sync rewrites only the changed service; a deleted one leave
   t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: B, port: 80, count: 20 }))), ['pod-2']);
 });
 
+test.serial('a full sync rewrites the table in place: base chains keep their hooks, stale and foreign chains go', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
+  const all = [{ ip: P1 }, { ip: P2 }, { ip: P3 }];
+  await syncer.sync(state({ a: [A, all], b: [B, all] }), { full: true });
+  const baseHandles = () => {
+    const doc = JSON.parse(topo.nsh(topo.node, '/usr/sbin/nft', ['-j', 'list', 'table', 'ip', 'weft-proxy'])) as { nftables: Array<Record<string, any>> };
+    return Object.fromEntries(doc.nftables.filter((o) => o.chain?.hook).map((o) => [o.chain.name, o.chain.handle]));
+  };
+  const before = baseHandles();
+  t.is(Object.keys(before).length, 7, JSON.stringify(before));
+  // someone else's chain inside our table is drift a full sync removes
+  topo.nsh(topo.node, '/usr/sbin/nft', ['add', 'chain', 'ip', 'weft-proxy', 'foreign-chain']);
+  const r = await syncer.sync(state({ a: [A, all] }), { full: true });
+  t.is(r.mode, 'full');
+  t.deepEqual(baseHandles(), before, 'the same base chains: never unregistered from their hooks');
+  const after = listing();
+  t.false(after.chains.has('foreign-chain'));
+  t.deepEqual([...after.chains].filter((c) => c.includes('/b/')), [], 'no chain of the removed service');
+  t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 30 }))).sort(), ['pod-1', 'pod-2', 'pod-3']);
+});
+
 test.serial('stale UDP conntrack entries to a removed endpoint are deleted after the sync', async (t) => {
   const syncer = new ProxySyncer({ netns: topo.nodeNetns });
   const one = state({ d: [A, [{ ip: P1 }]] });

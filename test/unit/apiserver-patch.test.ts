@@ -21,30 +21,78 @@ test('strategic merge: lists with a merge key merge by it; others replace; primi
   const doc: Json = {
     metadata: { finalizers: ['a'] },
     spec: { ports: [{ port: 80, name: 'http' }], other: [1, 2] },
-    status: { conditions: [{ type: 'Ready', status: 'True', reason: 'R' }, { type: 'Mem', status: 'False' }] },
+    status: {
+      conditions: [
+        { type: 'Ready', status: 'True', reason: 'R' },
+        { type: 'Mem', status: 'False' },
+      ],
+    },
   };
-  const out = strategicMergePatch(doc, {
-    metadata: { finalizers: ['b', 'a'] },
-    spec: { ports: [{ port: 443, name: 'https' }, { port: 80, targetPort: 8080 }], other: [3] },
-    status: { conditions: [{ type: 'Ready', status: 'False' }, { type: 'Net', status: 'False' }] },
-  }, schema);
+  const out = strategicMergePatch(
+    doc,
+    {
+      metadata: { finalizers: ['b', 'a'] },
+      spec: {
+        ports: [
+          { port: 443, name: 'https' },
+          { port: 80, targetPort: 8080 },
+        ],
+        other: [3],
+      },
+      status: {
+        conditions: [
+          { type: 'Ready', status: 'False' },
+          { type: 'Net', status: 'False' },
+        ],
+      },
+    },
+    schema,
+  );
   t.deepEqual(out, {
     metadata: { finalizers: ['a', 'b'] },
-    spec: { ports: [{ port: 80, name: 'http', targetPort: 8080 }, { port: 443, name: 'https' }], other: [3] },
-    status: { conditions: [{ type: 'Ready', status: 'False', reason: 'R' }, { type: 'Mem', status: 'False' }, { type: 'Net', status: 'False' }] },
+    spec: {
+      ports: [
+        { port: 80, name: 'http', targetPort: 8080 },
+        { port: 443, name: 'https' },
+      ],
+      other: [3],
+    },
+    status: {
+      conditions: [
+        { type: 'Ready', status: 'False', reason: 'R' },
+        { type: 'Mem', status: 'False' },
+        { type: 'Net', status: 'False' },
+      ],
+    },
   });
 });
 
 test('strategic merge directives: $patch delete/replace, $retainKeys, $deleteFromPrimitiveList, $setElementOrder', (t) => {
-  const doc = { status: { conditions: [{ type: 'A', s: 1 }, { type: 'B', s: 2 }, { type: 'C', s: 3 }] }, metadata: { finalizers: ['x', 'y'] }, spec: { a: 1, b: 2, m: { k: 1 } } };
-  t.deepEqual((strategicMergePatch(doc, { status: { conditions: [{ type: 'B', $patch: 'delete' }] } }, schema) as any).status.conditions, [{ type: 'A', s: 1 }, { type: 'C', s: 3 }]);
+  const doc = {
+    status: {
+      conditions: [
+        { type: 'A', s: 1 },
+        { type: 'B', s: 2 },
+        { type: 'C', s: 3 },
+      ],
+    },
+    metadata: { finalizers: ['x', 'y'] },
+    spec: { a: 1, b: 2, m: { k: 1 } },
+  };
+  t.deepEqual((strategicMergePatch(doc, { status: { conditions: [{ type: 'B', $patch: 'delete' }] } }, schema) as any).status.conditions, [
+    { type: 'A', s: 1 },
+    { type: 'C', s: 3 },
+  ]);
   t.deepEqual((strategicMergePatch(doc, { status: { conditions: [{ $patch: 'replace' }, { type: 'Z', s: 9 }] } }, schema) as any).status.conditions, [{ type: 'Z', s: 9 }]);
   t.deepEqual((strategicMergePatch(doc, { spec: { m: { $patch: 'replace', j: 2 } } }, schema) as any).spec.m, { j: 2 });
   t.deepEqual((strategicMergePatch(doc, { spec: { m: { $patch: 'delete' } } }, schema) as any).spec, { a: 1, b: 2 });
   t.deepEqual((strategicMergePatch(doc, { spec: { $retainKeys: ['a', 'c'], c: 3 } }, schema) as any).spec, { a: 1, c: 3 });
   t.deepEqual((strategicMergePatch(doc, { metadata: { '$deleteFromPrimitiveList/finalizers': ['x'] } }, schema) as any).metadata.finalizers, ['y']);
   const ordered = strategicMergePatch(doc, { status: { '$setElementOrder/conditions': [{ type: 'C' }, { type: 'A' }, { type: 'B' }] } }, schema) as any;
-  t.deepEqual(ordered.status.conditions.map((c: any) => c.type), ['C', 'A', 'B']);
+  t.deepEqual(
+    ordered.status.conditions.map((c: any) => c.type),
+    ['C', 'A', 'B'],
+  );
   t.throws(() => strategicMergePatch(doc, { status: { conditions: [{ s: 1 }] } }, schema), { instanceOf: PatchError });
   t.throws(() => strategicMergePatch(doc, { $patch: 'bogus' }, schema), { instanceOf: PatchError });
   t.throws(() => strategicMergePatch(doc, [] as never, schema), { instanceOf: PatchError });

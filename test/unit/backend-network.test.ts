@@ -4,88 +4,10 @@
  */
 import test from 'ava';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
-import { LinkNotFoundError, NetlinkError, type Addr, type Fdb, type Link, type LinkSpec, type Neigh, type Netlink, type Route } from '../../src/netlink/index.ts';
+import type { Fdb, Neigh, Netlink, Route } from '../../src/netlink/index.ts';
+import { FakeNetlink } from '../helpers/fake-netlink.ts';
 import { VxlanNetwork } from '../../src/backend/vxlan/network.ts';
 import type { Lease } from '../../src/subnet/lease.ts';
-
-class FakeNetlink implements Netlink {
-  links_: Link[] = [{ index: 2, name: 'eth0', kind: 'veth', mtu: 1500, mac: '02:00:00:00:00:02', up: true }];
-  addrs_: Addr[] = [{ index: 2, ip: '198.51.100.11', prefixLen: 24 }];
-  routes_: Route[] = [];
-  neighs_: Neigh[] = [];
-  fdbs_: Fdb[] = [];
-  ops: string[] = [];
-  #next = 10;
-
-  async links() { return this.links_; }
-  async linkByName(name: string) {
-    const l = this.links_.find((x) => x.name === name);
-    if (!l) throw new LinkNotFoundError(name);
-    return { ...l };
-  }
-  async linkByIndex(index: number) {
-    const l = this.links_.find((x) => x.index === index);
-    if (!l) throw new LinkNotFoundError(index);
-    return { ...l };
-  }
-  async linkAdd(spec: LinkSpec) {
-    if (this.links_.some((l) => l.name === spec.name)) throw new NetlinkError('add', 'EEXIST');
-    if (spec.kind !== 'vxlan') throw new Error('fake: vxlan only');
-    const mac = spec.mac ?? `aa:00:00:00:00:${(this.#next).toString(16).padStart(2, '0')}`;
-    this.links_.push({ index: this.#next++, name: spec.name, kind: 'vxlan', mtu: spec.mtu ?? 1500, mac, up: false, vxlan: { vni: spec.vni, port: spec.port, local: spec.local, parentIndex: spec.parentIndex, learning: spec.learning ?? false } });
-    this.ops.push(`link add ${spec.name}`);
-  }
-  /** What the kernel does when a device goes: everything on it goes too. */
-  async linkDel(index: number) {
-    this.links_ = this.links_.filter((l) => l.index !== index);
-    this.addrs_ = this.addrs_.filter((a) => a.index !== index);
-    this.routes_ = this.routes_.filter((r) => r.index !== index);
-    this.neighs_ = this.neighs_.filter((n) => n.index !== index);
-    this.fdbs_ = this.fdbs_.filter((f) => f.index !== index);
-  }
-  async linkSetUp(index: number) { this.links_.find((l) => l.index === index)!.up = true; }
-  async linkSetMtu(index: number, mtu: number) { this.links_.find((l) => l.index === index)!.mtu = mtu; }
-  async linkSetMaster() {}
-  async linkSetNetns() {}
-  async linkSetHairpin() {}
-  async addrs(index?: number) { return this.addrs_.filter((a) => index === undefined || a.index === index); }
-  async addrAdd(a: Addr) { this.addrs_.push(a); this.ops.push(`addr add ${a.ip}/${a.prefixLen}`); }
-  async addrDel(a: Addr) { this.addrs_ = this.addrs_.filter((x) => !(x.index === a.index && x.ip === a.ip)); }
-  async routes() { return this.routes_.map((r) => ({ ...r })); }
-  async routeReplace(r: Route) {
-    this.routes_ = this.routes_.filter((x) => x.dst !== r.dst);
-    this.routes_.push({ ...r });
-    this.ops.push(`route ${r.dst} via ${r.gateway}${r.onlink ? ' onlink' : ''}`);
-  }
-  async routeDel(r: Route) {
-    if (!this.routes_.some((x) => x.dst === r.dst)) throw new NetlinkError('del', 'ESRCH');
-    this.routes_ = this.routes_.filter((x) => x.dst !== r.dst);
-    this.ops.push(`route del ${r.dst}`);
-  }
-  async neighs(index?: number) { return this.neighs_.filter((n) => index === undefined || n.index === index).map((n) => ({ ...n })); }
-  async neighReplace(n: Neigh) {
-    this.neighs_ = this.neighs_.filter((x) => !(x.index === n.index && x.ip === n.ip));
-    this.neighs_.push({ ...n });
-    this.ops.push(`neigh ${n.ip} ${n.mac}${n.permanent ? ' permanent' : ''}`);
-  }
-  async neighDel(n: Neigh) {
-    this.neighs_ = this.neighs_.filter((x) => !(x.index === n.index && x.ip === n.ip));
-    this.ops.push(`neigh del ${n.ip}`);
-  }
-  async fdbs(index?: number) { return this.fdbs_.filter((f) => index === undefined || f.index === index).map((f) => ({ ...f })); }
-  async fdbReplace(f: Fdb) {
-    this.fdbs_ = this.fdbs_.filter((x) => !(x.index === f.index && x.mac === f.mac));
-    this.fdbs_.push({ ...f });
-    this.ops.push(`fdb ${f.mac} ${f.dst}`);
-  }
-  async fdbDel(f: Fdb) {
-    const before = this.fdbs_.length;
-    this.fdbs_ = this.fdbs_.filter((x) => !(x.index === f.index && x.mac === f.mac && x.dst === f.dst));
-    if (before === this.fdbs_.length) throw new NetlinkError('del', 'ENOENT');
-    this.ops.push(`fdb del ${f.mac} ${f.dst}`);
-  }
-  close() {}
-}
 
 const silent = { error() {}, warn() {}, info() {}, debug() {} };
 
@@ -126,19 +48,17 @@ test('a changed MAC and IP replaces the entries and removes the old FDB entry; r
   await net.applySnapshot([peer2, peer3]);
   nl.ops = [];
   await net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22'));
-  t.deepEqual(nl.ops, [
-    'neigh 10.244.2.0 aa:bb:cc:00:00:22 permanent',
-    'fdb aa:bb:cc:00:00:22 198.51.100.22',
-    'route 10.244.2.0/24 via 10.244.2.0 onlink',
-    'fdb del aa:bb:cc:00:00:02 198.51.100.12',
-  ]);
+  t.deepEqual(nl.ops, ['neigh 10.244.2.0 aa:bb:cc:00:00:22 permanent', 'fdb aa:bb:cc:00:00:22 198.51.100.22', 'route 10.244.2.0/24 via 10.244.2.0 onlink', 'fdb del aa:bb:cc:00:00:02 198.51.100.12']);
   nl.ops = [];
   await net.applyPut(lease('10.244.2.0/24', '198.51.100.22', 'aa:bb:cc:00:00:22'));
   t.deepEqual(nl.ops, [], 'an unchanged lease touches nothing');
   await net.applyDelete({ subnet: parseCIDR('10.244.3.0/24') });
   t.deepEqual(nl.ops, ['route del 10.244.3.0/24', 'neigh del 10.244.3.0', 'fdb del aa:bb:cc:00:00:03 198.51.100.13']);
   t.is(net.peerCount, 1);
-  t.deepEqual(nl.fdbs_.map((f) => f.mac), ['aa:bb:cc:00:00:22']);
+  t.deepEqual(
+    nl.fdbs_.map((f) => f.mac),
+    ['aa:bb:cc:00:00:22'],
+  );
 });
 
 test('a snapshot diff removes peers that are gone and reconcile drops entries nobody owns', async (t) => {
@@ -149,9 +69,18 @@ test('a snapshot diff removes peers that are gone and reconcile drops entries no
   nl.fdbs_.push({ index: dev, mac: 'aa:bb:cc:00:00:09', dst: '198.51.100.19' });
   nl.routes_.push({ dst: '10.244.9.0/24', gateway: '10.244.9.0', index: dev, onlink: true });
   await net.applySnapshot([peer2]);
-  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.2.0/24']);
-  t.deepEqual(nl.neighs_.map((n) => n.ip), ['10.244.2.0']);
-  t.deepEqual(nl.fdbs_.map((f) => f.dst), ['198.51.100.12']);
+  t.deepEqual(
+    nl.routes_.map((r) => r.dst),
+    ['10.244.2.0/24'],
+  );
+  t.deepEqual(
+    nl.neighs_.map((n) => n.ip),
+    ['10.244.2.0'],
+  );
+  t.deepEqual(
+    nl.fdbs_.map((f) => f.dst),
+    ['198.51.100.12'],
+  );
   t.deepEqual(repairs, ['stale', 'stale', 'stale']);
 });
 
@@ -170,7 +99,10 @@ test('reconcile puts back a deleted route, FDB entry, neighbor and device (same 
   const dev = nl.links_.find((l) => l.name === 'flannel.1')!;
   t.is(dev.mac, mac);
   t.true(dev.up);
-  t.deepEqual(nl.addrs_.filter((a) => a.index === dev.index), [{ index: dev.index, ip: '10.244.1.0', prefixLen: 32 }]);
+  t.deepEqual(
+    nl.addrs_.filter((a) => a.index === dev.index),
+    [{ index: dev.index, ip: '10.244.1.0', prefixLen: 32 }],
+  );
   t.is(nl.routes_.length, 2);
   t.is(nl.neighs_.length, 2);
   t.is(nl.fdbs_.length, 2);
@@ -199,9 +131,15 @@ class SlowNetlink extends FakeNetlink {
       this.inFlight--;
     }
   }
-  override neighReplace(n: Neigh) { return this.#slow(() => super.neighReplace(n)); }
-  override fdbReplace(f: Fdb) { return this.#slow(() => super.fdbReplace(f)); }
-  override routeReplace(r: Route) { return this.#slow(() => super.routeReplace(r)); }
+  override neighReplace(n: Neigh) {
+    return this.#slow(() => super.neighReplace(n));
+  }
+  override fdbReplace(f: Fdb) {
+    return this.#slow(() => super.fdbReplace(f));
+  }
+  override routeReplace(r: Route) {
+    return this.#slow(() => super.routeReplace(r));
+  }
 }
 
 /** A read-only view of `nl` (the second socket) whose neighbor dump waits for `hold`. */
@@ -235,9 +173,13 @@ test('a bulk snapshot programs different peers side by side, within the limit, e
   t.is(nl.neighs_.length, 20);
   t.is(nl.fdbs_.length, 20);
   for (const l of leases) {
-    const gw = `10.244.${l.subnet.ip >>> 8 & 255}.0`;
+    const gw = `10.244.${(l.subnet.ip >>> 8) & 255}.0`;
     const mine = nl.ops.filter((o) => o.startsWith(`neigh ${gw} `) || o.startsWith(`route ${gw}/`) || o.includes(` ${l.publicIP}`));
-    t.deepEqual(mine.map((o) => o.split(' ')[0]), ['neigh', 'fdb', 'route'], gw);
+    t.deepEqual(
+      mine.map((o) => o.split(' ')[0]),
+      ['neigh', 'fdb', 'route'],
+      gw,
+    );
   }
   t.is(await net.reconcile(), 0);
 });
@@ -247,12 +189,20 @@ test('a new peer is programmed while a reconcile pass is still reading, and the 
   let release!: () => void;
   const { view, started } = heldDumps(nl, new Promise<void>((r) => (release = r)));
   const repairs: string[] = [];
-  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, dumpNl: view, onRepair: (w) => repairs.push(w) });
+  const net = await VxlanNetwork.open(nl, {
+    device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
+    log: silent,
+    dumpNl: view,
+    onRepair: (w) => repairs.push(w),
+  });
   await net.setSubnet(parseCIDR('10.244.1.0/24'));
   const pass = net.reconcile();
   await started;
   await net.applyPut(peer2);
-  t.true(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'route in place while the dump is held');
+  t.true(
+    nl.routes_.some((r) => r.dst === '10.244.2.0/24'),
+    'route in place while the dump is held',
+  );
   release();
   t.is(await pass, 0);
   t.deepEqual(repairs, []);
@@ -279,7 +229,10 @@ test('without a second socket a dump has the socket to itself: a peer update wai
   const put = net.applyPut(peer2).then(() => (done = true));
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
   t.false(done);
-  t.false(nl.ops.some((o) => o.startsWith('neigh 10.244.2.0')), 'nothing sent during the dump');
+  t.false(
+    nl.ops.some((o) => o.startsWith('neigh 10.244.2.0')),
+    'nothing sent during the dump',
+  );
   release();
   await put;
   await pass;
@@ -297,14 +250,26 @@ test('events for one peer apply in order even when not awaited; a MAC moving to 
     net.applyPut(lease('10.244.2.0/24', '198.51.100.32', 'aa:bb:cc:00:00:32')),
     net.applyDelete({ subnet: parseCIDR('10.244.2.0/24') }),
   ]);
-  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.3.0/24']);
-  t.deepEqual(nl.fdbs_.map((f) => f.mac), ['aa:bb:cc:00:00:03']);
+  t.deepEqual(
+    nl.routes_.map((r) => r.dst),
+    ['10.244.3.0/24'],
+  );
+  t.deepEqual(
+    nl.fdbs_.map((f) => f.mac),
+    ['aa:bb:cc:00:00:03'],
+  );
   // peer 3's node took a new subnet (same VTEP MAC and IP) before its old lease expired.
   const moved = lease('10.244.33.0/24', '198.51.100.13', 'aa:bb:cc:00:00:03');
   await net.applyPut(moved);
   await net.applyDelete({ subnet: parseCIDR('10.244.3.0/24') });
-  t.deepEqual(nl.routes_.map((r) => r.dst), ['10.244.33.0/24']);
-  t.deepEqual(nl.neighs_.map((n) => n.ip), ['10.244.33.0']);
+  t.deepEqual(
+    nl.routes_.map((r) => r.dst),
+    ['10.244.33.0/24'],
+  );
+  t.deepEqual(
+    nl.neighs_.map((n) => n.ip),
+    ['10.244.33.0'],
+  );
   t.deepEqual(nl.fdbs_, [{ index: net.link.index, mac: 'aa:bb:cc:00:00:03', dst: '198.51.100.13' }]);
   t.is(await net.reconcile(), 0);
 });
@@ -314,7 +279,13 @@ test('a reconcile pass that reads during a bulk add leaves queued peers to their
   let release!: () => void;
   const { view, started } = heldDumps(nl, new Promise<void>((r) => (release = r)));
   const repairs: string[] = [];
-  const net = await VxlanNetwork.open(nl, { device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 }, log: silent, concurrency: 2, dumpNl: view, onRepair: (w) => repairs.push(w) });
+  const net = await VxlanNetwork.open(nl, {
+    device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
+    log: silent,
+    concurrency: 2,
+    dumpNl: view,
+    onRepair: (w) => repairs.push(w),
+  });
   await net.setSubnet(parseCIDR('10.244.1.0/24'));
   nl.ops = [];
   const pass = net.reconcile();

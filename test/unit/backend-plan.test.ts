@@ -47,11 +47,14 @@ test('planPeers: missing and wrong entries become repairs, in wanted order and p
   dump.fdbs = dump.fdbs.map((f) => (f.mac === b.mac ? { ...f, dst: '198.51.100.99' } : f));
   dump.routes = dump.routes.map((r) => (r.dst === '198.18.4.0/24' ? { ...r, onlink: false } : r));
   const plan = planPeers(wanted(a, b, c), dump, { index: DEV });
-  t.deepEqual(plan.repairs.map((r) => [r.id, r.needs]), [
-    ['198.18.2.0/24', ['route']],
-    ['198.18.3.0/24', ['neighbor', 'fdb']],
-    ['198.18.4.0/24', ['route']],
-  ]);
+  t.deepEqual(
+    plan.repairs.map((r) => [r.id, r.needs]),
+    [
+      ['198.18.2.0/24', ['route']],
+      ['198.18.3.0/24', ['neighbor', 'fdb']],
+      ['198.18.4.0/24', ['route']],
+    ],
+  );
   t.is(plan.repairs[1]!.peer, b);
   t.deepEqual(plan.stale, [{ kind: 'fdb', fdb: { index: DEV, mac: b.mac, dst: '198.51.100.99' } }], "b's FDB entry to an old address is stale");
 });
@@ -70,7 +73,7 @@ test('planPeers: only weft-made entries nobody wants are stale, and only on our 
   t.deepEqual(
     plan.stale.map((s) => `${s.kind} ${staleKey(s)}`),
     ['neighbor 198.18.9.0', `fdb ${gone.mac}`, 'route 198.18.9.0'],
-    'a kernel-made neighbor, a device route and other devices\' entries are left alone',
+    "a kernel-made neighbor, a device route and other devices' entries are left alone",
   );
 });
 
@@ -78,7 +81,10 @@ test('planPeers: entries on other devices do not satisfy a peer', (t) => {
   const a = peer(2);
   const dump = inSync(a);
   const elsewhere = { neighs: dump.neighs.map((n) => ({ ...n, index: 2 })), fdbs: dump.fdbs.map((f) => ({ ...f, index: 2 })), routes: dump.routes.map((r) => ({ ...r, index: 2 })) };
-  t.deepEqual(planPeers(wanted(a), elsewhere, { index: DEV }).repairs.map((r) => r.needs), [['neighbor', 'fdb', 'route']]);
+  t.deepEqual(
+    planPeers(wanted(a), elsewhere, { index: DEV }).repairs.map((r) => r.needs),
+    [['neighbor', 'fdb', 'route']],
+  );
 });
 
 test('planPeers: keys that are not settled are left to their jobs', (t) => {
@@ -87,8 +93,16 @@ test('planPeers: keys that are not settled are left to their jobs', (t) => {
   const dump = inSync(gone);
   const busy = new Set([a.mac, gone.gateway]);
   const plan = planPeers(wanted(a, b), dump, { index: DEV, settled: (k) => !busy.has(k) });
-  t.deepEqual(plan.repairs.map((r) => r.id), ['198.18.3.0/24'], 'a is skipped: a job holds its MAC');
-  t.deepEqual(plan.stale.map((s) => s.kind), ['fdb'], "the stale neighbor and route hang off a busy gateway");
+  t.deepEqual(
+    plan.repairs.map((r) => r.id),
+    ['198.18.3.0/24'],
+    'a is skipped: a job holds its MAC',
+  );
+  t.deepEqual(
+    plan.stale.map((s) => s.kind),
+    ['fdb'],
+    'the stale neighbor and route hang off a busy gateway',
+  );
 });
 
 test('isStale re-checks against the set as it is now: a peer that claimed the entry keeps it', (t) => {
@@ -102,23 +116,43 @@ test('isStale re-checks against the set as it is now: a peer that claimed the en
   t.true(isStale(set, { kind: 'fdb', fdb: { index: DEV, mac: a.mac, dst: '198.51.100.99' } }));
 });
 
-test('fdbState: several destinations for one MAC are fine when one is the peer\'s', (t) => {
+test("fdbState: several destinations for one MAC are fine when one is the peer's", (t) => {
   const a = peer(2);
   t.is(fdbState([], a), 'missing');
   t.is(fdbState([{ index: DEV, mac: a.mac, dst: '198.51.100.99' }], a), 'wrong');
-  t.is(fdbState([{ index: DEV, mac: a.mac, dst: '198.51.100.99' }, { index: DEV, mac: a.mac, dst: a.publicIP }], a), 'ok');
+  t.is(
+    fdbState(
+      [
+        { index: DEV, mac: a.mac, dst: '198.51.100.99' },
+        { index: DEV, mac: a.mac, dst: a.publicIP },
+      ],
+      a,
+    ),
+    'ok',
+  );
 });
 
 test('the device: expected spec from the external link; any fault or a new index needs a repair', (t) => {
   const spec = expectedDevice({ index: 2, mtu: 9000 }, { vni: 4, port: 8472, local: '198.51.100.11' });
   t.deepEqual(spec, { name: 'flannel.4', vni: 4, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 8950 });
-  const link: Link = { index: DEV, name: 'flannel.4', kind: 'vxlan', mtu: 8950, mac: '0a:00:00:00:00:01', up: true, vxlan: { vni: 4, port: 8472, local: '198.51.100.11', parentIndex: 2, learning: false } };
+  const link: Link = {
+    index: DEV,
+    name: 'flannel.4',
+    kind: 'vxlan',
+    mtu: 8950,
+    mac: '0a:00:00:00:00:01',
+    up: true,
+    vxlan: { vni: 4, port: 8472, local: '198.51.100.11', parentIndex: 2, learning: false },
+  };
   const want = { ...spec, mac: link.mac };
   t.false(deviceNeedsRepair({ found: link, index: DEV, want }));
   t.true(deviceNeedsRepair({ found: undefined, index: DEV, want }));
   t.true(deviceNeedsRepair({ found: { ...link, index: DEV + 1 }, index: DEV, want }), 'recreated by someone else');
   t.true(deviceNeedsRepair({ found: { ...link, mtu: 1500 }, index: DEV, want }));
-  t.deepEqual(deviceFaults({ ...link, up: false, mtu: 1500, mac: '0a:ff:00:00:00:01' }, want).map((f) => f.field), ['mac', 'mtu', 'down']);
+  t.deepEqual(
+    deviceFaults({ ...link, up: false, mtu: 1500, mac: '0a:ff:00:00:00:01' }, want).map((f) => f.field),
+    ['mac', 'mtu', 'down'],
+  );
   t.deepEqual(deviceFaults({ ...link, kind: 'bridge', vxlan: undefined }, { vni: 4, port: 8472 }), [{ field: 'kind', found: 'bridge' }]);
 });
 
@@ -127,7 +161,16 @@ test('addressNeedsRepair: exactly the subnet network address /32', (t) => {
   t.false(addressNeedsRepair([{ index: DEV, ip: '198.18.1.0', prefixLen: 32 }], subnet));
   t.true(addressNeedsRepair([], subnet));
   t.true(addressNeedsRepair([{ index: DEV, ip: '198.18.1.0', prefixLen: 24 }], subnet));
-  t.true(addressNeedsRepair([{ index: DEV, ip: '198.18.1.0', prefixLen: 32 }, { index: DEV, ip: '198.18.5.0', prefixLen: 32 }], subnet), 'left from an older subnet');
+  t.true(
+    addressNeedsRepair(
+      [
+        { index: DEV, ip: '198.18.1.0', prefixLen: 32 },
+        { index: DEV, ip: '198.18.5.0', prefixLen: 32 },
+      ],
+      subnet,
+    ),
+    'left from an older subnet',
+  );
 });
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
@@ -144,15 +187,17 @@ test('KeyedJobQueue: one key in order (also after a failure), other keys side by
   const gate = deferred();
   let running = 0;
   let most = 0;
-  const job = (name: string, fail = false) => async () => {
-    running++;
-    most = Math.max(most, running);
-    log.push(`start ${name}`);
-    await gate.promise;
-    running--;
-    log.push(`end ${name}`);
-    if (fail) throw new Error(name);
-  };
+  const job =
+    (name: string, fail = false) =>
+    async () => {
+      running++;
+      most = Math.max(most, running);
+      log.push(`start ${name}`);
+      await gate.promise;
+      running--;
+      log.push(`end ${name}`);
+      if (fail) throw new Error(name);
+    };
   const a1 = q.run(['a'], job('a1', true));
   const a2 = q.run(['a', 'x'], job('a2'));
   const b = q.run(['b'], job('b'));

@@ -33,9 +33,17 @@ test('cmd/weft.ts bundles only the rtnetlink part of netlink and requires only b
     'node_modules/netlink/dist/structs.js',
   ]);
   t.true(inputs.includes('src/netlink/load.ts'), "netlink's node-gyp-build loader is replaced");
-  t.deepEqual(inputs.filter((f) => /^src\/(subnet|backend|rules|status|daemon)\//.test(f)), [], 'no daemon or CLI code');
+  t.deepEqual(
+    inputs.filter((f) => /^src\/(subnet|backend|rules|status|daemon)\//.test(f)),
+    [],
+    'no daemon or CLI code',
+  );
   t.true(inputs.includes('src/cni/skel.ts'));
   const builtins = new Set([...builtinModules, ...builtinModules.map((m) => `node:${m}`)]);
   const runtime = Object.values(out.metafile.outputs).flatMap((o) => o.imports.filter((i) => i.external).map((i) => i.path));
-  t.deepEqual(runtime.filter((p) => !builtins.has(p)), [], 'only Node built-ins are required at run time');
+  t.deepEqual(
+    runtime.filter((p) => !builtins.has(p)),
+    [],
+    'only Node built-ins are required at run time',
+  );
 });

@@ -37,19 +37,58 @@ test('parseEnv reads the CNI_* variables', (t) => {
 });
 
 test('parseEnv: missing or invalid variables are code 4', (t) => {
-  t.is(code(() => parseEnv(env({ CNI_COMMAND: undefined }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_COMMAND: 'add' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_CONTAINERID: undefined }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_CONTAINERID: '../etc' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_CONTAINERID: 'a\r\nb' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_IFNAME: undefined }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_IFNAME: 'sixteen-chars-xx' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_IFNAME: 'a:b' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_IFNAME: '..' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_NETNS: undefined }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_NETNS: 'netns/pod' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_ARGS: 'novalue' }))), 4);
-  t.is(code(() => parseEnv(env({ CNI_COMMAND: 'CHECK', CNI_NETNS: '' }))), 4);
+  t.is(
+    code(() => parseEnv(env({ CNI_COMMAND: undefined }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_COMMAND: 'add' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_CONTAINERID: undefined }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_CONTAINERID: '../etc' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_CONTAINERID: 'a\r\nb' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_IFNAME: undefined }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_IFNAME: 'sixteen-chars-xx' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_IFNAME: 'a:b' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_IFNAME: '..' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_NETNS: undefined }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_NETNS: 'netns/pod' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_ARGS: 'novalue' }))),
+    4,
+  );
+  t.is(
+    code(() => parseEnv(env({ CNI_COMMAND: 'CHECK', CNI_NETNS: '' }))),
+    4,
+  );
   t.deepEqual(parseCniArgs(''), {});
 });
 
@@ -80,22 +119,70 @@ test('parseConf applies defaults', (t) => {
 });
 
 test('parseConf error codes: 6 malformed, 1 version, 7 invalid', (t) => {
-  t.is(code(() => parseConf('{', 'ADD')), 6);
-  t.is(code(() => parseConf('"text"', 'ADD')), 6);
-  t.is(code(() => parseConf('{"name":"n"}', 'ADD')), 1);
-  t.is(code(() => parseConf('{"cniVersion":"0.2.0","name":"n"}', 'ADD')), 1);
-  t.is(code(() => parseConf('{"cniVersion":"9.9.9","name":"n"}', 'ADD')), 1);
-  t.is(code(() => parseConf('{"cniVersion":"0.3.1","name":"n"}', 'CHECK')), 1);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"n","cni.dev/valid-attachments":[]}', 'GC')), 1);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"n"}', 'STATUS')), 1);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0"}', 'ADD')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"a/b"}', 'ADD')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"n","mtu":1.5}', 'ADD')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"n","bridge":"way-too-long-name"}', 'ADD')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"n","dataDir":"rel"}', 'ADD')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.0.0","name":"n","prevResult":[]}', 'ADD')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.1.0","name":"n"}', 'GC')), 7);
-  t.is(code(() => parseConf('{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":1}]}', 'GC')), 7);
+  t.is(
+    code(() => parseConf('{', 'ADD')),
+    6,
+  );
+  t.is(
+    code(() => parseConf('"text"', 'ADD')),
+    6,
+  );
+  t.is(
+    code(() => parseConf('{"name":"n"}', 'ADD')),
+    1,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"0.2.0","name":"n"}', 'ADD')),
+    1,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"9.9.9","name":"n"}', 'ADD')),
+    1,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"0.3.1","name":"n"}', 'CHECK')),
+    1,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"n","cni.dev/valid-attachments":[]}', 'GC')),
+    1,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"n"}', 'STATUS')),
+    1,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0"}', 'ADD')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"a/b"}', 'ADD')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"n","mtu":1.5}', 'ADD')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"n","bridge":"way-too-long-name"}', 'ADD')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"n","dataDir":"rel"}', 'ADD')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.0.0","name":"n","prevResult":[]}', 'ADD')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.1.0","name":"n"}', 'GC')),
+    7,
+  );
+  t.is(
+    code(() => parseConf('{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":1}]}', 'GC')),
+    7,
+  );
 });
 
 test('parseConf reads GC attachments under either key', (t) => {
@@ -121,6 +208,10 @@ test('subnet file: flannel keys parsed; malformed is code 7', (t) => {
     'FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=maybe\n',
     'garbage',
   ]) {
-    t.is(code(() => parseSubnetFile(bad)), 7, JSON.stringify(bad));
+    t.is(
+      code(() => parseSubnetFile(bad)),
+      7,
+      JSON.stringify(bad),
+    );
   }
 });

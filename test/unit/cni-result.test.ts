@@ -7,7 +7,10 @@ const attached: Attached = {
   pod: { name: 'eth0', mac: '02:00:00:00:00:03', sandbox: '/run/netns/p' },
   address: '198.18.1.2/24',
   gateway: '198.18.1.1',
-  routes: [{ dst: '0.0.0.0/0', gw: '198.18.1.1' }, { dst: '198.18.0.0/16', gw: '198.18.1.1' }],
+  routes: [
+    { dst: '0.0.0.0/0', gw: '198.18.1.1' },
+    { dst: '198.18.0.0/16', gw: '198.18.1.1' },
+  ],
 };
 
 test('1.0.0 and 1.1.0 results: [bridge, host veth, eth0 in sandbox], ips[].interface = 2, no ip version', (t) => {
@@ -20,7 +23,10 @@ test('1.0.0 and 1.1.0 results: [bridge, host veth, eth0 in sandbox], ips[].inter
         { name: 'eth0', mac: '02:00:00:00:00:03', sandbox: '/run/netns/p' },
       ],
       ips: [{ address: '198.18.1.2/24', gateway: '198.18.1.1', interface: 2 }],
-      routes: [{ dst: '0.0.0.0/0', gw: '198.18.1.1' }, { dst: '198.18.0.0/16', gw: '198.18.1.1' }],
+      routes: [
+        { dst: '0.0.0.0/0', gw: '198.18.1.1' },
+        { dst: '198.18.0.0/16', gw: '198.18.1.1' },
+      ],
       dns: {},
     });
   }
@@ -44,7 +50,10 @@ test('a chained prevResult passes through first and shifts our interface index',
     dns: { nameservers: ['203.0.113.53'] },
   });
   const r = encodeResult(buildResult(attached, prev), '1.0.0') as any;
-  t.deepEqual(r.interfaces.map((i: any) => i.name), ['lo0', 'cni0', 'veth0123abcd', 'eth0']);
+  t.deepEqual(
+    r.interfaces.map((i: any) => i.name),
+    ['lo0', 'cni0', 'veth0123abcd', 'eth0'],
+  );
   t.deepEqual(r.ips, [
     { address: '203.0.113.5/32', interface: 0 },
     { address: '198.18.1.2/24', gateway: '198.18.1.1', interface: 3 },

@@ -86,10 +86,14 @@ test('retrying: resolves undefined once aborted, without another attempt', async
   const clock = new FakeClock();
   const ac = new AbortController();
   let calls = 0;
-  const done = retrying('x', async () => {
-    calls++;
-    throw new Error('down');
-  }, { signal: ac.signal, clock, log: recordingLog(), policy: { delayMs: () => 1000 } });
+  const done = retrying(
+    'x',
+    async () => {
+      calls++;
+      throw new Error('down');
+    },
+    { signal: ac.signal, clock, log: recordingLog(), policy: { delayMs: () => 1000 } },
+  );
   await clock.advance(0);
   ac.abort();
   t.is(await done, undefined);
@@ -109,9 +113,5 @@ test('failure log: the first failure, then once a minute with how long, then ok 
   f.failed(new Error('etcd down'));
   clock.t = 65_000;
   f.ok();
-  t.deepEqual(log.lines, [
-    'warn renew lease: etcd down: connection refused',
-    'warn renew lease: etcd down (failing for 61s)',
-    'info renew lease: ok again after 65s',
-  ]);
+  t.deepEqual(log.lines, ['warn renew lease: etcd down: connection refused', 'warn renew lease: etcd down (failing for 61s)', 'info renew lease: ok again after 65s']);
 });

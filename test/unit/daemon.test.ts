@@ -27,7 +27,7 @@ test('options: defaults', (t) => {
     nodeName: 'host-a',
     leaseTtlSeconds: 86_400,
     renewMarginSeconds: 3600,
-    reconcileIntervalMs: 1000,
+    reconcileIntervalMs: 60_000,
     resyncIntervalMs: 300_000,
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
@@ -115,7 +115,7 @@ test('options: --cni-socket from flag or $WEFTD_CNI_SOCKET, empty disables the f
     t.regex(err!.message, re);
   }
   t.notThrows(() => parseOptions(['--cni-socket', `/${'d'.repeat(106)}`], {}, 'h'), '107 bytes fit');
-  t.regex(usage(), /--cni-socket .*\(default "\/run\/weft\/cni.sock"\)  \[\$WEFTD_CNI_SOCKET\]/);
+  t.regex(usage(), /--cni-socket .*\(default "\/run\/weft\/cni.sock"\) {2}\[\$WEFTD_CNI_SOCKET\]/);
 });
 
 test('durations', (t) => {

@@ -21,14 +21,17 @@ test('VERSION through the handler: code 0, the supported versions on stdout', as
 
 test('dependencies are the system ones, confined to the network; log lines go to its stderr', async (t) => {
   const seen: Deps[] = [];
-  const reply = await handleCniWith({ env: version, stdin }, {
-    network,
-    wrap: (deps) => {
-      seen.push(deps);
-      deps.log('from the wrapped deps');
-      return deps;
+  const reply = await handleCniWith(
+    { env: version, stdin },
+    {
+      network,
+      wrap: (deps) => {
+        seen.push(deps);
+        deps.log('from the wrapped deps');
+        return deps;
+      },
     },
-  });
+  );
   t.is(seen.length, 1);
   t.deepEqual(seen[0]!.network, network);
   t.is(seen[0]!.writeSysctl, setSysctl, 'the shared system sysctl writer, not a copy');
@@ -66,7 +69,7 @@ for (const [key, value] of [
   });
 }
 
-test('the network\'s own values, or none, pass the confinement', async (t) => {
+test("the network's own values, or none, pass the confinement", async (t) => {
   const confs = [{}, network, { subnetFile: network.subnetFile }, { dataDir: `${network.dataDir}/` }];
   for (const extra of confs) {
     let store: string | undefined;

@@ -36,7 +36,7 @@ test('disk store lists and releases by owner, including legacy ID-only files; ig
   t.is((await store.list()).length, 3);
   t.deepEqual((await store.releaseByOwner({ containerID: 'a', ifname: 'eth0' })).map(formatIPv4), ['198.18.1.2']);
   t.deepEqual((await store.releaseByOwner({ containerID: 'legacy', ifname: 'eth0' })).map(formatIPv4), ['198.18.1.4']);
-  t.deepEqual((await store.releaseByOwner({ containerID: 'a', ifname: 'eth0' })), [], 'twice is fine');
+  t.deepEqual(await store.releaseByOwner({ containerID: 'a', ifname: 'eth0' }), [], 'twice is fine');
   t.deepEqual(readdirSync(join(dir, 'net')).sort(), ['198.18.1.3', 'lock']);
   await store.release(parseIPv4('198.18.1.200'));
   t.deepEqual(await new DiskStore(dir, 'absent').list(), []);
@@ -60,7 +60,7 @@ test('checkWritable says why the store cannot be written', async (t) => {
   t.deepEqual(readdirSync(join(dir, 'net')), [], 'probe removed');
 });
 
-test('allocation waits for host-local\'s flock on <dir>/lock and goes on once it is released', async (t) => {
+test("allocation waits for host-local's flock on <dir>/lock and goes on once it is released", async (t) => {
   const dir = tmp(t);
   mkdirSync(join(dir, 'net'));
   const range = { subnet: parseCIDR('198.18.1.0/24'), gateway: parseIPv4('198.18.1.1') };
@@ -87,7 +87,10 @@ test('two concurrent ADDs for one container get one address; the other is refuse
   const results = await Promise.allSettled(Array.from({ length: 8 }, () => allocate(new DiskStore(dir, 'net'), range, owner)));
   t.is(results.filter((r) => r.status === 'fulfilled').length, 1);
   for (const r of results) if (r.status === 'rejected') t.is((r.reason as Error).name, 'DuplicateAllocationError');
-  t.deepEqual(readdirSync(join(dir, 'net')).filter((f) => f.startsWith('198.')), ['198.18.1.2']);
+  t.deepEqual(
+    readdirSync(join(dir, 'net')).filter((f) => f.startsWith('198.')),
+    ['198.18.1.2'],
+  );
 });
 
 test('a reservation file appears with its owner already in it; no temporary is left', async (t) => {
@@ -115,7 +118,11 @@ test('a reservation file appears with its owner already in it; no temporary is l
   stop = true;
   await reader;
   t.false(seen.includes(''), 'never empty');
-  t.deepEqual(readdirSync(join(dir, 'net')).filter((f) => f.startsWith('.')), [], 'no temporary left');
+  t.deepEqual(
+    readdirSync(join(dir, 'net')).filter((f) => f.startsWith('.')),
+    [],
+    'no temporary left',
+  );
 });
 
 test('oversized or non-regular allocation files are read bounded and count as taken', async (t) => {
@@ -127,7 +134,11 @@ test('oversized or non-regular allocation files are read bounded and count as ta
   writeFileSync(join(dir, 'net', 'last_reserved_ip.0'), '1'.repeat(1 << 20));
   const store = new DiskStore(dir, 'net');
   const list = await store.list();
-  t.deepEqual(list.map((a) => [formatIPv4(a.ip), a.containerID]).sort(), [['198.18.1.2', ''], ['198.18.1.3', ''], ['198.18.1.4', '']]);
+  t.deepEqual(list.map((a) => [formatIPv4(a.ip), a.containerID]).sort(), [
+    ['198.18.1.2', ''],
+    ['198.18.1.3', ''],
+    ['198.18.1.4', ''],
+  ]);
   t.is(await store.lastReserved(), undefined);
   const range = { subnet: parseCIDR('198.18.1.0/24'), gateway: parseIPv4('198.18.1.1') };
   t.is(formatIPv4(await allocate(store, range, { containerID: 'c', ifname: 'eth0' })), '198.18.1.5');

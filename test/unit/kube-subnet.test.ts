@@ -5,16 +5,7 @@ import test from 'ava';
 import { formatCIDR, parseCIDR } from '../../src/ip/ipv4.ts';
 import { ConfigError, parseNetworkConfig } from '../../src/subnet/config.ts';
 import type { LeaseEvent } from '../../src/subnet/manager.ts';
-import {
-  annotatedVtepMAC,
-  annotationNames,
-  networkAvailablePatch,
-  nodeToLease,
-  ownAnnotations,
-  parseBackendDataAnnotation,
-  podCIDRText,
-  type NodeLike,
-} from '../../src/subnet/kube/annotations.ts';
+import { annotatedVtepMAC, annotationNames, networkAvailablePatch, nodeToLease, ownAnnotations, parseBackendDataAnnotation, podCIDRText, type NodeLike } from '../../src/subnet/kube/annotations.ts';
 import { loadNetConf } from '../../src/subnet/kube/netconf.ts';
 import { NodeLeaseTable } from '../../src/subnet/kube/table.ts';
 import { loadKubeConfig } from '../../src/kube/client.ts';
@@ -152,13 +143,19 @@ test('annotatedVtepMAC: reuses our MAC only for vxlan data with our VNI', (t) =>
 
 test('networkAvailablePatch: sets False/WeftIsUp once, keeps the transition time', (t) => {
   const now = new Date('2026-12-01T07:00:00.123Z');
-  const n: NodeLike = { metadata: { name: 'n1' }, status: { conditions: [{ type: 'Ready', status: 'True' }, { type: 'NetworkUnavailable', status: 'True', reason: 'NoRouteCreated' }] } };
+  const n: NodeLike = {
+    metadata: { name: 'n1' },
+    status: {
+      conditions: [
+        { type: 'Ready', status: 'True' },
+        { type: 'NetworkUnavailable', status: 'True', reason: 'NoRouteCreated' },
+      ],
+    },
+  };
   const p = networkAvailablePatch(n, { now, message: 'm' });
   t.deepEqual(p, {
     status: {
-      conditions: [
-        { type: 'NetworkUnavailable', status: 'False', reason: 'WeftIsUp', message: 'm', lastTransitionTime: '2026-12-01T07:00:00Z', lastHeartbeatTime: '2026-12-01T07:00:00Z' },
-      ],
+      conditions: [{ type: 'NetworkUnavailable', status: 'False', reason: 'WeftIsUp', message: 'm', lastTransitionTime: '2026-12-01T07:00:00Z', lastHeartbeatTime: '2026-12-01T07:00:00Z' }],
     },
   });
   const set: NodeLike = { status: { conditions: p!.status.conditions } };
@@ -189,9 +186,7 @@ test('table: add, unchanged update, MAC change, IP change, delete', (t) => {
   const withHeartbeat = node('n2', { cidr: '198.18.2.0/24', extra: { 'node.alpha.kubernetes.io/ttl': '0' } });
   t.deepEqual(describe(tbl.upsert(withHeartbeat)), [], 'unrelated changes are silent');
   t.deepEqual(describe(tbl.upsert(node('n2', { cidr: '198.18.2.0/24', mac: '0a:00:00:00:00:02' }))), ['put 198.18.2.0/24 198.51.100.11 0a:00:00:00:00:02']);
-  t.deepEqual(describe(tbl.upsert(node('n2', { cidr: '198.18.2.0/24', mac: '0a:00:00:00:00:02', ip: '198.51.100.22' }))), [
-    'put 198.18.2.0/24 198.51.100.22 0a:00:00:00:00:02',
-  ]);
+  t.deepEqual(describe(tbl.upsert(node('n2', { cidr: '198.18.2.0/24', mac: '0a:00:00:00:00:02', ip: '198.51.100.22' }))), ['put 198.18.2.0/24 198.51.100.22 0a:00:00:00:00:02']);
   t.is(tbl.leases().length, 1);
   t.deepEqual(describe(tbl.remove('n2')), ['delete 198.18.2.0/24']);
   t.deepEqual(describe(tbl.remove('n2')), []);
@@ -245,9 +240,7 @@ test('table: two nodes claiming one podCIDR: the first keeps it, the second take
 test('table: replace diffs a relist against what the watch delivered', (t) => {
   const { tbl } = table();
   tbl.replace([node('n2', { cidr: '198.18.2.0/24' }), node('n3', { cidr: '198.18.3.0/24' })]);
-  const evs = describe(
-    tbl.replace([node('n3', { cidr: '198.18.3.0/24', mac: '0a:00:00:00:00:33' }), node('n4', { cidr: '198.18.4.0/24' })]),
-  );
+  const evs = describe(tbl.replace([node('n3', { cidr: '198.18.3.0/24', mac: '0a:00:00:00:00:33' }), node('n4', { cidr: '198.18.4.0/24' })]));
   t.deepEqual(evs.sort(), ['delete 198.18.2.0/24', 'put 198.18.3.0/24 198.51.100.11 0a:00:00:00:00:33', 'put 198.18.4.0/24 198.51.100.11 0a:00:00:00:00:01']);
 });
 

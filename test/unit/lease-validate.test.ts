@@ -47,8 +47,8 @@ test('lease validation: the subnet must be a /SubnetLen network address inside N
   t.is(reasonOf(lease('1.0.0.0/8')), 'subnet 1.0.0.0/8 is not inside network 198.18.0.0/16');
   t.is(reasonOf(lease('198.0.0.0/8')), 'subnet 198.0.0.0/8 is not inside network 198.18.0.0/16', 'a supernet of Network');
   t.is(reasonOf(lease('198.19.2.0/24')), 'subnet 198.19.2.0/24 is not inside network 198.18.0.0/16');
-  t.is(reasonOf(lease('198.18.2.0/25')), 'subnet 198.18.2.0/25 is not a /24 (the network\'s SubnetLen)');
-  t.is(reasonOf(lease('198.18.2.0/23')), 'subnet 198.18.2.0/23 is not a /24 (the network\'s SubnetLen)');
+  t.is(reasonOf(lease('198.18.2.0/25')), "subnet 198.18.2.0/25 is not a /24 (the network's SubnetLen)");
+  t.is(reasonOf(lease('198.18.2.0/23')), "subnet 198.18.2.0/23 is not a /24 (the network's SubnetLen)");
   t.is(reasonOf(lease('198.18.2.7/24')), 'subnet 198.18.2.7/24 is not a network address');
 });
 
@@ -63,7 +63,7 @@ test('lease validation: overlap is by range: our subnet, connected routes, our a
   const wide = { ...ctx, config: { network: parseCIDR('198.48.0.0/12'), subnetLen: 16 } };
   t.is(reasonOf(lease('198.51.0.0/16'), wide), 'subnet 198.51.0.0/16 overlaps connected route 198.51.100.0/24', 'a lease covering the underlay');
   const onLo = { ...ctx, ownAddresses: [...ctx.ownAddresses, '198.18.7.7'] };
-  t.is(reasonOf(lease('198.18.7.0/24'), onLo), 'subnet 198.18.7.0/24 holds this node\'s address 198.18.7.7');
+  t.is(reasonOf(lease('198.18.7.0/24'), onLo), "subnet 198.18.7.0/24 holds this node's address 198.18.7.7");
   t.is(reasonOf(lease('198.18.3.0/24')), undefined, 'the default route in connectedRoutes is ignored');
 });
 
@@ -82,18 +82,18 @@ test('lease validation: PublicIP must be unicast and not ours unless it is our l
     t.is(reasonOf(lease('198.18.2.0/24', { ip })), `PublicIP ${ip} ${why}`, ip);
   }
   t.is(publicIPProblem('203.0.113.7'), undefined);
-  t.is(reasonOf(lease('198.18.2.0/24', { ip: '198.51.100.2' })), 'PublicIP 198.51.100.2 is this node\'s address');
+  t.is(reasonOf(lease('198.18.2.0/24', { ip: '198.51.100.2' })), "PublicIP 198.51.100.2 is this node's address");
 });
 
-test('lease validation: VtepMAC must be unicast, non-zero and not our device\'s', (t) => {
+test("lease validation: VtepMAC must be unicast, non-zero and not our device's", (t) => {
   t.is(reasonOf(lease('198.18.2.0/24', { mac: 'ff:ff:ff:ff:ff:ff' })), 'VtepMAC ff:ff:ff:ff:ff:ff is the broadcast address');
   t.is(reasonOf(lease('198.18.2.0/24', { mac: '01:00:5e:00:00:01' })), 'VtepMAC 01:00:5e:00:00:01 is multicast');
   t.is(reasonOf(lease('198.18.2.0/24', { mac: '33:33:00:00:00:01' })), 'VtepMAC 33:33:00:00:00:01 is multicast');
   t.is(reasonOf(lease('198.18.2.0/24', { mac: '00:00:00:00:00:00' })), 'VtepMAC 00:00:00:00:00:00 is zero');
-  t.is(reasonOf(lease('198.18.2.0/24', { mac: '02:AA:BB:CC:DD:EE' })), 'VtepMAC 02:AA:BB:CC:DD:EE is our device\'s');
+  t.is(reasonOf(lease('198.18.2.0/24', { mac: '02:AA:BB:CC:DD:EE' })), "VtepMAC 02:AA:BB:CC:DD:EE is our device's");
   t.is(vtepMACProblem('zz:00:00:00:00:00'), 'is not a MAC address');
   const bad = { ...lease('198.18.2.0/24'), backendData: null };
-  t.is(reasonOf(bad), 'BackendData has no valid "VtepMAC"', 'the backend parser\'s reason');
+  t.is(reasonOf(bad), 'BackendData has no valid "VtepMAC"', "the backend parser's reason");
   t.is(reasonOf(lease('198.18.2.0/24', { type: 'host-gw' })), undefined, 'a backend without a VtepMAC is not checked for one');
 });
 
@@ -124,8 +124,14 @@ test('lease validation: the cap: the number of subnets in Network, and a hard ca
   t.is(leaseCap({ network: parseCIDR('10.0.0.0/8'), subnetLen: 28 }), LEASE_HARD_CAP);
   const leases = [lease('198.18.5.0/24', { rev: '3' }), lease('198.18.2.0/24', { rev: '1' }), lease('198.18.3.0/24', { rev: '2' })];
   const r = validateLeases(leases, { ...ctx, maxLeases: 2 });
-  t.deepEqual(r.accepted.map((l) => l.modRevision), ['1', '2']);
-  t.deepEqual(r.rejected.map((x) => [x.lease.modRevision, x.reason]), [['3', 'over the cap of 2 leases']]);
+  t.deepEqual(
+    r.accepted.map((l) => l.modRevision),
+    ['1', '2'],
+  );
+  t.deepEqual(
+    r.rejected.map((x) => [x.lease.modRevision, x.reason]),
+    [['3', 'over the cap of 2 leases']],
+  );
   t.is(rejectionLine(r.rejected[0]), `ignoring lease 198.18.5.0/24 (PublicIP ${leases[0].publicIP}): over the cap of 2 leases`);
 });
 
@@ -135,7 +141,10 @@ test('lease gate: one report per rejected lease, not per resync; events for what
   const bad = lease('198.18.3.0/24', { rev: '6', ip: '127.0.0.1' });
   const first = gate.snapshot([good, bad]);
   t.deepEqual(first.accepted, [good]);
-  t.deepEqual(first.newlyRejected.map((r) => r.lease), [bad]);
+  t.deepEqual(
+    first.newlyRejected.map((r) => r.lease),
+    [bad],
+  );
   t.is(first.invalid, 1);
   t.is(gate.invalid, 1);
 
@@ -151,7 +160,10 @@ test('lease gate: one report per rejected lease, not per resync; events for what
   const broken = { ...fixed, backendData: { VNI: 1, VtepMAC: 'ff:ff:ff:ff:ff:ff' }, modRevision: '8' };
   const ev2 = gate.event({ type: 'put', lease: broken });
   t.deepEqual(ev2.events, [{ type: 'delete', subnet: broken.subnet }], 'an accepted lease turning bad is withdrawn');
-  t.deepEqual(ev2.newlyRejected.map((r) => r.reason), ['VtepMAC ff:ff:ff:ff:ff:ff is the broadcast address']);
+  t.deepEqual(
+    ev2.newlyRejected.map((r) => r.reason),
+    ['VtepMAC ff:ff:ff:ff:ff:ff is the broadcast address'],
+  );
 
   const gone = gate.event({ type: 'delete', subnet: broken.subnet });
   t.deepEqual(gone.events, [], 'a rejected lease deleted: nothing was programmed');
@@ -173,7 +185,10 @@ test('lease gate: the incumbent keeps its place; a conflict resolves when it lea
   const a2 = { ...a, modRevision: '60' };
   t.deepEqual(gate.event({ type: 'put', lease: a2 }).events, [{ type: 'put', lease: a2 }]);
   const left = gate.event({ type: 'delete', subnet: a.subnet });
-  t.deepEqual(left.events, [{ type: 'delete', subnet: a.subnet }, { type: 'put', lease: b }]);
+  t.deepEqual(left.events, [
+    { type: 'delete', subnet: a.subnet },
+    { type: 'put', lease: b },
+  ]);
   t.is(left.invalid, 0);
 });
 
@@ -240,9 +255,13 @@ test('lease validation: values from outside are bounded in reasons', (t) => {
   t.is(reasonOf(lease('198.18.2.0/24', { ip: 'a b' })), 'PublicIP "a b" is not an IPv4 address');
 });
 
-test('node facts: addresses, and the connected routes (not the default, not via a gateway, not flannel.1\'s peers)', (t) => {
+test("node facts: addresses, and the connected routes (not the default, not via a gateway, not flannel.1's peers)", (t) => {
   const facts = nodeFacts(
-    [{ index: 1, ip: '127.0.0.1', prefixLen: 8 }, { index: 2, ip: '198.51.100.2', prefixLen: 24 }, { index: 5, ip: '198.18.1.1', prefixLen: 24 }],
+    [
+      { index: 1, ip: '127.0.0.1', prefixLen: 8 },
+      { index: 2, ip: '198.51.100.2', prefixLen: 24 },
+      { index: 5, ip: '198.18.1.1', prefixLen: 24 },
+    ],
     [
       { dst: '0.0.0.0/0', gateway: '198.51.100.1', index: 2 },
       { dst: '198.51.100.0/24', index: 2, scope: 'link', table: 254 },

@@ -6,6 +6,8 @@ import {
   canPartial,
   diffRulesets,
   fullScript,
+  refreshScript,
+  tableNames,
   nftName,
   partialScript,
   shortHash,
@@ -356,4 +358,32 @@ test('ruleset: random sequences of partial syncs always equal a fresh full sync'
     t.deepEqual(k.dump(), want.dump(), `step ${step}`);
     prev = next;
   }
+});
+
+test('refreshScript: flush in place, delete only what the ruleset no longer declares; tableNames reads nft -j', (t) => {
+  const rs = buildRuleset(basic());
+  const json = JSON.stringify({
+    nftables: [
+      { metainfo: { version: '1.0.6' } },
+      { table: { family: 'ip', name: 'weft-proxy' } },
+      { chain: { family: 'ip', table: 'weft-proxy', name: 'nat-prerouting', hook: 'prerouting' } },
+      { chain: { family: 'ip', table: 'weft-proxy', name: 'svc-OLD-default/gone/tcp/http' } },
+      { set: { family: 'ip', table: 'weft-proxy', name: 'cluster-ips' } },
+      { set: { family: 'ip', table: 'weft-proxy', name: 'aff-OLD' } },
+      { map: { family: 'ip', table: 'weft-proxy', name: 'old-map' } },
+    ],
+  });
+  const names = tableNames(json)!;
+  t.deepEqual([...names.chains], ['nat-prerouting', 'svc-OLD-default/gone/tcp/http']);
+  t.deepEqual([...names.maps], ['old-map']);
+  t.is(tableNames(undefined), undefined);
+  const s = refreshScript(rs, names);
+  const lines = s.split('\n');
+  t.deepEqual(lines.slice(0, 2), ['add table ip weft-proxy', 'flush table ip weft-proxy']);
+  t.false(s.includes('delete table'), 'the table (and its base chains) is never deleted');
+  t.true(lines.includes('delete chain ip weft-proxy svc-OLD-default/gone/tcp/http'));
+  t.true(lines.includes('delete set ip weft-proxy aff-OLD'));
+  t.true(lines.includes('delete map ip weft-proxy old-map'));
+  t.false(lines.some((l) => /^delete (chain|set) ip weft-proxy (nat-prerouting|cluster-ips)$/.test(l)), 'what the ruleset declares stays');
+  t.true(s.endsWith(fullScript(rs).split('\n').slice(2).join('\n')), 'then the whole ruleset, as a full sync writes it');
 });

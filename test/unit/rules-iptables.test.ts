@@ -32,7 +32,7 @@ test('iptables forward: parses only the filter table: one jump, our two rules', 
   t.is(forwardDrift(net, seen), undefined);
 });
 
-test('iptables forward: the rules are flannel\'s FLANNEL-FWD ones, in weft\'s chain', (t) => {
+test("iptables forward: the rules are flannel's FLANNEL-FWD ones, in weft's chain", (t) => {
   t.deepEqual(forwardRules(net), ['-A WEFT-FORWARD -s 198.18.0.0/16 -j ACCEPT', '-A WEFT-FORWARD -d 198.18.0.0/16 -j ACCEPT']);
 });
 
@@ -54,7 +54,7 @@ test('iptables forward: restore input rewrites the chain in one commit and leave
   t.is(fresh, ['*filter', ':WEFT-FORWARD - [0:0]', ...forwardRules(net), '-I FORWARD 1 -j WEFT-FORWARD', 'COMMIT', ''].join('\n'));
   const present = forwardRestoreScript(net, { jumps: 1, chain: forwardRules(net) });
   t.false(present.includes('FORWARD 1'), 'an existing jump is not added again');
-  t.false(/^-[DF] FORWARD/m.test(present), 'never touches FORWARD\'s other rules');
+  t.false(/^-[DF] FORWARD/m.test(present), "never touches FORWARD's other rules");
   const doubled = forwardRestoreScript(net, { jumps: 3, chain: [] });
   t.is(doubled.match(/^-D FORWARD -j WEFT-FORWARD$/gm)?.length, 2);
   t.false(doubled.includes('-I FORWARD'));

@@ -4,17 +4,24 @@ import { rulesFingerprint, rulesScript } from '../../src/rules/nft.ts';
 
 const spec = { network: parseCIDR('10.244.0.0/16'), subnet: parseCIDR('10.244.3.0/24') };
 
-test('rules: one transaction that replaces weft\'s own table (add, delete, define)', (t) => {
+test("rules: one transaction that replaces weft's own table (add, delete, define)", (t) => {
   const lines = rulesScript({ ...spec, masquerade: true }).split('\n');
   t.deepEqual(lines.slice(0, 3), ['add table ip weft', 'delete table ip weft', 'table ip weft {']);
-  t.false(lines.some((l) => /flush ruleset|table ip (nat|filter)\b/.test(l)), 'never touches other tables');
+  t.false(
+    lines.some((l) => /flush ruleset|table ip (nat|filter)\b/.test(l)),
+    'never touches other tables',
+  );
 });
 
-test('rules: masquerade equal to flannel\'s FLANNEL-POSTRTG, in its order, and forward accept', (t) => {
+test("rules: masquerade equal to flannel's FLANNEL-POSTRTG, in its order, and forward accept", (t) => {
   const s = rulesScript({ ...spec, masquerade: true });
   t.true(s.includes('type nat hook postrouting priority srcnat; policy accept;'));
   const post = s.slice(s.indexOf('chain postrouting'));
-  const rules = post.split('\n').slice(2).map((l) => l.trim()).filter((l) => l && l !== '}');
+  const rules = post
+    .split('\n')
+    .slice(2)
+    .map((l) => l.trim())
+    .filter((l) => l && l !== '}');
   t.deepEqual(rules, [
     'meta mark & 0x4000 == 0x4000 return',
     'ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return',
@@ -40,7 +47,13 @@ test('rules: without masquerade the forward chain is still there, and no nat', (
 // `nft -j list table ip weft` (nftables 1.0.6), forward chain only.
 function nftJson(opts: { handleBase: number; rules: Array<'saddr' | 'daddr'>; policy?: string }): string {
   const rule = (field: string, i: number) => ({
-    rule: { family: 'ip', table: 'weft', chain: 'forward', handle: opts.handleBase + 2 + i, expr: [{ match: { op: '==', left: { payload: { protocol: 'ip', field } }, right: { prefix: { addr: '198.18.0.0', len: 16 } } } }, { accept: null }] },
+    rule: {
+      family: 'ip',
+      table: 'weft',
+      chain: 'forward',
+      handle: opts.handleBase + 2 + i,
+      expr: [{ match: { op: '==', left: { payload: { protocol: 'ip', field } }, right: { prefix: { addr: '198.18.0.0', len: 16 } } } }, { accept: null }],
+    },
   });
   return JSON.stringify({
     nftables: [

@@ -30,7 +30,16 @@ test('formatDuration is kubectl-like', (t) => {
 });
 
 test('table aligns columns', (t) => {
-  t.is(table(['A', 'LONGER'], [['xxxx', 'y'], ['z', 'w']]), 'A      LONGER\nxxxx   y\nz      w\n');
+  t.is(
+    table(
+      ['A', 'LONGER'],
+      [
+        ['xxxx', 'y'],
+        ['z', 'w'],
+      ],
+    ),
+    'A      LONGER\nxxxx   y\nz      w\n',
+  );
 });
 
 /** A lease as the subnet manager lists it, from flannel's JSON value. */
@@ -40,7 +49,11 @@ function nodeOf(subnet: string, value: unknown, opts: { etcdLeaseId?: string; mo
 }
 
 test('nodeFromLease reads flannel lease values and TTLs', (t) => {
-  const n = nodeOf('198.18.3.0/24', { PublicIP: '198.51.100.13', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: 'AA:BB:CC:00:00:03' } }, { etcdLeaseId: '42', ttl: { TTL: 100, grantedTTL: 160 } });
+  const n = nodeOf(
+    '198.18.3.0/24',
+    { PublicIP: '198.51.100.13', BackendType: 'vxlan', BackendData: { VNI: 1, VtepMAC: 'AA:BB:CC:00:00:03' } },
+    { etcdLeaseId: '42', ttl: { TTL: 100, grantedTTL: 160 } },
+  );
   t.like(n, { publicIP: '198.51.100.13', subnet: '198.18.3.0/24', vtepIP: '198.18.3.0', vtepMAC: 'aa:bb:cc:00:00:03', vni: 1, etcdLeaseId: '42', key: '/p/subnets/198.18.3.0-24', modRevision: '7' });
   t.is(n.expiresInSeconds, 100);
   t.is(n.leaseAgeSeconds, 60);
@@ -59,16 +72,17 @@ test('renderNodes -o json|yaml prints a kubectl-style List', (t) => {
   const json = JSON.parse(renderNodes({ location: '/p/subnets/', nodes }, 'json'));
   t.deepEqual(Object.keys(json), ['apiVersion', 'kind', 'items']);
   t.like(json, { apiVersion: 'v1', kind: 'List' });
-  t.deepEqual(json.items.map((n: NodeLease) => n.subnet), ['198.18.2.0/24', '198.18.3.0/24']);
+  t.deepEqual(
+    json.items.map((n: NodeLease) => n.subnet),
+    ['198.18.2.0/24', '198.18.3.0/24'],
+  );
   t.regex(renderNodes({ location: '/p/subnets/', nodes: [] }, 'yaml'), /^apiVersion: v1\nkind: List\nitems: \[\]\n$/);
 });
 
 test('NodeEvents: puts and deletes after the printed list, and a re-list snapshot diffed against it', (t) => {
   const at = (subnet: string, publicIP: string, modRevision: string) => nodeOf(subnet, { PublicIP: publicIP }, { modRevision });
   const seen: string[] = [];
-  const ev = new NodeEvents([at('198.18.1.0/24', '198.51.100.11', '5'), at('198.18.2.0/24', '198.51.100.12', '6')], (e: NodeEvent) =>
-    seen.push(`${e.type} ${e.node.subnet} ${e.node.publicIP}`),
-  );
+  const ev = new NodeEvents([at('198.18.1.0/24', '198.51.100.11', '5'), at('198.18.2.0/24', '198.51.100.12', '6')], (e: NodeEvent) => seen.push(`${e.type} ${e.node.subnet} ${e.node.publicIP}`));
   // The watch's first snapshot repeats what was printed: nothing to report.
   ev.snapshot([at('198.18.1.0/24', '198.51.100.11', '5'), at('198.18.2.0/24', '198.51.100.12', '6')]);
   t.deepEqual(seen, []);
@@ -121,7 +135,10 @@ test('compareState: healthy state is consistent', (t) => {
   t.deepEqual(r.findings, []);
   t.true(r.consistent);
   t.deepEqual(r.self, { publicIP: '198.51.100.11', subnet: '198.18.1.0/24' });
-  t.deepEqual(r.peers.map((p) => [p.subnet, p.neighbor, p.fdb, p.route]), [['198.18.2.0/24', 'ok', 'ok', 'ok']]);
+  t.deepEqual(
+    r.peers.map((p) => [p.subnet, p.neighbor, p.fdb, p.route]),
+    [['198.18.2.0/24', 'ok', 'ok', 'ok']],
+  );
 });
 
 test('compareState: a lost subnet (the lost form of the subnet file) is reported with its holder', (t) => {
@@ -149,44 +166,62 @@ test('compareState: a non-permanent neighbor and a route without onlink are wron
   k.neighs = [{ ...k.neighs[0]!, permanent: false }];
   k.routes = [{ ...k.routes[0]!, onlink: false }];
   const r = run(k);
-  t.deepEqual(r.peers.map((p) => [p.neighbor, p.fdb, p.route]), [['wrong', 'ok', 'wrong']]);
+  t.deepEqual(
+    r.peers.map((p) => [p.neighbor, p.fdb, p.route]),
+    [['wrong', 'ok', 'wrong']],
+  );
   t.false(r.consistent);
 });
 
 test('compareState: an address weftd would remove is extra; a non-vxlan device is wrong', (t) => {
   const k = healthyKernel();
   k.addrs.push({ index: 5, ip: '198.18.7.0', prefixLen: 32 });
-  t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), ['extra address: 198.18.7.0/32 on flannel.1']);
+  t.deepEqual(
+    run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`),
+    ['extra address: 198.18.7.0/32 on flannel.1'],
+  );
   k.device = { ...k.device!, kind: 'bridge', vxlan: undefined };
   k.addrs.pop();
-  t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), ['wrong device: flannel.1 is a bridge device, not vxlan']);
+  t.deepEqual(
+    run(k).findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`),
+    ['wrong device: flannel.1 is a bridge device, not vxlan'],
+  );
 });
 
 test('compareState: leases weftd rejects are reported and not expected in the kernel; FORWARD rules state', (t) => {
   const k = healthyKernel();
   k.facts = { ownAddresses: ['198.51.100.11', '198.18.1.0'], connectedRoutes: [parseCIDR('198.51.100.0/24')] };
-  const bad = [
-    lease('1.0.0.0/8', '198.51.100.13', '0a:00:00:00:00:03'),
-    lease('198.18.4.0/24', '198.51.100.11', '0a:00:00:00:00:04'),
-    lease('198.18.5.0/24', '198.51.100.15', '01:00:5e:00:00:05'),
-  ];
+  const bad = [lease('1.0.0.0/8', '198.51.100.13', '0a:00:00:00:00:03'), lease('198.18.4.0/24', '198.51.100.11', '0a:00:00:00:00:04'), lease('198.18.5.0/24', '198.51.100.15', '01:00:5e:00:00:05')];
   k.forward = { drift: 'iptables-nft: jump from FORWARD to WEFT-FORWARD missing' };
   const r = compareState({ kernel: k, leases: [...leases, ...bad], config, device: 'flannel.1', subnetFile: '/run/flannel/subnet.env' });
   t.deepEqual(r.self, { publicIP: '198.51.100.11', subnet: '198.18.1.0/24' }, 'a second lease with our PublicIP does not pass for ours');
-  t.deepEqual(r.peers.map((p) => p.subnet), ['198.18.2.0/24'], 'no neighbor/FDB/route expected for a rejected lease');
-  t.deepEqual(r.rejected.map((x) => x.subnet), ['1.0.0.0/8', '198.18.4.0/24', '198.18.5.0/24']);
+  t.deepEqual(
+    r.peers.map((p) => p.subnet),
+    ['198.18.2.0/24'],
+    'no neighbor/FDB/route expected for a rejected lease',
+  );
+  t.deepEqual(
+    r.rejected.map((x) => x.subnet),
+    ['1.0.0.0/8', '198.18.4.0/24', '198.18.5.0/24'],
+  );
   t.deepEqual(r.forward, { state: 'drift', detail: 'iptables-nft: jump from FORWARD to WEFT-FORWARD missing' });
-  t.deepEqual(r.findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`), [
-    'missing forward-rules: iptables FORWARD accept rules for 198.18.0.0/16: iptables-nft: jump from FORWARD to WEFT-FORWARD missing',
-    'wrong lease: 1.0.0.0/8 (PublicIP 198.51.100.13) is invalid, weftd ignores it: subnet 1.0.0.0/8 is not inside network 198.18.0.0/16',
-    "wrong lease: 198.18.4.0/24 (PublicIP 198.51.100.11) is invalid, weftd ignores it: PublicIP 198.51.100.11 is this node's address",
-    'wrong lease: 198.18.5.0/24 (PublicIP 198.51.100.15) is invalid, weftd ignores it: VtepMAC 01:00:5e:00:00:05 is multicast',
-  ]);
+  t.deepEqual(
+    r.findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`),
+    [
+      'missing forward-rules: iptables FORWARD accept rules for 198.18.0.0/16: iptables-nft: jump from FORWARD to WEFT-FORWARD missing',
+      'wrong lease: 1.0.0.0/8 (PublicIP 198.51.100.13) is invalid, weftd ignores it: subnet 1.0.0.0/8 is not inside network 198.18.0.0/16',
+      "wrong lease: 198.18.4.0/24 (PublicIP 198.51.100.11) is invalid, weftd ignores it: PublicIP 198.51.100.11 is this node's address",
+      'wrong lease: 198.18.5.0/24 (PublicIP 198.51.100.15) is invalid, weftd ignores it: VtepMAC 01:00:5e:00:00:05 is multicast',
+    ],
+  );
   t.false(r.consistent);
   k.forward = { drift: undefined };
   const ok = compareState({ kernel: k, leases, config, device: 'flannel.1', subnetFile: '/run/flannel/subnet.env' });
   t.true(ok.consistent);
   t.deepEqual(ok.forward, { state: 'ok' });
   k.forward = { error: 'nft: not found' };
-  t.deepEqual(run(k).findings.map((f) => `${f.kind} ${f.object}`), ['wrong forward-rules']);
+  t.deepEqual(
+    run(k).findings.map((f) => `${f.kind} ${f.object}`),
+    ['wrong forward-rules'],
+  );
 });

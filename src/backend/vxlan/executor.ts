@@ -23,7 +23,8 @@ import { isGone, LinkNotFoundError, type Link, type Netlink } from '../../netlin
 import type { Log } from '../../core/log.ts';
 import { ensureDeviceAddress, ensureVxlanDevice, type VxlanDeviceSpec } from './device.ts';
 import { deviceAddress, peerFdb, peerNeigh, peerRoute } from './expected.ts';
-import { KeyedJobQueue } from './jobqueue.ts';
+import type { KernelCache } from './cache.ts';
+import { KeyedJobQueue, type Watch } from './jobqueue.ts';
 import { peerKeys, type Peer, type PeerSet } from './peers.ts';
 import { addressNeedsRepair, deviceNeedsRepair, isStale, planPeers, staleKey, type Plan, type PeerRepair, type StaleEntry } from './plan.ts';
 import { SocketLock } from './socketlock.ts';
@@ -53,6 +54,8 @@ export interface ExecutorOptions {
   device: DeviceState;
   log: Log;
   onRepair?: (what: RepairKind) => void;
+  /** The kernel cache of the event path (drift.ts); each pass's dump seeds it. */
+  cache?: KernelCache;
 }
 
 export class Executor {
@@ -149,15 +152,51 @@ export class Executor {
     }
 
     const watch = this.#queue.watch();
+    const cache = this.#opts.cache;
     let plan: Plan;
     try {
+      cache?.beginDump();
       // One dump at a time: a netlink socket refuses a second dump while one is in progress.
       const dump = await this.#read(async (nl) => ({ neighs: await nl.neighs(index), fdbs: await nl.fdbs(index), routes: await nl.routes() }));
+      cache?.endDump(dump, index);
       plan = planPeers(this.#opts.peers, dump, { index, settled: watch.settled });
     } finally {
+      cache?.abortDump();
       // Decided everything; the repairs queued next mark their own keys busy.
       watch.close();
     }
+    return fixes + (await this.#carryOut(plan));
+  }
+
+  /**
+   * The event path (drift.ts): plans the peer entries of `keys` from the kernel cache instead of
+   * a dump, and carries the plan out like a pass does. Returns the number of fixes; 0 when there
+   * is no valid cache (a full pass is due then anyway).
+   */
+  async repairKeys(keys: ReadonlySet<string>, settled: (key: string) => boolean): Promise<number> {
+    const cache = this.#opts.cache;
+    if (!cache?.valid || cache.index !== this.#index) return 0;
+    return this.#carryOut(planPeers(this.#opts.peers, cache.dump(), { index: this.#index, settled, keys }));
+  }
+
+  /** Peer jobs queued or running. */
+  get pending(): number {
+    return this.#queue.pending;
+  }
+
+  /** Resolves once no peer job is queued or running. */
+  async idle(): Promise<void> {
+    while (this.#queue.pending) await this.#queue.idle(1000);
+  }
+
+  /** Starts recording which keys jobs work on (see KeyedJobQueue.watch). */
+  watch(): Watch {
+    return this.#queue.watch();
+  }
+
+  /** Runs a plan's repairs and removals as per-peer jobs; the number of fixes. */
+  async #carryOut(plan: Plan): Promise<number> {
+    let fixes = 0;
     const jobs = [...plan.repairs.map((r) => () => this.#repair(r)), ...plan.stale.map((s) => () => this.#dropStale(s))];
     const results = await Promise.allSettled(jobs.map((start) => start()));
     for (const res of results) {

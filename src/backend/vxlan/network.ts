@@ -11,6 +11,10 @@ import type { Log } from '../../core/log.ts';
 import type { BackendNetwork } from '../types.ts';
 import { encodeBackendData } from './backenddata.ts';
 import { ensureVxlanDevice, type VxlanDeviceSpec } from './device.ts';
+import type { RtMonitor, RtMonitorHandlers } from '../../netlink/monitor.ts';
+import { errText } from '../../core/errors.ts';
+import { KernelCache } from './cache.ts';
+import { DriftWatch } from './drift.ts';
 import { Executor, type DeviceState, type RepairKind } from './executor.ts';
 import { PeerSet, peerFromLease, samePeer, type Peer } from './peers.ts';
 
@@ -40,6 +44,12 @@ export interface VxlanNetworkOptions {
   dumpNl?: Netlink;
   /** Peer jobs in flight at once (default {@link PEER_CONCURRENCY}). */
   concurrency?: number;
+  /**
+   * Opens an rtnetlink notification socket in the namespace of `nl` (cmd/weftd.ts:
+   * `openRtMonitor`); without it {@link VxlanNetwork.watch} has nothing to watch and only the
+   * periodic passes repair drift.
+   */
+  monitor?: (handlers: RtMonitorHandlers) => RtMonitor;
 }
 
 export class VxlanNetwork implements BackendNetwork {
@@ -48,7 +58,10 @@ export class VxlanNetwork implements BackendNetwork {
   readonly #peers = new PeerSet();
   readonly #device: DeviceState;
   readonly #exec: Executor;
+  readonly #cache = new KernelCache();
   #reconciling: Promise<unknown> = Promise.resolve();
+  /** A full pass asked for by the event path is queued and not started yet. */
+  #passQueued = false;
 
   private constructor(nl: Netlink, opts: VxlanNetworkOptions, link: Link) {
     this.#opts = opts;
@@ -61,6 +74,7 @@ export class VxlanNetwork implements BackendNetwork {
       device: this.#device,
       log: opts.log,
       onRepair: opts.onRepair,
+      cache: this.#cache,
     });
   }
 
@@ -179,7 +193,57 @@ export class VxlanNetwork implements BackendNetwork {
 
   /** One pass at a time; a call during a pass runs after it. */
   reconcile(): Promise<number> {
-    const run = this.#reconciling.then(() => this.#exec.pass());
+    return this.#serial(() => this.#exec.pass());
+  }
+
+  /**
+   * Repairs drift as the kernel announces it (drift.ts) until `signal` aborts; the periodic
+   * {@link reconcile} passes stay the safety net. Subscribes first, then runs one full pass,
+   * which seeds the kernel cache the event path plans from. Without a `monitor` option, or when
+   * the socket cannot be opened, it logs why and returns: only the periodic passes repair then.
+   */
+  async watch(signal: AbortSignal): Promise<void> {
+    const open = this.#opts.monitor;
+    const log = this.#opts.log;
+    if (!open || signal.aborted) return;
+    const drift = new DriftWatch({
+      cache: this.#cache,
+      peers: this.#peers,
+      device: () => ({ name: this.#device.spec.name, index: this.#device.link.index, want: { ...this.#device.spec, mac: this.#device.link.mac }, subnet: this.#device.subnet }),
+      watch: () => this.#exec.watch(),
+      repairKeys: (keys, settled) => this.#serial(() => this.#exec.repairKeys(keys, settled)),
+      fullPass: (why) => this.#queuePass(why),
+      jobs: { pending: () => this.#exec.pending, idle: () => this.#exec.idle() },
+      subscription: { pause: () => mon?.pause(), resume: () => mon?.resume() },
+      log,
+    });
+    let mon: RtMonitor | undefined;
+    try {
+      mon = open({ onEvents: (evs) => drift.onEvents(evs), onLost: (err) => drift.onLost(err) });
+    } catch (err) {
+      log.warn(`kernel notifications unavailable, drift is repaired by the periodic pass only: ${errText(err)}`);
+      return;
+    }
+    this.#queuePass('watching kernel notifications');
+    await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    drift.close();
+    mon.close();
+  }
+
+  /** A full pass for the event path; requests while one is queued (not yet running) merge. */
+  #queuePass(why: string): void {
+    if (this.#passQueued) return;
+    this.#passQueued = true;
+    this.#opts.log.debug(`full pass: ${why}`);
+    this.#serial(() => {
+      this.#passQueued = false;
+      return this.#exec.pass();
+    }).catch((err) => this.#opts.log.warn(`reconcile (${why}): ${errText(err)}`));
+  }
+
+  /** Runs `fn` after every pass or event repair queued before it. */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#reconciling.then(fn);
     this.#reconciling = run.catch(() => undefined);
     return run;
   }

@@ -60,7 +60,8 @@ function fdbKey(mac: string, dst: string): string {
 /** The wanted peers by lease id (`formatCIDR(subnet)`), with the look-ups reconcile and cleanup need. */
 export class PeerSet implements WantedPeers {
   readonly #byId = new Map<string, Peer>();
-  readonly #gateways = new Set<string>();
+  /** Lease id by gateway (one subnet, one network address). */
+  readonly #gateways = new Map<string, string>();
   /** How many wanted peers use each FDB entry. */
   readonly #fdbUsers = new Map<string, number>();
 
@@ -87,7 +88,7 @@ export class PeerSet implements WantedPeers {
   set(id: string, p: Peer): void {
     this.delete(id);
     this.#byId.set(id, p);
-    this.#gateways.add(p.gateway);
+    this.#gateways.set(p.gateway, id);
     const k = fdbKey(p.mac, p.publicIP);
     this.#fdbUsers.set(k, (this.#fdbUsers.get(k) ?? 0) + 1);
   }
@@ -107,8 +108,13 @@ export class PeerSet implements WantedPeers {
     return this.#gateways.has(ip);
   }
 
+  /** The wanted peer whose neighbor and route use this gateway. */
+  byGateway(ip: string): Peer | undefined {
+    const id = this.#gateways.get(ip);
+    return id === undefined ? undefined : this.#byId.get(id);
+  }
+
   usesFdb(mac: string, dst: string): boolean {
     return this.#fdbUsers.has(fdbKey(mac, dst));
   }
 }
-

@@ -61,11 +61,14 @@ export function isStale(wanted: WantedPeers, s: StaleEntry): boolean {
 
 /**
  * Plans one pass over the peer entries on the device `index`: repairs in wanted-set order, then
- * stale neighbors, FDB entries and routes in dump order.
+ * stale neighbors, FDB entries and routes in dump order. With `keys` (job-queue keys: gateways
+ * and MACs, see peerKeys) only the peers and stale entries with one of those keys are planned:
+ * the event path (drift.ts) asks about what a notification touched, not the whole table.
  */
-export function planPeers(wanted: WantedPeers, dump: Dump, opts: { index: number; settled?: (key: string) => boolean }): Plan {
-  const { index } = opts;
+export function planPeers(wanted: WantedPeers, dump: Dump, opts: { index: number; settled?: (key: string) => boolean; keys?: ReadonlySet<string> }): Plan {
+  const { index, keys } = opts;
   const settled = opts.settled ?? (() => true);
+  const inScope = keys ? (k: string) => keys.has(k) : () => true;
   const neighs = dump.neighs.filter((n) => n.index === index);
   const fdbs = dump.fdbs.filter((f) => f.index === index);
   const neighByIP = new Map(neighs.map((n) => [n.ip, n]));
@@ -79,6 +82,7 @@ export function planPeers(wanted: WantedPeers, dump: Dump, opts: { index: number
 
   const repairs: PeerRepair[] = [];
   for (const [id, p] of wanted.entries()) {
+    if (!inScope(p.gateway) && !inScope(p.mac)) continue;
     if (!settled(p.gateway) || !settled(p.mac)) continue;
     const needs: PeerNeed[] = [];
     if (neighState(neighByIP.get(p.gateway), p) !== 'ok') needs.push('neighbor');
@@ -91,7 +95,7 @@ export function planPeers(wanted: WantedPeers, dump: Dump, opts: { index: number
     ...fdbs.map((fdb) => ({ kind: 'fdb' as const, fdb })),
     ...[...routeByDst.values()].map((route) => ({ kind: 'route' as const, route })),
   ];
-  const stale = candidates.filter((s) => isStale(wanted, s) && settled(staleKey(s)));
+  const stale = candidates.filter((s) => inScope(staleKey(s)) && isStale(wanted, s) && settled(staleKey(s)));
   return { repairs, stale };
 }
 

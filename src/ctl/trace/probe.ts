@@ -159,7 +159,7 @@ export function probeScript(table: string, r: TraceReport): { script: string; po
     lines.push(`add rule ${T} probe-out ip daddr ${ipText(e.outerDst!)} udp dport ${e.udpPort} @th,336,32 ${inner} counter name c_enc${i}`);
     points.set(`c_enc${i}`, { point: 'encap', detail: `encapsulated: ${e.outerSrc ?? '?'} -> ${e.outerDst} UDP ${e.udpPort} VNI ${e.vni}` });
   });
-  return { script: lines.join('\n') + '\n', points };
+  return { script: `${lines.join('\n')}\n`, points };
 }
 
 function ipText(s: string): string {

@@ -58,5 +58,5 @@ export function renderTrace(r: TraceReport, format: 'table' | 'json' | 'yaml'): 
     for (const s of r.probe.sightings) out.push(`  ${s.point.padEnd(12)}${s.packets} packet(s): ${s.detail}`);
   }
   for (const w of r.warnings) out.push(`warning: ${w}`);
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }
