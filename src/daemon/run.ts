@@ -172,6 +172,10 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       },
       onNewLease: async (lease, old) => {
         await network.setSubnet(lease.subnet);
+        // Replacing flannel.1's only address makes the kernel flush every route on it, without
+        // a route notification: a full pass puts the peers' routes back now (no pod is on this
+        // node while it moves, so the moment without them costs nothing).
+        await network.reconcile();
         glue!.update({ ownSubnet: lease.subnet });
         const bridge = await moveBridgeGateway(nl, { from: old.subnet, to: lease.subnet });
         if (bridge) log.info(`moved the pod gateway on "${bridge}" to ${formatCIDR(lease.subnet)}`);
