@@ -118,14 +118,7 @@ export function formatSubnetEnv(c: SubnetEnvContents): string {
 
 /** The file's text for a lost subnet (pure): FLANNEL_SUBNET replaced by the WEFT_SUBNET_* keys. */
 export function formatLostSubnetEnv(c: SubnetEnvContents, holder: string): string {
-  return [
-    `FLANNEL_NETWORK=${formatCIDR(c.network)}`,
-    `WEFT_SUBNET_LOST=${gatewayOf(c.subnet)}`,
-    `WEFT_SUBNET_HOLDER=${holder}`,
-    `FLANNEL_MTU=${c.mtu}`,
-    `FLANNEL_IPMASQ=${c.ipMasq}`,
-    '',
-  ].join('\n');
+  return [`FLANNEL_NETWORK=${formatCIDR(c.network)}`, `WEFT_SUBNET_LOST=${gatewayOf(c.subnet)}`, `WEFT_SUBNET_HOLDER=${holder}`, `FLANNEL_MTU=${c.mtu}`, `FLANNEL_IPMASQ=${c.ipMasq}`, ''].join('\n');
 }
 
 /**

@@ -176,8 +176,7 @@ export function leaseFromKv(kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision'
 
 /** `2 put(s) (198.18.0.64/26, ...), 1 delete(s) (...)` for a log line. */
 function describeEvents(events: LeaseEvent[]): string {
-  const subnets = (type: LeaseEvent['type']) =>
-    events.filter((e) => e.type === type).map((e) => describeSubnet(e.type === 'put' ? e.lease.subnet : e.subnet));
+  const subnets = (type: LeaseEvent['type']) => events.filter((e) => e.type === type).map((e) => describeSubnet(e.type === 'put' ? e.lease.subnet : e.subnet));
   const part = (type: LeaseEvent['type']) => {
     const s = subnets(type);
     return s.length ? `${s.length} ${type}(s) (${s.slice(0, 5).join(', ')}${s.length > 5 ? ', ...' : ''})` : '';
@@ -253,7 +252,10 @@ export class EtcdSubnetManager implements SubnetManager {
     const key = subnetKey(this.prefix, subnet);
     const g = await this.#grant(ttlSeconds);
     const res = await this.#call(`create "${key}"`, () =>
-      this.client.if(key, 'Version', '==', 0).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
+      this.client
+        .if(key, 'Version', '==', 0)
+        .then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id))
+        .commit(),
     );
     const revision = res.succeeded ? res.header.revision : await this.#settleLost(key, g.id);
     if (revision === undefined) return undefined;
@@ -295,7 +297,10 @@ export class EtcdSubnetManager implements SubnetManager {
     const oldLease = current.etcdLeaseId;
     const g = await this.#grant(ttlSeconds);
     const res = await this.#call(`renew "${key}"`, () =>
-      this.client.if(key, 'Mod', '==', modRevision).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
+      this.client
+        .if(key, 'Mod', '==', modRevision)
+        .then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id))
+        .commit(),
     );
     const revision = res.succeeded ? res.header.revision : await this.#settleLost(key, g.id);
     if (revision === undefined) return undefined;
@@ -390,10 +395,7 @@ export class EtcdSubnetManager implements SubnetManager {
    * One watch from `rev` (etcdwatch.ts: its own stream, progress requests, stall detection),
    * with the resync beside it; resolves with why it ended (undefined when aborted).
    */
-  async #watchOnce(
-    rev: bigint,
-    opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler; tracker: LeaseTracker },
-  ): Promise<WatchEnd | undefined> {
+  async #watchOnce(rev: bigint, opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler; tracker: LeaseTracker }): Promise<WatchEnd | undefined> {
     const { prefix, signal, handler, tracker } = opts;
     const stopResync = new AbortController();
     const stopWatch = new AbortController();

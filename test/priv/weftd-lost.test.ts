@@ -140,7 +140,10 @@ test.serial('subnet taken and the last pod deleted: the node moves, cni0 and fla
   const [fresh] = await cluster.addPods('n1', 1);
   t.true(fresh.ip.startsWith(`${moved.split('.').slice(0, 3).join('.')}.`), `${fresh.ip} in ${moved}`);
   const both = await eventually(() => reachable(fresh.netns, p2.ip) && reachable(p2.netns, fresh.ip), 20_000);
-  const routes = (n: string) => ipJson(cluster.node(n).netns, 'route', 'show').map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`).join('; ');
+  const routes = (n: string) =>
+    ipJson(cluster.node(n).netns, 'route', 'show')
+      .map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`)
+      .join('; ');
   t.true(both, `${fresh.ip} <-> ${p2.ip}: n1 routes ${routes('n1')}\nn2 routes ${routes('n2')}\nn1 log:\n${cluster.log('n1').slice(logAt).split('\n').slice(-25).join('\n')}`);
   await cluster.etcd.del(keyOf(subnet));
 });
