@@ -72,6 +72,8 @@ async function main(): Promise<number> {
           onError: () => metrics.etcdErrors.inc(),
           resyncIntervalMs: opts.resyncIntervalMs,
           onResyncRepair: (n) => metrics.resyncRepairs.inc(n),
+          onWatchRestart: (reason) => metrics.watchRestarts.inc({ reason }),
+          watchStallMs: opts.watchStallMs,
           log,
         });
   } catch (err) {

@@ -348,6 +348,8 @@ export class Topology {
       'eth0',
       '--subnet-file',
       node.subnetFile,
+      '--cni-data-dir',
+      node.dataDir,
       '--healthz-addr',
       node.healthzAddr,
       '--node-name',

@@ -4,7 +4,7 @@
  * error (11), not a failure.
  */
 import { readFileBounded } from '../core/readfile.ts';
-import { parseSubnetEnv, SubnetEnvError, type SubnetEnv } from '../core/subnetenv.ts';
+import { parseSubnetEnv, SubnetEnvError, SubnetLostError, type SubnetEnv } from '../core/subnetenv.ts';
 import { CniError, ERR, retryable } from './errors.ts';
 
 /** The subnet file's contents, as the plugin uses them. */
@@ -15,6 +15,8 @@ export function parseSubnetFile(text: string, path = 'subnet.env'): SubnetInfo {
   try {
     return parseSubnetEnv(text);
   } catch (err) {
+    // weftd is waiting to reclaim or move the subnet: try again later (STATUS turns it into 50).
+    if (err instanceof SubnetLostError) throw retryable(err.message, err);
     if (err instanceof SubnetEnvError) throw new CniError(ERR.INVALID_CONFIG, `malformed subnet file "${path}": ${err.message}`);
     throw err;
   }

@@ -9,6 +9,18 @@
  * ```
  * It lives in core, not in src/subnet, because the CNI plugin's bundle may not load daemon code:
  * it imports only the IPv4 helpers and node:fs.
+ *
+ * A lost subnet (another node holds our lease's key; src/daemon/lease.ts) is written as the same
+ * file without FLANNEL_SUBNET and with two weft keys instead:
+ * ```
+ * WEFT_SUBNET_LOST=10.244.1.1/24     (the gateway/len we had)
+ * WEFT_SUBNET_HOLDER=198.51.100.12   (the public IP of the node holding it now)
+ * ```
+ * A file without FLANNEL_SUBNET makes ADD and STATUS fail in both weft's plugin
+ * ({@link SubnetLostError}) and flannel's ("subnet.env is missing FLANNEL_SUBNET"); DEL, CHECK
+ * and GC never read the file, so existing pods keep working and can still be deleted. The
+ * daemon reads WEFT_SUBNET_LOST back after a restart, so it does not forget which subnet the
+ * node's pods are on.
  */
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -47,9 +59,19 @@ export function parseSubnetEnvVars(text: string): Map<string, string> {
   return kv;
 }
 
+/** The file says weftd lost the node's subnet to another node: no new pods for now. */
+export class SubnetLostError extends SubnetEnvError {
+  constructor(lost: string, holder: string) {
+    super(`weftd lost this node's subnet ${lost} to the node at ${holder || 'an unknown address'}; no new pods until weftd reclaims it or, once no pod is left on it, moves to a new one`);
+    this.name = 'SubnetLostError';
+  }
+}
+
 /** Parses and validates the file's text; throws {@link SubnetEnvError} naming what is wrong. */
 export function parseSubnetEnv(text: string): SubnetEnv {
   const kv = parseSubnetEnvVars(text);
+  const lost = kv.get('WEFT_SUBNET_LOST');
+  if (lost) throw new SubnetLostError(lost, kv.get('WEFT_SUBNET_HOLDER') ?? '');
   const need = (key: string) => {
     const v = kv.get(key);
     if (v === undefined || v === '') throw new SubnetEnvError(`${key} is missing`);
@@ -94,12 +116,20 @@ export function formatSubnetEnv(c: SubnetEnvContents): string {
   return [`FLANNEL_NETWORK=${formatCIDR(c.network)}`, `FLANNEL_SUBNET=${gatewayOf(c.subnet)}`, `FLANNEL_MTU=${c.mtu}`, `FLANNEL_IPMASQ=${c.ipMasq}`, ''].join('\n');
 }
 
-/** Writes atomically (temp file + rename in the same directory), so a reader never sees half a file. */
-export function writeSubnetEnv(path: string, c: SubnetEnvContents): void {
+/** The file's text for a lost subnet (pure): FLANNEL_SUBNET replaced by the WEFT_SUBNET_* keys. */
+export function formatLostSubnetEnv(c: SubnetEnvContents, holder: string): string {
+  return [`FLANNEL_NETWORK=${formatCIDR(c.network)}`, `WEFT_SUBNET_LOST=${gatewayOf(c.subnet)}`, `WEFT_SUBNET_HOLDER=${holder}`, `FLANNEL_MTU=${c.mtu}`, `FLANNEL_IPMASQ=${c.ipMasq}`, ''].join('\n');
+}
+
+/**
+ * Writes atomically (temp file + rename in the same directory), so a reader never sees half a
+ * file. With `lostTo` (the holder's public IP) the lost-subnet form is written.
+ */
+export function writeSubnetEnv(path: string, c: SubnetEnvContents, opts: { lostTo?: string } = {}): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.${process.pid}.tmp`;
   try {
-    writeFileSync(tmp, formatSubnetEnv(c), { mode: 0o644 });
+    writeFileSync(tmp, opts.lostTo === undefined ? formatSubnetEnv(c) : formatLostSubnetEnv(c, opts.lostTo), { mode: 0o644 });
     renameSync(tmp, path);
   } catch (err) {
     rmSync(tmp, { force: true });
@@ -108,12 +138,13 @@ export function writeSubnetEnv(path: string, c: SubnetEnvContents): void {
 }
 
 /**
- * The subnet an existing file records (our previous lease), undefined when the file is missing
- * or says nothing usable. Only FLANNEL_SUBNET is needed, so the rest of the file is not judged.
+ * The subnet an existing file records (our previous lease, or the lost one), undefined when the
+ * file is missing or says nothing usable. Only that key is needed, so the rest is not judged.
  */
 export function readPreviousSubnet(path: string): IPv4Net | undefined {
   try {
-    const gw = parseSubnetEnvVars(readFileSync(path, 'utf8')).get('FLANNEL_SUBNET');
+    const kv = parseSubnetEnvVars(readFileSync(path, 'utf8'));
+    const gw = kv.get('FLANNEL_SUBNET') ?? kv.get('WEFT_SUBNET_LOST');
     return gw ? networkOf(parseCIDR(gw)) : undefined;
   } catch {
     return undefined;

@@ -1,5 +1,6 @@
 /**
- * Health and readiness. Ready: the device, every peer and the subnet file are in place. Healthy
+ * Health and readiness. Ready: the device, every peer and the subnet file are in place, and our
+ * subnet is not lost to another node (lease.ts: then no new pod may start here). Healthy
  * (liveness): no fatal error and, once running, the reconcile loop keeps completing passes (a
  * wedged netlink socket or event loop shows up here); before that, only a fatal error counts.
  */
@@ -10,6 +11,7 @@ export class Health {
   readonly #opts: { clock: Clock; metrics: Metrics; stallMs: number };
   #failed = false;
   #ready = false;
+  #lost = false;
   #lastPassAt = 0;
 
   /** `stallMs`: how long without a reconcile pass counts as wedged. */
@@ -29,12 +31,19 @@ export class Health {
   }
 
   get ready(): boolean {
-    return this.#ready;
+    return this.#ready && !this.#lost;
   }
 
+  /** Start-up is complete (true) or the daemon stops (false). */
   setReady(ready: boolean): void {
     this.#ready = ready;
-    this.#opts.metrics.ready.set(ready ? 1 : 0);
+    this.#opts.metrics.ready.set(this.ready ? 1 : 0);
+  }
+
+  /** Another node holds our subnet (true) or we hold a subnet again (false). */
+  setLost(lost: boolean): void {
+    this.#lost = lost;
+    this.#opts.metrics.ready.set(this.ready ? 1 : 0);
   }
 
   /** A reconcile pass completed. */

@@ -20,6 +20,10 @@ export class Metrics {
   /** Lease changes the watch missed and a periodic resync found. */
   readonly resyncRepairs: Counter;
   readonly ready: Gauge;
+  /** 1 while another node holds our subnet (src/daemon/lease.ts). */
+  readonly subnetLost: Gauge;
+  /** Lease watches restarted, by reason (stalled, cancelled, reconnected, resync). */
+  readonly watchRestarts: Counter<'reason'>;
   /** Kubernetes mode: peer Nodes skipped for malformed annotations or podCIDRs. */
   readonly malformedNodes: Counter;
   /** Service proxy: syncs by mode (full, partial, unchanged) and failures. */
@@ -72,7 +76,18 @@ export class Metrics {
       help: 'Lease changes the etcd watch missed and a periodic re-list found.',
       registers,
     });
-    this.ready = new Gauge({ name: 'weftd_ready', help: '1 once the device, peers and subnet file are in place.', registers });
+    this.ready = new Gauge({ name: 'weftd_ready', help: '1 once the device, peers and subnet file are in place (0 while the subnet is lost).', registers });
+    this.subnetLost = new Gauge({
+      name: 'weftd_subnet_lost',
+      help: "1 while another node holds this node's subnet (no new pods; reclaimed when free, moved once no pod is left on it).",
+      registers,
+    });
+    this.watchRestarts = new Counter({
+      name: 'weftd_watch_restarts_total',
+      help: 'Lease watches restarted (reason: stalled = no event and no progress notification in time; cancelled; reconnected; resync = a re-list found missed changes).',
+      labelNames: ['reason'],
+      registers,
+    });
     this.malformedNodes = new Counter({ name: 'weftd_kube_malformed_nodes_total', help: 'Kubernetes mode: peer Nodes skipped (never programmed) for malformed annotations or podCIDRs.', registers });
     this.proxySyncs = new Counter({ name: 'weftd_proxy_syncs_total', help: 'Service proxy nftables syncs by mode (full, partial, unchanged, failed).', labelNames: ['mode'], registers });
     this.proxySyncSeconds = new Histogram({

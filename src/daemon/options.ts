@@ -9,6 +9,7 @@ import { annotationNames, DEFAULT_ANNOTATION_PREFIX } from '../subnet/kube/annot
 import { DEFAULT_NET_CONF_PATH } from '../subnet/kube/netconf.ts';
 import { DEFAULT_SOCKET } from '../fastpath/server.ts';
 import { LOG_LEVELS } from './logger.ts';
+import { DEFAULT_CNI_DATA_DIR } from './pods.ts';
 import { UsageError } from '../core/errors.ts';
 
 export { UsageError };
@@ -46,10 +47,12 @@ export interface DaemonOptions {
   reconcileIntervalMs: number;
   /** How often the watched lease table is compared with a full etcd listing; 0 disables. */
   resyncIntervalMs: number;
+  /** No watch event and no progress answer for this long: restart the watch (src/subnet/etcdwatch.ts). */
+  watchStallMs: number;
   logLevel: string;
   /** Unix socket of the CNI fast path (src/fastpath); empty disables it. */
   cniSocket: string;
-  /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused). */
+  /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused); the dataDir also tells which pods still use a lost subnet (src/daemon/pods.ts). */
   cniDataDir: string;
   cniBridge: string;
   /** Most worker threads for CNI requests (one kept warm); 0 runs them on the main thread. */
@@ -62,30 +65,43 @@ const MAX_SOCKET_PATH = 107;
 const FLAGS = {
   'kube-subnet-mgr': { type: 'boolean', default: false, help: 'Kubernetes mode: the subnet is node.spec.podCIDR, peers come from Node annotations; no etcd' },
   kubeconfig: { type: 'string', help: 'Kubernetes mode: kubeconfig file (default: in-cluster service account, else $KUBECONFIG)' },
-  'net-config-path': { type: 'string', default: DEFAULT_NET_CONF_PATH, help: 'Kubernetes mode: network config (flannel\'s net-conf.json)' },
+  'net-config-path': { type: 'string', default: DEFAULT_NET_CONF_PATH, help: "Kubernetes mode: network config (flannel's net-conf.json)" },
   'kube-annotation-prefix': { type: 'string', default: DEFAULT_ANNOTATION_PREFIX, help: 'Kubernetes mode: prefix of the Node annotations weft reads and writes' },
   'set-node-network-unavailable': { type: 'boolean', default: true, help: 'Kubernetes mode: set the NetworkUnavailable=False condition once ready (--no-set-node-network-unavailable: leave it)' },
   proxy: { type: 'boolean', default: false, help: 'Service proxy: ClusterIP/NodePort to ready endpoints in nftables (the kube-proxy role; needs the Kubernetes API)' },
-  'service-node-port-range': { type: 'string', default: '30000-32767', help: 'Service proxy: the NodePort range (kube-apiserver\'s --service-node-port-range)' },
+  'service-node-port-range': { type: 'string', default: '30000-32767', help: "Service proxy: the NodePort range (kube-apiserver's --service-node-port-range)" },
   'proxy-full-sync-interval': { type: 'string', default: '5m', help: 'Service proxy: how often the whole ip weft-proxy table is rewritten' },
   'etcd-endpoints': { type: 'string', default: 'http://127.0.0.1:2379', help: 'comma-separated etcd client URLs' },
   'etcd-prefix': { type: 'string', default: DEFAULT_ETCD_PREFIX, help: 'etcd key prefix (config at <prefix>/config)' },
   'etcd-cafile': { type: 'string', help: 'CA bundle for etcd TLS' },
   'etcd-certfile': { type: 'string', help: 'client certificate for etcd TLS' },
   'etcd-keyfile': { type: 'string', help: 'client key for etcd TLS' },
-  iface: { type: 'string', help: 'external interface (default: the default route\'s)' },
-  'public-ip': { type: 'string', help: 'this node\'s IP on the underlay (default: the interface\'s first IPv4)' },
+  iface: { type: 'string', help: "external interface (default: the default route's)" },
+  'public-ip': { type: 'string', help: "this node's IP on the underlay (default: the interface's first IPv4)" },
   'subnet-file': { type: 'string', default: '/run/flannel/subnet.env', help: 'where to write FLANNEL_* for the CNI plugin' },
   'ip-masq': { type: 'boolean', default: false, help: 'masquerade pod traffic leaving the pod network (nftables)' },
   'healthz-addr': { type: 'string', default: '127.0.0.1:9333', help: 'host:port for /healthz, /readyz, /metrics ("" disables)' },
-  'node-name': { type: 'string', help: 'this node\'s name (also $NODE_NAME; required in Kubernetes mode; default in etcd mode: hostname)' },
+  'node-name': { type: 'string', help: "this node's name (also $NODE_NAME; required in Kubernetes mode; default in etcd mode: hostname)" },
   'lease-ttl': { type: 'string', default: '24h', help: 'subnet lease TTL (e.g. 24h, 90s)' },
   'renew-margin': { type: 'string', default: '1h', help: 'renew the lease this long before it expires' },
-  'reconcile-interval': { type: 'string', default: '60s', help: 'how often kernel state (device, address, every peer entry) gets a full check, the safety net: drift the kernel announces on the VXLAN device is repaired at once regardless; firewall rules are checked about every 10s either way' },
+  'reconcile-interval': {
+    type: 'string',
+    default: '60s',
+    help: 'how often kernel state (device, address, every peer entry) gets a full check, the safety net: drift the kernel announces on the VXLAN device is repaired at once regardless; firewall rules are checked about every 10s either way',
+  },
   'resync-interval': { type: 'string', default: '5m', help: 'how often the lease table is re-listed to catch changes the watch missed ("0" disables)' },
+  'watch-stall-timeout': {
+    type: 'string',
+    default: '15s',
+    help: 'restart the etcd watch after this long without an event or a progress answer (progress is asked for every third of it)',
+  },
   'log-level': { type: 'string', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   'cni-socket': { type: 'string', default: DEFAULT_SOCKET, help: 'unix socket serving the CNI fast path to the weft launcher ("" disables)' },
-  'cni-data-dir': { type: 'string', default: '/var/lib/cni/networks', help: 'the IPAM dataDir of the only network the CNI fast path serves' },
+  'cni-data-dir': {
+    type: 'string',
+    default: DEFAULT_CNI_DATA_DIR,
+    help: 'the IPAM dataDir of the only network the CNI fast path serves; a lost subnet is left only when no pod address is allocated in it',
+  },
   'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
   'cni-workers': { type: 'string', default: '2', help: 'worker threads running CNI requests, one kept warm ("0": on the main thread)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
@@ -149,7 +165,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   const kube = Boolean(get('kube-subnet-mgr'));
   // flannel's DaemonSet passes the node name as NODE_NAME (downward API); accept it too.
   const nodeName = str('node-name') || env.NODE_NAME || '';
-  if (kube && !nodeName) throw new UsageError('--kube-subnet-mgr needs the node name: --node-name or $NODE_NAME (the downward API\'s spec.nodeName)');
+  if (kube && !nodeName) throw new UsageError("--kube-subnet-mgr needs the node name: --node-name or $NODE_NAME (the downward API's spec.nodeName)");
   const netConfigPath = str('net-config-path')!;
   if (!netConfigPath.startsWith('/')) throw new UsageError(`--net-config-path: "${netConfigPath}" is not an absolute path`);
   const annotationPrefix = str('kube-annotation-prefix')!;
@@ -165,7 +181,10 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   }
   const fullSync = parseDuration(str('proxy-full-sync-interval')!, 'proxy-full-sync-interval');
   if (fullSync < 10_000) throw new UsageError('--proxy-full-sync-interval: must be at least 10s');
-  const endpoints = (str('etcd-endpoints') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const endpoints = (str('etcd-endpoints') ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (!kube && !endpoints.length) throw new UsageError('--etcd-endpoints: at least one endpoint is required');
   for (const e of endpoints) {
     if (!/^https?:\/\/[^/]+\/?$/.test(e)) throw new UsageError(`--etcd-endpoints: "${e}" is not an http(s)://host:port URL`);
@@ -182,6 +201,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   if (reconcile < 100) throw new UsageError('--reconcile-interval: must be at least 100ms');
   const resync = parseDuration(str('resync-interval')!, 'resync-interval');
   if (resync !== 0 && resync < 1000) throw new UsageError('--resync-interval: must be 0 (off) or at least 1s');
+  const watchStall = parseDuration(str('watch-stall-timeout')!, 'watch-stall-timeout');
+  if (watchStall < 1000) throw new UsageError('--watch-stall-timeout: must be at least 1s');
   const logLevel = str('log-level')!;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new UsageError(`--log-level: "${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   const cniSocket = str('cni-socket') ?? '';
@@ -220,6 +241,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     renewMarginSeconds: Math.ceil(margin / 1000),
     reconcileIntervalMs: reconcile,
     resyncIntervalMs: resync,
+    watchStallMs: watchStall,
     logLevel,
     cniSocket,
     cniDataDir,

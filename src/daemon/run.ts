@@ -12,6 +12,9 @@
  *      ready (health.ts);
  *   6. until aborted: renew the lease, follow the watch, reconcile kernel state and rules
  *      (reconcile.ts); with --proxy, the Service proxy (src/proxy) runs beside it all from step 1.
+ *      A lost subnet (lease.ts) makes the node not ready and writes the lost form of the subnet
+ *      file until the subnet is reclaimed, or moves the node (flannel.1 and cni0's gateway) once
+ *      no pod is left on it (pods.ts).
  * Aborting (SIGTERM) stops the loops and leaves the data plane in place, so pods keep talking
  * while the daemon restarts; the next start picks everything up again without disruption.
  * The daemon knows only the SubnetManager and BackendNetwork interfaces; cmd/weftd.ts wires
@@ -23,7 +26,7 @@ import { errText } from '../core/errors.ts';
 import type { Log } from '../core/log.ts';
 import { constantDelay, retrying, type RetryPolicy } from '../core/retry.ts';
 import { readPreviousSubnet, writeSubnetEnv } from '../core/subnetenv.ts';
-import { formatCIDR } from '../ip/ipv4.ts';
+import { formatCIDR, type IPv4Net } from '../ip/ipv4.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { NetworkConfig } from '../subnet/config.ts';
 import type { Lease } from '../subnet/lease.ts';
@@ -32,6 +35,7 @@ import { LeaseGate, nodeFacts } from '../subnet/validate.ts';
 import { openBackend, type BackendFactory } from './backend.ts';
 import { Health } from './health.ts';
 import { acquireLease, LeaseKeeper } from './lease.ts';
+import { moveBridgeGateway, podAddressesIn } from './pods.ts';
 import { Metrics } from './metrics.ts';
 import type { DaemonOptions } from './options.ts';
 import { PeerGlue } from './peers.ts';
@@ -129,14 +133,15 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       clock,
       log,
     };
-    const first = await acquireLease(readPreviousSubnet(opts.subnetFile), { ...leaseCtx, signal, retry: retry.lease });
+    const podsOn = async (subnet: IPv4Net) => (await podAddressesIn(opts.cniDataDir, subnet)).length;
+    const first = await acquireLease(readPreviousSubnet(opts.subnetFile), { ...leaseCtx, signal, retry: retry.lease, podsOn });
     if (!first) return;
-    await network.setSubnet(first.subnet);
+    await network.setSubnet(first.lease.subnet);
     const readFacts = async () => nodeFacts(await nl.addrs(), await nl.routes(), { vxlanIndex: network.deviceIndex });
     const facts = await readFacts();
     const gate = new LeaseGate({
       config,
-      ownSubnet: first.subnet,
+      ownSubnet: first.lease.subnet,
       ownMAC: network.deviceMAC,
       vtepMAC: (l) => network.peerMAC(l),
       ...facts,
@@ -144,23 +149,46 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
 
     const rules = new RulesKeeper(deps.rules ?? nftRules, { log, onRepair: () => metrics.repairs.inc() });
     const rulesSpec = (lease: Lease) => ({ network: config.network, subnet: lease.subnet, masquerade: opts.ipMasq });
+    const env = (lease: Lease) => ({ network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+    // The lost form while the subnet is lost, read at the moment of writing (a loss may be
+    // noticed while the rules are being applied).
     const publish = async (lease: Lease) => {
       await rules.apply(rulesSpec(lease));
-      writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu: network.mtu, ipMasq: opts.ipMasq });
+      writeSubnetEnv(opts.subnetFile, env(lease), { lostTo: keeper.lostTo });
     };
     // Created before the keeper so a move (onNewLease) can re-validate; it follows the watch below.
     let glue: PeerGlue | undefined;
-    const keeper = new LeaseKeeper(first, {
+    const keeper: LeaseKeeper = new LeaseKeeper(first.lease, {
       ...leaseCtx,
       renewMarginMs: opts.renewMarginSeconds * 1000,
       retry: retry.renew,
       metrics,
-      onNewLease: async (lease) => {
-        await network.setSubnet(lease.subnet);
-        glue!.update({ ownSubnet: lease.subnet });
+      podsOn,
+      lostTo: first.lostTo,
+      onLost: async (lease) => {
+        health.setLost(true);
         await publish(lease);
       },
+      onReclaimed: async (lease) => {
+        // The lost state ends when this returns: write the normal file then.
+        writeSubnetEnv(opts.subnetFile, env(lease));
+        health.setLost(false);
+      },
+      onNewLease: async (lease, old) => {
+        await network.setSubnet(lease.subnet);
+        // Replacing flannel.1's only address makes the kernel flush every route on it, without
+        // a route notification: a full pass puts the peers' routes back now (no pod is on this
+        // node while it moves, so the moment without them costs nothing).
+        await network.reconcile();
+        glue!.update({ ownSubnet: lease.subnet });
+        const bridge = await moveBridgeGateway(nl, { from: old.subnet, to: lease.subnet });
+        if (bridge) log.info(`moved the pod gateway on "${bridge}" to ${formatCIDR(lease.subnet)}`);
+        await rules.apply(rulesSpec(lease));
+        writeSubnetEnv(opts.subnetFile, env(lease));
+        health.setLost(false);
+      },
     });
+    if (first.lostTo) health.setLost(true);
     // Renewal runs from here on, also while the peers are still being programmed.
     glue = new PeerGlue({ manager, network, gate, facts, own: keeper, publicIP: external.ip, log, metrics });
     const renewing = keeper.run(signal);
@@ -177,7 +205,8 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     if (signal.aborted) return;
     health.setReady(true);
     health.passed();
-    log.info(`ready: subnet ${formatCIDR(keeper.lease.subnet)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
+    if (keeper.lostTo) log.warn(`started, not ready: subnet ${formatCIDR(keeper.lease.subnet)} is held by ${keeper.lostTo}; ${network.peerCount} peer(s)`);
+    else log.info(`ready: subnet ${formatCIDR(keeper.lease.subnet)}, ${network.peerCount} peer(s), subnet file ${opts.subnetFile}`);
 
     // Drift repair as the kernel announces it; the reconcile loop below is the slow safety net.
     const watching = network.watch?.(signal).catch((err) => log.warn(`kernel notification watch: ${(err as Error).message}`));

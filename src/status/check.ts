@@ -150,7 +150,14 @@ export function compareState(opts: {
   const sf = kernel.subnetFile;
   if (kernel.subnetFileError) add('wrong', 'subnet-file', `${opts.subnetFile}: ${kernel.subnetFileError}`);
   else if (!sf) add('missing', 'subnet-file', `${opts.subnetFile} (the CNI plugin cannot add pods until weftd writes it)`);
-  else {
+  else if (sf.WEFT_SUBNET_LOST) {
+    // The lost form (src/core/subnetenv.ts): another node's lease holds our subnet.
+    add(
+      'wrong',
+      'subnet-file',
+      `subnet ${sf.WEFT_SUBNET_LOST} is lost to the node at ${sf.WEFT_SUBNET_HOLDER || 'an unknown address'}: weftd refuses new pods until it reclaims it, or moves once no pod is left on it`,
+    );
+  } else {
     if (sf.FLANNEL_NETWORK !== config.network) {
       add('wrong', 'subnet-file', `FLANNEL_NETWORK=${sf.FLANNEL_NETWORK ?? '<none>'}, network config says ${config.network}`);
     }

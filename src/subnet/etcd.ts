@@ -7,16 +7,18 @@
  * - Renew: like flannel, grant a fresh etcd lease and re-put the key under it, guarded by the
  *   key's mod revision; the old etcd lease is revoked. A deleted key is taken again with the
  *   create transaction, so the same subnet comes back while the data plane stays up.
- * - Watch: from the snapshot revision + 1. After compaction (the watch is cancelled) or a
- *   reconnect (events may have been missed) we re-list and hand the handler a new snapshot; the
- *   caller diffs it.
+ * - Watch: from the snapshot revision + 1, on a stream of its own with progress requests and a
+ *   stall detector (etcdwatch.ts, which also records what we found about silent watches). A
+ *   broken or stalled stream is resumed from the revision after the last event delivered; after
+ *   compaction (the watch is cancelled) or when etcd's revision went back (its data replaced) we
+ *   re-list and hand the handler a new snapshot; the caller diffs it.
  * - Resync: every `resyncIntervalMs` the table is listed again and compared with what the watch
- *   delivered (src/subnet/resync.ts). Differences (a stream that died without an error, seen
- *   once after a 10 s+ freeze) go to the handler as events and the watch is restarted from the
- *   listing's revision.
+ *   delivered (src/subnet/resync.ts). Differences (a watcher etcd set aside and never resumed;
+ *   a lost event) go to the handler as events and the watch is restarted from the listing's
+ *   revision.
  */
 import { readFileSync } from 'node:fs';
-import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
+import { Etcd3, isRecoverableError, type IKeyValue, type IOptions } from 'etcd3';
 import type { IPv4Net } from '../ip/ipv4.ts';
 import { chooseSubnet, describeSubnet } from './choose.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
@@ -27,6 +29,7 @@ import { ConfigError, parseNetworkConfig, type NetworkConfig } from './config.ts
 import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
 import { LeaseLostError, type LeaseEvent, type LeaseWatchHandler, type SubnetManager } from './manager.ts';
 import { LeaseTracker, resyncLoop } from './resync.ts';
+import { watchStream, type WatchEnd, type WatchEndReason } from './etcdwatch.ts';
 
 export const DEFAULT_ETCD_PREFIX = '/coreos.com/network';
 
@@ -49,7 +52,13 @@ export interface EtcdOptions {
   resyncIntervalMs?: number;
   /** Called with the number of differences a resync found (metrics). */
   onResyncRepair?: (count: number) => void;
+  /** No event and no progress answer for this long (ms): the watch is restarted (etcdwatch.ts). */
+  watchStallMs?: number;
+  /** Called each time the watch is restarted, with why (metrics). */
+  onWatchRestart?: (reason: WatchEndReason) => void;
 }
+
+export const DEFAULT_WATCH_STALL_MS = 15_000;
 
 export const DEFAULT_RESYNC_INTERVAL_MS = 5 * 60_000;
 
@@ -72,7 +81,19 @@ export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile'
     hosts: opts.endpoints,
     dialTimeout: timeout,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
-    faultHandling: { watchBackoff: etcdBackoff(opts.retry ?? DEFAULT_ETCD_RETRY) },
+    faultHandling: { watchBackoff: etcdBackoff(opts.retry ?? DEFAULT_ETCD_RETRY), host: () => new HostBreaker() as unknown as HostPolicy },
+    // Without keepalive a connection that dies silently (no FIN, no RST) is never noticed by
+    // grpc-js: streams on it hang (etcdwatch.ts). etcd refuses pings more often than every 5 s
+    // (--grpc-keepalive-min-time) and pings without a call in flight.
+    // A reconnect backoff capped at 2 s (grpc-js: up to 120 s) so the end of an outage is
+    // noticed within seconds.
+    grpcOptions: {
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5_000,
+      'grpc.keepalive_permit_without_calls': 0,
+      'grpc.initial_reconnect_backoff_ms': 500,
+      'grpc.max_reconnect_backoff_ms': 2_000,
+    },
   };
   if (opts.cafile || opts.certfile || opts.keyfile) {
     const read = (what: string, file: string) => {
@@ -90,6 +111,42 @@ export function etcdClientOptions(opts: Pick<EtcdOptions, 'endpoints' | 'cafile'
     };
   }
   return o;
+}
+
+type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>;
+
+/** Thrown while a host's breaker is open; etcd3 then tries the next endpoint. */
+class HostUnavailableError extends Error {
+  constructor(last: string) {
+    super(`etcd endpoint failed 3 times in a row (last: ${last}); trying it again within 1s`);
+    this.name = 'HostUnavailableError';
+  }
+}
+
+/**
+ * etcd3's per-endpoint fault policy (it only calls `execute`): open after 3 recoverable failures
+ * in a row, let a call through again after 1 s. etcd3's default waits 5 s, which the end of every
+ * outage then waits out before the watch or a renewal gets through.
+ */
+class HostBreaker {
+  #failures = 0;
+  #openUntil = 0;
+  #last = '';
+
+  async execute<T>(fn: (ctx: { signal: AbortSignal }) => Promise<T> | T): Promise<T> {
+    if (Date.now() < this.#openUntil) throw new HostUnavailableError(this.#last);
+    try {
+      const v = await fn({ signal: new AbortController().signal });
+      this.#failures = 0;
+      return v;
+    } catch (err) {
+      if (err instanceof Error && isRecoverableError(err)) {
+        this.#last = err.message;
+        if (++this.#failures >= 3) this.#openUntil = Date.now() + 1000;
+      }
+      throw err;
+    }
+  }
 }
 
 /** etcd3's backoff shape (`duration`, then `next()` after another failure) from a policy. */
@@ -119,8 +176,7 @@ export function leaseFromKv(kv: Pick<IKeyValue, 'key' | 'value' | 'mod_revision'
 
 /** `2 put(s) (198.18.0.64/26, ...), 1 delete(s) (...)` for a log line. */
 function describeEvents(events: LeaseEvent[]): string {
-  const subnets = (type: LeaseEvent['type']) =>
-    events.filter((e) => e.type === type).map((e) => describeSubnet(e.type === 'put' ? e.lease.subnet : e.subnet));
+  const subnets = (type: LeaseEvent['type']) => events.filter((e) => e.type === type).map((e) => describeSubnet(e.type === 'put' ? e.lease.subnet : e.subnet));
   const part = (type: LeaseEvent['type']) => {
     const s = subnets(type);
     return s.length ? `${s.length} ${type}(s) (${s.slice(0, 5).join(', ')}${s.length > 5 ? ', ...' : ''})` : '';
@@ -129,6 +185,7 @@ function describeEvents(events: LeaseEvent[]): string {
 }
 
 export class EtcdSubnetManager implements SubnetManager {
+  readonly canLoseSubnet = true;
   readonly client: Etcd3;
   readonly prefix: string;
   readonly #clock: Clock;
@@ -195,13 +252,37 @@ export class EtcdSubnetManager implements SubnetManager {
     const key = subnetKey(this.prefix, subnet);
     const g = await this.#grant(ttlSeconds);
     const res = await this.#call(`create "${key}"`, () =>
-      this.client.if(key, 'Version', '==', 0).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
+      this.client
+        .if(key, 'Version', '==', 0)
+        .then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id))
+        .commit(),
     );
-    if (!res.succeeded) {
-      await this.#revoke(g.id);
+    const revision = res.succeeded ? res.header.revision : await this.#settleLost(key, g.id);
+    if (revision === undefined) return undefined;
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: revision, etcdLeaseId: g.id };
+  }
+
+  /**
+   * A transaction putting `key` under etcd lease `leaseId` did not succeed. etcd3 retries calls
+   * whose connection broke (UNAVAILABLE), so the "failure" may be the retry of a copy that was
+   * applied before the reply got lost: then the key is ours, under `leaseId`, and revoking that
+   * lease would delete our own key (every peer would drop this node until it is re-created).
+   * Returns the key's mod revision when it is ours; else revokes the unused lease (only when the
+   * key was read: when unsure, the lease is left to expire by itself).
+   */
+  async #settleLost(key: string, leaseId: string): Promise<string | undefined> {
+    let kv: IKeyValue | undefined;
+    try {
+      kv = (await this.#call(`get "${key}"`, () => this.client.get(key).exec())).kvs[0];
+    } catch {
       return undefined;
     }
-    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision, etcdLeaseId: g.id };
+    if (kv && String(kv.lease) === leaseId) {
+      this.#log.info(`"${key}" was written by an earlier copy of our own transaction (its reply was lost); keeping it`);
+      return kv.mod_revision;
+    }
+    await this.#revoke(leaseId);
+    return undefined;
   }
 
   /**
@@ -216,14 +297,15 @@ export class EtcdSubnetManager implements SubnetManager {
     const oldLease = current.etcdLeaseId;
     const g = await this.#grant(ttlSeconds);
     const res = await this.#call(`renew "${key}"`, () =>
-      this.client.if(key, 'Mod', '==', modRevision).then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id)).commit(),
+      this.client
+        .if(key, 'Mod', '==', modRevision)
+        .then(this.client.put(key).value(encodeLeaseValue(attrs)).lease(g.id))
+        .commit(),
     );
-    if (!res.succeeded) {
-      await this.#revoke(g.id);
-      return undefined;
-    }
+    const revision = res.succeeded ? res.header.revision : await this.#settleLost(key, g.id);
+    if (revision === undefined) return undefined;
     if (oldLease && oldLease !== g.id) await this.#revoke(oldLease);
-    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: res.header.revision, etcdLeaseId: g.id };
+    return { subnet, ...attrs, expiresAt: g.expiresAt, modRevision: revision, etcdLeaseId: g.id };
   }
 
   async acquireLease(config: NetworkConfig, attrs: LeaseAttrs, opts: { previous?: IPv4Net; ttlSeconds: number }): Promise<Lease> {
@@ -292,76 +374,79 @@ export class EtcdSubnetManager implements SubnetManager {
       }
       const end = await this.#watchOnce(from, { prefix, signal, handler, tracker });
       if (!end) continue;
-      this.#log.info(`lease watch: ${end.why}; ${end.resumeAt === undefined ? 're-listing' : 'restarting the watch'}`);
+      this.#opts.onWatchRestart?.(end.reason);
+      // A broken or stalled stream is logged once per outage, not once per attempt, and
+      // retried after the policy's delay; one that worked for a while starts a new outage.
+      const trouble = end.reason === 'error' || end.reason === 'stalled';
+      if (end.heard || !trouble) failures = 0;
+      if (trouble) {
+        this.#opts.onError?.(new Error(end.why));
+        failures++;
+      }
+      if (!trouble || failures === 1) {
+        this.#log.info(`lease watch: ${end.why}; ${end.resumeAt === undefined ? 're-listing' : `restarting the watch from revision ${end.resumeAt}`}`);
+      }
       from = end.resumeAt;
+      if (end.reason === 'error') await this.#clock.sleep(retry.delayMs(failures), signal);
     }
   }
 
   /**
-   * One watch from `rev`, with the resync beside it; resolves with why it ended (undefined when
-   * aborted) and, after a resync repair, the revision to resume from without a new snapshot.
+   * One watch from `rev` (etcdwatch.ts: its own stream, progress requests, stall detection),
+   * with the resync beside it; resolves with why it ended (undefined when aborted).
    */
-  async #watchOnce(
-    rev: bigint,
-    opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler; tracker: LeaseTracker },
-  ): Promise<{ why: string; resumeAt?: bigint } | undefined> {
+  async #watchOnce(rev: bigint, opts: { prefix: string; signal: AbortSignal; handler: LeaseWatchHandler; tracker: LeaseTracker }): Promise<WatchEnd | undefined> {
     const { prefix, signal, handler, tracker } = opts;
-    const watcher = this.client.watch().prefix(prefix).startRevision(rev.toString()).watcher();
     const stopResync = new AbortController();
-    return await new Promise((resolve) => {
-      let disconnected = false;
-      const finish = (end: { why: string; resumeAt?: bigint } | undefined) => {
-        stopResync.abort();
-        signal.removeEventListener('abort', onAbort);
-        watcher.removeAllListeners();
-        watcher.on('error', () => undefined);
-        watcher.cancel().catch(() => undefined);
-        resolve(end);
-      };
-      const onAbort = () => finish(undefined);
-      signal.addEventListener('abort', onAbort, { once: true });
-      // A restarted watch replays what came after the listing; the tracker drops repeats.
-      watcher.on('put', (kv) => {
-        const l = leaseFromKv(kv);
-        if ('skip' in l) this.#log.warn(`ignoring ${l.skip}`);
-        else if (tracker.put(l)) handler.event({ type: 'put', lease: l });
-        else this.#log.debug(`lease watch: put of ${describeSubnet(l.subnet)} at revision ${l.modRevision} is not newer than what is known; skipped`);
+    const stopWatch = new AbortController();
+    const intervalMs = this.#opts.resyncIntervalMs ?? DEFAULT_RESYNC_INTERVAL_MS;
+    if (intervalMs > 0) {
+      void resyncLoop(stopResync.signal, {
+        clock: this.#clock,
+        intervalMs,
+        list: () => this.listLeases(),
+        tracker,
+        onError: () => undefined, // counted by #call; the next interval tries again
+        onRepair: (events, revision) => {
+          this.#log.info(`lease resync: the watch missed ${describeEvents(events)}; applying them`);
+          this.#opts.onResyncRepair?.(events.length);
+          for (const ev of events) handler.event(ev);
+          // The stream that missed them is suspect: start a new one after the listing.
+          stopWatch.abort({ reason: 'resync', why: 'resync found missed changes', resumeAt: BigInt(revision) + 1n } satisfies WatchEnd);
+        },
       });
-      watcher.on('delete', (kv) => {
-        const subnet = parseSubnetKey(kv.key.toString());
-        if (!subnet) return;
-        if (tracker.delete(subnet, kv.mod_revision)) handler.event({ type: 'delete', subnet });
-        else this.#log.debug(`lease watch: delete of ${describeSubnet(subnet)} at revision ${kv.mod_revision} is not newer than what is known; skipped`);
+    }
+    const stallMs = this.#opts.watchStallMs ?? DEFAULT_WATCH_STALL_MS;
+    try {
+      return await watchStream({
+        client: this.client,
+        prefix,
+        from: rev,
+        clock: this.#clock,
+        progressIntervalMs: Math.max(100, Math.round(stallMs / 3)),
+        stallMs,
+        signal,
+        stop: stopWatch.signal,
+        onEvents: (events) => {
+          for (const ev of events) {
+            if (ev.type === 'Put') {
+              const l = leaseFromKv(ev.kv);
+              if ('skip' in l) this.#log.warn(`ignoring ${l.skip}`);
+              // A restarted watch replays what came after the listing; the tracker drops repeats.
+              else if (tracker.put(l)) handler.event({ type: 'put', lease: l });
+              else this.#log.debug(`lease watch: put of ${describeSubnet(l.subnet)} at revision ${l.modRevision} is not newer than what is known; skipped`);
+            } else {
+              const subnet = parseSubnetKey(ev.kv.key.toString());
+              if (!subnet) continue;
+              if (tracker.delete(subnet, ev.kv.mod_revision)) handler.event({ type: 'delete', subnet });
+              else this.#log.debug(`lease watch: delete of ${describeSubnet(subnet)} at revision ${ev.kv.mod_revision} is not newer than what is known; skipped`);
+            }
+          }
+        },
       });
-      watcher.on('disconnected', (err) => {
-        disconnected = true;
-        this.#opts.onError?.(err);
-      });
-      watcher.on('connected', () => {
-        if (disconnected) finish({ why: 'reconnected to etcd' });
-      });
-      watcher.on('error', (err) => {
-        this.#opts.onError?.(err);
-        finish({ why: `watch cancelled (${err.message})` });
-      });
-      const intervalMs = this.#opts.resyncIntervalMs ?? DEFAULT_RESYNC_INTERVAL_MS;
-      if (intervalMs > 0) {
-        void resyncLoop(stopResync.signal, {
-          clock: this.#clock,
-          intervalMs,
-          list: () => this.listLeases(),
-          tracker,
-          onError: () => undefined, // counted by #call; the next interval tries again
-          onRepair: (events, revision) => {
-            this.#log.info(`lease resync: the watch missed ${describeEvents(events)}; applying them`);
-            this.#opts.onResyncRepair?.(events.length);
-            for (const ev of events) handler.event(ev);
-            // The stream that missed them is suspect: start a new one after the listing.
-            finish({ why: 'resync found missed changes', resumeAt: BigInt(revision) + 1n });
-          },
-        });
-      }
-    });
+    } finally {
+      stopResync.abort();
+    }
   }
 
   close(): void {

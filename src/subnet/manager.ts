@@ -7,7 +7,9 @@
  * - {@link ConfigError}: the network config is missing or invalid (an operator must fix it);
  * - marked retryable (src/core/errors.ts `isRetryable`): the store is unreachable
  *   (EtcdUnavailableError) or has no free subnet (OutOfSubnetsError); waiting helps;
- * - {@link LeaseLostError}: another node holds our subnet now; take a new lease.
+ * - {@link LeaseLostError}: another node holds our subnet now. The daemon does not move at
+ *   once (src/daemon/lease.ts): it goes not ready, keeps the data plane, and keeps renewing,
+ *   which takes the same subnet again as soon as the key is free.
  */
 import type { IPv4Net } from '../ip/ipv4.ts';
 import type { ConfigError, NetworkConfig } from './config.ts';
@@ -23,6 +25,12 @@ export interface LeaseWatchHandler {
 }
 
 export interface SubnetManager {
+  /**
+   * True when nodes choose their own subnets and another node can take ours (etcd). The daemon
+   * then refuses to leave a subnet pods still use (src/daemon/lease.ts). False or absent when
+   * the store assigns the subnet (Kubernetes' podCIDR): its answer is followed.
+   */
+  readonly canLoseSubnet?: boolean;
   /** Throws ConfigError when missing or invalid. */
   getConfig(): Promise<NetworkConfig>;
   listLeases(): Promise<{ leases: Lease[]; revision: string }>;
@@ -53,10 +61,15 @@ export interface SubnetManager {
   close(): void;
 }
 
-/** Our subnet is held by another node now; a new one must be acquired. */
+/** Our subnet is held by another node now (`holder`: its public IP, or a description). */
 export class LeaseLostError extends Error {
+  readonly subnet: string;
+  readonly holder: string;
+
   constructor(subnet: string, holder: string) {
     super(`lease for subnet ${subnet} is now held by ${holder}`);
     this.name = 'LeaseLostError';
+    this.subnet = subnet;
+    this.holder = holder;
   }
 }

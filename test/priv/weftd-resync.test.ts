@@ -1,6 +1,6 @@
 /**
  * The watch's safety net against a real etcd: an EtcdSubnetManager whose watch stream loses one
- * put (the etcd3 Watcher's 'put' emission for one key is swallowed, as if the stream had died
+ * put (the watch stream's response loses that key's event, as if the stream had died
  * quietly for that event) still delivers it, through the periodic resync, as a watch event; the
  * repair is logged and counted, and the restarted watch keeps delivering later changes exactly
  * once. A second manager with the same fault and the resync off is the control: it sees the
@@ -37,23 +37,24 @@ test('a put the watch stream lost is found by the resync, applied as an event, l
       for (let i = 0; i < 300; i++) { if (fn()) return; await sleep(100); }
       throw new Error('timed out waiting for ' + what);
     };
-    // Fault: every watcher this manager opens swallows the first put of LOST it receives.
+    // Fault: the watch streams this manager opens swallow the first put of LOST they receive.
     function loseOnePut(m) {
-      const watch = m.client.watch.bind(m.client);
+      const open = m.client.watchClient.watch.bind(m.client.watchClient);
       let lost = false;
-      m.client.watch = () => {
-        const b = watch();
-        const make = b.watcher.bind(b);
-        b.watcher = () => {
-          const w = make();
-          const emit = w.emit.bind(w);
-          w.emit = (ev, ...args) => {
-            if (ev === 'put' && !lost && args[0].key.toString() === LOST) { lost = true; return true; }
-            return emit(ev, ...args);
-          };
-          return w;
+      m.client.watchClient.watch = async (...a) => {
+        const stream = await open(...a);
+        const on = stream.on.bind(stream);
+        stream.on = (ev, fn) => {
+          if (ev !== 'data') return on(ev, fn);
+          return on('data', (res) => {
+            const events = (res.events ?? []).filter((e) => {
+              if (!lost && e.type === 'Put' && e.kv.key.toString() === LOST) { lost = true; return false; }
+              return true;
+            });
+            fn({ ...res, events });
+          });
         };
-        return b;
+        return stream;
       };
     }
     function run(resyncIntervalMs) {

@@ -233,12 +233,14 @@ test('rules keeper: applies, sees the table changed or gone, and puts it back on
   ]);
 });
 
-test('lease keeper: renews before expiry; a lost lease is replaced and handed on', async (t) => {
+test('lease keeper: renews before expiry; a lost subnet waits (not moved while pods use it), is reclaimed when free, moved once no pod is left', async (t) => {
   const clock = new FakeClock();
   const manager = new FakeManager({ subnets: ['198.18.5.0/24'], expires: () => clock.now() + 60_000 });
-  const moved: string[] = [];
+  const events: string[] = [];
   const metrics = new Metrics({ clock });
   const log = recordingLog();
+  let pods = 2;
+  let onLostFailures = 1;
   const keeper = new LeaseKeeper(mkLease('198.18.4.0/24', '198.51.100.11', 60_000), {
     manager,
     config,
@@ -249,7 +251,13 @@ test('lease keeper: renews before expiry; a lost lease is replaced and handed on
     renewMarginMs: 10_000,
     retry: constantDelay(1000),
     metrics,
-    onNewLease: async (l) => void moved.push(formatCIDR(l.subnet)),
+    podsOn: async (s) => (events.push(`podsOn ${formatCIDR(s)}`), pods),
+    onLost: async (l, holder) => {
+      if (onLostFailures-- > 0) throw new Error('subnet file not writable');
+      events.push(`lost ${formatCIDR(l.subnet)} to ${holder}`);
+    },
+    onReclaimed: async (l) => void events.push(`reclaimed ${formatCIDR(l.subnet)}`),
+    onNewLease: async (l, old) => void events.push(`moved ${formatCIDR(old.subnet)} -> ${formatCIDR(l.subnet)}`),
   });
   t.true(keeper.isOwn(parseCIDR('198.18.4.0/24')));
   const ac = new AbortController();
@@ -258,14 +266,75 @@ test('lease keeper: renews before expiry; a lost lease is replaced and handed on
   t.deepEqual(manager.calls, []);
   await clock.advance(1);
   t.deepEqual(manager.calls, ['renew 198.18.4.0/24'], 'renewed the margin before expiry');
+
+  // Lost: one error line naming the holder; onLost retried until it works; pods hold the move back.
   manager.renewError = new LeaseLostError('198.18.4.0/24', '198.51.100.99');
   keeper.kick();
   await clock.advance(0);
-  t.deepEqual(manager.calls.slice(1), ['renew 198.18.4.0/24', 'acquire 198.18.5.0/24']);
-  t.deepEqual(moved, ['198.18.5.0/24']);
+  t.is(keeper.lostTo, '198.51.100.99');
+  t.regex(await metrics.render(), /^weftd_subnet_lost 1$/m);
+  await clock.advance(1000);
+  await clock.advance(1000);
+  t.deepEqual(events, ['lost 198.18.4.0/24 to 198.51.100.99', 'podsOn 198.18.4.0/24', 'podsOn 198.18.4.0/24']);
+  t.false(manager.calls.some((c) => c.startsWith('acquire')), 'not moved while pods use the subnet');
+  t.true(keeper.isOwn(parseCIDR('198.18.4.0/24')));
+  const errors = log.lines.filter((l) => l.startsWith('error'));
+  t.is(errors.length, 1, log.lines.join('\n'));
+  t.regex(errors[0], /^error subnet 198\.18\.4\.0\/24 is now held by the node at 198\.51\.100\.99: not ready/);
+  t.is(log.lines.filter((l) => l === 'info lost subnet 198.18.4.0/24: 2 pod address(es) still allocated on it; waiting').length, 1, log.lines.join('\n'));
+
+  // The key frees up: the next renewal takes the same subnet again.
+  manager.renewError = undefined;
+  await clock.advance(1000);
+  t.deepEqual(events.slice(3), ['reclaimed 198.18.4.0/24']);
+  t.is(keeper.lostTo, undefined);
+  t.regex(await metrics.render(), /^weftd_subnet_lost 0$/m);
+  t.true(log.lines.some((l) => /^info reclaimed subnet 198\.18\.4\.0\/24 \(held by 198\.51\.100\.99 for \d+s\)$/.test(l)), log.lines.join('\n'));
+
+  // Lost again, and no pod is left: the node moves to a new subnet.
+  events.length = 0;
+  manager.renewError = new LeaseLostError('198.18.4.0/24', '198.51.100.98');
+  pods = 0;
+  keeper.kick();
+  await clock.advance(0);
+  t.deepEqual(events, ['lost 198.18.4.0/24 to 198.51.100.98', 'podsOn 198.18.4.0/24', 'moved 198.18.4.0/24 -> 198.18.5.0/24']);
   t.true(keeper.isOwn(parseCIDR('198.18.5.0/24')));
-  t.regex(await metrics.render(), /^weftd_lease_renewals_total 2$/m);
-  t.true(log.lines.includes('error lease for subnet 198.18.4.0/24 is now held by 198.51.100.99; taking a new subnet'), log.lines.join('\n'));
+  t.is(keeper.lostTo, undefined);
+  t.regex(await metrics.render(), /^weftd_subnet_lost 0$/m);
+  t.true(manager.calls.includes('acquire 198.18.5.0/24'));
+  ac.abort();
+  await running;
+});
+
+test('lease keeper: starting lost (a restart while another node holds the subnet) waits without a lease', async (t) => {
+  const clock = new FakeClock();
+  const manager = new FakeManager({ subnets: [] });
+  manager.renewError = new LeaseLostError('198.18.4.0/24', '198.51.100.99');
+  const events: string[] = [];
+  const keeper = new LeaseKeeper(mkLease('198.18.4.0/24', '198.51.100.11'), {
+    manager,
+    config,
+    attrs: () => ({ publicIP: '198.51.100.11', backendType: 'vxlan', backendData: {} }),
+    ttlSeconds: 60,
+    clock,
+    log: recordingLog(),
+    renewMarginMs: 10_000,
+    retry: constantDelay(1000),
+    metrics: new Metrics({ clock }),
+    lostTo: '198.51.100.99',
+    podsOn: async () => 1,
+    onLost: async (l, holder) => void events.push(`lost ${formatCIDR(l.subnet)} to ${holder}`),
+    onReclaimed: async (l) => void events.push(`reclaimed ${formatCIDR(l.subnet)}`),
+    onNewLease: async () => void events.push('moved'),
+  });
+  t.is(keeper.lostTo, '198.51.100.99');
+  const ac = new AbortController();
+  const running = keeper.run(ac.signal);
+  await clock.advance(0);
+  t.deepEqual(events, ['lost 198.18.4.0/24 to 198.51.100.99'], 'a lease without expiry is still retried at once when starting lost');
+  manager.renewError = undefined;
+  await clock.advance(1000);
+  t.deepEqual(events, ['lost 198.18.4.0/24 to 198.51.100.99', 'reclaimed 198.18.4.0/24']);
   ac.abort();
   await running;
 });

@@ -32,6 +32,7 @@ test('options: defaults', (t) => {
     logLevel: 'info',
     cniSocket: '/run/weft/cni.sock',
     cniDataDir: '/var/lib/cni/networks',
+    watchStallMs: 15000,
     cniBridge: 'cni0',
     cniWorkers: 2,
   });
