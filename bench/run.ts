@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --only add,concurrent,peers,dp,ready,fast] [--quick] [--out FILE]`
+ * `npm run bench [-- --only add,concurrent,peers,kpeers,proxy,dp,ready,fast] [--quick] [--out FILE]`
  *
  * Prints each figure as weft vs a reference measured in the same run and writes everything
  * (samples included) to bench/results/<timestamp>.json. Needs root (namespaces). A figure whose
@@ -18,6 +18,7 @@ import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
 import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
+import { figKubePeers } from './figures/kpeers.ts';
 import { figDataplane } from './figures/dataplane.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
@@ -29,6 +30,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
   where: { title: 'where the ADD time goes', run: figWhere },
   peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
+  kpeers: { title: 'peers in Kubernetes mode (1000 Nodes) vs etcd mode, same run', run: figKubePeers },
   dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
 };
