@@ -19,6 +19,7 @@ import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
 import { figKubePeers } from './figures/kpeers.ts';
+import { figProxy } from './figures/proxy.ts';
 import { figDataplane } from './figures/dataplane.ts';
 
 type FigureFn = (ctx: BenchContext) => Promise<Figure>;
@@ -31,6 +32,7 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   where: { title: 'where the ADD time goes', run: figWhere },
   peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
   kpeers: { title: 'peers in Kubernetes mode (1000 Nodes) vs etcd mode, same run', run: figKubePeers },
+  proxy: { title: 'Service proxy: 1000 Services x 10 endpoints (sync latency, full sync, traffic, RSS)', run: figProxy },
   dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
 };

@@ -109,8 +109,8 @@ export class ProxySyncer {
     let mode: SyncResult['mode'];
     let diff: RulesetDiff | undefined;
     if (!full && !this.#needFull && prev && canPartial(prev.rs, next)) {
-      const script = partialScript(prev.rs, next);
       diff = diffRulesets(prev.rs, next);
+      const script = partialScript(prev.rs, next, diff);
       mode = script ? 'partial' : 'unchanged';
       if (script) {
         try {
