@@ -6,7 +6,7 @@
  * component is not built reports "not available: <reason>" instead of failing the run.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, release } from 'node:os';
+import { cpus, hostname, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { sweepStale } from './lib/scope.ts';
@@ -59,6 +59,8 @@ async function main(): Promise<void> {
 
   const ctx: BenchContext = { quick: values.quick, log: (m) => console.error(m) };
   const started = new Date();
+  // The machine may be shared (other builds and tests): keep its load beside the figures.
+  const loadAtStart = loadavg();
   const results: Figure[] = [];
   for (const id of ids) {
     console.error(`bench: ${id}: ${figures[id].title}`);
@@ -73,8 +75,9 @@ async function main(): Promise<void> {
     results.push(fig);
   }
 
-  const machine = { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, kernel: release(), node: process.version };
-  console.log(`\nweft bench ${started.toISOString()} (${machine.cpus} x ${machine.cpu}, kernel ${machine.kernel}${values.quick ? ', quick' : ''})\n`);
+  const machine = { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, kernel: release(), node: process.version, loadavg: { start: loadAtStart, end: loadavg() } };
+  const la = (l: number[]) => l.map((x) => x.toFixed(1)).join(' ');
+  console.log(`\nweft bench ${started.toISOString()} (${machine.cpus} x ${machine.cpu}, kernel ${machine.kernel}, load average ${la(loadAtStart)} at start, ${la(machine.loadavg.end)} at end${values.quick ? ', quick' : ''})\n`);
   console.log(renderTable(results));
   for (const f of results) {
     for (const n of f.notes) console.log(`  [${f.id}] ${n}`);

@@ -107,6 +107,19 @@ function mapSize(ns: string, name: string): number {
   }
 }
 
+/** Phase times of the syncer's debug lines ("proxy sync {...}") in `text`, for one mode. */
+function phases(text: string, mode: 'full' | 'partial'): { buildMs: number[]; applyMs: number[]; afterMs: number[] } {
+  const out = { buildMs: [] as number[], applyMs: [] as number[], afterMs: [] as number[] };
+  for (const m of text.matchAll(/proxy sync (\{.*\})$/gm)) {
+    const o = JSON.parse(m[1]!) as Record<string, unknown>;
+    if (o.mode !== mode || typeof o.buildMs !== 'number') continue;
+    out.buildMs.push(o.buildMs);
+    out.applyMs.push(o.applyMs as number);
+    out.afterMs.push(o.afterMs as number);
+  }
+  return out;
+}
+
 /** The full-sync log lines after `offset`: ms of each. */
 function fullSyncs(node: LabNode, offset: number): number[] {
   const text = readFileSync(node.logFile, 'utf8').slice(offset);
@@ -176,6 +189,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     });
     await sleep(500);
     const m0 = (await topo.http(n1.name, '/metrics')).body;
+    const changeLog0 = readFileSync(n1.logFile, 'utf8').length;
     const lat: number[] = [];
     const replaced: string[] = [];
     const added: string[] = [];
@@ -197,6 +211,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     }
     await sleep(500);
     const m1 = (await topo.http(n1.name, '/metrics')).body;
+    const partialPhases = phases(readFileSync(n1.logFile, 'utf8').slice(changeLog0), 'partial');
     const table = nsn(n1.netns, NFT, ['list', 'table', 'ip', 'weft-proxy']);
     const missingNew = added.filter((ip) => !table.includes(`dnat to ${ip}:8080`));
     const leftOld = replaced.filter((ip) => table.includes(`dnat to ${ip}:8080`));
@@ -206,7 +221,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
 
     // (c) ClusterIP vs pod IP from the client pod on n1 to the server pod on n2.
     ctx.log(`  traffic: ${rounds} round(s)`);
-    const t = { cipConn: [] as number[], podConn: [] as number[], cipGbps: [] as number[], podGbps: [] as number[], errors: 0 };
+    const t = { cipConn: [] as number[], podConn: [] as number[], cipGbps: [] as number[], podGbps: [] as number[], nodeCipConn: [] as number[], nodePodConn: [] as number[], errors: 0 };
     for (let r = 0; r < rounds; r++) {
       const order: Array<'cip' | 'pod'> = r % 2 ? ['pod', 'cip'] : ['cip', 'pod'];
       for (const w of order) {
@@ -215,6 +230,13 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         (w === 'cip' ? t.cipConn : t.podConn).push(c.perSec);
       }
       for (const w of order) (w === 'cip' ? t.cipGbps : t.podGbps).push(await iperf(p2.netns, p2.ip, p1.netns, w === 'cip' ? cip : p2.ip, seconds));
+      // The same loop from n1 itself: its packets leave through the output hooks, not across
+      // the pod bridge, so this tells br_netfilter's share from the DNAT's.
+      for (const w of order) {
+        const c = await connRate(n1.netns, w === 'cip' ? cip : p2.ip, 8080, conns);
+        t.errors += c.errors;
+        (w === 'cip' ? t.nodeCipConn : t.nodePodConn).push(c.perSec);
+      }
     }
 
     // (b) Full syncs: restart n1's weftd with a 10 s full-sync interval; a bare nft -f of the
@@ -254,6 +276,8 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     }
     const weftFull = fullSyncs(n1, logOffset).slice(0, fulls);
     if (weftFull.length < fulls) throw new Error(`only ${weftFull.length} of ${fulls} full syncs logged by n1's weftd`);
+    const fp = phases(readFileSync(n1.logFile, 'utf8').slice(logOffset), 'full');
+    const fullPhases = { buildMs: fp.buildMs.slice(0, fulls), applyMs: fp.applyMs.slice(0, fulls), afterMs: fp.afterMs.slice(0, fulls) };
     const same =
       tableFingerprint(nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy'])) === tableFingerprint(nsn(n1.netns, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy']));
 
@@ -271,10 +295,16 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: `slice change: API write to rule in kernel, p50 (n=${lat.length})`, unit: 'ms', weft: round(p50) },
       { metric: `slice change: API write to rule in kernel, p99 (n=${lat.length})`, unit: 'ms', weft: round(p99), target: '< 50 ms', met: p99 < 50 && !missingNew.length && !leftOld.length },
       { metric: '  in-weftd sync time, mean of the syncs meanwhile', unit: 'ms', weft: dCount > 0 ? round((dSum / dCount) * 1000) : null },
+      { metric: '  partial sync phases, medians: model + script', unit: 'ms', weft: round(median(partialPhases.buildMs)) },
+      { metric: '  ... nft -f', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
+      { metric: '  ... after (read-back, conntrack)', unit: 'ms', weft: round(median(partialPhases.afterMs)) },
       { metric: `full sync of ${nSvc} Services vs bare nft -f, median (n=${weftFull.length})`, unit: 'ms', weft: round(wf), ref: round(rf), refName: 'nft -f', target: '<= 1.5x', met: wf / rf <= 1.5 && same },
-      { metric: '  nft -j list table (what a read-back costs)', unit: 'ms', weft: round(median(refList)) },
+      { metric: '  full sync phases, medians: model + script', unit: 'ms', weft: round(median(fullPhases.buildMs)) },
+      { metric: '  ... nft -f (weftd)', unit: 'ms', weft: round(median(fullPhases.applyMs)), ref: round(rf), refName: 'nft -f' },
+      { metric: '  ... after: read-back and fingerprint', unit: 'ms', weft: round(median(fullPhases.afterMs)), ref: round(median(refList)), refName: 'nft -j list' },
       { metric: '  weftd restart to the first full sync logged', unit: 'ms', weft: firstFullMs === undefined ? null : round(firstFullMs) },
       { metric: `TCP connections/s, ClusterIP vs pod IP (${conns} per run)`, unit: 'conn/s', weft: round(cc, 0), ref: round(pc, 0), refName: 'pod IP', target: '>= 0.95x', met: cc / pc >= 0.95 && t.errors === 0 },
+      { metric: '  the same from node n1 (no pod bridge on the way)', unit: 'conn/s', weft: round(median(t.nodeCipConn), 0), ref: round(median(t.nodePodConn), 0), refName: 'pod IP' },
       { metric: 'iperf3 throughput, ClusterIP vs pod IP', unit: 'Gbit/s', weft: round(cg), ref: round(pg), refName: 'pod IP', target: '>= 0.95x', met: cg / pg >= 0.95 },
       { metric: `weftd RSS with ${nSvc} Services (n1) vs without proxy (n2)`, unit: 'MiB', weft: round(rss, 1), ref: round(rssRef, 1), refName: 'no proxy' },
       { metric: `  weftd RSS after the ${changes} changes`, unit: 'MiB', weft: round(rssAfter, 1) },
@@ -298,7 +328,8 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         apiWritesMs: Number(b1.t1 - b0.t0) / 1e6,
         change: { ...summarize(lat), samples: lat, missingNew, leftOld },
         syncHistogram: { sumS: dSum, count: dCount },
-        fullSync: { weftMs: weftFull, refApplyMs: refApply, refListMs: refList, scriptLines: script.split('\n').length, sameTable: same, firstFullMs },
+        partialPhases,
+        fullSync: { phases: fullPhases, weftMs: weftFull, refApplyMs: refApply, refListMs: refList, scriptLines: script.split('\n').length, sameTable: same, firstFullMs },
         traffic: t,
         rssMiB: { withServices: rss, afterChanges: rssAfter, noProxy: rssRef },
       },

@@ -62,9 +62,11 @@ export interface SyncerOptions extends ExecOptions {
    * sync's apply at scale (1000 Services x 10 endpoints: about 0.5-2 s on a busy 2-core machine,
    * against about 0.1-0.2 s for the partial sync itself); with `full`, the first drift check
    * after a partial sync only takes a new baseline, so a change made in between goes unnoticed
-   * until the next periodic full sync.
+   * until the next periodic full sync. `lazy`: never during a sync; the first drift check after
+   * any sync takes the baseline, so syncs never wait for a read-back, and a change made between
+   * a sync and that check goes unnoticed until the next full sync rewrites the table.
    */
-  readBack?: 'always' | 'full' | 'never';
+  readBack?: 'always' | 'full' | 'lazy' | 'never';
 }
 
 export interface SyncResult {
@@ -106,12 +108,16 @@ export class ProxySyncer {
     const t0 = performance.now();
     const next = buildRuleset(state, this.#opts.ruleset);
     const prev = this.#applied;
+    // phase times for the debug log: where a slow sync spends its time
+    let tApply = t0;
+    let tApplied = t0;
     let mode: SyncResult['mode'];
     let diff: RulesetDiff | undefined;
     if (!full && !this.#needFull && prev && canPartial(prev.rs, next)) {
       diff = diffRulesets(prev.rs, next);
       const script = partialScript(prev.rs, next, diff);
       mode = script ? 'partial' : 'unchanged';
+      tApply = performance.now();
       if (script) {
         try {
           await nftApply(script, this.#opts);
@@ -123,17 +129,20 @@ export class ProxySyncer {
       }
     } else {
       mode = 'full';
+      const script = fullScript(next);
+      tApply = performance.now();
       try {
-        await nftApply(fullScript(next), this.#opts);
+        await nftApply(script, this.#opts);
       } catch (err) {
         this.#needFull = true;
         throw err;
       }
     }
+    tApplied = performance.now();
     this.#needFull = false;
     this.#applied = { rs: next, state };
     const readBack = this.#opts.readBack ?? 'always';
-    if (mode === 'partial' && readBack === 'full') this.#baselineStale = true;
+    if ((mode === 'partial' && readBack === 'full') || (mode !== 'unchanged' && readBack === 'lazy')) this.#baselineStale = true;
     if (mode !== 'unchanged' && (readBack === 'always' || (readBack === 'full' && mode === 'full'))) {
       this.#baselineStale = false;
       try {
@@ -153,8 +162,11 @@ export class ProxySyncer {
         this.#log.warn('proxy stale UDP conntrack deletion failed', { err: errText(err), filters: stale.length });
       }
     }
-    const ms = performance.now() - t0;
-    this.#log.debug('proxy sync', { mode, ms: Math.round(ms * 10) / 10, servicePorts: state.ports.length, flowsDeleted });
+    const t1 = performance.now();
+    const ms = t1 - t0;
+    const r1 = (x: number) => Math.round(x * 10) / 10;
+    // buildMs: model and script text; applyMs: nft -f; afterMs: read-back and conntrack
+    this.#log.debug('proxy sync', { mode, ms: r1(ms), buildMs: r1(tApply - t0), applyMs: r1(tApplied - tApply), afterMs: r1(t1 - tApplied), servicePorts: state.ports.length, flowsDeleted });
     return { mode, diff, flowsDeleted, ms };
   }
 
