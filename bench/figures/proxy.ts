@@ -264,6 +264,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     await topo.startDaemon(n1.name, { args: ['--proxy', '--proxy-full-sync-interval', '10s'] });
     const refApply: number[] = [];
     const refList: number[] = [];
+    const refApplyN1: number[] = [];
     let got = 0;
     const fullEnd = Date.now() + fulls * 10_000 + 60_000;
     let firstFullMs: number | undefined;
@@ -275,6 +276,9 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         await sleep(200);
         refApply.push(timed(() => nsn(scratch, NFT, ['-f', scriptFile])));
         refList.push(timed(() => nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy'])));
+        // the same text into n1's namespace too (it replaces weftd's table with an identical
+        // one): tells the namespace's share (other tables, conntrack) from weftd's
+        refApplyN1.push(timed(() => nsn(n1.netns, NFT, ['-f', scriptFile])));
       }
       await sleep(100);
     }
@@ -305,6 +309,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: `full sync of ${nSvc} Services vs bare nft -f, median (n=${weftFull.length})`, unit: 'ms', weft: round(wf), ref: round(rf), refName: 'nft -f', target: '<= 1.5x', met: wf / rf <= 1.5 && same },
       { metric: '  full sync phases, medians: model + script', unit: 'ms', weft: round(median(fullPhases.buildMs)) },
       { metric: '  ... nft -f (weftd)', unit: 'ms', weft: round(median(fullPhases.applyMs)), ref: round(rf), refName: 'nft -f' },
+      { metric: '  ... bare nft -f of the same text in n1 itself', unit: 'ms', weft: round(median(refApplyN1)), ref: round(rf), refName: 'nft -f' },
       { metric: '  ... after: read-back and fingerprint', unit: 'ms', weft: round(median(fullPhases.afterMs)), ref: round(median(refList)), refName: 'nft -j list' },
       { metric: '  weftd restart to the first full sync logged', unit: 'ms', weft: firstFullMs === undefined ? null : round(firstFullMs) },
       { metric: `TCP connections/s, ClusterIP vs pod IP (${conns} per run)`, unit: 'conn/s', weft: round(cc, 0), ref: round(pc, 0), refName: 'pod IP', target: '>= 0.95x', met: cc / pc >= 0.95 && t.errors === 0 },
@@ -334,7 +339,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         change: { ...summarize(lat), samples: lat, missingNew, leftOld },
         syncHistogram: { sumS: dSum, count: dCount },
         partialPhases,
-        fullSync: { phases: fullPhases, weftMs: weftFull, refApplyMs: refApply, refListMs: refList, scriptLines: script.split('\n').length, sameTable: same, firstFullMs },
+        fullSync: { phases: fullPhases, weftMs: weftFull, refApplyMs: refApply, refApplyN1Ms: refApplyN1, refListMs: refList, scriptLines: script.split('\n').length, sameTable: same, firstFullMs },
         traffic: t,
         rssMiB: { withServices: rss, afterChanges: rssAfter, noProxy: rssRef },
       },
