@@ -1,12 +1,12 @@
 /**
- * `npm run bench [-- --only add,concurrent,peers,dp,ready,fast,idle] [--quick] [--out FILE]`
+ * `npm run bench [-- --only add,concurrent,peers,kpeers,proxy,dp,ready,fast,idle,cri] [--quick] [--out FILE]`
  *
  * Prints each figure as weft vs a reference measured in the same run and writes everything
  * (samples included) to bench/results/<timestamp>.json. Needs root (namespaces). A figure whose
  * component is not built reports "not available: <reason>" instead of failing the run.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, release } from 'node:os';
+import { cpus, hostname, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { sweepStale } from './lib/scope.ts';
@@ -18,6 +18,8 @@ import { figFastAdd, figFastConcurrent } from './figures/fast.ts';
 import { figWhere } from './figures/where.ts';
 import { figReady } from './figures/ready.ts';
 import { figPeers } from './figures/peers.ts';
+import { figKubePeers } from './figures/kpeers.ts';
+import { figProxy } from './figures/proxy.ts';
 import { figDataplane } from './figures/dataplane.ts';
 import { figIdle } from './figures/idle.ts';
 import { figCri } from './figures/cri.ts';
@@ -31,6 +33,8 @@ const figures: Record<string, { title: string; run: FigureFn }> = {
   fastconc: { title: '100 concurrent ADDs/DELs via the fast path', run: figFastConcurrent },
   where: { title: 'where the ADD time goes', run: figWhere },
   peers: { title: 'peer convergence (1000 leases), single-peer latency, RSS', run: figPeers },
+  kpeers: { title: 'peers in Kubernetes mode (1000 Nodes) vs etcd mode, same run', run: figKubePeers },
+  proxy: { title: 'Service proxy: 1000 Services x 10 endpoints (sync latency, full sync, traffic, RSS)', run: figProxy },
   dp: { title: 'pod-to-pod iperf3 across two nodes', run: figDataplane },
   ready: { title: 'weftd start to /readyz (etcd local)', run: figReady },
   idle: { title: 'weftd idle with 1000 peers: CPU, RSS, new-peer latency', run: figIdle },
@@ -59,6 +63,8 @@ async function main(): Promise<void> {
 
   const ctx: BenchContext = { quick: values.quick, log: (m) => console.error(m) };
   const started = new Date();
+  // The machine may be shared (other builds and tests): keep its load beside the figures.
+  const loadAtStart = loadavg();
   const results: Figure[] = [];
   for (const id of ids) {
     console.error(`bench: ${id}: ${figures[id].title}`);
@@ -73,8 +79,9 @@ async function main(): Promise<void> {
     results.push(fig);
   }
 
-  const machine = { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, kernel: release(), node: process.version };
-  console.log(`\nweft bench ${started.toISOString()} (${machine.cpus} x ${machine.cpu}, kernel ${machine.kernel}${values.quick ? ', quick' : ''})\n`);
+  const machine = { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, kernel: release(), node: process.version, loadavg: { start: loadAtStart, end: loadavg() } };
+  const la = (l: number[]) => l.map((x) => x.toFixed(1)).join(' ');
+  console.log(`\nweft bench ${started.toISOString()} (${machine.cpus} x ${machine.cpu}, kernel ${machine.kernel}, load average ${la(loadAtStart)} at start, ${la(machine.loadavg.end)} at end${values.quick ? ', quick' : ''})\n`);
   console.log(renderTable(results));
   for (const f of results) {
     for (const n of f.notes) console.log(`  [${f.id}] ${n}`);

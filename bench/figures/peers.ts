@@ -26,7 +26,7 @@ export function counts(ns: string, gws: Set<string>, macs: Set<string>): { neigh
   return { neigh, fdb, route };
 }
 
-/** A line-oriented JSON conversation with bench/lib/lease-writer.ts. */
+/** A line-oriented JSON conversation with bench/lib/lease-writer.ts (or kube-writer.ts). */
 export class Writer {
   readonly #lines: AsyncIterator<string>;
   readonly child: ChildProcess;
@@ -39,21 +39,58 @@ export class Writer {
     if (r.done) throw new Error('lease writer exited');
     return r.value;
   }
-  async send(cmd: object): Promise<{ t0: bigint; t1: bigint }> {
+  async send(cmd: object): Promise<{ t0: bigint; t1: bigint; [k: string]: any }> {
     this.child.stdin!.write(`${JSON.stringify(cmd)}\n`);
     const r = JSON.parse(await this.line());
-    if (r.error) throw new Error(`lease writer: ${r.error}`);
-    return { t0: BigInt(r.t0), t1: BigInt(r.t1) };
+    if (r.error) throw new Error(`writer: ${r.error}`);
+    return { ...r, t0: BigInt(r.t0), t1: BigInt(r.t1) };
   }
 }
 
-export async function figPeers(ctx: BenchContext): Promise<Figure> {
-  const id = 'peers';
-  const title = 'peer convergence (1000 leases), single-peer latency, RSS';
-  const why = missing(bins.weftd) ?? missing('/usr/bin/etcd', 'apt-get install etcd-server');
-  if (why) return unavailable(id, title, why);
-  const bulk = ctx.quick ? 300 : 1000;
-  const singles = ctx.quick ? 20 : 50;
+/** What one peer-convergence pass measured (etcd or Kubernetes mode). */
+export interface PeersResult {
+  bulk: number;
+  /** Kernel entries expected: neighbor + FDB + route per peer. */
+  want: number;
+  convergeMs: number;
+  converged: boolean;
+  counts: { neigh: number; fdb: number; route: number };
+  /** The writes of the bulk (etcd puts or API creates), first sent to last acknowledged. */
+  writeMs: number;
+  /** First write to the last route announced by `ip monitor route`. */
+  lastRouteMs?: number;
+  /** New peer: write to route, per peer. */
+  lat: number[];
+  rss: number;
+  rss0: number;
+  limitMs: number;
+}
+
+/** Polls the kernel until `want` entries for `gws`/`macs` exist or `limitMs` passed since `t0`. */
+export async function converge(ns: string, o: { gws: Set<string>; macs: Set<string>; want: number; t0: bigint; limitMs: number }): Promise<{ ms: number; ok: boolean; c: PeersResult['counts'] }> {
+  let c = counts(ns, o.gws, o.macs);
+  while (c.neigh + c.fdb + c.route < o.want && msSince(o.t0) < o.limitMs) {
+    await sleep(10);
+    c = counts(ns, o.gws, o.macs);
+  }
+  return { ms: msSince(o.t0), ok: c.neigh + c.fdb + c.route === o.want, c };
+}
+
+/** Route additions as the kernel announces them (`ip monitor route`), with our receive time. */
+export async function routeMonitor(scope: BenchScope, ns: string): Promise<Map<string, bigint>> {
+  const seen = new Map<string, bigint>();
+  const mon = scope.spawn('ip', ['-n', ns, 'monitor', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  createInterface({ input: mon.stdout! }).on('line', (line) => {
+    const m = /^([\d.]+\/\d+) via /.exec(line);
+    if (m && !seen.has(m[1])) seen.set(m[1], process.hrtime.bigint());
+  });
+  await sleep(300); // let `ip monitor` subscribe
+  return seen;
+}
+
+/** The etcd-mode pass: one weftd with etcd local, `bulk` leases at once, then `singles` one by one. */
+export async function measureEtcdPeers(ctx: BenchContext, o: { bulk: number; singles: number }): Promise<PeersResult> {
+  const { bulk, singles } = o;
   const scope = new BenchScope();
   try {
     const rig = await makeRig(scope);
@@ -78,29 +115,15 @@ export async function figPeers(ctx: BenchContext): Promise<Figure> {
     const writer = new Writer(writerChild);
     if ((await writer.line().catch((e) => `${e}: ${writerErr}`)) !== 'ready') throw new Error(`lease writer did not start: ${writerErr}`);
 
-    // Route additions as the kernel announces them, with our monotonic receive time.
-    const routeSeen = new Map<string, bigint>();
-    const mon = scope.spawn('ip', ['-n', rig.ns, 'monitor', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    createInterface({ input: mon.stdout! }).on('line', (line) => {
-      const m = /^([\d.]+\/\d+) via /.exec(line);
-      if (m && !routeSeen.has(m[1])) routeSeen.set(m[1], process.hrtime.bigint());
-    });
-    await sleep(300); // let `ip monitor` subscribe
-
+    const routeSeen = await routeMonitor(scope, rig.ns);
     const leases = bulkIdx.map((i) => leaseFor(i, ETCD_PREFIX));
     const gws = new Set(leases.map((l) => l.gw));
     const macs = new Set(leases.map((l) => l.mac));
     const want = 3 * bulk;
-    ctx.log(`  writing ${bulk} leases`);
+    ctx.log(`  etcd mode: writing ${bulk} leases`);
     const w = await writer.send({ op: 'bulk', indexes: bulkIdx });
-    let c = counts(rig.ns, gws, macs);
     const limitMs = 120_000;
-    while (c.neigh + c.fdb + c.route < want && msSince(w.t0) < limitMs) {
-      await sleep(10);
-      c = counts(rig.ns, gws, macs);
-    }
-    const convergeMs = msSince(w.t0);
-    const converged = c.neigh + c.fdb + c.route === want;
+    const cv = await converge(rig.ns, { gws, macs, want, t0: w.t0, limitMs });
     // Last route announcement: a finer upper bound for the routes than the polling loop.
     const lastRoute = leases.reduce((mx, l) => {
       const t = routeSeen.get(l.subnet);
@@ -109,7 +132,7 @@ export async function figPeers(ctx: BenchContext): Promise<Figure> {
     await sleep(1000); // let the heap settle before reading RSS
     const rss = rssMiB(d.pid);
 
-    ctx.log(`  ${singles} single peers`);
+    ctx.log(`  etcd mode: ${singles} single peers`);
     const lat: number[] = [];
     for (const i of singleIdx) {
       const l = leaseFor(i, ETCD_PREFIX);
@@ -121,30 +144,53 @@ export async function figPeers(ctx: BenchContext): Promise<Figure> {
       lat.push(Number(seen - s.t0) / 1e6);
       await sleep(20);
     }
-    const p50 = percentile(lat, 50);
+    return {
+      bulk,
+      want,
+      convergeMs: cv.ms,
+      converged: cv.ok,
+      counts: cv.c,
+      writeMs: Number(w.t1 - w.t0) / 1e6,
+      lastRouteMs: lastRoute ? Number(lastRoute - w.t0) / 1e6 : undefined,
+      lat,
+      rss,
+      rss0,
+      limitMs,
+    };
+  } finally {
+    scope.cleanupSync();
+  }
+}
+
+export async function figPeers(ctx: BenchContext): Promise<Figure> {
+  const id = 'peers';
+  const title = 'peer convergence (1000 leases), single-peer latency, RSS';
+  const why = missing(bins.weftd) ?? missing('/usr/bin/etcd', 'apt-get install etcd-server');
+  if (why) return unavailable(id, title, why);
+  try {
+    const r = await measureEtcdPeers(ctx, { bulk: ctx.quick ? 300 : 1000, singles: ctx.quick ? 20 : 50 });
+    const { bulk, want, lat, rss } = r;
     const p99 = percentile(lat, 99);
     return {
       id,
       title,
       available: true,
       rows: [
-        { metric: `${bulk} peers: all ${want} kernel entries`, unit: 'ms', weft: converged ? round(convergeMs) : null, target: '< 1000 ms', met: converged && convergeMs < 1000 },
-        { metric: `  etcd writes of the ${bulk} leases took`, unit: 'ms', weft: round(Number(w.t1 - w.t0) / 1e6) },
-        ...(lastRoute ? [{ metric: '  first write to last route (ip monitor)', unit: 'ms', weft: round(Number(lastRoute - w.t0) / 1e6) }] : []),
-        { metric: `new peer: etcd write to route, p50 (n=${lat.length})`, unit: 'ms', weft: round(p50) },
+        { metric: `${bulk} peers: all ${want} kernel entries`, unit: 'ms', weft: r.converged ? round(r.convergeMs) : null, target: '< 1000 ms', met: r.converged && r.convergeMs < 1000 },
+        { metric: `  etcd writes of the ${bulk} leases took`, unit: 'ms', weft: round(r.writeMs) },
+        ...(r.lastRouteMs !== undefined ? [{ metric: '  first write to last route (ip monitor)', unit: 'ms', weft: round(r.lastRouteMs) }] : []),
+        { metric: `new peer: etcd write to route, p50 (n=${lat.length})`, unit: 'ms', weft: round(percentile(lat, 50)) },
         { metric: `new peer: etcd write to route, p99 (n=${lat.length})`, unit: 'ms', weft: round(p99), target: '< 50 ms', met: p99 < 50 },
         { metric: `weftd RSS with ${bulk} peers`, unit: 'MiB', weft: round(rss, 1), target: '< 100 MB', met: rss * 1.048576 < 100 },
-        { metric: '  weftd RSS with no peers', unit: 'MiB', weft: round(rss0, 1) },
+        { metric: '  weftd RSS with no peers', unit: 'MiB', weft: round(r.rss0, 1) },
       ],
       notes: [
-        ...(converged ? [] : [`not converged after ${limitMs} ms: neigh ${c.neigh}, fdb ${c.fdb}, route ${c.route} of ${bulk} each`]),
+        ...(r.converged ? [] : [`not converged after ${r.limitMs} ms: neigh ${r.counts.neigh}, fdb ${r.counts.fdb}, route ${r.counts.route} of ${bulk} each`]),
         'kernel entries counted with ip -j neigh / bridge -j fdb / ip -j route every ~10 ms (plus the time each poll takes); time from the first etcd write',
       ],
-      details: { bulk, convergeMs, converged, counts: c, writeMs: Number(w.t1 - w.t0) / 1e6, single: { ...summarize(lat), samples: lat }, rssMiB: rss, rssNoPeersMiB: rss0 },
+      details: { bulk, convergeMs: r.convergeMs, converged: r.converged, counts: r.counts, writeMs: r.writeMs, single: { ...summarize(lat), samples: lat }, rssMiB: rss, rssNoPeersMiB: r.rss0 },
     };
   } catch (err) {
     return unavailable(id, title, (err as Error).message);
-  } finally {
-    scope.cleanupSync();
   }
 }

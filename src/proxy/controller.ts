@@ -118,7 +118,13 @@ class Cache<T> {
 export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOptions): Promise<void> {
   const { log } = opts;
   const clock = opts.clock ?? systemClock;
-  const syncer = opts.syncer ?? new ProxySyncer({ log, ruleset: { clusterCIDR: opts.clusterCIDR } });
+  // No read-back inside a sync: the drift check after it takes the baseline. At 1000 Services x
+  // 10 endpoints a read-back (`nft -j list table` and its fingerprint) costs 1-1.5 s on a busy
+  // 2-core machine, as much as the full sync's apply; with 'always' every partial sync held the
+  // sync chain for it, so a change arriving meanwhile waited that long (bench/figures/proxy.ts).
+  // Drift is still caught: a deleted table at once, other edits by every check after the one
+  // that re-baselines, and the periodic full sync rewrites the table whatever happened.
+  const syncer = opts.syncer ?? new ProxySyncer({ log, ruleset: { clusterCIDR: opts.clusterCIDR }, readBack: 'lazy' });
   if (ensureBridgeNetfilter()) log.info('proxy: turned net.bridge.bridge-nf-call-iptables on (same-node endpoints need it)');
 
   let dirty = false;

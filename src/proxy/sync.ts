@@ -22,6 +22,7 @@ import {
   fullScript,
   partialScript,
   refreshScript,
+  rulesetNames,
   tableNames,
   type Ruleset,
   type RulesetDiff,
@@ -74,9 +75,11 @@ export interface SyncerOptions extends ExecOptions {
    * sync's apply at scale (1000 Services x 10 endpoints: about 0.5-2 s on a busy 2-core machine,
    * against about 0.1-0.2 s for the partial sync itself); with `full`, the first drift check
    * after a partial sync only takes a new baseline, so a change made in between goes unnoticed
-   * until the next periodic full sync.
+   * until the next periodic full sync. `lazy`: never during a sync; the first drift check after
+   * any sync takes the baseline, so syncs never wait for a read-back, and a change made between
+   * a sync and that check goes unnoticed until the next full sync rewrites the table.
    */
-  readBack?: 'always' | 'full' | 'never';
+  readBack?: 'always' | 'full' | 'lazy' | 'never';
 }
 
 export interface SyncResult {
@@ -95,6 +98,8 @@ export class ProxySyncer {
   #applied: { rs: Ruleset; state: ProxyState } | undefined;
   #fingerprint: string | undefined;
   #needFull = true;
+  /** The kernel's table is what the last sync applied (no failure, no drift seen since). */
+  #kernelKnown = false;
   #baselineStale = false;
   #chain: Promise<unknown> = Promise.resolve();
 
@@ -118,34 +123,44 @@ export class ProxySyncer {
     const t0 = performance.now();
     const next = buildRuleset(state, this.#opts.ruleset);
     const prev = this.#applied;
+    // phase times for the debug log: where a slow sync spends its time
+    let tApply = t0;
+    let tApplied = t0;
     let mode: SyncResult['mode'];
     let diff: RulesetDiff | undefined;
     if (!full && !this.#needFull && prev && canPartial(prev.rs, next)) {
-      const script = partialScript(prev.rs, next);
       diff = diffRulesets(prev.rs, next);
+      const script = partialScript(prev.rs, next, diff);
       mode = script ? 'partial' : 'unchanged';
+      tApply = performance.now();
       if (script) {
         try {
           await nftApply(script, this.#opts);
         } catch (err) {
           this.#needFull = true;
+          this.#kernelKnown = false;
           this.#log.warn('proxy partial sync failed; next sync is full', { err: errText(err) });
           throw err;
         }
       }
     } else {
       mode = 'full';
+      tApply = performance.now();
       try {
-        await this.#full(next);
+        // An asked-for full sync (periodic, drift) reads the kernel: it is the clean-up of record.
+        await this.#full(next, full ? undefined : prev?.rs);
       } catch (err) {
         this.#needFull = true;
+        this.#kernelKnown = false;
         throw err;
       }
     }
+    tApplied = performance.now();
     this.#needFull = false;
+    this.#kernelKnown = true;
     this.#applied = { rs: next, state };
     const readBack = this.#opts.readBack ?? 'always';
-    if (mode === 'partial' && readBack === 'full') this.#baselineStale = true;
+    if ((mode === 'partial' && readBack === 'full') || (mode !== 'unchanged' && readBack === 'lazy')) this.#baselineStale = true;
     if (mode !== 'unchanged' && (readBack === 'always' || (readBack === 'full' && mode === 'full'))) {
       this.#baselineStale = false;
       try {
@@ -165,8 +180,11 @@ export class ProxySyncer {
         this.#log.warn('proxy stale UDP conntrack deletion failed', { err: errText(err), filters: stale.length });
       }
     }
-    const ms = performance.now() - t0;
-    this.#log.debug('proxy sync', { mode, ms: Math.round(ms * 10) / 10, servicePorts: state.ports.length, flowsDeleted });
+    const t1 = performance.now();
+    const ms = t1 - t0;
+    const r1 = (x: number) => Math.round(x * 10) / 10;
+    // buildMs: model and script text; applyMs: nft -f; afterMs: read-back and conntrack
+    this.#log.debug('proxy sync', { mode, ms: r1(ms), buildMs: r1(tApply - t0), applyMs: r1(tApplied - tApply), afterMs: r1(t1 - tApplied), servicePorts: state.ports.length, flowsDeleted });
     return { mode, diff, flowsDeleted, ms };
   }
 
@@ -176,10 +194,11 @@ export class ProxySyncer {
    * or a restart only the kernel knows). Only when there is no table yet, or the in-place
    * transaction fails because a declaration changed incompatibly, is the table replaced whole.
    */
-  async #full(next: Ruleset): Promise<void> {
+  async #full(next: Ruleset, prev: Ruleset | undefined): Promise<void> {
     let existing: TableNames | undefined;
     try {
-      existing = tableNames(await readProxyTable(this.#opts));
+      // What the last sync applied, while nothing says the kernel differs; else the kernel's own.
+      existing = prev && this.#kernelKnown ? rulesetNames(prev) : tableNames(await readProxyTable(this.#opts));
     } catch (err) {
       this.#log.warn('proxy table read failed; replacing it whole', { err: errText(err) });
     }
@@ -209,7 +228,10 @@ export class ProxySyncer {
         return false;
       }
       const drift = now === undefined || now !== this.#fingerprint;
-      if (drift) this.#needFull = true;
+      if (drift) {
+        this.#needFull = true;
+        this.#kernelKnown = false;
+      }
       return drift;
     });
   }
