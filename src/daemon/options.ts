@@ -166,6 +166,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   // flannel's DaemonSet passes the node name as NODE_NAME (downward API); accept it too.
   const nodeName = str('node-name') || env.NODE_NAME || '';
   if (kube && !nodeName) throw new UsageError("--kube-subnet-mgr needs the node name: --node-name or $NODE_NAME (the downward API's spec.nodeName)");
+  // Local traffic policies compare EndpointSlices' nodeName with ours: a hostname guess (case,
+  // overrides, cloud names) would silently make no endpoint local.
+  if (get('proxy') && !nodeName) throw new UsageError("--proxy needs the node name as Kubernetes knows it: --node-name or $NODE_NAME (the downward API's spec.nodeName)");
   const netConfigPath = str('net-config-path')!;
   if (!netConfigPath.startsWith('/')) throw new UsageError(`--net-config-path: "${netConfigPath}" is not an absolute path`);
   const annotationPrefix = str('kube-annotation-prefix')!;

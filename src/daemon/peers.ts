@@ -84,6 +84,8 @@ export class PeerGlue {
         this.#apply(gate.event(ev));
       },
     });
+    // Observed now: the watch may end in an error (kube: our podCIDR moved) before runDaemon awaits it.
+    done.catch(() => undefined);
     return { synced, done };
   }
 

@@ -6,6 +6,7 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { eventually } from '../helpers/netns.ts';
 import { pingStats, reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
@@ -108,6 +109,17 @@ test('a node without a podCIDR stays not ready with one line naming the cause, t
   t.is(bare.subnetOf('n1'), '198.18.200.0/24');
   t.is(bare.log('n1').match(/allocate-node-cidrs/g)?.length, 1, 'said once, not per retry');
   t.is(condition(await topo.getNode('n1'), 'NetworkUnavailable')?.status, 'False');
+
+  // The Node deleted and registered again with another podCIDR: weftd must not keep routing
+  // the old one. It says so and exits (the DaemonSet restarts it onto the new subnet).
+  const pid = bare.node('n1').pid!;
+  await topo.api('DELETE', '/api/v1/nodes/n1');
+  await topo.api('POST', '/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name: 'n1' }, spec: { podCIDR: '198.18.201.0/24', podCIDRs: ['198.18.201.0/24'] } });
+  t.true(await eventually(() => !existsSync(`/proc/${pid}`) || /^Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8').match(/State:\s+(\S)/)?.[1] ?? ''), 15_000), 'weftd exited');
+  t.regex(bare.log('n1'), /podCIDR changed from 198\.18\.200\.0\/24 to 198\.18\.201\.0\/24/);
+  await topo.stopDaemon('n1').catch(() => undefined);
+  await topo.startDaemon('n1');
+  t.is(bare.subnetOf('n1'), '198.18.201.0/24', 'a restart takes the new podCIDR');
 });
 
 test('podCIDRs of another size than /24 (kube-controller-manager --node-cidr-mask-size 26): peers are programmed', async (t) => {

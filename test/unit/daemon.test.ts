@@ -49,6 +49,8 @@ test('options: Kubernetes mode needs the node name (flag or $NODE_NAME), not etc
   t.throws(() => parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--kube-annotation-prefix', 'Not_A/Prefix'], {}, 'h'), { instanceOf: UsageError, message: /annotation-prefix/ });
   t.throws(() => parseOptions(['--kube-subnet-mgr', '--node-name', 'n2', '--net-config-path', 'rel.json'], {}, 'h'), { instanceOf: UsageError, message: /net-config-path/ });
   t.throws(() => parseOptions(['--etcd-endpoints', ''], {}, 'h'), { instanceOf: UsageError, message: /etcd-endpoints/ });
+  t.throws(() => parseOptions(['--proxy'], {}, 'h'), { instanceOf: UsageError, message: /--proxy needs the node name/ });
+  t.is(parseOptions(['--proxy'], { NODE_NAME: 'worker-1' }, 'Worker-1')!.nodeName, 'worker-1');
 });
 
 test('options: every flag also from WEFTD_* env, flags win', (t) => {

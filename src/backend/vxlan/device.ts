@@ -110,16 +110,20 @@ export async function ensureDeviceAddress(nl: Netlink, want: { index: number; ip
   const { index, ip } = want;
   const addrs = await nl.addrs(index);
   let changed = false;
-  for (const a of addrs) {
-    if (a.ip === ip && a.prefixLen === 32) continue;
+  // The new address first: removing a device's last IPv4 address makes the kernel drop every
+  // route on it without a notification, which event-driven reconcile would not see.
+  const drop = async (a: (typeof addrs)[number]) => {
     await nl.addrDel(a).catch((err) => {
       if (!isGone(err)) throw err;
     });
     changed = true;
-  }
+  };
   if (!addrs.some((a) => a.ip === ip && a.prefixLen === 32)) {
+    // The same address with another length would make the add fail: that one goes first.
+    for (const a of addrs) if (a.ip === ip) await drop(a);
     await nl.addrAdd({ index, ip, prefixLen: 32 });
     changed = true;
   }
+  for (const a of addrs) if (a.ip !== ip) await drop(a);
   return changed;
 }

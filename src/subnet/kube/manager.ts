@@ -310,7 +310,12 @@ export class KubeSubnetManager implements SubnetManager {
 
   async watchLeases(signal: AbortSignal, handler: LeaseWatchHandler): Promise<void> {
     const config = this.#config ?? (await this.getConfig());
-    const stop = AbortSignal.any([signal, this.#signal]);
+    // Our own Node's podCIDR changing under us (the Node deleted and registered again) ends the
+    // watch with an error: the daemon exits and its restart takes the new subnet, instead of
+    // peers routing the new podCIDR here while our pods sit in the old one.
+    const moved = new AbortController();
+    let movedErr: Error | undefined;
+    const stop = AbortSignal.any([signal, this.#signal, moved.signal]);
     const log = this.#log;
     const table = new NodeLeaseTable({
       names: this.names,
@@ -329,6 +334,17 @@ export class KubeSubnetManager implements SubnetManager {
       for (const ev of events) handler.event(ev);
     };
     const own = (n: V1Node) => n.metadata?.name === this.nodeName;
+    const ownChanged = (n: V1Node) => {
+      const now = podCIDRText(n);
+      const was = this.#own ? formatCIDR(this.#own.subnet) : undefined;
+      if (now && was && now !== was && !movedErr) {
+        movedErr = new Error(`our node "${this.nodeName}"'s podCIDR changed from ${was} to ${now} (was the Node re-registered?); restarting to take the new one`);
+        log.error(movedErr.message);
+        moved.abort();
+        return;
+      }
+      this.#ownNodeChanged(n);
+    };
 
     await runNodeInformer(this.#opts.kc, {
       list: () => this.#client.list(),
@@ -340,7 +356,7 @@ export class KubeSubnetManager implements SubnetManager {
       onList: (list) => {
         const events = table.replace(list.items);
         const mine = list.items.find(own);
-        if (mine) this.#ownNodeChanged(mine);
+        if (mine) ownChanged(mine);
         if (!synced) {
           synced = true;
           handler.snapshot(table.leases());
@@ -351,13 +367,14 @@ export class KubeSubnetManager implements SubnetManager {
         }
       },
       onUpsert: (n) => {
-        if (own(n)) this.#ownNodeChanged(n);
+        if (own(n)) ownChanged(n);
         else emit(table.upsert(n));
       },
       onDelete: (n) => {
         if (n.metadata?.name) emit(table.remove(n.metadata.name));
       },
     });
+    if (movedErr) throw movedErr;
   }
 
   close(): void {
