@@ -55,7 +55,12 @@ async function main(): Promise<void> {
     return;
   }
   if (process.getuid?.() !== 0) throw new Error('bench needs root (network namespaces)');
-  const ids = values.only ? values.only.split(',').map((s) => s.trim()).filter(Boolean) : Object.keys(figures);
+  const ids = values.only
+    ? values.only
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : Object.keys(figures);
   const unknown = ids.filter((id) => !figures[id]);
   if (unknown.length) throw new Error(`unknown figure(s) "${unknown.join(', ')}"; known: ${Object.keys(figures).join(', ')}`);
   const swept = sweepStale();
@@ -81,14 +86,16 @@ async function main(): Promise<void> {
 
   const machine = { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, kernel: release(), node: process.version, loadavg: { start: loadAtStart, end: loadavg() } };
   const la = (l: number[]) => l.map((x) => x.toFixed(1)).join(' ');
-  console.log(`\nweft bench ${started.toISOString()} (${machine.cpus} x ${machine.cpu}, kernel ${machine.kernel}, load average ${la(loadAtStart)} at start, ${la(machine.loadavg.end)} at end${values.quick ? ', quick' : ''})\n`);
+  console.log(
+    `\nweft bench ${started.toISOString()} (${machine.cpus} x ${machine.cpu}, kernel ${machine.kernel}, load average ${la(loadAtStart)} at start, ${la(machine.loadavg.end)} at end${values.quick ? ', quick' : ''})\n`,
+  );
   console.log(renderTable(results));
   for (const f of results) {
     for (const n of f.notes) console.log(`  [${f.id}] ${n}`);
   }
   const out = values.out ?? join(root, 'bench', 'results', `${started.toISOString().replace(/[:.]/g, '-')}.json`);
   mkdirSync(join(out, '..'), { recursive: true });
-  writeFileSync(out, JSON.stringify({ started: started.toISOString(), quick: values.quick, machine, figures: results }, null, 2) + '\n');
+  writeFileSync(out, `${JSON.stringify({ started: started.toISOString(), quick: values.quick, machine, figures: results }, null, 2)}\n`);
   console.log(`\nwrote ${out}`);
 }
 

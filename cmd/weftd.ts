@@ -104,7 +104,9 @@ async function main(): Promise<number> {
   };
   log.info(
     `weftd starting`,
-    opts.kubeSubnetMgr ? { mode: 'kube', node: opts.nodeName, netConf: opts.netConfigPath, subnetFile: opts.subnetFile } : { mode: 'etcd', etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile },
+    opts.kubeSubnetMgr
+      ? { mode: 'kube', node: opts.nodeName, netConf: opts.netConfigPath, subnetFile: opts.subnetFile }
+      : { mode: 'etcd', etcd: opts.etcdEndpoints.join(','), prefix: opts.etcdPrefix, subnetFile: opts.subnetFile },
   );
   // CNI fast path (src/fastpath): the launcher (dist/bin/weft-fast, installed as /opt/cni/bin/weft)
   // forwards CNI requests to this process. --cni-socket "" disables it; not being able to serve

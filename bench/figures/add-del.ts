@@ -49,7 +49,10 @@ export async function addDelSamples(scope: BenchScope, sides: Side[], pods: numb
   }
 }
 
-export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {}): Promise<Figure> {
+export async function figAddDel(
+  ctx: BenchContext,
+  opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {},
+): Promise<Figure> {
   const id = opts.id ?? 'add';
   const title = opts.title ?? 'pod ADD/DEL latency (standalone weft binary)';
   const plugin = opts.weftPlugin ?? bins.weft;
@@ -67,10 +70,7 @@ export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; 
     const weftWhy = await probe(scope, weft);
     await addDelSamples(scope, weftWhy ? [ref] : [weft, ref], pods, ctx.log);
     const leftover = weftWhy ? '' : sh('ip', ['-n', wNode, '-o', 'link', 'show', 'type', 'veth']).trim();
-    const rows: Row[] = [
-      row('ADD median', median(weft.add), median(ref.add)),
-      row('DEL median', median(weft.del), median(ref.del)),
-    ];
+    const rows: Row[] = [row('ADD median', median(weft.add), median(ref.add)), row('DEL median', median(weft.del), median(ref.del))];
     return {
       id,
       title,
@@ -81,7 +81,12 @@ export async function figAddDel(ctx: BenchContext, opts: { weftPlugin?: string; 
         `${pods} pods per side, interleaved; as a runtime sees them: fork to exit, timed by bench/lib/cnitime.c (fork+exec of /bin/true: median ${round(median(base))} ms)`,
         ...(leftover ? [`weft left veths behind after DEL: ${leftover.split('\n').length}`] : []),
       ],
-      details: { pods, weft: { add: summarize(weft.add), del: summarize(weft.del), samples: weft }, ref: { add: summarize(ref.add), del: summarize(ref.del), samples: ref }, spawnBaseline: summarize(base) },
+      details: {
+        pods,
+        weft: { add: summarize(weft.add), del: summarize(weft.del), samples: weft },
+        ref: { add: summarize(ref.add), del: summarize(ref.del), samples: ref },
+        spawnBaseline: summarize(base),
+      },
     };
   } catch (err) {
     return unavailable(id, title, (err as Error).message);

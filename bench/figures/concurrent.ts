@@ -12,7 +12,6 @@ import { round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure, type Row } from '../lib/report.ts';
 import { probe, twoNodes, verifyAdd } from './add-del.ts';
 
-
 /** Allocation files (named after an IPv4 address) anywhere under `dir`. */
 function allocations(dir: string): string[] {
   const found: string[] = [];
@@ -48,8 +47,7 @@ interface Burst {
 
 async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeNs: string; config: object; store: string; pods: number }): Promise<Burst> {
   const pods = Array.from({ length: o.pods }, () => scope.netns(`c${o.name}`));
-  const calls = (command: 'ADD' | 'DEL'): CniCall[] =>
-    pods.map((podNs, i) => ({ plugin: o.plugin, command, containerId: `conc-${o.name}-${i}`, podNs, nodeNs: o.nodeNs, config: o.config }));
+  const calls = (command: 'ADD' | 'DEL'): CniCall[] => pods.map((podNs, i) => ({ plugin: o.plugin, command, containerId: `conc-${o.name}-${i}`, podNs, nodeNs: o.nodeNs, config: o.config }));
   const add = await callCniBatch(calls('ADD'), scope.tmpdir(`add${o.name}`));
   const failed = add.calls.filter((c) => c.code !== 0);
   const ips = add.calls.filter((c) => c.code === 0).map((c) => resultIp(c.result));
@@ -79,7 +77,10 @@ async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeN
   };
 }
 
-export async function figConcurrent(ctx: BenchContext, opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {}): Promise<Figure> {
+export async function figConcurrent(
+  ctx: BenchContext,
+  opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {},
+): Promise<Figure> {
   const id = opts.id ?? 'concurrent';
   const title = opts.title ?? '100 concurrent ADDs, then 100 DELs';
   const plugin = opts.weftPlugin ?? bins.weft;

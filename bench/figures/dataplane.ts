@@ -50,7 +50,10 @@ function handOverlay(scope: BenchScope): { a: HandNode; b: HandNode } {
     ipn(pod, 'route', 'add', 'default', 'via', `198.18.${k}.1`);
     return { ns, ip, mac, subnet: k, pod, podIp: `198.18.${k}.2` };
   });
-  for (const [me, peer] of [[nodes[0], nodes[1]], [nodes[1], nodes[0]]]) {
+  for (const [me, peer] of [
+    [nodes[0], nodes[1]],
+    [nodes[1], nodes[0]],
+  ]) {
     const gw = `198.18.${peer.subnet}.0`;
     ipn(me.ns, 'neigh', 'add', gw, 'lladdr', peer.mac, 'dev', 'flannel.1', 'nud', 'permanent');
     sh('bridge', ['-n', me.ns, 'fdb', 'append', peer.mac, 'dev', 'flannel.1', 'dst', peer.ip, 'self', 'permanent']);

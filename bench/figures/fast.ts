@@ -43,7 +43,11 @@ function inProcessSummary(fig: Figure, handled: Handled[] = []): Figure {
     const b = breakdown(handled, cmd);
     if (!b) continue;
     fig.details[`inProcess${cmd}`] = { ...b, methods: methodBreakdown(handled, cmd), samples: summarize(handled.filter((h) => h.command === cmd).map((h) => h.ms)) };
-    fig.notes.push(`in-process ${cmd} (inside the server, medians): ${Object.entries(b).map(([k, v]) => `${k} ${v} ms`).join(', ')}`);
+    fig.notes.push(
+      `in-process ${cmd} (inside the server, medians): ${Object.entries(b)
+        .map(([k, v]) => `${k} ${v} ms`)
+        .join(', ')}`,
+    );
   }
   return fig;
 }

@@ -197,10 +197,26 @@ export async function figKubePeers(ctx: BenchContext): Promise<Figure> {
     const ref = 'etcd mode';
     const p = (xs: number[], q: number) => round(percentile(xs, q));
     const rows: Row[] = [
-      { metric: `${bulk} peers: all ${k.want} kernel entries`, unit: 'ms', weft: k.converged ? round(k.convergeMs) : null, ref: e.converged ? round(e.convergeMs) : null, refName: ref, target: '< 1000 ms', met: k.converged && k.convergeMs < 1000 },
+      {
+        metric: `${bulk} peers: all ${k.want} kernel entries`,
+        unit: 'ms',
+        weft: k.converged ? round(k.convergeMs) : null,
+        ref: e.converged ? round(e.convergeMs) : null,
+        refName: ref,
+        target: '< 1000 ms',
+        met: k.converged && k.convergeMs < 1000,
+      },
       { metric: `  writes of the ${bulk} peers (API creates / etcd puts)`, unit: 'ms', weft: round(k.writeMs), ref: round(e.writeMs), refName: ref },
-      { metric: '  last write acknowledged to all entries', unit: 'ms', weft: k.converged ? round(k.convergeMs - k.writeMs) : null, ref: e.converged ? round(e.convergeMs - e.writeMs) : null, refName: ref },
-      ...(k.lastRouteMs !== undefined && e.lastRouteMs !== undefined ? [{ metric: '  first write to last route (ip monitor)', unit: 'ms', weft: round(k.lastRouteMs), ref: round(e.lastRouteMs), refName: ref }] : []),
+      {
+        metric: '  last write acknowledged to all entries',
+        unit: 'ms',
+        weft: k.converged ? round(k.convergeMs - k.writeMs) : null,
+        ref: e.converged ? round(e.convergeMs - e.writeMs) : null,
+        refName: ref,
+      },
+      ...(k.lastRouteMs !== undefined && e.lastRouteMs !== undefined
+        ? [{ metric: '  first write to last route (ip monitor)', unit: 'ms', weft: round(k.lastRouteMs), ref: round(e.lastRouteMs), refName: ref }]
+        : []),
       { metric: `new peer: write to route, p50 (n=${k.lat.length})`, unit: 'ms', weft: p(k.lat, 50), ref: p(e.lat, 50), refName: ref },
       { metric: `new peer: write to route, p99 (n=${k.lat.length})`, unit: 'ms', weft: p(k.lat, 99), ref: p(e.lat, 99), refName: ref, target: '< 50 ms', met: percentile(k.lat, 99) < 50 },
       { metric: `MAC change: annotation patch to FDB, p50 (n=${k.macLat.length})`, unit: 'ms', weft: p(k.macLat, 50) },

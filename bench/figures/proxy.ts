@@ -155,17 +155,43 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         await apiOne(writer, {
           method: 'POST',
           path: SERVICES,
-          body: { apiVersion: 'v1', kind: 'Service', metadata: { name: 'bench-echo' }, spec: { ports: [{ name: 'echo', port: 8080, targetPort: 8080 }, { name: 'iperf', port: 5201, targetPort: 5201 }] } },
+          body: {
+            apiVersion: 'v1',
+            kind: 'Service',
+            metadata: { name: 'bench-echo' },
+            spec: {
+              ports: [
+                { name: 'echo', port: 8080, targetPort: 8080 },
+                { name: 'iperf', port: 5201, targetPort: 5201 },
+              ],
+            },
+          },
         })
       ).body,
     );
     const cip = echo.spec.clusterIP as string;
-    await apiOne(writer, { method: 'POST', path: SLICES, body: slice('bench-echo-1', 'bench-echo', [p2.ip], [{ name: 'echo', port: 8080 }, { name: 'iperf', port: 5201 }]) });
+    await apiOne(writer, {
+      method: 'POST',
+      path: SLICES,
+      body: slice(
+        'bench-echo-1',
+        'bench-echo',
+        [p2.ip],
+        [
+          { name: 'echo', port: 8080 },
+          { name: 'iperf', port: 5201 },
+        ],
+      ),
+    });
 
     // 1000 Services, then their slices (10 endpoints each), all through the API.
     ctx.log(`  creating ${nSvc} Services and ${nSvc} EndpointSlices`);
     const eps: string[][] = Array.from({ length: nSvc }, (_, k) => Array.from({ length: nEp }, (_, j) => epIP(k * nEp + j)));
-    const svcReqs = eps.map((_, k) => ({ method: 'POST', path: SERVICES, body: { apiVersion: 'v1', kind: 'Service', metadata: { name: `bench-${k}` }, spec: { ports: [{ port: 80, targetPort: 8080 }] } } }));
+    const svcReqs = eps.map((_, k) => ({
+      method: 'POST',
+      path: SERVICES,
+      body: { apiVersion: 'v1', kind: 'Service', metadata: { name: `bench-${k}` }, spec: { ports: [{ port: 80, targetPort: 8080 }] } },
+    }));
     const sliceReqs = eps.map((ips, k) => ({ method: 'POST', path: SLICES, body: slice(`bench-${k}-1`, `bench-${k}`, ips, [{ name: '', port: 8080 }]) }));
     const b0 = await apiBatch(writer, svcReqs, 16);
     const b1 = await apiBatch(writer, sliceReqs, 16);
@@ -246,10 +272,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     // (b) Full syncs: restart n1's weftd with a 10 s full-sync interval; a bare nft -f of the
     // same ruleset in a scratch namespace after each.
     ctx.log(`  ${fulls} full syncs`);
-    const [svcList, sliceList] = await Promise.all([
-      apiOne(writer, { method: 'GET', path: '/api/v1/services' }),
-      apiOne(writer, { method: 'GET', path: '/apis/discovery.k8s.io/v1/endpointslices' }),
-    ]);
+    const [svcList, sliceList] = await Promise.all([apiOne(writer, { method: 'GET', path: '/api/v1/services' }), apiOne(writer, { method: 'GET', path: '/apis/discovery.k8s.io/v1/endpointslices' })]);
     const services = (JSON.parse(svcList.body).items as unknown[]).map(validateService).flatMap((v) => (v.ok ? [v.value as Service] : []));
     const slices = (JSON.parse(sliceList.body).items as unknown[]).map(validateEndpointSlice).flatMap((v) => (v.ok ? [v.value as EndpointSlice] : []));
     const state = selectEndpoints(services, slices, { nodeName: n1.name });
@@ -286,8 +309,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     if (weftFull.length < fulls) throw new Error(`only ${weftFull.length} of ${fulls} full syncs logged by n1's weftd`);
     const fp = phases(readFileSync(n1.logFile, 'utf8').slice(logOffset), 'full');
     const fullPhases = { buildMs: fp.buildMs.slice(0, fulls), applyMs: fp.applyMs.slice(0, fulls), afterMs: fp.afterMs.slice(0, fulls) };
-    const same =
-      tableFingerprint(nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy'])) === tableFingerprint(nsn(n1.netns, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy']));
+    const same = tableFingerprint(nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy'])) === tableFingerprint(nsn(n1.netns, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy']));
 
     const p50 = percentile(lat, 50);
     const p99 = percentile(lat, 99);
@@ -306,13 +328,29 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: '  partial sync phases, medians: model + script', unit: 'ms', weft: round(median(partialPhases.buildMs)) },
       { metric: '  ... nft -f', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
       { metric: '  ... after (read-back, conntrack)', unit: 'ms', weft: round(median(partialPhases.afterMs)) },
-      { metric: `full sync of ${nSvc} Services vs bare nft -f, median (n=${weftFull.length})`, unit: 'ms', weft: round(wf), ref: round(rf), refName: 'nft -f', target: '<= 1.5x', met: wf / rf <= 1.5 && same },
+      {
+        metric: `full sync of ${nSvc} Services vs bare nft -f, median (n=${weftFull.length})`,
+        unit: 'ms',
+        weft: round(wf),
+        ref: round(rf),
+        refName: 'nft -f',
+        target: '<= 1.5x',
+        met: wf / rf <= 1.5 && same,
+      },
       { metric: '  full sync phases, medians: model + script', unit: 'ms', weft: round(median(fullPhases.buildMs)) },
       { metric: '  ... nft -f (weftd)', unit: 'ms', weft: round(median(fullPhases.applyMs)), ref: round(rf), refName: 'nft -f' },
       { metric: '  ... bare nft -f of the same text in n1 itself', unit: 'ms', weft: round(median(refApplyN1)), ref: round(rf), refName: 'nft -f' },
       { metric: '  ... after: read-back and fingerprint', unit: 'ms', weft: round(median(fullPhases.afterMs)), ref: round(median(refList)), refName: 'nft -j list' },
       { metric: '  weftd restart to the first full sync logged', unit: 'ms', weft: firstFullMs === undefined ? null : round(firstFullMs) },
-      { metric: `TCP connections/s, ClusterIP vs pod IP (${conns} per run)`, unit: 'conn/s', weft: round(cc, 0), ref: round(pc, 0), refName: 'pod IP', target: '>= 0.95x', met: cc / pc >= 0.95 && t.errors === 0 },
+      {
+        metric: `TCP connections/s, ClusterIP vs pod IP (${conns} per run)`,
+        unit: 'conn/s',
+        weft: round(cc, 0),
+        ref: round(pc, 0),
+        refName: 'pod IP',
+        target: '>= 0.95x',
+        met: cc / pc >= 0.95 && t.errors === 0,
+      },
       { metric: '  median of the per-round ratios', unit: 'x', weft: round(median(t.cipConn.map((x, i) => x / t.podConn[i]!))) },
       { metric: '  the same from node n1 (no pod bridge on the way)', unit: 'conn/s', weft: round(median(t.nodeCipConn), 0), ref: round(median(t.nodePodConn), 0), refName: 'pod IP' },
       { metric: 'iperf3 throughput, ClusterIP vs pod IP', unit: 'Gbit/s', weft: round(cg), ref: round(pg), refName: 'pod IP', target: '>= 0.95x', met: cg / pg >= 0.95 },

@@ -34,7 +34,8 @@ export async function figReady(ctx: BenchContext): Promise<Figure> {
       ],
       notes: [
         `of which Node start-up + loading the weftd bundle (spawn to its first log line): median ${round(median(loads))} ms; the rest is etcd, the device, the lease and the first sync`,
-        'spawn of weftd (clean environment) to the first 200 from /readyz, polled every 5 ms by bench/lib/ready-poller.ts, started inside the node namespace before weftd'],
+        'spawn of weftd (clean environment) to the first 200 from /readyz, polled every 5 ms by bench/lib/ready-poller.ts, started inside the node namespace before weftd',
+      ],
       details: { firstMs: first.readyMs, restartMs: again, loadMs: loads },
     };
   } catch (err) {

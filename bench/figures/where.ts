@@ -46,7 +46,15 @@ export async function figWhere(ctx: BenchContext): Promise<Figure> {
       check?.(o.result);
       (samples[key] ??= []).push(o.ms);
     };
-    const version = (plugin: string, nodeNs: string, config: object, extraEnv?: Record<string, string>): CniCall => ({ plugin, command: 'VERSION', containerId: 'v', podNs: '', nodeNs, config, extraEnv });
+    const version = (plugin: string, nodeNs: string, config: object, extraEnv?: Record<string, string>): CniCall => ({
+      plugin,
+      command: 'VERSION',
+      containerId: 'v',
+      podNs: '',
+      nodeNs,
+      config,
+      extraEnv,
+    });
     const ca = process.env.NODE_EXTRA_CA_CERTS;
     for (let i = 0; i <= rounds; i++) {
       const steps: Array<() => Promise<void>> = [
@@ -89,7 +97,10 @@ export async function figWhere(ctx: BenchContext): Promise<Figure> {
       available: true,
       rows,
       notes: [
-        `slowest dependency calls in an in-process ADD (medians): ${Object.entries(methodBreakdown(server.handled, 'ADD')).slice(0, 6).map(([k, v]) => `${k} ${v} ms`).join(', ')}`,
+        `slowest dependency calls in an in-process ADD (medians): ${Object.entries(methodBreakdown(server.handled, 'ADD'))
+          .slice(0, 6)
+          .map(([k, v]) => `${k} ${v} ms`)
+          .join(', ')}`,
         `${rounds} interleaved rounds; in-process parts are time awaited on each dependency inside the warm server (netns = opening namespaces and netlink sockets in them); other = config, subnet file, result`,
       ],
       details: { rounds, samples, inProcessADD: inproc, inProcessADDMethods: methodBreakdown(server.handled, 'ADD') },

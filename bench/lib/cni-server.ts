@@ -57,7 +57,12 @@ function timeCall<R>(fn: () => R, acc: Acc, ...keys: string[]): R {
 function instrument(deps: Deps, acc: Acc): Deps {
   return {
     ...deps,
-    openNetlink: (ns) => timed(timeCall(() => deps.openNetlink(ns), acc, 'netns'), acc, 'netlink'),
+    openNetlink: (ns) =>
+      timed(
+        timeCall(() => deps.openNetlink(ns), acc, 'netns'),
+        acc,
+        'netlink',
+      ),
     openNetns: (path) => timeCall(() => deps.openNetns(path), acc, 'netns'),
     writeSysctl: (path, value, ns) => timeCall(() => deps.writeSysctl(path, value, ns), acc, 'sysctl'),
     store: (conf) => timed(deps.store(conf), acc, 'ipam'),

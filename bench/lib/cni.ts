@@ -138,9 +138,14 @@ export interface BatchOutcome {
 export function callCniBatch(calls: CniCall[], scratch: string): Promise<BatchOutcome> {
   const tool = buildCnitime();
   const first = calls[0];
-  const lines = calls.map((c) => Object.entries(runtimeEnv(c)).filter(([k]) => k.startsWith('CNI_')).map(([k, v]) => `${k}=${v}`).join('\t'));
+  const lines = calls.map((c) =>
+    Object.entries(runtimeEnv(c))
+      .filter(([k]) => k.startsWith('CNI_'))
+      .map(([k, v]) => `${k}=${v}`)
+      .join('\t'),
+  );
   const spec = join(scratch, 'calls.txt');
-  writeFileSync(spec, lines.join('\n') + '\n');
+  writeFileSync(spec, `${lines.join('\n')}\n`);
   return new Promise((resolve, reject) => {
     const child = spawn(tool, [`/run/netns/${first.nodeNs}`, first.plugin, configFile(first.config), scratch, spec], {
       env: runtimeEnv(first),

@@ -10,14 +10,24 @@ function one() {
   return new Promise((resolve) => {
     const c = net.connect({ host, port });
     let got = '';
-    const timer = setTimeout(() => { c.destroy(); resolve(false); }, 3000);
+    const timer = setTimeout(() => {
+      c.destroy();
+      resolve(false);
+    }, 3000);
     c.on('data', (d) => (got += d));
-    c.on('end', () => { clearTimeout(timer); resolve(got.length > 0); });
-    c.on('error', () => { clearTimeout(timer); resolve(false); });
+    c.on('end', () => {
+      clearTimeout(timer);
+      resolve(got.length > 0);
+    });
+    c.on('error', () => {
+      clearTimeout(timer);
+      resolve(false);
+    });
   });
 }
 (async () => {
-  let ok = 0, errors = 0;
+  let ok = 0,
+    errors = 0;
   await one(); // warm-up (JIT, first ARP), not counted
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < count; i++) (await one()) ? ok++ : errors++;

@@ -34,13 +34,13 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
     for (const line of lines) {
       const m = /^handled (\S+) ([\d.]+) (\{.*\})$/.exec(line);
       if (m) handled.push({ command: m[1], ms: Number(m[2]), parts: JSON.parse(m[3]) });
-      else if (line) err += line + '\n';
+      else if (line) err += `${line}\n`;
     }
   });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`fast-path server did not start: ${err}`)), 15_000);
     child.stdout!.on('data', (b: Buffer) => {
-      if (b.toString().includes('ready')) (clearTimeout(timer), resolve());
+      if (b.toString().includes('ready')) clearTimeout(timer), resolve();
     });
     child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`fast-path server exited ${code}: ${err.slice(0, 500)}`))));
   });

@@ -71,6 +71,13 @@ export function renderTable(figs: Figure[]): string {
   }
   const widths = head.map((_, i) => Math.max(...lines.filter((l) => l.length > 2 && !l[1].startsWith('not available')).map((l) => l[i].length)));
   return lines
-    .map((l) => (l[1].startsWith('not available') ? `${l[0].padEnd(widths[0])}  ${l[1]}` : l.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()))
+    .map((l) =>
+      l[1].startsWith('not available')
+        ? `${l[0].padEnd(widths[0])}  ${l[1]}`
+        : l
+            .map((c, i) => c.padEnd(widths[i]))
+            .join('  ')
+            .trimEnd(),
+    )
     .join('\n');
 }

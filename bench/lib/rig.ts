@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { openSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EtcdServer } from '../../lab/etcd.ts';
-import { BenchScope, sh } from './scope.ts';
+import { type BenchScope, sh } from './scope.ts';
 import { bins, root } from './paths.ts';
 import { PEER_NETWORK, PEER_SUBNET_LEN } from './leases.ts';
 
@@ -60,15 +60,23 @@ export async function startWeftd(scope: BenchScope, rig: Rig, opts: { timeoutMs?
   // WEFT_BENCH_WEFTD_NODE_OPTIONS lets one try V8 flags on the daemon without rebuilding it.
   const nodeOptions = process.env.WEFT_BENCH_WEFTD_NODE_OPTIONS;
   const args = [
-    '--etcd-endpoints', rig.etcd.endpoint,
-    '--etcd-prefix', ETCD_PREFIX,
-    '--iface', 'eth0',
-    '--subnet-file', rig.subnetFile,
+    '--etcd-endpoints',
+    rig.etcd.endpoint,
+    '--etcd-prefix',
+    ETCD_PREFIX,
+    '--iface',
+    'eth0',
+    '--subnet-file',
+    rig.subnetFile,
     // The fast path on, as in production, but on the rig's own socket, never the host's /run/weft.
-    '--cni-socket', join(rig.dir, 'cni.sock'),
-    '--healthz-addr', '127.0.0.1:9333',
-    '--node-name', 'bench',
-    '--log-level', 'info',
+    '--cni-socket',
+    join(rig.dir, 'cni.sock'),
+    '--healthz-addr',
+    '127.0.0.1:9333',
+    '--node-name',
+    'bench',
+    '--log-level',
+    'info',
     ...(opts.args ?? []),
   ];
   // The poller starts (and pays its own start-up) before weftd; it reports the monotonic time
@@ -139,7 +147,10 @@ const CLK_TCK = Number(sh('getconf', ['CLK_TCK']).trim()) || 100;
 export function cpuMs(pid: number): { self: number; children: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+  const f = stat
+    .slice(stat.lastIndexOf(')') + 2)
+    .split(' ')
+    .map(Number);
   // f[0] is field 3 (state): utime, stime, cutime, cstime are fields 14 to 17.
   const [utime, stime, cutime, cstime] = [f[11], f[12], f[13], f[14]];
   if (![utime, stime, cutime, cstime].every(Number.isFinite)) throw new Error(`cannot read CPU time of pid ${pid}`);

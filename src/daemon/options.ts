@@ -128,7 +128,7 @@ export function usage(): string {
     const dflt = 'default' in f && f.default !== false ? ` (default ${JSON.stringify(f.default)})` : '';
     lines.push(`  --${name.padEnd(20)} ${f.help}${dflt}  [$${envName(name)}]`);
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 /** Returns undefined when --help was asked for. Throws {@link UsageError}. */

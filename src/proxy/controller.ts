@@ -172,12 +172,7 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
 
   const core = opts.kc.makeApiClient(CoreV1Api);
   const discovery = opts.kc.makeApiClient(DiscoveryV1Api);
-  const informer = <T extends KubernetesObject>(
-    path: string,
-    cache: Cache<unknown>,
-    flag: keyof typeof synced,
-    list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>,
-  ) =>
+  const informer = <T extends KubernetesObject>(path: string, cache: Cache<unknown>, flag: keyof typeof synced, list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>) =>
     keepInformer<T>(signal, {
       kc: opts.kc,
       path,

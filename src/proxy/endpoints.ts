@@ -109,9 +109,9 @@ export function selectEndpoints(services: readonly Service[], slices: readonly E
   const byService = new Map<string, EndpointSlice[]>();
   for (const sl of slices) {
     const key = `${sl.metadata.namespace}/${sl.metadata.labels[SERVICE_NAME_LABEL]}`;
-    let arr = byService.get(key);
-    if (!arr) byService.set(key, (arr = []));
-    arr.push(sl);
+    const arr = byService.get(key);
+    if (arr) arr.push(sl);
+    else byService.set(key, [sl]);
   }
   for (const arr of byService.values()) arr.sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : a.metadata.name > b.metadata.name ? 1 : 0));
 

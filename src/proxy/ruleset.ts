@@ -208,9 +208,9 @@ function frame(opts: RulesetOptions): string[] {
 }
 
 function setElement(rs: Ruleset, map: string, key: string, value: string): void {
-  let m = rs.elements.get(map);
-  if (!m) rs.elements.set(map, (m = new Map()));
-  m.set(key, value);
+  const m = rs.elements.get(map);
+  if (m) m.set(key, value);
+  else rs.elements.set(map, new Map([[key, value]]));
 }
 
 /** A chain that picks one of `eps` (affinity first), or undefined when `eps` is empty. */
@@ -387,9 +387,16 @@ export function fullScript(rs: Ruleset): string {
   for (const name of chains) for (const r of rs.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
   for (const map of sortedKeys(rs.elements)) {
     const m = rs.elements.get(map)!;
-    lines.push(...elementLines('add', map, sortedKeys(m).map((k) => [k, m.get(k)!]), true));
+    lines.push(
+      ...elementLines(
+        'add',
+        map,
+        sortedKeys(m).map((k) => [k, m.get(k)!]),
+        true,
+      ),
+    );
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 function sameRules(a: string[] | undefined, b: string[] | undefined): boolean {
@@ -455,7 +462,15 @@ export function partialScript(prev: Ruleset, next: Ruleset, d: RulesetDiff = dif
     const a = prev.elements.get(map) ?? new Map<string, string>();
     const b = next.elements.get(map) ?? new Map<string, string>();
     const del = [...a.keys()].filter((k) => b.get(k) !== a.get(k)).sort();
-    if (del.length) lines.push(...elementLines('delete', map, del.map((k) => [k, '']), false));
+    if (del.length)
+      lines.push(
+        ...elementLines(
+          'delete',
+          map,
+          del.map((k) => [k, '']),
+          false,
+        ),
+      );
     const add = [...b.keys()].filter((k) => a.get(k) !== b.get(k)).sort();
     if (add.length) adds.push([map, add.map((k) => [k, b.get(k)!])]);
   }
@@ -467,5 +482,5 @@ export function partialScript(prev: Ruleset, next: Ruleset, d: RulesetDiff = dif
   for (const name of d.addedChains) lines.push(`add chain ${T} ${name}`);
   for (const name of [...d.addedChains, ...d.changedChains]) for (const r of next.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
   for (const [map, entries] of adds) lines.push(...elementLines('add', map, entries, true));
-  return lines.length ? lines.join('\n') + '\n' : '';
+  return lines.length ? `${lines.join('\n')}\n` : '';
 }

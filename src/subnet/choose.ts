@@ -42,8 +42,7 @@ export function chooseSubnet(opts: ChooseOptions): SubnetChoice {
   if (mine) return { kind: 'existing', lease: mine };
 
   const taken = new Set(leases.map((l) => `${l.subnet.ip}/${l.subnet.prefixLen}`));
-  const inRange = (s: IPv4Net) =>
-    s.prefixLen === config.subnetLen && s.ip >= config.subnetMin && s.ip <= config.subnetMax && contains(config.network, s.ip);
+  const inRange = (s: IPv4Net) => s.prefixLen === config.subnetLen && s.ip >= config.subnetMin && s.ip <= config.subnetMax && contains(config.network, s.ip);
   const prev = opts.previous;
   if (prev && inRange(prev)) {
     if (!taken.has(`${prev.ip}/${prev.prefixLen}`)) return { kind: 'new', subnet: prev, reason: 'previous' };

@@ -103,7 +103,7 @@ export function parseNetworkConfig(text: string): NetworkConfig {
     } catch (cause) {
       throw new ConfigError(`network config: "${name}" is not a valid IPv4 address: ${JSON.stringify(v)}`, { cause });
     }
-    if (((ip & maskOf(subnetLen)) >>> 0) !== ip) throw new ConfigError(`network config: "${name}" ${v} is not aligned to /${subnetLen}`);
+    if ((ip & maskOf(subnetLen)) >>> 0 !== ip) throw new ConfigError(`network config: "${name}" ${v} is not aligned to /${subnetLen}`);
     if (ip < first || ip > last) throw new ConfigError(`network config: "${name}" ${v} is outside "Network" ${formatCIDR(network)}`);
     return ip;
   };

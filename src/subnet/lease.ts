@@ -49,7 +49,7 @@ export function parseSubnetKey(key: string): IPv4Net | undefined {
   const len = Number(m[2]);
   if (len > 32 || !isIPv4(m[1])) return undefined;
   const ip = parseIPv4(m[1]);
-  if (((ip & maskOf(len)) >>> 0) !== ip) return undefined;
+  if ((ip & maskOf(len)) >>> 0 !== ip) return undefined;
   return { ip, prefixLen: len };
 }
 

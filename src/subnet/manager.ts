@@ -12,7 +12,7 @@
  *   which takes the same subnet again as soon as the key is free.
  */
 import type { IPv4Net } from '../ip/ipv4.ts';
-import type { ConfigError, NetworkConfig } from './config.ts';
+import type { NetworkConfig } from './config.ts';
 import type { Lease, LeaseAttrs } from './lease.ts';
 
 /** A watch event on the lease table. */

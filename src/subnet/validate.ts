@@ -142,7 +142,7 @@ function ownProblem(lease: Lease, ctx: LeaseContext, out: { mac?: string }): str
   const cidr = formatCIDR(s);
   if (s.prefixLen < network.prefixLen || !contains(network, s.ip)) return `subnet ${cidr} is not inside network ${formatCIDR(network)}`;
   if (s.prefixLen !== subnetLen) return `subnet ${cidr} is not a /${subnetLen} (the network's SubnetLen)`;
-  if (((s.ip & maskOf(s.prefixLen)) >>> 0) !== s.ip) return `subnet ${cidr} is not a network address`;
+  if ((s.ip & maskOf(s.prefixLen)) >>> 0 !== s.ip) return `subnet ${cidr} is not a network address`;
   const own = isOwnLease(lease, ctx);
   if (!own && ctx.ownSubnet && overlaps(s, ctx.ownSubnet)) return `subnet ${cidr} overlaps our subnet ${formatCIDR(ctx.ownSubnet)} (PublicIP ${shown(lease.publicIP)})`;
   // Our own lease overlaps cni0's route (our pods) by design.

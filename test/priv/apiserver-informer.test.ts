@@ -10,7 +10,7 @@
  * --min-request-timeout 2, so its watches end every 2-4 s and the informer re-watches from its
  * last resourceVersion, which is how a compaction turns into a 410 for it.
  */
-import { type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import test from 'ava';
 import { ControlPlane } from '../helpers/apiserver.ts';
@@ -59,7 +59,10 @@ test.serial('informer: list, then add / update / delete from the watch', async (
   await seen((l) => l.ev === 'update' && l.name === 'inf-b' && l.rv === u.metadata.resourceVersion);
   await cp.request('DELETE', '/api/v1/nodes/inf-b');
   await seen((l) => l.ev === 'delete' && l.name === 'inf-b');
-  t.false(lines.some((l) => l.ev === 'error'), JSON.stringify(lines));
+  t.false(
+    lines.some((l) => l.ev === 'error'),
+    JSON.stringify(lines),
+  );
 });
 
 test.serial('informer: a re-watch past the compaction gets 410 and relists, then keeps watching', async (t) => {
@@ -77,7 +80,10 @@ test.serial('informer: a re-watch past the compaction gets 410 and relists, then
   await cp.etcd.ctl(['compact', String(rev)]);
   await seen((l) => l.ev === 'list' && lines.indexOf(l) > lines.findIndex((x) => x.ev === 'update' && x.rv === a.metadata.resourceVersion), 15_000);
   t.is(lines.filter((l) => l.ev === 'list').length, 2, 'exactly one relist');
-  t.false(lines.some((l) => l.ev === 'error'), 'a 410 is not an error for the informer');
+  t.false(
+    lines.some((l) => l.ev === 'error'),
+    'a 410 is not an error for the informer',
+  );
 
   // Still watching after the relist.
   const c = (await cp.request('POST', '/api/v1/nodes', { body: { metadata: { name: 'inf-c' } } })).json;
@@ -92,5 +98,8 @@ test.serial('client-node strategic merge patch of nodes/status merges conditions
   const p = await seen((l) => l.ev === 'patched' && l.conditions?.length === 2);
   t.deepEqual(p.conditions, ['Ready', 'NetworkUnavailable']);
   await seen((l) => l.ev === 'update' && l.name === 'inf-a' && l.rv === p.rv);
-  t.false(lines.some((l) => l.ev === 'patch-error'), JSON.stringify(lines.filter((l) => l.ev === 'patch-error')));
+  t.false(
+    lines.some((l) => l.ev === 'patch-error'),
+    JSON.stringify(lines.filter((l) => l.ev === 'patch-error')),
+  );
 });

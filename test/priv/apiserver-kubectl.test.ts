@@ -51,7 +51,10 @@ test.serial('node IPAM: nodes without a podCIDR get distinct /24s of the cluster
       await new Promise((r) => setTimeout(r, 100));
     }
   };
-  t.regex(await cp.kubectl(['apply', '-f', '-'], { input: 'apiVersion: v1\nkind: Node\nmetadata: {name: ipam-a}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: ipam-b}\n' }), /node\/ipam-b created/);
+  t.regex(
+    await cp.kubectl(['apply', '-f', '-'], { input: 'apiVersion: v1\nkind: Node\nmetadata: {name: ipam-a}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: ipam-b}\n' }),
+    /node\/ipam-b created/,
+  );
   const a = await podCIDR('ipam-a');
   const b = await podCIDR('ipam-b');
   t.regex(a.podCIDR, /^198\.18\.\d+\.0\/24$/);
@@ -107,7 +110,11 @@ test.serial('kubectl get nodes -w sees a change; kubectl patch (strategic and me
   await cp.kubectl(['patch', 'node', 'k-n1', '--subresource=status', '-p', '{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"FlannelIsUp"}]}}']);
   await cp.kubectl(['patch', 'node', 'k-n1', '--type=merge', '-p', '{"spec":{"unschedulable":true}}']);
   const n = (await cp.request('GET', '/api/v1/nodes/k-n1')).json;
-  t.deepEqual(n.status.conditions.map((c: any) => c.type), ['Ready', 'NetworkUnavailable'], 'conditions merged by type');
+  t.deepEqual(
+    n.status.conditions.map((c: any) => c.type),
+    ['Ready', 'NetworkUnavailable'],
+    'conditions merged by type',
+  );
   t.true(n.spec.unschedulable);
   t.regex(await cp.kubectl(['get', 'nodes']), /Ready,SchedulingDisabled/);
   const none = await cp.kubectl(['patch', 'node', 'k-n1', '--type=merge', '-p', '{"spec":{"unschedulable":true}}']);

@@ -73,6 +73,12 @@ test.serial('nodes register from their namespaces, get pod CIDRs, and an informe
   t.regex(wide, /^n2\s+Unknown\s+<none>\s+\S+\s+198\.51\.100\.12\s/m);
   const deadline = Date.now() + 15_000;
   while (!['n1', 'n2'].every((n) => lines.some((l) => l.name === n)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  t.true(['n1', 'n2'].every((n) => lines.some((l) => (l.ev === 'add' || l.ev === 'update') && l.name === n)), JSON.stringify(lines));
-  t.false(lines.some((l) => l.ev === 'error'), JSON.stringify(lines));
+  t.true(
+    ['n1', 'n2'].every((n) => lines.some((l) => (l.ev === 'add' || l.ev === 'update') && l.name === n)),
+    JSON.stringify(lines),
+  );
+  t.false(
+    lines.some((l) => l.ev === 'error'),
+    JSON.stringify(lines),
+  );
 });

@@ -89,7 +89,11 @@ test.serial('list then watch from its resourceVersion: every change once, in ord
   t.true(BigInt(del.object.metadata.resourceVersion) > BigInt(a2.metadata.resourceVersion), 'a deletion carries the deletion revision');
   t.not(other.metadata.resourceVersion, undefined);
   const rvs = w.events.map((e) => BigInt(e.object.metadata.resourceVersion));
-  t.deepEqual([...rvs].sort((x, y) => (x < y ? -1 : 1)), rvs, 'events in revision order');
+  t.deepEqual(
+    [...rvs].sort((x, y) => (x < y ? -1 : 1)),
+    rvs,
+    'events in revision order',
+  );
   await ok(t, cp.request('DELETE', '/api/v1/nodes/w-other'));
 });
 
@@ -212,12 +216,18 @@ async function eventuallyEq(fn: () => Promise<number>, want: number, ms = 10_000
 test.serial('strategic merge patch on nodes/status merges conditions by type; merge and JSON patches', async (t) => {
   await ok(t, cp.request('POST', '/api/v1/nodes', { body: node('p-a') }), 201);
   const cond = (type: string, status: string, reason: string) => ({ type, status, reason, lastTransitionTime: '2026-01-01T00:00:00Z' });
-  await ok(t, cp.request('PATCH', '/api/v1/nodes/p-a/status', { contentType: SMP, body: { status: { conditions: [cond('Ready', 'True', 'KubeletReady'), cond('MemoryPressure', 'False', 'Fine')] } } }));
+  await ok(
+    t,
+    cp.request('PATCH', '/api/v1/nodes/p-a/status', { contentType: SMP, body: { status: { conditions: [cond('Ready', 'True', 'KubeletReady'), cond('MemoryPressure', 'False', 'Fine')] } } }),
+  );
   const up = await ok(
     t,
     cp.request('PATCH', '/api/v1/nodes/p-a/status', {
       contentType: SMP,
-      body: { metadata: { annotations: { 'flannel.alpha.coreos.com/backend-type': 'vxlan' } }, status: { conditions: [cond('NetworkUnavailable', 'False', 'FlannelIsUp'), { type: 'Ready', status: 'False' }] } },
+      body: {
+        metadata: { annotations: { 'flannel.alpha.coreos.com/backend-type': 'vxlan' } },
+        status: { conditions: [cond('NetworkUnavailable', 'False', 'FlannelIsUp'), { type: 'Ready', status: 'False' }] },
+      },
     }),
   );
   t.deepEqual(
@@ -230,15 +240,24 @@ test.serial('strategic merge patch on nodes/status merges conditions by type; me
   );
   t.is(up.metadata.annotations['flannel.alpha.coreos.com/backend-type'], 'vxlan', 'metadata changes pass through /status (flannel relies on it)');
   // $patch: delete drops one element; a /status write cannot touch the spec, a main write not the status.
-  const del = await ok(t, cp.request('PATCH', '/api/v1/nodes/p-a/status', { contentType: SMP, body: { spec: { unschedulable: true }, status: { conditions: [{ type: 'MemoryPressure', $patch: 'delete' }] } } }));
-  t.deepEqual(del.status.conditions.map((c: any) => c.type), ['Ready', 'NetworkUnavailable']);
+  const del = await ok(
+    t,
+    cp.request('PATCH', '/api/v1/nodes/p-a/status', { contentType: SMP, body: { spec: { unschedulable: true }, status: { conditions: [{ type: 'MemoryPressure', $patch: 'delete' }] } } }),
+  );
+  t.deepEqual(
+    del.status.conditions.map((c: any) => c.type),
+    ['Ready', 'NetworkUnavailable'],
+  );
   t.is(del.spec.unschedulable, undefined);
   const main = await ok(t, cp.request('PATCH', '/api/v1/nodes/p-a', { contentType: MERGE, body: { spec: { unschedulable: true }, status: { conditions: [] } } }));
   t.true(main.spec.unschedulable);
   t.is(main.status.conditions.length, 2);
   // A merge patch replaces lists; a JSON patch edits by path.
   const mp = await ok(t, cp.request('PATCH', '/api/v1/nodes/p-a/status', { contentType: MERGE, body: { status: { conditions: [cond('Ready', 'True', 'Back')] } } }));
-  t.deepEqual(mp.status.conditions.map((c: any) => c.reason), ['Back']);
+  t.deepEqual(
+    mp.status.conditions.map((c: any) => c.reason),
+    ['Back'],
+  );
   const jp = await ok(
     t,
     cp.request('PATCH', '/api/v1/nodes/p-a', {
@@ -252,7 +271,13 @@ test.serial('strategic merge patch on nodes/status merges conditions by type; me
   );
   t.is(jp.metadata.labels['weft.test/jp'], 'yes');
   t.is(jp.spec.unschedulable, undefined);
-  const failed = await cp.request('PATCH', '/api/v1/nodes/p-a', { contentType: JSONPATCH, body: [{ op: 'test', path: '/spec/podCIDR', value: 'nope' }, { op: 'remove', path: '/metadata/labels' }] });
+  const failed = await cp.request('PATCH', '/api/v1/nodes/p-a', {
+    contentType: JSONPATCH,
+    body: [
+      { op: 'test', path: '/spec/podCIDR', value: 'nope' },
+      { op: 'remove', path: '/metadata/labels' },
+    ],
+  });
   t.is(failed.status, 422, failed.text);
   t.is((await ok(t, cp.request('GET', '/api/v1/nodes/p-a'))).metadata.labels['weft.test/jp'], 'yes', 'a failed JSON patch changes nothing');
   const cidr = await cp.request('PATCH', '/api/v1/nodes/p-a', { contentType: MERGE, body: { spec: { podCIDR: '198.18.8.0/24', podCIDRs: ['198.18.8.0/24'] } } });
@@ -309,8 +334,27 @@ test.serial('services: clusterIP allocated from the range, a taken IP refused, r
   const changed = await cp.request('PATCH', '/api/v1/namespaces/default/services/alloc-a', { contentType: MERGE, body: { spec: { clusterIP: '198.19.0.99', clusterIPs: ['198.19.0.99'] } } });
   t.is(changed.status, 422);
   // Ports merge by port in a strategic merge patch.
-  const sp = await ok(t, cp.request('PATCH', '/api/v1/namespaces/default/services/alloc-a', { contentType: SMP, body: { spec: { ports: [{ name: 'https', port: 443 }, { port: 80, name: 'http' }] } } }));
-  t.deepEqual(sp.spec.ports.map((p: any) => [p.name, p.port, p.targetPort]), [['http', 80, 8080], ['https', 443, 443]]);
+  const sp = await ok(
+    t,
+    cp.request('PATCH', '/api/v1/namespaces/default/services/alloc-a', {
+      contentType: SMP,
+      body: {
+        spec: {
+          ports: [
+            { name: 'https', port: 443 },
+            { port: 80, name: 'http' },
+          ],
+        },
+      },
+    }),
+  );
+  t.deepEqual(
+    sp.spec.ports.map((p: any) => [p.name, p.port, p.targetPort]),
+    [
+      ['http', 80, 8080],
+      ['https', 443, 443],
+    ],
+  );
 
   await ok(t, cp.request('DELETE', '/api/v1/namespaces/default/services/alloc-a'));
   const again = await ok(t, cp.request('POST', '/api/v1/namespaces/default/services', { body: svc('alloc-b', { clusterIP: a.spec.clusterIP, ports: [{ port: 80 }] }) }), 201);
@@ -348,13 +392,19 @@ test.serial('endpointslices: generation, generateName, label selection', async (
   t.regex(s.metadata.name, /^web-[a-z0-9]{5}$/);
   t.is(s.metadata.generation, 1);
   t.is(s.ports[0].protocol, 'TCP');
-  const u = await ok(t, cp.request('PATCH', `/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/${s.metadata.name}`, { contentType: SMP, body: { endpoints: [{ addresses: ['198.18.1.6'] }] } }));
+  const u = await ok(
+    t,
+    cp.request('PATCH', `/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/${s.metadata.name}`, { contentType: SMP, body: { endpoints: [{ addresses: ['198.18.1.6'] }] } }),
+  );
   t.is(u.metadata.generation, 2);
   t.deepEqual(u.endpoints, [{ addresses: ['198.18.1.6'] }], 'endpoints is an atomic list');
   const m = await ok(t, cp.request('PATCH', `/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/${s.metadata.name}`, { contentType: MERGE, body: { metadata: { labels: { x: 'y' } } } }));
   t.is(m.metadata.generation, 2, 'metadata changes leave generation alone');
   const l = await ok(t, cp.request('GET', '/apis/discovery.k8s.io/v1/endpointslices?labelSelector=kubernetes.io/service-name%20in%20(web,other),x'));
-  t.deepEqual(l.items.map((i: any) => i.metadata.name), [s.metadata.name]);
+  t.deepEqual(
+    l.items.map((i: any) => i.metadata.name),
+    [s.metadata.name],
+  );
   const none = await ok(t, cp.request('GET', '/apis/discovery.k8s.io/v1/endpointslices?labelSelector=kubernetes.io/service-name!=web'));
   t.is(none.items.length, 0);
   const badAddr = await cp.request('POST', '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices', { body: { ...body, endpoints: [{ addresses: ['not-an-ip'] }] } });
@@ -422,11 +472,17 @@ test.serial('discovery documents', async (t) => {
   t.truthy(v1.resources.find((r: any) => r.name === 'nodes/status'));
   t.truthy(v1.resources.find((r: any) => r.name === 'services' && r.namespaced));
   const apis = await ok(t, cp.request('GET', '/apis'));
-  t.deepEqual(apis.groups.map((g: any) => g.name), ['discovery.k8s.io']);
+  t.deepEqual(
+    apis.groups.map((g: any) => g.name),
+    ['discovery.k8s.io'],
+  );
   const g = await ok(t, cp.request('GET', '/apis/discovery.k8s.io'));
   t.is(g.preferredVersion.groupVersion, 'discovery.k8s.io/v1');
   const dv1 = await ok(t, cp.request('GET', '/apis/discovery.k8s.io/v1'));
-  t.deepEqual(dv1.resources.map((r: any) => r.name), ['endpointslices']);
+  t.deepEqual(
+    dv1.resources.map((r: any) => r.name),
+    ['endpointslices'],
+  );
 });
 
 test.serial('an open watch survives an etcd restart and delivers what changed after it', async (t) => {
@@ -453,10 +509,11 @@ test.serial('an open watch survives an etcd restart and delivers what changed af
 test.serial('concurrent writers: unconditional patches all land; concurrent creates get distinct cluster IPs', async (t) => {
   await ok(t, cp.request('POST', '/api/v1/nodes', { body: node('race') }), 201);
   const n = 20;
-  const res = await Promise.all(
-    Array.from({ length: n }, (_, i) => cp.request('PATCH', '/api/v1/nodes/race', { contentType: SMP, body: { metadata: { labels: { [`l${i}`]: 'x' } } } })),
+  const res = await Promise.all(Array.from({ length: n }, (_, i) => cp.request('PATCH', '/api/v1/nodes/race', { contentType: SMP, body: { metadata: { labels: { [`l${i}`]: 'x' } } } })));
+  t.deepEqual(
+    res.map((r) => r.status),
+    Array(n).fill(200),
   );
-  t.deepEqual(res.map((r) => r.status), Array(n).fill(200));
   const final = await ok(t, cp.request('GET', '/api/v1/nodes/race'));
   for (let i = 0; i < n; i++) t.is(final.metadata.labels[`l${i}`], 'x');
   const rvs = new Set(res.map((r) => r.json.metadata.resourceVersion));
@@ -466,7 +523,10 @@ test.serial('concurrent writers: unconditional patches all land; concurrent crea
   const svcs = await Promise.all(
     Array.from({ length: n }, (_, i) => cp.request('POST', '/api/v1/namespaces/default/services', { body: { metadata: { name: `race-${i}` }, spec: { ports: [{ port: 80 }] } } })),
   );
-  t.deepEqual(svcs.map((r) => r.status), Array(n).fill(201));
+  t.deepEqual(
+    svcs.map((r) => r.status),
+    Array(n).fill(201),
+  );
   t.is(new Set(svcs.map((r) => r.json.spec.clusterIP)).size, n);
   const claims = await cp.etcd.getPrefix('/registry/ranges/serviceips/');
   for (const s of svcs) t.true([...claims.values()].includes(`default/${s.json.metadata.name}`));
@@ -492,5 +552,8 @@ test.serial('delete answers: Services return the object, ConfigMaps a Status; fi
   await ok(t, cp.request('PATCH', '/api/v1/namespaces/default/configmaps/fin', { contentType: JSONPATCH, body: [{ op: 'remove', path: '/metadata/finalizers' }] }));
   t.is((await cp.request('GET', '/api/v1/namespaces/default/configmaps/fin')).status, 404);
   await w.next((e) => e.type === 'DELETED');
-  t.deepEqual(w.events.map((e) => e.type), ['MODIFIED', 'DELETED']);
+  t.deepEqual(
+    w.events.map((e) => e.type),
+    ['MODIFIED', 'DELETED'],
+  );
 });

@@ -31,8 +31,18 @@ async function expectRejected(t: ExecutionContext, node: string, pod: string, fx
   t.is(r.json.code, code, r.json.msg);
   t.is(typeof r.json.msg, 'string');
   t.truthy(r.json.cniVersion);
-  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname), [], 'no veth on the node');
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname).sort(), (opts.podLinks ?? ['lo']).sort(), 'pod untouched');
+  t.deepEqual(
+    ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname),
+    [],
+    'no veth on the node',
+  );
+  t.deepEqual(
+    ipJson(pod, 'link', 'show')
+      .map((l) => l.ifname)
+      .sort(),
+    (opts.podLinks ?? ['lo']).sort(),
+    'pod untouched',
+  );
   t.deepEqual(ipFiles(fx), [], 'no IP file');
   return r.json;
 }
@@ -91,7 +101,10 @@ test('the interface name already taken in the pod -> 100, the existing link unto
   sh('ip', ['-n', pod, 'addr', 'add', '198.51.100.9/24', 'dev', 'eth0']);
   const e = await expectRejected(t, node, pod, fx, {}, 100, { podLinks: ['lo', 'other0', 'eth0'] });
   t.is(e.msg, `interface "eth0" already exists in "/run/netns/${pod}"`);
-  t.deepEqual(ipJson(pod, 'addr', 'show', 'dev', 'eth0')[0].addr_info.map((a: any) => a.local), ['198.51.100.9']);
+  t.deepEqual(
+    ipJson(pod, 'addr', 'show', 'dev', 'eth0')[0].addr_info.map((a: any) => a.local),
+    ['198.51.100.9'],
+  );
 });
 
 test('subnet file missing -> 11 (weftd not ready); malformed -> 7', async (t) => {
@@ -121,7 +134,10 @@ test('an exhausted subnet -> 102 "no free address in 198.18.1.0/24"', async (t) 
   t.is(r.json.msg, 'no free address in 198.18.1.0/24');
   t.is(readdirSync(fx.ipamDir).filter((f) => f.startsWith('198.')).length, 253);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
 });
 
 test('invalid configuration values -> 7', async (t) => {

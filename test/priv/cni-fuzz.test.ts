@@ -118,7 +118,12 @@ async function cleanup(t: ExecutionContext, s: ReturnType<typeof setup>, attache
   t.deepEqual(veths, [], 'no veth left');
   const ipam = existsSync(s.fx.ipamDir) ? readdirSync(s.fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];
   t.deepEqual(ipam, [], 'no allocation left');
-  for (const pod of s.pods) t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo'], 'pods empty');
+  for (const pod of s.pods)
+    t.deepEqual(
+      ipJson(pod, 'link', 'show').map((l) => l.ifname),
+      ['lo'],
+      'pods empty',
+    );
 }
 
 const N = Number(process.env.WEFT_FUZZ_N ?? '80');

@@ -54,7 +54,7 @@ test('the host veth is labelled with its owner; DEL and GC leave a colliding vet
   t.is(add.code, 0, add.stdout);
   const veth = expectedVethName('owner1', 'eth0');
   t.is(ipJson(node, 'link', 'show', 'dev', veth)[0].ifalias, 'owner1/eth0');
-  const check = (await cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }), containerID: 'owner1', netns: pod, ifname: 'eth0' }));
+  const check = await cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }), containerID: 'owner1', netns: pod, ifname: 'eth0' });
   t.is(check.code, 0, check.stdout);
   sh('ip', ['-n', node, 'link', 'set', veth, 'alias', 'someone-else/eth0']);
   const relabelled = await cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }), containerID: 'owner1', netns: pod, ifname: 'eth0' });
@@ -76,7 +76,13 @@ test('the host veth is labelled with its owner; DEL and GC leave a colliding vet
   t.is(gc.code, 0, gc.stdout);
   t.is(ipJson(node, 'link', 'show', 'dev', victim)[0]?.ifalias, 'another-pod/eth0', 'GC left it');
   t.deepEqual(ipFiles(fx.ipamDir), [], 'GC released both allocations');
-  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname).sort(), [victim, 'wtpeer0'].sort(), 'owner1\'s own veth was collected');
+  t.deepEqual(
+    ipJson(node, 'link', 'show', 'type', 'veth')
+      .map((l) => l.ifname)
+      .sort(),
+    [victim, 'wtpeer0'].sort(),
+    "owner1's own veth was collected",
+  );
 
   // An unlabelled veth (an ADD that died before labelling) is still cleaned up by its DEL.
   const orphan = expectedVethName('orphan', 'eth0');

@@ -49,12 +49,18 @@ function podState(pod: string) {
     mtu: eth0.mtu,
     up: eth0.flags.includes('UP'),
     addrs: eth0.addr_info.filter((a: any) => a.family === 'inet').map((a: any) => `${a.local}/${a.prefixlen}`),
-    routes: ipJson(pod, 'route', 'show').map((x) => `${x.dst} ${x.gateway ?? '-'} ${x.dev}`).sort(),
+    routes: ipJson(pod, 'route', 'show')
+      .map((x) => `${x.dst} ${x.gateway ?? '-'} ${x.dev}`)
+      .sort(),
   };
 }
 
 function ipFiles(dir: string): string[] {
-  return existsSync(dir) ? readdirSync(dir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)).sort() : [];
+  return existsSync(dir)
+    ? readdirSync(dir)
+        .filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))
+        .sort()
+    : [];
 }
 
 async function compareVersion(t: ExecutionContext, version: string) {
@@ -74,8 +80,18 @@ async function compareVersion(t: ExecutionContext, version: string) {
   t.is(weft.json.ips[0].address, ref.json.ips[0].address, 'same first address');
   t.is(weft.json.ips[0].gateway, ref.json.ips[0].gateway);
   t.deepEqual(podState(weftPod), podState(refPod));
-  t.deepEqual(ipJson(weftNode, 'addr', 'show', 'dev', 'cni0')[0].addr_info.filter((a: any) => a.family === 'inet').map((a: any) => a.local), ['198.18.30.1']);
-  t.deepEqual(ipJson(refNode, 'addr', 'show', 'dev', 'cni0')[0].addr_info.filter((a: any) => a.family === 'inet').map((a: any) => a.local), ['198.18.30.1']);
+  t.deepEqual(
+    ipJson(weftNode, 'addr', 'show', 'dev', 'cni0')[0]
+      .addr_info.filter((a: any) => a.family === 'inet')
+      .map((a: any) => a.local),
+    ['198.18.30.1'],
+  );
+  t.deepEqual(
+    ipJson(refNode, 'addr', 'show', 'dev', 'cni0')[0]
+      .addr_info.filter((a: any) => a.family === 'inet')
+      .map((a: any) => a.local),
+    ['198.18.30.1'],
+  );
   // Same store bytes.
   t.is(readFileSync(join(fx.ipamDir, '198.18.30.2'), 'utf8'), readFileSync(join(refData, 'wt-net', '198.18.30.2'), 'utf8'));
   t.is(readFileSync(join(fx.ipamDir, 'last_reserved_ip.0'), 'utf8'), readFileSync(join(refData, 'wt-net', 'last_reserved_ip.0'), 'utf8'));

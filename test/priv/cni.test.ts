@@ -44,8 +44,16 @@ function nftPods(ns: string): string {
 
 /** Nothing of a pod attachment left: no veth on the node, only lo in the pod, no IP file. */
 function assertNoAttachment(t: ExecutionContext, node: string, pod: string, fx: CniEnvFixture) {
-  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname), [], 'no veth on the node');
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo'], 'only lo in the pod');
+  t.deepEqual(
+    ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname),
+    [],
+    'no veth on the node',
+  );
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+    'only lo in the pod',
+  );
   t.deepEqual(ipFiles(fx), [], 'no IP file');
 }
 
@@ -57,10 +65,16 @@ test('ADD configures eth0 (address, routes, MTU), bridge and host veth; DEL remo
   const r = add.json;
   t.is(r.cniVersion, '1.0.0');
   const veth = expectedVethName('c1', 'eth0');
-  t.deepEqual(r.interfaces.map((i: any) => i.name), ['cni0', veth, 'eth0']);
+  t.deepEqual(
+    r.interfaces.map((i: any) => i.name),
+    ['cni0', veth, 'eth0'],
+  );
   t.is(r.interfaces[2].sandbox, `/run/netns/${pod}`);
   t.deepEqual(r.ips, [{ address: '198.18.1.2/24', gateway: '198.18.1.1', interface: 2 }]);
-  t.deepEqual(r.routes, [{ dst: '0.0.0.0/0', gw: '198.18.1.1' }, { dst: '198.18.0.0/16', gw: '198.18.1.1' }]);
+  t.deepEqual(r.routes, [
+    { dst: '0.0.0.0/0', gw: '198.18.1.1' },
+    { dst: '198.18.0.0/16', gw: '198.18.1.1' },
+  ]);
 
   const eth0 = ipJson(pod, 'addr', 'show', 'dev', 'eth0')[0];
   t.is(eth0.mtu, 1450);
@@ -157,7 +171,10 @@ test('50 concurrent ADDs get 50 distinct addresses; 50 DELs release them all', a
   const pods = Array.from({ length: 50 }, () => scope.netns('pod'));
   const adds = await Promise.all(pods.map((p, i) => cni(node, { command: 'ADD', conf: fx.conf(), containerID: `burst-${i}`, netns: p, ifname: 'eth0' })));
   const failed = adds.filter((r) => r.code !== 0);
-  t.deepEqual(failed.map((r) => r.stdout + r.stderr), []);
+  t.deepEqual(
+    failed.map((r) => r.stdout + r.stderr),
+    [],
+  );
   const ips = adds.map((r) => r.json.ips[0].address);
   t.is(new Set(ips).size, 50);
   t.is(ipFiles(fx).length, 50);
@@ -165,7 +182,10 @@ test('50 concurrent ADDs get 50 distinct addresses; 50 DELs release them all', a
   t.is(ipJson(node, 'link', 'show', 'master', 'cni0').length, 50);
 
   const dels = await Promise.all(pods.map((p, i) => cni(node, { command: 'DEL', conf: fx.conf(), containerID: `burst-${i}`, netns: p, ifname: 'eth0' })));
-  t.deepEqual(dels.filter((r) => r.code !== 0).map((r) => r.stdout), []);
+  t.deepEqual(
+    dels.filter((r) => r.code !== 0).map((r) => r.stdout),
+    [],
+  );
   t.deepEqual(ipFiles(fx), []);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
 });
@@ -214,7 +234,10 @@ test('a real failure midway (host veth name taken by another link) is undone and
   t.is(add.json.code, 104);
   t.regex(add.json.msg, new RegExp(`host veth "${taken}"`));
   t.deepEqual(ipFiles(fx), [], 'the reservation was released');
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
   t.is(ipJson(node, '-d', 'link', 'show', 'dev', taken)[0].linkinfo.info_kind, 'bridge', 'the other link is untouched');
 });
 
@@ -223,8 +246,7 @@ test('CHECK passes on a fresh attachment and names a removed address, a removed 
   const pod = scope.netns('pod');
   const add = await cni(node, { command: 'ADD', conf: fx.conf({}, '1.1.0'), containerID: 'ck', netns: pod, ifname: 'eth0' });
   t.is(add.code, 0, add.stdout);
-  const check = (version = '1.1.0') =>
-    cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }, version), containerID: 'ck', netns: pod, ifname: 'eth0' });
+  const check = (version = '1.1.0') => cni(node, { command: 'CHECK', conf: fx.conf({ prevResult: add.json }, version), containerID: 'ck', netns: pod, ifname: 'eth0' });
   const ok = await check();
   t.is(ok.code, 0, ok.stdout + ok.stderr);
   t.is(ok.stdout, '');
@@ -272,7 +294,10 @@ test('GC releases allocations and veths not in cni.dev/valid-attachments (and ac
   });
   t.is(gc.code, 0, gc.stdout + gc.stderr);
   t.deepEqual(ipFiles(fx), ['198.18.9.3']);
-  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname), [expectedVethName('gc1', 'eth0')]);
+  t.deepEqual(
+    ipJson(node, 'link', 'show', 'type', 'veth').map((l) => l.ifname),
+    [expectedVethName('gc1', 'eth0')],
+  );
   t.deepEqual(inet(pods[1], 'eth0'), ['198.18.9.3/24']);
 
   const legacyKey = await cni(node, { command: 'GC', conf: fx.conf({ 'cni.dev/attachments': [] }, '1.1.0') });

@@ -105,7 +105,10 @@ async function healthz(): Promise<{ status: number; ms: number }> {
   return { status: r.status, ms: Date.now() - t0 };
 }
 
-const vethsOnNode = () => ipJson(node().netns, 'link', 'show', 'type', 'veth').map((l) => l.ifname).filter((n) => n !== 'eth0');
+const vethsOnNode = () =>
+  ipJson(node().netns, 'link', 'show', 'type', 'veth')
+    .map((l) => l.ifname)
+    .filter((n) => n !== 'eth0');
 
 test.serial('weftd runs CNI requests on its worker threads', (t) => {
   const log = readFileSync(node().logFile, 'utf8');
@@ -141,7 +144,11 @@ test.serial('a non-root peer is refused before a byte is read, and logged', asyn
   const req = encodeRequest({ env: cniEnv('ADD', `/run/netns/${pod}`, 'nobody1'), stdin: JSON.stringify(conf()) }).toString('base64');
   const out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', client, req], { encoding: 'utf8' }).trim();
   t.is(out, 'closed ""', 'connection closed (reset, or EPIPE on our write) with no acknowledgement');
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo'], 'nothing done for it');
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+    'nothing done for it',
+  );
   t.deepEqual(vethsOnNode(), []);
   await eventually(() => /refused a connection from uid 65534/.test(readFileSync(node().logFile, 'utf8')), 5000);
   t.regex(readFileSync(node().logFile, 'utf8'), /refused a connection from uid 65534 \(pid \d+\)/);
@@ -170,14 +177,24 @@ test.serial('foreign subnetFile, dataDir and bridge are refused and nothing is c
   }
   t.false(existsSync(foreignDir), 'the foreign dataDir was not created');
   t.false(existsSync(dataDir) && existsSync(join(dataDir, 'wt-hostile')) && JSON.stringify(ipFilesOf(join(dataDir, 'wt-hostile'))) !== '[]', 'no allocation');
-  t.false(ipJson(node().netns, 'link', 'show').some((l) => l.ifname === 'wtevil0'), 'no bridge made');
+  t.false(
+    ipJson(node().netns, 'link', 'show').some((l) => l.ifname === 'wtevil0'),
+    'no bridge made',
+  );
   t.is(ipJson(node().netns, 'link', 'show', 'dev', 'eth0')[0].mtu, mtuBefore, 'the underlay MTU is untouched');
   t.deepEqual(vethsOnNode(), []);
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
 });
 
 function ipFilesOf(d: string): string[] {
-  return existsSync(d) ? execFileSync('ls', [d], { encoding: 'utf8' }).split('\n').filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];
+  return existsSync(d)
+    ? execFileSync('ls', [d], { encoding: 'utf8' })
+        .split('\n')
+        .filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))
+    : [];
 }
 
 test.serial("weftd's own namespace as CNI_NETNS is refused for ADD, CHECK and DEL; its routes and links stay", async (t) => {
@@ -234,18 +251,20 @@ test.serial('an oversized request is dropped without an acknowledgement; weftd l
 test.serial('1000 simultaneous connections do not crash it; a real request still works after', async (t) => {
   const socks: Socket[] = [];
   await Promise.all(
-    Array.from({ length: 1000 }, (_, i) =>
-      new Promise<void>((resolvePromise) => {
-        const s = createConnection(socket);
-        socks.push(s);
-        s.on('error', () => resolvePromise());
-        s.on('connect', () => {
-          // A third idle, a third garbage, a third half a request.
-          if (i % 3 === 1) s.write('GET / HTTP/1.1\r\n\r\n');
-          if (i % 3 === 2) s.write(encodeRequest({ env: cniEnv('ADD', '/x'), stdin: '{}' }).subarray(0, 20));
-          resolvePromise();
-        });
-      }),
+    Array.from(
+      { length: 1000 },
+      (_, i) =>
+        new Promise<void>((resolvePromise) => {
+          const s = createConnection(socket);
+          socks.push(s);
+          s.on('error', () => resolvePromise());
+          s.on('connect', () => {
+            // A third idle, a third garbage, a third half a request.
+            if (i % 3 === 1) s.write('GET / HTTP/1.1\r\n\r\n');
+            if (i % 3 === 2) s.write(encodeRequest({ env: cniEnv('ADD', '/x'), stdin: '{}' }).subarray(0, 20));
+            resolvePromise();
+          });
+        }),
     ),
   );
   const h = await healthz();
@@ -256,10 +275,14 @@ test.serial('1000 simultaneous connections do not crash it; a real request still
 
   const pod = scope.netns('pod');
   const fullConf = conf({ fastpathSocket: socket });
-  const add = await eventually(async () => {
-    const r = await cni(node().netns, { bin: LAUNCHER, command: 'ADD', conf: fullConf, containerID: 'after1000', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
-    return r.code === 0 && !/falling back/.test(r.stderr) ? r : undefined;
-  }, 10_000, 200);
+  const add = await eventually(
+    async () => {
+      const r = await cni(node().netns, { bin: LAUNCHER, command: 'ADD', conf: fullConf, containerID: 'after1000', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
+      return r.code === 0 && !/falling back/.test(r.stderr) ? r : undefined;
+    },
+    10_000,
+    200,
+  );
   t.truthy(add, 'served by weftd after the storm');
   const del = await cni(node().netns, { bin: LAUNCHER, command: 'DEL', conf: fullConf, containerID: 'after1000', netns: pod, ifname: 'eth0' });
   t.is(del.code, 0, del.stdout);

@@ -46,7 +46,15 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
   const del = await cni(node.netns, { bin: LAUNCHER, command: 'DEL', conf, containerID: 'c1', netns: pod, ifname: 'eth0', env: debug });
   t.is(del.code, 0, del.stdout + del.stderr);
   t.regex(del.stderr, /falling back/);
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
   // eth0 is the node's own (veth) underlay link; no pod veth may remain.
-  t.deepEqual(ipJson(node.netns, 'link', 'show', 'type', 'veth').map((l) => l.ifname).filter((n) => n !== 'eth0'), []);
+  t.deepEqual(
+    ipJson(node.netns, 'link', 'show', 'type', 'veth')
+      .map((l) => l.ifname)
+      .filter((n) => n !== 'eth0'),
+    [],
+  );
 });

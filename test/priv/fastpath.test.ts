@@ -66,7 +66,9 @@ function podState(pod: string) {
     mtu: eth0?.mtu,
     up: eth0?.flags.includes('UP'),
     addrs: (eth0?.addr_info ?? []).filter((a: any) => a.family === 'inet').map((a: any) => `${a.local}/${a.prefixlen}`),
-    routes: ipJson(pod, 'route', 'show').map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`).sort(),
+    routes: ipJson(pod, 'route', 'show')
+      .map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`)
+      .sort(),
   };
 }
 
@@ -95,7 +97,10 @@ test('ADD and DEL through the launcher with the server up match the standalone b
   t.deepEqual(podState(fastPod), podState(soloPod));
   t.deepEqual(ipFiles(fast.fx), ['198.18.41.2']);
   const veth = ipJson(fast.node, 'link', 'show', 'type', 'veth');
-  t.deepEqual(veth.map((l) => [l.ifname, l.master]), [[a.json.interfaces[1].name, 'cni0']]);
+  t.deepEqual(
+    veth.map((l) => [l.ifname, l.master]),
+    [[a.json.interfaces[1].name, 'cni0']],
+  );
 
   // Same error for the same bad request: a second ADD of the same interface.
   const again = await cni(fast.node, { bin: LAUNCHER, command: 'ADD', conf: conf(fast.fx), containerID: 'c1', netns: fastPod, ifname: 'eth0' });
@@ -108,7 +113,10 @@ test('ADD and DEL through the launcher with the server up match the standalone b
   t.is(d.code, 0, d.stdout + d.stderr);
   t.is(d.stdout, '');
   t.deepEqual(server.handled, ['ADD', 'ADD', 'DEL']);
-  t.deepEqual(ipJson(fastPod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(fastPod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
   t.deepEqual(ipJson(fast.node, 'link', 'show', 'type', 'veth'), []);
   t.deepEqual(ipFiles(fast.fx), []);
 
@@ -117,24 +125,28 @@ test('ADD and DEL through the launcher with the server up match the standalone b
   t.true(v.json.supportedVersions.includes('1.1.0'));
 });
 
-for (const [workers, third] of [[0, 42], [4, 48]] as const) test(`20 concurrent ADDs through the server (${workers ? `${workers} worker threads` : 'main thread'}) get distinct addresses; DELs release them all`, async (t) => {
-  const { scope, node, fx } = setup(t, third);
-  const server = await startServer(scope, node, fx, { workers });
-  const pods = Array.from({ length: 20 }, () => scope.netns('pod'));
-  const conf = fx.conf({ fastpathSocket: server.socket });
-  const adds = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
-  for (const a of adds) t.is(a.code, 0, a.stdout + a.stderr);
-  const ips = adds.map((a) => a.json.ips[0].address);
-  t.is(new Set(ips).size, 20);
-  pods.forEach((pod, i) => t.deepEqual(podState(pod).addrs, [ips[i]]));
-  t.is(server.handled.filter((c) => c === 'ADD').length, 20);
-  const dels = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'DEL', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
-  for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
-  t.deepEqual(ipFiles(fx), []);
-  t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
-});
+for (const [workers, third] of [
+  [0, 42],
+  [4, 48],
+] as const)
+  test(`20 concurrent ADDs through the server (${workers ? `${workers} worker threads` : 'main thread'}) get distinct addresses; DELs release them all`, async (t) => {
+    const { scope, node, fx } = setup(t, third);
+    const server = await startServer(scope, node, fx, { workers });
+    const pods = Array.from({ length: 20 }, () => scope.netns('pod'));
+    const conf = fx.conf({ fastpathSocket: server.socket });
+    const adds = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'ADD', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
+    for (const a of adds) t.is(a.code, 0, a.stdout + a.stderr);
+    const ips = adds.map((a) => a.json.ips[0].address);
+    t.is(new Set(ips).size, 20);
+    for (const [i, pod] of pods.entries()) t.deepEqual(podState(pod).addrs, [ips[i]]);
+    t.is(server.handled.filter((c) => c === 'ADD').length, 20);
+    const dels = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'DEL', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
+    for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
+    t.deepEqual(ipFiles(fx), []);
+    t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+  });
 
-test('with no server, and with a dead server\'s stale socket, the launcher falls back to the standalone binary', async (t) => {
+test("with no server, and with a dead server's stale socket, the launcher falls back to the standalone binary", async (t) => {
   const { scope, node, fx } = setup(t, 43);
   const pod = scope.netns('pod');
   const absent = fx.conf({ fastpathSocket: join(fx.dir, 'nobody.sock') });
@@ -155,7 +167,10 @@ test('with no server, and with a dead server\'s stale socket, the launcher falls
   const del = await cni(node, { bin: LAUNCHER, command: 'DEL', conf: fx.conf({ fastpathSocket: server.socket }), containerID: 'c1', netns: pod, ifname: 'eth0', env: { WEFT_LAUNCHER_DEBUG: '1' } });
   t.is(del.code, 0, del.stdout + del.stderr);
   t.regex(del.stderr, /falling back/);
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
   t.deepEqual(ipFiles(fx), []);
   t.deepEqual(server.handled, []);
 });
@@ -176,7 +191,7 @@ test('a server that accepts but never acknowledges is abandoned: the launcher fa
   t.deepEqual(ipFiles(fx), [add.json.ips[0].address.split('/')[0]]);
 });
 
-test('a launcher in another node\'s namespace is not served there: it falls back and configures its own node', async (t) => {
+test("a launcher in another node's namespace is not served there: it falls back and configures its own node", async (t) => {
   const a = setup(t, 45);
   const b = setup(t, 46);
   const server = await startServer(a.scope, a.node, a.fx);
@@ -187,8 +202,8 @@ test('a launcher in another node\'s namespace is not served there: it falls back
   t.regex(add.stderr, /falling back .*no acknowledgement/);
   t.deepEqual(server.handled, []);
   t.is(add.json.ips[0].address, '198.18.46.2/24');
-  t.is(ipJson(b.node, 'link', 'show', 'type', 'veth').length, 1, 'the veth is on the launcher\'s node');
-  t.deepEqual(ipJson(a.node, 'link', 'show', 'type', 'veth'), [], 'nothing on the server\'s node');
+  t.is(ipJson(b.node, 'link', 'show', 'type', 'veth').length, 1, "the veth is on the launcher's node");
+  t.deepEqual(ipJson(a.node, 'link', 'show', 'type', 'veth'), [], "nothing on the server's node");
   // The same launcher from the server's own namespace is served.
   const podA = a.scope.netns('pod');
   const addA = await cni(a.node, { bin: LAUNCHER, command: 'ADD', conf: a.fx.conf({ fastpathSocket: server.socket }), containerID: 'c2', netns: podA, ifname: 'eth0' });
@@ -196,7 +211,7 @@ test('a launcher in another node\'s namespace is not served there: it falls back
   t.deepEqual(server.handled, ['ADD']);
 });
 
-test('the launcher and the standalone plugin work when exec\'d through a symlink (a common /opt/cni/bin install)', async (t) => {
+test("the launcher and the standalone plugin work when exec'd through a symlink (a common /opt/cni/bin install)", async (t) => {
   const { scope, node, fx } = setup(t, 47);
   const links = join(fx.dir, 'opt-cni-bin');
   mkdirSync(links);
@@ -246,5 +261,9 @@ test('SIGTERM during a 50-pod burst: the server drains, every call completes or 
   for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
   t.deepEqual(ipFiles(fx), []);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
-  for (const pod of pods) t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  for (const pod of pods)
+    t.deepEqual(
+      ipJson(pod, 'link', 'show').map((l) => l.ifname),
+      ['lo'],
+    );
 });

@@ -80,23 +80,27 @@ for (const backend of ['nft', 'legacy'] as const) {
       inNs(ns(n), `iptables-${backend}`, ['-P', 'FORWARD', 'DROP']);
       t.regex(save(backend, n), /^:FORWARD DROP/m);
       t.notRegex(save(backend, n), /WEFT-FORWARD/);
-      t.regex(inNs(ns(n), NFT, ['list', 'table', 'ip', 'weft']), /chain forward[^}]*ip saddr 198\.18\.0\.0\/16 accept/s, 'weft\'s own forward chain is there');
+      t.regex(inNs(ns(n), NFT, ['list', 'table', 'ip', 'weft']), /chain forward[^}]*ip saddr 198\.18\.0\.0\/16 accept/s, "weft's own forward chain is there");
     }
 
-    const open = pairs().filter((p) => pingOnce(p.a.netns, p.b.ip)).map((p) => p.name);
+    const open = pairs()
+      .filter((p) => pingOnce(p.a.netns, p.b.ip))
+      .map((p) => p.name);
     t.deepEqual(open, [], 'with DROP and no weft rules, no cross-node pair gets through');
 
     for (const n of NODES) t.is(rules(n, 'drift'), `iptables-${backend}: chain WEFT-FORWARD missing`);
     for (const n of NODES) t.deepEqual(rules(n, 'ensure') as ForwardReport[], [{ backend, drift: 'chain WEFT-FORWARD missing' }]);
 
-    const closed = pairs().filter((p) => !reachable(p.a.netns, p.b.ip)).map((p) => p.name);
-    t.deepEqual(closed, [], 'with weft\'s rules every cross-node pair gets through');
+    const closed = pairs()
+      .filter((p) => !reachable(p.a.netns, p.b.ip))
+      .map((p) => p.name);
+    t.deepEqual(closed, [], "with weft's rules every cross-node pair gets through");
 
     for (const n of NODES) {
       t.is(rules(n, 'drift'), null, 'nothing to repair');
       t.deepEqual(rules(n, 'ensure'), [{ backend }], 'idempotent: already in place (drift undefined)');
       const s = save(backend, n);
-      t.regex(s, /^:FORWARD DROP/m, 'the host\'s policy is left alone');
+      t.regex(s, /^:FORWARD DROP/m, "the host's policy is left alone");
       t.is(s.match(/^-A FORWARD -j WEFT-FORWARD$/gm)?.length, 1, 'one jump');
       t.deepEqual(s.match(/^-A WEFT-FORWARD .*$/gm), [`-A WEFT-FORWARD -s ${NETWORK} -j ACCEPT`, `-A WEFT-FORWARD -d ${NETWORK} -j ACCEPT`]);
       if (backend === 'legacy') t.throws(() => inNs(ns(n), NFT, ['list', 'chain', 'ip', 'filter', 'FORWARD']), undefined, 'no iptables-nft chain created');

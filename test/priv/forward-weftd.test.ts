@@ -108,7 +108,10 @@ test.serial('weftctl check reports missing FORWARD accept rules (exit 1) and pas
   t.is(bad.status, 1, bad.stdout + bad.stderr);
   const report = JSON.parse(bad.stdout);
   t.deepEqual(report.forward, { state: 'drift', detail: 'iptables-legacy: jump from FORWARD to WEFT-FORWARD missing' });
-  t.deepEqual(report.findings.map((f: { kind: string; object: string }) => `${f.kind} ${f.object}`), ['missing forward-rules']);
+  t.deepEqual(
+    report.findings.map((f: { kind: string; object: string }) => `${f.kind} ${f.object}`),
+    ['missing forward-rules'],
+  );
   await cluster.topo.startDaemon('n3');
   t.deepEqual(weftRules(save('legacy', 'n3')), WANT, 'a restarted weftd puts the jump back before it is ready');
   t.is(check().status, 0);

@@ -102,7 +102,11 @@ test.serial('two kube-mode nodes and a hand-built flannel peer: programmed from 
   t.is(overlay('n1').mac, r1.mac);
   for (const n of ['n1', 'n2']) {
     const node = (await api.api('GET', `/api/v1/nodes/${n}`)).body;
-    t.like(node.status.conditions.find((c: { type: string }) => c.type === 'NetworkUnavailable'), { status: 'False', reason: 'WeftIsUp' }, n);
+    t.like(
+      node.status.conditions.find((c: { type: string }) => c.type === 'NetworkUnavailable'),
+      { status: 'False', reason: 'WeftIsUp' },
+      n,
+    );
   }
   t.true(ping(lab.ns.get('n1')!, '198.18.2.0', 3), 'n1 -> n2 over VXLAN');
   buildFlannelPeer(p1);
@@ -125,10 +129,7 @@ test.serial('two kube-mode nodes and a hand-built flannel peer: programmed from 
   const f3b = { ...f3, mac: '0a:66:00:00:00:33' };
   await api.api('PATCH', '/api/v1/nodes/f3', { metadata: { annotations: { [`${P}backend-data`]: `{"VNI":1,"VtepMAC":"${f3b.mac}"}` } } }, 'application/merge-patch+json');
   for (const n of ['n1', 'n2']) {
-    t.true(
-      await eventually(() => hasPeer(n, f3b) && !overlay(n).fdbs.some((f) => f.mac === F3_MAC), 5000),
-      `${n}: new FDB entry in, old one out`,
-    );
+    t.true(await eventually(() => hasPeer(n, f3b) && !overlay(n).fdbs.some((f) => f.mac === F3_MAC), 5000), `${n}: new FDB entry in, old one out`);
   }
 
   // n2's Node is deleted: its entries leave n1 within a second.

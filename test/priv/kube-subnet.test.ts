@@ -69,7 +69,11 @@ test.serial('acquire: lease from podCIDR, annotations patched only when changed,
   const nu = conds.find((c) => c.type === 'NetworkUnavailable');
   t.like(nu, { status: 'False', reason: 'WeftIsUp' });
   t.truthy(nu?.lastTransitionTime);
-  t.like(conds.find((c) => c.type === 'Ready'), { status: 'True', reason: 'KubeletReady' }, 'conditions merge by type');
+  t.like(
+    conds.find((c) => c.type === 'Ready'),
+    { status: 'True', reason: 'KubeletReady' },
+    'conditions merge by type',
+  );
   // Ready again: already set, no write.
   const rv2 = (await d.api('GET', '/api/v1/nodes/n1')).body.metadata.resourceVersion;
   await d.call('ready', { subnet: '198.18.1.0/24' });
@@ -86,7 +90,10 @@ test.serial('podCIDR not assigned yet: one log line naming the cause, then picke
   // A while later: still one line, still waiting.
   await new Promise((r) => setTimeout(r, 6000));
   t.is(d.messages.filter((m) => m.event === 'log' && /podCIDR/.test(m.msg) && m.level !== 'info').length, 1, 'exactly one line while waiting');
-  t.false(d.messages.some((m) => m.id !== undefined && m.result?.subnet), 'no lease without a podCIDR');
+  t.false(
+    d.messages.some((m) => m.id !== undefined && m.result?.subnet),
+    'no lease without a podCIDR',
+  );
   const at = Date.now();
   t.is((await d.api('PATCH', '/api/v1/nodes/n5', { spec: { podCIDR: '198.18.5.0/24' } }, 'application/merge-patch+json')).status, 200);
   const m = await acquiring;
@@ -117,7 +124,10 @@ test.serial('informer: peers added, changed, removed; malformed and unannotated 
   await d.call('watch');
   const snap = await d.waitFor((m) => m.event === 'snapshot');
   // n5 (annotated by the previous test) is a peer; n1 is us and never appears.
-  t.deepEqual(snap!.leases.map((l: Msg) => l.subnet), ['198.18.5.0/24']);
+  t.deepEqual(
+    snap!.leases.map((l: Msg) => l.subnet),
+    ['198.18.5.0/24'],
+  );
 
   let from = d.messages.length;
   await d.api('POST', '/api/v1/nodes', peerNode('n2', { cidr: '198.18.2.0/24' }));
@@ -157,7 +167,12 @@ test.serial('informer: peers added, changed, removed; malformed and unannotated 
   await d.api('POST', '/api/v1/nodes', peerNode('n7', { cidr: '198.18.7.0/24', mac: 'ff:ff:ff:ff:ff:ff' }));
   await d.api('POST', '/api/v1/nodes', peerNode('n8', { cidr: '203.0.113.0/24' }));
   await d.api('POST', '/api/v1/nodes', peerNode('n9', { cidr: '198.18.1.128/25' }));
-  for (const [name, re] of [['n4', /not JSON/], ['n7', /VtepMAC/], ['n8', /outside the network/], ['n9', /overlaps our subnet/]] as const) {
+  for (const [name, re] of [
+    ['n4', /not JSON/],
+    ['n7', /VtepMAC/],
+    ['n8', /outside the network/],
+    ['n9', /overlaps our subnet/],
+  ] as const) {
     const m = await d.waitFor((x) => x.event === 'malformed' && x.node === name, { from });
     t.truthy(m, `${name} reported`);
     t.regex(m?.why ?? '', re);
@@ -169,8 +184,14 @@ test.serial('informer: peers added, changed, removed; malformed and unannotated 
   await new Promise((r) => setTimeout(r, 1000));
   const lines = d.messages.slice(from).filter((m) => m.event === 'log' && /ignoring node/.test(m.msg));
   t.is(lines.length, 4, lines.map((l) => l.msg).join('\n'));
-  t.false(d.messages.slice(from).some((m) => m.event === 'put'), 'nothing malformed became a lease');
-  t.deepEqual((await d.call('list')).map((l: Msg) => l.subnet), ['198.18.5.0/24']);
+  t.false(
+    d.messages.slice(from).some((m) => m.event === 'put'),
+    'nothing malformed became a lease',
+  );
+  t.deepEqual(
+    (await d.call('list')).map((l: Msg) => l.subnet),
+    ['198.18.5.0/24'],
+  );
   for (const name of ['n3', 'n4', 'n7', 'n8', 'n9']) await d.api('DELETE', `/api/v1/nodes/${name}`);
   await d.call('close');
 });
@@ -178,7 +199,11 @@ test.serial('informer: peers added, changed, removed; malformed and unannotated 
 test.serial('API server down, changes made elsewhere and etcd compacted: the informer relists (410) and misses nothing', async (t) => {
   const d = driver('n1');
   await d.call('acquire', { attrs: attrs('0a:00:00:00:01:01') });
-  for (const [name, cidr] of [['p1', '198.18.11.0/24'], ['p2', '198.18.12.0/24'], ['p3', '198.18.13.0/24']]) {
+  for (const [name, cidr] of [
+    ['p1', '198.18.11.0/24'],
+    ['p2', '198.18.12.0/24'],
+    ['p3', '198.18.13.0/24'],
+  ]) {
     await d.api('POST', '/api/v1/nodes', peerNode(name, { cidr, mac: `0a:00:00:00:0b:${cidr.split('.')[2]}` }));
   }
   await d.call('watch');
@@ -205,7 +230,10 @@ test.serial('API server down, changes made elsewhere and etcd compacted: the inf
   t.truthy(await d.waitFor((m) => m.event === 'put' && m.lease.subnet === '198.18.12.0/24' && m.lease.backendData.VtepMAC === '0a:00:00:00:0c:0c', { from }), 'changed while away');
   t.truthy(await d.waitFor((m) => m.event === 'put' && m.lease.subnet === '198.18.14.0/24', { from }), 'added while away');
   t.truthy(await d.waitFor((m) => m.event === 'log' && /ok again/.test(m.msg), { from }));
-  t.truthy(d.messages.slice(from).find((m) => m.event === 'log' && /node list: re-listed \d+ node\(s\), 3 change\(s\) since the watch stopped/.test(m.msg)), 'the changes came from a relist (410), not a replayed watch');
+  t.truthy(
+    d.messages.slice(from).find((m) => m.event === 'log' && /node list: re-listed \d+ node\(s\), 3 change\(s\) since the watch stopped/.test(m.msg)),
+    'the changes came from a relist (410), not a replayed watch',
+  );
   const changes = d.messages.slice(from).filter((m) => m.event === 'put' || m.event === 'delete');
   t.is(changes.length, 3, `exactly the three real changes: ${JSON.stringify(changes)}`);
   t.is(d.events('snapshot').length, 1, 'relist changes arrive as events, not a second snapshot');
@@ -250,7 +278,10 @@ test.serial('API server restart without compaction: the watch resumes from its r
   t.true(failures.length <= 2, `an outage is not logged once per retry:\n${failures.map((f) => f.msg).join('\n')}`);
   await d.api('POST', '/api/v1/nodes', peerNode('q1', { cidr: '198.18.21.0/24', mac: '0a:00:00:00:15:01' }));
   t.truthy(await d.waitFor((m) => m.event === 'put' && m.lease.subnet === '198.18.21.0/24', { from }));
-  t.false(d.messages.slice(from).some((m) => m.event === 'log' && /node list:/.test(m.msg)), 'resumed from the resourceVersion, no relist needed');
+  t.false(
+    d.messages.slice(from).some((m) => m.event === 'log' && /node list:/.test(m.msg)),
+    'resumed from the resourceVersion, no relist needed',
+  );
   // The reconnect asked for bookmarks (client-node's informer does not by itself) and named a
   // resourceVersion; no list request reached this server.
   const urls = apiLog
@@ -263,7 +294,10 @@ test.serial('API server restart without compaction: the watch resumes from its r
     t.regex(u, /allowWatchBookmarks=true/);
     t.regex(u, /resourceVersion=[1-9]\d*/);
   }
-  t.false(urls.some((u) => !/watch=true/.test(u) && /^\/api\/v1\/nodes(\?|$)/.test(u)), `no relist: ${urls.join('\n')}`);
+  t.false(
+    urls.some((u) => !/watch=true/.test(u) && /^\/api\/v1\/nodes(\?|$)/.test(u)),
+    `no relist: ${urls.join('\n')}`,
+  );
   await d.api('DELETE', '/api/v1/nodes/q1');
   t.truthy(await d.waitFor((m) => m.event === 'delete' && m.subnet === '198.18.21.0/24', { from }));
   await d.call('close');

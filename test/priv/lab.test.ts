@@ -45,7 +45,9 @@ test.serial('lab.sh up (Kubernetes mode) brings up 3 nodes and 6 pods that all r
   for (const n of [1, 2, 3]) {
     t.regex(
       up.out,
-      new RegExp(`node n${n} 198\\.51\\.100\\.1${n} \\(wt-n${n}-${name}\\): weftd ready, subnet 198\\.18\\.\\d+\\.1/24, MTU 1450, podCIDR 198\\.18\\.\\d+\\.0/24, NetworkUnavailable=False \\(WeftIsUp\\)`),
+      new RegExp(
+        `node n${n} 198\\.51\\.100\\.1${n} \\(wt-n${n}-${name}\\): weftd ready, subnet 198\\.18\\.\\d+\\.1/24, MTU 1450, podCIDR 198\\.18\\.\\d+\\.0/24, NetworkUnavailable=False \\(WeftIsUp\\)`,
+      ),
     );
   }
   for (const p of ['n1p1', 'n1p2', 'n2p1', 'n2p2', 'n3p1', 'n3p2']) t.regex(up.out, new RegExp(`pod ${p} on n\\d \\(wt-${p}-${name}\\): 198\\.(18|19)\\.\\d+\\.\\d+`));

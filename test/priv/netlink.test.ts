@@ -42,7 +42,10 @@ test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, f
   await nl.fdbReplace({ index: vx.index, mac: 'aa:bb:cc:dd:ee:02', dst: '198.51.100.11' });
   await nl.routeReplace({ dst: '198.18.2.0/24', gateway: '198.18.2.0', index: vx.index, onlink: true });
   const routes = ipJson(nodeName, 'route', 'show', 'dev', 'vx-t');
-  t.deepEqual(routes.map((r) => [r.dst, r.gateway, r.flags]), [['198.18.2.0/24', '198.18.2.0', ['onlink']]]);
+  t.deepEqual(
+    routes.map((r) => [r.dst, r.gateway, r.flags]),
+    [['198.18.2.0/24', '198.18.2.0', ['onlink']]],
+  );
   t.deepEqual(await nl.fdbs(vx.index), [{ index: vx.index, mac: 'aa:bb:cc:dd:ee:02', dst: '198.51.100.11' }]);
   t.true(inNs(nodeName, 'bridge', ['fdb', 'show', 'dev', 'vx-t']).includes('aa:bb:cc:dd:ee:02 dst 198.51.100.11 self permanent'));
 

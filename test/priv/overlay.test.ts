@@ -91,7 +91,9 @@ test.serial('cross-node packets cross the underlay as UDP 8472 VXLAN with VNI 1 
   const file = join(dir, 'cap.pcap');
   const ul = cluster.topo.state.underlayNetns;
   // On n1's bridge port: a capture on br0 itself misses unicast forwarded between ports.
-  const dump = spawn('nsenter', [`--net=/run/netns/${ul}`, '--', 'tcpdump', '-i', 'vn1', '--immediate-mode', '-U', '-c', '2', '-nn', '-w', file, 'udp port 8472'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const dump = spawn('nsenter', [`--net=/run/netns/${ul}`, '--', 'tcpdump', '-i', 'vn1', '--immediate-mode', '-U', '-c', '2', '-nn', '-w', file, 'udp port 8472'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
   dump.stderr.on('data', (d) => (err += d));
   t.teardown(() => dump.kill('SIGKILL'));
@@ -133,7 +135,7 @@ test.serial('cross-node packets cross the underlay as UDP 8472 VXLAN with VNI 1 
   }
 });
 
-test.serial('masquerade and forward rules live in weft\'s own nftables table', (t) => {
+test.serial("masquerade and forward rules live in weft's own nftables table", (t) => {
   const rules = inNs(cluster.node('n1').netns, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft']);
   t.regex(rules, /chain postrouting[\s\S]*meta mark & 0x00004000 == 0x00004000 return[\s\S]*ip saddr 198\.18\.\d+\.0\/24 ip daddr 198\.18\.0\.0\/16 return/);
   t.regex(rules, /ip saddr 198\.18\.0\.0\/16 ip daddr != 224\.0\.0\.0\/4 masquerade fully-random/);
@@ -156,11 +158,21 @@ test.serial('a rule deleted inside the nftables table is noticed and the whole t
   const before = nft('list', 'table', 'ip', 'weft');
   const m = /ip saddr 198\.18\.0\.0\/16 ip daddr != 224\.0\.0\.0\/4 masquerade fully-random # handle (\d+)/.exec(nft('-a', 'list', 'table', 'ip', 'weft'));
   t.truthy(m, 'the pod -> outside masquerade rule is there');
-  const repairs = cluster.log('n3').split('\n').filter((l) => l.includes('repair: nftables table')).length;
+  const repairs = cluster
+    .log('n3')
+    .split('\n')
+    .filter((l) => l.includes('repair: nftables table')).length;
   nft('delete', 'rule', 'ip', 'weft', 'postrouting', 'handle', m![1]!);
   t.notRegex(nft('list', 'table', 'ip', 'weft'), /daddr != 224\.0\.0\.0\/4 masquerade/, 'deleted');
   t.true(
-    await eventually(() => cluster.log('n3').split('\n').filter((l) => l.includes('repair: nftables table "ip weft" put back (its rules had been changed)')).length > repairs, 60_000),
+    await eventually(
+      () =>
+        cluster
+          .log('n3')
+          .split('\n')
+          .filter((l) => l.includes('repair: nftables table "ip weft" put back (its rules had been changed)')).length > repairs,
+      60_000,
+    ),
     cluster.log('n3'),
   );
   t.is(nft('list', 'table', 'ip', 'weft'), before, 'the table is exactly as weftd wrote it again');
@@ -216,10 +228,7 @@ test.serial('delete a route, an FDB entry and the whole flannel.1 on one node: r
   const macBefore = cluster.overlay('n1').mac;
   sh('ip', ['-n', n1.netns, 'link', 'del', 'flannel.1']);
   t.true(await eventually(() => cluster.log('n1').includes('repair: device "flannel.1" created'), 10_000), 'device repair logged');
-  t.true(
-    await eventually(() => ['n2', 'n3', 'n4'].every((p) => cluster.hasPeer('n1', p)), 15_000),
-    'device and every peer entry back',
-  );
+  t.true(await eventually(() => ['n2', 'n3', 'n4'].every((p) => cluster.hasPeer('n1', p)), 15_000), 'device and every peer entry back');
   t.is(cluster.overlay('n1').mac, macBefore, 'recreated with the MAC peers have cached');
   const a = cluster.pods.find((p) => p.node === 'n1')!;
   const b = cluster.pods.find((p) => p.node === 'n3')!;
@@ -228,7 +237,7 @@ test.serial('delete a route, an FDB entry and the whole flannel.1 on one node: r
   t.true((await cluster.metric('n1', 'weftd_reconcile_repairs_total')) >= 4);
 });
 
-test.serial('a stopped node\'s deleted lease: every other node removes its three entries', async (t) => {
+test.serial("a stopped node's deleted lease: every other node removes its three entries", async (t) => {
   const n4 = cluster.node('n4');
   const subnet = cluster.subnetOf('n4')!;
   await cluster.topo.stopDaemon('n4', 'SIGTERM');

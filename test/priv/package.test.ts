@@ -72,7 +72,7 @@ test('install-cni refuses a conflist that does not configure weft and keeps the 
   t.is(readFileSync(join(host, 'etc/cni/net.d/10-weft.conflist'), 'utf8'), readFileSync(join(root, 'cni-conf/10-weft.conflist'), 'utf8'));
 });
 
-test('packaged plugin answers VERSION with no Node.js on PATH, through the launcher\'s fallback', (t) => {
+test("packaged plugin answers VERSION with no Node.js on PATH, through the launcher's fallback", (t) => {
   const input = JSON.stringify({ cniVersion: '1.1.0', fastpathSocket: join(host, 'nobody.sock') });
   const r = spawnSync(bin(), [], { input, env: { ...DEBUG, CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
@@ -138,7 +138,10 @@ test('packaged plugin: two pods ping each other through cni0; CHECK passes; DEL 
     t.is(del.code, 0, del.stdout + del.stderr);
   }
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
-  t.deepEqual(readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)), []);
+  t.deepEqual(
+    readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)),
+    [],
+  );
 });
 
 test('a broken install (addons missing) answers with a CNI error, not a crash, and leaves nothing; $WEFT_NATIVE_DIR mends it', async (t) => {
@@ -158,7 +161,10 @@ test('a broken install (addons missing) answers with a CNI error, not a crash, a
   t.is(typeof add.json.code, 'number');
   t.regex(`${add.json.msg} ${add.json.details ?? ''}`, /native (netlink|setns) addon/);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
-  t.deepEqual(ipJson(pod, 'link', 'show').map((l) => l.ifname), ['lo']);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
   t.deepEqual(existsSync(fx.ipamDir) ? readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [], []);
 
   // The launcher forwards only CNI_* and PATH, so $WEFT_NATIVE_DIR from the runtime's
@@ -204,15 +210,19 @@ test('with weftd serving the socket, the installed launcher runs ADD and DEL in 
   const server = await startServer(s, node, fx);
   const conf = fx.conf({ fastpathSocket: server.socket }, '1.1.0');
   const pods = [s.netns('pkgpod'), s.netns('pkgpod')];
-  const call = (command: string, i: number) =>
-    cni(node, { command, conf, containerID: `fp${i}`, netns: pods[i]!, ifname: 'eth0', bin: bin(), env: DEBUG });
+  const call = (command: string, i: number) => cni(node, { command, conf, containerID: `fp${i}`, netns: pods[i]!, ifname: 'eth0', bin: bin(), env: DEBUG });
 
   const add = await call('ADD', 0);
   t.is(add.code, 0, add.stdout + add.stderr);
   t.notRegex(add.stderr, /falling back/);
   t.deepEqual(server.handled, ['ADD'], 'served in-process by the server');
   t.is(add.json.ips[0].address, '198.18.9.2/24');
-  t.deepEqual(ipJson(pods[0]!, 'addr', 'show', 'dev', 'eth0')[0].addr_info.filter((a: any) => a.family === 'inet').map((a: any) => a.local), ['198.18.9.2']);
+  t.deepEqual(
+    ipJson(pods[0]!, 'addr', 'show', 'dev', 'eth0')[0]
+      .addr_info.filter((a: any) => a.family === 'inet')
+      .map((a: any) => a.local),
+    ['198.18.9.2'],
+  );
 
   // The same install with nobody on the socket: the standalone beside the launcher serves it,
   // with the same IPAM store (next address, not the one the server handed out).
@@ -230,5 +240,8 @@ test('with weftd serving the socket, the installed launcher runs ADD and DEL in 
   const del2 = await cni(node, { command: 'DEL', conf: offline, containerID: 'fp1', netns: pods[1]!, ifname: 'eth0', bin: bin(), env: DEBUG });
   t.is(del2.code, 0, del2.stdout + del2.stderr);
   t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
-  t.deepEqual(readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)), []);
+  t.deepEqual(
+    readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)),
+    [],
+  );
 });

@@ -71,10 +71,16 @@ test.serial('every pod and every node reaches the ClusterIP over TCP and UDP', a
   const ok = await eventually(async () => (await cluster.topo.echoRequest(cluster.pods[0]!.netns, { host: clusterIP, port: 80 }))[0]?.reply !== undefined, 10_000);
   t.true(ok, 'rules programmed');
   for (const ns of [...cluster.pods.map((p) => p.netns), ...cluster.topo.state.nodes.map((n) => n.netns)]) {
-    for (const [proto, port] of [['tcp', 80], ['udp', 53]] as const) {
+    for (const [proto, port] of [
+      ['tcp', 80],
+      ['udp', 53],
+    ] as const) {
       const [r] = await cluster.topo.echoRequest(ns, { host: clusterIP, port, proto });
       t.truthy(r?.reply, `${ns} ${proto}: ${JSON.stringify(r)}`);
-      t.true(cluster.pods.some((p) => r?.reply?.startsWith(`${p.name} `)), `${ns} ${proto}: answered by an endpoint pod`);
+      t.true(
+        cluster.pods.some((p) => r?.reply?.startsWith(`${p.name} `)),
+        `${ns} ${proto}: answered by an endpoint pod`,
+      );
     }
   }
 });
@@ -90,12 +96,13 @@ test.serial('300 connections spread over 3 endpoints (each between 60 and 140, a
 
 test.serial('an endpoint marked not ready is excluded within 1 s; all endpoints gone -> refused at once', async (t) => {
   const [a, b, c] = cluster.pods;
-  await putSlice([{ ip: a!.ip, node: a!.node }, { ip: b!.ip, node: b!.node, ready: false }, { ip: c!.ip, node: c!.node }]);
+  await putSlice([
+    { ip: a!.ip, node: a!.node },
+    { ip: b!.ip, node: b!.node, ready: false },
+    { ip: c!.ip, node: c!.node },
+  ]);
   const t0 = Date.now();
-  t.true(
-    await eventually(async () => !from(await cluster.topo.echoRequest(a!.netns, { host: clusterIP, port: 80, count: 30 })).includes(b!.name), 1000),
-    'not-ready endpoint excluded',
-  );
+  t.true(await eventually(async () => !from(await cluster.topo.echoRequest(a!.netns, { host: clusterIP, port: 80, count: 30 })).includes(b!.name), 1000), 'not-ready endpoint excluded');
   t.log(`excluded after ${Date.now() - t0} ms`);
   await putSlice([]);
   t.true(await eventually(async () => (await cluster.topo.echoRequest(a!.netns, { host: clusterIP, port: 80 }))[0]?.err === 'ECONNREFUSED', 2000));

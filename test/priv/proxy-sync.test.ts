@@ -18,7 +18,10 @@ const ports = [
   { name: 'http', port: 8080, protocol: 'TCP' },
   { name: 'dns', port: 5353, protocol: 'UDP' },
 ];
-const svcPorts = [{ name: 'http', port: 80 }, { name: 'dns', port: 53, protocol: 'UDP' }];
+const svcPorts = [
+  { name: 'http', port: 80 },
+  { name: 'dns', port: 53, protocol: 'UDP' },
+];
 
 /** Desired state from API-shaped objects: service name -> [clusterIP, endpoints]. */
 function state(spec: Record<string, [string, Array<{ ip: string; ready?: boolean }>]>): ProxyState {
@@ -79,7 +82,11 @@ test.serial('partial sync rewrites only the changed service; a deleted one leave
   const r = await syncer.sync(state({ a: [A, all], b: [B, [{ ip: P1 }, { ip: P2 }, { ip: P3, ready: false }]] }));
   t.is(r.mode, 'partial');
   const after = listing();
-  t.deepEqual([...after.chains].filter((c) => c.includes('/c/')), [], 'no chain of the deleted service');
+  t.deepEqual(
+    [...after.chains].filter((c) => c.includes('/c/')),
+    [],
+    'no chain of the deleted service',
+  );
   t.false(after.elements.get('service-ips')!.includes(C), 'no map element of the deleted service');
   t.false(after.elements.get('cluster-ips')!.includes(C));
   for (const [chain, handles] of before.handles) {
@@ -88,8 +95,14 @@ test.serial('partial sync rewrites only the changed service; a deleted one leave
   const bSvc = [...after.chains].filter((c) => c.startsWith('svc-') && c.includes('/b/'));
   t.is(bSvc.length, 2);
   for (const c of bSvc) t.notDeepEqual(after.handles.get(c), before.handles.get(c), `rewritten: ${c}`);
-  t.false([...after.chains].some((c) => c.includes('/b/') && c.includes(`__${P3}/`)), 'the not-ready endpoint chain is gone');
-  t.true([...after.chains].some((c) => c.includes('/b/') && c.includes(`__${P1}/`)), 'kept endpoint chains stay');
+  t.false(
+    [...after.chains].some((c) => c.includes('/b/') && c.includes(`__${P3}/`)),
+    'the not-ready endpoint chain is gone',
+  );
+  t.true(
+    [...after.chains].some((c) => c.includes('/b/') && c.includes(`__${P1}/`)),
+    'kept endpoint chains stay',
+  );
   t.deepEqual(r.diff!.addedChains, []);
 
   const counts = tally(await topo.request(topo.client, { host: B, port: 80, count: 60 }));
@@ -121,7 +134,11 @@ test.serial('a full sync rewrites the table in place: base chains keep their hoo
   t.deepEqual(baseHandles(), before, 'the same base chains: never unregistered from their hooks');
   const after = listing();
   t.false(after.chains.has('foreign-chain'));
-  t.deepEqual([...after.chains].filter((c) => c.includes('/b/')), [], 'no chain of the removed service');
+  t.deepEqual(
+    [...after.chains].filter((c) => c.includes('/b/')),
+    [],
+    'no chain of the removed service',
+  );
   t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 30 }))).sort(), ['pod-1', 'pod-2', 'pod-3']);
 });
 

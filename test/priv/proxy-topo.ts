@@ -21,8 +21,6 @@ export const POD_IPS = ['198.18.0.11', '198.18.0.12', '198.18.0.13'];
 export const EXT_NODE_IP = '203.0.113.1';
 export const EXT_IP = '203.0.113.2';
 
-
-
 export interface Reply {
   reply?: string;
   err?: string;
@@ -141,7 +139,11 @@ export function rawService(name: string, spec: Record<string, unknown>): unknown
 }
 
 /** An EndpointSlice object as the API server would send it. */
-export function rawSlice(service: string, endpoints: Array<{ ip: string; ready?: boolean; serving?: boolean; terminating?: boolean; node?: string }>, ports: Array<{ name: string; port: number; protocol: string }>): unknown {
+export function rawSlice(
+  service: string,
+  endpoints: Array<{ ip: string; ready?: boolean; serving?: boolean; terminating?: boolean; node?: string }>,
+  ports: Array<{ name: string; port: number; protocol: string }>,
+): unknown {
   return {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',

@@ -28,8 +28,22 @@ const all = POD_IPS.map((ip) => ({ ip }));
 
 function objects(): { services: Service[]; slices: EndpointSlice[] } {
   const raw = [
-    rawService('web', { type: 'NodePort', clusterIP: WEB, ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', port: 53, protocol: 'UDP', nodePort: 30053 }] }),
-    rawService('empty', { type: 'NodePort', clusterIP: EMPTY, ports: [{ name: 'http', port: 80, nodePort: 30081 }, { name: 'dns', port: 53, protocol: 'UDP' }] }),
+    rawService('web', {
+      type: 'NodePort',
+      clusterIP: WEB,
+      ports: [
+        { name: 'http', port: 80, targetPort: 8080, nodePort: 30080 },
+        { name: 'dns', port: 53, protocol: 'UDP', nodePort: 30053 },
+      ],
+    }),
+    rawService('empty', {
+      type: 'NodePort',
+      clusterIP: EMPTY,
+      ports: [
+        { name: 'http', port: 80, nodePort: 30081 },
+        { name: 'dns', port: 53, protocol: 'UDP' },
+      ],
+    }),
     rawService('loc', { type: 'NodePort', externalTrafficPolicy: 'Local', clusterIP: LOC, ports: [{ name: 'http', port: 80, nodePort: 30082 }] }),
     rawService('locnone', { type: 'NodePort', externalTrafficPolicy: 'Local', clusterIP: LOCNONE, ports: [{ name: 'http', port: 80, nodePort: 30083 }] }),
     rawService('sticky', { clusterIP: STICKY, sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } }, ports: [{ name: 'http', port: 80 }] }),
@@ -42,7 +56,14 @@ function objects(): { services: Service[]; slices: EndpointSlice[] } {
     rawSlice('sticky', all, ports),
     rawSlice('hair', [{ ip: POD_IPS[0]! }], ports),
     rawSlice('headless', all, ports),
-    rawSlice('loc', [{ ip: POD_IPS[0]!, node: 'node-a' }, { ip: POD_IPS[1]!, node: 'node-b' }], ports),
+    rawSlice(
+      'loc',
+      [
+        { ip: POD_IPS[0]!, node: 'node-a' },
+        { ip: POD_IPS[1]!, node: 'node-b' },
+      ],
+      ports,
+    ),
     rawSlice('locnone', [{ ip: POD_IPS[1]!, node: 'node-b' }], ports),
   ];
   const services = raw.map((o) => validateService(o)).map((r) => (r.ok ? r.value : assertNever(r.reason)));
@@ -142,19 +163,32 @@ test.serial('hairpin: a pod reaching itself through its Service is masqueraded',
 
 test.serial('same-node endpoints: br_netfilter un-DNATs the bridged reply; without it the client fails', async (t) => {
   const ok = await topo.request(topo.client, { host: WEB, port: 80, count: 10 });
-  t.true(ok.every((r) => r.reply?.endsWith(` ${CLIENT_IP}`)), JSON.stringify(ok));
+  t.true(
+    ok.every((r) => r.reply?.endsWith(` ${CLIENT_IP}`)),
+    JSON.stringify(ok),
+  );
   topo.nsh(topo.node, 'sysctl', ['-qw', 'net.bridge.bridge-nf-call-iptables=0']);
   try {
     const bad = await topo.request(topo.client, { host: WEB, port: 80, count: 3, timeoutMs: 1000 });
-    t.true(bad.every((r) => r.err), `the control must fail: ${JSON.stringify(bad)}`);
+    t.true(
+      bad.every((r) => r.err),
+      `the control must fail: ${JSON.stringify(bad)}`,
+    );
   } finally {
     // the proxy's own switch puts it back (run inside the node namespace)
-    const out = topo.nsh(topo.node, process.execPath, ['--input-type=module', '-e', `import { ensureBridgeNetfilter } from ${JSON.stringify(new URL('../../src/proxy/bridge.ts', import.meta.url).href)}; process.stdout.write(String(ensureBridgeNetfilter()));`]);
+    const out = topo.nsh(topo.node, process.execPath, [
+      '--input-type=module',
+      '-e',
+      `import { ensureBridgeNetfilter } from ${JSON.stringify(new URL('../../src/proxy/bridge.ts', import.meta.url).href)}; process.stdout.write(String(ensureBridgeNetfilter()));`,
+    ]);
     t.is(out, 'true');
   }
   t.is(topo.nsh(topo.node, 'sysctl', ['-n', 'net.bridge.bridge-nf-call-iptables']).trim(), '1');
   const again = await topo.request(topo.client, { host: WEB, port: 80, count: 3 });
-  t.true(again.every((r) => r.reply), JSON.stringify(again));
+  t.true(
+    again.every((r) => r.reply),
+    JSON.stringify(again),
+  );
 });
 
 test.serial('NodePort from outside the cluster: DNAT and masquerade; ClusterIP from outside too', async (t) => {
@@ -173,7 +207,7 @@ test.serial('NodePort from outside the cluster: DNAT and masquerade; ClusterIP f
   t.true(empty!.ms < 1000);
 });
 
-test.serial('externalTrafficPolicy Local: this node\'s endpoints only, client address kept; none here -> dropped', async (t) => {
+test.serial("externalTrafficPolicy Local: this node's endpoints only, client address kept; none here -> dropped", async (t) => {
   const replies = await topo.request(topo.ext, { host: EXT_NODE_IP, port: 30082, count: 20 });
   t.deepEqual(tally(replies), { 'pod-1': 20 }, 'only the endpoint on node-a');
   t.is(replies[0]!.reply, `pod-1 ${EXT_IP}`, 'source address preserved');
@@ -200,5 +234,8 @@ test.serial('a full sync under a connection loop loses no connection', async (t)
   const replies = await loop.result;
   t.true(fulls >= 3, `${fulls} full syncs during the loop`);
   t.deepEqual(tally(replies)['err:ECONNREFUSED'] ?? 0, 0);
-  t.true(replies.every((r) => r.reply), JSON.stringify(tally(replies)));
+  t.true(
+    replies.every((r) => r.reply),
+    JSON.stringify(tally(replies)),
+  );
 });

@@ -22,7 +22,13 @@ const ECHO = {
   apiVersion: 'v1',
   kind: 'Service',
   metadata: { name: 'echo', namespace: 'default' },
-  spec: { clusterIP: '198.19.0.10', ports: [{ name: 'tcp', port: 80, protocol: 'TCP' }, { name: 'udp', port: 53, protocol: 'UDP' }] },
+  spec: {
+    clusterIP: '198.19.0.10',
+    ports: [
+      { name: 'tcp', port: 80, protocol: 'TCP' },
+      { name: 'udp', port: 53, protocol: 'UDP' },
+    ],
+  },
 };
 const EMPTY = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'empty', namespace: 'default' }, spec: { clusterIP: '198.19.0.11', ports: [{ port: 80 }] } };
 const HEADLESS = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'headless', namespace: 'default' }, spec: { clusterIP: 'None', ports: [{ port: 80 }] } };
@@ -93,7 +99,11 @@ test.serial('get services joins the API (ready/total) with the node table (progr
   );
   t.is(by('headless').skipped, 'headless service');
   // the "kubernetes" Service the lab server creates, or not: either way it is not programmed here
-  for (const s of list.items.filter((x) => !['echo', 'empty', 'headless'].includes(x.name))) t.true(s.ports.every((p) => p.programmed === 'no'), s.name);
+  for (const s of list.items.filter((x) => !['echo', 'empty', 'headless'].includes(x.name)))
+    t.true(
+      s.ports.every((p) => p.programmed === 'no'),
+      s.name,
+    );
 });
 
 test.serial('the table view: aligned columns, from $KUBECONFIG too', async (t) => {

@@ -42,28 +42,66 @@ test.before(async () => {
   sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
   sh('ip', ['-n', ns, 'link', 'set', 'uplink', 'up']);
   const etcd = scope.spawn('nsenter', [
-    `--net=/run/netns/${ns}`, '--', 'etcd',
-    '--name', 'tls', '--data-dir', join(dir, 'data'),
-    '--listen-client-urls', ENDPOINT, '--advertise-client-urls', ENDPOINT,
-    '--listen-peer-urls', `http://${IP}:2380`, '--initial-advertise-peer-urls', `http://${IP}:2380`,
-    '--initial-cluster', `tls=http://${IP}:2380`,
-    '--cert-file', join(dir, 'server.crt'), '--key-file', join(dir, 'server.key'),
-    '--client-cert-auth', '--trusted-ca-file', join(dir, 'ca.crt'),
-    '--log-level', 'warn', '--logger', 'zap',
+    `--net=/run/netns/${ns}`,
+    '--',
+    'etcd',
+    '--name',
+    'tls',
+    '--data-dir',
+    join(dir, 'data'),
+    '--listen-client-urls',
+    ENDPOINT,
+    '--advertise-client-urls',
+    ENDPOINT,
+    '--listen-peer-urls',
+    `http://${IP}:2380`,
+    '--initial-advertise-peer-urls',
+    `http://${IP}:2380`,
+    '--initial-cluster',
+    `tls=http://${IP}:2380`,
+    '--cert-file',
+    join(dir, 'server.crt'),
+    '--key-file',
+    join(dir, 'server.key'),
+    '--client-cert-auth',
+    '--trusted-ca-file',
+    join(dir, 'ca.crt'),
+    '--log-level',
+    'warn',
+    '--logger',
+    'zap',
   ]);
   etcd.stdout?.resume();
   etcd.stderr?.resume();
-  const healthy = await eventually(() => {
-    try {
-      sh('nsenter', [`--net=/run/netns/${ns}`, '--', 'etcdctl', `--endpoints=${ENDPOINT}`, `--cacert=${join(dir, 'ca.crt')}`,
-        `--cert=${join(dir, 'client.crt')}`, `--key=${join(dir, 'client.key')}`, '--dial-timeout=2s', 'endpoint', 'health'], {
-        env: { ...process.env, ETCDCTL_API: '3' },
-      });
-      return true;
-    } catch {
-      return false;
-    }
-  }, 30_000, 300);
+  const healthy = await eventually(
+    () => {
+      try {
+        sh(
+          'nsenter',
+          [
+            `--net=/run/netns/${ns}`,
+            '--',
+            'etcdctl',
+            `--endpoints=${ENDPOINT}`,
+            `--cacert=${join(dir, 'ca.crt')}`,
+            `--cert=${join(dir, 'client.crt')}`,
+            `--key=${join(dir, 'client.key')}`,
+            '--dial-timeout=2s',
+            'endpoint',
+            'health',
+          ],
+          {
+            env: { ...process.env, ETCDCTL_API: '3' },
+          },
+        );
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    30_000,
+    300,
+  );
   if (!healthy) throw new Error('etcd with TLS did not become healthy');
 });
 test.after.always(() => scope.cleanup());

@@ -233,11 +233,7 @@ test('get nodes --watch streams added, modified and deleted leases', async (t) =
   await putLease(p, '198.18.7.0/24', '198.51.100.17', '0a:00:00:00:00:07');
   await putLease(p, '198.18.7.0/24', '198.51.100.18', '0a:00:00:00:00:07');
   await etcd.del(`${p}/subnets/198.18.7.0-24`);
-  t.deepEqual(
-    await w.first(4),
-    ['ADDED 198.18.6.0/24 198.51.100.16', 'ADDED 198.18.7.0/24 198.51.100.17', 'MODIFIED 198.18.7.0/24 198.51.100.18', 'DELETED 198.18.7.0/24 198.51.100.18'],
-    w.output(),
-  );
+  t.deepEqual(await w.first(4), ['ADDED 198.18.6.0/24 198.51.100.16', 'ADDED 198.18.7.0/24 198.51.100.17', 'MODIFIED 198.18.7.0/24 198.51.100.18', 'DELETED 198.18.7.0/24 198.51.100.18'], w.output());
   w.child.kill('SIGINT');
   t.is(await w.closed, 0);
 });
@@ -272,11 +268,7 @@ test.serial('get nodes --watch keeps printing changes across an etcd compaction'
   }
   const gap = await w.first(5, 30_000);
   t.truthy(gap, `changes behind the compaction; ${w.output()}`);
-  t.deepEqual(
-    gap!.slice(2).sort(),
-    ['ADDED 198.18.8.0/24 198.51.100.18', 'DELETED 198.18.6.0/24 198.51.100.16', 'MODIFIED 198.18.7.0/24 198.51.100.27'],
-    w.output(),
-  );
+  t.deepEqual(gap!.slice(2).sort(), ['ADDED 198.18.8.0/24 198.51.100.18', 'DELETED 198.18.6.0/24 198.51.100.16', 'MODIFIED 198.18.7.0/24 198.51.100.27'], w.output());
   // The operator is told why, beside the output.
   t.regex(w.stderr(), /^weftctl: lease watch: .*; re-listing$/m);
 
@@ -366,10 +358,7 @@ test('check: consistent hand-built node state passes; each kind of drift is repo
   t.regex(bad.stdout, /inconsistent: 4 difference\(s\)/);
   const json = JSON.parse((await weftctl(['check', '--subnet-file', subnetFile, '-o', 'json'], env)).stdout);
   t.false(json.consistent);
-  t.deepEqual(
-    json.findings.map((f: { kind: string; object: string }) => `${f.kind} ${f.object}`).sort(),
-    ['extra neighbor', 'missing route', 'wrong fdb', 'wrong subnet-file'],
-  );
+  t.deepEqual(json.findings.map((f: { kind: string; object: string }) => `${f.kind} ${f.object}`).sort(), ['extra neighbor', 'missing route', 'wrong fdb', 'wrong subnet-file']);
 
   unlinkSync(subnetFile);
   ip('link', 'del', 'flannel.1');

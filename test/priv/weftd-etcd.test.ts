@@ -107,7 +107,12 @@ test.serial('a watch whose revision was compacted away re-lists and converges', 
   t.true(await eventually(() => cluster.entriesFor('n1', '198.18.253.0/24', '198.51.100.96') === 3, 30_000), 'lease added during the gap programmed');
   t.true(await eventually(() => cluster.entriesFor('n1', '198.18.252.0/24', '198.51.100.97') === 0, 30_000), 'lease deleted during the gap removed');
   t.regex(cluster.log('n1').slice(before), /lease watch: .*re-listing/);
-  t.log(cluster.log('n1').slice(before).match(/lease watch: .*/g));
+  t.log(
+    cluster
+      .log('n1')
+      .slice(before)
+      .match(/lease watch: .*/g),
+  );
   await cluster.etcd.del(added);
   t.true(await eventually(() => cluster.entriesFor('n1', '198.18.253.0/24', '198.51.100.96') === 0, 20_000), 'watch works after the resync');
 });
@@ -138,7 +143,15 @@ test.serial('a compaction that cancels the watch while it is connected re-lists 
   } finally {
     process.kill(n1.pid!, 'SIGCONT');
   }
-  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.249.0/24', '198.51.100.94') === 3, 60_000), `lease added behind the compaction programmed; n1: ${cluster.log('n1').slice(before).split('\n').filter((l) => !l.includes('filler-')).join('\n')}`);
+  t.true(
+    await eventually(() => cluster.entriesFor('n1', '198.18.249.0/24', '198.51.100.94') === 3, 60_000),
+    `lease added behind the compaction programmed; n1: ${cluster
+      .log('n1')
+      .slice(before)
+      .split('\n')
+      .filter((l) => !l.includes('filler-'))
+      .join('\n')}`,
+  );
   t.true(await eventually(() => cluster.entriesFor('n1', '198.18.248.0/24', '198.51.100.95') === 0, 30_000), 'lease deleted behind the compaction removed');
   // The live path: etcd cancels the watch for the compaction (on the stream that stayed
   // connected, or when the watch is re-created after a stall) and n1 re-lists; the periodic

@@ -66,7 +66,15 @@ test.serial('invalid leases are never programmed, counted and logged once; a lat
   t.deepEqual(entriesOf('n1', probe), [], 'n1 has no entry for any invalid lease');
   t.is(await cluster.metric('n1', 'weftd_invalid_leases'), 5);
   // On n2 the lease with n1's PublicIP is just another peer's; n2's own VtepMAC is refused there too.
-  t.deepEqual(entriesOf('n2', { ...probe, subnets: probe.subnets.filter((s) => s !== '198.18.241.0/24'), gateways: probe.gateways.filter((g) => g !== '198.18.241.0'), macs: probe.macs.filter((m) => m !== '02:00:00:00:a4:01') }), []);
+  t.deepEqual(
+    entriesOf('n2', {
+      ...probe,
+      subnets: probe.subnets.filter((s) => s !== '198.18.241.0/24'),
+      gateways: probe.gateways.filter((g) => g !== '198.18.241.0'),
+      macs: probe.macs.filter((m) => m !== '02:00:00:00:a4:01'),
+    }),
+    [],
+  );
   t.is(await cluster.metric('n2', 'weftd_invalid_leases'), 4);
   t.true(cluster.hasPeer('n1', 'n2') && cluster.hasPeer('n2', 'n1'), 'the real peers are untouched');
   const [a, b] = [cluster.pods.find((p) => p.node === 'n1')!, cluster.pods.find((p) => p.node === 'n2')!];

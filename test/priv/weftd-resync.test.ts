@@ -89,7 +89,10 @@ test('a put the watch stream lost is found by the resync, applied as an event, l
     console.log(JSON.stringify({ withResync: out(withResync), control: out(control) }));
     process.exit(0);
   `;
-  const { stdout } = await promisify(execFile)('nsenter', [`--net=/run/netns/${cluster.topo.state.etcdNetns}`, '--', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 90_000 });
+  const { stdout } = await promisify(execFile)('nsenter', [`--net=/run/netns/${cluster.topo.state.etcdNetns}`, '--', process.execPath, '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    timeout: 90_000,
+  });
   const out = JSON.parse(stdout) as Record<'withResync' | 'control', { events: string[]; snapshots: number; repairs: number; logs: string[] }>;
   const ip = (s: string) => String(s.split('.').reduce((a, o) => a * 256 + Number(o), 0));
   const put = (s: string) => `put ${ip(s)}`;
@@ -105,6 +108,9 @@ test('a put the watch stream lost is found by the resync, applied as an event, l
   t.deepEqual(w.slice(3), [del('198.18.9.0'), put('198.18.11.0')], stdout);
   t.is(out.withResync.repairs, 1);
   t.is(out.withResync.snapshots, 1, 'repaired without a new snapshot');
-  t.true(out.withResync.logs.some((l) => /^info lease resync: the watch missed 1 put\(s\) \(198\.18\.9\.0\/24\); applying them$/.test(l)), out.withResync.logs.join('\n'));
+  t.true(
+    out.withResync.logs.some((l) => /^info lease resync: the watch missed 1 put\(s\) \(198\.18\.9\.0\/24\); applying them$/.test(l)),
+    out.withResync.logs.join('\n'),
+  );
   t.true(out.withResync.logs.some((l) => /lease watch: resync found missed changes; restarting the watch/.test(l)));
 });

@@ -92,11 +92,20 @@ test.serial('two managers that pick the same last subnet at once: one txn wins, 
     m.close();
     process.exit(0);
   `;
-  const { stdout } = await promisify(execFile)('nsenter', [`--net=/run/netns/${cluster.topo.state.etcdNetns}`, '--', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  const { stdout } = await promisify(execFile)('nsenter', [`--net=/run/netns/${cluster.topo.state.etcdNetns}`, '--', process.execPath, '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   const out = JSON.parse(stdout) as { results: Array<{ ok?: string; err?: string }>; logs: string[] };
   t.is(out.results.filter((r) => r.ok).length, 1, stdout);
-  t.deepEqual(out.results.filter((r) => r.err).map((r) => r.err), ['OutOfSubnetsError: out of subnets: all 1 subnets of network 198.18.0.0/16 are leased']);
-  t.true(out.logs.some((l) => /subnet 198\.18\.7\.0\/24 changed under us \(another node won the race\), retrying/.test(l)), out.logs.join('\n'));
+  t.deepEqual(
+    out.results.filter((r) => r.err).map((r) => r.err),
+    ['OutOfSubnetsError: out of subnets: all 1 subnets of network 198.18.0.0/16 are leased'],
+  );
+  t.true(
+    out.logs.some((l) => /subnet 198\.18\.7\.0\/24 changed under us \(another node won the race\), retrying/.test(l)),
+    out.logs.join('\n'),
+  );
   const leases = await cluster.etcd.getPrefix(`${prefix}/subnets/`);
   t.deepEqual([...leases.keys()], [`${prefix}/subnets/198.18.7.0-24`]);
   t.is(JSON.parse([...leases.values()][0]).PublicIP, out.results.find((r) => r.ok)!.ok);

@@ -159,7 +159,7 @@ async function until(what: string, cond: () => boolean, ms = 5000): Promise<void
   }
 }
 
-test('metrics: prom-client exposition with weftd\'s families and the default process metrics, one registry per daemon', async (t) => {
+test("metrics: prom-client exposition with weftd's families and the default process metrics, one registry per daemon", async (t) => {
   const clock = new FakeClock();
   clock.t = 40_000;
   const m = new Metrics({ clock });
@@ -276,7 +276,10 @@ test('lease keeper: renews before expiry; a lost subnet waits (not moved while p
   await clock.advance(1000);
   await clock.advance(1000);
   t.deepEqual(events, ['lost 198.18.4.0/24 to 198.51.100.99', 'podsOn 198.18.4.0/24', 'podsOn 198.18.4.0/24']);
-  t.false(manager.calls.some((c) => c.startsWith('acquire')), 'not moved while pods use the subnet');
+  t.false(
+    manager.calls.some((c) => c.startsWith('acquire')),
+    'not moved while pods use the subnet',
+  );
   t.true(keeper.isOwn(parseCIDR('198.18.4.0/24')));
   const errors = log.lines.filter((l) => l.startsWith('error'));
   t.is(errors.length, 1, log.lines.join('\n'));
@@ -289,7 +292,10 @@ test('lease keeper: renews before expiry; a lost subnet waits (not moved while p
   t.deepEqual(events.slice(3), ['reclaimed 198.18.4.0/24']);
   t.is(keeper.lostTo, undefined);
   t.regex(await metrics.render(), /^weftd_subnet_lost 0$/m);
-  t.true(log.lines.some((l) => /^info reclaimed subnet 198\.18\.4\.0\/24 \(held by 198\.51\.100\.99 for \d+s\)$/.test(l)), log.lines.join('\n'));
+  t.true(
+    log.lines.some((l) => /^info reclaimed subnet 198\.18\.4\.0\/24 \(held by 198\.51\.100\.99 for \d+s\)$/.test(l)),
+    log.lines.join('\n'),
+  );
 
   // Lost again, and no pod is left: the node moves to a new subnet.
   events.length = 0;
@@ -406,13 +412,16 @@ test('peer glue with the gate: invalid leases never reach the backend, are logge
   await synced;
   t.deepEqual(network.calls, ['snapshot 2'], 'our own lease and 198.18.2.0/24 pass; the backend leaves our own out');
   t.deepEqual([...network.peers.keys()], ['198.18.2.0/24']);
-  t.deepEqual(log.lines.filter((l) => l.startsWith('warn')), [
-    'warn ignoring lease 1.0.0.0/8 (PublicIP 198.51.100.13): subnet 1.0.0.0/8 is not inside network 198.18.0.0/16',
-    'warn ignoring lease 198.18.3.128/25 (PublicIP 198.51.100.14): subnet 198.18.3.128/25 is not a /24 (the network\'s SubnetLen)',
-    'warn ignoring lease 198.18.4.0/24 (PublicIP 198.51.100.11): PublicIP 198.51.100.11 is this node\'s address',
-    'warn ignoring lease 198.18.5.0/24 (PublicIP 198.51.100.15): VtepMAC 01:00:5e:00:00:01 is multicast',
-    'warn ignoring lease 198.18.6.0/24 (PublicIP 198.51.100.16): VtepMAC 02:00:00:00:00:12 is also used by the lease for 198.18.2.0/24, which ranks first',
-  ]);
+  t.deepEqual(
+    log.lines.filter((l) => l.startsWith('warn')),
+    [
+      'warn ignoring lease 1.0.0.0/8 (PublicIP 198.51.100.13): subnet 1.0.0.0/8 is not inside network 198.18.0.0/16',
+      "warn ignoring lease 198.18.3.128/25 (PublicIP 198.51.100.14): subnet 198.18.3.128/25 is not a /24 (the network's SubnetLen)",
+      "warn ignoring lease 198.18.4.0/24 (PublicIP 198.51.100.11): PublicIP 198.51.100.11 is this node's address",
+      'warn ignoring lease 198.18.5.0/24 (PublicIP 198.51.100.15): VtepMAC 01:00:5e:00:00:01 is multicast',
+      'warn ignoring lease 198.18.6.0/24 (PublicIP 198.51.100.16): VtepMAC 02:00:00:00:00:12 is also used by the lease for 198.18.2.0/24, which ranks first',
+    ],
+  );
   t.regex(await metrics.render(), /^weftd_invalid_leases 5$/m);
   t.regex(log.lines.at(-1)!, /^info lease table synced: 1 peer\(s\), 5 invalid lease\(s\) ignored$/);
 
@@ -420,7 +429,10 @@ test('peer glue with the gate: invalid leases never reach the backend, are logge
   const before = log.lines.length;
   manager.handler!.snapshot(table);
   await until('second snapshot', () => network.calls.length === 2);
-  t.deepEqual(log.lines.slice(before).filter((l) => l.startsWith('warn')), []);
+  t.deepEqual(
+    log.lines.slice(before).filter((l) => l.startsWith('warn')),
+    [],
+  );
   // Later valid values for two rejected keys are applied; a rejected one deleted costs nothing.
   manager.handler!.event({ type: 'put', lease: withMAC('198.18.5.0/24', '198.51.100.15', '02:00:00:00:00:15') });
   manager.handler!.event({ type: 'delete', subnet: parseCIDR('1.0.0.0/8') });
@@ -544,20 +556,23 @@ test('runDaemon without --ip-masq: the forward rules and the iptables FORWARD ac
   const manager = new FakeManager({ subnets: ['198.18.1.0/24'], table: [mkLease('198.18.1.0/24', '198.51.100.11')] });
   const applied: string[] = [];
   const ac = new AbortController();
-  const running = runDaemon({ ...parseOptions(['--subnet-file', join(dir, 'subnet.env')], {}, 'n1')!, healthzAddr: '', reconcileIntervalMs: 20 }, {
-    nl: fakeNl,
-    manager,
-    openBackend: async () => new FakeNetwork(),
-    log: recordingLog(),
-    rules: {
-      apply: async (spec) => (applied.push(`table masquerade ${spec.masquerade}`), 'print'),
-      read: async () => 'print',
-      check: async () => true,
-      ensureForward: async (net) => void applied.push(`forward ${formatCIDR(net)}`),
-      forwardDrift: async () => undefined,
+  const running = runDaemon(
+    { ...parseOptions(['--subnet-file', join(dir, 'subnet.env')], {}, 'n1')!, healthzAddr: '', reconcileIntervalMs: 20 },
+    {
+      nl: fakeNl,
+      manager,
+      openBackend: async () => new FakeNetwork(),
+      log: recordingLog(),
+      rules: {
+        apply: async (spec) => (applied.push(`table masquerade ${spec.masquerade}`), 'print'),
+        read: async () => 'print',
+        check: async () => true,
+        ensureForward: async (net) => void applied.push(`forward ${formatCIDR(net)}`),
+        forwardDrift: async () => undefined,
+      },
+      signal: ac.signal,
     },
-    signal: ac.signal,
-  });
+  );
   await until('ready', () => manager.readyWith.length > 0);
   t.deepEqual(applied, ['table masquerade false', 'forward 198.18.0.0/16']);
   t.false(parseSubnetEnv(readFileSync(join(dir, 'subnet.env'), 'utf8')).ipMasq);
@@ -635,7 +650,10 @@ test('runDaemon: a lease that never expires, the ready hook after the subnet fil
   t.deepEqual(rulesApplied, ['198.18.1.0/24 masquerade true', 'forward 198.18.0.0/16']);
   t.deepEqual(network.calls.slice(0, 3), ['setSubnet 198.18.1.0/24', 'snapshot 2', 'reconcile']);
   t.is(network.peerCount, 1);
-  t.true(log.lines.some((l) => /^info leased subnet 198\.18\.1\.0\/24$/.test(l)), log.lines.join('\n'));
+  t.true(
+    log.lines.some((l) => /^info leased subnet 198\.18\.1\.0\/24$/.test(l)),
+    log.lines.join('\n'),
+  );
   const text = await metrics.render();
   t.regex(text, /^weftd_ready 1$/m);
   t.regex(text, /^weftd_peers 1$/m);
@@ -643,7 +661,10 @@ test('runDaemon: a lease that never expires, the ready hook after the subnet fil
   t.true(log.lines.includes('warn ignoring lease 1.0.0.0/8 (PublicIP 198.51.100.13): subnet 1.0.0.0/8 is not inside network 198.18.0.0/16'));
 
   await until('reconcile passes', () => network.calls.filter((c) => c === 'reconcile').length >= 4);
-  t.false(manager.calls.some((c) => c.startsWith('renew')), 'a lease without expiry is not renewed on a timer');
+  t.false(
+    manager.calls.some((c) => c.startsWith('renew')),
+    'a lease without expiry is not renewed on a timer',
+  );
   manager.handler!.event({ type: 'delete', subnet: parseCIDR('198.18.1.0/24') });
   await until('kicked renewal', () => manager.calls.includes('renew 198.18.1.0/24'));
   t.is(manager.readyWith.length, 1, 'the ready hook runs once');

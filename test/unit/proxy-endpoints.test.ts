@@ -18,44 +18,63 @@ const ep = (ip: string, conditions: Record<string, boolean> = {}, nodeName = 'no
 const ips = (eps: Array<{ ip: string; port: number }>) => eps.map((e) => `${e.ip}:${e.port}`);
 
 test('select: joins slice and service ports by name and protocol; addresses[0] only', (t) => {
-  const svc = service('web', { ports: [{ name: 'http', port: 80 }, { name: 'dns', port: 53, protocol: 'UDP' }] });
-  const sl = slice('web', [ep('198.18.0.12'), ep('198.18.0.11')], [
-    { name: 'http', port: 8080, protocol: 'TCP' },
-    { name: 'dns', port: 5353, protocol: 'TCP' }, // same name, other protocol: no match for the UDP port
-    { name: 'other', port: 9, protocol: 'UDP' },
-  ]);
+  const svc = service('web', {
+    ports: [
+      { name: 'http', port: 80 },
+      { name: 'dns', port: 53, protocol: 'UDP' },
+    ],
+  });
+  const sl = slice(
+    'web',
+    [ep('198.18.0.12'), ep('198.18.0.11')],
+    [
+      { name: 'http', port: 8080, protocol: 'TCP' },
+      { name: 'dns', port: 5353, protocol: 'TCP' }, // same name, other protocol: no match for the UDP port
+      { name: 'other', port: 9, protocol: 'UDP' },
+    ],
+  );
   const { ports } = selectEndpoints([svc], [sl]);
-  t.deepEqual(ports.map((p) => `${p.portName}/${p.protocol}`), ['dns/UDP', 'http/TCP']);
+  t.deepEqual(
+    ports.map((p) => `${p.portName}/${p.protocol}`),
+    ['dns/UDP', 'http/TCP'],
+  );
   t.deepEqual(ips(ports[0]!.clusterEndpoints), []);
   t.deepEqual(ips(ports[1]!.clusterEndpoints), ['198.18.0.11:8080', '198.18.0.12:8080'], 'sorted, first address only');
 });
 
 test('select: ready endpoints only; unset ready counts as ready', (t) => {
-  const { ports } = selectEndpoints([service('web', {})], [slice('web', [ep('198.18.0.11'), ep('198.18.0.12', { ready: false, serving: true, terminating: true }), ep('198.18.0.13', { ready: true })])]);
+  const { ports } = selectEndpoints(
+    [service('web', {})],
+    [slice('web', [ep('198.18.0.11'), ep('198.18.0.12', { ready: false, serving: true, terminating: true }), ep('198.18.0.13', { ready: true })])],
+  );
   t.deepEqual(ips(ports[0]!.clusterEndpoints), ['198.18.0.11:8080', '198.18.0.13:8080']);
   t.is(ports[0]!.allEndpoints.length, 3);
 });
 
 test('select: none ready -> serving and terminating ones (KEP-1669), never non-serving', (t) => {
-  const { ports } = selectEndpoints([service('web', {})], [
-    slice('web', [
-      ep('198.18.0.11', { ready: false, serving: true, terminating: true }),
-      ep('198.18.0.12', { ready: false, serving: false, terminating: true }),
-      ep('198.18.0.13', { ready: false, serving: true, terminating: false }),
-    ]),
-  ]);
+  const { ports } = selectEndpoints(
+    [service('web', {})],
+    [
+      slice('web', [
+        ep('198.18.0.11', { ready: false, serving: true, terminating: true }),
+        ep('198.18.0.12', { ready: false, serving: false, terminating: true }),
+        ep('198.18.0.13', { ready: false, serving: true, terminating: false }),
+      ]),
+    ],
+  );
   t.deepEqual(ips(ports[0]!.clusterEndpoints), ['198.18.0.11:8080']);
   t.deepEqual(usable([]), []);
 });
 
-test('select: Local traffic policies keep this node\'s endpoints, with their own fallback', (t) => {
+test("select: Local traffic policies keep this node's endpoints, with their own fallback", (t) => {
   const svc = service('web', { type: 'NodePort', internalTrafficPolicy: 'Local', externalTrafficPolicy: 'Local', ports: [{ name: 'http', port: 80, nodePort: 30080 }] });
   const sl = slice('web', [ep('198.18.0.11', {}, 'node-a'), ep('198.18.1.11', {}, 'node-b'), ep('198.18.0.12', { ready: false, serving: true, terminating: true }, 'node-b')]);
   const a = selectEndpoints([svc], [sl], { nodeName: 'node-a' }).ports[0]!;
   t.true(a.internalLocal && a.externalLocal);
   t.deepEqual(ips(a.localEndpoints), ['198.18.0.11:8080']);
   t.deepEqual(ips(a.clusterEndpoints), ['198.18.0.11:8080', '198.18.1.11:8080']);
-  const c = selectEndpoints([svc], [slice('web', [ep('198.18.1.11', {}, 'node-c'), ep('198.18.0.12', { ready: false, serving: true, terminating: true }, 'node-b')])], { nodeName: 'node-b' }).ports[0]!;
+  const c = selectEndpoints([svc], [slice('web', [ep('198.18.1.11', {}, 'node-c'), ep('198.18.0.12', { ready: false, serving: true, terminating: true }, 'node-b')])], { nodeName: 'node-b' })
+    .ports[0]!;
   t.deepEqual(ips(c.localEndpoints), ['198.18.0.12:8080'], 'local fallback to serving+terminating although the cluster has a ready one');
   const none = selectEndpoints([svc], [sl]).ports[0]!;
   t.deepEqual(none.localEndpoints, [], 'no node name: nothing is local');
@@ -71,17 +90,23 @@ test('select: skips headless, ExternalName and service-proxy-name services', (t)
     ],
     [],
   );
-  t.deepEqual(ports.map((p) => p.name), ['web']);
+  t.deepEqual(
+    ports.map((p) => p.name),
+    ['web'],
+  );
   t.deepEqual(skipped.map((s) => s.reason).sort(), ['ExternalName service', 'headless service', 'labelled service.kubernetes.io/service-proxy-name']);
 });
 
 test('select: merges slices, each with its own port number; the same endpoint twice counts once', (t) => {
-  const { ports } = selectEndpoints([service('web', {})], [
-    slice('web', [ep('198.18.0.11')], [{ name: 'http', port: 8080, protocol: 'TCP' }], 'web-a'),
-    slice('web', [ep('198.18.0.12'), ep('198.18.0.11', { ready: false })], [{ name: 'http', port: 8081, protocol: 'TCP' }], 'web-b'),
-    slice('web', [ep('198.18.0.11', { ready: false })], [{ name: 'http', port: 8080, protocol: 'TCP' }], 'web-c'),
-    slice('other', [ep('198.18.0.99')], undefined, 'other-a'),
-  ]);
+  const { ports } = selectEndpoints(
+    [service('web', {})],
+    [
+      slice('web', [ep('198.18.0.11')], [{ name: 'http', port: 8080, protocol: 'TCP' }], 'web-a'),
+      slice('web', [ep('198.18.0.12'), ep('198.18.0.11', { ready: false })], [{ name: 'http', port: 8081, protocol: 'TCP' }], 'web-b'),
+      slice('web', [ep('198.18.0.11', { ready: false })], [{ name: 'http', port: 8080, protocol: 'TCP' }], 'web-c'),
+      slice('other', [ep('198.18.0.99')], undefined, 'other-a'),
+    ],
+  );
   t.deepEqual(ips(ports[0]!.clusterEndpoints), ['198.18.0.11:8080', '198.18.0.12:8081']);
   t.deepEqual(ips(ports[0]!.allEndpoints), ['198.18.0.11:8080', '198.18.0.11:8081', '198.18.0.12:8081']);
 });
@@ -92,8 +117,19 @@ test('select: node ports only for NodePort types and inside the range; collision
     [np('a', '198.19.0.10', 30080), np('b', '198.19.0.11', 30080), np('c', '198.19.0.12', 80), np('d', '198.19.0.13', 30081, 'ClusterIP'), np('e', '198.19.0.10', 30082)],
     [],
   );
-  t.deepEqual(ports.map((p) => [p.name, p.nodePort]), [['a', 30080], ['b', undefined], ['c', undefined], ['d', undefined]]);
-  t.deepEqual(skipped.map((s) => s.service), ['ns1/b:http/TCP', 'ns1/c:http/TCP', 'ns1/e:http/TCP']);
+  t.deepEqual(
+    ports.map((p) => [p.name, p.nodePort]),
+    [
+      ['a', 30080],
+      ['b', undefined],
+      ['c', undefined],
+      ['d', undefined],
+    ],
+  );
+  t.deepEqual(
+    skipped.map((s) => s.service),
+    ['ns1/b:http/TCP', 'ns1/c:http/TCP', 'ns1/e:http/TCP'],
+  );
   t.regex(skipped[1]!.reason, /outside 30000-32767/);
   t.regex(skipped[2]!.reason, /already belongs/);
   const custom = selectEndpoints([np('c', '198.19.0.12', 80)], [], { nodePortRange: { min: 1, max: 1000 } });

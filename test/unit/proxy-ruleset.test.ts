@@ -1,17 +1,7 @@
 import test from 'ava';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
-import {
-  buildRuleset,
-  canPartial,
-  diffRulesets,
-  fullScript,
-  refreshScript,
-  tableNames,
-  nftName,
-  partialScript,
-  shortHash,
-} from '../../src/proxy/ruleset.ts';
+import { buildRuleset, canPartial, diffRulesets, fullScript, refreshScript, tableNames, nftName, partialScript, shortHash } from '../../src/proxy/ruleset.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../../src/proxy/types.ts';
 
 function service(name: string, spec: Record<string, unknown>): Service {
@@ -57,7 +47,14 @@ class Kernel {
 
   dump() {
     const sort = <T>(m: Map<string, T>) => [...m.entries()].sort(([a], [b]) => (a < b ? -1 : 1));
-    return { table: this.table, chains: sort(this.chains), sets: sort(this.sets), elements: sort(this.elements).map(([k, v]) => [k, sort(v)] as [string, Array<[string, string]>]).filter(([, v]) => v.length) };
+    return {
+      table: this.table,
+      chains: sort(this.chains),
+      sets: sort(this.sets),
+      elements: sort(this.elements)
+        .map(([k, v]) => [k, sort(v)] as [string, Array<[string, string]>])
+        .filter(([, v]) => v.length),
+    };
   }
 
   #refs(text: string): { chains: string[]; sets: string[] } {
@@ -71,10 +68,11 @@ class Kernel {
   }
 
   #referenced(name: string): boolean {
-    for (const rules of this.chains.values()) for (const r of rules) {
-      const refs = this.#refs(r);
-      if (refs.chains.includes(name) || refs.sets.includes(name)) return true;
-    }
+    for (const rules of this.chains.values())
+      for (const r of rules) {
+        const refs = this.#refs(r);
+        if (refs.chains.includes(name) || refs.sets.includes(name)) return true;
+      }
     for (const m of this.elements.values()) for (const v of m.values()) if (v === `goto ${name}`) return true;
     return false;
   }
@@ -187,14 +185,17 @@ test('ruleset: base chains hook where kube-proxy hooks; reject only in filter ch
     'nat-prerouting { type nat hook prerouting priority dstnat;',
     'nat-output { type nat hook output priority -100;',
     'nat-postrouting { type nat hook postrouting priority srcnat;',
-  ]) t.true(s.includes(`add chain ip weft-proxy ${hook}`), hook);
+  ])
+    t.true(s.includes(`add chain ip weft-proxy ${hook}`), hook);
   t.true(s.includes('add rule ip weft-proxy services ip daddr . meta l4proto . th dport vmap @service-ips'));
   t.true(s.includes('add rule ip weft-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports'));
   t.true(s.includes('add rule ip weft-proxy reject-chain meta l4proto tcp reject with tcp reset'));
   t.true(s.includes('add rule ip weft-proxy masquerading meta mark & 0x4000 == 0 return'));
   t.true(s.includes('add rule ip weft-proxy mark-for-masquerade meta mark set meta mark or 0x4000'));
   // only reject-chain rejects, and only filter-hooked chains reach it
-  const rejecting = lines(s).filter((l) => / reject( |$)/.test(l)).map((l) => l.split(' ')[4]);
+  const rejecting = lines(s)
+    .filter((l) => / reject( |$)/.test(l))
+    .map((l) => l.split(' ')[4]);
   t.deepEqual([...new Set(rejecting)], ['reject-chain']);
   for (const l of lines(s).filter((x) => x.includes('reject-chain') && x.startsWith('add rule'))) t.regex(l, /cluster-ips-check|reject-chain /);
 });
@@ -208,8 +209,14 @@ test('ruleset: a service port with endpoints -> map element -> numgen over endpo
   const m = /^numgen random mod 3 vmap \{ 0 : goto (\S+), 1 : goto (\S+), 2 : goto (\S+) \}$/.exec(svc[1]!);
   t.truthy(m, svc[1]);
   const eps = m!.slice(1).map((c) => rs.chains.get(c)!);
-  t.deepEqual(eps.map((r) => r[r.length - 1]), ['meta l4proto tcp dnat to 198.18.0.11:8080', 'meta l4proto tcp dnat to 198.18.0.12:8080', 'meta l4proto tcp dnat to 198.18.1.13:8080']);
-  t.deepEqual(eps.map((r) => r[0]), ['ip saddr 198.18.0.11 jump mark-for-masquerade', 'ip saddr 198.18.0.12 jump mark-for-masquerade', 'ip saddr 198.18.1.13 jump mark-for-masquerade']);
+  t.deepEqual(
+    eps.map((r) => r[r.length - 1]),
+    ['meta l4proto tcp dnat to 198.18.0.11:8080', 'meta l4proto tcp dnat to 198.18.0.12:8080', 'meta l4proto tcp dnat to 198.18.1.13:8080'],
+  );
+  t.deepEqual(
+    eps.map((r) => r[0]),
+    ['ip saddr 198.18.0.11 jump mark-for-masquerade', 'ip saddr 198.18.0.12 jump mark-for-masquerade', 'ip saddr 198.18.1.13 jump mark-for-masquerade'],
+  );
   t.true(rs.elements.get('cluster-ips')!.has('198.19.0.10'));
   t.false(rs.elements.get('no-endpoint-services')!.has('198.19.0.10 . tcp . 80'));
 });
@@ -297,18 +304,34 @@ test('ruleset: a partial sync touches only the changed service and leaves nothin
   const next = buildRuleset(nextState, { clusterCIDR: cidr });
   t.true(canPartial(prev, next));
   const script = partialScript(prev, next);
-  const touched = new Set(lines(script).filter((l) => /chain|rule/.test(l)).map((l) => l.split(' ')[4]));
+  const touched = new Set(
+    lines(script)
+      .filter((l) => /chain|rule/.test(l))
+      .map((l) => l.split(' ')[4]),
+  );
   for (const c of touched) t.regex(c!, /\/(web|dns)\//, `only web and dns chains touched: ${c}`);
-  t.true(lines(script).some((l) => l.startsWith('flush chain') && /svc-\S+\/web\//.test(l)), 'web chain rewritten');
-  t.true(lines(script).some((l) => /^delete chain .*__198\.18\.0\.12\/8080$/.test(l)), 'removed endpoint chain deleted');
+  t.true(
+    lines(script).some((l) => l.startsWith('flush chain') && /svc-\S+\/web\//.test(l)),
+    'web chain rewritten',
+  );
+  t.true(
+    lines(script).some((l) => /^delete chain .*__198\.18\.0\.12\/8080$/.test(l)),
+    'removed endpoint chain deleted',
+  );
   const k = new Kernel();
   k.apply(fullScript(prev));
   k.apply(script);
   const want = new Kernel();
   want.apply(fullScript(next));
   t.deepEqual(k.dump(), want.dump());
-  t.false(k.dump().chains.some(([n]) => n.includes('/dns/')), 'no chain of the deleted service');
-  t.false(k.dump().sets.some(([n]) => n.includes('/dns/')), 'no set of the deleted service');
+  t.false(
+    k.dump().chains.some(([n]) => n.includes('/dns/')),
+    'no chain of the deleted service',
+  );
+  t.false(
+    k.dump().sets.some(([n]) => n.includes('/dns/')),
+    'no set of the deleted service',
+  );
   t.is(partialScript(next, next), '', 'no change, no transaction');
   const d = diffRulesets(prev, next);
   t.deepEqual([d.addedChains.length, d.removedSets.length], [0, 2]);
@@ -384,6 +407,9 @@ test('refreshScript: flush in place, delete only what the ruleset no longer decl
   t.true(lines.includes('delete chain ip weft-proxy svc-OLD-default/gone/tcp/http'));
   t.true(lines.includes('delete set ip weft-proxy aff-OLD'));
   t.true(lines.includes('delete map ip weft-proxy old-map'));
-  t.false(lines.some((l) => /^delete (chain|set) ip weft-proxy (nat-prerouting|cluster-ips)$/.test(l)), 'what the ruleset declares stays');
+  t.false(
+    lines.some((l) => /^delete (chain|set) ip weft-proxy (nat-prerouting|cluster-ips)$/.test(l)),
+    'what the ruleset declares stays',
+  );
   t.true(s.endsWith(fullScript(rs).split('\n').slice(2).join('\n')), 'then the whole ruleset, as a full sync writes it');
 });

@@ -70,7 +70,16 @@ test('service: hostile or malformed objects become skip reasons, never throws', 
     [svc({ clusterIP: '198.19.0.10', ports: [{ port: 80, name: 'HTTP' }] }), /DNS label/],
     [svc({ clusterIP: '198.19.0.10', ports: [{ port: 80, name: 'a}b' }] }), /DNS label/],
     [svc({ clusterIP: '198.19.0.10', ports: [{ port: 80 }, { port: 81 }] }), /unnamed port/],
-    [svc({ clusterIP: '198.19.0.10', ports: [{ name: 'a', port: 80 }, { name: 'a', port: 81 }] }), /two ports/],
+    [
+      svc({
+        clusterIP: '198.19.0.10',
+        ports: [
+          { name: 'a', port: 80 },
+          { name: 'a', port: 81 },
+        ],
+      }),
+      /two ports/,
+    ],
     [svc({ clusterIP: '198.19.0.10', ports: Array.from({ length: LIMITS.servicePorts + 1 }, (_, i) => ({ name: `p${i}`, port: i + 1 })) }), /at most/],
     [svc({ clusterIP: '198.19.0.10', ports: {} }), /not a list/],
     [svc({ type: 'Weird', clusterIP: '198.19.0.10', ports: [] }), /spec.type/],

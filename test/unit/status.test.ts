@@ -146,7 +146,10 @@ test('compareState: a lost subnet (the lost form of the subnet file) is reported
   k.subnetFile = { FLANNEL_NETWORK: '198.18.0.0/16', WEFT_SUBNET_LOST: '198.18.1.1/24', WEFT_SUBNET_HOLDER: '198.51.100.99', FLANNEL_MTU: '1450', FLANNEL_IPMASQ: 'true' };
   const r = compareState({ kernel: k, leases: [lease('198.18.1.0/24', '198.51.100.99', '0a:00:00:00:00:99'), leases[1]!], config, device: 'flannel.1', subnetFile: '/run/flannel/subnet.env' });
   const details = r.findings.map((f) => `${f.kind} ${f.object}: ${f.detail}`);
-  t.true(details.some((d) => d.startsWith('wrong subnet-file: subnet 198.18.1.1/24 is lost to the node at 198.51.100.99')), details.join('\n'));
+  t.true(
+    details.some((d) => d.startsWith('wrong subnet-file: subnet 198.18.1.1/24 is lost to the node at 198.51.100.99')),
+    details.join('\n'),
+  );
   t.false(r.consistent);
 });
 

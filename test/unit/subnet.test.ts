@@ -57,7 +57,7 @@ test('config: invalid input is rejected with a message naming the field', (t) =>
   }
 });
 
-test('lease keys and values round-trip in flannel\'s format', (t) => {
+test("lease keys and values round-trip in flannel's format", (t) => {
   const subnet = parseCIDR('10.244.1.0/24');
   t.is(subnetKey('/coreos.com/network', subnet), '/coreos.com/network/subnets/10.244.1.0-24');
   t.is(subnetKey('/coreos.com/network/', subnet), '/coreos.com/network/subnets/10.244.1.0-24');
@@ -110,7 +110,7 @@ test('choose: our previous subnet held under an old public IP with our VTEP MAC 
   const c = chooseSubnet({ config, leases: [old], publicIP: '198.51.100.11', previous: parseCIDR('10.244.9.0/24'), backendData: { VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:09' } });
   t.deepEqual(c, { kind: 'existing', lease: old });
   const other = chooseSubnet({ config, leases: [old], publicIP: '198.51.100.11', previous: parseCIDR('10.244.9.0/24'), backendData: { VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:10' }, random: () => 0 });
-  t.deepEqual(other, { kind: 'new', subnet: parseCIDR('10.244.1.0/24'), reason: 'random' }, 'someone else\'s lease is left alone');
+  t.deepEqual(other, { kind: 'new', subnet: parseCIDR('10.244.1.0/24'), reason: 'random' }, "someone else's lease is left alone");
 });
 
 test('choose: random picks only free subnets inside SubnetMin..SubnetMax', (t) => {

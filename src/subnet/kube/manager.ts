@@ -31,16 +31,7 @@ import { KubeApiError, KubeNodeClient, type NodeClient } from '../../kube/client
 import type { NetworkConfig } from '../config.ts';
 import type { Lease, LeaseAttrs } from '../lease.ts';
 import type { LeaseEvent, LeaseWatchHandler, SubnetManager } from '../manager.ts';
-import {
-  annotatedVtepMAC,
-  annotationNames,
-  networkAvailablePatch,
-  ownAnnotations,
-  parsePodCIDR,
-  podCIDRText,
-  type AnnotationNames,
-  type NodeLike,
-} from './annotations.ts';
+import { annotatedVtepMAC, annotationNames, networkAvailablePatch, ownAnnotations, parsePodCIDR, podCIDRText, type AnnotationNames, type NodeLike } from './annotations.ts';
 import { DEFAULT_NET_CONF_PATH, loadNetConf } from './netconf.ts';
 import { runNodeInformer } from './informer.ts';
 import { NodeLeaseTable } from './table.ts';
@@ -169,10 +160,7 @@ export class KubeSubnetManager implements SubnetManager {
     try {
       subnet = parsePodCIDR(cidr, config.network);
     } catch (cause) {
-      throw new PodCIDRError(
-        `node "${this.nodeName}": ${(cause as Error).message}; net-conf.json "Network" must contain every node's podCIDR (kube-controller-manager --cluster-cidr)`,
-        { cause },
-      );
+      throw new PodCIDRError(`node "${this.nodeName}": ${(cause as Error).message}; net-conf.json "Network" must contain every node's podCIDR (kube-controller-manager --cluster-cidr)`, { cause });
     }
     if (subnet.prefixLen !== config.subnetLen) {
       const file = this.#config && 'subnetLenFromFile' in this.#config ? this.#config.subnetLenFromFile : true;

@@ -39,7 +39,7 @@ const key = (s: IPv4Net) => describeSubnet(s);
 function overlapsNet(a: IPv4Net, b: IPv4Net): boolean {
   const len = Math.min(a.prefixLen, b.prefixLen);
   const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
-  return ((a.ip & mask) >>> 0) === ((b.ip & mask) >>> 0);
+  return (a.ip & mask) >>> 0 === (b.ip & mask) >>> 0;
 }
 
 export class NodeLeaseTable {
@@ -103,9 +103,7 @@ export class NodeLeaseTable {
     let next: Entry;
     if (res.kind === 'lease') {
       const holder = this.#conflict(res.lease.subnet, name);
-      next = holder
-        ? { node, state: 'conflict', why: `podCIDR ${key(res.lease.subnet)} overlaps node "${holder}"'s` }
-        : { node, state: 'lease', lease: res.lease };
+      next = holder ? { node, state: 'conflict', why: `podCIDR ${key(res.lease.subnet)} overlaps node "${holder}"'s` } : { node, state: 'lease', lease: res.lease };
     } else {
       next = { node, state: res.kind, why: res.why };
     }
