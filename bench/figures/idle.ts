@@ -10,14 +10,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { join } from 'node:path';
 import { BenchScope, sleep } from '../lib/scope.ts';
-import { bins, missing, root } from '../lib/paths.ts';
+import { bins, missing } from '../lib/paths.ts';
 import { cpuMs, makeRig, rssMiB, rssParts, startWeftd, ETCD_PREFIX } from '../lib/rig.ts';
 import { indexOf, leaseFor } from '../lib/leases.ts';
 import { msSince, percentile, round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure } from '../lib/report.ts';
-import { counts, Writer } from './peers.ts';
+import { counts, startLeaseWriter } from './peers.ts';
 
 const IDLE_MS = 60_000;
 const PEERS = 1000;
@@ -43,16 +42,7 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
     await sleep(2000);
     const rss0 = rssMiB(d.pid);
 
-    const writerChild = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'lease-writer.ts'), rig.etcd.endpoint, ETCD_PREFIX], {
-      ns: rig.ns,
-      cwd: root,
-      env: { PATH: '/usr/bin:/bin' },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let writerErr = '';
-    writerChild.stderr!.on('data', (b: Buffer) => (writerErr += b));
-    const writer = new Writer(writerChild);
-    if ((await writer.line().catch((e) => `${e}: ${writerErr}`)) !== 'ready') throw new Error(`lease writer did not start: ${writerErr}`);
+    const writer = await startLeaseWriter(scope, rig);
 
     const leases = bulkIdx.map((i) => leaseFor(i, ETCD_PREFIX));
     const gws = new Set(leases.map((l) => l.gw));

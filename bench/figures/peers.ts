@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { BenchScope, ipJson, sh, sleep } from '../lib/scope.ts';
 import { bins, missing, root } from '../lib/paths.ts';
-import { makeRig, rssMiB, startWeftd, ETCD_PREFIX } from '../lib/rig.ts';
+import { makeRig, rssMiB, startWeftd, ETCD_PREFIX, type Rig } from '../lib/rig.ts';
 import { indexOf, leaseFor } from '../lib/leases.ts';
 import { msSince, percentile, round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure } from '../lib/report.ts';
@@ -45,6 +45,21 @@ export class Writer {
     if (r.error) throw new Error(`writer: ${r.error}`);
     return { ...r, t0: BigInt(r.t0), t1: BigInt(r.t1) };
   }
+}
+
+/** Starts bench/lib/lease-writer.ts in the rig's namespace and waits for its "ready". */
+export async function startLeaseWriter(scope: BenchScope, rig: Rig): Promise<Writer> {
+  const child = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'lease-writer.ts'), rig.etcd.endpoint, ETCD_PREFIX], {
+    ns: rig.ns,
+    cwd: root,
+    env: { PATH: '/usr/bin:/bin' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b));
+  const writer = new Writer(child);
+  if ((await writer.line().catch((e) => `${e}: ${err}`)) !== 'ready') throw new Error(`lease writer did not start: ${err}`);
+  return writer;
 }
 
 /** What one peer-convergence pass measured (etcd or Kubernetes mode). */
@@ -104,16 +119,7 @@ export async function measureEtcdPeers(ctx: BenchContext, o: { bulk: number; sin
     const singleIdx = indexes.slice(bulk);
     const rss0 = rssMiB(d.pid);
 
-    const writerChild = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'lease-writer.ts'), rig.etcd.endpoint, ETCD_PREFIX], {
-      ns: rig.ns,
-      cwd: root,
-      env: { PATH: '/usr/bin:/bin' },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let writerErr = '';
-    writerChild.stderr!.on('data', (b: Buffer) => (writerErr += b));
-    const writer = new Writer(writerChild);
-    if ((await writer.line().catch((e) => `${e}: ${writerErr}`)) !== 'ready') throw new Error(`lease writer did not start: ${writerErr}`);
+    const writer = await startLeaseWriter(scope, rig);
 
     const routeSeen = await routeMonitor(scope, rig.ns);
     const leases = bulkIdx.map((i) => leaseFor(i, ETCD_PREFIX));
