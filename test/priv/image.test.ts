@@ -26,7 +26,7 @@ import { parseAllDocuments } from 'yaml';
 import { startCluster, type Cluster } from '../helpers/cluster.ts';
 import { Containerd } from '../helpers/cri/containerd.ts';
 import { sandboxNetns, type PodSandboxConfig } from '../helpers/cri/client.ts';
-import { sh } from '../helpers/netns.ts';
+import { reachable } from '../helpers/cri/nodes.ts';
 
 type Obj = Record<string, any>;
 
@@ -144,17 +144,6 @@ function sandboxConfig(): PodSandboxConfig {
   };
 }
 
-function pingFrom(netnsPath: string, ip: string): boolean {
-  for (let i = 0; i < 3; i++) {
-    try {
-      sh('nsenter', [`--net=${netnsPath}`, '--', 'ping', '-c', '1', '-W', '1', ip]);
-      return true;
-    } catch {
-      /* retry */
-    }
-  }
-  return false;
-}
 
 async function runPod(): Promise<{ id: string; ip: string; netns: string }> {
   const id = await cd.cri().runPodSandbox(sandboxConfig());
@@ -290,7 +279,7 @@ serial('a pod through containerd -> the installed launcher -> weftd in the image
     renameSync(`${standalone}.aside`, standalone);
   }
   t.true(existsSync(join(onHost('/var/lib/cni/networks'), 'weft', pod.ip)), 'claimed in the host IPAM store');
-  t.true(pingFrom(pod.netns, peer[0]!.ip), `${pod.ip} -> ${peer[0]!.ip}`);
+  t.true(reachable(pod.netns, peer[0]!.ip), `${pod.ip} -> ${peer[0]!.ip}`);
   await removePod(pod.id);
   t.false(existsSync(join(onHost('/var/lib/cni/networks'), 'weft', pod.ip)), 'released');
 });
@@ -301,7 +290,7 @@ serial('weftd stopped: the installed weft-standalone serves the pod; weftd resta
   t.not(await readyz(), 200);
   t.is(podman(['inspect', '--format', '{{.State.Status}}', weftdName]).out.trim(), 'exited');
   const pod = await runPod();
-  t.true(pingFrom(pod.netns, peer.ip), 'data plane stays while weftd is down');
+  t.true(reachable(pod.netns, peer.ip), 'data plane stays while weftd is down');
   await removePod(pod.id);
   t.false(existsSync(join(onHost('/var/lib/cni/networks'), 'weft', pod.ip)));
   podman(['start', weftdName]);
@@ -309,7 +298,7 @@ serial('weftd stopped: the installed weft-standalone serves the pod; weftd resta
   while ((await readyz()) !== 200 && Date.now() < end) await new Promise((r) => setTimeout(r, 300));
   t.is(await readyz(), 200);
   const again = await runPod();
-  t.true(pingFrom(again.netns, peer.ip));
+  t.true(reachable(again.netns, peer.ip));
   await removePod(again.id);
   t.deepEqual(cd.podNamespaces(), [], 'no pod namespace left');
   t.deepEqual(
