@@ -144,7 +144,6 @@ function sandboxConfig(): PodSandboxConfig {
   };
 }
 
-
 async function runPod(): Promise<{ id: string; ip: string; netns: string }> {
   const id = await cd.cri().runPodSandbox(sandboxConfig());
   const st = await cd.cri().podSandboxStatus(id);
