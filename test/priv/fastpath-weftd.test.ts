@@ -21,7 +21,6 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const socket = join(dir, 'cni.sock');
   process.env.WEFTD_CNI_SOCKET = socket; // inherited by the lab's weftd
-  process.env.WEFTD_CNI_DATA_DIR = join(dir, 'ipam'); // the one network its fast path serves
   const cluster = await startCluster({ nodes: 1 });
   t.teardown(() => cluster.destroy());
   const scope = new Scope();
@@ -30,7 +29,7 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
   await eventually(() => existsSync(socket), 10_000);
   t.regex(readFileSync(node.logFile, 'utf8'), /serving CNI requests on .*cni\.sock/);
 
-  const conf = { cniVersion: '1.0.0', name: 'wt-fast', type: 'weft', subnetFile: node.subnetFile, dataDir: join(dir, 'ipam'), fastpathSocket: socket };
+  const conf = { cniVersion: '1.0.0', name: 'wt-fast', type: 'weft', subnetFile: node.subnetFile, dataDir: node.dataDir, fastpathSocket: socket }; // the one network its fast path serves (the lab passes --cni-data-dir)
   const pod = scope.netns('pod');
   const debug = { WEFT_LAUNCHER_DEBUG: '1' };
   const add = await cni(node.netns, { bin: LAUNCHER, command: 'ADD', conf, containerID: 'c1', netns: pod, ifname: 'eth0', env: debug });
