@@ -35,6 +35,9 @@ fi
 # Tests must keep weftd's fast-path socket in their own temp dirs, never the host's /run/weft.
 host_sock_before=0
 [ -e /run/weft/cni.sock ] && host_sock_before=1
+# Nor may they touch the root network namespace: its links and nftables tables are compared.
+root_state() { ip -o link show | awk -F': ' '{print $2}' | sort; nft list tables 2>/dev/null | sort; }
+root_before=$(root_state)
 
 tap=$(mktemp)
 trap 'rm -f "$tap"' EXIT
@@ -51,6 +54,11 @@ fi
 leftover=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^wt-' || true)
 if [ -n "$leftover" ]; then
   echo "namespaces left behind by tests: $leftover" >&2
+  fail=$((fail + 1))
+fi
+root_new=$(comm -13 <(printf '%s\n' "$root_before") <(root_state) | grep -v '^$' || true)
+if [ -n "$root_new" ]; then
+  echo "tests changed the root network namespace (new links or nftables tables): $root_new" >&2
   fail=$((fail + 1))
 fi
 if [ "$host_sock_before" -eq 0 ] && [ -e /run/weft/cni.sock ]; then
