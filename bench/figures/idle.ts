@@ -9,14 +9,13 @@
  * to measure the polling cost side by side.
  */
 import { readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { BenchScope, sleep } from '../lib/scope.ts';
 import { bins, missing } from '../lib/paths.ts';
 import { cpuMs, makeRig, rssMiB, rssParts, startWeftd, ETCD_PREFIX } from '../lib/rig.ts';
 import { indexOf, leaseFor } from '../lib/leases.ts';
 import { msSince, percentile, round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure } from '../lib/report.ts';
-import { counts, startLeaseWriter } from './peers.ts';
+import { counts, msUntilSeen, routeMonitor, startLeaseWriter } from './peers.ts';
 
 const IDLE_MS = 60_000;
 const PEERS = 1000;
@@ -74,24 +73,13 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
     const parts = rssParts(d.pid);
     const rssMax = Math.max(...rss);
 
-    // Route additions as the kernel announces them, with our monotonic receive time.
-    const routeSeen = new Map<string, bigint>();
-    const mon = scope.spawn('ip', ['-n', rig.ns, 'monitor', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    createInterface({ input: mon.stdout! }).on('line', (line) => {
-      const m = /^([\d.]+\/\d+) via /.exec(line);
-      if (m && !routeSeen.has(m[1])) routeSeen.set(m[1], process.hrtime.bigint());
-    });
-    await sleep(300); // let `ip monitor` subscribe
+    const routeSeen = await routeMonitor(scope, rig.ns);
     ctx.log(`  ${singles} single peers`);
     const lat: number[] = [];
     for (const i of singleIdx) {
       const l = leaseFor(i, ETCD_PREFIX);
       const s = await writer.send({ op: 'one', index: i });
-      const end = Date.now() + 10_000;
-      while (!routeSeen.has(l.subnet) && Date.now() < end) await sleep(2);
-      const seen = routeSeen.get(l.subnet);
-      if (seen === undefined) throw new Error(`route for new peer ${l.subnet} did not appear within 10 s`);
-      lat.push(Number(seen - s.t0) / 1e6);
+      lat.push(await msUntilSeen(routeSeen, l.subnet, s.t0, `route for new peer ${l.subnet} did not appear`));
       // Spread the writes so that some land during whatever periodic work weftd does.
       await sleep(50 + Math.floor(Math.random() * 100));
     }

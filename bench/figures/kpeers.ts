@@ -24,7 +24,7 @@ import { rssMiB } from '../lib/rig.ts';
 import { indexOf, leaseFor, PEER_NETWORK, PEER_SUBNET_LEN } from '../lib/leases.ts';
 import { percentile, round, summarize } from '../lib/stats.ts';
 import { unavailable, type BenchContext, type Figure, type Row } from '../lib/report.ts';
-import { converge, measureEtcdPeers, routeMonitor, Writer, type PeersResult } from './peers.ts';
+import { converge, measureEtcdPeers, msUntilSeen, routeMonitor, Writer, type PeersResult } from './peers.ts';
 
 const PREFIX = 'flannel.alpha.coreos.com';
 
@@ -145,22 +145,14 @@ async function measureKubePeers(ctx: BenchContext, o: { bulk: number; singles: n
       const i = singleIdx[k]!;
       const l = leaseFor(i, '');
       const s = await apiOne(writer, { method: 'POST', path: '/api/v1/nodes', body: peerNode(i) });
-      const end = Date.now() + 10_000;
-      while (!routeSeen.has(l.subnet) && Date.now() < end) await sleep(2);
-      const seen = routeSeen.get(l.subnet);
-      if (seen === undefined) throw new Error(`route for new Node ${l.subnet} did not appear within 10 s`);
-      lat.push(Number(seen - s.t0) / 1e6);
+      lat.push(await msUntilSeen(routeSeen, l.subnet, s.t0, `route for new Node ${l.subnet} did not appear`));
       await sleep(20);
       // A peer from the bulk gets a new VtepMAC (as after its VXLAN device was recreated).
       const j = bulkIdx[(k * 17) % bulkIdx.length]!;
       const mac = otherMac(k);
       const patch = { metadata: { annotations: { [`${PREFIX}/backend-data`]: JSON.stringify({ VNI: 1, VtepMAC: mac }) } } };
       const m = await apiOne(writer, { method: 'PATCH', path: `/api/v1/nodes/peer-${j}`, body: patch, contentType: 'application/merge-patch+json' });
-      const mend = Date.now() + 10_000;
-      while (!fdbSeen.has(mac) && Date.now() < mend) await sleep(2);
-      const mseen = fdbSeen.get(mac);
-      if (mseen === undefined) throw new Error(`FDB entry for new MAC ${mac} of peer-${j} did not appear within 10 s`);
-      macLat.push(Number(mseen - m.t0) / 1e6);
+      macLat.push(await msUntilSeen(fdbSeen, mac, m.t0, `FDB entry for new MAC ${mac} of peer-${j} did not appear`));
       await sleep(20);
     }
     const log = readFileSync(node.logFile, 'utf8');

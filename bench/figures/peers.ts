@@ -47,6 +47,18 @@ export class Writer {
   }
 }
 
+/**
+ * Waits (at most 10 s) until a monitor saw `key` (a route, an FDB MAC), and returns the time
+ * from `t0` (the write) to that sighting in ms.
+ */
+export async function msUntilSeen(seen: Map<string, bigint>, key: string, t0: bigint, what: string): Promise<number> {
+  const end = Date.now() + 10_000;
+  while (!seen.has(key) && Date.now() < end) await sleep(2);
+  const at = seen.get(key);
+  if (at === undefined) throw new Error(`${what} within 10 s`);
+  return Number(at - t0) / 1e6;
+}
+
 /** Starts bench/lib/lease-writer.ts in the rig's namespace and waits for its "ready". */
 export async function startLeaseWriter(scope: BenchScope, rig: Rig): Promise<Writer> {
   const child = scope.spawn(process.execPath, [join(root, 'bench', 'lib', 'lease-writer.ts'), rig.etcd.endpoint, ETCD_PREFIX], {
@@ -143,11 +155,7 @@ export async function measureEtcdPeers(ctx: BenchContext, o: { bulk: number; sin
     for (const i of singleIdx) {
       const l = leaseFor(i, ETCD_PREFIX);
       const s = await writer.send({ op: 'one', index: i });
-      const end = Date.now() + 10_000;
-      while (!routeSeen.has(l.subnet) && Date.now() < end) await sleep(2);
-      const seen = routeSeen.get(l.subnet);
-      if (seen === undefined) throw new Error(`route for new peer ${l.subnet} did not appear within 10 s`);
-      lat.push(Number(seen - s.t0) / 1e6);
+      lat.push(await msUntilSeen(routeSeen, l.subnet, s.t0, `route for new peer ${l.subnet} did not appear`));
       await sleep(20);
     }
     return {
