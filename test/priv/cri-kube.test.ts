@@ -5,8 +5,6 @@
  * podCIDR and peers come from Node annotations.
  */
 import test from 'ava';
-import { renameSync } from 'node:fs';
-import { join } from 'node:path';
 import { CriCluster, inSubnet, reachable } from '../helpers/cri/nodes.ts';
 
 let c: CriCluster;
@@ -22,15 +20,8 @@ test.after.always(async () => {
 test.serial('kube mode: sandboxes on two nodes get addresses from their podCIDRs and reach each other; Stop/Remove leaves nothing', async (t) => {
   t.is(c.cluster.topo.state.mode, 'kube');
   const before = { n1: c.nodeState('n1'), n2: c.nodeState('n2') };
-  const standalone = join(c.hosts.get('n1')!, 'opt/cni/bin/weft-standalone');
   // Through weftd: the fallback is not there meanwhile.
-  renameSync(standalone, `${standalone}.aside`);
-  let a: Awaited<ReturnType<CriCluster['runSandbox']>>;
-  try {
-    a = await c.runSandbox('n1');
-  } finally {
-    renameSync(`${standalone}.aside`, standalone);
-  }
+  const a = await c.withoutStandalone('n1', () => c.runSandbox('n1'));
   const b = await c.runSandbox('n2');
   // The subnet file weftd wrote from the Node's spec.podCIDR.
   t.true(inSubnet(a.ip, c.cluster.subnetOf('n1')!), `${a.ip} in ${c.cluster.subnetOf('n1')}`);

@@ -8,7 +8,7 @@
  */
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CriCluster, inSubnet, inodes, reachable, tree, type Sandbox } from '../helpers/cri/nodes.ts';
 import { sh } from '../helpers/netns.ts';
@@ -91,14 +91,7 @@ test.serial('CRI: sandboxes on two nodes get weft addresses from their node subn
   t.is(v.runtimeApiVersion, 'v1');
   for (const node of NODES) t.false(existsSync(join(c.runtimes.get(node)!.path, 'node')), "no Node.js on containerd's PATH");
   // Proof that ADD goes through weftd: the standalone the launcher would fall back to is gone.
-  const standalone = join(c.hosts.get('n1')!, 'opt/cni/bin/weft-standalone');
-  renameSync(standalone, `${standalone}.aside`);
-  let a: Sandbox;
-  try {
-    a = await c.runSandbox('n1');
-  } finally {
-    renameSync(`${standalone}.aside`, standalone);
-  }
+  const a: Sandbox = await c.withoutStandalone('n1', () => c.runSandbox('n1'));
   const b = await c.runSandbox('n2');
   t.true(inSubnet(a.ip, c.cluster.subnetOf('n1')!), `${a.ip} in ${c.cluster.subnetOf('n1')}`);
   t.true(inSubnet(b.ip, c.cluster.subnetOf('n2')!), `${b.ip} in ${c.cluster.subnetOf('n2')}`);
@@ -143,13 +136,7 @@ test.serial('CRI: weftd stopped -> the launcher falls back to weft-standalone (n
     await c.removeSandbox(s);
     t.deepEqual(c.nodeState('n1'), before, 'the standalone released what it allocated');
     // And without the standalone there is nothing to fall back to: the ADD fails cleanly.
-    const standalone = join(c.hosts.get('n1')!, 'opt/cni/bin/weft-standalone');
-    renameSync(standalone, `${standalone}.aside`);
-    try {
-      await t.throwsAsync(c.runSandbox('n1'), { message: /weft/ });
-    } finally {
-      renameSync(`${standalone}.aside`, standalone);
-    }
+    await c.withoutStandalone('n1', () => t.throwsAsync(c.runSandbox('n1'), { message: /weft/ }));
     const cri = c.runtimes.get('n1')!.cri();
     for (const p of await cri.listPodSandbox()) {
       await cri.stopPodSandbox(p.id);

@@ -8,7 +8,7 @@
  * holds no Node.js. `destroy()` removes everything, also after a failure half-way.
  */
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { startCluster, type Cluster, type ClusterOptions } from '../cluster.ts';
 import { ipJson, sh } from '../netns.ts';
@@ -151,6 +151,20 @@ export class CriCluster {
   }
 
   /** RunPodSandbox then PodSandboxStatus: throws unless ready with a netns and an IP. */
+  /**
+   * Runs `fn` with the node's installed standalone plugin moved aside, so that what succeeds
+   * meanwhile went through weftd's fast path (the launcher has nothing to fall back to).
+   */
+  async withoutStandalone<T>(node: string, fn: () => Promise<T>): Promise<T> {
+    const standalone = join(this.hosts.get(node)!, 'opt/cni/bin/weft-standalone');
+    renameSync(standalone, `${standalone}.aside`);
+    try {
+      return await fn();
+    } finally {
+      renameSync(`${standalone}.aside`, standalone);
+    }
+  }
+
   async runSandbox(node: string): Promise<Sandbox> {
     const cd = this.runtime(node);
     const id = await cd.cri().runPodSandbox(this.sandboxConfig(node));
