@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { Scope } from './netns.ts';
+import { Scope } from './netns.ts';
 
 export const WEFT_BIN = resolve(process.env.WEFT_CNI_BIN ?? 'dist/bin/weft');
 export const REF_BRIDGE = '/usr/lib/cni/bridge';
@@ -105,4 +105,13 @@ export function expectedVethName(containerID: string, ifname: string): string {
     h = Math.imul(h, 0x01000193) >>> 0;
   }
   return `veth${h.toString(16).padStart(8, '0')}`;
+}
+
+/** A throwaway scope (torn down with the test), a node namespace and a CNI fixture in it. */
+export function cniSetup(t: { teardown(fn: () => unknown): void }, third: number): { scope: Scope; node: string; fx: CniEnvFixture } {
+  const scope = new Scope();
+  t.teardown(() => scope.cleanup());
+  const node = scope.netns('node');
+  const fx = cniFixture(scope, { third });
+  return { scope, node, fx };
 }

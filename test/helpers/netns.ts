@@ -108,3 +108,26 @@ export async function eventually<T>(fn: () => T | Promise<T>, timeoutMs = 10_000
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/** A finished command: its exit code (null when killed) and what it printed. */
+export interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `cmd` inside namespace `ns` (nsenter) with exactly `env`; resolves when it exits, whatever
+ * its exit code (rejects only if it could not be started).
+ */
+export function runInNs(ns: string, cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<Finished> {
+  return new Promise((res, rej) => {
+    const child = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', cmd, ...args], { env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.on('error', rej);
+    child.on('close', (code) => res({ code, stdout, stderr }));
+  });
+}

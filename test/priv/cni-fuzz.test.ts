@@ -12,8 +12,8 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join, resolve } from 'node:path';
 import { encodeRequest } from '../../src/fastpath/protocol.ts';
-import { cni, cniFixture, type CniEnvFixture } from '../helpers/cni.ts';
-import { eventually, ipJson, Scope } from '../helpers/netns.ts';
+import { cni, cniSetup, type CniEnvFixture } from '../helpers/cni.ts';
+import { eventually, ipJson } from '../helpers/netns.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
@@ -94,10 +94,7 @@ function assertReply(t: ExecutionContext, c: Case, code: number | null, stdout: 
 }
 
 function setup(t: ExecutionContext, third: number) {
-  const scope = new Scope();
-  t.teardown(() => scope.cleanup());
-  const node = scope.netns('node');
-  const fx = cniFixture(scope, { third });
+  const { scope, node, fx } = cniSetup(t, third);
   const pods = [scope.netns('pod'), scope.netns('pod'), scope.netns('pod')];
   const fifo = join(fx.dir, 'fifo');
   execFileSync('mkfifo', [fifo]);

@@ -3,18 +3,12 @@
  * `lock` flock), and the host veth's owner label (IFLA_IFALIAS): DEL and GC never delete a veth
  * whose name collides but which is labelled for another pod.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { readdirSync } from 'node:fs';
-import { cni, cniFixture, expectedVethName, REF_HOST_LOCAL } from '../helpers/cni.ts';
-import { ipJson, Scope, sh } from '../helpers/netns.ts';
+import { cni, cniSetup, expectedVethName, REF_HOST_LOCAL } from '../helpers/cni.ts';
+import { ipJson, sh } from '../helpers/netns.ts';
 
-function setup(t: ExecutionContext, third: number) {
-  const scope = new Scope();
-  t.teardown(() => scope.cleanup());
-  const node = scope.netns('node');
-  const fx = cniFixture(scope, { third });
-  return { scope, node, fx };
-}
+const setup = cniSetup;
 
 const ipFiles = (dir: string) => readdirSync(dir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f));
 

@@ -4,13 +4,13 @@
  * the standalone binary; and the launcher's fallback to the standalone binary when the server
  * is absent, dead, or never acknowledges.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { existsSync, mkdirSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
-import { cni, cniFixture, WEFT_BIN, type CniEnvFixture } from '../helpers/cni.ts';
-import { eventually, ipJson, Scope } from '../helpers/netns.ts';
+import { cni, cniSetup, WEFT_BIN, type CniEnvFixture } from '../helpers/cni.ts';
+import { eventually, ipJson, type Scope } from '../helpers/netns.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
 
@@ -47,13 +47,7 @@ async function startServer(scope: Scope, node: string, fx: CniEnvFixture, opts: 
   return { socket, handled, kill: (sig) => child.kill(sig), log: () => log };
 }
 
-function setup(t: ExecutionContext, third: number) {
-  const scope = new Scope();
-  t.teardown(() => scope.cleanup());
-  const node = scope.netns('node');
-  const fx = cniFixture(scope, { third });
-  return { scope, node, fx };
-}
+const setup = cniSetup;
 
 function ipFiles(fx: CniEnvFixture): string[] {
   return existsSync(fx.ipamDir) ? readdirSync(fx.ipamDir).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];

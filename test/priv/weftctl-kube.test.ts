@@ -10,13 +10,13 @@
  * Serial: the tests share the cluster and change its Nodes in order.
  */
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { writeKubeconfig } from '../../lab/apiserver/kubeconfig.ts';
 import { killAndWait } from '../../lab/etcd.ts';
-import { eventually, inNs, ipJson, sh } from '../helpers/netns.ts';
+import { eventually, inNs, ipJson, runInNs, sh } from '../helpers/netns.ts';
 import { API_PORT, CP_IP, KubeLab, P, peerNode, type Driver } from './kube-env.ts';
 
 const WEFTCTL = resolve('dist/bin/weftctl');
@@ -78,16 +78,8 @@ interface Run {
 
 /** Runs weftctl in node n1's namespace with the lab kubeconfig (unless `bare`); never throws on exit codes. */
 function weftctl(args: string[], opts: { env?: Record<string, string>; bare?: boolean } = {}): Promise<Run> {
-  return new Promise((res, rej) => {
-    const base = opts.bare ? [] : ['--kubeconfig', kubeconfig, '--net-config-path', lab.netConf];
-    const child = spawn('nsenter', [`--net=/run/netns/${lab.ns.get('n1')}`, '--', WEFTCTL, ...base, ...args], { env: { PATH: process.env.PATH!, ...opts.env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', rej);
-    child.on('close', (code) => res({ code, stdout, stderr }));
-  });
+  const base = opts.bare ? [] : ['--kubeconfig', kubeconfig, '--net-config-path', lab.netConf];
+  return runInNs(lab.ns.get('n1')!, WEFTCTL, [...base, ...args], { PATH: process.env.PATH!, ...opts.env });
 }
 
 const noStack = /\n\s+at .+\(/;

@@ -4,11 +4,11 @@
  * namespace on the test underlay.
  */
 import test from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { eventually, Scope, sh } from '../helpers/netns.ts';
+import { eventually, runInNs, Scope, sh, type Finished } from '../helpers/netns.ts';
 
 const WEFTCTL = resolve('dist/bin/weftctl');
 const IP = '198.51.100.11';
@@ -106,16 +106,8 @@ test.before(async () => {
 });
 test.after.always(() => scope.cleanup());
 
-function weftctl(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((res, rej) => {
-    const child = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', WEFTCTL, ...args], { env: { PATH: process.env.PATH!, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', rej);
-    child.on('close', (code) => res({ code, stdout, stderr }));
-  });
+function weftctl(args: string[], env: Record<string, string> = {}): Promise<Finished> {
+  return runInNs(ns, WEFTCTL, args, { PATH: process.env.PATH!, ...env });
 }
 
 test('TLS files from flags: network init and get network over mutual TLS', async (t) => {

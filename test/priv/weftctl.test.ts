@@ -5,13 +5,12 @@
  * `get nodes --watch` is also run across an etcd restart and a compaction of what it has seen.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { EtcdServer } from '../../lab/etcd.ts';
-import { eventually, inNs, Scope, sh } from '../helpers/netns.ts';
+import { eventually, inNs, runInNs, Scope, sh } from '../helpers/netns.ts';
 
 const WEFTCTL = resolve('dist/bin/weftctl');
 const NODE_IP = '198.51.100.11';
@@ -44,17 +43,7 @@ interface Run {
 
 /** Runs weftctl inside the namespace (where etcd is reachable); never throws on exit codes. */
 function weftctl(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((res, rej) => {
-    const child = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', WEFTCTL, ...args], {
-      env: { PATH: process.env.PATH!, WEFTD_ETCD_ENDPOINTS: etcd.endpoint, ...env },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', rej);
-    child.on('close', (code) => res({ code, stdout, stderr }));
-  });
+  return runInNs(ns, WEFTCTL, args, { PATH: process.env.PATH!, WEFTD_ETCD_ENDPOINTS: etcd.endpoint, ...env });
 }
 
 let prefixes = 0;
