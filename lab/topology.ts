@@ -571,8 +571,9 @@ export class Topology {
   async startApiServer(): Promise<void> {
     const api = this.state.apiServer;
     if (!api) throw new Error('lab: not in Kubernetes mode');
-    const config = JSON.parse(readFileSync(api.netConf, 'utf8')) as { Network: string; SubnetLen: number };
-    await this.#startApiServer(config);
+    const config = JSON.parse(readFileSync(api.netConf, 'utf8')) as { Network: string; SubnetLen?: number };
+    // net-conf.json carries no SubnetLen (as kube-flannel ships it): the node IPAM's size is the lab's.
+    await this.#startApiServer({ ...config, SubnetLen: config.SubnetLen ?? this.#opts.subnetLen ?? 24 });
     this.#save();
   }
 

@@ -8,7 +8,9 @@ import type { LeaseEvent } from '../../src/subnet/manager.ts';
 import { annotatedVtepMAC, annotationNames, networkAvailablePatch, nodeToLease, ownAnnotations, parseBackendDataAnnotation, podCIDRText, type NodeLike } from '../../src/subnet/kube/annotations.ts';
 import { loadNetConf } from '../../src/subnet/kube/netconf.ts';
 import { NodeLeaseTable } from '../../src/subnet/kube/table.ts';
-import { loadKubeConfig } from '../../src/kube/client.ts';
+import { KubeApiError, loadKubeConfig } from '../../src/kube/client.ts';
+import { KubeSubnetManager } from '../../src/subnet/kube/manager.ts';
+import { KubeConfig } from '@kubernetes/client-node';
 import { createKubeSubnetManager } from '../../src/subnet/kube/index.ts';
 
 const P = 'flannel.alpha.coreos.com/';
@@ -300,5 +302,28 @@ test('createKubeSubnetManager: the node name is required, the prefix validated',
   t.throws(() => createKubeSubnetManager({ kubeconfig: f, nodeName: 'n1', annotationPrefix: 'Bad Prefix', env: {} }), { message: /not a DNS subdomain/ });
   const m = createKubeSubnetManager({ kubeconfig: f, nodeName: 'n1', annotationPrefix: 'weft.example.com', env: {} });
   t.is(m.names.backendData, 'weft.example.com/backend-data');
+  m.close();
+});
+
+test('previousVtepMAC: waits out an unreachable API server (retrying), throws a non-retryable error', async (t) => {
+  let now = 0;
+  const sleeps: number[] = [];
+  const clock = { now: () => now, sleep: async (ms: number) => void (sleeps.push(ms), (now += ms)) };
+  let failures = 2;
+  let status = 0;
+  const client = {
+    get: async (name: string) => {
+      if (failures-- > 0) throw new KubeApiError(`get node "${name}"`, status, status ? 'forbidden' : 'other side closed');
+      return node(name, { mac: '0a:00:00:00:00:42' }) as never;
+    },
+    list: async () => ({ items: [] }) as never,
+    patchStatus: async () => ({}) as never,
+  };
+  const m = new KubeSubnetManager({ kc: new KubeConfig(), nodeName: 'n1', client, clock });
+  t.is(await m.previousVtepMAC(1), '0a:00:00:00:00:42');
+  t.deepEqual(sleeps, [2000, 2000], 'two retries, 2 s apart');
+  failures = 1;
+  status = 403;
+  await t.throwsAsync(() => m.previousVtepMAC(1), { message: /HTTP 403/ });
   m.close();
 });

@@ -24,7 +24,7 @@
  */
 import { Watch, type KubeConfig, type V1Node, type V1NodeList } from '@kubernetes/client-node';
 import { systemClock, type Clock } from '../../core/clock.ts';
-import { errText, markRetryable } from '../../core/errors.ts';
+import { errText, isRetryable, markRetryable } from '../../core/errors.ts';
 import { silentLog, type Log } from '../../core/log.ts';
 import { formatCIDR, type IPv4Net } from '../../ip/ipv4.ts';
 import { KubeApiError, KubeNodeClient, type NodeClient } from '../../kube/client.ts';
@@ -118,11 +118,24 @@ export class KubeSubnetManager implements SubnetManager {
   /**
    * The VtepMAC our Node's annotation carries for `vni` (undefined when there is none). The
    * daemon creates flannel.<VNI> with it after a reboot or a recreated device, so the FDB
-   * entries peers hold for us stay valid (flannel #1795). Throws when the API is unreachable:
-   * a random MAC then would break every peer's entry for us.
+   * entries peers hold for us stay valid (flannel #1795). While the API is unreachable it waits
+   * (a random MAC then would break every peer's entry for us; exiting would leave the node to
+   * kubelet's crash-loop backoff), retrying every 2 s until close(); other errors are thrown.
    */
   async previousVtepMAC(vni: number): Promise<string | undefined> {
-    return annotatedVtepMAC(await this.#getNode(), { names: this.names, vni });
+    let lastErr = '';
+    for (;;) {
+      try {
+        const node = await this.#getNode();
+        if (lastErr) this.#log.info(`read node "${this.nodeName}": ok now`);
+        return annotatedVtepMAC(node, { names: this.names, vni });
+      } catch (err) {
+        if (!isRetryable(err) || this.#signal.aborted) throw err;
+        if (errText(err) !== lastErr) this.#log.warn(`reading our VTEP MAC annotation: ${errText(err)}; retrying every 2s`);
+        lastErr = errText(err);
+        await this.#clock.sleep(2000, this.#signal);
+      }
+    }
   }
 
   async listLeases(): Promise<{ leases: Lease[]; revision: string }> {
