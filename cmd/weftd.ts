@@ -9,9 +9,7 @@ import { VxlanNetwork } from '../src/backend/vxlan/network.ts';
 import type { BackendFactory } from '../src/daemon/backend.ts';
 import { createLogger } from '../src/daemon/logger.ts';
 import { Metrics } from '../src/daemon/metrics.ts';
-import { systemClock } from '../src/core/clock.ts';
 import { errText, UsageError } from '../src/core/errors.ts';
-import { constantDelay, retrying } from '../src/core/retry.ts';
 import { parseOptions, usage } from '../src/daemon/options.ts';
 import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
@@ -93,12 +91,9 @@ async function main(): Promise<number> {
   // what it must look like: flannel.<VNI>, the underlay MTU less the encapsulation).
   const openBackend: BackendFactory = async (config, { external, onRepair }) => {
     setSysctl('net.ipv4.ip_forward', '1');
-    // A recreated device keeps the MAC peers know us by, where the manager remembers one (an
-    // API server that is down at start is waited for, not a reason to exit).
-    const remembered = manager.previousVtepMAC?.bind(manager);
-    const mac = remembered
-      ? await retrying('read our VTEP MAC from our Node', () => remembered(config.backend.vni), { signal: ac.signal, clock: systemClock, log, policy: constantDelay(2000) })
-      : undefined;
+    // A recreated device keeps the MAC peers know us by, where the manager remembers one (the
+    // Kubernetes manager waits out an unreachable API server here).
+    const mac = await manager.previousVtepMAC?.(config.backend.vni);
     return VxlanNetwork.open(nl, {
       device: { ...expectedDevice(external.link, { vni: config.backend.vni, port: config.backend.port, local: external.ip }), mac },
       log,
