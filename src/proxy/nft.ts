@@ -252,7 +252,7 @@ export class NftShell {
         const own = this.#err.lastIndexOf('Error:', at);
         const before = this.#err.slice(start, own >= start ? own : at).trim();
         this.#err = this.#err.slice(at + needle.length);
-        if (before) throw new ExecError(`nft -i: ${before.split('\n').slice(0, 6).join('\n')}`, { stderr: before.slice(0, MAX_STDERR), code: null });
+        if (before) throw new ExecError(`nft -i: ${before.split('\n').slice(0, 3).join('\n').slice(0, 600)}`, { stderr: before.slice(0, MAX_STDERR), code: null });
         return;
       }
       if (this.#child !== child) throw new ExecError('nft -i exited', { stderr: this.#err.slice(start, start + MAX_STDERR), code: child.exitCode });
