@@ -358,7 +358,13 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: '  partial sync phases, medians: model + script', unit: 'ms', weft: round(median(partialPhases.buildMs)) },
       { metric: '  ... nft apply (kept nft -i)', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
       { metric: '  ... after (read-back, conntrack)', unit: 'ms', weft: round(median(partialPhases.afterMs)) },
-      { metric: `  scratch table: the ${applyCost.lines}-line partial script, kept nft -i vs nft -f, median (n=${applyCost.shell.length})`, unit: 'ms', weft: round(median(applyCost.shell)), ref: round(median(applyCost.nftF)), refName: 'nft -f' },
+      {
+        metric: `  scratch table: the ${applyCost.lines}-line partial script, kept nft -i vs nft -f, median (n=${applyCost.shell.length})`,
+        unit: 'ms',
+        weft: round(median(applyCost.shell)),
+        ref: round(median(applyCost.nftF)),
+        refName: 'nft -f',
+      },
       { metric: '  ... nft -f of a command that loads no cache of the table', unit: 'ms', weft: round(median(applyCost.noCache)) },
       {
         metric: `full sync of ${nSvc} Services vs bare nft -f, median (n=${weftFull.length})`,

@@ -157,7 +157,10 @@ test('select: an unchanged Service keeps its port objects across calls; a change
   t.is(one.ports[0], two.ports[0], 'same objects in, same port object out');
   t.is(one.ports[1], two.ports[1]);
   t.is(one.ports[1]!.nodePort, undefined, "b's node port is a's");
-  t.deepEqual(one.skipped.map((s) => s.service), ['ns1/b:http/TCP']);
+  t.deepEqual(
+    one.skipped.map((s) => s.service),
+    ['ns1/b:http/TCP'],
+  );
   // a's slice replaced: a's port is new, b's stays
   const sa2 = slice('a', [ep('198.18.0.12')]);
   const three = selectEndpoints([a, b], [sa2, sb]);
