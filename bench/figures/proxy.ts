@@ -29,8 +29,8 @@ import { promisify } from 'node:util';
 import { Topology, destroyTopologySync, type LabNode } from '../../lab/topology.ts';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { selectEndpoints } from '../../src/proxy/endpoints.ts';
-import { tableFingerprint } from '../../src/proxy/nft.ts';
-import { buildRuleset, fullScript } from '../../src/proxy/ruleset.ts';
+import { NftShell, tableFingerprint } from '../../src/proxy/nft.ts';
+import { buildRuleset, fullScript, partialScript } from '../../src/proxy/ruleset.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../../src/proxy/types.ts';
 import { BenchScope, sh, sleep } from '../lib/scope.ts';
 import { bins, missing, root } from '../lib/paths.ts';
@@ -281,6 +281,36 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     writeFileSync(scriptFile, script);
     const scratch = scope.netns('nft');
     nsn(scratch, NFT, ['-f', scriptFile]); // the table exists from here on: each timed run replaces it, as a full sync does
+
+    // Where a partial sync's apply goes, against the whole table in the scratch namespace: the
+    // same one-endpoint change (and back) as `nft -f` processes and through one kept `nft -i`
+    // (NftShell, what weftd uses), interleaved; and `nft -f` of a command that loads no cache
+    // of this table (process start-up and the commit alone).
+    const rsA = buildRuleset(state, { clusterCIDR: parseCIDR(topo.state.podNetwork) });
+    const moved = state.ports.map((sp, i) => {
+      if (i !== Math.floor(state.ports.length / 2) || !sp.clusterEndpoints.length) return sp;
+      const e = { ...sp.clusterEndpoints[0]!, ip: '198.18.99.1' };
+      return { ...sp, clusterEndpoints: [e, ...sp.clusterEndpoints.slice(1)], allEndpoints: [e, ...sp.allEndpoints.slice(1)] };
+    });
+    const rsB = buildRuleset({ ...state, ports: moved }, { clusterCIDR: parseCIDR(topo.state.podNetwork) });
+    const fwd = partialScript(rsA, rsB);
+    const back = partialScript(rsB, rsA);
+    const applyCost = { nftF: [] as number[], shell: [] as number[], noCache: [] as number[], lines: fwd.split('\n').length - 1 };
+    const shell = new NftShell({ netns: `/run/netns/${scratch}`, nftBin: NFT });
+    try {
+      for (let i = 0; i < (ctx.quick ? 4 : 10); i++) {
+        for (const s of [fwd, back]) applyCost.nftF.push(timed(() => nsn(scratch, NFT, ['-f', '-'], { input: s })));
+        for (const s of [fwd, back]) {
+          const t0 = process.hrtime.bigint();
+          await shell.apply(s);
+          applyCost.shell.push(msSince(t0));
+        }
+        applyCost.noCache.push(timed(() => nsn(scratch, NFT, ['-f', '-'], { input: 'add table ip weft-bench-empty\n' })));
+      }
+    } finally {
+      shell.close();
+    }
+    nsn(scratch, NFT, ['-f', scriptFile]);
     const logOffset = readFileSync(n1.logFile, 'utf8').length;
     await topo.stopDaemon(n1.name);
     const restart0 = process.hrtime.bigint();
@@ -326,8 +356,16 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: `slice change: API write to rule in kernel, p99 (n=${lat.length})`, unit: 'ms', weft: round(p99), target: '< 50 ms', met: p99 < 50 && !missingNew.length && !leftOld.length },
       { metric: '  in-weftd sync time, mean of the syncs meanwhile', unit: 'ms', weft: dCount > 0 ? round((dSum / dCount) * 1000) : null },
       { metric: '  partial sync phases, medians: model + script', unit: 'ms', weft: round(median(partialPhases.buildMs)) },
-      { metric: '  ... nft -f', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
+      { metric: '  ... nft apply (kept nft -i)', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
       { metric: '  ... after (read-back, conntrack)', unit: 'ms', weft: round(median(partialPhases.afterMs)) },
+      {
+        metric: `  scratch table: the ${applyCost.lines}-line partial script, kept nft -i vs nft -f, median (n=${applyCost.shell.length})`,
+        unit: 'ms',
+        weft: round(median(applyCost.shell)),
+        ref: round(median(applyCost.nftF)),
+        refName: 'nft -f',
+      },
+      { metric: '  ... nft -f of a command that loads no cache of the table', unit: 'ms', weft: round(median(applyCost.noCache)) },
       {
         metric: `full sync of ${nSvc} Services vs bare nft -f, median (n=${weftFull.length})`,
         unit: 'ms',
@@ -377,6 +415,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         change: { ...summarize(lat), samples: lat, missingNew, leftOld },
         syncHistogram: { sumS: dSum, count: dCount },
         partialPhases,
+        applyCost,
         fullSync: { phases: fullPhases, weftMs: weftFull, refApplyMs: refApply, refApplyN1Ms: refApplyN1, refListMs: refList, scriptLines: script.split('\n').length, sameTable: same, firstFullMs },
         traffic: t,
         rssMiB: { withServices: rss, afterChanges: rssAfter, noProxy: rssRef },

@@ -222,4 +222,5 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
     }),
   ]);
   await running;
+  syncer.close();
 }

@@ -102,6 +102,70 @@ export function skipReason(svc: Service): string | undefined {
   return undefined;
 }
 
+type ServicePort = Service['spec']['ports'][number];
+
+interface Joined {
+  p: ServicePort;
+  state: ServicePortState;
+}
+
+// Between two syncs only a few objects change, and the caches replace an object on every
+// update: so a Service whose object, slices (the same objects, in the same order) and node
+// name are those of the last call gets its last join back, the same ServicePortState objects,
+// which buildRuleset then finds by identity. Only speed depends on it.
+const joinMemo = new WeakMap<Service, { slices: readonly EndpointSlice[]; nodeName: string | undefined; ports: Joined[] }>();
+
+function joined(svc: Service, svcSlices: readonly EndpointSlice[], nodeName: string | undefined): Joined[] {
+  const hit = joinMemo.get(svc);
+  if (hit && hit.nodeName === nodeName && hit.slices.length === svcSlices.length && hit.slices.every((s, i) => s === svcSlices[i])) return hit.ports;
+  const sps = [...svc.spec.ports].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : 0));
+  const ports = sps.map((p) => ({ p, state: joinPort(svc, p, svcSlices, nodeName) }));
+  joinMemo.set(svc, { slices: svcSlices, nodeName, ports });
+  return ports;
+}
+
+/** One Service port joined with its slices (no node port: that depends on the other Services). */
+function joinPort(svc: Service, p: ServicePort, svcSlices: readonly EndpointSlice[], nodeName: string | undefined): ServicePortState {
+  const state: ServicePortState = {
+    namespace: svc.metadata.namespace,
+    name: svc.metadata.name,
+    portName: p.name,
+    protocol: p.protocol,
+    clusterIP: svc.spec.clusterIP,
+    port: p.port,
+    internalLocal: svc.spec.internalTrafficPolicy === 'Local',
+    externalLocal: svc.spec.externalTrafficPolicy === 'Local',
+    clusterEndpoints: [],
+    localEndpoints: [],
+    allEndpoints: [],
+  };
+  if (svc.spec.sessionAffinity === 'ClientIP') state.affinitySeconds = svc.spec.sessionAffinityConfig?.clientIP.timeoutSeconds;
+  const eps = new Map<string, ProxyEndpoint>();
+  for (const sl of svcSlices) {
+    const sp = sl.ports.find((x) => x.name === p.name && x.protocol === p.protocol);
+    if (!sp) continue;
+    for (const e of sl.endpoints) {
+      const c = e.conditions;
+      const ep: ProxyEndpoint = {
+        ip: e.addresses[0]!,
+        port: sp.port,
+        local: nodeName !== undefined && e.nodeName === nodeName,
+        ready: c.ready ?? true,
+        serving: c.serving ?? true,
+        terminating: c.terminating ?? false,
+      };
+      const k = `${ep.ip}:${ep.port}`;
+      const prev = eps.get(k);
+      // the same endpoint in two slices (during a slice rewrite): the better state wins
+      if (!prev || (!prev.ready && ep.ready)) eps.set(k, ep);
+    }
+  }
+  state.allEndpoints = [...eps.values()].sort(byEndpoint);
+  state.clusterEndpoints = usable(state.allEndpoints);
+  state.localEndpoints = usable(state.allEndpoints.filter((e) => e.local));
+  return state;
+}
+
 /** Computes the proxy's desired state from validated objects. */
 export function selectEndpoints(services: readonly Service[], slices: readonly EndpointSlice[], opts: SelectOptions = {}): ProxyState {
   const range = opts.nodePortRange ?? DEFAULT_NODE_PORT_RANGE;
@@ -137,65 +201,32 @@ export function selectEndpoints(services: readonly Service[], slices: readonly E
       continue;
     }
     const svcSlices = byService.get(id) ?? [];
-    const sps = [...svc.spec.ports].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : 0));
-    for (const p of sps) {
-      const state: ServicePortState = {
-        namespace: svc.metadata.namespace,
-        name: svc.metadata.name,
-        portName: p.name,
-        protocol: p.protocol,
-        clusterIP: svc.spec.clusterIP,
-        port: p.port,
-        internalLocal: svc.spec.internalTrafficPolicy === 'Local',
-        externalLocal: svc.spec.externalTrafficPolicy === 'Local',
-        clusterEndpoints: [],
-        localEndpoints: [],
-        allEndpoints: [],
-      };
-      const label = servicePortKey(state);
+    for (const entry of joined(svc, svcSlices, opts.nodeName)) {
+      const { p } = entry;
+      const label = servicePortKey(entry.state);
       const ck = `${p.protocol}/${svc.spec.clusterIP}:${p.port}`;
       if (clusterKeys.has(ck)) {
         skipped.push({ service: label, reason: `${ck} already belongs to another service` });
         continue;
       }
       clusterKeys.add(ck);
-      if (svc.spec.type === 'NodePort' || svc.spec.type === 'LoadBalancer') {
-        if (p.nodePort !== undefined) {
-          const nk = `${p.protocol}/${p.nodePort}`;
-          if (p.nodePort < range.min || p.nodePort > range.max) skipped.push({ service: label, reason: `node port ${p.nodePort} outside ${range.min}-${range.max}` });
-          else if (nodePortKeys.has(nk)) skipped.push({ service: label, reason: `node port ${nk} already belongs to another service` });
-          else {
-            nodePortKeys.add(nk);
-            state.nodePort = p.nodePort;
-          }
+      let nodePort: number | undefined;
+      if ((svc.spec.type === 'NodePort' || svc.spec.type === 'LoadBalancer') && p.nodePort !== undefined) {
+        const nk = `${p.protocol}/${p.nodePort}`;
+        if (p.nodePort < range.min || p.nodePort > range.max) skipped.push({ service: label, reason: `node port ${p.nodePort} outside ${range.min}-${range.max}` });
+        else if (nodePortKeys.has(nk)) skipped.push({ service: label, reason: `node port ${nk} already belongs to another service` });
+        else {
+          nodePortKeys.add(nk);
+          nodePort = p.nodePort;
         }
       }
-      if (svc.spec.sessionAffinity === 'ClientIP') state.affinitySeconds = svc.spec.sessionAffinityConfig?.clientIP.timeoutSeconds;
-
-      const eps = new Map<string, ProxyEndpoint>();
-      for (const sl of svcSlices) {
-        const sp = sl.ports.find((x) => x.name === p.name && x.protocol === p.protocol);
-        if (!sp) continue;
-        for (const e of sl.endpoints) {
-          const c = e.conditions;
-          const ep: ProxyEndpoint = {
-            ip: e.addresses[0]!,
-            port: sp.port,
-            local: opts.nodeName !== undefined && e.nodeName === opts.nodeName,
-            ready: c.ready ?? true,
-            serving: c.serving ?? true,
-            terminating: c.terminating ?? false,
-          };
-          const k = `${ep.ip}:${ep.port}`;
-          const prev = eps.get(k);
-          // the same endpoint in two slices (during a slice rewrite): the better state wins
-          if (!prev || (!prev.ready && ep.ready)) eps.set(k, ep);
-        }
+      // the node port depends on the other Services (collisions) and the range: a new object
+      // only when it differs from the memoized one, so an unchanged port keeps its identity
+      if (entry.state.nodePort !== nodePort) {
+        const { nodePort: _, ...rest } = entry.state;
+        entry.state = nodePort === undefined ? rest : { ...rest, nodePort };
       }
-      state.allEndpoints = [...eps.values()].sort(byEndpoint);
-      state.clusterEndpoints = usable(state.allEndpoints);
-      state.localEndpoints = usable(state.allEndpoints.filter((e) => e.local));
-      ports.push(state);
+      ports.push(entry.state);
     }
   }
   return { ports, skipped };

@@ -165,3 +165,117 @@ export async function conntrackDelete(filters: readonly ConntrackFilter[], opts:
   }
   return deleted;
 }
+
+/** Scripts up to this size go through {@link NftShell}; larger ones (full syncs) through `nft -f`. */
+export const SHELL_MAX_SCRIPT = 256 << 10;
+
+/**
+ * One long-lived `nft -i` (interactive) process for small transactions (partial syncs).
+ *
+ * Why: a `nft -f` of a 7-line partial script against a 1000 Services x 10 endpoints table
+ * costs about 55-60 ms, nearly all of it nft loading its cache of the table (11k chains, 1000
+ * anonymous sets) in a fresh process; the same transaction through one kept `nft -i` took
+ * about 30 ms in the same namespace (measured by hand, docs/benchmarks.md).
+ *
+ * Protocol: the script's lines are joined with "; " into one input line, which nft parses,
+ * evaluates and commits as one batch (all or nothing, as with `-f`); then a line nft cannot
+ * parse, `@weft-end-<n>`, whose syntax error on stderr marks the end of that transaction's
+ * output. Anything nft wrote to stderr before that marker is the transaction's error: the
+ * apply fails. A timeout, an exit or a broken pipe kills the process and fails the apply; the
+ * next one starts a fresh process. After `maxUses` transactions the process is replaced (its
+ * line-editing history grows with every line). Calls are serialized.
+ */
+export class NftShell {
+  readonly #opts: ExecOptions & { maxUses?: number };
+  #child: ReturnType<typeof spawn> | undefined;
+  #err = '';
+  #uses = 0;
+  #seq = 0;
+  #wake: (() => void) | undefined;
+  #chain: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: ExecOptions & { maxUses?: number } = {}) {
+    this.#opts = opts;
+  }
+
+  /** Applies `script` (lines of nft commands, no line ending in "\\") as one transaction. */
+  apply(script: string): Promise<void> {
+    const p = this.#chain.then(() => this.#apply(script));
+    this.#chain = p.catch(() => {});
+    return p;
+  }
+
+  #start(): ReturnType<typeof spawn> {
+    const bin = this.#opts.nftBin ?? sbin('nft');
+    const [cmd, argv] = this.#opts.netns ? ['nsenter', [`--net=${this.#opts.netns}`, '--', bin, '-i']] : [bin, ['-i']];
+    // HOME elsewhere: nft -i reads and writes a history file there
+    const child = spawn(cmd, argv, { stdio: ['pipe', 'ignore', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/nonexistent' } });
+    this.#err = '';
+    this.#uses = 0;
+    child.stderr!.on('data', (b: Buffer) => {
+      this.#err += b.toString('utf8');
+      if (this.#err.length > MAX_STDERR * 4) this.#err = this.#err.slice(-MAX_STDERR * 2);
+      this.#wake?.();
+    });
+    const gone = () => {
+      if (this.#child === child) this.#child = undefined;
+      this.#wake?.();
+    };
+    child.on('error', gone);
+    child.on('close', gone);
+    child.stdin!.on('error', () => {});
+    // an idle shell must not keep weftd (or a test) alive; a pending apply holds its timer
+    child.unref();
+    for (const s of [child.stdin, child.stderr] as Array<{ unref?: () => void } | null>) s?.unref?.();
+    this.#child = child;
+    return child;
+  }
+
+  async #apply(script: string): Promise<void> {
+    const lines = script.split('\n').filter((l) => l.trim() !== '');
+    if (!lines.length) return;
+    if (lines.some((l) => l.endsWith('\\') || l.includes('#'))) throw new Error('script not fit for nft -i (continuation or comment)');
+    if ((this.#child && this.#uses >= (this.#opts.maxUses ?? 1000)) || this.#child?.exitCode != null) this.close();
+    const child = this.#child ?? this.#start();
+    this.#uses++;
+    const marker = `@weft-end-${++this.#seq}`;
+    const start = this.#err.length;
+    child.stdin!.write(`${lines.join('; ')}\n${marker}\n`);
+    const timeoutMs = this.#opts.timeoutMs ?? 30_000;
+    const deadline = performance.now() + timeoutMs;
+    // the marker's whole error block: its echoed line and the caret under the "@"
+    const needle = `\n${marker}\n^\n`;
+    for (;;) {
+      const at = this.#err.indexOf(needle, start);
+      if (at >= 0) {
+        // the marker's own error block starts at the last "Error:" before its echoed line
+        const own = this.#err.lastIndexOf('Error:', at);
+        const before = this.#err.slice(start, own >= start ? own : at).trim();
+        this.#err = this.#err.slice(at + needle.length);
+        if (before) throw new ExecError(`nft -i: ${before.split('\n').slice(0, 3).join('\n').slice(0, 600)}`, { stderr: before.slice(0, MAX_STDERR), code: null });
+        return;
+      }
+      if (this.#child !== child) throw new ExecError('nft -i exited', { stderr: this.#err.slice(start, start + MAX_STDERR), code: child.exitCode });
+      const left = deadline - performance.now();
+      if (left <= 0 || this.#opts.signal?.aborted) {
+        this.close();
+        throw new ExecError(`nft -i gave no answer within ${timeoutMs} ms${this.#opts.signal?.aborted ? ' (aborted)' : ''}`, { stderr: '', code: null });
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.#wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.#wake = undefined;
+    }
+  }
+
+  /** Ends the process (the next apply starts another). */
+  close(): void {
+    const c = this.#child;
+    this.#child = undefined;
+    if (c && c.exitCode === null) c.kill('SIGKILL');
+  }
+}

@@ -291,7 +291,19 @@ type Piece = Omit<Ruleset, 'frame'>;
 let pieces = new Map<string, Piece>();
 let piecesBefore = new Map<string, Piece>();
 
+// selectEndpoints hands back the same object for a Service port that did not change: found by
+// identity, such a port costs neither the build nor the JSON key.
+const byIdentity = new WeakMap<ServicePortState, { optsKey: string; piece: Piece }>();
+
 function pieceOf(sp: ServicePortState, opts: RulesetOptions, optsKey: string): Piece {
+  const same = byIdentity.get(sp);
+  if (same && same.optsKey === optsKey) return same.piece;
+  const piece = pieceByValue(sp, opts, optsKey);
+  byIdentity.set(sp, { optsKey, piece });
+  return piece;
+}
+
+function pieceByValue(sp: ServicePortState, opts: RulesetOptions, optsKey: string): Piece {
   const key = `${optsKey}\n${JSON.stringify(sp)}`;
   let piece = pieces.get(key) ?? piecesBefore.get(key);
   if (!piece) {

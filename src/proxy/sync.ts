@@ -2,8 +2,9 @@
  * The sync loop's one step: desired {@link ProxyState} -> kernel, then stale UDP flows out.
  *
  * Concurrency: {@link ProxySyncer.sync} calls are serialized on one promise chain (a partial
- * sync is a diff against what the previous one applied, so two must never interleave); the
- * drift check reads the table between syncs on the same chain. Nothing else holds state.
+ * sync is a diff against what the previous one applied, so two must never interleave). The
+ * drift check reads the table beside that chain and keeps its reading only when no sync ran
+ * meanwhile, so no sync ever waits for it. Nothing else holds state.
  *
  * Failure: a failed transaction changed nothing (nft applies all or nothing), but a failed
  * partial sync means the kernel is not what we think, so the next sync is a full one; the
@@ -14,7 +15,7 @@ import type { Log } from '../core/log.ts';
 import { silentLog } from '../core/log.ts';
 import { errText } from '../core/errors.ts';
 import { servicePortKey, type ProxyEndpoint, type ProxyState, type ServicePortState } from './endpoints.ts';
-import { conntrackDelete, nftApply, readProxyTable, tableFingerprint, type ConntrackFilter, type ExecOptions } from './nft.ts';
+import { conntrackDelete, nftApply, NftShell, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprint, type ConntrackFilter, type ExecOptions } from './nft.ts';
 import {
   buildRuleset,
   canPartial,
@@ -80,6 +81,12 @@ export interface SyncerOptions extends ExecOptions {
    * a sync and that check goes unnoticed until the next full sync rewrites the table.
    */
   readBack?: 'always' | 'full' | 'lazy' | 'never';
+  /**
+   * Apply partial syncs through one kept `nft -i` process ({@link NftShell}; default true)
+   * instead of a `nft -f` each: about half the cost at 1000 Services x 10 endpoints. Full
+   * syncs always use `nft -f`.
+   */
+  shell?: boolean;
 }
 
 export interface SyncResult {
@@ -102,10 +109,22 @@ export class ProxySyncer {
   #kernelKnown = false;
   #baselineStale = false;
   #chain: Promise<unknown> = Promise.resolve();
+  /** Syncs queued or running; {@link drifted} discards a reading taken while any was. */
+  #pending = 0;
+  /** Bumped when a sync ends: a drift reading from before it is stale. */
+  #gen = 0;
+  #checking = false;
+  readonly #shell: NftShell | undefined;
 
   constructor(opts: SyncerOptions = {}) {
     this.#opts = opts;
     this.#log = opts.log ?? silentLog;
+    this.#shell = opts.shell === false ? undefined : new NftShell(opts);
+  }
+
+  /** Ends the kept `nft -i` process, if any (a later sync starts another). */
+  close(): void {
+    this.#shell?.close();
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -116,7 +135,15 @@ export class ProxySyncer {
 
   /** Brings the kernel to `state`: a full sync the first time, after a failure or when asked. */
   sync(state: ProxyState, opts: { full?: boolean } = {}): Promise<SyncResult> {
-    return this.#serial(() => this.#sync(state, opts.full ?? false));
+    this.#pending++;
+    return this.#serial(async () => {
+      try {
+        return await this.#sync(state, opts.full ?? false);
+      } finally {
+        this.#pending--;
+        this.#gen++;
+      }
+    });
   }
 
   async #sync(state: ProxyState, full: boolean): Promise<SyncResult> {
@@ -135,7 +162,8 @@ export class ProxySyncer {
       tApply = performance.now();
       if (script) {
         try {
-          await nftApply(script, this.#opts);
+          if (this.#shell && script.length <= SHELL_MAX_SCRIPT) await this.#shell.apply(script);
+          else await nftApply(script, this.#opts);
         } catch (err) {
           this.#needFull = true;
           this.#kernelKnown = false;
@@ -216,23 +244,36 @@ export class ProxySyncer {
   /**
    * True when the table differs from what the last sync left (someone edited, flushed or
    * deleted it); the next sync is then a full one. False before the first sync.
+   *
+   * Runs beside the sync chain, not on it: reading a big table back takes about as long as a
+   * full sync's apply (1000 Services x 10 endpoints: about 1 s), and a change must not wait
+   * behind it. The reading is compared only when no sync was queued, running or finished
+   * while it was taken; otherwise it is discarded (false: not known to have drifted), since it
+   * may show the table before, after or (across several transactions) between syncs. Checks
+   * do not overlap: a second call while one reads gets false.
    */
-  drifted(): Promise<boolean> {
-    return this.#serial(async () => {
-      if (!this.#applied || this.#opts.readBack === 'never') return false;
-      const json = await readProxyTable(this.#opts);
-      const now = json === undefined ? undefined : tableFingerprint(json);
-      if (this.#baselineStale && now !== undefined) {
-        this.#baselineStale = false;
-        this.#fingerprint = now;
-        return false;
-      }
-      const drift = now === undefined || now !== this.#fingerprint;
-      if (drift) {
-        this.#needFull = true;
-        this.#kernelKnown = false;
-      }
-      return drift;
-    });
+  async drifted(): Promise<boolean> {
+    if (!this.#applied || this.#opts.readBack === 'never' || this.#pending > 0 || this.#checking) return false;
+    const gen = this.#gen;
+    this.#checking = true;
+    let json: string | undefined;
+    try {
+      json = await readProxyTable(this.#opts);
+    } finally {
+      this.#checking = false;
+    }
+    if (this.#gen !== gen || this.#pending > 0) return false;
+    const now = json === undefined ? undefined : tableFingerprint(json);
+    if (this.#baselineStale && now !== undefined) {
+      this.#baselineStale = false;
+      this.#fingerprint = now;
+      return false;
+    }
+    const drift = now === undefined || now !== this.#fingerprint;
+    if (drift) {
+      this.#needFull = true;
+      this.#kernelKnown = false;
+    }
+    return drift;
   }
 }

@@ -146,3 +146,37 @@ test('select: affinity timeout carried, deterministic regardless of input order'
   t.is(x.ports[0]!.affinitySeconds, 30);
   t.is(x.ports[1]!.affinitySeconds, undefined);
 });
+
+test('select: an unchanged Service keeps its port objects across calls; a changed one or a node port freed by another gets new ones', (t) => {
+  const a = service('a', { clusterIP: '198.19.0.10', type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] });
+  const b = service('b', { clusterIP: '198.19.0.11', type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] });
+  const sa = slice('a', [ep('198.18.0.11')]);
+  const sb = slice('b', [ep('198.18.0.21')]);
+  const one = selectEndpoints([a, b], [sa, sb]);
+  const two = selectEndpoints([a, b], [sa, sb]);
+  t.is(one.ports[0], two.ports[0], 'same objects in, same port object out');
+  t.is(one.ports[1], two.ports[1]);
+  t.is(one.ports[1]!.nodePort, undefined, "b's node port is a's");
+  t.deepEqual(
+    one.skipped.map((s) => s.service),
+    ['ns1/b:http/TCP'],
+  );
+  // a's slice replaced: a's port is new, b's stays
+  const sa2 = slice('a', [ep('198.18.0.12')]);
+  const three = selectEndpoints([a, b], [sa2, sb]);
+  t.not(three.ports[0], two.ports[0]);
+  t.deepEqual(ips(three.ports[0]!.clusterEndpoints), ['198.18.0.12:8080']);
+  t.is(three.ports[1], two.ports[1]);
+  // a gone: b's node port is free now, although b and its slice did not change
+  const four = selectEndpoints([b], [sb]);
+  t.is(four.ports.length, 1);
+  t.is(four.ports[0]!.nodePort, 30080);
+  t.deepEqual(ips(four.ports[0]!.clusterEndpoints), ['198.18.0.21:8080']);
+  t.is(one.ports[1]!.nodePort, undefined, 'an earlier result is not changed afterwards');
+  // and back: a takes the node port again, b loses it
+  const five = selectEndpoints([a, b], [sa2, sb]);
+  t.is(five.ports[0]!.nodePort, 30080);
+  t.is(five.ports[1]!.nodePort, undefined);
+  // another node name: a new join
+  t.not(selectEndpoints([a, b], [sa2, sb], { nodeName: 'node-a' }).ports[1], five.ports[1]);
+});
