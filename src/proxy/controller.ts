@@ -19,6 +19,7 @@ import { systemClock, type Clock } from '../core/clock.ts';
 import { errText } from '../core/errors.ts';
 import type { Log } from '../core/log.ts';
 import type { IPv4Net } from '../ip/ipv4.ts';
+import { callOptions } from '../kube/client.ts';
 import { keepInformer } from '../kube/informer.ts';
 import { ensureBridgeNetfilter } from './bridge.ts';
 import { selectEndpoints, type ProxyState } from './endpoints.ts';
@@ -170,6 +171,7 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
     }
   }
 
+  const listOptions = callOptions(['Accept', 'application/json'], 60_000);
   const core = opts.kc.makeApiClient(CoreV1Api);
   const discovery = opts.kc.makeApiClient(DiscoveryV1Api);
   const informer = <T extends KubernetesObject>(path: string, cache: Cache<unknown>, flag: keyof typeof synced, list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>) =>
@@ -205,8 +207,9 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
   };
 
   await Promise.all([
-    informer(SERVICES, caches.services as Cache<unknown>, 'services', () => core.listServiceForAllNamespaces()),
-    informer(SLICES, caches.slices as Cache<unknown>, 'slices', () => discovery.listEndpointSliceForAllNamespaces()),
+    // A deadline on each listing (client-node's calls have none), like the Node informer's.
+    informer(SERVICES, caches.services as Cache<unknown>, 'services', () => core.listServiceForAllNamespaces({}, listOptions)),
+    informer(SLICES, caches.slices as Cache<unknown>, 'slices', () => discovery.listEndpointSliceForAllNamespaces({}, listOptions)),
     periodic(opts.fullSyncIntervalMs ?? 5 * 60_000, async () => {
       full = true;
       schedule();

@@ -151,7 +151,8 @@ function joinPort(svc: Service, p: ServicePort, svcSlices: readonly EndpointSlic
         port: sp.port,
         local: nodeName !== undefined && e.nodeName === nodeName,
         ready: c.ready ?? true,
-        serving: c.serving ?? true,
+        // The API's rule: unset serving means the same as ready.
+        serving: c.serving ?? c.ready ?? true,
         terminating: c.terminating ?? false,
       };
       const k = `${ep.ip}:${ep.port}`;

@@ -180,3 +180,13 @@ test('select: an unchanged Service keeps its port objects across calls; a change
   // another node name: a new join
   t.not(selectEndpoints([a, b], [sa2, sb], { nodeName: 'node-a' }).ports[1], five.ports[1]);
 });
+
+test('select: an unset serving condition means what ready says (a not-ready, not-terminating endpoint is never a fallback)', (t) => {
+  const svc = service('web', {});
+  // Not ready, serving unset, terminating: not serving, so with no ready endpoint there is none.
+  const st = selectEndpoints([svc], [slice('web', [ep('198.18.0.11', { ready: false, terminating: true })])], { nodeName: 'node-a' });
+  t.deepEqual(st.ports[0]!.clusterEndpoints, []);
+  // Serving said explicitly: the terminating fallback (KEP-1669).
+  const st2 = selectEndpoints([svc], [slice('web', [ep('198.18.0.11', { ready: false, serving: true, terminating: true })])], { nodeName: 'node-a' });
+  t.deepEqual(ips(st2.ports[0]!.clusterEndpoints), ['198.18.0.11:8080']);
+});
