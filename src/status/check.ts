@@ -13,15 +13,12 @@
  */
 import { gatewayOf, parseSubnetEnvVars } from '../core/subnetenv.ts';
 import { readFileSync } from 'node:fs';
-import { addressFaults, deviceAddress, deviceFaults, deviceName, fdbState, neighState, overlayMtu, routeState, VXLAN_OVERHEAD, type DeviceFault } from '../backend/vxlan/expected.ts';
+import { addressFaults, deviceAddress, deviceFaults, fdbState, neighState, overlayMtu, routeState, VXLAN_OVERHEAD, type DeviceFault } from '../backend/vxlan/expected.ts';
 import { peerFromLease, type Peer } from '../backend/vxlan/peers.ts';
 import { formatCIDR, parseCIDR, type IPv4Net } from '../ip/ipv4.ts';
 import { LinkNotFoundError, type Addr, type Fdb, type Link, type Neigh, type Netlink, type Route } from '../netlink/index.ts';
-import { ConfigError } from '../subnet/config.ts';
 import type { Lease } from '../subnet/lease.ts';
 import { nodeFacts, validateLeases } from '../subnet/validate.ts';
-import type { EtcdSubnetManager } from '../subnet/etcd.ts';
-import { collectConfig, collectNodes } from './collect.ts';
 import type { CheckReport, Finding, NetworkSummary, NodeLease, PeerCheck, RejectedLeaseCheck } from './model.ts';
 
 /** Everything `check` reads from this node. */
@@ -255,17 +252,4 @@ function judgeLeases(
     accepted: result.accepted.map((l) => ({ node: byLease.get(l)!, mac: macs.get(l)! })),
     rejected: result.rejected.map((r) => ({ subnet: byLease.get(r.lease)!.subnet, publicIP: r.lease.publicIP, reason: r.reason })),
   };
-}
-
-/**
- * Runs the whole check on the node `nl` is bound to: reads the config and leases from etcd and
- * the kernel state, then compares. The device defaults to `flannel.<VNI>` from the config.
- */
-export async function checkNode(mgr: EtcdSubnetManager, nl: Netlink, opts: { subnetFile: string; device?: string; publicIP?: string }): Promise<CheckReport> {
-  const config = await collectConfig(mgr);
-  if (!config) throw new ConfigError(`no network config at "${mgr.prefix}/config": nothing to check against`);
-  const { nodes } = await collectNodes(mgr);
-  const device = opts.device ?? deviceName(config.backend.vni);
-  const kernel = await readKernelState(nl, device, opts.subnetFile);
-  return compareState({ kernel, leases: nodes, config, device, subnetFile: opts.subnetFile, publicIP: opts.publicIP });
 }

@@ -9,7 +9,6 @@ import { formatCIDR, formatIPv4 } from '../ip/ipv4.ts';
 import { ConfigError, type NetworkConfig } from '../subnet/config.ts';
 import { EtcdUnavailableError, type EtcdSubnetManager } from '../subnet/etcd.ts';
 import { subnetKey, subnetsPrefix, type Lease } from '../subnet/lease.ts';
-import type { SubnetManager } from '../subnet/manager.ts';
 import { SourceUnavailableError, type NetworkSummary, type NodeLease, type NodeList, type NodeWatchHandler, type StatusSource, type StoredConfig } from './model.ts';
 
 /** A node named on the command line is not in the listing (or the name is ambiguous). */
@@ -177,19 +176,4 @@ export class EtcdStatusSource implements StatusSource {
   close(): void {
     this.#mgr.close();
   }
-}
-
-/**
- * The config through a subnet manager, for `checkNode` (src/status/check.ts); throws ConfigError
- * when none is stored.
- */
-export async function collectConfig(mgr: SubnetManager): Promise<NetworkSummary | undefined> {
-  return summarizeConfig(await mgr.getConfig());
-}
-
-/** Every lease through a subnet manager, without TTLs, for `checkNode` (src/status/check.ts). */
-export async function collectNodes(mgr: SubnetManager & { prefix: string }): Promise<NodeList> {
-  const { leases } = await mgr.listLeases();
-  const nodes = leases.map((l) => nodeFromLease(l, { key: subnetKey(mgr.prefix, l.subnet) }));
-  return { location: subnetsPrefix(mgr.prefix), nodes: sortNodes(nodes) };
 }

@@ -33,8 +33,3 @@ export function diffLeases(before: Iterable<Lease>, after: Iterable<Lease>, opts
   for (const [id, l] of old) if (!seen.has(id)) out.removed.push(l);
   return out;
 }
-
-/** True when the diff is empty. */
-export function isEmptyDiff(d: LeaseDiff): boolean {
-  return !d.added.length && !d.changed.length && !d.removed.length;
-}
