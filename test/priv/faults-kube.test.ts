@@ -14,15 +14,23 @@
  * other timings are reported.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FaultProxyProcess } from '../helpers/faultproxy.ts';
-import { pingStats, startCluster, type Cluster } from '../helpers/cluster.ts';
+import {
+  converged as clusterConverged,
+  FaultFigures,
+  isAlive,
+  lostTotal,
+  metricSum as clusterMetricSum,
+  pingPairs as clusterPingPairs,
+  reportDeadDaemons,
+  ring,
+  sentTotal,
+  statuses as clusterStatuses,
+} from '../helpers/faults.ts';
+import { startCluster, type Cluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/netns.ts';
 import { writeKubeconfig } from '../../lab/apiserver/kubeconfig.ts';
-import type { LabPod } from '../../lab/topology.ts';
 
 const API_IP = '198.51.100.2';
 const PROXY_PORT = 16443;
@@ -34,17 +42,9 @@ const NODES = ['n1', 'n2', 'n3'];
 
 let cluster: Cluster;
 let proxy: FaultProxyProcess;
-const resultsDir = mkdtempSync(join(tmpdir(), 'weft-faults-kube-'));
-const resultsFile = join(resultsDir, 'results.json');
-const proxyKubeconfig = join(resultsDir, 'kubeconfig-via-proxy');
-const results: Record<string, unknown> = {};
-
-function record(t: { log(...v: unknown[]): void }, scenario: string, figures: Record<string, unknown>): void {
-  results[scenario] = figures;
-  writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
-  t.log(`${scenario}: ${JSON.stringify(figures)}`);
-  t.log(`figures: ${resultsFile}`);
-}
+const figures = new FaultFigures('weft-faults-kube-');
+const proxyKubeconfig = join(figures.dir, 'kubeconfig-via-proxy');
+const record = figures.record.bind(figures);
 
 test.before(async () => {
   writeKubeconfig(proxyKubeconfig, { server: `http://${API_IP}:${PROXY_PORT}` });
@@ -61,57 +61,15 @@ test.after.always(async () => {
 });
 
 // A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always((t) => {
-  for (const n of NODES) {
-    const pid = cluster?.node(n).pid;
-    let alive = false;
-    try {
-      alive = pid !== undefined && process.kill(pid, 0);
-    } catch {
-      alive = false;
-    }
-    if (!alive) t.log(`weftd on ${n} is not running; its log ends:\n${cluster.log(n).split('\n').slice(-40).join('\n')}`);
-  }
-});
+test.afterEach.always((t) => reportDeadDaemons(t, cluster, NODES));
 
-function isAlive(pid: number | undefined): boolean {
-  try {
-    return pid !== undefined && process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-}
-
-const pod = (node: string): LabPod => cluster.pods.find((p) => p.node === node)!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const converged = (extra = 0) => clusterConverged(cluster, NODES, extra);
+const statuses = (path: string) => clusterStatuses(cluster, NODES, path);
+const metricSum = (name: string) => clusterMetricSum(cluster, NODES, name);
 
 /** Pings between the given node pairs' pods every 200 ms for `seconds` (default: both ways around the ring). */
-function pingPairs(seconds: number, pairs: Array<[string, string]> = NODES.map((n, i) => [n, NODES[(i + 1) % NODES.length]])) {
-  const count = Math.round(seconds * 5);
-  const runs = pairs.map(([a, b]) => {
-    const from = pod(a);
-    const to = pod(b);
-    const child = spawn('nsenter', [`--net=/run/netns/${from.netns}`, '--', 'ping', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', '2', to.ip], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    const done = new Promise<{ sent: number; received: number }>((r) => child.on('close', () => r(pingStats(out))));
-    return { name: `${a}->${b}`, done };
-  });
-  return {
-    /** Waits for every ping run to finish; sent/lost per pair. */
-    async results() {
-      const out: Record<string, { sent: number; lost: number }> = {};
-      for (const r of runs) {
-        const s = await r.done;
-        out[r.name] = { sent: s.sent, lost: s.sent - s.received };
-      }
-      return out;
-    },
-  };
-}
-
-const lostTotal = (r: Record<string, { lost: number }>) => Object.values(r).reduce((a, b) => a + b.lost, 0);
-const sentTotal = (r: Record<string, { sent: number }>) => Object.values(r).reduce((a, b) => a + b.sent, 0);
+const pingPairs = (seconds: number, pairs: Array<[string, string]> = ring(NODES)) => clusterPingPairs(cluster, seconds, pairs);
 
 const backendData = (mac: string) => JSON.stringify({ VNI: 1, VtepMAC: mac });
 
@@ -152,31 +110,6 @@ function hasFake(node: string, mac: string): boolean {
 }
 
 const fakeGone = () => NODES.every((n) => cluster.entriesFor(n, FAKE_SUBNET, FAKE_IP) === 0);
-
-/** Every node has every other node as a peer, and exactly those (plus `extra` fakes) on flannel.1. */
-function converged(extra = 0): boolean {
-  for (const n of NODES) {
-    const others = NODES.filter((x) => x !== n);
-    if (!others.every((p) => cluster.hasPeer(n, p))) return false;
-    const o = cluster.overlay(n);
-    const want = others.length + extra;
-    if (o.routes.length !== want || o.neighs.length !== want || o.fdbs.length !== want) return false;
-  }
-  return true;
-}
-
-async function statuses(path: string): Promise<Record<string, number>> {
-  return Object.fromEntries(await Promise.all(NODES.map(async (n) => [n, (await cluster.topo.http(n, path)).status] as const)));
-}
-
-async function metricSum(name: string): Promise<number> {
-  let sum = 0;
-  for (const n of NODES) {
-    const { body } = await cluster.topo.http(n, '/metrics');
-    for (const m of body.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))) sum += Number(m[1]);
-  }
-  return sum;
-}
 
 /** Milliseconds after `since` at which each node showed the fake with `mac` (absent: never, within `timeoutMs`). */
 async function appliedAfter(since: number, mac: string, timeoutMs: number): Promise<Record<string, number>> {

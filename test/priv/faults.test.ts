@@ -18,11 +18,11 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { FaultProxyProcess } from '../helpers/faultproxy.ts';
-import { pingStats, reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
+import { converged as clusterConverged, FaultFigures, lostTotal, metricSum as clusterMetricSum, pingPairs, reportDeadDaemons, ring, statuses as clusterStatuses } from '../helpers/faults.ts';
+import { reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/netns.ts';
 import type { LabPod } from '../../lab/topology.ts';
 
@@ -35,16 +35,9 @@ const NODES = ['n1', 'n2', 'n3'];
 
 let cluster: Cluster;
 let proxy: FaultProxyProcess;
-const resultsDir = mkdtempSync(join(tmpdir(), 'weft-faults-'));
-const resultsFile = join(resultsDir, 'results.json');
-const results: Record<string, unknown> = {};
-
-function record(t: { log(...v: unknown[]): void }, scenario: string, figures: Record<string, unknown>): void {
-  results[scenario] = figures;
-  writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
-  t.log(`${scenario}: ${JSON.stringify(figures)}`);
-  t.log(`figures: ${resultsFile}`);
-}
+const figures = new FaultFigures('weft-faults-');
+const resultsDir = figures.dir;
+const record = figures.record.bind(figures);
 
 test.before(async () => {
   const etcdIP = '198.51.100.2';
@@ -64,47 +57,16 @@ test.after.always(async () => {
 });
 
 // A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always((t) => {
-  for (const n of NODES) {
-    const pid = cluster?.node(n).pid;
-    let alive = false;
-    try {
-      alive = pid !== undefined && process.kill(pid, 0);
-    } catch {
-      alive = false;
-    }
-    if (!alive) t.log(`weftd on ${n} is not running; its log ends:\n${cluster.log(n).split('\n').slice(-40).join('\n')}`);
-  }
-});
+test.afterEach.always((t) => reportDeadDaemons(t, cluster, NODES));
 
 const pod = (node: string): LabPod => cluster.pods.find((p) => p.node === node)!;
 
 /** Pings in both directions around the ring n1 -> n2 -> n3 -> n1 every 200 ms for `seconds`. */
-function pingRing(seconds: number) {
-  const count = Math.round(seconds * 5);
-  const pairs = NODES.map((n, i) => [pod(n), pod(NODES[(i + 1) % NODES.length])] as const);
-  const runs = pairs.map(([from, to]) => {
-    const child = spawn('nsenter', [`--net=/run/netns/${from.netns}`, '--', 'ping', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', '2', to.ip], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    const done = new Promise<{ sent: number; received: number }>((r) => child.on('close', () => r(pingStats(out))));
-    return { name: `${from.node}->${to.node}`, done };
-  });
-  return {
-    /** Waits for every ping run to finish; sent/lost per pair. */
-    async results() {
-      const out: Record<string, { sent: number; lost: number }> = {};
-      for (const r of runs) {
-        const s = await r.done;
-        out[r.name] = { sent: s.sent, lost: s.sent - s.received };
-      }
-      return out;
-    },
-  };
-}
-
-const lostTotal = (r: Record<string, { lost: number }>) => Object.values(r).reduce((a, b) => a + b.lost, 0);
+const pingRing = (seconds: number) => pingPairs(cluster, seconds, ring(NODES));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const converged = (extra = 0) => clusterConverged(cluster, NODES, extra);
+const statuses = (path: string) => clusterStatuses(cluster, NODES, path);
+const metricSum = (name: string) => clusterMetricSum(cluster, NODES, name);
 
 function hasFake(node: string, mac: string, ip: string): boolean {
   const o = cluster.overlay(node);
@@ -113,31 +75,6 @@ function hasFake(node: string, mac: string, ip: string): boolean {
     o.neighs.some((n) => n.dst === '198.18.240.0' && n.lladdr === mac) &&
     o.fdbs.some((f) => f.mac === mac && f.dst === ip)
   );
-}
-
-/** Every node has every other node as a peer, and exactly those (plus `extra` fakes) on flannel.1. */
-function converged(extra = 0): boolean {
-  for (const n of NODES) {
-    const others = NODES.filter((x) => x !== n);
-    if (!others.every((p) => cluster.hasPeer(n, p))) return false;
-    const o = cluster.overlay(n);
-    const want = others.length + extra;
-    if (o.routes.length !== want || o.neighs.length !== want || o.fdbs.length !== want) return false;
-  }
-  return true;
-}
-
-async function statuses(path: string): Promise<Record<string, number>> {
-  return Object.fromEntries(await Promise.all(NODES.map(async (n) => [n, (await cluster.topo.http(n, path)).status] as const)));
-}
-
-async function metricSum(name: string): Promise<number> {
-  let sum = 0;
-  for (const n of NODES) {
-    const { body } = await cluster.topo.http(n, '/metrics');
-    for (const m of body.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))) sum += Number(m[1]);
-  }
-  return sum;
 }
 
 test.serial('etcd blackholed 20 s: no lost pings, healthy and ready throughout, a peer change applied < 5 s after', async (t) => {
