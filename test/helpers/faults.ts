@@ -36,11 +36,20 @@ export function isAlive(pid: number | undefined): boolean {
   }
 }
 
-/** Logs the tail of the log of every node whose weftd is not running (a scenario killed it). */
-export function reportDeadDaemons(t: { log(...v: unknown[]): void }, cluster: Cluster | undefined, nodes: string[]): void {
+/**
+ * After each scenario: logs the tail of the log of every node whose weftd is not running (a
+ * scenario killed it), and when the scenario failed, keeps every node's whole log beside the
+ * figures file (the cluster's own copies go with it).
+ */
+export function reportScenario(t: { log(...v: unknown[]): void; passed: boolean; title: string }, cluster: Cluster | undefined, nodes: string[], figures: FaultFigures): void {
+  if (!cluster) return;
   for (const n of nodes) {
-    if (cluster && !isAlive(cluster.node(n).pid)) t.log(`weftd on ${n} is not running; its log ends:\n${cluster.log(n).split('\n').slice(-40).join('\n')}`);
+    if (!isAlive(cluster.node(n).pid)) t.log(`weftd on ${n} is not running; its log ends:\n${cluster.log(n).split('\n').slice(-40).join('\n')}`);
   }
+  if (t.passed) return;
+  const slug = t.title.replace(/^afterEach\.always hook for /, '').replace(/[^A-Za-z0-9]+/g, '-').slice(0, 60);
+  for (const n of nodes) writeFileSync(join(figures.dir, `${slug}.${n}.log`), cluster.log(n));
+  t.log(`weftd logs of the failed scenario: ${join(figures.dir, slug)}.<node>.log`);
 }
 
 /** Pings between the given node pairs' first pods every 200 ms for `seconds`; sent/lost per pair. */

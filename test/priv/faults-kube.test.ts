@@ -23,7 +23,7 @@ import {
   lostTotal,
   metricSum as clusterMetricSum,
   pingPairs as clusterPingPairs,
-  reportDeadDaemons,
+  reportScenario,
   ring,
   sentTotal,
   statuses as clusterStatuses,
@@ -61,7 +61,7 @@ test.after.always(async () => {
 });
 
 // A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always((t) => reportDeadDaemons(t, cluster, NODES));
+test.afterEach.always((t) => reportScenario(t, cluster, NODES, figures));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const converged = (extra = 0) => clusterConverged(cluster, NODES, extra);

@@ -21,7 +21,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { FaultProxyProcess } from '../helpers/faultproxy.ts';
-import { converged as clusterConverged, FaultFigures, lostTotal, metricSum as clusterMetricSum, pingPairs, reportDeadDaemons, ring, statuses as clusterStatuses } from '../helpers/faults.ts';
+import { converged as clusterConverged, FaultFigures, lostTotal, metricSum as clusterMetricSum, pingPairs, reportScenario, ring, statuses as clusterStatuses } from '../helpers/faults.ts';
 import { reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/netns.ts';
 import type { LabPod } from '../../lab/topology.ts';
@@ -57,7 +57,7 @@ test.after.always(async () => {
 });
 
 // A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always((t) => reportDeadDaemons(t, cluster, NODES));
+test.afterEach.always((t) => reportScenario(t, cluster, NODES, figures));
 
 const pod = (node: string): LabPod => cluster.pods.find((p) => p.node === node)!;
 
