@@ -22,6 +22,8 @@ export interface BackendNetwork {
    * a backend without it relies on the periodic {@link reconcile} alone.
    */
   watch?(signal: AbortSignal): Promise<void>;
+  /** Stops background work of its own (retries of failed peer work) when the daemon stops. */
+  close?(): void;
   /** Number of peers currently programmed. */
   readonly peerCount: number;
   /** The overlay device's MTU (what pods get through the subnet file). */

@@ -100,6 +100,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
   const step = { signal, clock, log };
   const health = new Health({ clock, metrics, stallMs: Health.stallMsFor(opts.reconcileIntervalMs) });
   let server: Server | undefined;
+  let backend: { close?(): void } | undefined;
   if (opts.healthzAddr) {
     server = await startHealthServer(opts.healthzAddr, { healthy: () => health.healthy(), ready: () => health.ready, metrics, log });
     log.info(`serving /healthz, /readyz, /metrics on ${opts.healthzAddr}`);
@@ -124,6 +125,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
       log,
       onRepair: () => metrics.repairs.inc(),
     });
+    backend = network;
 
     const leaseCtx = {
       manager,
@@ -225,6 +227,7 @@ export async function runDaemon(opts: DaemonOptions, deps: DaemonDeps): Promise<
     health.fail();
     throw err;
   } finally {
+    backend?.close?.();
     health.setReady(false);
     server?.close();
     server?.closeAllConnections();

@@ -157,6 +157,13 @@ function routeMsg(r: Route) {
   return { data, attrs };
 }
 
+/**
+ * How long one request waits for its answer. The kernel answers at once; a reply can still be
+ * lost (the socket's receive buffer overflowed), and a request left waiting would hold the
+ * caller's socket lock, and with it every peer job, forever.
+ */
+export const REQUEST_TIMEOUT_MS = 15_000;
+
 class RtNetlink implements Netlink {
   readonly #sock: RtNetlinkSocket;
   /**
@@ -164,16 +171,16 @@ class RtNetlink implements Netlink {
    * kernel for it (getsockname) on every request, ~10% of programming 1000 peers. Replies are
    * matched by sequence number only, so the header's port changes nothing else.
    */
-  readonly #o: { localPort: number };
+  readonly #o: { localPort: number; timeout: number };
 
   constructor(sock: RtNetlinkSocket) {
     this.#sock = sock;
-    this.#o = { localPort: sock.socket.address().port };
+    this.#o = { localPort: sock.socket.address().port, timeout: REQUEST_TIMEOUT_MS };
   }
 
-  /** `opts` plus the cached local port. */
-  #with<T extends object>(opts: T): T & { localPort: number } {
-    return { ...opts, localPort: this.#o.localPort };
+  /** `opts` plus the cached local port and the request deadline. */
+  #with<T extends object>(opts: T): T & { localPort: number; timeout: number } {
+    return { ...opts, ...this.#o };
   }
 
   async links(): Promise<Link[]> {

@@ -68,10 +68,22 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
   // Resume after the last revision delivered: events of one revision come in one response.
   let next = from;
   let stream: Awaited<ReturnType<Etcd3['watchClient']['watch']>>;
+  // Opening is bounded too: etcd3 opens the stream behind its host policies and credentials,
+  // and a wait there is as silent as a stalled stream.
+  const opening = client.watchClient.watch();
+  const openTimer = new AbortController();
   try {
-    stream = await client.watchClient.watch();
+    const opened = await Promise.race([opening, clock.sleep(opts.stallMs, AbortSignal.any([openTimer.signal, signal])).then(() => undefined)]);
+    if (!opened) {
+      opening.then((s) => s.cancel()).catch(() => undefined);
+      if (signal.aborted) return undefined;
+      return { reason: 'stalled', why: `watch stream did not open within ${Math.round(opts.stallMs / 1000)}s`, resumeAt: next };
+    }
+    stream = opened;
   } catch (err) {
     return { reason: 'error', why: `watch stream failed to open (${(err as Error).message})`, resumeAt: next };
+  } finally {
+    openTimer.abort();
   }
   const range = Range.prefix(prefix);
   return await new Promise<WatchEnd | undefined>((resolve) => {

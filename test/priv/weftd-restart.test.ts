@@ -57,9 +57,10 @@ test.serial('on start, entries of peers that left while the daemon was down are 
   await cluster.etcd.del(key);
   t.is(cluster.entriesFor('n1', '198.18.251.0/24', '198.51.100.98'), 3, 'nobody removed them while the daemon was down');
   await cluster.topo.startDaemon('n1');
-  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.251.0/24', '198.51.100.98') === 0, 10_000));
+  const state = () => `${JSON.stringify(cluster.overlay('n1'))}\n${cluster.log('n1').split('\n').slice(-30).join('\n')}`;
+  t.true(await eventually(() => cluster.entriesFor('n1', '198.18.251.0/24', '198.51.100.98') === 0, 20_000), `stale entries removed after the restart:\n${state()}`);
   t.regex(cluster.log('n1'), /removed stale route 198\.18\.251\.0\/24/);
-  t.true(cluster.hasPeer('n1', 'n2'));
+  t.true(await eventually(() => cluster.hasPeer('n1', 'n2'), 20_000), `the live peer kept:\n${state()}`);
 });
 
 test.serial('an incompatible flannel.1 (other UDP port) is recreated with the right parameters and its MAC, and the reason is logged', async (t) => {

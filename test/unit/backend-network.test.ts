@@ -321,3 +321,27 @@ test('a reconcile pass waits for queued peer jobs before it reads', async (t) =>
   t.is(opsAtRead, 30, 'all peers were programmed before the pass read');
   await Promise.all(puts);
 });
+
+test('a peer job that fails is retried by a full pass within seconds, not at the next periodic pass', async (t) => {
+  const nl = new FakeNetlink();
+  const warned: string[] = [];
+  const real = nl.routeReplace.bind(nl);
+  let failures = 1;
+  nl.routeReplace = async (r: Route) => {
+    if (failures-- > 0) throw new Error('replace route: Timeout has been reached');
+    return real(r);
+  };
+  const logged = await VxlanNetwork.open(nl, {
+    device: { name: 'flannel.1', vni: 1, port: 8472, local: '198.51.100.11', parentIndex: 2, mtu: 1450 },
+    log: { ...silent, warn: (m: string) => warned.push(m) },
+  });
+  await logged.setSubnet(parseCIDR('10.244.1.0/24'));
+  t.teardown(() => logged.close());
+  await logged.applyPut(peer2);
+  t.false(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'the first try failed');
+  t.regex(warned.join('\n'), /add peer 10\.244\.2\.0\/24: replace route: Timeout has been reached/);
+  const start = Date.now();
+  while (!nl.routes_.some((r) => r.dst === '10.244.2.0/24') && Date.now() - start < 5000) await new Promise((r) => setTimeout(r, 50));
+  // Nothing else runs passes here (no reconcile loop): only the retry can have programmed it.
+  t.true(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'the retry pass programmed the route');
+});

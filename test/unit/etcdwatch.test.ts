@@ -112,3 +112,25 @@ test('a late wake-up (this process was paused) is not taken for a silent stream'
   ac.abort();
   t.is(await ended, undefined);
 });
+
+test('a stream that does not open within the stall limit is a stall; the late stream is cancelled', async (t) => {
+  const clock = new FakeClock();
+  const stream = new FakeStream();
+  let open!: (s: FakeStream) => void;
+  const client = { watchClient: { watch: () => new Promise<FakeStream>((r) => (open = r)) } } as unknown as Etcd3;
+  const ended = watchStream({ client, prefix: '/p/', from: 7n, clock, progressIntervalMs: 1000, stallMs: 3000, signal: new AbortController().signal, onEvents: () => undefined });
+  await clock.advance(2999);
+  let settled = false;
+  void ended.then(() => (settled = true));
+  await clock.advance(0);
+  t.false(settled, 'still waiting below the limit');
+  await clock.advance(1);
+  const end = (await ended) as WatchEnd;
+  t.is(end.reason, 'stalled');
+  t.is(end.resumeAt, 7n);
+  t.regex(end.why, /did not open within 3s/);
+  open(stream);
+  await new Promise((r) => setImmediate(r));
+  t.true(stream.cancelled, 'the stream that opened too late is not left running');
+  t.is(stream.written.length, 0, 'nothing was asked on it');
+});

@@ -20,6 +20,7 @@
 import type { IPv4Net } from '../../ip/ipv4.ts';
 import { formatCIDR } from '../../ip/ipv4.ts';
 import { isGone, LinkNotFoundError, type Link, type Netlink } from '../../netlink/index.ts';
+import { errText } from '../../core/errors.ts';
 import type { Log } from '../../core/log.ts';
 import { ensureDeviceAddress, ensureVxlanDevice, type VxlanDeviceSpec } from './device.ts';
 import { deviceAddress, peerFdb, peerNeigh, peerRoute } from './expected.ts';
@@ -56,6 +57,8 @@ export interface ExecutorOptions {
   onRepair?: (what: RepairKind) => void;
   /** The kernel cache of the event path (drift.ts); each pass's dump seeds it. */
   cache?: KernelCache;
+  /** A peer job failed (network.ts schedules a pass to retry it soon). */
+  onJobFailed?: () => void;
 }
 
 export class Executor {
@@ -82,8 +85,9 @@ export class Executor {
         await this.#program(p);
         this.#opts.log.debug(`peer added: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac });
       } catch (err) {
-        // The device may be gone; the next reconcile pass recreates it and retries.
-        this.#opts.log.warn(`add peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
+        // The device may be gone; the retry pass recreates it and programs the peer.
+        this.#opts.log.warn(`add peer ${formatCIDR(p.subnet)}: ${errText(err)}`);
+        this.#opts.onJobFailed?.();
       }
     });
   }
@@ -96,7 +100,8 @@ export class Executor {
         if (old.mac !== p.mac || old.publicIP !== p.publicIP) await this.#dropFdb(old);
         this.#opts.log.debug(`peer changed: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac, oldMac: old.mac, oldPublicIP: old.publicIP });
       } catch (err) {
-        this.#opts.log.warn(`update peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
+        this.#opts.log.warn(`update peer ${formatCIDR(p.subnet)}: ${errText(err)}`);
+        this.#opts.onJobFailed?.();
       }
     });
   }
@@ -110,7 +115,8 @@ export class Executor {
         await this.#dropFdb(p);
         this.#opts.log.debug(`peer removed: ${formatCIDR(p.subnet)} via ${p.publicIP}`, { mac: p.mac });
       } catch (err) {
-        this.#opts.log.warn(`remove peer ${formatCIDR(p.subnet)}: ${(err as Error).message}`);
+        this.#opts.log.warn(`remove peer ${formatCIDR(p.subnet)}: ${errText(err)}`);
+        this.#opts.onJobFailed?.();
       }
     });
   }

@@ -28,6 +28,10 @@ import { PeerSet, peerFromLease, samePeer, type Peer } from './peers.ts';
  */
 export const PEER_CONCURRENCY = 1;
 
+/** The first wait before a pass retries failed peer work, and the longest (ms). */
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30_000;
+
 export interface VxlanNetworkOptions {
   /** Device parameters (expected.ts `expectedDevice`); `mac` is filled from the existing device on start. */
   device: VxlanDeviceSpec;
@@ -62,6 +66,10 @@ export class VxlanNetwork implements BackendNetwork {
   #reconciling: Promise<unknown> = Promise.resolve();
   /** A full pass asked for by the event path is queued and not started yet. */
   #passQueued = false;
+  /** The retry of failed peer work: its timer, and the wait before the next one. */
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryDelayMs = RETRY_FIRST_MS;
+  #closed = false;
 
   private constructor(nl: Netlink, opts: VxlanNetworkOptions, link: Link) {
     this.#opts = opts;
@@ -75,7 +83,36 @@ export class VxlanNetwork implements BackendNetwork {
       log: opts.log,
       onRepair: opts.onRepair,
       cache: this.#cache,
+      onJobFailed: () => this.#retrySoon(),
     });
+  }
+
+  /**
+   * A peer job failed (a netlink error or timeout; the device gone): a full pass puts that peer
+   * right within seconds instead of at the next periodic pass. Failures while one is waiting
+   * merge; the wait doubles while passes keep failing, up to RETRY_MAX_MS.
+   */
+  #retrySoon(): void {
+    if (this.#retryTimer || this.#closed) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.reconcile().then(
+        () => (this.#retryDelayMs = RETRY_FIRST_MS),
+        (err) => {
+          this.#opts.log.warn(`reconcile (retrying failed peer work): ${errText(err)}`);
+          this.#retryDelayMs = Math.min(RETRY_MAX_MS, this.#retryDelayMs * 2);
+          this.#retrySoon();
+        },
+      );
+    }, this.#retryDelayMs);
+    this.#retryTimer.unref();
+  }
+
+  /** Stops the retries of failed peer work (the daemon stops). */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
   }
 
   /**
