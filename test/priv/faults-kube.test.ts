@@ -61,7 +61,11 @@ test.after.always(async () => {
 });
 
 // A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always((t) => reportScenario(t, cluster, NODES, figures));
+test.afterEach.always(async (t) => {
+  reportScenario(t, cluster, NODES, figures);
+  // A scenario that failed mid-outage must not leave the next one behind a blackhole.
+  await proxy?.pass();
+});
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const converged = (extra = 0) => clusterConverged(cluster, NODES, extra);
@@ -133,7 +137,20 @@ const watchLines = (n: string) =>
     .slice(-8)
     .join('\n');
 
+/**
+ * Deletes the fake Node when a scenario ends, however it ends: a failed assertion ends the test
+ * at once, and a fake left behind would fail every later scenario too.
+ */
+function deleteFakeAfter(t: { teardown(fn: () => Promise<void>): void }): void {
+  t.teardown(async () => {
+    await proxy.pass();
+    await deleteFake().catch(() => undefined);
+    await eventually(fakeGone, 20_000);
+  });
+}
+
 test.serial('API server blackholed 15 s: no lost pings, healthy and ready throughout, a peer change applied < 5 s after', async (t) => {
+  deleteFakeAfter(t);
   t.true(converged());
   await createFake('02:00:00:00:e0:01');
   t.true(await eventually(() => NODES.every((n) => hasFake(n, '02:00:00:00:e0:01')), 10_000), 'the fake peer is programmed before the outage');
@@ -180,6 +197,7 @@ test.serial('API server blackholed 15 s: no lost pings, healthy and ready throug
 });
 
 test.serial('connections reset every 3 s for 21 s: converges, each change applied once, no kernel repairs', async (t) => {
+  deleteFakeAfter(t);
   const repairsBefore = await metricSum('weftd_reconcile_repairs_total');
   const logAt = Object.fromEntries(NODES.map((n) => [n, cluster.log(n).length]));
   const pings = pingPairs(24);
@@ -255,6 +273,7 @@ test.serial('connections reset every 3 s for 21 s: converges, each change applie
 });
 
 test.serial('API server restarted (stop, start on the same etcd): the informers recover, nothing lost', async (t) => {
+  deleteFakeAfter(t);
   const before = Object.fromEntries(NODES.map((n) => [n, cluster.subnetOf(n)]));
   await createFake('02:00:00:00:e2:01');
   t.true(await eventually(() => NODES.every((n) => hasFake(n, '02:00:00:00:e2:01')), 10_000));

@@ -57,7 +57,11 @@ test.after.always(async () => {
 });
 
 // A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always((t) => reportScenario(t, cluster, NODES, figures));
+test.afterEach.always(async (t) => {
+  reportScenario(t, cluster, NODES, figures);
+  // A scenario that failed mid-outage must not leave the next one behind a blackhole.
+  await proxy?.pass();
+});
 
 const pod = (node: string): LabPod => cluster.pods.find((p) => p.node === node)!;
 
@@ -77,7 +81,23 @@ function hasFake(node: string, mac: string, ip: string): boolean {
   );
 }
 
+/** No fake lease in etcd and no entry for its subnet on any node (a scenario's own cleanup). */
+const fakeCleared = () => NODES.every((n) => cluster.entriesFor(n, FAKE_SUBNET, '') === 0 && !cluster.overlay(n).fdbs.some((f) => f.mac.startsWith('02:00:00:00:f')));
+
+/**
+ * Deletes the fake lease when a scenario ends, however it ends: a failed assertion ends the
+ * test at once, and a fake left behind would fail every later scenario too.
+ */
+function clearFakeAfter(t: { teardown(fn: () => Promise<void>): void }): void {
+  t.teardown(async () => {
+    await proxy.pass();
+    await cluster.etcd.del(FAKE_KEY);
+    await eventually(fakeCleared, 20_000);
+  });
+}
+
 test.serial('etcd blackholed 20 s: no lost pings, healthy and ready throughout, a peer change applied < 5 s after', async (t) => {
+  clearFakeAfter(t);
   t.true(converged());
   const restartsBefore = await metricSum('weftd_watch_restarts_total');
   const pings = pingRing(24);
@@ -130,6 +150,7 @@ test.serial('etcd blackholed 20 s: no lost pings, healthy and ready throughout, 
 });
 
 test.serial("connections that die half-open (server gone, client never told): weftd's watch recovers; a plain etcd3 watcher stays silent", async (t) => {
+  clearFakeAfter(t);
   // The control: etcd3's own watcher with etcd3's default options (no gRPC keepalive), in n1's
   // namespace through the same proxy, printing what it sees.
   const script = join(resultsDir, 'control-watch.cjs');
@@ -178,6 +199,7 @@ test.serial("connections that die half-open (server gone, client never told): we
 });
 
 test.serial('connections reset every 3 s for 24 s: converges, no lease or peer work done twice', async (t) => {
+  clearFakeAfter(t);
   const repairsBefore = await metricSum('weftd_reconcile_repairs_total');
   const logAt = Object.fromEntries(NODES.map((n) => [n, cluster.log(n).length]));
   const pings = pingRing(26);
@@ -313,6 +335,7 @@ test.serial('one node partitioned from etcd longer than its 6 s lease TTL: peers
 });
 
 test.serial('a peer flapping 100 times: no neighbor, FDB entry or route leaked', async (t) => {
+  clearFakeAfter(t);
   // One etcd client in the control-plane namespace flaps the lease: put (alternating public IP
   // and MAC), delete, 100 times, as fast as etcd takes it.
   const script = join(resultsDir, 'flap.cjs');
