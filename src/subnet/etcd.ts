@@ -6,7 +6,9 @@
  *   (flannel gives up there).
  * - Renew: like flannel, grant a fresh etcd lease and re-put the key under it, guarded by the
  *   key's mod revision; the old etcd lease is revoked. A deleted key is taken again with the
- *   create transaction, so the same subnet comes back while the data plane stays up.
+ *   create transaction, so the same subnet comes back while the data plane stays up. Lease IDs
+ *   are ours, not etcd's: a grant whose answer was lost may still have been applied, and only a
+ *   known ID can be revoked afterwards (else it lingers until its TTL runs out).
  * - Watch: from the snapshot revision + 1, on a stream of its own with progress requests and a
  *   stall detector (etcdwatch.ts, which also records what we found about silent watches). A
  *   broken or stalled stream is resumed from the revision after the last event delivered; after
@@ -17,6 +19,7 @@
  *   a lost event) go to the handler as events and the watch is restarted from the listing's
  *   revision.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Etcd3, isRecoverableError, type IKeyValue, type IOptions } from 'etcd3';
 import type { IPv4Net } from '../ip/ipv4.ts';
@@ -184,6 +187,15 @@ function describeEvents(events: LeaseEvent[]): string {
   return [part('put'), part('delete')].filter(Boolean).join(' and ');
 }
 
+/** How many possibly-granted lease IDs are kept for revoking (each also expires by its TTL). */
+const MAX_UNSURE_GRANTS = 64;
+
+/** A random positive int64 for a lease grant (etcd: 0 means "choose one for me"). */
+function newLeaseId(): string {
+  const v = randomBytes(8).readBigUInt64BE() & 0x3fff_ffff_ffff_ffffn;
+  return String(v === 0n ? 1n : v);
+}
+
 export class EtcdSubnetManager implements SubnetManager {
   readonly canLoseSubnet = true;
   readonly client: Etcd3;
@@ -191,6 +203,8 @@ export class EtcdSubnetManager implements SubnetManager {
   readonly #clock: Clock;
   readonly #opts: EtcdOptions;
   readonly #log: Log;
+  /** IDs of grants that failed but may have been applied: revoked after the next good grant. */
+  readonly #unsureGrants = new Set<string>();
 
   constructor(opts: EtcdOptions) {
     this.#opts = opts;
@@ -234,8 +248,32 @@ export class EtcdSubnetManager implements SubnetManager {
 
   async #grant(ttlSeconds: number): Promise<{ id: string; expiresAt: number }> {
     const start = this.#clock.now();
-    const res = await this.#call('grant lease', () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }));
+    const id = newLeaseId();
+    let res: Awaited<ReturnType<Etcd3['leaseClient']['leaseGrant']>>;
+    try {
+      res = await this.#call('grant lease', () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }));
+    } catch (err) {
+      // etcd3 retries a call whose connection broke: "already exists" is our own first copy.
+      if (/lease already exists/i.test((err as Error).message)) return { id, expiresAt: start + ttlSeconds * 1000 };
+      if (this.#unsureGrants.size < MAX_UNSURE_GRANTS) this.#unsureGrants.add(id);
+      throw err;
+    }
+    if (this.#unsureGrants.size) void this.#revokeUnsure();
     return { id: String(res.ID), expiresAt: start + Number(res.TTL) * 1000 };
+  }
+
+  /** Revokes the leases of failed grants; those etcd never applied answer "not found" (done too). */
+  async #revokeUnsure(): Promise<void> {
+    for (const id of [...this.#unsureGrants]) {
+      this.#unsureGrants.delete(id);
+      try {
+        await this.client.leaseClient.leaseRevoke({ ID: id });
+      } catch (err) {
+        // Not found: never granted, or expired. Anything else: try again after the next grant.
+        if (!/not found/i.test((err as Error).message) && this.#unsureGrants.size < MAX_UNSURE_GRANTS) this.#unsureGrants.add(id);
+        return;
+      }
+    }
   }
 
   async #revoke(id: string): Promise<void> {

@@ -13,6 +13,8 @@ import { buildTopo, CLIENT_IP, EXT_NODE_IP, EXT_IP, NODE_IP, POD_IPS, rawService
 
 let topo: Topo;
 let syncer: ProxySyncer;
+/** What the syncer warned about (a full sync that fell back to replacing the table, ...). */
+const warnings: string[] = [];
 
 const WEB = '198.19.0.10';
 const EMPTY = '198.19.0.11';
@@ -76,7 +78,12 @@ function assertNever(reason: string): never {
 
 test.before(async () => {
   topo = await buildTopo();
-  syncer = new ProxySyncer({ netns: topo.nodeNetns, ruleset: { clusterCIDR: parseCIDR('198.18.0.0/15') } });
+  const note = (m: string, meta?: unknown) => warnings.push(`${m} ${meta ? JSON.stringify(meta) : ''}`);
+  syncer = new ProxySyncer({
+    netns: topo.nodeNetns,
+    ruleset: { clusterCIDR: parseCIDR('198.18.0.0/15') },
+    log: { error: note, warn: note, info() {}, debug() {} },
+  });
   const { services, slices } = objects();
   const state = selectEndpoints(services, slices, { nodeName: 'node-a' });
   const r = await syncer.sync(state);
@@ -233,7 +240,8 @@ test.serial('a full sync under a connection loop loses no connection', async (t)
   }
   const replies = await loop.result;
   t.true(fulls >= 3, `${fulls} full syncs during the loop`);
-  t.deepEqual(tally(replies)['err:ECONNREFUSED'] ?? 0, 0);
+  const refused = replies.flatMap((r, i) => (r.err ? [`#${i}: ${r.err} after ${r.ms} ms`] : []));
+  t.deepEqual(tally(replies)['err:ECONNREFUSED'] ?? 0, 0, `${refused.join(', ')}; ${fulls} full syncs; syncer warnings: ${warnings.join(' | ') || 'none'}`);
   t.true(
     replies.every((r) => r.reply),
     JSON.stringify(tally(replies)),
