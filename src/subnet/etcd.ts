@@ -21,7 +21,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Etcd3, isRecoverableError, type IKeyValue, type IOptions } from 'etcd3';
+import { Etcd3, isRecoverableError, Range, type IKeyValue, type IOptions } from 'etcd3';
 import type { IPv4Net } from '../ip/ipv4.ts';
 import { chooseSubnet, describeSubnet } from './choose.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
@@ -465,6 +465,7 @@ export class EtcdSubnetManager implements SubnetManager {
         stallMs,
         signal,
         stop: stopWatch.signal,
+        latestRevision: () => this.#latestRevision(prefix),
         onEvents: (events) => {
           for (const ev of events) {
             if (ev.type === 'Put') {
@@ -485,6 +486,14 @@ export class EtcdSubnetManager implements SubnetManager {
     } finally {
       stopResync.abort();
     }
+  }
+
+  /** The newest mod revision under `prefix` (one key, no value: cheap at any table size). */
+  async #latestRevision(prefix: string): Promise<bigint | undefined> {
+    const range = Range.prefix(prefix);
+    const res = await this.client.kv.range({ key: range.start, range_end: range.end, sort_target: 'Mod', sort_order: 'Descend', limit: 1, keys_only: true });
+    const kv = res.kvs[0];
+    return kv ? BigInt(kv.mod_revision) : undefined;
   }
 
   close(): void {

@@ -20,11 +20,14 @@
  * while weftd applies the same change within about 10 s over a new connection. The fixes:
  * etcdClientOptions sets gRPC keepalive (a dead connection fails within about 15 s), and this
  * module's progress requests catch a stream that answers nothing, even on a live connection.
- * Not covered here: a watcher etcd itself set aside (a slow reader, "unsynced"/victim) keeps
- * answering progress requests on etcd 3.4, so that case is left to the periodic resync
- * (resync.ts). The compaction test of that case (test/priv/weftd-etcd.test.ts) has seen etcd's
- * compaction cancel in every run since (the earlier "either path" most likely came from the
- * old shared etcd3 stream stalling after the freeze).
+ * A watcher etcd itself set aside (a slow reader, "unsynced"/victim) keeps answering progress
+ * requests on etcd 3.4 while it delivers nothing: the compaction test
+ * (test/priv/weftd-etcd.test.ts) saw it stay silent for a minute after the reader caught up, in
+ * about one run in five. For that, `latestRevision` (when given) is asked every `stallMs` for the
+ * newest mod revision under the prefix: a revision that one probe saw and the next still finds
+ * undelivered means the stream is behind, and the watch is restarted from where it is (a
+ * compacted revision then makes etcd cancel it, and the caller re-lists). A deletion moves no
+ * mod revision; the periodic resync (resync.ts) remains the net for that.
  */
 import { Range, type Etcd3, type IEvent, type IWatchResponse } from 'etcd3';
 import type { Clock } from '../core/clock.ts';
@@ -56,6 +59,8 @@ export interface WatchStreamOptions {
   onEvents: (events: IEvent[]) => void;
   /** Ends the watch from outside (the resync found missed changes). */
   stop?: AbortSignal & { reason?: WatchEnd };
+  /** The newest mod revision under the prefix now (undefined: no key), for the behind probe. */
+  latestRevision?: () => Promise<bigint | undefined>;
 }
 
 /**
@@ -150,8 +155,30 @@ export async function watchStream(opts: WatchStreamOptions): Promise<WatchEnd | 
       broken(`write failed (${(err as Error).message})`);
     }
 
+    // The behind probe: a revision seen under the prefix by the last probe, not yet delivered.
+    let probedAt = clock.now();
+    let seen: bigint | undefined;
+    const probe = async () => {
+      let latest: bigint | undefined;
+      try {
+        latest = await opts.latestRevision!();
+      } catch {
+        return; // unreachable etcd is the stall detector's business
+      }
+      if (done) return;
+      if (seen !== undefined && next <= seen) {
+        finish({ reason: 'stalled', why: `behind: revision ${seen} under the prefix was not delivered within ${Math.round(opts.stallMs / 1000)}s`, resumeAt: next });
+        return;
+      }
+      seen = latest !== undefined && latest >= next ? latest : undefined;
+    };
+
     void (async () => {
       while (!ticker.signal.aborted) {
+        if (opts.latestRevision && clock.now() - probedAt >= opts.stallMs) {
+          probedAt = clock.now();
+          void probe();
+        }
         const sleptAt = clock.now();
         await clock.sleep(opts.progressIntervalMs, ticker.signal);
         if (ticker.signal.aborted) return;

@@ -21,7 +21,7 @@ class FakeStream extends EventEmitter {
   }
 }
 
-function setup(from = 5n) {
+function setup(from = 5n, latestRevision?: () => Promise<bigint | undefined>) {
   const clock = new FakeClock();
   const stream = new FakeStream();
   const client = { watchClient: { watch: async () => stream } } as unknown as Etcd3;
@@ -35,6 +35,7 @@ function setup(from = 5n) {
     progressIntervalMs: 1000,
     stallMs: 3000,
     signal: ac.signal,
+    latestRevision,
     onEvents: (evs) => seen.push(...evs.map((e) => `${e.type} ${e.kv.key} @${e.kv.mod_revision}`)),
   });
   return { clock, stream, ended, seen, ac };
@@ -133,4 +134,38 @@ test('a stream that does not open within the stall limit is a stall; the late st
   await new Promise((r) => setImmediate(r));
   t.true(stream.cancelled, 'the stream that opened too late is not left running');
   t.is(stream.written.length, 0, 'nothing was asked on it');
+});
+
+test('a stream that answers progress but leaves a change under the prefix undelivered for a probe interval is behind', async (t) => {
+  let latest: bigint | undefined = 4n;
+  const probes: string[] = [];
+  const { clock, stream, ended } = setup(5n, async () => {
+    probes.push(`at ${clock.now()}`);
+    return latest;
+  });
+  await clock.advance(0);
+  stream.reply({ created: true });
+  const answer = async () => {
+    await clock.advance(1000);
+    stream.reply({ watch_id: '-1' }); // progress answers keep the stall detector quiet
+  };
+  for (let i = 0; i < 3; i++) await answer();
+  t.is(probes.length, 1, 'one probe per stall interval');
+  // A put at 12 that the stream delivers before the next probe: healthy.
+  latest = 12n;
+  for (let i = 0; i < 3; i++) await answer();
+  stream.reply({ events: [ev('Put', '/coreos.com/network/subnets/198.18.1.0-24', '12')] as IWatchResponse['events'] });
+  for (let i = 0; i < 3; i++) await answer();
+  let settled = false;
+  void ended.then(() => (settled = true));
+  await clock.advance(0);
+  t.false(settled, 'a change delivered within the interval is no trouble');
+  // A put at 20 the stream never delivers: seen by one probe, still missing at the next.
+  latest = 20n;
+  for (let i = 0; i < 7 && !settled; i++) await answer();
+  const end = (await ended) as WatchEnd;
+  t.is(end.reason, 'stalled');
+  t.regex(end.why, /behind: revision 20 under the prefix was not delivered within 3s/);
+  t.is(end.resumeAt, 13n, 'resumes after the last delivered event');
+  t.true(stream.cancelled);
 });
