@@ -47,7 +47,10 @@ export function reportScenario(t: { log(...v: unknown[]): void; passed: boolean;
     if (!isAlive(cluster.node(n).pid)) t.log(`weftd on ${n} is not running; its log ends:\n${cluster.log(n).split('\n').slice(-40).join('\n')}`);
   }
   if (t.passed) return;
-  const slug = t.title.replace(/^afterEach\.always hook for /, '').replace(/[^A-Za-z0-9]+/g, '-').slice(0, 60);
+  const slug = t.title
+    .replace(/^afterEach\.always hook for /, '')
+    .replace(/[^A-Za-z0-9]+/g, '-')
+    .slice(0, 60);
   for (const n of nodes) writeFileSync(join(figures.dir, `${slug}.${n}.log`), cluster.log(n));
   t.log(`weftd logs of the failed scenario: ${join(figures.dir, slug)}.<node>.log`);
 }

@@ -338,10 +338,16 @@ test('a peer job that fails is retried by a full pass within seconds, not at the
   await logged.setSubnet(parseCIDR('10.244.1.0/24'));
   t.teardown(() => logged.close());
   await logged.applyPut(peer2);
-  t.false(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'the first try failed');
+  t.false(
+    nl.routes_.some((r) => r.dst === '10.244.2.0/24'),
+    'the first try failed',
+  );
   t.regex(warned.join('\n'), /add peer 10\.244\.2\.0\/24: replace route: Timeout has been reached/);
   const start = Date.now();
   while (!nl.routes_.some((r) => r.dst === '10.244.2.0/24') && Date.now() - start < 5000) await new Promise((r) => setTimeout(r, 50));
   // Nothing else runs passes here (no reconcile loop): only the retry can have programmed it.
-  t.true(nl.routes_.some((r) => r.dst === '10.244.2.0/24'), 'the retry pass programmed the route');
+  t.true(
+    nl.routes_.some((r) => r.dst === '10.244.2.0/24'),
+    'the retry pass programmed the route',
+  );
 });
