@@ -17,7 +17,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { buildLauncher } from './build-launcher.ts';
-import { bundleOptions } from './bundle-options.ts';
+import { bundleOptions, weftdBundleOptions } from './bundle-options.ts';
 import { nativeNetlink } from './esbuild-netlink.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -112,32 +112,15 @@ try {
 } catch {}
 require("./${bundle}");
 `;
-// weftd is split (esbuild's code splitting, which needs ES modules): `dist/bin/weftd.mjs` and the
-// chunks `dist/bin/weftd-<hash>.mjs` it shares with what cmd/weftd.ts loads with import() (the
-// etcd client, the Kubernetes client, the Service proxy), started by `dist/bin/weftd`. A mode
-// then reads and keeps only its own code: V8 holds a script's whole source in its heap (the
-// single bundle's 7.9 MB with some non-ASCII comments, so two bytes a character: 15 MiB), and
-// a lazily evaluated module costs source even when never run. Bundled CommonJS packages
-// (etcd3, grpc-js, winston) expect `require`, `__dirname` (etcd3 finds its .proto files
-// beside itself: dist/bin/../proto) and `__filename`: each chunk gets them.
-const esmShims = [
-  "import { createRequire as __weftCreateRequire } from 'node:module';",
-  'const require = __weftCreateRequire(import.meta.url), __filename = import.meta.filename, __dirname = import.meta.dirname;',
-].join(' ');
+// weftd is split into ES modules (scripts/bundle-options.ts says why), started by `dist/bin/weftd`.
 async function buildWeftd(): Promise<void> {
   const bin = join(dist, 'bin');
   const out = await build({
     entryPoints: { weftd: join(root, 'cmd', 'weftd.ts') },
     outdir: bin,
     write: false,
-    ...bundleOptions,
-    format: 'esm',
-    splitting: true,
-    outExtension: { '.js': '.mjs' },
-    chunkNames: 'weftd-[hash]',
+    ...weftdBundleOptions,
     sourcemap: false,
-    external: ['netlink'],
-    banner: { js: esmShims },
     logLevel: 'warning',
   });
   // Chunks first, then the entry that imports them, then the starter: a weftd started meanwhile
