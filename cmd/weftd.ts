@@ -15,12 +15,8 @@ import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
 import { openRtMonitor } from '../src/netlink/monitor.ts';
 import { setSysctl } from '../src/netns/index.ts';
-import { EtcdSubnetManager } from '../src/subnet/etcd.ts';
-import { createKubeSubnetManager } from '../src/subnet/kube/index.ts';
 import type { SubnetManager } from '../src/subnet/manager.ts';
 import type { NetworkConfig } from '../src/subnet/config.ts';
-import { loadKubeConfig } from '../src/kube/client.ts';
-import { runServiceProxy } from '../src/proxy/controller.ts';
 import { startCniFastpath, type FastpathServer } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
@@ -48,10 +44,14 @@ async function main(): Promise<number> {
     });
   }
   // The one choice between the modes: everything below runs on the SubnetManager interface.
+  // Each mode's client (the Kubernetes client, etcd3 with gRPC) and the Service proxy are
+  // loaded with import() only when used: in the bundle, a module reached only that way is
+  // evaluated on first import, and the client libraries cost tens of MiB of heap
+  // (docs/benchmarks.md, idle).
   let manager: SubnetManager;
   try {
     manager = opts.kubeSubnetMgr
-      ? createKubeSubnetManager({
+      ? (await import('../src/subnet/kube/index.ts')).createKubeSubnetManager({
           kubeconfig: opts.kubeconfig,
           nodeName: opts.nodeName,
           netConfPath: opts.netConfigPath,
@@ -63,7 +63,7 @@ async function main(): Promise<number> {
           onUnannotatedNodes: (n) => metrics.unannotatedNodes.set(n),
           onError: () => metrics.kubeErrors.inc(),
         })
-      : new EtcdSubnetManager({
+      : new (await import('../src/subnet/etcd.ts')).EtcdSubnetManager({
           endpoints: opts.etcdEndpoints,
           prefix: opts.etcdPrefix,
           cafile: opts.etcdCafile,
@@ -131,6 +131,7 @@ async function main(): Promise<number> {
   // the same kubeconfig as Kubernetes mode, also usable beside an etcd-mode overlay.
   let serviceProxy: ((config: NetworkConfig) => Promise<void>) | undefined;
   if (opts.proxy) {
+    const [{ loadKubeConfig }, { runServiceProxy }] = await Promise.all([import('../src/kube/client.ts'), import('../src/proxy/controller.ts')]);
     let kc;
     try {
       kc = loadKubeConfig({ kubeconfig: opts.kubeconfig }).kc;

@@ -11,13 +11,13 @@
  * half-written one (an overwritten addon corrupts processes that have it mapped).
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { buildLauncher } from './build-launcher.ts';
-import { bundleOptions } from './bundle-options.ts';
+import { bundleOptions, weftdBundleOptions } from './bundle-options.ts';
 import { nativeNetlink } from './esbuild-netlink.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -89,7 +89,7 @@ const setns = cc(join(dist, 'native', 'setns.node'), [
 // writes aside and renames itself.
 buildLauncher(join(dist, 'bin', 'weft-fast'));
 
-const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts'));
+const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts') && f !== 'weftd.ts');
 // V8 flags for an entry, on its shebang line. Linux passes everything after the interpreter as
 // ONE argument, so several flags go through `/usr/bin/env -S`, which splits them (coreutils
 // 8.30+; bookworm has 9.1). weftd: a 1 MiB young generation keeps its RSS under 100 MB with
@@ -112,6 +112,38 @@ try {
 } catch {}
 require("./${bundle}");
 `;
+// weftd is split into ES modules (scripts/bundle-options.ts says why), started by `dist/bin/weftd`.
+async function buildWeftd(): Promise<void> {
+  const bin = join(dist, 'bin');
+  const out = await build({
+    entryPoints: { weftd: join(root, 'cmd', 'weftd.ts') },
+    outdir: bin,
+    write: false,
+    ...weftdBundleOptions,
+    sourcemap: false,
+    logLevel: 'warning',
+  });
+  // Chunks first, then the entry that imports them, then the starter: a weftd started meanwhile
+  // finds every file its entry names.
+  const entry = join(bin, 'weftd.mjs');
+  const files = out.outputFiles.sort((a, b) => Number(a.path === entry) - Number(b.path === entry));
+  for (const f of files) writeAtomic(f.path, f.contents);
+  const shebang = shebangFor(process.env.WEFT_SHEBANG ?? process.execPath, nodeFlags.weftd);
+  writeAtomic(
+    join(bin, 'weftd'),
+    `${shebang}
+"use strict";
+import("./weftd.mjs");
+`,
+    0o755,
+  );
+  // Chunks of earlier builds: kept an hour, for a weftd of that build still loading its own.
+  const current = new Set(files.map((f) => basename(f.path)));
+  for (const name of readdirSync(bin)) {
+    if (!/^weftd-\w+\.mjs$/.test(name) || current.has(name)) continue;
+    if (Date.now() - statSync(join(bin, name)).mtimeMs > 3600_000) rmSync(join(bin, name), { force: true });
+  }
+}
 // Cache entries of earlier builds are keyed by content no file has any more.
 rmSync(join(dist, 'cache'), { recursive: true, force: true });
 // weftd's CNI worker threads (src/fastpath/pool.ts) load this file beside the weftd bundle.
@@ -126,6 +158,7 @@ const cniWorker = build({
 await Promise.all([
   setns,
   cniWorker,
+  buildWeftd(),
   ...entries.map(async (file) => {
     const name = file.replace(/\.ts$/, '');
     const fast = fastStart.has(name);
@@ -151,4 +184,4 @@ await Promise.all([
     }
   }),
 ]);
-console.log(`built ${entries.map((e) => `dist/bin/${e.replace(/\.ts$/, '')}`).join(', ')} and dist/native/{setns,netlink}.node`);
+console.log(`built ${[...entries, 'weftd.ts'].map((e) => `dist/bin/${e.replace(/\.ts$/, '')}`).join(', ')} and dist/native/{setns,netlink}.node`);

@@ -13,3 +13,28 @@ export const bundleOptions = {
   // src/native/load.ts looks beside its source only when unbundled.
   define: { 'import.meta.dirname': 'undefined' },
 } satisfies BuildOptions;
+
+/**
+ * weftd's: split (esbuild's code splitting, which needs ES modules) into `dist/bin/weftd.mjs` and
+ * chunks `dist/bin/weftd-<hash>.mjs`, so that what cmd/weftd.ts loads with import() (the etcd
+ * client, the Kubernetes client, the Service proxy) is read only by a weftd whose mode uses it:
+ * V8 keeps a script's whole source in its heap, and the one bundle's 7.9 MB (two bytes a
+ * character: some comments are not ASCII) cost 15 MiB of heap in every mode. Bundled CommonJS
+ * packages (etcd3, grpc-js, winston) expect `require`, `__filename` and `__dirname` (etcd3
+ * finds its .proto files at `<its dir>/../proto`, i.e. dist/proto): each chunk defines them.
+ * `netlink` is resolved at run time from node_modules beside dist/.
+ */
+export const weftdBundleOptions = {
+  ...bundleOptions,
+  format: 'esm',
+  splitting: true,
+  outExtension: { '.js': '.mjs' },
+  chunkNames: 'weftd-[hash]',
+  external: ['netlink'],
+  banner: {
+    js: [
+      "import { createRequire as __weftCreateRequire } from 'node:module';",
+      'const require = __weftCreateRequire(import.meta.url), __filename = import.meta.filename, __dirname = import.meta.dirname;',
+    ].join(' '),
+  },
+} satisfies BuildOptions;

@@ -102,6 +102,7 @@ export async function figIdle(ctx: BenchContext): Promise<Figure> {
       ],
       notes: [
         `weftd flags: the rig's, --ip-masq${extra.length ? ` ${extra.join(' ')}` : ''}`,
+        ...(process.env.WEFT_BENCH_WEFTD ? [`weftd: ${bins.weftd} (WEFT_BENCH_WEFTD)`] : []),
         'CPU from /proc/<pid>/stat (utime+stime; children: cutime+cstime) before and after the idle period; this machine is shared, so the latencies include waiting for a core',
       ],
       details: {

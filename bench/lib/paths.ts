@@ -6,7 +6,11 @@ export const root = join(import.meta.dirname, '..', '..');
 export const dist = join(root, 'dist');
 export const bins = {
   weft: join(dist, 'bin', 'weft'),
-  weftd: join(dist, 'bin', 'weftd'),
+  /**
+   * `WEFT_BENCH_WEFTD` runs another build's weftd instead (e.g. a copy of main's dist/ beside a
+   * node_modules, to measure before and after back to back).
+   */
+  weftd: process.env.WEFT_BENCH_WEFTD || join(dist, 'bin', 'weftd'),
   /** The fast-path launcher (src/fastpath/launcher.c), built by scripts/build-launcher.ts. */
   launcher: join(dist, 'bin', 'weft-fast'),
   bridge: '/usr/lib/cni/bridge',

@@ -5,7 +5,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UsageError } from '../core/errors.ts';
 import { OUTPUT_FORMATS, type OutputFormat } from '../status/render.ts';
-import { DEFAULT_ETCD_PREFIX } from '../subnet/etcd.ts';
+import { DEFAULT_ETCD_PREFIX } from '../subnet/lease.ts';
 import { DEFAULT_NET_CONF_PATH } from '../subnet/kube/netconf.ts';
 
 export const USAGE = `weftctl: inspect and set up a weft pod network (state in etcd, flannel's schema, or

@@ -4,7 +4,8 @@
  */
 import { parseArgs } from 'node:util';
 import { isIPv4 } from '../ip/ipv4.ts';
-import { DEFAULT_ETCD_PREFIX } from '../subnet/etcd.ts';
+// The constant from lease.ts, not etcd.ts: parsing flags must not load the etcd client.
+import { DEFAULT_ETCD_PREFIX } from '../subnet/lease.ts';
 import { annotationNames, DEFAULT_ANNOTATION_PREFIX } from '../subnet/kube/annotations.ts';
 import { DEFAULT_NET_CONF_PATH } from '../subnet/kube/netconf.ts';
 import { DEFAULT_SOCKET } from '../fastpath/server.ts';

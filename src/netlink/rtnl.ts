@@ -13,6 +13,12 @@ import { LinkNotFoundError, NetlinkError } from './errors.ts';
 import { parseRtMessage, type RtEvent } from './monitor.ts';
 import type { Addr, Fdb, Link, LinkSpec, Neigh, Netlink, Route, VxlanInfo } from './types.ts';
 
+/** Dump entries parsed between two turns of the event loop. */
+const DUMP_PARSE_SLICE = 200;
+
+/** Resolves after the event loop has run its pending I/O callbacks. */
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 const AF_INET = 2;
 const AF_BRIDGE = 7;
 const RT_TABLE_MAIN = 254;
@@ -294,8 +300,11 @@ class RtNetlink implements Netlink {
   async #dump(op: string, type: number, body: Buffer): Promise<RtEvent[]> {
     const [msgs] = await call(op, () => this.#sock.socket.request(type, body, { ...this.#o, flags: FlagsGet.DUMP }));
     const out: RtEvent[] = [];
-    for (const m of msgs) {
-      const ev = parseRtMessage(m.type, m.data);
+    for (let i = 0; i < msgs.length; i++) {
+      // Parsing 1000 entries takes milliseconds: let the acks of a new peer's requests (the
+      // other socket) through meanwhile.
+      if (i > 0 && i % DUMP_PARSE_SLICE === 0) await yieldToLoop();
+      const ev = parseRtMessage(msgs[i].type, msgs[i].data);
       if (ev) out.push(ev);
     }
     return out;

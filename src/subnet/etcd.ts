@@ -29,12 +29,10 @@ import { markRetryable } from '../core/errors.ts';
 import { silentLog, type Log } from '../core/log.ts';
 import { constantDelay, type RetryPolicy } from '../core/retry.ts';
 import { ConfigError, parseNetworkConfig, type NetworkConfig } from './config.ts';
-import { encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
+import { DEFAULT_ETCD_PREFIX, encodeLeaseValue, parseLeaseValue, parseSubnetKey, subnetKey, subnetsPrefix, type Lease, type LeaseAttrs } from './lease.ts';
 import { LeaseLostError, type LeaseEvent, type LeaseWatchHandler, type SubnetManager } from './manager.ts';
 import { LeaseTracker, resyncLoop } from './resync.ts';
 import { watchStream, type WatchEnd, type WatchEndReason } from './etcdwatch.ts';
-
-export const DEFAULT_ETCD_PREFIX = '/coreos.com/network';
 
 export interface EtcdOptions {
   endpoints: string[];

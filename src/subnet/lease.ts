@@ -7,6 +7,9 @@
  */
 import { formatCIDR, formatIPv4, isIPv4, maskOf, parseIPv4, type IPv4Net } from '../ip/ipv4.ts';
 
+/** flannel's default etcd key prefix (config at `<prefix>/config`, leases under `<prefix>/subnets/`). */
+export const DEFAULT_ETCD_PREFIX = '/coreos.com/network';
+
 export interface Lease {
   subnet: IPv4Net;
   publicIP: string;

@@ -165,6 +165,9 @@ export class Executor {
       // One dump at a time: a netlink socket refuses a second dump while one is in progress.
       const dump = await this.#read(async (nl) => ({ neighs: await nl.neighs(index), fdbs: await nl.fdbs(index), routes: await nl.routes() }));
       cache?.endDump(dump, index);
+      // Seeding the cache and planning 1000 peers are milliseconds each on the event loop: a
+      // new peer's job (its acks) gets a turn in between.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       plan = planPeers(this.#opts.peers, dump, { index, settled: watch.settled });
     } finally {
       cache?.abortDump();
