@@ -19,6 +19,7 @@ function setup(grant: (req: { TTL: number; ID: string }) => Promise<{ ID: string
   const c = m.client as unknown as Record<string, unknown> & { leaseClient: Record<string, unknown> };
   c.get = () => ({ exec: async () => ({ kvs: [], header: { revision: '9' } }) });
   c.put = () => ({ value: () => ({ lease: () => ({}) }) });
+  // biome-ignore lint/suspicious/noThenProperty: etcd3's transaction builder names its step then()
   c.if = () => ({ then: () => ({ commit: async () => ({ succeeded: true, header: { revision: '10' } }) }) });
   c.leaseClient.leaseGrant = async (req: { TTL: number; ID: string }) => {
     granted.push(req.ID);
