@@ -218,6 +218,8 @@ test.serial('one node partitioned from the API server 12 s: every node keeps its
   const errorsBefore = await metricSum('weftd_kube_api_errors_total');
   const pings = pingPairs(16);
   await sleep(1000);
+  // n3's watch last carried data (the fake's ADDED) ~1 s ago, so the 12 s stall stays well inside
+  // client-node's 30 s watch inactivity timeout: the watch just resumes, nothing restarts.
   await proxy.blackhole(n3.ip);
   const startedAt = Date.now();
   await sleep(2000);
