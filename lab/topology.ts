@@ -250,7 +250,11 @@ export class Topology {
     const args = [`--net=/run/netns/${this.state.etcdNetns}`, '--', 'curl', '-sS', '-m', '10', '-X', method, '-w', '\n%{http_code}', '-H', 'accept: application/json'];
     if (body !== undefined) args.push('-H', `content-type: ${opts.contentType ?? 'application/json'}`, '--data-binary', '@-');
     const p = execFileP('nsenter', [...args, `${api.url}${path}`], { encoding: 'utf8', timeout: 15_000 });
-    p.child.stdin?.end(body === undefined ? '' : JSON.stringify(body));
+    // curl may exit without reading stdin (no body to send, or a quick failure): the pipe's EPIPE
+    // would otherwise be an uncaught error; curl's exit status and output say what happened.
+    p.child.stdin?.on('error', () => undefined);
+    if (body === undefined) p.child.stdin?.end();
+    else p.child.stdin?.end(JSON.stringify(body));
     const { stdout } = await p;
     const cut = stdout.lastIndexOf('\n');
     const code = Number(stdout.slice(cut + 1));
