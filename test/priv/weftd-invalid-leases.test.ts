@@ -63,7 +63,14 @@ test.serial('invalid leases are never programmed, counted and logged once; a lat
     gateways: ['1.0.0.0', inside2, '198.18.240.0', '198.18.241.0', '198.18.242.0'],
     macs: ['02:00:00:00:a1:01', '02:00:00:00:a2:01', '02:00:00:00:a4:01', '01:00:5e:00:00:01'],
   };
-  t.deepEqual(entriesOf('n1', probe), [], 'n1 has no entry for any invalid lease');
+  const why = (n: string) =>
+    cluster
+      .log(n)
+      .split('\n')
+      .filter((l) => /198\.18\.24\d|lease watch|rejected|invalid|peer (added|changed|removed)/.test(l))
+      .slice(-30)
+      .join('\n');
+  t.deepEqual(entriesOf('n1', probe), [], `n1 has no entry for any invalid lease; its log:\n${why('n1')}`);
   t.is(await cluster.metric('n1', 'weftd_invalid_leases'), 5);
   // On n2 the lease with n1's PublicIP is just another peer's; n2's own VtepMAC is refused there too.
   t.deepEqual(
