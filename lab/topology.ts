@@ -33,6 +33,12 @@ const execFileP = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '..');
 
 /** The lab's Service ClusterIP range (inside 198.18.0.0/15, apart from the pod network). */
+/**
+ * With the default pod network (198.18.0.0/16, /24 per node), the last subnet a lab node leases
+ * in etcd mode (SubnetMax): 198.18.200.0/24 to 198.18.255.0/24 are left to the leases tests
+ * write by hand (fake peers, invalid leases), which must never be a node's own.
+ */
+export const LAB_SUBNET_MAX = '198.18.199.0';
 export const LAB_SERVICE_RANGE = '198.19.0.0/16';
 
 /** The CNI network name of the lab's pods (their IPAM store is `<node dataDir>/<this>`). */
@@ -190,6 +196,8 @@ export class Topology {
         Network: state.podNetwork,
         SubnetLen: opts.subnetLen ?? 24,
         Backend: { Type: 'vxlan', VNI: 1, Port: 8472 },
+        // Nodes lease at random in etcd mode: never where tests write leases (LAB_SUBNET_MAX).
+        ...(state.mode !== 'kube' && state.podNetwork === '198.18.0.0/16' && (opts.subnetLen ?? 24) === 24 ? { SubnetMax: LAB_SUBNET_MAX } : {}),
         ...opts.networkConfig,
       };
       if (state.mode === 'kube') await topo.#startApiServer(config);
