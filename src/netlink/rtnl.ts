@@ -168,7 +168,7 @@ function routeMsg(r: Route) {
  * lost (the socket's receive buffer overflowed), and a request left waiting would hold the
  * caller's socket lock, and with it every peer job, forever.
  */
-export const REQUEST_TIMEOUT_MS = 15_000;
+const REQUEST_TIMEOUT_MS = 15_000;
 
 class RtNetlink implements Netlink {
   readonly #sock: RtNetlinkSocket;

@@ -8,6 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pingStats, type Cluster } from './cluster.ts';
+import type { FaultProxyProcess } from './faultproxy.ts';
 
 /** Each scenario's figures, kept in one JSON file whose path every log line names. */
 export class FaultFigures {
@@ -34,6 +35,29 @@ export function isAlive(pid: number | undefined): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The hooks both fault suites register: after each scenario the report (reportScenario) and the
+ * proxy put back to pass (a scenario that failed mid-outage must not leave the next one behind a
+ * blackhole); after the suite the proxy and the cluster go.
+ */
+export function faultSuiteHooks(
+  test: { afterEach: { always(fn: (t: Parameters<typeof reportScenario>[0]) => Promise<void>): void }; after: { always(fn: () => Promise<void>): void } },
+  suite: () => { cluster?: Cluster; proxy?: FaultProxyProcess },
+  nodes: string[],
+  figures: FaultFigures,
+): void {
+  test.afterEach.always(async (t) => {
+    const { cluster, proxy } = suite();
+    reportScenario(t, cluster, nodes, figures);
+    await proxy?.pass();
+  });
+  test.after.always(async () => {
+    const { cluster, proxy } = suite();
+    await proxy?.stop();
+    await cluster?.destroy();
+  });
 }
 
 /**

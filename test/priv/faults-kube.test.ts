@@ -29,7 +29,7 @@ import {
   lostTotal,
   metricSum as clusterMetricSum,
   pingPairs as clusterPingPairs,
-  reportScenario,
+  faultSuiteHooks,
   ring,
   sentTotal,
   statuses as clusterStatuses,
@@ -63,17 +63,8 @@ test.before(async () => {
   for (const n of NODES) await cluster.addPods(n, 1);
 });
 
-test.after.always(async () => {
-  await proxy?.stop();
-  await cluster?.destroy();
-});
-
-// A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always(async (t) => {
-  reportScenario(t, cluster, NODES, figures);
-  // A scenario that failed mid-outage must not leave the next one behind a blackhole.
-  await proxy?.pass();
-});
+// A dead daemon's log tail and a failed scenario's logs are kept; the proxy is put back to pass.
+faultSuiteHooks(test, () => ({ cluster, proxy }), NODES, figures);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const converged = (extra = 0) => clusterConverged(cluster, NODES, extra);

@@ -21,7 +21,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { FaultProxyProcess } from '../helpers/faultproxy.ts';
-import { converged as clusterConverged, FaultFigures, lostTotal, metricSum as clusterMetricSum, pingPairs, reportScenario, ring, statuses as clusterStatuses } from '../helpers/faults.ts';
+import { converged as clusterConverged, FaultFigures, lostTotal, metricSum as clusterMetricSum, pingPairs, faultSuiteHooks, ring, statuses as clusterStatuses } from '../helpers/faults.ts';
 import { reachable, startCluster, type Cluster } from '../helpers/cluster.ts';
 import { eventually } from '../helpers/netns.ts';
 import type { LabPod } from '../../lab/topology.ts';
@@ -51,17 +51,8 @@ test.before(async () => {
   for (const n of NODES) await cluster.addPods(n, 1);
 });
 
-test.after.always(async () => {
-  await proxy?.stop();
-  await cluster?.destroy();
-});
-
-// A daemon that died in a scenario is named with its log's tail (the cluster's logs go with it).
-test.afterEach.always(async (t) => {
-  reportScenario(t, cluster, NODES, figures);
-  // A scenario that failed mid-outage must not leave the next one behind a blackhole.
-  await proxy?.pass();
-});
+// A dead daemon's log tail and a failed scenario's logs are kept; the proxy is put back to pass.
+faultSuiteHooks(test, () => ({ cluster, proxy }), NODES, figures);
 
 const pod = (node: string): LabPod => cluster.pods.find((p) => p.node === node)!;
 
