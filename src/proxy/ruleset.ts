@@ -351,14 +351,20 @@ export interface TableNames {
   maps: Set<string>;
 }
 
-/** The chain and set/map names in `nft -j list table` output (undefined: no table). */
-export function tableNames(json: string | undefined): TableNames | undefined {
+/**
+ * The chain and set/map names of our table in `nft -j` listings: one `list table` document, or
+ * the documents of `list chains`/`list sets`/`list maps` (undefined: no table).
+ */
+export function tableNames(json: string | undefined | readonly string[]): TableNames | undefined {
   if (json === undefined) return undefined;
   const out: TableNames = { chains: new Set(), sets: new Set(), maps: new Set() };
-  for (const o of (JSON.parse(json) as { nftables?: Array<Record<string, { name?: unknown }>> }).nftables ?? []) {
-    if (typeof o.chain?.name === 'string') out.chains.add(o.chain.name);
-    if (typeof o.set?.name === 'string') out.sets.add(o.set.name);
-    if (typeof o.map?.name === 'string') out.maps.add(o.map.name);
+  for (const doc of typeof json === 'string' ? [json] : json) {
+    for (const o of (JSON.parse(doc) as { nftables?: Array<Record<string, { name?: unknown; table?: unknown }>> }).nftables ?? []) {
+      // `list chains ip` and friends name every ip table's objects: keep ours
+      const obj = o.chain ?? o.set ?? o.map;
+      if (!obj || typeof obj.name !== 'string' || (obj.table !== undefined && obj.table !== PROXY_TABLE)) continue;
+      (o.chain ? out.chains : o.set ? out.sets : out.maps).add(obj.name);
+    }
   }
   return out;
 }

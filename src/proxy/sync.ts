@@ -15,7 +15,7 @@ import type { Log } from '../core/log.ts';
 import { silentLog } from '../core/log.ts';
 import { errText } from '../core/errors.ts';
 import { servicePortKey, type ProxyEndpoint, type ProxyState, type ServicePortState } from './endpoints.ts';
-import { conntrackDelete, nftApply, NftShell, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprint, type ConntrackFilter, type ExecOptions } from './nft.ts';
+import { conntrackDelete, nftApply, NftShell, readProxyNames, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprint, type ConntrackFilter, type ExecOptions } from './nft.ts';
 import {
   buildRuleset,
   canPartial,
@@ -218,15 +218,16 @@ export class ProxySyncer {
 
   /**
    * A full sync: the table rewritten in place (base chains stay on their hooks, so no packet
-   * meets a gap), deleting what the kernel's table holds beyond `next` (read first: after drift
-   * or a restart only the kernel knows). Only when there is no table yet, or the in-place
-   * transaction fails because a declaration changed incompatibly, is the table replaced whole.
+   * meets a gap), deleting what the kernel's table holds beyond `next` (after drift or a restart
+   * only the kernel knows: its chain, set and map names are read first, not its rules). Only
+   * when that read or the in-place transaction fails (a declaration changed incompatibly) is
+   * the table replaced whole.
    */
   async #full(next: Ruleset, prev: Ruleset | undefined): Promise<void> {
     let existing: TableNames | undefined;
     try {
       // What the last sync applied, while nothing says the kernel differs; else the kernel's own.
-      existing = prev && this.#kernelKnown ? rulesetNames(prev) : tableNames(await readProxyTable(this.#opts));
+      existing = prev && this.#kernelKnown ? rulesetNames(prev) : tableNames(await readProxyNames(this.#opts));
     } catch (err) {
       this.#log.warn('proxy table read failed; replacing it whole', { err: errText(err) });
     }

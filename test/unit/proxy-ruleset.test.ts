@@ -400,6 +400,15 @@ test('refreshScript: flush in place, delete only what the ruleset no longer decl
   t.deepEqual([...names.chains], ['nat-prerouting', 'svc-OLD-default/gone/tcp/http']);
   t.deepEqual([...names.maps], ['old-map']);
   t.is(tableNames(undefined), undefined);
+  // what a full sync reads: the family's chain, set and map listings, other tables' left out
+  const doc = (...objs: object[]) => JSON.stringify({ nftables: [{ metainfo: { version: '1.0.6' } }, ...objs] });
+  const lists = tableNames([
+    doc({ chain: { family: 'ip', table: 'weft-proxy', name: 'services' } }, { chain: { family: 'ip', table: 'weft', name: 'forward' } }),
+    doc({ set: { family: 'ip', table: 'other', name: 'cluster-ips' } }, { set: { family: 'ip', table: 'weft-proxy', name: 'aff-X' } }),
+    doc({ map: { family: 'ip', table: 'weft-proxy', name: 'service-ips' } }),
+  ])!;
+  t.deepEqual([[...lists.chains], [...lists.sets], [...lists.maps]], [['services'], ['aff-X'], ['service-ips']]);
+  t.deepEqual([...tableNames([doc(), doc(), doc()])!.chains], [], 'no table: nothing to delete');
   const s = refreshScript(rs, names);
   const lines = s.split('\n');
   t.deepEqual(lines.slice(0, 2), ['add table ip weft-proxy', 'flush table ip weft-proxy']);
