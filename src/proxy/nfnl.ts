@@ -252,66 +252,45 @@ function saddrNotIn(cidr: string): Buffer[] {
   if (len < 1 || len > 32 || (net.readUInt32BE(0) & ~maskOf(len)) !== 0) throw new Unsupported(`prefix "${cidr}"`);
   // a whole-byte prefix loads just those bytes; any other one all four, masked
   if (len % 8 === 0) return [payload(NFT_PAYLOAD_NETWORK_HEADER, 12, len / 8), cmp(NFT_CMP_NEQ, net.subarray(0, len / 8))];
-  return [payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4), expr('bitwise', a32(1, NFT_REG_1), a32(2, NFT_REG_1), a32(3, 4), nla(4 | N, nla(NFTA_DATA_VALUE, u32be(maskOf(len)))), nla(5 | N, nla(NFTA_DATA_VALUE, u32be(0)))), cmp(NFT_CMP_NEQ, net)];
+  return [
+    payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+    expr('bitwise', a32(1, NFT_REG_1), a32(2, NFT_REG_1), a32(3, 4), nla(4 | N, nla(NFTA_DATA_VALUE, u32be(maskOf(len)))), nla(5 | N, nla(NFTA_DATA_VALUE, u32be(0)))),
+    cmp(NFT_CMP_NEQ, net),
+  ];
 }
 
 const saddr = () => payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4);
 
-/** The expressions of one rule; may first emit the anonymous map it uses. */
-function ruleExprs(ctx: Ctx, rule: string): Buffer[] {
-  let m: RegExpExecArray | null;
-  if ((m = new RegExp(`^ip saddr ([\\d.]+) (jump|goto) ${NAME}$`).exec(rule))) {
-    return [saddr(), cmp(NFT_CMP_EQ, ipBuf(m[1]!)), verdict(jumpCode(m[2]!), name(m[3]!, true))];
-  }
-  if ((m = new RegExp(`^update @${NAME} \\{ ip saddr \\}$`).exec(rule))) {
-    const set = name(m[1]!, false);
-    const id = ctx.setIds.get(set);
-    return [saddr(), expr('dynset', a32(4, NFT_DYNSET_OP_UPDATE), a32(3, NFT_REG_1), str(1, set), ...(id === undefined ? [] : [a32(2, id)]))];
-  }
-  if ((m = /^meta l4proto (tcp|udp|sctp) dnat to ([\d.]+):(\d+)$/.exec(rule))) {
-    return [
+type Shape = [RegExp, (ctx: Ctx, m: string[]) => Buffer[]];
+
+const V = `(jump|goto) ${NAME}`;
+
+/** The rule shapes ruleset.ts writes (pickRules, addEndpoint, addServicePort), each as nft encodes it. */
+const RULES: Shape[] = [
+  [new RegExp(`^ip saddr ([\\d.]+) ${V}$`), (_, m) => [saddr(), cmp(NFT_CMP_EQ, ipBuf(m[1]!)), verdict(jumpCode(m[2]!), name(m[3]!, true))]],
+  [
+    new RegExp(`^update @${NAME} \\{ ip saddr \\}$`),
+    (ctx, m) => {
+      const set = name(m[1]!, false);
+      const id = ctx.setIds.get(set);
+      return [saddr(), expr('dynset', a32(4, NFT_DYNSET_OP_UPDATE), a32(3, NFT_REG_1), str(1, set), ...(id === undefined ? [] : [a32(2, id)]))];
+    },
+  ],
+  [
+    /^meta l4proto (tcp|udp|sctp) dnat to ([\d.]+):(\d+)$/,
+    (_, m) => [
       meta(NFT_META_L4PROTO),
       cmp(NFT_CMP_EQ, Buffer.from([proto(m[1]!)])),
       immediate(NFT_REG_1, ipBuf(m[2]!)),
       immediate(NFT_REG_2, portBuf(m[3]!)),
       expr('nat', a32(1, NFT_NAT_DNAT), a32(2, AF_INET), a32(3, NFT_REG_1), a32(5, NFT_REG_2), a32(7, NF_NAT_RANGE_PROTO_SPECIFIED)),
-    ];
-  }
-  if ((m = new RegExp(`^ip saddr @${NAME} (jump|goto) ${NAME}$`).exec(rule))) {
-    const set = name(m[1]!, false);
-    return [saddr(), expr('lookup', a32(2, NFT_REG_1), ...setRef(ctx, 1, 4, set)), verdict(jumpCode(m[2]!), name(m[3]!, true))];
-  }
-  if ((m = /^numgen random mod (\d{1,5}) vmap (\{ .+ \})$/.exec(rule))) {
-    const mod = Number(m[1]);
-    const arms = list(m[2]!).map((arm) => {
-      const a = new RegExp(`^(\\d{1,5}) : (jump|goto) ${NAME}$`).exec(arm);
-      if (!a) throw new Unsupported(`vmap arm "${arm}"`);
-      return { key: Number(a[1]), code: jumpCode(a[2]!), chain: name(a[3]!, true) };
-    });
-    if (mod < 1 || arms.some((a) => a.key >= mod) || new Set(arms.map((a) => a.key)).size !== arms.length) throw new Unsupported('vmap keys');
-    const id = ctx.nextId++;
-    const anon = '__map%d';
-    push(
-      ctx,
-      MSG.NEWSET,
-      NLM_F_CREATE,
-      tableAttr,
-      str(NFTA_SET_NAME, anon),
-      a32(NFTA_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP),
-      a32(NFTA_SET_KEY_TYPE, TYPE_INTEGER),
-      a32(NFTA_SET_KEY_LEN, 4),
-      a32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
-      a32(NFTA_SET_DATA_LEN, 0),
-      a32(NFTA_SET_ID, id),
-      nla(NFTA_SET_DESC | N, a32(NFTA_SET_DESC_SIZE, arms.length)),
-      nla(NFTA_SET_USERDATA, UDATA_NUMGEN_VMAP),
-    );
-    const elems = arms.map((a, i) => nla((i + 1) | N, cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, hostU32(a.key))), nla(NFTA_SET_ELEM_DATA | N, verdictData(a.code, a.chain)))));
-    push(ctx, MSG.NEWSETELEM, NLM_F_CREATE, tableAttr, str(NFTA_SET_ELEM_LIST_SET, anon), a32(NFTA_SET_ELEM_LIST_SET_ID, id), nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
-    return [expr('numgen', a32(1, NFT_REG_1), a32(2, mod), a32(3, NFT_NG_RANDOM), a32(4, 0)), expr('lookup', a32(2, NFT_REG_1), a32(3, NFT_REG_VERDICT), str(1, anon), a32(4, id))];
-  }
-  if ((m = new RegExp(`^ip daddr ([\\d.]+) (tcp|udp|sctp) dport (\\d+) ip saddr != ([\\d./]+) (jump|goto) ${NAME}$`).exec(rule))) {
-    return [
+    ],
+  ],
+  [new RegExp(`^ip saddr @${NAME} ${V}$`), (ctx, m) => [saddr(), expr('lookup', a32(2, NFT_REG_1), ...setRef(ctx, 1, 4, name(m[1]!, false))), verdict(jumpCode(m[2]!), name(m[3]!, true))]],
+  [/^numgen random mod (\d{1,5}) vmap (\{ .+ \})$/, (ctx, m) => numgenVmap(ctx, Number(m[1]), m[2]!)],
+  [
+    new RegExp(`^ip daddr ([\\d.]+) (tcp|udp|sctp) dport (\\d+) ip saddr != ([\\d./]+) ${V}$`),
+    (_, m) => [
       payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
       cmp(NFT_CMP_EQ, ipBuf(m[1]!)),
       meta(NFT_META_L4PROTO),
@@ -320,14 +299,53 @@ function ruleExprs(ctx: Ctx, rule: string): Buffer[] {
       cmp(NFT_CMP_EQ, portBuf(m[3]!)),
       ...saddrNotIn(m[4]!),
       verdict(jumpCode(m[5]!), name(m[6]!, true)),
-    ];
+    ],
+  ],
+  [new RegExp(`^${V}$`), (_, m) => [verdict(jumpCode(m[1]!), name(m[2]!, true))]],
+  [
+    new RegExp(`^fib saddr type local ${V}$`),
+    (_, m) => [expr('fib', a32(3, NFTA_FIB_F_SADDR), a32(2, NFT_FIB_RESULT_ADDRTYPE), a32(1, NFT_REG_1)), cmp(NFT_CMP_EQ, hostU32(RTN_LOCAL)), verdict(jumpCode(m[1]!), name(m[2]!, true))],
+  ],
+  [/^drop$/, () => [verdict(NF_DROP)]],
+];
+
+const ARM = new RegExp(`^(\\d{1,5}) : ${V}$`);
+
+/** `numgen random mod N vmap { ... }`: an anonymous constant map (declared and filled just before its rule, as nft does), looked up by its batch ID. */
+function numgenVmap(ctx: Ctx, mod: number, body: string): Buffer[] {
+  const arms = list(body).map((arm) => {
+    const a = ARM.exec(arm);
+    if (!a) throw new Unsupported(`vmap arm "${arm}"`);
+    return { key: Number(a[1]), code: jumpCode(a[2]!), chain: name(a[3]!, true) };
+  });
+  if (mod < 1 || arms.some((a) => a.key >= mod) || new Set(arms.map((a) => a.key)).size !== arms.length) throw new Unsupported('vmap keys');
+  const id = ctx.nextId++;
+  const anon = '__map%d'; // the kernel numbers it
+  push(
+    ctx,
+    MSG.NEWSET,
+    NLM_F_CREATE,
+    tableAttr,
+    str(NFTA_SET_NAME, anon),
+    a32(NFTA_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP),
+    a32(NFTA_SET_KEY_TYPE, TYPE_INTEGER),
+    a32(NFTA_SET_KEY_LEN, 4),
+    a32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
+    a32(NFTA_SET_DATA_LEN, 0),
+    a32(NFTA_SET_ID, id),
+    nla(NFTA_SET_DESC | N, a32(NFTA_SET_DESC_SIZE, arms.length)),
+    nla(NFTA_SET_USERDATA, UDATA_NUMGEN_VMAP),
+  );
+  const elems = arms.map((a, i) => nla((i + 1) | N, cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, hostU32(a.key))), nla(NFTA_SET_ELEM_DATA | N, verdictData(a.code, a.chain)))));
+  push(ctx, MSG.NEWSETELEM, NLM_F_CREATE, tableAttr, str(NFTA_SET_ELEM_LIST_SET, anon), a32(NFTA_SET_ELEM_LIST_SET_ID, id), nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
+  return [expr('numgen', a32(1, NFT_REG_1), a32(2, mod), a32(3, NFT_NG_RANDOM), a32(4, 0)), expr('lookup', a32(2, NFT_REG_1), a32(3, NFT_REG_VERDICT), str(1, anon), a32(4, id))];
+}
+
+function ruleExprs(ctx: Ctx, rule: string): Buffer[] {
+  for (const [re, build] of RULES) {
+    const m = re.exec(rule);
+    if (m) return build(ctx, m);
   }
-  if ((m = new RegExp(`^(?:(fib saddr type local) )?(jump|goto) ${NAME}$`).exec(rule))) {
-    const v = verdict(jumpCode(m[2]!), name(m[3]!, true));
-    if (!m[1]) return [v];
-    return [expr('fib', a32(3, NFTA_FIB_F_SADDR), a32(2, NFT_FIB_RESULT_ADDRTYPE), a32(1, NFT_REG_1)), cmp(NFT_CMP_EQ, hostU32(RTN_LOCAL)), v];
-  }
-  if (rule === 'drop') return [verdict(NF_DROP)];
   throw new Unsupported('rule shape');
 }
 
@@ -338,10 +356,22 @@ function translateLine(ctx: Ctx, text: string): void {
   if (!m) throw new Unsupported('command');
   const [, verb, what, obj, rest] = m as unknown as [string, string, string, string, string | undefined];
   const op = `${verb} ${what}`;
-  if (op === 'flush chain' && rest === undefined) return push(ctx, MSG.DELRULE, 0, tableAttr, str(NFTA_RULE_CHAIN, name(obj, false)));
-  if (op === 'delete chain' && rest === undefined) return push(ctx, MSG.DELCHAIN, 0, tableAttr, str(NFTA_CHAIN_NAME, name(obj, false)));
-  if (op === 'add chain' && rest === undefined) return push(ctx, MSG.NEWCHAIN, NLM_F_CREATE, tableAttr, str(NFTA_CHAIN_NAME, name(obj, false)));
-  if (op === 'delete set' && rest === undefined) return push(ctx, MSG.DELSET, 0, tableAttr, str(NFTA_SET_NAME, name(obj, false)));
+  if (op === 'flush chain' && rest === undefined) {
+    push(ctx, MSG.DELRULE, 0, tableAttr, str(NFTA_RULE_CHAIN, name(obj, false)));
+    return;
+  }
+  if (op === 'delete chain' && rest === undefined) {
+    push(ctx, MSG.DELCHAIN, 0, tableAttr, str(NFTA_CHAIN_NAME, name(obj, false)));
+    return;
+  }
+  if (op === 'add chain' && rest === undefined) {
+    push(ctx, MSG.NEWCHAIN, NLM_F_CREATE, tableAttr, str(NFTA_CHAIN_NAME, name(obj, false)));
+    return;
+  }
+  if (op === 'delete set' && rest === undefined) {
+    push(ctx, MSG.DELSET, 0, tableAttr, str(NFTA_SET_NAME, name(obj, false)));
+    return;
+  }
   if (op === 'add set' && rest !== undefined) {
     const s = /^\{ type ipv4_addr; flags dynamic,timeout; timeout (\d{1,5})s; \}$/.exec(rest);
     const secs = Number(s?.[1]);
@@ -367,7 +397,8 @@ function translateLine(ctx: Ctx, text: string): void {
   if (op === 'add rule' && rest !== undefined) {
     const chain = name(obj, false);
     const exprs = ruleExprs(ctx, rest);
-    return push(ctx, MSG.NEWRULE, NLM_F_CREATE | NLM_F_APPEND, tableAttr, str(NFTA_RULE_CHAIN, chain), nla(NFTA_RULE_EXPRESSIONS | N, cat(...exprs)));
+    push(ctx, MSG.NEWRULE, NLM_F_CREATE | NLM_F_APPEND, tableAttr, str(NFTA_RULE_CHAIN, chain), nla(NFTA_RULE_EXPRESSIONS | N, cat(...exprs)));
+    return;
   }
   if ((op === 'add element' || op === 'delete element') && rest !== undefined) {
     const map = MAPS[obj];
@@ -385,7 +416,8 @@ function translateLine(ctx: Ctx, text: string): void {
       return nla((i + 1) | N, cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, key(k, map.parts))), ...(data ? [data] : [])));
     });
     const ref = add ? setRef(ctx, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID, obj) : [str(NFTA_SET_ELEM_LIST_SET, obj)];
-    return push(ctx, add ? MSG.NEWSETELEM : MSG.DELSETELEM, add ? NLM_F_CREATE : 0, tableAttr, ...ref, nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
+    push(ctx, add ? MSG.NEWSETELEM : MSG.DELSETELEM, add ? NLM_F_CREATE : 0, tableAttr, ...ref, nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
+    return;
   }
   throw new Unsupported('command');
 }
@@ -425,16 +457,17 @@ function nlmsg(type: number, flags: number, seq: number, family: number, resId: 
 /** The datagram: BATCH_BEGIN, the messages (seq0+1...), BATCH_END; `ack` asks for NLM_F_ACK on each message. */
 export function encodeBatch(messages: NfMessage[], seq0: number, ack = true): Buffer {
   const parts = [nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq0, 0, NFNL_SUBSYS_NFTABLES, Buffer.alloc(0))];
-  messages.forEach((m, i) => parts.push(nlmsg(m.type, m.flags | (ack ? NLM_F_ACK : 0), seq0 + 1 + i, AF_INET, 0, m.attrs)));
+  for (const [i, m] of messages.entries()) parts.push(nlmsg(m.type, m.flags | (ack ? NLM_F_ACK : 0), seq0 + 1 + i, AF_INET, 0, m.attrs));
   parts.push(nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq0 + 1 + messages.length, 0, NFNL_SUBSYS_NFTABLES, Buffer.alloc(0)));
   return cat(...parts);
 }
 
 const errnoNames = getSystemErrorMap();
 
+/** `errno` as the kernel puts it in an NLMSG_ERROR (negative). */
 function errnoText(errno: number): string {
-  const e = errnoNames.get(-errno);
-  return e ? `${e[0]} (${e[1]})` : `errno ${errno}`;
+  const e = errnoNames.get(-Math.abs(errno));
+  return e ? `${e[0]} (${e[1]})` : `errno ${Math.abs(errno)}`;
 }
 
 export interface NfnlOptions {
@@ -568,7 +601,7 @@ export class NfnlExecutor {
       const first = errors[0]!;
       const where = first.index < 0 ? 'the batch' : `line ${t.messages[first.index]!.line + 1} "${t.lines[t.messages[first.index]!.line]!.slice(0, 200)}"`;
       const msg = `nfnl: ${where}: ${errnoText(first.errno)}${errors.length > 1 ? ` (and ${errors.length - 1} more error(s))` : ''}; nothing applied`;
-      throw new ExecError(msg, { stderr: msg, code: -first.errno });
+      throw new ExecError(msg, { stderr: msg, code: Math.abs(first.errno) });
     }
     return { applied: true, messages: t.messages.length };
   }

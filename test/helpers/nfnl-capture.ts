@@ -62,7 +62,9 @@ function main(): void {
     // prefixes of every kind against one base: whole bytes, masked, a host
     const base = fullScript(buildRuleset(shapeSteps()[0]!.state, {}));
     const chain = 'svc-AAAAAAAA-shapes/x/tcp/80';
-    const rules = ['198.0.0.0/8', '198.18.0.0/16', '198.18.0.0/17', '198.18.0.0/24', '198.18.0.0/25', '198.18.0.1/32', '128.0.0.0/1'].map((c) => `add rule ip weft-proxy ${chain} ip daddr 198.19.0.9 tcp dport 65535 ip saddr != ${c} jump mark-for-masquerade`);
+    const rules = ['198.0.0.0/8', '198.18.0.0/16', '198.18.0.0/17', '198.18.0.0/24', '198.18.0.0/25', '198.18.0.1/32', '128.0.0.0/1'].map(
+      (c) => `add rule ip weft-proxy ${chain} ip daddr 198.19.0.9 tcp dport 65535 ip saddr != ${c} jump mark-for-masquerade`,
+    );
     capture('prefixes, drop, plain jump', base, [`add chain ip weft-proxy ${chain}`, ...rules, `add rule ip weft-proxy ${chain} drop`, `add rule ip weft-proxy ${chain} jump services`, ''].join('\n'));
     process.stdout.write(`${JSON.stringify({ nft: inNs([NFT, '--version']).trim(), cases }, null, 1)}\n`);
   } finally {

@@ -70,15 +70,34 @@ const late = (eps: Spec['eps']): Spec => ({ ip: '198.19.0.16', ports: [{ name: '
 export function shapeSteps(): Array<{ what: string; state: ProxyState }> {
   const e = (n: number, node?: string): [string, string?] => [`198.18.1.${n}`, node];
   return [
-    { what: 'initial', state: state({ web: web([e(1), e(2)]), dns: dns([e(3), e(4, NODE)]), local: local([e(5), e(6, NODE)]), ilocal: ilocal([e(7, NODE), e(8)]), sctp: sctp([e(9)]), empty: empty() }) },
-    { what: 'endpoint added', state: state({ web: web([e(1), e(2), e(20)]), dns: dns([e(3), e(4, NODE), e(21, NODE)]), local: local([e(5), e(6, NODE)]), ilocal: ilocal([e(7, NODE), e(8)]), sctp: sctp([e(9)]), empty: empty() }) },
+    {
+      what: 'initial',
+      state: state({ web: web([e(1), e(2)]), dns: dns([e(3), e(4, NODE)]), local: local([e(5), e(6, NODE)]), ilocal: ilocal([e(7, NODE), e(8)]), sctp: sctp([e(9)]), empty: empty() }),
+    },
+    {
+      what: 'endpoint added',
+      state: state({
+        web: web([e(1), e(2), e(20)]),
+        dns: dns([e(3), e(4, NODE), e(21, NODE)]),
+        local: local([e(5), e(6, NODE)]),
+        ilocal: ilocal([e(7, NODE), e(8)]),
+        sctp: sctp([e(9)]),
+        empty: empty(),
+      }),
+    },
     { what: 'endpoint removed', state: state({ web: web([e(2), e(20)]), dns: dns([e(3), e(21, NODE)]), local: local([e(5)]), ilocal: ilocal([e(8)]), sctp: sctp([e(9)]), empty: empty() }) },
-    { what: 'endpoint replaced', state: state({ web: web([e(22), e(20)]), dns: dns([e(3), e(23, NODE)]), local: local([e(24, NODE)]), ilocal: ilocal([e(25, NODE), e(8)]), sctp: sctp([e(26)]), empty: empty() }) },
+    {
+      what: 'endpoint replaced',
+      state: state({ web: web([e(22), e(20)]), dns: dns([e(3), e(23, NODE)]), local: local([e(24, NODE)]), ilocal: ilocal([e(25, NODE), e(8)]), sctp: sctp([e(26)]), empty: empty() }),
+    },
     {
       what: 'service added, endpoints gone',
       state: state({ web: web([e(22), e(20)]), dns: dns([]), local: local([e(24, NODE)]), ilocal: ilocal([e(25, NODE), e(8)]), sctp: sctp([]), empty: empty(), late: late([e(27), e(28, NODE)]) }),
     },
     { what: 'service removed, endpoints back', state: state({ web: web([e(22), e(20)]), dns: dns([e(3)]), ilocal: ilocal([e(25, NODE), e(8)]), sctp: sctp([e(9)]), late: late([e(27)]) }) },
-    { what: 'back to the start', state: state({ web: web([e(1), e(2)]), dns: dns([e(3), e(4, NODE)]), local: local([e(5), e(6, NODE)]), ilocal: ilocal([e(7, NODE), e(8)]), sctp: sctp([e(9)]), empty: empty() }) },
+    {
+      what: 'back to the start',
+      state: state({ web: web([e(1), e(2)]), dns: dns([e(3), e(4, NODE)]), local: local([e(5), e(6, NODE)]), ilocal: ilocal([e(7, NODE), e(8)]), sctp: sctp([e(9)]), empty: empty() }),
+    },
   ];
 }

@@ -111,7 +111,11 @@ test('anonymous vmap: its set, elements and lookup share one batch ID, new for e
 test('an affinity set added in the batch is referenced by its ID too', (t) => {
   const set = 'aff-AAAAAAAA-a/b/tcp/80__198.18.0.1/80';
   const tr = translateScript(
-    [`add set ip weft-proxy ${set} { type ipv4_addr; flags dynamic,timeout; timeout 60s; }`, `add rule ip weft-proxy ep-AAAAAAAA-a/b/tcp/80__198.18.0.1/80 update @${set} { ip saddr }`, `add rule ip weft-proxy svc-AAAAAAAA-a/b/tcp/80 ip saddr @${set} goto ep-AAAAAAAA-a/b/tcp/80__198.18.0.1/80`].join('\n'),
+    [
+      `add set ip weft-proxy ${set} { type ipv4_addr; flags dynamic,timeout; timeout 60s; }`,
+      `add rule ip weft-proxy ep-AAAAAAAA-a/b/tcp/80__198.18.0.1/80 update @${set} { ip saddr }`,
+      `add rule ip weft-proxy svc-AAAAAAAA-a/b/tcp/80 ip saddr @${set} goto ep-AAAAAAAA-a/b/tcp/80__198.18.0.1/80`,
+    ].join('\n'),
   );
   t.true(tr.ok);
   if (!tr.ok) return;
