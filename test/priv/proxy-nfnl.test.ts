@@ -63,7 +63,13 @@ test('a batch the kernel refuses changes nothing, names the line and errno; the 
 
   const chain = 'svc-AAAAAAAA-shapes/new/tcp/80';
   const missing = 'svc-BBBBBBBB-shapes/missing/tcp/80';
-  const bad = [`add chain ip weft-proxy ${chain}`, `add rule ip weft-proxy ${chain} jump mark-for-masquerade`, `add rule ip weft-proxy ${missing} drop`, `add element ip weft-proxy cluster-ips { 198.19.9.9 }`, ''].join('\n');
+  const bad = [
+    `add chain ip weft-proxy ${chain}`,
+    `add rule ip weft-proxy ${chain} jump mark-for-masquerade`,
+    `add rule ip weft-proxy ${missing} drop`,
+    `add element ip weft-proxy cluster-ips { 198.19.9.9 }`,
+    '',
+  ].join('\n');
   const err = await t.throwsAsync(nl.apply(bad), { instanceOf: ExecError });
   t.regex(err?.message ?? '', /line 3 .*svc-BBBBBBBB.*: ENOENT/);
   t.deepEqual(await listing(ns), before, 'nothing of the batch stayed');
