@@ -170,7 +170,8 @@ export async function conntrackDelete(filters: readonly ConntrackFilter[], opts:
 export const SHELL_MAX_SCRIPT = 256 << 10;
 
 /**
- * One long-lived `nft -i` (interactive) process for small transactions (partial syncs).
+ * One long-lived `nft -i` (interactive) process for small transactions: partial syncs that the
+ * netlink executor (nfnl.ts, the first choice) does not translate.
  *
  * Why: a `nft -f` of a 7-line partial script against a 1000 Services x 10 endpoints table
  * costs about 55-60 ms, nearly all of it nft loading its cache of the table (11k chains, 1000

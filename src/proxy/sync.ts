@@ -83,9 +83,9 @@ export interface SyncerOptions extends ExecOptions {
    */
   readBack?: 'always' | 'full' | 'lazy' | 'never';
   /**
-   * Apply partial syncs through one kept `nft -i` process ({@link NftShell}; default true)
-   * instead of a `nft -f` each: about half the cost at 1000 Services x 10 endpoints. Full
-   * syncs always use `nft -f`.
+   * Apply partial syncs that {@link NfnlExecutor} does not take through one kept `nft -i`
+   * process ({@link NftShell}; default true) instead of a `nft -f` each: about half the cost
+   * at 1000 Services x 10 endpoints. Full syncs always use `nft -f`.
    */
   shell?: boolean;
   /**
