@@ -261,6 +261,31 @@ function saddrNotIn(cidr: string): Buffer[] {
 
 const saddr = () => payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4);
 
+/**
+ * Set elements (each an element's attributes) in as many messages as their list needs: an
+ * attribute's length is 16 bits, so like libnftnl end a message before its element list would
+ * outgrow it and go on in the next. The elements' numbers go on across messages, skipping the
+ * one nft spent on its attempt to fit the element into the full message.
+ */
+function pushElements(ctx: Ctx, type: number, flags: number, head: Buffer[], bodies: Buffer[]): void {
+  let elems: Buffer[] = [];
+  let size = 4;
+  let n = 0;
+  const flush = () => push(ctx, type, flags, ...head, nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
+  for (const body of bodies) {
+    const len = (4 + body.length + 3) & ~3;
+    if (elems.length && size + len > 0xffff) {
+      flush();
+      elems = [];
+      size = 4;
+      n++;
+    }
+    elems.push(nla(++n | N, body));
+    size += len;
+  }
+  flush();
+}
+
 type Shape = [RegExp, (ctx: Ctx, m: string[]) => Buffer[]];
 
 const V = `(jump|goto) ${NAME}`;
@@ -336,8 +361,8 @@ function numgenVmap(ctx: Ctx, mod: number, body: string): Buffer[] {
     nla(NFTA_SET_DESC | N, a32(NFTA_SET_DESC_SIZE, arms.length)),
     nla(NFTA_SET_USERDATA, UDATA_NUMGEN_VMAP),
   );
-  const elems = arms.map((a, i) => nla((i + 1) | N, cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, hostU32(a.key))), nla(NFTA_SET_ELEM_DATA | N, verdictData(a.code, a.chain)))));
-  push(ctx, MSG.NEWSETELEM, NLM_F_CREATE, tableAttr, str(NFTA_SET_ELEM_LIST_SET, anon), a32(NFTA_SET_ELEM_LIST_SET_ID, id), nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
+  const elems = arms.map((a) => cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, hostU32(a.key))), nla(NFTA_SET_ELEM_DATA | N, verdictData(a.code, a.chain))));
+  pushElements(ctx, MSG.NEWSETELEM, NLM_F_CREATE, [tableAttr, str(NFTA_SET_ELEM_LIST_SET, anon), a32(NFTA_SET_ELEM_LIST_SET_ID, id)], elems);
   return [expr('numgen', a32(1, NFT_REG_1), a32(2, mod), a32(3, NFT_NG_RANDOM), a32(4, 0)), expr('lookup', a32(2, NFT_REG_1), a32(3, NFT_REG_VERDICT), str(1, anon), a32(4, id))];
 }
 
@@ -349,6 +374,7 @@ function ruleExprs(ctx: Ctx, rule: string): Buffer[] {
   throw new Unsupported('rule shape');
 }
 
+const ELEMENT = new RegExp(`^(.+) : ${V}$`);
 const LINE = new RegExp(`^(add|delete|flush) (chain|rule|set|element) ip ${PROXY_TABLE} ${NAME}(?: (.+))?$`);
 
 function translateLine(ctx: Ctx, text: string): void {
@@ -404,19 +430,19 @@ function translateLine(ctx: Ctx, text: string): void {
     const map = MAPS[obj];
     if (!map) throw new Unsupported(`set "${obj}"`);
     const add = verb === 'add';
-    const elems = list(rest).map((item, i) => {
+    const bodies = list(rest).map((item) => {
       let k = item;
       let data: Buffer | undefined;
       if (add && map.verdicts) {
-        const v = new RegExp(`^(.+) : (jump|goto) ${NAME}$`).exec(item);
+        const v = ELEMENT.exec(item);
         if (!v) throw new Unsupported(`element "${item}"`);
         k = v[1]!;
         data = nla(NFTA_SET_ELEM_DATA | N, verdictData(jumpCode(v[2]!), name(v[3]!, true)));
       }
-      return nla((i + 1) | N, cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, key(k, map.parts))), ...(data ? [data] : [])));
+      return cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, key(k, map.parts))), ...(data ? [data] : []));
     });
     const ref = add ? setRef(ctx, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID, obj) : [str(NFTA_SET_ELEM_LIST_SET, obj)];
-    push(ctx, add ? MSG.NEWSETELEM : MSG.DELSETELEM, add ? NLM_F_CREATE : 0, tableAttr, ...ref, nla(NFTA_SET_ELEM_LIST_ELEMENTS | N, cat(...elems)));
+    pushElements(ctx, add ? MSG.NEWSETELEM : MSG.DELSETELEM, add ? NLM_F_CREATE : 0, [tableAttr, ...ref], bodies);
     return;
   }
   throw new Unsupported('command');

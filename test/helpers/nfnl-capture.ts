@@ -41,6 +41,7 @@ function main(): void {
   try {
     const inNs = (args: string[], input?: string) => execFileSync('nsenter', [`--net=/run/netns/${ns}`, '--', ...args], { input, encoding: 'utf8' });
     const cases: Array<{ what: string; script: string; nft: string }> = [];
+    // nft's batch, base64
     const capture = (what: string, base: string, script: string) => {
       inNs([NFT, '-f', '-'], base);
       const file = join(dir, 'script.nft');
@@ -48,7 +49,7 @@ function main(): void {
       writeFileSync(file, script);
       // fd 3 is nft's netlink socket (0-2 are the standard streams)
       inNs(['strace', '-e', 'trace=sendmsg', '-e', 'write=3', '-o', log, NFT, '-f', file]);
-      cases.push({ what, script, nft: lastSendmsg(readFileSync(log, 'utf8')).toString('hex') });
+      cases.push({ what, script, nft: lastSendmsg(readFileSync(log, 'utf8')).toString('base64') });
     };
     for (const cidr of ['198.18.0.0/15']) {
       const opts = { clusterCIDR: parseCIDR(cidr) };
@@ -66,6 +67,21 @@ function main(): void {
       (c) => `add rule ip weft-proxy ${chain} ip daddr 198.19.0.9 tcp dport 65535 ip saddr != ${c} jump mark-for-masquerade`,
     );
     capture('prefixes, drop, plain jump', base, [`add chain ip weft-proxy ${chain}`, ...rules, `add rule ip weft-proxy ${chain} drop`, `add rule ip weft-proxy ${chain} jump services`, ''].join('\n'));
+    // element lists longer than one attribute can hold (16-bit length): nft splits them
+    const long = `ep-AAAAAAAA-${'x'.repeat(240)}`;
+    const items = Array.from({ length: 280 }, (_, i) => `198.19.${100 + Math.floor(i / 250)}.${1 + (i % 250)} . tcp . 80 : goto ${long}`);
+    const arms = Array.from({ length: 280 }, (_, i) => `${i} : goto ${long}`);
+    capture(
+      'element lists split across messages',
+      base,
+      [
+        `add chain ip weft-proxy ${chain}`,
+        `add chain ip weft-proxy ${long}`,
+        `add element ip weft-proxy service-ips { ${items.join(', ')} }`,
+        `add rule ip weft-proxy ${chain} numgen random mod 280 vmap { ${arms.join(', ')} }`,
+        '',
+      ].join('\n'),
+    );
     process.stdout.write(`${JSON.stringify({ nft: inNs([NFT, '--version']).trim(), cases }, null, 1)}\n`);
   } finally {
     execFileSync('ip', ['netns', 'del', ns]);

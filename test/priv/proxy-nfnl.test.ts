@@ -106,3 +106,29 @@ test('a syncer falls back to nft for a script it cannot translate, whole', async
   const json = await readProxyTable({ netns: ns });
   t.truthy(json?.includes('198.18.1.20'));
 });
+
+test('element lists too long for one message are split as nft splits them, same table', async (t) => {
+  const scope = new Scope();
+  t.teardown(() => scope.cleanup());
+  const ref = `/run/netns/${scope.netns('nft')}`;
+  const ours = `/run/netns/${scope.netns('nfnl')}`;
+  const base = fullScript(buildRuleset(shapeSteps()[0]!.state, {}));
+  for (const ns of [ref, ours]) await nftApply(base, { netns: ns });
+  const long = `ep-AAAAAAAA-${'x'.repeat(240)}`;
+  const svc = 'svc-AAAAAAAA-shapes/long/tcp/80';
+  const items = Array.from({ length: 600 }, (_, i) => `198.19.${100 + Math.floor(i / 250)}.${1 + (i % 250)} . tcp . 80 : goto ${long}`);
+  const arms = Array.from({ length: 600 }, (_, i) => `${i} : goto ${long}`);
+  const script = [
+    `add chain ip weft-proxy ${long}`,
+    `add chain ip weft-proxy ${svc}`,
+    `add rule ip weft-proxy ${svc} numgen random mod 600 vmap { ${arms.join(', ')} }`,
+    `add element ip weft-proxy service-ips { ${items.join(', ')} }`,
+    '',
+  ].join('\n');
+  await nftApply(script, { netns: ref });
+  const nl = new NfnlExecutor({ netns: ours });
+  scope.defer(() => nl.close());
+  const r = await nl.apply(script);
+  t.true(r.applied && r.messages > 6, 'more than one message per list');
+  t.deepEqual(await listing(ours), await listing(ref));
+});

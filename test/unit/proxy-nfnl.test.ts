@@ -72,7 +72,7 @@ for (const c of fixture.cases) {
     const tr = translateScript(c.script);
     if (!tr.ok) return t.fail(`not translated: ${tr.reason}: ${tr.line}`);
     const ours = messages(encodeBatch(tr.messages, 1000)).map(withoutSetIds);
-    const theirs = messages(Buffer.from(c.nft, 'hex')).map(withoutSetIds);
+    const theirs = messages(Buffer.from(c.nft, 'base64')).map(withoutSetIds);
     t.is(ours.length, theirs.length);
     for (let i = 0; i < Math.max(ours.length, theirs.length); i++) t.deepEqual(ours[i], theirs[i], `message ${i}`);
   });
