@@ -21,7 +21,10 @@ export interface ExecOptions {
   signal?: AbortSignal;
 }
 
-/** A command that failed; `stderr` is nft's or conntrack's message, truncated. */
+/**
+ * A command that failed; `stderr` is nft's or conntrack's message, truncated. `code` is its exit
+ * code; for a netlink batch the kernel refused (nfnl.ts), the errno.
+ */
 export class ExecError extends Error {
   readonly stderr: string;
   readonly code: number | null;
