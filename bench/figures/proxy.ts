@@ -30,6 +30,7 @@ import { Topology, destroyTopologySync, type LabNode } from '../../lab/topology.
 import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { selectEndpoints } from '../../src/proxy/endpoints.ts';
 import { NftShell, tableFingerprint } from '../../src/proxy/nft.ts';
+import { NfnlExecutor } from '../../src/proxy/nfnl.ts';
 import { buildRuleset, fullScript, partialScript } from '../../src/proxy/ruleset.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../../src/proxy/types.ts';
 import { BenchScope, sh, sleep } from '../lib/scope.ts';
@@ -108,11 +109,13 @@ function mapSize(ns: string, name: string): number {
 }
 
 /** Phase times of the syncer's debug lines ("proxy sync {...}") in `text`, for one mode. */
-function phases(text: string, mode: 'full' | 'partial'): { buildMs: number[]; applyMs: number[]; afterMs: number[] } {
-  const out = { buildMs: [] as number[], applyMs: [] as number[], afterMs: [] as number[] };
+function phases(text: string, mode: 'full' | 'partial'): { buildMs: number[]; applyMs: number[]; afterMs: number[]; via: Record<string, number> } {
+  const out = { buildMs: [] as number[], applyMs: [] as number[], afterMs: [] as number[], via: {} as Record<string, number> };
   for (const m of text.matchAll(/proxy sync (\{.*\})$/gm)) {
     const o = JSON.parse(m[1]!) as Record<string, unknown>;
     if (o.mode !== mode || typeof o.buildMs !== 'number') continue;
+    const via = String(o.via ?? 'nft -f');
+    out.via[via] = (out.via[via] ?? 0) + 1;
     out.buildMs.push(o.buildMs);
     out.applyMs.push(o.applyMs as number);
     out.afterMs.push(o.afterMs as number);
@@ -283,9 +286,10 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     nsn(scratch, NFT, ['-f', scriptFile]); // the table exists from here on: each timed run replaces it, as a full sync does
 
     // Where a partial sync's apply goes, against the whole table in the scratch namespace: the
-    // same one-endpoint change (and back) as `nft -f` processes and through one kept `nft -i`
-    // (NftShell, what weftd uses), interleaved; and `nft -f` of a command that loads no cache
-    // of this table (process start-up and the commit alone).
+    // same one-endpoint change (and back) as one netlink batch (NfnlExecutor, weftd's first
+    // choice), as `nft -f` processes and through one kept `nft -i` (NftShell, its fallback),
+    // interleaved; and `nft -f` of a command that loads no cache of this table (process
+    // start-up and the commit alone).
     const rsA = buildRuleset(state, { clusterCIDR: parseCIDR(topo.state.podNetwork) });
     const moved = state.ports.map((sp, i) => {
       if (i !== Math.floor(state.ports.length / 2) || !sp.clusterEndpoints.length) return sp;
@@ -295,8 +299,9 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     const rsB = buildRuleset({ ...state, ports: moved }, { clusterCIDR: parseCIDR(topo.state.podNetwork) });
     const fwd = partialScript(rsA, rsB);
     const back = partialScript(rsB, rsA);
-    const applyCost = { nftF: [] as number[], shell: [] as number[], noCache: [] as number[], lines: fwd.split('\n').length - 1 };
+    const applyCost = { nftF: [] as number[], shell: [] as number[], nfnl: [] as number[], noCache: [] as number[], lines: fwd.split('\n').length - 1 };
     const shell = new NftShell({ netns: `/run/netns/${scratch}`, nftBin: NFT });
+    const nfnl = new NfnlExecutor({ netns: `/run/netns/${scratch}` });
     try {
       for (let i = 0; i < (ctx.quick ? 4 : 10); i++) {
         for (const s of [fwd, back]) applyCost.nftF.push(timed(() => nsn(scratch, NFT, ['-f', '-'], { input: s })));
@@ -305,10 +310,17 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
           await shell.apply(s);
           applyCost.shell.push(msSince(t0));
         }
+        for (const s of [fwd, back]) {
+          const t0 = process.hrtime.bigint();
+          const r = await nfnl.apply(s);
+          if (!r.applied) throw new Error(`the netlink executor did not take the partial script: ${r.reason}`);
+          applyCost.nfnl.push(msSince(t0));
+        }
         applyCost.noCache.push(timed(() => nsn(scratch, NFT, ['-f', '-'], { input: 'add table ip weft-bench-empty\n' })));
       }
     } finally {
       shell.close();
+      nfnl.close();
     }
     nsn(scratch, NFT, ['-f', scriptFile]);
     const logOffset = readFileSync(n1.logFile, 'utf8').length;
@@ -356,10 +368,17 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: `slice change: API write to rule in kernel, p99 (n=${lat.length})`, unit: 'ms', weft: round(p99), target: '< 50 ms', met: p99 < 50 && !missingNew.length && !leftOld.length },
       { metric: '  in-weftd sync time, mean of the syncs meanwhile', unit: 'ms', weft: dCount > 0 ? round((dSum / dCount) * 1000) : null },
       { metric: '  partial sync phases, medians: model + script', unit: 'ms', weft: round(median(partialPhases.buildMs)) },
-      { metric: '  ... nft apply (kept nft -i)', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
+      { metric: '  ... apply (netlink batch; nft for a script it does not translate)', unit: 'ms', weft: round(median(partialPhases.applyMs)) },
       { metric: '  ... after (read-back, conntrack)', unit: 'ms', weft: round(median(partialPhases.afterMs)) },
       {
-        metric: `  scratch table: the ${applyCost.lines}-line partial script, kept nft -i vs nft -f, median (n=${applyCost.shell.length})`,
+        metric: `  scratch table: the ${applyCost.lines}-line partial script, netlink batch vs nft -f, median (n=${applyCost.nfnl.length})`,
+        unit: 'ms',
+        weft: round(median(applyCost.nfnl)),
+        ref: round(median(applyCost.nftF)),
+        refName: 'nft -f',
+      },
+      {
+        metric: `  ... the same through the kept nft -i (the fallback) vs nft -f, median (n=${applyCost.shell.length})`,
         unit: 'ms',
         weft: round(median(applyCost.shell)),
         ref: round(median(applyCost.nftF)),
@@ -403,7 +422,11 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       notes: [
         `${nSvc} Services x ${nEp} endpoints (+ the echo Service), created through the lab API server 16 requests in flight; slice change = one endpoint replaced by a new address (merge PATCH), one change at a time, 30-70 ms apart; "in the kernel" = the new DNAT rule's commit notification from nft monitor rules in n1's namespace`,
         `after the changes: ${missingNew.length} new endpoints missing and ${leftOld.length} replaced endpoints left in n1's table`,
-        `in-weftd syncs during the changes: ${dCount} (weftd_proxy_sync_duration_seconds), ${round(dSum * 1000)} ms in all`,
+        `in-weftd syncs during the changes: ${dCount} (weftd_proxy_sync_duration_seconds), ${round(dSum * 1000)} ms in all; partial syncs applied via: ${
+          Object.entries(partialPhases.via)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(', ') || 'none logged'
+        }`,
         `full sync: weftd's "full sync ... ms" log line (build + nft -f + read-back of the table), at a restart and then every 10 s; reference: nft -f of the same ruleset text (${script.split('\n').length} lines) replacing the table in a scratch namespace, right after each; scratch table ${same ? 'equals' : 'DIFFERS FROM'} n1's table (handles aside)`,
         `traffic: client pod on n1, echo/iperf3 server pod on n2 (VXLAN between them), ${rounds} interleaved round(s), medians; ${conns} sequential connect + read + close per run; iperf3 ${seconds} s; ${t.errors} failed connections`,
       ],

@@ -55,3 +55,15 @@ export function ifinfomsg(opts: { family?: number; index?: number; flags?: numbe
   b.writeUInt32LE(opts.change ?? 0, 12);
   return b;
 }
+
+export function u32be(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(v >>> 0);
+  return b;
+}
+
+export function u64be(v: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(v);
+  return b;
+}

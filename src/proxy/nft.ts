@@ -21,7 +21,10 @@ export interface ExecOptions {
   signal?: AbortSignal;
 }
 
-/** A command that failed; `stderr` is nft's or conntrack's message, truncated. */
+/**
+ * A command that failed; `stderr` is nft's or conntrack's message, truncated. `code` is its exit
+ * code; for a netlink batch the kernel refused (nfnl.ts), the errno.
+ */
 export class ExecError extends Error {
   readonly stderr: string;
   readonly code: number | null;
@@ -186,7 +189,8 @@ export async function conntrackDelete(filters: readonly ConntrackFilter[], opts:
 export const SHELL_MAX_SCRIPT = 256 << 10;
 
 /**
- * One long-lived `nft -i` (interactive) process for small transactions (partial syncs).
+ * One long-lived `nft -i` (interactive) process for small transactions: partial syncs that the
+ * netlink executor (nfnl.ts, the first choice) does not translate.
  *
  * Why: a `nft -f` of a 7-line partial script against a 1000 Services x 10 endpoints table
  * costs about 55-60 ms, nearly all of it nft loading its cache of the table (11k chains, 1000

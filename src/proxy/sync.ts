@@ -16,6 +16,7 @@ import { silentLog } from '../core/log.ts';
 import { errText } from '../core/errors.ts';
 import { servicePortKey, type ProxyEndpoint, type ProxyState, type ServicePortState } from './endpoints.ts';
 import { conntrackDelete, nftApply, NftShell, readProxyNames, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprint, type ConntrackFilter, type ExecOptions } from './nft.ts';
+import { NfnlExecutor } from './nfnl.ts';
 import {
   buildRuleset,
   canPartial,
@@ -82,17 +83,26 @@ export interface SyncerOptions extends ExecOptions {
    */
   readBack?: 'always' | 'full' | 'lazy' | 'never';
   /**
-   * Apply partial syncs through one kept `nft -i` process ({@link NftShell}; default true)
-   * instead of a `nft -f` each: about half the cost at 1000 Services x 10 endpoints. Full
-   * syncs always use `nft -f`.
+   * Apply partial syncs that {@link NfnlExecutor} does not take through one kept `nft -i`
+   * process ({@link NftShell}; default true) instead of a `nft -f` each: about half the cost
+   * at 1000 Services x 10 endpoints. Full syncs always use `nft -f`.
    */
   shell?: boolean;
+  /**
+   * Apply partial syncs as one nf_tables netlink batch written directly ({@link NfnlExecutor};
+   * default true): no nft process and no dump of the table into nft's cache, which is most of
+   * a partial sync's cost at scale. A script with a line it does not translate goes to nft
+   * (`shell` or `nft -f`) whole.
+   */
+  nfnl?: boolean;
 }
 
 export interface SyncResult {
   mode: 'full' | 'partial' | 'unchanged';
   /** What a partial sync changed. */
   diff?: RulesetDiff;
+  /** How a partial sync was applied: netlink batch, kept `nft -i`, or `nft -f`. */
+  via?: 'nfnl' | 'nft-i' | 'nft-f';
   /** Stale UDP conntrack entries deleted. */
   flowsDeleted: number;
   ms: number;
@@ -115,16 +125,19 @@ export class ProxySyncer {
   #gen = 0;
   #checking = false;
   readonly #shell: NftShell | undefined;
+  readonly #nfnl: NfnlExecutor | undefined;
 
   constructor(opts: SyncerOptions = {}) {
     this.#opts = opts;
     this.#log = opts.log ?? silentLog;
     this.#shell = opts.shell === false ? undefined : new NftShell(opts);
+    this.#nfnl = opts.nfnl === false ? undefined : new NfnlExecutor({ netns: opts.netns, timeoutMs: opts.timeoutMs });
   }
 
-  /** Ends the kept `nft -i` process, if any (a later sync starts another). */
+  /** Ends the kept `nft -i` process and the netlink socket, if any (a later sync opens others). */
   close(): void {
     this.#shell?.close();
+    this.#nfnl?.close();
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -155,6 +168,7 @@ export class ProxySyncer {
     let tApplied = t0;
     let mode: SyncResult['mode'];
     let diff: RulesetDiff | undefined;
+    let via: SyncResult['via'];
     if (!full && !this.#needFull && prev && canPartial(prev.rs, next)) {
       diff = diffRulesets(prev.rs, next);
       const script = partialScript(prev.rs, next, diff);
@@ -162,8 +176,7 @@ export class ProxySyncer {
       tApply = performance.now();
       if (script) {
         try {
-          if (this.#shell && script.length <= SHELL_MAX_SCRIPT) await this.#shell.apply(script);
-          else await nftApply(script, this.#opts);
+          via = await this.#applyPartial(script);
         } catch (err) {
           this.#needFull = true;
           this.#kernelKnown = false;
@@ -212,8 +225,23 @@ export class ProxySyncer {
     const ms = t1 - t0;
     const r1 = (x: number) => Math.round(x * 10) / 10;
     // buildMs: model and script text; applyMs: nft -f; afterMs: read-back and conntrack
-    this.#log.debug('proxy sync', { mode, ms: r1(ms), buildMs: r1(tApply - t0), applyMs: r1(tApplied - tApply), afterMs: r1(t1 - tApplied), servicePorts: state.ports.length, flowsDeleted });
-    return { mode, diff, flowsDeleted, ms };
+    this.#log.debug('proxy sync', { mode, via, ms: r1(ms), buildMs: r1(tApply - t0), applyMs: r1(tApplied - tApply), afterMs: r1(t1 - tApplied), servicePorts: state.ports.length, flowsDeleted });
+    return { mode, diff, via, flowsDeleted, ms };
+  }
+
+  /** A partial script through the netlink batch when it translates, else through nft. */
+  async #applyPartial(script: string): Promise<NonNullable<SyncResult['via']>> {
+    if (this.#nfnl) {
+      const r = await this.#nfnl.apply(script);
+      if (r.applied) return 'nfnl';
+      this.#log.debug('proxy partial sync through nft', { reason: r.reason });
+    }
+    if (this.#shell && script.length <= SHELL_MAX_SCRIPT) {
+      await this.#shell.apply(script);
+      return 'nft-i';
+    }
+    await nftApply(script, this.#opts);
+    return 'nft-f';
   }
 
   /**

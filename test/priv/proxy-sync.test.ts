@@ -244,29 +244,35 @@ test.serial('the drift check runs beside syncs: a sync never waits for it, and i
   syncer.close();
 });
 
-test.serial('partial syncs survive the kept nft -i process going away', async (t) => {
+test.serial('partial syncs survive the netlink socket and the kept nft -i process going away', async (t) => {
   const syncer = new ProxySyncer({ netns: topo.nodeNetns });
   t.is((await syncer.sync(state({ m: [A, [{ ip: P1 }, { ip: P2 }]] }))).mode, 'full');
-  t.is((await syncer.sync(state({ m: [A, [{ ip: P1 }]] }))).mode, 'partial');
-  syncer.close(); // as if nft -i had died: the next partial sync starts another
-  t.is((await syncer.sync(state({ m: [A, [{ ip: P2 }]] }))).mode, 'partial');
+  t.like(await syncer.sync(state({ m: [A, [{ ip: P1 }]] })), { mode: 'partial', via: 'nfnl' });
+  syncer.close(); // as if both had died: the next partial sync opens another socket
+  t.like(await syncer.sync(state({ m: [A, [{ ip: P2 }]] })), { mode: 'partial', via: 'nfnl' });
   t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 10 }))), ['pod-2']);
   syncer.close();
 });
 
-test.serial('a failed partial sync leaves the kernel as it was and the next sync is full', async (t) => {
-  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
-  await syncer.sync(state({ f: [A, [{ ip: P1 }, { ip: P2 }]] }));
-  // someone removes a chain the next partial sync expects to flush
-  const l = listing();
-  const ep = [...l.chains].find((c) => c.startsWith('ep-') && c.includes('/f/tcp/') && c.includes(`__${P2}/`))!;
-  const svc = [...l.chains].find((c) => c.startsWith('svc-') && c.includes('/f/tcp/'))!;
-  topo.nsh(topo.node, '/usr/sbin/nft', ['flush', 'chain', 'ip', 'weft-proxy', svc]);
-  topo.nsh(topo.node, '/usr/sbin/nft', ['delete', 'chain', 'ip', 'weft-proxy', ep]);
-  const before = topo.nsh(topo.node, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft-proxy']);
-  // a partial sync goes through the kept `nft -i`; its error is detected all the same
-  await t.throwsAsync(syncer.sync(state({ f: [A, [{ ip: P1 }]] })), { message: /nft -i/ });
-  t.is(topo.nsh(topo.node, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft-proxy']), before, 'all or nothing');
-  t.is((await syncer.sync(state({ f: [A, [{ ip: P1 }]] }))).mode, 'full');
-  t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 10 }))), ['pod-1']);
-});
+for (const [via, opts, error] of [
+  ['the netlink batch', {}, /nfnl: line \d+ .*: ENOENT/],
+  ['the kept nft -i', { nfnl: false }, /nft -i/],
+] as const) {
+  test.serial(`a failed partial sync through ${via} leaves the kernel as it was and the next sync is full`, async (t) => {
+    const syncer = new ProxySyncer({ netns: topo.nodeNetns, ...opts });
+    t.teardown(() => syncer.close());
+    await syncer.sync(state({ f: [A, [{ ip: P1 }, { ip: P2 }]] }));
+    // someone removes a chain the next partial sync expects to flush
+    const l = listing();
+    const ep = [...l.chains].find((c) => c.startsWith('ep-') && c.includes('/f/tcp/') && c.includes(`__${P2}/`))!;
+    const svc = [...l.chains].find((c) => c.startsWith('svc-') && c.includes('/f/tcp/'))!;
+    topo.nsh(topo.node, '/usr/sbin/nft', ['flush', 'chain', 'ip', 'weft-proxy', svc]);
+    topo.nsh(topo.node, '/usr/sbin/nft', ['delete', 'chain', 'ip', 'weft-proxy', ep]);
+    const before = topo.nsh(topo.node, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft-proxy']);
+    // the kernel's (or nft's) refusal is detected whichever way the script went
+    await t.throwsAsync(syncer.sync(state({ f: [A, [{ ip: P1 }]] })), { message: error });
+    t.is(topo.nsh(topo.node, '/usr/sbin/nft', ['list', 'table', 'ip', 'weft-proxy']), before, 'all or nothing');
+    t.is((await syncer.sync(state({ f: [A, [{ ip: P1 }]] }))).mode, 'full');
+    t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 10 }))), ['pod-1']);
+  });
+}
