@@ -35,10 +35,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends nftables iptables conntrack ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
-# weftd and weftctl: bundles (weftd's in pieces: the starter, weftd.mjs and its chunks); the
-# setns addon beside them (bin/../native); the one native module the bundles leave external,
-# resolved from /opt/weft/node_modules.
-COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftd*.mjs /src/dist/bin/weftctl /src/dist/bin/weft-cni-worker.js /opt/weft/bin/
+# weftd and weftctl: bundles (weftd's in pieces: the starter, weftd.mjs and its chunks, and the
+# license notices esbuild moved out of them); the setns addon beside them (bin/../native); the
+# one native module the bundles leave external, resolved from /opt/weft/node_modules.
+COPY --from=build /src/dist/bin/weftd /src/dist/bin/weftd*.mjs /src/dist/bin/weftd*.LEGAL.txt /src/dist/bin/weftctl /src/dist/bin/weft-cni-worker.js /opt/weft/bin/
 COPY --from=build /src/dist/native/ /opt/weft/native/
 # etcd3's .proto files, read at run time from bin/../proto; the CommonJS scope marker.
 COPY --from=build /src/dist/proto/ /opt/weft/proto/

@@ -17,7 +17,7 @@ import { openRtMonitor } from '../src/netlink/monitor.ts';
 import { setSysctl } from '../src/netns/index.ts';
 import type { SubnetManager } from '../src/subnet/manager.ts';
 import type { NetworkConfig } from '../src/subnet/config.ts';
-import { startCniFastpath, type FastpathServer } from '../src/fastpath/index.ts';
+import { DEFAULT_WORKERS, startCniFastpath, type FastpathServer } from '../src/fastpath/index.ts';
 
 async function main(): Promise<number> {
   let opts;
@@ -115,7 +115,7 @@ async function main(): Promise<number> {
   let fastpath: Promise<FastpathServer | undefined> = Promise.resolve(undefined);
   if (opts.cniSocket) {
     const network = { subnetFile: opts.subnetFile, dataDir: opts.cniDataDir, bridge: opts.cniBridge };
-    const workers = { min: Math.min(1, opts.cniWorkers), max: opts.cniWorkers };
+    const workers = { ...DEFAULT_WORKERS, max: opts.cniWorkers };
     fastpath = startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, workers, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
       (s) => {
         log.info(`serving CNI requests on ${s.path}`);

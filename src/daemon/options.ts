@@ -56,7 +56,7 @@ export interface DaemonOptions {
   /** The pods' IPAM dataDir and bridge the fast path serves (requests naming others are refused); the dataDir also tells which pods still use a lost subnet (src/daemon/pods.ts). */
   cniDataDir: string;
   cniBridge: string;
-  /** Most worker threads for CNI requests (one kept warm); 0 runs them on the main thread. */
+  /** Most worker threads for CNI requests (started on demand); 0 runs them on the main thread. */
   cniWorkers: number;
 }
 
@@ -104,7 +104,7 @@ const FLAGS = {
     help: 'the IPAM dataDir of the only network the CNI fast path serves; a lost subnet is left only when no pod address is allocated in it',
   },
   'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
-  'cni-workers': { type: 'string', default: '2', help: 'worker threads running CNI requests, one kept warm ("0": on the main thread)' },
+  'cni-workers': { type: 'string', default: '2', help: 'most worker threads running CNI requests, started on demand and stopped after 60 s idle ("0": on the main thread)' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 

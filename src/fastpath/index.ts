@@ -13,12 +13,14 @@ export { cniHandler, handleCniWith, type HandlerOptions } from './handler.ts';
 export { startWorkerPool, type WorkerPool } from './pool.ts';
 
 /**
- * Worker threads: one kept warm (~20 MiB of RSS each), a second in a burst. Measured here (50
- * pods through the launcher, 2 shared cores): the main thread's worst event-loop delay per
- * second ~10-15 ms instead of 30-60 ms, DEL bursts ~10% shorter, ADD bursts the same. Starting
- * workers on demand mid-burst cost more than it saved on 2 cores.
+ * Worker threads: none while no pod comes or goes (each costs ~13-20 MiB of RSS: weftd idles at
+ * ~94 instead of ~100 MiB with 1000 peers), one started by the first request after an idle
+ * spell (which itself runs on the main thread meanwhile), a second in a burst; idle ones stop
+ * after 60 s. Measured here (50 pods through the launcher, 2 shared cores): with workers the main
+ * thread's worst event-loop delay per second is ~10-15 ms instead of 30-60 ms, DEL bursts ~10%
+ * shorter, ADD bursts the same.
  */
-export const DEFAULT_WORKERS = { min: 1, max: 2 };
+export const DEFAULT_WORKERS = { min: 0, max: 2 };
 
 export interface StartOptions {
   path?: string;

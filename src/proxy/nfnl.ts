@@ -31,6 +31,10 @@ const AF_INET = 2;
 const NFNL_SUBSYS_NFTABLES = 10;
 const NFNL_MSG_BATCH_BEGIN = 0x10;
 const NFNL_MSG_BATCH_END = 0x11;
+// (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN / NFT_MSG_NEWGEN
+const NFT_MSG_GETGEN = (10 << 8) | 16;
+const NFT_MSG_NEWGEN = (10 << 8) | 15;
+const NFTA_GEN_ID = 1;
 const NLMSG_ERROR = 2;
 const NLMSG_OVERRUN = 4;
 
@@ -630,6 +634,64 @@ export class NfnlExecutor {
       throw new ExecError(msg, { stderr: msg, code: Math.abs(first.errno) });
     }
     return { applied: true, messages: t.messages.length };
+  }
+
+  /**
+   * The kernel's nf_tables ruleset generation (NFT_MSG_GETGEN): every committed transaction in
+   * the namespace, anyone's, bumps it. Equal readings mean no change in between.
+   */
+  generation(): Promise<number> {
+    const p = this.#chain.then(() => this.#generation());
+    this.#chain = p.catch(() => {});
+    return p;
+  }
+
+  async #generation(): Promise<number> {
+    const sock = this.#open();
+    const seq = this.#seq;
+    this.#seq = (this.#seq + 1) % 0x7fffffff;
+    const timeoutMs = this.#opts.timeoutMs ?? 30_000;
+    return new Promise<number>((resolve, reject) => {
+      const done = (err: Error | undefined, gen?: number) => {
+        clearTimeout(timer);
+        this.#pending = undefined;
+        sock.unref();
+        if (err) reject(err);
+        else resolve(gen!);
+      };
+      const timer = setTimeout(() => {
+        this.close();
+        done(new ExecError(`nfnl: no answer to GETGEN within ${timeoutMs} ms`, { stderr: '', code: null }));
+      }, timeoutMs);
+      this.#pending = {
+        onError: (e) => done(new ExecError(`nfnl: socket error: ${e.message}`, { stderr: '', code: null, cause: e })),
+        onMessage: (buf) => {
+          for (let off = 0; off + 16 <= buf.length; ) {
+            const len = buf.readUInt32LE(off);
+            if (len < 16) break;
+            const type = buf.readUInt16LE(off + 4);
+            if (buf.readUInt32LE(off + 8) === seq) {
+              if (type === NLMSG_ERROR && len >= 20) return done(new ExecError(`nfnl: GETGEN: ${errnoText(buf.readInt32LE(off + 16))}`, { stderr: '', code: null }));
+              if (type === NFT_MSG_NEWGEN) {
+                // nlmsghdr (16) + nfgenmsg (4), then attributes; NFTA_GEN_ID is a big-endian u32
+                for (let a = off + 20; a + 4 <= off + len; ) {
+                  const alen = buf.readUInt16LE(a);
+                  if (alen < 4) break;
+                  if ((buf.readUInt16LE(a + 2) & 0x3fff) === NFTA_GEN_ID && alen >= 8) return done(undefined, buf.readUInt32BE(a + 4));
+                  a += (alen + 3) & ~3;
+                }
+                return done(new ExecError('nfnl: GETGEN answer without NFTA_GEN_ID', { stderr: '', code: null }));
+              }
+            }
+            off += (len + 3) & ~3;
+          }
+        },
+      };
+      sock.ref();
+      sock.send(nlmsg(NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0, 0, Buffer.alloc(0)), {}, (err) => {
+        if (err) done(new ExecError(`nfnl: send: ${err.message}`, { stderr: '', code: null, cause: err }));
+      });
+    });
   }
 
   /** Closes the socket (the next apply opens another). */

@@ -5,6 +5,9 @@
  * `conntrack -L` in the node namespace and what the echo servers answer.
  */
 import test from 'ava';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
 import { nftApply } from '../../src/proxy/nft.ts';
 import { buildRuleset, fullScript } from '../../src/proxy/ruleset.ts';
@@ -276,3 +279,44 @@ for (const [via, opts, error] of [
     t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: A, port: 80, count: 10 }))), ['pod-1']);
   });
 }
+
+test.serial('a drift check reads the table only when something was committed since it was last known', async (t) => {
+  // nft behind a wrapper that logs each call: the check's only way to read the table
+  const dir = mkdtempSync(join(tmpdir(), 'weft-nftlog-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const log = join(dir, 'calls');
+  const nftBin = join(dir, 'nft');
+  writeFileSync(nftBin, `#!/bin/sh\necho "$*" >> ${log}\nexec /usr/sbin/nft "$@"\n`);
+  chmodSync(nftBin, 0o755);
+  const reads = () =>
+    readFileSync(log, 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('-j list table')).length;
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns, readBack: 'lazy', nftBin });
+  t.teardown(() => syncer.close());
+  await syncer.sync(state({ g: [C, [{ ip: P1 }, { ip: P2 }]] }), { full: true });
+  const after = reads();
+  t.false(await syncer.drifted(), 'the first check takes the baseline');
+  t.is(reads(), after + 1);
+  t.false(await syncer.drifted());
+  t.false(await syncer.drifted());
+  t.is(reads(), after + 1, 'no commit since: no read');
+  // someone else's commit, in another table: read, compared, no drift
+  topo.nsh(topo.node, '/usr/sbin/nft', ['add', 'table', 'ip', 'weft-nftlog-other']);
+  t.teardown(() => topo.nsh(topo.node, '/usr/sbin/nft', ['delete', 'table', 'ip', 'weft-nftlog-other']));
+  t.false(await syncer.drifted());
+  t.is(reads(), after + 2);
+  t.false(await syncer.drifted());
+  t.is(reads(), after + 2);
+  // an edit of our table is seen
+  const chain = [...listing().chains].find((c) => c.startsWith('svc-') && c.includes('/g/tcp/'))!;
+  topo.nsh(topo.node, '/usr/sbin/nft', ['flush', 'chain', 'ip', 'weft-proxy', chain]);
+  t.true(await syncer.drifted());
+  t.is((await syncer.sync(state({ g: [C, [{ ip: P1 }, { ip: P2 }]] }))).mode, 'full');
+  // a partial sync leaves a baseline to take: the next check reads once, then not again
+  t.is((await syncer.sync(state({ g: [C, [{ ip: P2 }]] }))).mode, 'partial');
+  const n = reads();
+  t.false(await syncer.drifted());
+  t.false(await syncer.drifted());
+  t.is(reads(), n + 1);
+});

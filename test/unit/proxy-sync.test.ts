@@ -1,6 +1,6 @@
 import test from 'ava';
 import { selectEndpoints } from '../../src/proxy/endpoints.ts';
-import { conntrackArgs, tableFingerprint } from '../../src/proxy/nft.ts';
+import { conntrackArgs, tableFingerprint, tableFingerprintSliced } from '../../src/proxy/nft.ts';
 import { staleUDPFlows } from '../../src/proxy/sync.ts';
 import { validateEndpointSlice, validateService } from '../../src/proxy/types.ts';
 
@@ -51,7 +51,7 @@ test('conntrack: arguments are canonical and validated', (t) => {
   t.throws(() => conntrackArgs({ port: 0 }));
 });
 
-test('fingerprint: ignores handles and dynamic set contents, sees everything else', (t) => {
+test('fingerprint: ignores handles and dynamic set contents, sees everything else', async (t) => {
   const doc = (elem: unknown[], rule: string) =>
     JSON.stringify({
       nftables: [
@@ -65,4 +65,8 @@ test('fingerprint: ignores handles and dynamic set contents, sees everything els
   t.is(tableFingerprint(doc([], 'a')), tableFingerprint(doc([{ elem: { val: '198.18.0.11', expires: 5 } }], 'a')));
   t.not(tableFingerprint(doc([], 'a')), tableFingerprint(doc([], 'b')));
   t.throws(() => tableFingerprint('{}'));
+  // the drift check's sliced walk gives the very same string, whatever the slice
+  const big = doc([{ elem: { val: '198.18.0.11', expires: 5 } }], 'c');
+  for (const slice of [1, 2, 3, 2000]) t.is(await tableFingerprintSliced(big, slice), tableFingerprint(big), `slice ${slice}`);
+  await t.throwsAsync(tableFingerprintSliced('{}'));
 });
