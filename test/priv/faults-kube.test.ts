@@ -615,7 +615,14 @@ test.serial('API server restarted on an empty store (data lost): every weftd re-
       const count = (re: RegExp) => (log.match(re) ?? []).length;
       return [
         n,
-        { added: count(/peer added: /g), changed: count(/peer changed: /g), removed: count(/peer removed: /g), relists: count(/node list: re-listed/g), restored: count(/writing them back/g) },
+        {
+          added: count(/peer added: /g),
+          changed: count(/peer changed: /g),
+          removed: count(/peer removed: /g),
+          relists: count(/node list: re-listed/g),
+          storeBehind: count(/is behind ours/g),
+          restored: count(/writing them back/g),
+        },
       ];
     }),
   );
