@@ -109,7 +109,8 @@ export interface NodeClientOptions {
 /** Nodes get / list / status patch with deadlines; what the kube subnet manager needs. */
 export interface NodeClient {
   get(name: string): Promise<V1Node>;
-  list(): Promise<V1NodeList>;
+  /** Every Node; with `limit`, at most that many (with the list's resourceVersion all the same). */
+  list(opts?: { limit?: number }): Promise<V1NodeList>;
   /** Strategic-merge PATCH on `nodes/<name>/status`. */
   patchStatus(name: string, body: object): Promise<V1Node>;
 }
@@ -156,9 +157,10 @@ export class KubeNodeClient implements NodeClient {
     }
   }
 
-  async list(): Promise<V1NodeList> {
+  async list(opts: { limit?: number } = {}): Promise<V1NodeList> {
     try {
       // A full listing of a large cluster is megabytes: a longer deadline than single objects.
+      if (opts.limit !== undefined) return await this.api.listNode({ limit: opts.limit }, this.#options(['Accept', 'application/json']));
       return await this.api.listNode({}, this.#options(['Accept', 'application/json'], Math.max(this.#timeoutMs, 60_000)));
     } catch (err) {
       throw toApiError('list nodes', err);

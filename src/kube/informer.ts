@@ -12,11 +12,41 @@ import { systemClock, type Clock } from '../core/clock.ts';
 import { errText } from '../core/errors.ts';
 import type { Log } from '../core/log.ts';
 
-/** client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion). */
+/**
+ * client-node's Watch, asking for BOOKMARK events (the ListWatch takes their resourceVersion).
+ * With `stale`, asked before each watch opens from a resourceVersion: when it answers true, the
+ * watch is not opened and ListWatch gets a 410 Gone instead, which it answers by listing afresh.
+ */
 export class BookmarkWatch extends Watch {
-  override watch(...[path, params, cb, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
+  readonly #stale: ((resourceVersion: string) => Promise<boolean>) | undefined;
+
+  constructor(kc: KubeConfig, stale?: (resourceVersion: string) => Promise<boolean>) {
+    super(kc);
+    this.#stale = stale;
+  }
+
+  override async watch(...[path, params, cb, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
+    const rv = params?.resourceVersion;
+    if (rv && this.#stale && (await this.#stale(String(rv)))) {
+      // As Watch reports a failed open: done first, then the (already aborted) controller.
+      const ctl = new AbortController();
+      ctl.abort();
+      done(Object.assign(new Error(`resourceVersion ${rv} is gone`), { statusCode: 410 }));
+      return ctl;
+    }
     return super.watch(path, { ...params, allowWatchBookmarks: true }, cb, done);
   }
+}
+
+/**
+ * True when the API server's store is behind `ours`: the store's resourceVersion `now` (etcd's
+ * revision) is lower than one we saw, so it was emptied or restored from a backup. A watch from
+ * `ours` would then wait, silently, until the new store's revision reaches it. Versions that are
+ * not decimal integers (not etcd-backed) are never judged.
+ */
+export function storeBehind(now: string | undefined, ours: string): boolean {
+  if (!now || !/^\d{1,30}$/.test(now) || !/^\d{1,30}$/.test(ours)) return false;
+  return BigInt(now) < BigInt(ours);
 }
 
 export interface KeepInformerOptions<T extends KubernetesObject> {
@@ -39,19 +69,48 @@ export interface KeepInformerOptions<T extends KubernetesObject> {
   backoffMs?: { min: number; max: number };
   /** Called with every failure that stopped the informer (metrics). */
   onError?: (err: unknown) => void;
+  /**
+   * The collection's resourceVersion now (a list with limit 1). When given, it is read before
+   * each watch resumes from a version not just listed (a restart, a reconnect): if the store is
+   * behind that version ({@link storeBehind}: the API server came back on an emptied or restored
+   * etcd), the informer lists afresh instead of watching from a version the store has not
+   * reached, which would deliver nothing. A failed read resumes as without it.
+   */
+  currentVersion?: () => Promise<string | undefined>;
 }
 
 /** Runs the informer until `signal` aborts, restarting it after errors. */
 export async function keepInformer<T extends KubernetesObject>(signal: AbortSignal, opts: KeepInformerOptions<T>): Promise<void> {
   const { log, what } = opts;
   const clock = opts.clock ?? systemClock;
+  const { currentVersion } = opts;
+  // The version ListWatch watches from right after a listing: no need to ask how new it is.
+  let listed: string | undefined;
+  const stale = currentVersion
+    ? async (rv: string): Promise<boolean> => {
+        if (rv === listed) {
+          listed = undefined;
+          return false;
+        }
+        let now: string | undefined;
+        try {
+          now = await currentVersion();
+        } catch {
+          return false;
+        }
+        if (!storeBehind(now, rv)) return false;
+        log.warn(`${what}: the API server's resourceVersion ${now} is behind ours (${rv}): its store was emptied or restored; listing afresh`);
+        return true;
+      }
+    : undefined;
   const informer = new ListWatch<T>(
     opts.path,
-    new BookmarkWatch(opts.kc),
+    new BookmarkWatch(opts.kc, stale),
     async () => {
       const list = await opts.list();
       // Failing here keeps the informer from starting a watch after we stopped it.
       if (signal.aborted) throw new Error(`${what} stopped`);
+      listed = list.metadata?.resourceVersion;
       return list;
     },
     false,

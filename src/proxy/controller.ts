@@ -172,13 +172,17 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
   }
 
   const listOptions = callOptions(['Accept', 'application/json'], 60_000);
+  // The one-item list keepInformer reads the collection's resourceVersion with.
+  const probeOptions = callOptions(['Accept', 'application/json'], 10_000);
   const core = opts.kc.makeApiClient(CoreV1Api);
   const discovery = opts.kc.makeApiClient(DiscoveryV1Api);
-  const informer = <T extends KubernetesObject>(path: string, cache: Cache<unknown>, flag: keyof typeof synced, list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>) =>
+  type Listing<T> = { items: T[]; metadata?: { resourceVersion?: string } };
+  const informer = <T extends KubernetesObject>(path: string, cache: Cache<unknown>, flag: keyof typeof synced, list: (limit?: number) => Promise<Listing<T>>) =>
     keepInformer<T>(signal, {
       kc: opts.kc,
       path,
       what: `proxy ${cache.kind} watch`,
+      currentVersion: async () => (await list(1)).metadata?.resourceVersion,
       list: async () => {
         const l = await list();
         // The informer relists after 410 too: either way the cache becomes exactly the listing.
@@ -208,8 +212,8 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
 
   await Promise.all([
     // A deadline on each listing (client-node's calls have none), like the Node informer's.
-    informer(SERVICES, caches.services as Cache<unknown>, 'services', () => core.listServiceForAllNamespaces({}, listOptions)),
-    informer(SLICES, caches.slices as Cache<unknown>, 'slices', () => discovery.listEndpointSliceForAllNamespaces({}, listOptions)),
+    informer(SERVICES, caches.services as Cache<unknown>, 'services', (limit) => core.listServiceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
+    informer(SLICES, caches.slices as Cache<unknown>, 'slices', (limit) => discovery.listEndpointSliceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
     periodic(opts.fullSyncIntervalMs ?? 5 * 60_000, async () => {
       full = true;
       schedule();

@@ -409,6 +409,7 @@ export class KubeStatusSource implements StatusSource {
     let lists = 0;
     await runNodeInformer(this.#opts.kc, {
       list: () => this.#client.list(),
+      currentVersion: async () => (await this.#client.list({ limit: 1 })).metadata?.resourceVersion,
       signal: AbortSignal.any([signal, this.#closed.signal]),
       clock: this.#clock,
       log: { error: note, warn: note, info: note, debug: () => undefined },

@@ -19,7 +19,7 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FaultProxyProcess } from '../helpers/faultproxy.ts';
 import {
@@ -505,4 +505,159 @@ test.serial('weftd SIGKILLed at random moments of start-up 10 times: converges e
   t.is(JSON.parse(node?.metadata?.annotations?.[`${ANN}/backend-data`] ?? '{}').VtepMAC, mac, 'and its annotated MAC');
   t.is(cluster.overlay('n2').mac, mac, 'flannel.1 keeps its MAC');
   t.is(lostTotal(figures), 0, JSON.stringify(figures));
+});
+
+/**
+ * The API server's store lost: the API server and its etcd killed, etcd's data dir deleted, both
+ * started empty. What a real cluster's components then do is done by hand: each kubelet
+ * registers its Node again (name, labels, addresses; a kubelet registers once per start, so in a
+ * real cluster that is when it is restarted) and the node IPAM controller gives it a podCIDR. The
+ * lab re-creates every Node with the podCIDR it had (the lab's node IPAM claims a podCIDR set on
+ * create). A controller that hands out different podCIDRs is a different scenario: weftd then
+ * exits on purpose ("podCIDR changed ... restarting to take the new one", manager.ts) and its
+ * restart moves the node onto the new subnet; Kubernetes mode has no lost-subnet waiting (the
+ * kube subnet manager cannot lose a subnet). The flannel annotations are weftd's to write back.
+ *
+ * weftd's informer held a resourceVersion far beyond the new store's revision: it must list the
+ * new store instead of watching from that version (src/kube/informer.ts, currentVersion). The
+ * empty listing removes every peer until the Nodes are back: the pings lost are that gap, which
+ * here is as short as the test makes it (the Nodes come back once every weftd has seen the empty
+ * list). Kept last: it replaces every object the API server had.
+ */
+test.serial('API server restarted on an empty store (data lost): every weftd re-annotates its re-registered Node, peers converge with the same subnets', async (t) => {
+  t.true(converged(), 'converged before');
+  const before = Object.fromEntries(NODES.map((n) => [n, { subnet: cluster.subnetOf(n)!, mac: cluster.overlay(n).mac! }]));
+  const nodesBefore = Object.fromEntries(await Promise.all(NODES.map(async (n) => [n, await cluster.topo.getNode(n)] as const)));
+  const logAt = Object.fromEntries(NODES.map((n) => [n, cluster.log(n).length]));
+  /** What a kubelet registers (as the lab's own registration: the Node, then its addresses), with the old podCIDR. */
+  const register = async (n: string) => {
+    const old = nodesBefore[n];
+    await cluster.topo.api('POST', '/api/v1/nodes', {
+      apiVersion: 'v1',
+      kind: 'Node',
+      metadata: { name: n, labels: old.metadata.labels },
+      spec: { podCIDR: before[n]!.subnet, podCIDRs: [before[n]!.subnet] },
+    });
+    await cluster.topo.api('PATCH', `/api/v1/nodes/${n}/status`, { status: { addresses: old.status.addresses } }, { contentType: 'application/strategic-merge-patch+json' });
+  };
+  // However the scenario ends, etcd and the API server run and every Node is registered again.
+  t.teardown(async () => {
+    if (!isAlive(cluster.topo.state.etcdPid)) await cluster.topo.startEtcd().catch(() => undefined);
+    if (!isAlive(cluster.topo.state.apiServer?.pid)) await cluster.topo.startApiServer().catch(() => undefined);
+    for (const n of NODES) if (!(await cluster.topo.getNode(n).catch(() => ({})))) await register(n).catch(() => undefined);
+  });
+  const pings = pingPairs(30);
+  await sleep(1000);
+  await cluster.topo.stopApiServer('SIGKILL');
+  await cluster.topo.stopEtcd('SIGKILL');
+  const stoppedAt = Date.now();
+  rmSync(cluster.etcd.dataDir, { recursive: true, force: true });
+  const etcdLog = join(cluster.topo.state.workDir, 'etcd.log');
+  const etcdLogAt = existsSync(etcdLog) ? readFileSync(etcdLog, 'utf8').length : 0;
+  let etcdStartAttempts = 0;
+  for (;;) {
+    etcdStartAttempts++;
+    try {
+      await cluster.topo.startEtcd();
+      break;
+    } catch (err) {
+      // As in faults.test.ts's etcd scenario: etcd seen exiting at once on the fresh data dir; its log says why.
+      t.log(`etcd start failed: ${(err as Error).message}\n${existsSync(etcdLog) ? readFileSync(etcdLog, 'utf8').slice(etcdLogAt).slice(-2000) : '(no etcd log)'}`);
+      if (etcdStartAttempts >= 3) throw err;
+      await sleep(1000);
+    }
+  }
+  await cluster.topo.startApiServer();
+  const emptyAt = Date.now();
+  const emptyList = await cluster.topo.api('GET', '/api/v1/nodes');
+  // The Node list stays empty until every weftd has seen it and acted on it (or 10 s), as if the kubelets were slow.
+  const relisted = (n: string) => /node list: re-listed 0 node\(s\)/.test(cluster.log(n).slice(logAt[n]));
+  const peerless = (n: string) => NODES.every((p) => p === n || !cluster.hasPeer(n, p));
+  const sawEmpty = await eventually(() => NODES.every(relisted), 10_000, 100);
+  if (sawEmpty) await eventually(() => NODES.every(peerless), 5000, 100);
+  const peersWhileEmpty = Object.fromEntries(NODES.map((n) => [n, NODES.filter((p) => p !== n && cluster.hasPeer(n, p)).length]));
+  const during = { healthz: await statuses('/healthz'), readyz: await statuses('/readyz') };
+  for (const n of NODES) await register(n);
+  const registeredAt = Date.now();
+  const annotated = (node: any, n: string) => {
+    const a = node?.metadata?.annotations ?? {};
+    return (
+      a[`${ANN}/kube-subnet-manager`] === 'true' && a[`${ANN}/backend-type`] === 'vxlan' && a[`${ANN}/public-ip`] === cluster.node(n).ip && a[`${ANN}/backend-data`] === backendData(before[n]!.mac)
+    );
+  };
+  const annotatedMs: Record<string, number> = {};
+  const reannotated = await eventually(
+    async () => {
+      for (const n of NODES) if (annotatedMs[n] === undefined && annotated(await cluster.topo.getNode(n), n)) annotatedMs[n] = Date.now() - registeredAt;
+      return Object.keys(annotatedMs).length === NODES.length;
+    },
+    20_000,
+    100,
+  );
+  const ok = await eventually(converged, 20_000, 100);
+  const convergedMs = Date.now() - registeredAt;
+  const ping = await pings.results();
+  const after = Object.fromEntries(NODES.map((n) => [n, { subnet: cluster.subnetOf(n), mac: cluster.overlay(n).mac }]));
+  const nodesAfter = Object.fromEntries(await Promise.all(NODES.map(async (n) => [n, await cluster.topo.getNode(n)] as const)));
+  const work = Object.fromEntries(
+    NODES.map((n) => {
+      const log = cluster.log(n).slice(logAt[n]);
+      const count = (re: RegExp) => (log.match(re) ?? []).length;
+      return [
+        n,
+        {
+          added: count(/peer added: /g),
+          changed: count(/peer changed: /g),
+          removed: count(/peer removed: /g),
+          relists: count(/node list: re-listed/g),
+          storeBehind: count(/is behind ours/g),
+          restored: count(/writing them back/g),
+        },
+      ];
+    }),
+  );
+  // How long each node was without its peers, from its log: first peer removed to last peer added back.
+  const peerlessMs = Object.fromEntries(
+    NODES.map((n) => {
+      const at = (re: RegExp) => [...cluster.log(n).slice(logAt[n]).matchAll(re)].map((m) => Date.parse(m[1]!));
+      const removed = at(/^(\S+) .*peer removed: /gm);
+      const added = at(/^(\S+) .*peer added: /gm);
+      return [n, removed.length && added.length ? Math.max(...added) - Math.min(...removed) : undefined];
+    }),
+  );
+  const readyAfter = await statuses('/readyz');
+  const pingAfter = await pingPairs(2).results();
+  record(t, 'API server restarted empty', {
+    downMs: emptyAt - stoppedAt,
+    etcdStartAttempts,
+    emptyListItems: emptyList?.items?.length,
+    emptyMsBeforeReRegistration: registeredAt - emptyAt,
+    everyWeftdSawTheEmptyList: sawEmpty,
+    peersWhileEmpty,
+    peerlessMs,
+    during,
+    annotatedMsAfterReRegistration: annotatedMs,
+    allPeersProgrammedMsAfterReRegistration: convergedMs,
+    pingsSent: sentTotal(ping),
+    lostPings: lostTotal(ping),
+    ping,
+    work,
+    readyzAfter: readyAfter,
+    // weftd sets NetworkUnavailable=False once, at start: a re-created Node does not get it again.
+    networkUnavailableAfter: Object.fromEntries(NODES.map((n) => [n, nodesAfter[n]?.status?.conditions?.find((c: { type: string }) => c.type === 'NetworkUnavailable')?.status ?? 'absent'])),
+    pingAfter,
+  });
+  t.is(emptyList?.items?.length, 0, 'the API server came back empty');
+  t.true(sawEmpty, `every weftd listed the empty store:\n${NODES.map(watchLines).join('\n')}`);
+  t.true(reannotated, `every weftd re-annotated its Node:\n${NODES.map(watchLines).join('\n')}`);
+  t.true(ok, 'peers converged: every real peer programmed, nothing stale or extra');
+  for (const n of NODES) {
+    t.deepEqual(after[n], before[n], `${n} kept its subnet and VTEP MAC`);
+    t.is(nodesAfter[n]?.spec?.podCIDR, before[n]!.subnet);
+    t.true(isAlive(cluster.node(n).pid), `weftd on ${n} still running`);
+  }
+  t.deepEqual(during.healthz, { n1: 200, n2: 200, n3: 200 }, 'alive while the store is empty');
+  t.deepEqual(during.readyz, { n1: 200, n2: 200, n3: 200 }, 'ready while the store is empty: the subnet file stays valid');
+  t.deepEqual(readyAfter, { n1: 200, n2: 200, n3: 200 }, 'ready after');
+  t.is(lostTotal(pingAfter), 0, `pods reach each other once converged: ${JSON.stringify(pingAfter)}`);
 });

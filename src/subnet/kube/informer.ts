@@ -25,6 +25,8 @@ export interface NodeInformerOptions {
   log: Log;
   /** Restart backoff after errors (ms): doubles from `min` up to `max` (default 1 s .. 30 s). */
   backoffMs?: { min: number; max: number };
+  /** The Nodes' resourceVersion now (a list with limit 1): a watch does not resume past an emptied store (keepInformer). */
+  currentVersion?: () => Promise<string | undefined>;
   /** Every failed list or watch (the informer restarts after it). */
   onError?: (err: unknown) => void;
   /** Each full listing (the first, after 410, after a failed list), before its add/update/delete callbacks. */
@@ -52,5 +54,6 @@ export function runNodeInformer(kc: KubeConfig, opts: NodeInformerOptions): Prom
     clock: opts.clock,
     backoffMs: opts.backoffMs,
     onError: opts.onError,
+    currentVersion: opts.currentVersion,
   });
 }

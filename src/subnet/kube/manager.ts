@@ -349,6 +349,9 @@ export class KubeSubnetManager implements SubnetManager {
 
     await runNodeInformer(this.#opts.kc, {
       list: () => this.#client.list(),
+      // An API server back on an emptied store: list it (our Node and peers re-registered
+      // there are then seen, and annotated again) instead of watching from a version it lacks.
+      currentVersion: async () => (await this.#client.list({ limit: 1 })).metadata?.resourceVersion,
       signal: stop,
       clock: this.#clock,
       log,
