@@ -17,7 +17,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { buildLauncher } from './build-launcher.ts';
-import { bundleOptions, weftdBundleOptions } from './bundle-options.ts';
+import { bundleOptions, weftdBundleOptions, weftdNodeFlags } from './bundle-options.ts';
 import { nativeNetlink } from './esbuild-netlink.ts';
 
 const root = join(import.meta.dirname, '..');
@@ -100,9 +100,7 @@ const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts') &
 // paged in; 92.8 -> 76.5 MiB): weftd's work is netlink, etcd and the API server, not JavaScript
 // (1000 peers converge in ~550 instead of ~470 ms). Not --jitless: that also drops
 // WebAssembly, which the Kubernetes client's HTTP parser (undici's llhttp) needs.
-const nodeFlags: Record<string, string[]> = {
-  weftd: ['--max-semi-space-size=1', '--optimize-for-size', '--v8-pool-size=1', '--no-opt', '--no-maglev', '--no-sparkplug'],
-};
+const nodeFlags: Record<string, string[]> = { weftd: weftdNodeFlags };
 const shebangFor = (node: string, flags: string[] = []) => (flags.length > 1 ? `#!/usr/bin/env -S ${node} ${flags.join(' ')}` : `#!${[node, ...flags].join(' ')}`);
 // The CNI plugin, started once per pod, bundles the rtnetlink part of `netlink` (loading the
 // package's index at each start cost more than the rest of the bundle); weftd and weftctl,

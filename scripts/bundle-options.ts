@@ -44,3 +44,6 @@ export const weftdBundleOptions = {
     ].join(' '),
   },
 } satisfies BuildOptions;
+
+/** weftd's V8 flags, on its starter's shebang (scripts/build.ts says why each). */
+export const weftdNodeFlags = ['--max-semi-space-size=1', '--optimize-for-size', '--v8-pool-size=1', '--no-opt', '--no-maglev', '--no-sparkplug'];
