@@ -35,7 +35,13 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
     ns: nodeNs,
     cwd: root,
     // The one network it serves: bench/lib/confs.ts weftConfig's paths under `dir`.
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', WEFT_FASTPATH_TIMING: '1', WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam'), WEFT_SERVE_WORKERS: workers, ...(opts.loop ? { WEFT_SERVE_LOOP: '1' } : {}) },
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      WEFT_FASTPATH_TIMING: '1',
+      WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam'),
+      WEFT_SERVE_WORKERS: workers,
+      ...(opts.loop ? { WEFT_SERVE_LOOP: '1' } : {}),
+    },
   });
   const handled: Handled[] = [];
   const loopDelays: Served['loopDelays'] = [];
