@@ -95,11 +95,12 @@ const entries = readdirSync(join(root, 'cmd')).filter((f) => f.endsWith('.ts') &
 // 8.30+; bookworm has 9.1). weftd: a 1 MiB young generation keeps its RSS under 100 MB with
 // 1000 peers (bench peers: 104 -> 91 MiB); --optimize-for-size takes ~5 MiB more off (bench
 // peers, 6 interleaved runs each: 94.5 -> 89.4 MiB mean) at the same convergence and p50.
-// One V8 helper thread (--v8-pool-size=1; bench idle 99.7 -> 94.2 MiB) and no JIT tiers
-// (V8's interpreter only: no compiled code, and the compilers' pages of the node binary never
-// paged in; 92.8 -> 76.5 MiB): weftd's work is netlink, etcd and the API server, not JavaScript
-// (1000 peers converge in ~550 instead of ~470 ms). Not --jitless: that also drops
-// WebAssembly, which the Kubernetes client's HTTP parser (undici's llhttp) needs.
+// One V8 helper thread (--v8-pool-size=1) and no JIT tiers (V8's interpreter only: no compiled
+// code, and the compilers' pages of the node binary never paged in): bench idle with 1000 peers
+// 94.9 -> 76.6 MiB, convergence 477 -> 455 ms (bench/results/sample-2026-12-01-v8flags-
+// {before,after}.json.txt); weftd's work is netlink, etcd and the API server, not JavaScript.
+// Not --jitless: that also drops WebAssembly, which the Kubernetes client's HTTP parser
+// (undici's llhttp) needs.
 const nodeFlags: Record<string, string[]> = { weftd: weftdNodeFlags };
 const shebangFor = (node: string, flags: string[] = []) => (flags.length > 1 ? `#!/usr/bin/env -S ${node} ${flags.join(' ')}` : `#!${[node, ...flags].join(' ')}`);
 // The CNI plugin, started once per pod, bundles the rtnetlink part of `netlink` (loading the
