@@ -4,6 +4,7 @@
  * runs until SIGTERM/SIGINT. Exit codes: 0 after a clean stop, 2 on bad usage, 1 on a fatal error.
  */
 import { hostname } from 'node:os';
+import { setFlagsFromString } from 'node:v8';
 import { expectedDevice } from '../src/backend/vxlan/expected.ts';
 import { VxlanNetwork } from '../src/backend/vxlan/network.ts';
 import type { BackendFactory } from '../src/daemon/backend.ts';
@@ -131,6 +132,10 @@ async function main(): Promise<number> {
   // the same kubeconfig as Kubernetes mode, also usable beside an etcd-mode overlay.
   let serviceProxy: ((config: NetworkConfig) => Promise<void>) | undefined;
   if (opts.proxy) {
+    // The starter runs V8's interpreter only, for the overlay's idle footprint (scripts/build.ts);
+    // the proxy's syncs build and diff rulesets of tens of thousands of lines, so its weftd turns
+    // the compiler tiers back on (they are consulted as functions warm up, so this takes effect).
+    for (const tier of ['--sparkplug', '--maglev', '--opt']) setFlagsFromString(tier);
     const [{ loadKubeConfig }, { runServiceProxy }] = await Promise.all([import('../src/kube/client.ts'), import('../src/proxy/controller.ts')]);
     let kc;
     try {

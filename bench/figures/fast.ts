@@ -69,7 +69,7 @@ export async function figFastConcurrent(ctx: BenchContext): Promise<Figure> {
   // As weftd serves them: worker threads started on demand (--cni-workers 2), the main thread
   // watched for event-loop delay (weftd exports the same as nodejs_eventloop_lag_* metrics).
   const box: { handled?: Handled[]; loopDelays?: Served['loopDelays'] } = {};
-  const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(box, { workers: 2, loop: true }) });
+  const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(box, { workers: Number(process.env.WEFT_BENCH_CNI_WORKERS ?? 2), loop: true }) });
   if (fig.available) {
     const delays = (box.loopDelays ?? []).map((d) => d.ms);
     const worst = delays.length ? Math.max(...delays) : null;

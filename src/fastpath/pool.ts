@@ -51,7 +51,9 @@ export interface PoolOptions {
   idleMs?: number;
   /**
    * Runs a request while no worker has loaded yet (the first after an idle spell), so it never
-   * waits for a worker to start; without it such a request waits.
+   * waits for a worker to start; without it such a request waits. One at a time: the rest of a
+   * burst waits for the worker rather than hold up the main thread (rtnetlink's work happens
+   * inside sendmsg, on the calling thread).
    */
   inline?: CniHandler;
   log?: (msg: string) => void;
@@ -70,6 +72,7 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
   const idleMs = opts.idleMs ?? 60_000;
   let seq = 0;
   let closing = false;
+  let inlineBusy = false;
   const slots: Slot[] = [];
   const died = (msg: string): CniReply => ({
     code: 1,
@@ -131,7 +134,15 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
       const ready = slots.filter((x) => x.ready);
       if (!ready.length) {
         if (!slots.length) slots.push(spawn());
-        if (opts.inline) return void opts.inline(req).then(resolve, (err) => resolve(died(`inline: ${(err as Error).message}`)));
+        if (opts.inline && !inlineBusy) {
+          inlineBusy = true;
+          return void opts
+            .inline(req)
+            .then(resolve, (err) => resolve(died(`inline: ${(err as Error).message}`)))
+            .finally(() => {
+              inlineBusy = false;
+            });
+        }
       }
       // The least busy loaded worker: one slow request (a veth delete) does not queue others
       // behind it, and none waits for a worker still starting.

@@ -52,3 +52,20 @@ test('with no worker kept idle, the first request runs inline while one starts; 
   }
   t.true(moved, 'requests went to the worker once it had loaded');
 });
+
+test('while no worker has loaded, only one request at a time runs inline; the rest of a burst waits for the worker', async (t) => {
+  const local = cniHandler({ network });
+  let inline = 0;
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  // the inline request is held until the burst has been handed out
+  const pool = startWorkerPool({ network, min: 0, max: 1, inline: async (req) => (inline++, await held, local(req)) });
+  t.teardown(() => pool.close());
+  const burst = Array.from({ length: 10 }, () => pool.handler(requests[0]!));
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(inline, 1, 'one inline request, not ten');
+  release();
+  const replies = await Promise.all(burst);
+  t.true(replies.every((r) => r.code === 0));
+  t.is(inline, 1);
+});
