@@ -17,12 +17,12 @@ import { hostVethName, openPodNetns, vethAlias, type Deps, type Request } from '
  * ({@link vethAlias}) or empty (an ADD that died before labelling it); a veth labelled for
  * another pod, whose name merely collides, is left alone. Gone already is fine.
  */
-export async function deleteVeth(nl: Netlink, name: string, opts: { owner?: string } = {}): Promise<boolean> {
+export async function deleteVeth(nl: Netlink, name: string, opts: { owner?: string; del?: (index: number) => Promise<void> } = {}): Promise<boolean> {
   try {
     const link = await nl.linkByName(name);
     if (link.kind !== undefined && link.kind !== 'veth') return false;
     if (opts.owner !== undefined && link.alias && link.alias !== opts.owner) return false;
-    await nl.linkDel(link.index);
+    await (opts.del ? opts.del(link.index) : nl.linkDel(link.index));
     return true;
   } catch (err) {
     if (err instanceof LinkNotFoundError || isGone(err)) return false;
@@ -37,7 +37,7 @@ export async function cmdDel(req: Request, deps: Deps): Promise<void> {
   try {
     const host = deps.openNetlink();
     try {
-      await deleteVeth(host, hostVethName(env.containerID, env.ifname), { owner: vethAlias(env.containerID, env.ifname) });
+      await deleteVeth(host, hostVethName(env.containerID, env.ifname), { owner: vethAlias(env.containerID, env.ifname), del: deps.deleteHostLink?.bind(deps) });
     } finally {
       host.close();
     }

@@ -30,6 +30,11 @@ export interface Deps {
   network?: OwnNetwork;
   /** Diagnostics; never stdout. */
   log(msg: string): void;
+  /**
+   * Deletes a link of the node's namespace by index, together with others asked for meanwhile
+   * (the fast path: one kernel unregistration for a burst of DELs); without it, one at a time.
+   */
+  deleteHostLink?(index: number): Promise<void>;
 }
 
 /**

@@ -7,6 +7,7 @@
 import type { OwnNetwork } from '../cni/config.ts';
 import type { Deps } from '../cni/plugin.ts';
 import { systemDeps } from '../cni/deps.ts';
+import { LinkBatchDeleter, openNetlink } from '../netlink/index.ts';
 import { runSkel } from '../cni/skel.ts';
 import type { CniHandler } from './server.ts';
 import type { CniReply, CniRequest } from './protocol.ts';
@@ -23,11 +24,16 @@ export function cniHandler(opts: HandlerOptions): CniHandler {
   return (req) => handleCniWith(req, opts);
 }
 
+// One per thread (the main one, each worker): the DELs this thread serves delete their host veths
+// together (src/netlink/batchdel.ts).
+let hostLinks: LinkBatchDeleter | undefined;
+
 /** Runs one forwarded request through the CNI skel. */
 export async function handleCniWith(req: CniRequest, opts: HandlerOptions): Promise<CniReply> {
   let stdout = '';
   let stderr = '';
-  const deps = systemDeps({ network: opts.network, log: (msg) => (stderr += `${msg}\n`) });
+  hostLinks ??= new LinkBatchDeleter(() => openNetlink());
+  const deps = systemDeps({ network: opts.network, log: (msg) => (stderr += `${msg}\n`), deleteHostLink: (index) => hostLinks!.delete(index) });
   const code = await runSkel(
     {
       env: req.env,

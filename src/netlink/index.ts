@@ -6,6 +6,7 @@ import type { Link, Netlink } from './types.ts';
 
 export * from './types.ts';
 export * from './errors.ts';
+export { LinkBatchDeleter } from './batchdel.ts';
 
 /**
  * Opens an rtnetlink socket in `netns` (the caller's namespace when omitted). The socket is

@@ -5,11 +5,12 @@
  */
 // The rtnetlink part of the package only, not its index (which also loads nl80211, genl and
 // wireguard: ~500 KB of JavaScript the CNI binary would parse at every start).
+import { randomInt } from 'node:crypto';
 import { FlagsGet, FlagsNew } from 'netlink/dist/constants.js';
 import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt.js';
 import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
 import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from './attrs.ts';
-import { LinkNotFoundError, NetlinkError } from './errors.ts';
+import { isGone, LinkNotFoundError, NetlinkError } from './errors.ts';
 import { parseRtMessage, type RtEvent } from './monitor.ts';
 import type { Addr, Fdb, Link, LinkSpec, Neigh, Netlink, Route, VxlanInfo } from './types.ts';
 
@@ -229,6 +230,27 @@ class RtNetlink implements Netlink {
 
   async linkDel(index: number): Promise<void> {
     await call(`delete link ${index}`, () => this.#sock.delLink({ index }, undefined, this.#o));
+  }
+
+  async linksDel(indices: readonly number[]): Promise<void> {
+    // High and random: no tool hands out such groups, and no other link may carry it when the
+    // group goes (the kernel deletes every link of the namespace in it).
+    const group = (0x80000000 | randomInt(0x7fffffff)) >>> 0;
+    const tagged: number[] = [];
+    try {
+      for (const index of indices) {
+        try {
+          await call(`tag link ${index} for deletion`, () => this.#sock.setLink({ index }, { group }, this.#o));
+          tagged.push(index);
+        } catch (err) {
+          if (!isGone(err)) throw err;
+        }
+      }
+      if (tagged.length) await call(`delete links of group ${group}`, () => this.#sock.delLink({ index: 0 }, { group }, this.#o));
+    } catch (err) {
+      for (const index of tagged) await this.#sock.setLink({ index }, { group: 0 }, this.#o).catch(() => undefined);
+      throw err;
+    }
   }
 
   async linkSetUp(index: number): Promise<void> {

@@ -91,6 +91,12 @@ export interface Netlink {
   /** Throws NetlinkError with errno 'EEXIST' when the name is taken. */
   linkAdd(spec: LinkSpec): Promise<void>;
   linkDel(index: number): Promise<void>;
+  /**
+   * Deletes these links in one unregistration, so the kernel waits out one RCU grace period for
+   * all of them instead of one each: each is tagged with a fresh random IFLA_GROUP, then the group
+   * is deleted. Links already gone are skipped. On failure the tags are taken off again.
+   */
+  linksDel(indices: readonly number[]): Promise<void>;
   linkSetUp(index: number): Promise<void>;
   linkSetMtu(index: number, mtu: number): Promise<void>;
   /**

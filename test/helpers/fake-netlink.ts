@@ -44,6 +44,10 @@ export class FakeNetlink implements Netlink {
     this.ops.push(`link add ${spec.name}`);
   }
   /** What the kernel does when a device goes: everything on it goes too. */
+  async linksDel(indices: readonly number[]) {
+    for (const index of indices) if (this.links_.some((l) => l.index === index)) await this.linkDel(index);
+  }
+
   async linkDel(index: number) {
     this.links_ = this.links_.filter((l) => l.index !== index);
     this.addrs_ = this.addrs_.filter((a) => a.index !== index);

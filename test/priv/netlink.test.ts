@@ -1,5 +1,5 @@
 import test from 'ava';
-import { openNetlink, LinkNotFoundError, NetlinkError } from '../../src/netlink/index.ts';
+import { LinkBatchDeleter, openNetlink, LinkNotFoundError, NetlinkError } from '../../src/netlink/index.ts';
 import { openNetns, NetnsNotFoundError, setSysctl } from '../../src/netns/index.ts';
 import { inNs, ipJson, Scope } from '../helpers/netns.ts';
 
@@ -56,4 +56,55 @@ test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, f
 test('openNetns rejects paths that are not network namespaces', (t) => {
   t.throws(() => openNetns('/nonexistent/netns'), { instanceOf: NetnsNotFoundError });
   t.throws(() => openNetns('/etc/hostname'), { instanceOf: NetnsNotFoundError });
+});
+
+test('linksDel deletes a set of veths in one unregistration and only those; LinkBatchDeleter hands concurrent deletes over together', async (t) => {
+  const scope = new Scope();
+  t.teardown(() => scope.cleanup());
+  const nodeName = scope.netns('node');
+  const podName = scope.netns('pod');
+  const node = openNetns(`/run/netns/${nodeName}`);
+  const pod = openNetns(`/run/netns/${podName}`);
+  scope.defer(() => (node.close(), pod.close()));
+  const nl = openNetlink({ netns: node });
+  scope.defer(() => nl.close());
+  const add = async (i: number) => {
+    await nl.linkAdd({ kind: 'veth', name: `vb${i}`, peerName: `pb${i}`, peerNetnsFd: pod.fd });
+    return (await nl.linkByName(`vb${i}`)).index;
+  };
+  const names = () => ipJson<{ ifname: string }>(nodeName, 'link', 'show').map((l) => l.ifname);
+  const doomed = await Promise.all([0, 1, 2, 3, 4, 5].map(add));
+  const kept = await add(9);
+  const gone = await add(8);
+  await nl.linkDel(gone);
+  await nl.linksDel([...doomed, gone]);
+  t.deepEqual(
+    names().filter((n) => n.startsWith('vb')),
+    ['vb9'],
+    'the six and nothing else; one already gone is skipped',
+  );
+  t.deepEqual(
+    ipJson<{ ifname: string }>(podName, 'link', 'show')
+      .map((l) => l.ifname)
+      .filter((n) => n.startsWith('pb')),
+    ['pb9'],
+    'their peers went with them',
+  );
+  t.is(ipJson<{ group: string }>(nodeName, 'link', 'show', 'vb9')[0]!.group, 'default', 'the survivor is untagged');
+  // The fast path's batcher: six deletes asked at once, one linksDel
+  const more = await Promise.all([10, 11, 12, 13, 14, 15].map(add));
+  let batches = 0;
+  const deleter = new LinkBatchDeleter(() => {
+    const s = openNetlink({ netns: node });
+    const linksDel = s.linksDel.bind(s);
+    s.linksDel = (ix) => (batches++, linksDel(ix));
+    return s;
+  });
+  await Promise.all([...more, gone].map((i) => deleter.delete(i)));
+  t.is(batches, 1);
+  t.deepEqual(
+    names().filter((n) => n.startsWith('vb')),
+    ['vb9'],
+  );
+  await nl.linkDel(kept);
 });
