@@ -50,7 +50,7 @@ export async function startCniFastpath(opts: StartOptions = {}): Promise<Fastpat
   if (size.max > 0) {
     try {
       pool = startWorkerPool({ network, ...size, inline: cniHandler({ network }), log: opts.warn ?? opts.log });
-      opts.log?.(`cni fast path: ${size.min} to ${size.max} worker threads`);
+      opts.log?.(`cni fast path: ${size.min ? `${size.min} to ${size.max} worker threads` : `up to ${size.max} worker threads, started on demand`}`);
     } catch (err) {
       (opts.warn ?? opts.log)?.(`cni fast path: no worker threads, serving on the main thread: ${(err as Error).message}`);
     }

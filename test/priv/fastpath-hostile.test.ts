@@ -112,7 +112,7 @@ const vethsOnNode = () =>
 
 test.serial('weftd runs CNI requests on its worker threads', (t) => {
   const log = readFileSync(node().logFile, 'utf8');
-  t.regex(log, /cni fast path: 1 to 2 worker threads/);
+  t.regex(log, /cni fast path: up to 2 worker threads, started on demand/);
   t.notRegex(log, /no worker threads/);
 });
 
