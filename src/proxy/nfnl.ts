@@ -585,48 +585,32 @@ export class NfnlExecutor {
     const batch = encodeBatch(t.messages, seq0);
     const answers = t.messages.reduce((n, m) => n + ACK_COST + m.attrs.length, 0);
     if (batch.length + 1024 > this.#sndbuf || answers > this.#rcvbuf) return { applied: false, reason: `batch of ${t.messages.length} messages (${batch.length} bytes) exceeds the socket buffers` };
-    const timeoutMs = this.#opts.timeoutMs ?? 30_000;
     const errors: Array<{ index: number; errno: number }> = [];
     let acked = 0;
-    await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        clearTimeout(timer);
-        this.#pending = undefined;
-        sock.unref();
-        if (err) reject(err);
-        else resolve();
-      };
-      const timer = setTimeout(() => {
-        this.close();
-        done(new ExecError(`nfnl: no answer to the batch within ${timeoutMs} ms (${acked} of ${t.messages.length} messages answered)`, { stderr: '', code: null }));
-      }, timeoutMs);
-      this.#pending = {
-        onError: (e) => done(new ExecError(`nfnl: socket error: ${e.message}`, { stderr: '', code: null, cause: e })),
-        onMessage: (buf) => {
-          for (let off = 0; off + 16 <= buf.length; ) {
-            const len = buf.readUInt32LE(off);
-            const type = buf.readUInt16LE(off + 4);
-            const seq = buf.readUInt32LE(off + 8);
-            if (len < 16) break;
-            if (type === NLMSG_OVERRUN) return done(new ExecError('nfnl: answers overran the socket', { stderr: '', code: null }));
-            const index = seq - seq0 - 1;
-            if (type === NLMSG_ERROR && len >= 20 && index >= -1 && index < t.messages.length) {
-              const errno = buf.readInt32LE(off + 16);
-              if (errno !== 0) errors.push({ index, errno });
-              // an error on BATCH_BEGIN is the batch's own (commit failed, out of memory): whatever
-              // else follows, the transaction is gone
-              if (index === -1) return done();
-              if (++acked === t.messages.length) return done();
-            }
-            off += (len + 3) & ~3;
+    await this.#exchange<void>(
+      sock,
+      batch,
+      () => `the batch (${acked} of ${t.messages.length} messages answered)`,
+      (buf, done) => {
+        for (let off = 0; off + 16 <= buf.length; ) {
+          const len = buf.readUInt32LE(off);
+          const type = buf.readUInt16LE(off + 4);
+          const seq = buf.readUInt32LE(off + 8);
+          if (len < 16) break;
+          if (type === NLMSG_OVERRUN) return done(new ExecError('nfnl: answers overran the socket', { stderr: '', code: null }));
+          const index = seq - seq0 - 1;
+          if (type === NLMSG_ERROR && len >= 20 && index >= -1 && index < t.messages.length) {
+            const errno = buf.readInt32LE(off + 16);
+            if (errno !== 0) errors.push({ index, errno });
+            // an error on BATCH_BEGIN is the batch's own (commit failed, out of memory): whatever
+            // else follows, the transaction is gone
+            if (index === -1) return done();
+            if (++acked === t.messages.length) return done();
           }
-        },
-      };
-      sock.ref();
-      sock.send(batch, {}, (err) => {
-        if (err) done(new ExecError(`nfnl: send: ${err.message}`, { stderr: '', code: null, cause: err }));
-      });
-    });
+          off += (len + 3) & ~3;
+        }
+      },
+    );
     if (errors.length) {
       const first = errors[0]!;
       const where = first.index < 0 ? 'the batch' : `line ${t.messages[first.index]!.line + 1} "${t.lines[t.messages[first.index]!.line]!.slice(0, 200)}"`;
@@ -650,45 +634,58 @@ export class NfnlExecutor {
     const sock = this.#open();
     const seq = this.#seq;
     this.#seq = (this.#seq + 1) % 0x7fffffff;
+    return this.#exchange<number>(
+      sock,
+      nlmsg(NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0, 0, Buffer.alloc(0)),
+      () => 'GETGEN',
+      (buf, done) => {
+        for (let off = 0; off + 16 <= buf.length; ) {
+          const len = buf.readUInt32LE(off);
+          if (len < 16) break;
+          const type = buf.readUInt16LE(off + 4);
+          if (buf.readUInt32LE(off + 8) === seq) {
+            if (type === NLMSG_ERROR && len >= 20) return done(new ExecError(`nfnl: GETGEN: ${errnoText(buf.readInt32LE(off + 16))}`, { stderr: '', code: null }));
+            if (type === NFT_MSG_NEWGEN) {
+              // nlmsghdr (16) + nfgenmsg (4), then attributes; NFTA_GEN_ID is a big-endian u32
+              for (let at = off + 20; at + 4 <= off + len; ) {
+                const alen = buf.readUInt16LE(at);
+                if (alen < 4) break;
+                if ((buf.readUInt16LE(at + 2) & 0x3fff) === NFTA_GEN_ID && alen >= 8) return done(undefined, buf.readUInt32BE(at + 4));
+                at += (alen + 3) & ~3;
+              }
+              return done(new ExecError('nfnl: GETGEN answer without NFTA_GEN_ID', { stderr: '', code: null }));
+            }
+          }
+          off += (len + 3) & ~3;
+        }
+      },
+    );
+  }
+
+  /**
+   * Sends `datagram` and hands every answer to `read` until it calls `done`; a socket error, a
+   * failed send or the timeout (which also closes the socket) settle it with an ExecError.
+   */
+  #exchange<T>(sock: RawNetlinkSocket, datagram: Buffer, what: () => string, read: (buf: Buffer, done: (err?: Error, value?: T) => void) => void): Promise<T> {
     const timeoutMs = this.#opts.timeoutMs ?? 30_000;
-    return new Promise<number>((resolve, reject) => {
-      const done = (err: Error | undefined, gen?: number) => {
+    return new Promise<T>((resolve, reject) => {
+      const done = (err?: Error, value?: T) => {
         clearTimeout(timer);
         this.#pending = undefined;
         sock.unref();
         if (err) reject(err);
-        else resolve(gen!);
+        else resolve(value as T);
       };
       const timer = setTimeout(() => {
         this.close();
-        done(new ExecError(`nfnl: no answer to GETGEN within ${timeoutMs} ms`, { stderr: '', code: null }));
+        done(new ExecError(`nfnl: no answer to ${what()} within ${timeoutMs} ms`, { stderr: '', code: null }));
       }, timeoutMs);
       this.#pending = {
         onError: (e) => done(new ExecError(`nfnl: socket error: ${e.message}`, { stderr: '', code: null, cause: e })),
-        onMessage: (buf) => {
-          for (let off = 0; off + 16 <= buf.length; ) {
-            const len = buf.readUInt32LE(off);
-            if (len < 16) break;
-            const type = buf.readUInt16LE(off + 4);
-            if (buf.readUInt32LE(off + 8) === seq) {
-              if (type === NLMSG_ERROR && len >= 20) return done(new ExecError(`nfnl: GETGEN: ${errnoText(buf.readInt32LE(off + 16))}`, { stderr: '', code: null }));
-              if (type === NFT_MSG_NEWGEN) {
-                // nlmsghdr (16) + nfgenmsg (4), then attributes; NFTA_GEN_ID is a big-endian u32
-                for (let a = off + 20; a + 4 <= off + len; ) {
-                  const alen = buf.readUInt16LE(a);
-                  if (alen < 4) break;
-                  if ((buf.readUInt16LE(a + 2) & 0x3fff) === NFTA_GEN_ID && alen >= 8) return done(undefined, buf.readUInt32BE(a + 4));
-                  a += (alen + 3) & ~3;
-                }
-                return done(new ExecError('nfnl: GETGEN answer without NFTA_GEN_ID', { stderr: '', code: null }));
-              }
-            }
-            off += (len + 3) & ~3;
-          }
-        },
+        onMessage: (buf) => read(buf, done),
       };
       sock.ref();
-      sock.send(nlmsg(NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0, 0, Buffer.alloc(0)), {}, (err) => {
+      sock.send(datagram, {}, (err) => {
         if (err) done(new ExecError(`nfnl: send: ${err.message}`, { stderr: '', code: null, cause: err }));
       });
     });

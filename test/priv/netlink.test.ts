@@ -1,9 +1,10 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { LinkBatchDeleter, openNetlink, LinkNotFoundError, NetlinkError } from '../../src/netlink/index.ts';
 import { openNetns, NetnsNotFoundError, setSysctl } from '../../src/netns/index.ts';
 import { inNs, ipJson, Scope } from '../helpers/netns.ts';
 
-test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, fdb and onlink route', async (t) => {
+/** A node and a pod namespace, with netlink open in each; all gone after the test. */
+function twoNamespaces(t: ExecutionContext) {
   const scope = new Scope();
   t.teardown(() => scope.cleanup());
   const nodeName = scope.netns('node');
@@ -14,6 +15,11 @@ test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, f
   const nl = openNetlink({ netns: node });
   const pnl = openNetlink({ netns: pod });
   scope.defer(() => (nl.close(), pnl.close()));
+  return { nodeName, podName, node, pod, nl, pnl };
+}
+
+test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, fdb and onlink route', async (t) => {
+  const { nodeName, node, pod, nl, pnl } = twoNamespaces(t);
 
   await nl.linkAdd({ kind: 'bridge', name: 'br-t', mtu: 1450 });
   const br = await nl.linkByName('br-t');
@@ -59,15 +65,7 @@ test('openNetns rejects paths that are not network namespaces', (t) => {
 });
 
 test('linksDel deletes a set of veths in one unregistration and only those; LinkBatchDeleter hands concurrent deletes over together', async (t) => {
-  const scope = new Scope();
-  t.teardown(() => scope.cleanup());
-  const nodeName = scope.netns('node');
-  const podName = scope.netns('pod');
-  const node = openNetns(`/run/netns/${nodeName}`);
-  const pod = openNetns(`/run/netns/${podName}`);
-  scope.defer(() => (node.close(), pod.close()));
-  const nl = openNetlink({ netns: node });
-  scope.defer(() => nl.close());
+  const { nodeName, podName, node, pod, nl } = twoNamespaces(t);
   const add = async (i: number) => {
     await nl.linkAdd({ kind: 'veth', name: `vb${i}`, peerName: `pb${i}`, peerNetnsFd: pod.fd });
     return (await nl.linkByName(`vb${i}`)).index;
