@@ -351,7 +351,26 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     if (weftFull.length < fulls) throw new Error(`only ${weftFull.length} of ${fulls} full syncs logged by n1's weftd`);
     const fp = phases(readFileSync(n1.logFile, 'utf8').slice(logOffset), 'full');
     const fullPhases = { buildMs: fp.buildMs.slice(0, fulls), applyMs: fp.applyMs.slice(0, fulls), afterMs: fp.afterMs.slice(0, fulls) };
-    const same = tableFingerprint(nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy'])) === tableFingerprint(nsn(n1.netns, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy']));
+    const fpScratch = tableFingerprint(nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy']));
+    const fpN1 = tableFingerprint(nsn(n1.netns, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy']));
+    const same = fpScratch === fpN1;
+    // When they differ, which objects: the first few on each side that the other lacks.
+    let tableDiff: { onlyScratch: string[]; onlyN1: string[] } | undefined;
+    if (!same) {
+      const a = (JSON.parse(fpScratch) as unknown[]).map((o) => JSON.stringify(o));
+      const b = (JSON.parse(fpN1) as unknown[]).map((o) => JSON.stringify(o));
+      const [sa, sb] = [new Set(a), new Set(b)];
+      tableDiff = {
+        onlyScratch: a
+          .filter((o) => !sb.has(o))
+          .slice(0, 5)
+          .map((o) => o.slice(0, 400)),
+        onlyN1: b
+          .filter((o) => !sa.has(o))
+          .slice(0, 5)
+          .map((o) => o.slice(0, 400)),
+      };
+    }
 
     const p50 = percentile(lat, 50);
     const p99 = percentile(lat, 99);
@@ -439,7 +458,17 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         syncHistogram: { sumS: dSum, count: dCount },
         partialPhases,
         applyCost,
-        fullSync: { phases: fullPhases, weftMs: weftFull, refApplyMs: refApply, refApplyN1Ms: refApplyN1, refListMs: refList, scriptLines: script.split('\n').length, sameTable: same, firstFullMs },
+        fullSync: {
+          phases: fullPhases,
+          weftMs: weftFull,
+          refApplyMs: refApply,
+          refApplyN1Ms: refApplyN1,
+          refListMs: refList,
+          scriptLines: script.split('\n').length,
+          sameTable: same,
+          tableDiff,
+          firstFullMs,
+        },
         traffic: t,
         rssMiB: { withServices: rss, afterChanges: rssAfter, noProxy: rssRef },
       },
