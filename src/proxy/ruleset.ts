@@ -387,8 +387,9 @@ export function rulesetNames(rs: Ruleset): TableNames {
 
 /**
  * The whole table rewritten in place, as one `nft -f` transaction: `flush table` empties every
- * chain, set and map, then everything is declared (idempotent for what exists) and filled
- * again, and what `existing` holds that the ruleset no longer declares is deleted. Unlike
+ * chain and `flush set`/`flush map` the frame's sets and maps, then everything is declared
+ * (idempotent for what exists) and filled again, and what `existing` holds that the ruleset no
+ * longer declares is deleted. Unlike
  * {@link fullScript} the base chains stay registered on their hooks throughout, so no packet
  * meets a moment of hook churn (kube-proxy's nftables mode syncs the same way). Fails where a
  * declaration changed incompatibly (a newer weft changed a map's type): then replace the table.
@@ -396,6 +397,11 @@ export function rulesetNames(rs: Ruleset): TableNames {
 export function refreshScript(rs: Ruleset, existing: TableNames): string {
   const lines = [`add table ${T}`, `flush table ${T}`];
   const want = rulesetNames(rs);
+  // `flush table` empties chains only (nft 1.0.6 keeps every set's elements): the frame's sets
+  // and maps are emptied here and refilled below, so an element nobody wants (a deleted
+  // Service's, someone else's) goes too. The ClientIP affinity sets (rs.sets) keep theirs.
+  for (const name of [...existing.sets].sort()) if (want.sets.has(name) && !rs.sets.has(name)) lines.push(`flush set ${T} ${name}`);
+  for (const name of [...existing.maps].sort()) if (want.maps.has(name)) lines.push(`flush map ${T} ${name}`);
   for (const name of [...existing.chains].sort()) if (!want.chains.has(name)) lines.push(`delete chain ${T} ${name}`);
   for (const name of [...existing.sets].sort()) if (!want.sets.has(name)) lines.push(`delete set ${T} ${name}`);
   for (const name of [...existing.maps].sort()) if (!want.maps.has(name)) lines.push(`delete map ${T} ${name}`);

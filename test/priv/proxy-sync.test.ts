@@ -9,6 +9,7 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
+import { silentLog } from '../../src/core/log.ts';
 import { nftApply } from '../../src/proxy/nft.ts';
 import { buildRuleset, fullScript } from '../../src/proxy/ruleset.ts';
 import { ProxySyncer } from '../../src/proxy/sync.ts';
@@ -121,7 +122,11 @@ test.serial('partial sync rewrites only the changed service; a deleted one leave
 });
 
 test.serial('a full sync rewrites the table in place: base chains keep their hooks, stale and foreign chains go', async (t) => {
-  const syncer = new ProxySyncer({ netns: topo.nodeNetns });
+  // a table replaced whole would get the same handles back (they count from 1 per table): the
+  // syncer's warning is what tells the fallback apart
+  const warnings: string[] = [];
+  const log = { ...silentLog, warn: (msg: string, meta?: Record<string, unknown>) => warnings.push(`${msg} ${JSON.stringify(meta ?? {})}`) };
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns, log });
   const all = [{ ip: P1 }, { ip: P2 }, { ip: P3 }];
   await syncer.sync(state({ a: [A, all], b: [B, all] }), { full: true });
   const baseHandles = () => {
@@ -132,11 +137,17 @@ test.serial('a full sync rewrites the table in place: base chains keep their hoo
   t.is(Object.keys(before).length, 7, JSON.stringify(before));
   // someone else's chain inside our table is drift a full sync removes
   topo.nsh(topo.node, '/usr/sbin/nft', ['add', 'chain', 'ip', 'weft-proxy', 'foreign-chain']);
+  // and so are elements nobody declared (`flush table` alone would keep them)
+  topo.nsh(topo.node, '/usr/sbin/nft', ['add element ip weft-proxy cluster-ips { 198.19.0.99 }; add element ip weft-proxy service-ips { 198.19.0.99 . tcp . 81 : goto reject-chain }']);
   const r = await syncer.sync(state({ a: [A, all] }), { full: true });
   t.is(r.mode, 'full');
   t.deepEqual(baseHandles(), before, 'the same base chains: never unregistered from their hooks');
+  t.deepEqual(warnings, [], 'rewritten in place, not replaced whole');
   const after = listing();
   t.false(after.chains.has('foreign-chain'));
+  t.false(after.elements.get('cluster-ips')!.includes('198.19.0.99'), after.elements.get('cluster-ips'));
+  t.false(after.elements.get('service-ips')!.includes('198.19.0.99'), after.elements.get('service-ips'));
+  t.true(after.elements.get('cluster-ips')!.includes(A), 'what the ruleset declares is back');
   t.deepEqual(
     [...after.chains].filter((c) => c.includes('/b/')),
     [],

@@ -423,5 +423,10 @@ test('refreshScript: flush in place, delete only what the ruleset no longer decl
     lines.some((l) => /^delete (chain|set) ip weft-proxy (nat-prerouting|cluster-ips)$/.test(l)),
     'what the ruleset declares stays',
   );
+  t.true(lines.includes('flush set ip weft-proxy cluster-ips'), "the frame's sets are emptied: flush table keeps elements");
+  t.false(
+    lines.some((l) => /^flush (set|map) ip weft-proxy (aff-|old-map)/.test(l)),
+    'affinity state kept; what goes is not flushed',
+  );
   t.true(s.endsWith(fullScript(rs).split('\n').slice(2).join('\n')), 'then the whole ruleset, as a full sync writes it');
 });
