@@ -5,7 +5,6 @@
  */
 // The rtnetlink part of the package only, not its index (which also loads nl80211, genl and
 // wireguard: ~500 KB of JavaScript the CNI binary would parse at every start).
-import { randomInt } from 'node:crypto';
 import { FlagsGet, FlagsNew } from 'netlink/dist/constants.js';
 import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt.js';
 import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
@@ -234,8 +233,9 @@ class RtNetlink implements Netlink {
 
   async linksDel(indices: readonly number[]): Promise<void> {
     // High and random: no tool hands out such groups, and no other link may carry it when the
-    // group goes (the kernel deletes every link of the namespace in it).
-    const group = (0x80000000 | randomInt(0x7fffffff)) >>> 0;
+    // group goes (the kernel deletes every link of the namespace in it). Math.random, not
+    // node:crypto: the CNI binary bundles this file and would load crypto at every pod start.
+    const group = (0x80000000 | Math.floor(Math.random() * 0x7fffffff)) >>> 0;
     const tagged: number[] = [];
     try {
       for (const index of indices) {

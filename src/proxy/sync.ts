@@ -15,7 +15,7 @@ import type { Log } from '../core/log.ts';
 import { silentLog } from '../core/log.ts';
 import { errText } from '../core/errors.ts';
 import { servicePortKey, type ProxyEndpoint, type ProxyState, type ServicePortState } from './endpoints.ts';
-import { conntrackDelete, nftApply, NftShell, readProxyNames, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprint, tableFingerprintSliced, type ConntrackFilter, type ExecOptions } from './nft.ts';
+import { conntrackDelete, nftApply, NftShell, readProxyNames, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprintSliced, type ConntrackFilter, type ExecOptions } from './nft.ts';
 import { NfnlExecutor } from './nfnl.ts';
 import {
   buildRuleset,
@@ -217,7 +217,7 @@ export class ProxySyncer {
       this.#baselineStale = false;
       try {
         const json = await readProxyTable(this.#opts);
-        this.#fingerprint = json === undefined ? undefined : tableFingerprint(json);
+        this.#fingerprint = json === undefined ? undefined : await tableFingerprintSliced(json);
       } catch (err) {
         this.#fingerprint = undefined;
         this.#log.warn('proxy table read-back failed', { err: errText(err) });
