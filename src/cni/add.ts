@@ -37,14 +37,17 @@ class UndoStack {
   }
 }
 
-/** Creates the bridge or accepts an existing one that really is a bridge; MTU set, up. */
+/** Accepts an existing bridge (the usual case: one lookup) or creates it; MTU set, up. */
 export async function ensureBridge(nl: Netlink, name: string, mtu: number): Promise<Link> {
-  try {
-    await nl.linkAdd({ kind: 'bridge', name, mtu });
-  } catch (err) {
-    if (!isExists(err)) throw new Error(`create bridge "${name}"`, { cause: err });
+  let br = await findLink(nl, name);
+  if (!br) {
+    try {
+      await nl.linkAdd({ kind: 'bridge', name, mtu, up: true });
+    } catch (err) {
+      if (!isExists(err)) throw new Error(`create bridge "${name}"`, { cause: err });
+    }
+    br = await nl.linkByName(name);
   }
-  const br = await nl.linkByName(name);
   if (br.kind !== 'bridge') {
     throw new CniError(ERR.BRIDGE_CONFLICT, `"${name}" exists but is not a bridge (kind "${br.kind ?? 'unknown'}")`);
   }
@@ -115,10 +118,8 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
   const { subnet, mtu, prev, pod, host, podNl } = ctx;
   const undo = new UndoStack(deps.log);
   try {
-    if (await findLink(podNl, env.ifname)) {
-      throw new CniError(ERR.IFACE_EXISTS, `interface "${env.ifname}" already exists in "${env.netns}"`);
-    }
-
+    // An `ifname` already in the pod is found when the veth is created (EEXIST, below): no
+    // lookup up front for what almost never happens.
     const br = await ensureBridge(host, conf.bridge, mtu);
     await ensureGateway(host, br, subnet);
     deps.writeSysctl('net/ipv4/ip_forward', '1');
@@ -135,8 +136,10 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     undo.push(`release ${formatIPv4(ip)}`, () => store.locked(() => store.release(ip)));
 
     const vethName = hostVethName(env.containerID, env.ifname);
+    let created: Link | undefined;
     try {
-      await host.linkAdd({ kind: 'veth', name: vethName, peerName: env.ifname, peerNetnsFd: pod.fd, mtu, peerMtu: mtu });
+      // The host end up and on the bridge as it is created: one request, not three.
+      created = await host.linkAdd({ kind: 'veth', name: vethName, peerName: env.ifname, peerNetnsFd: pod.fd, mtu, peerMtu: mtu, up: true, masterIndex: br.index });
     } catch (err) {
       if (isExists(err) && (await findLink(host, vethName))) {
         throw new CniError(ERR.VETH_EXISTS, `host veth "${vethName}" for this container already exists`, 'a stale attachment: DEL (or GC) removes it');
@@ -154,24 +157,28 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
         });
     });
 
-    const hostLink = await host.linkByName(vethName);
-    // Owner label and bridge in one request: DEL and GC delete only a veth labelled as theirs.
-    await host.linkSetMaster(hostLink.index, br.index, { alias: vethAlias(env.containerID, env.ifname) });
-    await host.linkSetHairpin(hostLink.index, conf.hairpinMode);
-    await host.linkSetUp(hostLink.index);
+    // The kernel echoes the new end since 6.3; older ones need the lookup.
+    const hostLink = created ?? (await host.linkByName(vethName));
+    // Owner label and hairpin in one request: DEL and GC delete only a veth labelled as theirs.
+    await host.linkSetPort(hostLink.index, { alias: vethAlias(env.containerID, env.ifname), hairpin: conf.hairpinMode });
 
     const podLink = await podNl.linkByName(env.ifname);
-    await podNl.linkSetUp(podLink.index);
-    await podNl.addrAdd({ index: podLink.index, ip: formatIPv4(ip), prefixLen: subnet.subnet.prefixLen });
-
     const routes = podRoutes(subnet, conf.isDefaultGateway);
-    for (const r of routes) {
-      try {
-        await podNl.routeReplace({ dst: r.dst, gateway: r.gw, index: podLink.index });
-      } catch (err) {
-        throw new Error(`add route ${r.dst} via ${r.gw} in the pod`, { cause: err });
-      }
-    }
+    // Sent back to back, answered in order: the kernel handles each request as it is sent, so
+    // the link is up and the routes' gateway on-link by the time each arrives. Each failure
+    // names its step.
+    const steps = [
+      podNl.linkSetUp(podLink.index),
+      podNl.addrAdd({ index: podLink.index, ip: formatIPv4(ip), prefixLen: subnet.subnet.prefixLen }),
+      ...routes.map((r) =>
+        podNl.routeReplace({ dst: r.dst, gateway: r.gw, index: podLink.index }).catch((err) => {
+          throw new Error(`add route ${r.dst} via ${r.gw} in the pod`, { cause: err });
+        }),
+      ),
+    ];
+    const settled = await Promise.allSettled(steps);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
 
     if (conf.ipMasq ?? !subnet.ipMasq) {
       const addr = formatIPv4(ip);

@@ -11,10 +11,10 @@
  * Synchronous fs calls on purpose: they are tiny and the CNI binary runs once per request;
  * every read is bounded (the store's directory is root's, but its files are not weft's alone).
  */
-import { closeSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, unlinkSync, writeFileSync, constants as fsc } from 'node:fs';
+import { closeSync, ftruncateSync, linkSync, mkdirSync, openSync, readdirSync, unlinkSync, writeFileSync, writeSync, constants as fsc, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import { markRetryable } from '../core/errors.ts';
-import { readFileBounded } from '../core/readfile.ts';
+import { readFileBounded, readSmallFile } from '../core/readfile.ts';
 import { formatIPv4, isIPv4, parseIPv4 } from '../ip/ipv4.ts';
 import { tryLockExclusive, unlock } from '../native/sys.ts';
 import type { Owner } from './allocator.ts';
@@ -81,11 +81,18 @@ export class DiskStore implements Store {
 
   /** Opens `<dir>/lock` and takes flock(LOCK_EX) on it without ever blocking the thread. */
   async #flock(): Promise<number> {
-    this.#ensureDir();
     const path = join(this.dir, LOCK);
+    const open = () => openSync(path, fsc.O_RDONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | fsc.O_NONBLOCK, 0o600);
     let fd: number;
     try {
-      fd = openSync(path, fsc.O_RDONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | fsc.O_NONBLOCK, 0o600);
+      try {
+        fd = open();
+      } catch (err) {
+        // The store's first use: the directory is made here, not checked on every call.
+        if (code(err) !== 'ENOENT') throw err;
+        this.#ensureDir();
+        fd = open();
+      }
     } catch (err) {
       throw new Error(`open IPAM lock "${path}"`, { cause: err });
     }
@@ -104,11 +111,17 @@ export class DiskStore implements Store {
   }
 
   async reserve(ip: number, owner: Owner): Promise<boolean> {
-    this.#ensureDir();
     const file = join(this.dir, formatIPv4(ip));
     const tmp = join(this.dir, `.reserve-${formatIPv4(ip)}-${process.pid}-${seq++}-${Date.now()}`);
+    const write = () => writeFileSync(tmp, `${owner.containerID}${LINE_BREAK}${owner.ifname}`, { flag: 'wx', mode: 0o644 });
     try {
-      writeFileSync(tmp, `${owner.containerID}${LINE_BREAK}${owner.ifname}`, { flag: 'wx', mode: 0o644 });
+      try {
+        write();
+      } catch (err) {
+        if (code(err) !== 'ENOENT') throw err;
+        this.#ensureDir(); // reserve() outside locked(), on a store never used
+        write();
+      }
     } catch (err) {
       throw new Error(`write reservation "${tmp}"`, { cause: err });
     }
@@ -152,19 +165,21 @@ export class DiskStore implements Store {
   }
 
   async list(): Promise<Allocation[]> {
-    let names: string[];
+    let entries: Dirent[];
     try {
-      names = readdirSync(this.dir);
+      entries = readdirSync(this.dir, { withFileTypes: true });
     } catch (err) {
       if (code(err) === 'ENOENT') return [];
       throw new Error(`list allocations in "${this.dir}"`, { cause: err });
     }
     const out: Allocation[] = [];
-    for (const name of names) {
+    for (const e of entries) {
+      const name = e.name;
       if (!isIPv4(name)) continue;
       let text: string;
       try {
-        text = readFileBounded(join(this.dir, name), MAX_ALLOCATION_FILE);
+        // The directory entry's type saves an fstat per file; the read is bounded either way.
+        text = e.isFile() ? readSmallFile(join(this.dir, name), MAX_ALLOCATION_FILE) : readFileBounded(join(this.dir, name), MAX_ALLOCATION_FILE);
       } catch (err) {
         if (code(err) === 'ENOENT') continue; // released meanwhile
         // Not a regular file or absurdly large: not ours to read or free, but the address is taken.
@@ -188,10 +203,21 @@ export class DiskStore implements Store {
     }
   }
 
+  /**
+   * Rewritten in place, as host-local does, but without truncating to zero first: on ext4, a
+   * rename over a file or a truncation to zero makes the kernel start writing the new data out
+   * (auto_da_alloc), ~0.2 ms of a pod ADD here against ~20 µs. The file is a hint read under
+   * the lock; whatever a crash leaves in it only moves where the round robin starts.
+   */
   async setLastReserved(ip: number): Promise<void> {
-    const tmp = join(this.dir, `.${LAST_RESERVED}.${process.pid}.tmp`);
-    writeFileSync(tmp, formatIPv4(ip), { mode: 0o644 });
-    renameSync(tmp, join(this.dir, LAST_RESERVED));
+    const text = Buffer.from(formatIPv4(ip));
+    const fd = openSync(join(this.dir, LAST_RESERVED), fsc.O_WRONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | fsc.O_NONBLOCK, 0o644);
+    try {
+      writeSync(fd, text, 0, text.length, 0);
+      ftruncateSync(fd, text.length);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   async checkWritable(): Promise<void> {

@@ -50,6 +50,7 @@ const IFLA_ADDRESS = 1;
 const IFLA_IFNAME = 3;
 const IFLA_MTU = 4;
 const IFLA_MASTER = 10;
+const IFLA_IFALIAS = 20;
 const IFLA_LINKINFO = 18;
 const IFLA_INFO_KIND = 1;
 const IFLA_INFO_DATA = 2;
@@ -159,6 +160,8 @@ function parseLink(op: RtOp, body: Buffer): RtEvent | undefined {
   };
   const master = a.get(IFLA_MASTER);
   if (master && master.length >= 4 && master.readUInt32LE(0)) link.masterIndex = master.readUInt32LE(0);
+  const alias = a.get(IFLA_IFALIAS);
+  if (alias?.length && alias[0] !== 0) link.alias = cstring(alias);
   const info = a.get(IFLA_LINKINFO);
   if (info) {
     const ia = parseAttrs(info);

@@ -1,16 +1,14 @@
 /**
- * {@link Netlink} over the `netlink` package's rtnetlink socket. The package types most
- * messages; IFLA_LINKINFO (veth peer, vxlan), bridge-port protinfo and the onlink route flag
- * are left raw there, so they are encoded here with ./attrs.
+ * {@link Netlink} over rtnetlink: requests encoded here with ./attrs and sent with ./socket,
+ * answers read with the notification parser (monitor.ts), which reads only the attributes weft
+ * uses. The `netlink` package provides the socket (its native binding), not the messages: its
+ * typed layer cost a pod ADD more than the kernel's work did (socket.ts says how much).
  */
-// The rtnetlink part of the package only, not its index (which also loads nl80211, genl and
-// wireguard: ~500 KB of JavaScript the CNI binary would parse at every start).
-import { FlagsGet, FlagsNew } from 'netlink/dist/constants.js';
-import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt.js';
-import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
+import { formatIPv4, ipv4ToBuffer, bufferToIPv4, macToBuffer, parseCIDR, parseIPv4 } from '../ip/ipv4.ts';
 import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from './attrs.ts';
 import { isGone, LinkNotFoundError, NetlinkError } from './errors.ts';
 import { parseRtMessage, type RtEvent } from './monitor.ts';
+import { NLM_F, RtSocket, type NlMessage } from './socket.ts';
 import type { Addr, Fdb, Link, LinkSpec, Neigh, Netlink, Route, VxlanInfo } from './types.ts';
 
 /** Dump entries parsed between two turns of the event loop. */
@@ -23,18 +21,36 @@ const AF_INET = 2;
 const AF_BRIDGE = 7;
 const RT_TABLE_MAIN = 254;
 const RTNH_F_ONLINK = 4;
-const RTM_SETLINK = 19;
-const RTM_GETROUTE = 26;
-const RTM_GETNEIGH = 30;
-const NDA_IFINDEX = 8;
+const IFF_UP = 1;
 
-// rtnetlink attribute numbers (linux/if_link.h, linux/veth.h, linux/if_bridge.h)
+// Message types (linux/rtnetlink.h).
+const RTM_NEWLINK = 16;
+const RTM_DELLINK = 17;
+const RTM_GETLINK = 18;
+const RTM_SETLINK = 19;
+const RTM_NEWADDR = 20;
+const RTM_DELADDR = 21;
+const RTM_GETADDR = 22;
+const RTM_NEWROUTE = 24;
+const RTM_DELROUTE = 25;
+const RTM_GETROUTE = 26;
+const RTM_NEWNEIGH = 28;
+const RTM_DELNEIGH = 29;
+const RTM_GETNEIGH = 30;
+
+// rtnetlink attribute numbers (linux/if_link.h, linux/veth.h, linux/if_bridge.h, linux/rtnetlink.h, linux/neighbour.h)
+const IFLA_ADDRESS = 1;
 const IFLA_IFNAME = 3;
 const IFLA_MTU = 4;
-const IFLA_PROTINFO = 12;
+const IFLA_MASTER = 10;
+const IFLA_LINKINFO = 18;
+const IFLA_IFALIAS = 20;
+const IFLA_GROUP = 27;
 const IFLA_NET_NS_FD = 28;
+const IFLA_EXT_MASK = 29;
 const IFLA_INFO_KIND = 1;
 const IFLA_INFO_DATA = 2;
+const IFLA_INFO_SLAVE_DATA = 5;
 const VETH_INFO_PEER = 1;
 const IFLA_VXLAN_ID = 1;
 const IFLA_VXLAN_LINK = 3;
@@ -42,24 +58,23 @@ const IFLA_VXLAN_LOCAL = 4;
 const IFLA_VXLAN_LEARNING = 7;
 const IFLA_VXLAN_PORT = 15;
 const IFLA_BRPORT_MODE = 4;
+/** RTEXT_FILTER_SKIP_STATS: a link's answer without its ~1 KB of counters, which weft never reads. */
+const EXT_MASK_SKIP_STATS = u32(1 << 3);
+const IFA_ADDRESS = 1;
+const IFA_LOCAL = 2;
+const RTA_DST = 1;
+const RTA_OIF = 4;
+const RTA_GATEWAY = 5;
+const RTA_TABLE = 15;
+const NDA_DST = 1;
+const NDA_LLADDR = 2;
+const NUD_REACHABLE = 0x02;
+const NUD_PERMANENT = 0x80;
+const NTF_SELF = 0x02;
 
-const CREATE_EXCL = FlagsNew.CREATE | FlagsNew.EXCL;
-const CREATE_REPLACE = FlagsNew.CREATE | FlagsNew.REPLACE;
-
-/** The package reports kernel rejections as `Error('Request rejected: EEXIST')`; keep the errno. */
-function wrap(op: string, err: unknown): Error {
-  const msg = err instanceof Error ? err.message : String(err);
-  const m = /Request rejected: (\w+)/.exec(msg);
-  return m ? new NetlinkError(op, m[1], { cause: err }) : new Error(op, { cause: err });
-}
-
-async function call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw wrap(op, err);
-  }
-}
+const ACK = NLM_F.ACK;
+const CREATE_EXCL = NLM_F.ACK | NLM_F.CREATE | NLM_F.EXCL;
+const CREATE_REPLACE = NLM_F.ACK | NLM_F.CREATE | NLM_F.REPLACE;
 
 function linkInfo(spec: LinkSpec): Buffer {
   const kind = nla(IFLA_INFO_KIND, cstr(spec.kind));
@@ -70,6 +85,8 @@ function linkInfo(spec: LinkSpec): Buffer {
       const peerAttrs = [nla(IFLA_IFNAME, cstr(spec.peerName))];
       if (spec.peerMtu ?? spec.mtu) peerAttrs.push(nla(IFLA_MTU, u32((spec.peerMtu ?? spec.mtu)!)));
       if (spec.peerNetnsFd !== undefined) peerAttrs.push(nla(IFLA_NET_NS_FD, u32(spec.peerNetnsFd)));
+      // The peer stays down: it is configured before the pair is joined, and opening it then
+      // fails (veth_open: ENOTCONN).
       const peer = nla(VETH_INFO_PEER | NLA_F_NESTED, Buffer.concat([ifinfomsg(), ...peerAttrs]));
       return Buffer.concat([kind, nla(IFLA_INFO_DATA | NLA_F_NESTED, peer)]);
     }
@@ -84,6 +101,11 @@ function linkInfo(spec: LinkSpec): Buffer {
       return Buffer.concat([kind, nla(IFLA_INFO_DATA | NLA_F_NESTED, data)]);
     }
   }
+}
+
+/** An ifinfomsg that sets IFF_UP (and changes nothing else) when `up`. */
+function upFlags(up: boolean | undefined, index = 0): Buffer {
+  return ifinfomsg(up ? { index, flags: IFF_UP, change: IFF_UP } : { index });
 }
 
 /** IFLA_INFO_DATA of a vxlan link (also read by monitor.ts). */
@@ -104,131 +126,125 @@ export function parseVxlan(data: Buffer): VxlanInfo {
   };
 }
 
-interface RawLink {
-  data: { index?: number; flags?: { up?: true } };
-  attrs: { ifname?: string; mtu?: number; address?: Buffer; master?: number; linkinfo?: Buffer; ifalias?: string };
-}
-
-function toLink(m: RawLink): Link {
-  const link: Link = {
-    index: m.data.index ?? 0,
-    name: m.attrs.ifname ?? '',
-    mtu: m.attrs.mtu ?? 0,
-    mac: m.attrs.address ? bufferToMAC(m.attrs.address) : '',
-    up: Boolean(m.data.flags?.up),
-  };
-  if (m.attrs.master) link.masterIndex = m.attrs.master;
-  if (m.attrs.ifalias) link.alias = m.attrs.ifalias;
-  if (m.attrs.linkinfo) {
-    const info = parseAttrs(m.attrs.linkinfo);
-    const kind = info.get(IFLA_INFO_KIND);
-    if (kind) link.kind = kind.toString('utf8').replace(/\0+$/, '');
-    const data = info.get(IFLA_INFO_DATA);
-    if (link.kind === 'vxlan' && data) link.vxlan = parseVxlan(data);
+/** The first link among answers, if any. */
+function firstLink(msgs: NlMessage[]): Link | undefined {
+  for (const m of msgs) {
+    const ev = parseRtMessage(m.type, m.body);
+    if (ev?.kind === 'link') return ev.link;
   }
-  return link;
+  return undefined;
 }
 
-/** A dump request's struct rtmsg: only the family set. */
-function rtmsgFamily(family: number): Buffer {
-  const b = Buffer.alloc(12);
-  b.writeUInt8(family, 0);
+/** struct ifaddrmsg: family, prefixlen, flags, scope, index. */
+function ifaddrmsg(prefixLen = 0, index = 0): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeUInt8(AF_INET, 0);
+  b.writeUInt8(prefixLen, 1);
+  b.writeUInt32LE(index, 4);
   return b;
 }
 
-/** A dump request's struct ndmsg: only the family set. */
-function ndmsgFamily(family: number): Buffer {
+/** struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags. */
+function rtmsg(f: { dstLen?: number; table?: number; protocol?: number; scope?: number; type?: number; flags?: number } = {}): Buffer {
   const b = Buffer.alloc(12);
-  b.writeUInt8(family, 0);
+  b.writeUInt8(AF_INET, 0);
+  b.writeUInt8(f.dstLen ?? 0, 1);
+  b.writeUInt8(f.table ?? 0, 4);
+  b.writeUInt8(f.protocol ?? 0, 5);
+  b.writeUInt8(f.scope ?? 0, 6);
+  b.writeUInt8(f.type ?? 0, 7);
+  b.writeUInt32LE(f.flags ?? 0, 8);
   return b;
 }
 
-function routeMsg(r: Route) {
+/** struct ndmsg: family, pads, ifindex, state, flags, type. */
+function ndmsg(family: number, index = 0, state = 0, flags = 0): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt8(family, 0);
+  b.writeInt32LE(index, 4);
+  b.writeUInt16LE(state, 8);
+  b.writeUInt8(flags, 10);
+  return b;
+}
+
+function routeBody(r: Route, match = false): Buffer {
   const dst = parseCIDR(r.dst);
   const table = r.table ?? RT_TABLE_MAIN;
   const scope = r.scope === 'link' ? 253 : r.scope === 'host' ? 254 : 0;
-  const data = {
-    family: AF_INET,
+  const head = rtmsg({
     dstLen: dst.prefixLen,
-    table: table < 256 ? table : 252,
-    protocol: 4 /* RTPROT_STATIC: installed on purpose, survives kernel cleanup */,
-    scope,
+    table: table < 256 ? table : 252 /* RT_TABLE_COMPAT: the real one in RTA_TABLE */,
+    // Deleting matches any protocol and scope, as `ip route del` does: a route someone else
+    // added (proto boot, say) is deleted too, not refused with ESRCH.
+    protocol: match ? 0 : 4 /* RTPROT_STATIC: installed on purpose, survives kernel cleanup */,
+    scope: match ? 255 /* RT_SCOPE_NOWHERE */ : scope,
     type: 1 /* unicast */,
-    flags: r.onlink ? { __unknown: RTNH_F_ONLINK } : {},
-  };
-  const attrs: Record<string, unknown> = { dst: ipv4ToBuffer(dst.ip) };
-  if (table >= 256) attrs.table = table;
-  if (r.gateway) attrs.gateway = ipv4ToBuffer(parseIPv4(r.gateway));
-  if (r.index) attrs.oif = r.index;
-  return { data, attrs };
+    flags: r.onlink ? RTNH_F_ONLINK : 0,
+  });
+  const attrs = [head, nla(RTA_DST, ipv4ToBuffer(dst.ip))];
+  if (table >= 256) attrs.push(nla(RTA_TABLE, u32(table)));
+  if (r.gateway) attrs.push(nla(RTA_GATEWAY, ipv4ToBuffer(parseIPv4(r.gateway))));
+  if (r.index) attrs.push(nla(RTA_OIF, u32(r.index)));
+  return Buffer.concat(attrs);
 }
 
-/**
- * How long one request waits for its answer. The kernel answers at once; a reply can still be
- * lost (the socket's receive buffer overflowed), and a request left waiting would hold the
- * caller's socket lock, and with it every peer job, forever.
- */
-const REQUEST_TIMEOUT_MS = 15_000;
+function addrBody(a: Addr): Buffer {
+  const ip = ipv4ToBuffer(parseIPv4(a.ip));
+  return Buffer.concat([ifaddrmsg(a.prefixLen, a.index), nla(IFA_LOCAL, ip), nla(IFA_ADDRESS, ip)]);
+}
+
+function fdbBody(f: Fdb, withDst: boolean): Buffer {
+  const parts = [ndmsg(AF_BRIDGE, f.index, NUD_PERMANENT, NTF_SELF), nla(NDA_LLADDR, macToBuffer(f.mac))];
+  if (withDst) parts.push(nla(NDA_DST, ipv4ToBuffer(parseIPv4(f.dst))));
+  return Buffer.concat(parts);
+}
 
 class RtNetlink implements Netlink {
-  readonly #sock: RtNetlinkSocket;
-  /**
-   * Send options carrying the socket's own port: without `localPort` the package asks the
-   * kernel for it (getsockname) on every request, ~10% of programming 1000 peers. Replies are
-   * matched by sequence number only, so the header's port changes nothing else.
-   */
-  readonly #o: { localPort: number; timeout: number };
-
-  constructor(sock: RtNetlinkSocket) {
-    this.#sock = sock;
-    this.#o = { localPort: sock.socket.address().port, timeout: REQUEST_TIMEOUT_MS };
-  }
-
-  /** `opts` plus the cached local port and the request deadline. */
-  #with<T extends object>(opts: T): T & { localPort: number; timeout: number } {
-    return { ...opts, ...this.#o };
-  }
+  readonly #sock = new RtSocket();
 
   async links(): Promise<Link[]> {
-    const msgs = await call('list links', () => this.#sock.getLinks(undefined, undefined, this.#o));
-    return msgs.map((m) => toLink(m as RawLink));
-  }
-
-  async linkByName(name: string): Promise<Link> {
-    try {
-      const msgs = await this.#sock.getLink({}, { ifname: name }, this.#o);
-      if (!msgs.length) throw new LinkNotFoundError(name);
-      return toLink(msgs[0] as RawLink);
-    } catch (err) {
-      if (err instanceof LinkNotFoundError) throw err;
-      const e = wrap(`get link "${name}"`, err);
-      if (e instanceof NetlinkError && e.errno === 'ENODEV') throw new LinkNotFoundError(name);
-      throw e;
+    const out: Link[] = [];
+    for (const ev of await this.#dump('list links', RTM_GETLINK, Buffer.concat([ifinfomsg(), nla(IFLA_EXT_MASK, EXT_MASK_SKIP_STATS)]))) {
+      if (ev.kind === 'link') out.push(ev.link);
     }
+    return out;
   }
 
-  async linkByIndex(index: number): Promise<Link> {
+  linkByName(name: string): Promise<Link> {
+    return this.#getLink(name, Buffer.concat([ifinfomsg(), nla(IFLA_IFNAME, cstr(name)), nla(IFLA_EXT_MASK, EXT_MASK_SKIP_STATS)]));
+  }
+
+  linkByIndex(index: number): Promise<Link> {
+    return this.#getLink(index, Buffer.concat([ifinfomsg({ index }), nla(IFLA_EXT_MASK, EXT_MASK_SKIP_STATS)]));
+  }
+
+  async #getLink(which: string | number, body: Buffer): Promise<Link> {
+    let msgs: NlMessage[];
     try {
-      const msgs = await this.#sock.getLink({ index }, undefined, this.#o);
-      if (!msgs.length) throw new LinkNotFoundError(index);
-      return toLink(msgs[0] as RawLink);
+      msgs = await this.#sock.request(typeof which === 'string' ? `get link "${which}"` : `get link ${which}`, RTM_GETLINK, 0, body);
     } catch (err) {
-      if (err instanceof LinkNotFoundError) throw err;
-      const e = wrap(`get link ${index}`, err);
-      if (e instanceof NetlinkError && e.errno === 'ENODEV') throw new LinkNotFoundError(index);
-      throw e;
+      if (err instanceof NetlinkError && err.errno === 'ENODEV') throw new LinkNotFoundError(which);
+      throw err;
     }
+    const link = firstLink(msgs);
+    if (!link) throw new LinkNotFoundError(which);
+    return link;
   }
 
-  async linkAdd(spec: LinkSpec): Promise<void> {
-    const attrs: Record<string, unknown> = { ifname: spec.name, linkinfo: linkInfo(spec) };
-    if (spec.mtu) attrs.mtu = spec.mtu;
-    if (spec.mac) attrs.address = macToBuffer(spec.mac);
-    await call(`create ${spec.kind} "${spec.name}"`, () => this.#sock.newLink({}, attrs, this.#with({ flags: CREATE_EXCL })));
+  async linkAdd(spec: LinkSpec): Promise<Link | undefined> {
+    const attrs = [upFlags(spec.up), nla(IFLA_IFNAME, cstr(spec.name))];
+    if (spec.mtu) attrs.push(nla(IFLA_MTU, u32(spec.mtu)));
+    if (spec.mac) attrs.push(nla(IFLA_ADDRESS, macToBuffer(spec.mac)));
+    if (spec.masterIndex) attrs.push(nla(IFLA_MASTER, u32(spec.masterIndex)));
+    attrs.push(nla(IFLA_LINKINFO, linkInfo(spec)));
+    // NLM_F_ECHO: kernels since 6.3 send the new link back (index, MAC), saving a lookup.
+    const msgs = await this.#sock.request(`create ${spec.kind} "${spec.name}"`, RTM_NEWLINK, CREATE_EXCL | NLM_F.ECHO, Buffer.concat(attrs));
+    const link = firstLink(msgs);
+    return link?.name === spec.name ? link : undefined;
   }
 
   async linkDel(index: number): Promise<void> {
-    await call(`delete link ${index}`, () => this.#sock.delLink({ index }, undefined, this.#o));
+    await this.#sock.request(`delete link ${index}`, RTM_DELLINK, ACK, ifinfomsg({ index }));
   }
 
   async linksDel(indices: readonly number[]): Promise<void> {
@@ -236,118 +252,102 @@ class RtNetlink implements Netlink {
     // group goes (the kernel deletes every link of the namespace in it). Math.random, not
     // node:crypto: the CNI binary bundles this file and would load crypto at every pod start.
     const group = (0x80000000 | Math.floor(Math.random() * 0x7fffffff)) >>> 0;
+    const setGroup = (index: number, g: number) => this.#sock.request(`tag link ${index} for deletion`, RTM_SETLINK, ACK, Buffer.concat([ifinfomsg({ index }), nla(IFLA_GROUP, u32(g))]));
     const tagged: number[] = [];
     try {
       for (const index of indices) {
         try {
-          await call(`tag link ${index} for deletion`, () => this.#sock.setLink({ index }, { group }, this.#o));
+          await setGroup(index, group);
           tagged.push(index);
         } catch (err) {
           if (!isGone(err)) throw err;
         }
       }
-      if (tagged.length) await call(`delete links of group ${group}`, () => this.#sock.delLink({ index: 0 }, { group }, this.#o));
+      if (tagged.length) await this.#sock.request(`delete links of group ${group}`, RTM_DELLINK, ACK, Buffer.concat([ifinfomsg(), nla(IFLA_GROUP, u32(group))]));
     } catch (err) {
-      for (const index of tagged) await this.#sock.setLink({ index }, { group: 0 }, this.#o).catch(() => undefined);
+      for (const index of tagged) await setGroup(index, 0).catch(() => undefined);
       throw err;
     }
   }
 
   async linkSetUp(index: number): Promise<void> {
-    await call(`set link ${index} up`, () => this.#sock.setLink({ index, flags: { up: true }, change: { up: true } }, undefined, this.#o));
+    await this.#sock.request(`set link ${index} up`, RTM_SETLINK, ACK, upFlags(true, index));
   }
 
   async linkSetMtu(index: number, mtu: number): Promise<void> {
-    await call(`set link ${index} mtu ${mtu}`, () => this.#sock.setLink({ index }, { mtu }, this.#o));
+    await this.#sock.request(`set link ${index} mtu ${mtu}`, RTM_SETLINK, ACK, Buffer.concat([ifinfomsg({ index }), nla(IFLA_MTU, u32(mtu))]));
   }
 
   async linkSetMaster(index: number, masterIndex: number, opts: { alias?: string } = {}): Promise<void> {
-    const attrs: { master: number; ifalias?: string } = { master: masterIndex };
-    if (opts.alias !== undefined) {
-      if (Buffer.byteLength(opts.alias) > 255) throw new Error(`set link ${index} alias: longer than 255 bytes`);
-      attrs.ifalias = opts.alias;
-    }
-    await call(`set link ${index} master ${masterIndex}`, () => this.#sock.setLink({ index }, attrs, this.#o));
+    const attrs = [ifinfomsg({ index }), nla(IFLA_MASTER, u32(masterIndex))];
+    if (opts.alias !== undefined) attrs.push(aliasAttr(index, opts.alias));
+    await this.#sock.request(`set link ${index} master ${masterIndex}`, RTM_SETLINK, ACK, Buffer.concat(attrs));
+  }
+
+  async linkSetPort(index: number, opts: { alias?: string; hairpin: boolean }): Promise<void> {
+    // RTM_NEWLINK on an existing link (no NLM_F_CREATE): the one request that takes bridge-port
+    // settings (IFLA_INFO_SLAVE_DATA, handed to the master's driver) with link attributes.
+    const attrs = [ifinfomsg({ index })];
+    if (opts.alias !== undefined) attrs.push(aliasAttr(index, opts.alias));
+    attrs.push(nla(IFLA_LINKINFO | NLA_F_NESTED, nla(IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(opts.hairpin ? 1 : 0)))));
+    await this.#sock.request(`set bridge port ${index}`, RTM_NEWLINK, ACK, Buffer.concat(attrs));
   }
 
   async linkSetNetns(index: number, netnsFd: number): Promise<void> {
-    await call(`move link ${index} to netns`, () => this.#sock.setLink({ index }, { netNsFd: netnsFd }, this.#o));
-  }
-
-  async linkSetHairpin(index: number, on: boolean): Promise<void> {
-    // AF_BRIDGE SETLINK with a *nested* IFLA_PROTINFO; the package cannot set NLA_F_NESTED.
-    const body = Buffer.concat([ifinfomsg({ family: AF_BRIDGE, index }), nla(IFLA_PROTINFO | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(on ? 1 : 0)))]);
-    await call(`set hairpin on link ${index}`, () => this.#sock.request(RTM_SETLINK, body, this.#o));
+    await this.#sock.request(`move link ${index} to netns`, RTM_SETLINK, ACK, Buffer.concat([ifinfomsg({ index }), nla(IFLA_NET_NS_FD, u32(netnsFd))]));
   }
 
   async addrs(index?: number): Promise<Addr[]> {
-    const msgs = await call('list addresses', () => this.#sock.getAddresses({ family: AF_INET }, undefined, this.#o));
     const out: Addr[] = [];
-    for (const m of msgs) {
-      const raw = m.attrs.local ?? m.attrs.address;
-      if (!raw || m.data.family !== AF_INET) continue;
-      if (index !== undefined && m.data.index !== index) continue;
-      out.push({ index: m.data.index ?? 0, ip: formatIPv4(bufferToIPv4(raw)), prefixLen: m.data.prefixlen ?? 32 });
+    for (const ev of await this.#dump('list addresses', RTM_GETADDR, ifaddrmsg())) {
+      if (ev.kind === 'addr' && ev.op === 'new' && (index === undefined || ev.addr.index === index)) out.push(ev.addr);
     }
     return out;
   }
 
   async addrAdd(a: Addr): Promise<void> {
-    const ip = ipv4ToBuffer(parseIPv4(a.ip));
-    await call(`add address ${a.ip}/${a.prefixLen} to link ${a.index}`, () =>
-      this.#sock.newAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }, this.#with({ flags: CREATE_EXCL })),
-    );
+    await this.#sock.request(`add address ${a.ip}/${a.prefixLen} to link ${a.index}`, RTM_NEWADDR, CREATE_EXCL, addrBody(a));
   }
 
   async addrDel(a: Addr): Promise<void> {
-    const ip = ipv4ToBuffer(parseIPv4(a.ip));
-    await call(`delete address ${a.ip}/${a.prefixLen} from link ${a.index}`, () =>
-      this.#sock.delAddress({ family: AF_INET, prefixlen: a.prefixLen, index: a.index }, { local: ip, address: ip }, this.#o),
-    );
+    await this.#sock.request(`delete address ${a.ip}/${a.prefixLen} from link ${a.index}`, RTM_DELADDR, ACK, addrBody(a));
   }
 
   async routes(table = RT_TABLE_MAIN): Promise<Route[]> {
     const out: Route[] = [];
-    for (const ev of await this.#dump('list routes', RTM_GETROUTE, rtmsgFamily(AF_INET))) {
+    for (const ev of await this.#dump('list routes', RTM_GETROUTE, rtmsg())) {
       if (ev.kind === 'route' && ev.route.table === table) out.push(ev.route);
     }
     return out;
   }
 
   /**
-   * A dump read with the notification parser (monitor.ts) instead of the package's, which
-   * turns every attribute of every entry into objects: a reconcile pass over 1000 peers reads
-   * 3000 entries, and only a handful of attributes of each matter.
+   * A dump, parsed in slices: a reconcile pass over 1000 peers reads 3000 entries, and parsing
+   * them takes milliseconds, so the acks of a new peer's requests (the other socket) get through
+   * meanwhile.
    */
   async #dump(op: string, type: number, body: Buffer): Promise<RtEvent[]> {
-    const [msgs] = await call(op, () => this.#sock.socket.request(type, body, { ...this.#o, flags: FlagsGet.DUMP }));
+    const msgs = await this.#sock.request(op, type, NLM_F.DUMP, body);
     const out: RtEvent[] = [];
     for (let i = 0; i < msgs.length; i++) {
-      // Parsing 1000 entries takes milliseconds: let the acks of a new peer's requests (the
-      // other socket) through meanwhile.
       if (i > 0 && i % DUMP_PARSE_SLICE === 0) await yieldToLoop();
-      const ev = parseRtMessage(msgs[i].type, msgs[i].data);
+      const ev = parseRtMessage(msgs[i]!.type, msgs[i]!.body);
       if (ev) out.push(ev);
     }
     return out;
   }
 
   async routeReplace(r: Route): Promise<void> {
-    const { data, attrs } = routeMsg(r);
-    await call(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, () => this.#sock.newRoute(data as never, attrs, this.#with({ flags: CREATE_REPLACE })));
+    await this.#sock.request(`replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ''}`, RTM_NEWROUTE, CREATE_REPLACE, routeBody(r));
   }
 
   async routeDel(r: Route): Promise<void> {
-    const { data, attrs } = routeMsg(r);
-    // Match any protocol and scope, as `ip route del` does: a route someone else added (proto
-    // boot, say) is deleted too, not refused with ESRCH.
-    const match = { ...data, protocol: 0 /* RTPROT_UNSPEC */, scope: 255 /* RT_SCOPE_NOWHERE */ };
-    await call(`delete route ${r.dst}`, () => this.#sock.delRoute(match as never, attrs, this.#o));
+    await this.#sock.request(`delete route ${r.dst}`, RTM_DELROUTE, ACK, routeBody(r, true));
   }
 
   async neighs(index?: number): Promise<Neigh[]> {
     // NDA_IFINDEX has the kernel leave out other devices' entries (neigh_valid_dump_req).
-    const body = Buffer.concat([ndmsgFamily(AF_INET), ...(index !== undefined ? [nla(NDA_IFINDEX, u32(index))] : [])]);
+    const body = Buffer.concat([ndmsg(AF_INET), ...(index !== undefined ? [nla(8 /* NDA_IFINDEX */, u32(index))] : [])]);
     const out: Neigh[] = [];
     for (const ev of await this.#dump('list neighbors', RTM_GETNEIGH, body)) {
       if (ev.kind === 'neigh' && ev.op === 'new' && (index === undefined || ev.neigh.index === index)) out.push(ev.neigh);
@@ -356,17 +356,12 @@ class RtNetlink implements Netlink {
   }
 
   async neighReplace(n: Neigh): Promise<void> {
-    await call(`replace neighbor ${n.ip} -> ${n.mac}`, () =>
-      this.#sock.newNeighbor(
-        { family: AF_INET, ifindex: n.index, state: n.permanent === false ? { reachable: true } : { permanent: true } },
-        { dst: ipv4ToBuffer(parseIPv4(n.ip)), lladdr: macToBuffer(n.mac) },
-        this.#with({ flags: CREATE_REPLACE }),
-      ),
-    );
+    const body = Buffer.concat([ndmsg(AF_INET, n.index, n.permanent === false ? NUD_REACHABLE : NUD_PERMANENT), nla(NDA_DST, ipv4ToBuffer(parseIPv4(n.ip))), nla(NDA_LLADDR, macToBuffer(n.mac))]);
+    await this.#sock.request(`replace neighbor ${n.ip} -> ${n.mac}`, RTM_NEWNEIGH, CREATE_REPLACE, body);
   }
 
   async neighDel(n: Neigh): Promise<void> {
-    await call(`delete neighbor ${n.ip}`, () => this.#sock.delNeighbor({ family: AF_INET, ifindex: n.index }, { dst: ipv4ToBuffer(parseIPv4(n.ip)) }, this.#o));
+    await this.#sock.request(`delete neighbor ${n.ip}`, RTM_DELNEIGH, ACK, Buffer.concat([ndmsg(AF_INET, n.index), nla(NDA_DST, ipv4ToBuffer(parseIPv4(n.ip)))]));
   }
 
   async fdbs(index?: number): Promise<Fdb[]> {
@@ -382,27 +377,27 @@ class RtNetlink implements Netlink {
   }
 
   async fdbReplace(f: Fdb): Promise<void> {
-    await call(`replace fdb ${f.mac} -> ${f.dst}`, () =>
-      this.#sock.newNeighbor(
-        { family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } },
-        { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) },
-        this.#with({ flags: CREATE_REPLACE }),
-      ),
-    );
+    await this.#sock.request(`replace fdb ${f.mac} -> ${f.dst}`, RTM_NEWNEIGH, CREATE_REPLACE, fdbBody(f, true));
   }
 
   async fdbDel(f: Fdb): Promise<void> {
-    await call(`delete fdb ${f.mac} -> ${f.dst}`, () =>
-      this.#sock.delNeighbor({ family: AF_BRIDGE, ifindex: f.index, state: { permanent: true }, flags: { self: true } }, { lladdr: macToBuffer(f.mac), dst: ipv4ToBuffer(parseIPv4(f.dst)) }, this.#o),
-    );
+    await this.#sock.request(`delete fdb ${f.mac} -> ${f.dst}`, RTM_DELNEIGH, ACK, fdbBody(f, true));
   }
 
   close(): void {
-    this.#sock.socket.close();
+    this.#sock.close();
   }
+}
+
+/** IFLA_IFALIAS, at most 255 bytes (IFALIASZ - 1). */
+function aliasAttr(index: number, alias: string): Buffer {
+  const b = Buffer.from(alias, 'utf8');
+  if (b.length > 255) throw new Error(`set link ${index} alias: longer than 255 bytes`);
+  // no NUL: the kernel stores the attribute's length as given, and 255 bytes + NUL is too long
+  return nla(IFLA_IFALIAS, b);
 }
 
 /** Creates an rtnetlink socket in the calling thread's current namespace. */
 export function createRtnl(): Netlink {
-  return new RtNetlink(createRtNetlink());
+  return new RtNetlink();
 }

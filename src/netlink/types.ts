@@ -35,6 +35,10 @@ interface LinkSpecBase {
   name: string;
   mtu?: number;
   mac?: string;
+  /** Up as created (a veth: its first end only; the kernel cannot open the peer yet). */
+  up?: boolean;
+  /** Enslaved to this bridge as created. */
+  masterIndex?: number;
 }
 
 export type LinkSpec =
@@ -88,8 +92,11 @@ export interface Netlink {
   linkByName(name: string): Promise<Link>;
   /** Throws LinkNotFoundError. */
   linkByIndex(index: number): Promise<Link>;
-  /** Throws NetlinkError with errno 'EEXIST' when the name is taken. */
-  linkAdd(spec: LinkSpec): Promise<void>;
+  /**
+   * Throws NetlinkError with errno 'EEXIST' when the name is taken. Resolves with the new link
+   * (a veth: its first end) when the kernel echoes it (6.3 and later), else undefined.
+   */
+  linkAdd(spec: LinkSpec): Promise<Link | undefined>;
   linkDel(index: number): Promise<void>;
   /**
    * Deletes these links in one unregistration, so the kernel waits out one RCU grace period for
@@ -104,10 +111,10 @@ export interface Netlink {
    * (the kernel ignores IFLA_IFALIAS when creating a link).
    */
   linkSetMaster(index: number, masterIndex: number, opts?: { alias?: string }): Promise<void>;
+  /** A bridge port's owner label (IFLA_IFALIAS, at most 255 bytes) and hairpin mode, in one request. */
+  linkSetPort(index: number, opts: { alias?: string; hairpin: boolean }): Promise<void>;
   /** Moves the link into the namespace behind `netnsFd`. */
   linkSetNetns(index: number, netnsFd: number): Promise<void>;
-  /** Bridge port hairpin mode (IFLA_BRPORT_MODE). */
-  linkSetHairpin(index: number, on: boolean): Promise<void>;
   addrs(index?: number): Promise<Addr[]>;
   /** Throws NetlinkError 'EEXIST' when present. */
   addrAdd(addr: Addr): Promise<void>;

@@ -42,6 +42,7 @@ export class FakeNetlink implements Netlink {
       vxlan: { vni: spec.vni, port: spec.port, local: spec.local, parentIndex: spec.parentIndex, learning: spec.learning ?? false },
     });
     this.ops.push(`link add ${spec.name}`);
+    return undefined;
   }
   /** What the kernel does when a device goes: everything on it goes too. */
   async linksDel(indices: readonly number[]) {
@@ -63,7 +64,7 @@ export class FakeNetlink implements Netlink {
   }
   async linkSetMaster() {}
   async linkSetNetns() {}
-  async linkSetHairpin() {}
+  async linkSetPort() {}
   async addrs(index?: number) {
     return this.addrs_.filter((a) => index === undefined || a.index === index);
   }

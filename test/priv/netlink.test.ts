@@ -24,12 +24,19 @@ test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, f
   await nl.linkAdd({ kind: 'bridge', name: 'br-t', mtu: 1450 });
   const br = await nl.linkByName('br-t');
   t.is(br.kind, 'bridge');
-  await nl.linkAdd({ kind: 'veth', name: 'veth-t', peerName: 'eth0', peerNetnsFd: pod.fd, mtu: 1450 });
+  // Up and enslaved as created; the kernel (6.3+, this machine's 6.18) echoes the new end.
+  const echoed = await nl.linkAdd({ kind: 'veth', name: 'veth-t', peerName: 'eth0', peerNetnsFd: pod.fd, mtu: 1450, up: true, masterIndex: br.index });
   const host = await nl.linkByName('veth-t');
-  await nl.linkSetMaster(host.index, br.index);
-  await nl.linkSetHairpin(host.index, true);
+  t.deepEqual(echoed && { index: echoed.index, name: echoed.name, mac: echoed.mac, kind: echoed.kind }, { index: host.index, name: 'veth-t', mac: host.mac, kind: 'veth' });
+  t.is(host.masterIndex, br.index);
+  t.true(host.up);
+  const alias = `c${'x'.repeat(253)}/`; // the longest the kernel takes: 255 bytes
+  await nl.linkSetPort(host.index, { alias, hairpin: true });
+  t.is((await nl.linkByIndex(host.index)).alias, alias);
+  await t.throwsAsync(nl.linkSetPort(host.index, { alias: `${alias}x`, hairpin: true }), { message: /longer than 255 bytes/ });
   const eth0 = await pnl.linkByName('eth0');
   t.is(eth0.mtu, 1450);
+  t.false(eth0.up, 'the peer is left down (it cannot be opened before the pair is joined)');
   await t.throwsAsync(nl.linkByName('eth0'), { instanceOf: LinkNotFoundError });
   const err = await t.throwsAsync(nl.linkAdd({ kind: 'bridge', name: 'br-t' }), { instanceOf: NetlinkError });
   t.is(err?.errno, 'EEXIST');
