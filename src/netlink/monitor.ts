@@ -19,52 +19,49 @@ import { withNetns, type NetNs } from '../netns/index.ts';
 import { parseAttrs } from './attrs.ts';
 import { parseVxlan } from './rtnl.ts';
 import type { Addr, Fdb, Link, Neigh, Route } from './types.ts';
-
-const NETLINK_ROUTE = 0;
-const AF_INET = 2;
-const AF_BRIDGE = 7;
+import {
+  AF_BRIDGE,
+  AF_INET,
+  IFADDRMSG_LEN,
+  IFA_ADDRESS,
+  IFA_LOCAL,
+  IFF_UP,
+  IFINFOMSG_LEN,
+  IFLA_ADDRESS,
+  IFLA_IFALIAS,
+  IFLA_IFNAME,
+  IFLA_INFO_DATA,
+  IFLA_INFO_KIND,
+  IFLA_LINKINFO,
+  IFLA_MASTER,
+  IFLA_MTU,
+  NDA_DST,
+  NDA_LLADDR,
+  NDMSG_LEN,
+  NETLINK_ROUTE,
+  NLMSG_ERROR,
+  NLMSG_HDRLEN,
+  NLMSG_OVERRUN,
+  NUD_PERMANENT,
+  RTA_DST,
+  RTA_GATEWAY,
+  RTA_OIF,
+  RTA_TABLE,
+  RTMSG_LEN,
+  RTM_DELADDR,
+  RTM_DELLINK,
+  RTM_DELNEIGH,
+  RTM_DELROUTE,
+  RTM_NEWADDR,
+  RTM_NEWLINK,
+  RTM_NEWNEIGH,
+  RTM_NEWROUTE,
+  RTNH_F_ONLINK,
+  RTN_UNICAST,
+} from './uapi.ts';
 
 /** rtnetlink multicast groups (linux/rtnetlink.h `enum rtnetlink_groups`). */
 export const RTNLGRP = { LINK: 1, NEIGH: 3, IPV4_IFADDR: 5, IPV4_ROUTE: 7 } as const;
-
-// Message types (linux/netlink.h, linux/rtnetlink.h).
-const NLMSG_ERROR = 2;
-const NLMSG_OVERRUN = 4;
-const RTM_NEWLINK = 16;
-const RTM_DELLINK = 17;
-const RTM_NEWADDR = 20;
-const RTM_DELADDR = 21;
-const RTM_NEWROUTE = 24;
-const RTM_DELROUTE = 25;
-const RTM_NEWNEIGH = 28;
-const RTM_DELNEIGH = 29;
-
-const NLMSG_HDRLEN = 16;
-const IFINFOMSG_LEN = 16;
-const IFADDRMSG_LEN = 8;
-const RTMSG_LEN = 12;
-const NDMSG_LEN = 12;
-
-const IFF_UP = 1;
-const IFLA_ADDRESS = 1;
-const IFLA_IFNAME = 3;
-const IFLA_MTU = 4;
-const IFLA_MASTER = 10;
-const IFLA_IFALIAS = 20;
-const IFLA_LINKINFO = 18;
-const IFLA_INFO_KIND = 1;
-const IFLA_INFO_DATA = 2;
-const IFA_ADDRESS = 1;
-const IFA_LOCAL = 2;
-const RTA_DST = 1;
-const RTA_OIF = 4;
-const RTA_GATEWAY = 5;
-const RTA_TABLE = 15;
-const RTN_UNICAST = 1;
-const RTNH_F_ONLINK = 4;
-const NDA_DST = 1;
-const NDA_LLADDR = 2;
-const NUD_PERMANENT = 0x80;
 
 export type RtOp = 'new' | 'del';
 

@@ -9,6 +9,56 @@ import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from '
 import { isGone, LinkNotFoundError, NetlinkError } from './errors.ts';
 import { parseRtMessage, type RtEvent } from './monitor.ts';
 import { NLM_F, RtSocket, type NlMessage } from './socket.ts';
+import {
+  AF_BRIDGE,
+  AF_INET,
+  IFA_ADDRESS,
+  IFA_LOCAL,
+  IFF_UP,
+  IFLA_ADDRESS,
+  IFLA_BRPORT_MODE,
+  IFLA_EXT_MASK,
+  IFLA_GROUP,
+  IFLA_IFALIAS,
+  IFLA_IFNAME,
+  IFLA_INFO_DATA,
+  IFLA_INFO_KIND,
+  IFLA_INFO_SLAVE_DATA,
+  IFLA_LINKINFO,
+  IFLA_MASTER,
+  IFLA_MTU,
+  IFLA_NET_NS_FD,
+  IFLA_VXLAN_ID,
+  IFLA_VXLAN_LEARNING,
+  IFLA_VXLAN_LINK,
+  IFLA_VXLAN_LOCAL,
+  IFLA_VXLAN_PORT,
+  NDA_DST,
+  NDA_LLADDR,
+  NTF_SELF,
+  NUD_PERMANENT,
+  NUD_REACHABLE,
+  RTA_DST,
+  RTA_GATEWAY,
+  RTA_OIF,
+  RTA_TABLE,
+  RTM_DELADDR,
+  RTM_DELLINK,
+  RTM_DELNEIGH,
+  RTM_DELROUTE,
+  RTM_GETADDR,
+  RTM_GETLINK,
+  RTM_GETNEIGH,
+  RTM_GETROUTE,
+  RTM_NEWADDR,
+  RTM_NEWLINK,
+  RTM_NEWNEIGH,
+  RTM_NEWROUTE,
+  RTM_SETLINK,
+  RTNH_F_ONLINK,
+  RT_TABLE_MAIN,
+  VETH_INFO_PEER,
+} from './uapi.ts';
 import type { Addr, Fdb, Link, LinkSpec, Neigh, Netlink, Route, VxlanInfo } from './types.ts';
 
 /** Dump entries parsed between two turns of the event loop. */
@@ -17,60 +67,8 @@ const DUMP_PARSE_SLICE = 200;
 /** Resolves after the event loop has run its pending I/O callbacks. */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-const AF_INET = 2;
-const AF_BRIDGE = 7;
-const RT_TABLE_MAIN = 254;
-const RTNH_F_ONLINK = 4;
-const IFF_UP = 1;
-
-// Message types (linux/rtnetlink.h).
-const RTM_NEWLINK = 16;
-const RTM_DELLINK = 17;
-const RTM_GETLINK = 18;
-const RTM_SETLINK = 19;
-const RTM_NEWADDR = 20;
-const RTM_DELADDR = 21;
-const RTM_GETADDR = 22;
-const RTM_NEWROUTE = 24;
-const RTM_DELROUTE = 25;
-const RTM_GETROUTE = 26;
-const RTM_NEWNEIGH = 28;
-const RTM_DELNEIGH = 29;
-const RTM_GETNEIGH = 30;
-
-// rtnetlink attribute numbers (linux/if_link.h, linux/veth.h, linux/if_bridge.h, linux/rtnetlink.h, linux/neighbour.h)
-const IFLA_ADDRESS = 1;
-const IFLA_IFNAME = 3;
-const IFLA_MTU = 4;
-const IFLA_MASTER = 10;
-const IFLA_LINKINFO = 18;
-const IFLA_IFALIAS = 20;
-const IFLA_GROUP = 27;
-const IFLA_NET_NS_FD = 28;
-const IFLA_EXT_MASK = 29;
-const IFLA_INFO_KIND = 1;
-const IFLA_INFO_DATA = 2;
-const IFLA_INFO_SLAVE_DATA = 5;
-const VETH_INFO_PEER = 1;
-const IFLA_VXLAN_ID = 1;
-const IFLA_VXLAN_LINK = 3;
-const IFLA_VXLAN_LOCAL = 4;
-const IFLA_VXLAN_LEARNING = 7;
-const IFLA_VXLAN_PORT = 15;
-const IFLA_BRPORT_MODE = 4;
 /** RTEXT_FILTER_SKIP_STATS: a link's answer without its ~1 KB of counters, which weft never reads. */
 const EXT_MASK_SKIP_STATS = u32(1 << 3);
-const IFA_ADDRESS = 1;
-const IFA_LOCAL = 2;
-const RTA_DST = 1;
-const RTA_OIF = 4;
-const RTA_GATEWAY = 5;
-const RTA_TABLE = 15;
-const NDA_DST = 1;
-const NDA_LLADDR = 2;
-const NUD_REACHABLE = 0x02;
-const NUD_PERMANENT = 0x80;
-const NTF_SELF = 0x02;
 
 const ACK = NLM_F.ACK;
 const CREATE_EXCL = NLM_F.ACK | NLM_F.CREATE | NLM_F.EXCL;

@@ -11,11 +11,7 @@
 import { getSystemErrorName } from 'node:util';
 import { RawNetlinkSocket } from 'netlink/dist/raw.js';
 import { NetlinkError } from './errors.ts';
-
-const NETLINK_ROUTE = 0;
-const NLMSG_HDRLEN = 16;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
+import { NETLINK_ROUTE, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN } from './uapi.ts';
 
 export const NLM_F = { REQUEST: 0x1, ACK: 0x4, ECHO: 0x8, DUMP: 0x300, REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400 } as const;
 
@@ -60,7 +56,10 @@ export class RtSocket {
   constructor() {
     this.#raw = new RawNetlinkSocket(NETLINK_ROUTE);
     this.#port = this.#raw.address().port;
-    this.#raw.on('message', (buf: Buffer) => this.#receive(buf));
+    // Only the kernel (port 0) answers for the kernel; root could send from another socket.
+    this.#raw.on('message', (buf: Buffer, rinfo: { port: number }) => {
+      if (rinfo.port === 0) this.#receive(buf);
+    });
     // ENOBUFS and the like: answers may be lost, so nothing waiting can be trusted to end
     this.#raw.on('error', (err: Error) => this.#failAll(err));
     this.#raw.unref();
