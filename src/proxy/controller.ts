@@ -65,7 +65,7 @@ function keyOf(o: KubernetesObject): string {
  * Services it concerns dirty, the old owner too when a slice moved to another Service, so a
  * partial sync recomputes those only.
  */
-class Cache<T> {
+export class ProxyCache<T> {
   readonly #items = new Map<string, T>();
   readonly #byOwner = new Map<string, Map<string, T>>();
   readonly #bad = new Map<string, string>();
@@ -76,7 +76,7 @@ class Cache<T> {
   readonly validate: (raw: unknown) => Validated<T>;
   readonly opts: { log: Log; owner: (v: T) => string; onInvalid?: (kind: string) => void; onChange: () => void };
 
-  constructor(kind: string, validate: (raw: unknown) => Validated<T>, opts: Cache<T>['opts']) {
+  constructor(kind: string, validate: (raw: unknown) => Validated<T>, opts: ProxyCache<T>['opts']) {
     this.kind = kind;
     this.validate = validate;
     this.opts = opts;
@@ -176,8 +176,8 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
     if (!running && synced.services && synced.slices && !signal.aborted) running = drain();
   };
   const caches = {
-    services: new Cache<Service>('Service', validateService, { log, owner: (s) => `${s.metadata.namespace}/${s.metadata.name}`, onInvalid: opts.onInvalid, onChange: schedule }),
-    slices: new Cache<EndpointSlice>('EndpointSlice', validateEndpointSlice, { log, owner: sliceService, onInvalid: opts.onInvalid, onChange: schedule }),
+    services: new ProxyCache<Service>('Service', validateService, { log, owner: (s) => `${s.metadata.namespace}/${s.metadata.name}`, onInvalid: opts.onInvalid, onChange: schedule }),
+    slices: new ProxyCache<EndpointSlice>('EndpointSlice', validateEndpointSlice, { log, owner: sliceService, onInvalid: opts.onInvalid, onChange: schedule }),
   };
   const selector = new EndpointSelector({ nodeName: opts.nodeName, nodePortRange: opts.nodePortRange });
   const slicesOf = (id: string) => caches.slices.of(id);
@@ -221,7 +221,7 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
   const core = opts.kc.makeApiClient(CoreV1Api);
   const discovery = opts.kc.makeApiClient(DiscoveryV1Api);
   type Listing<T> = { items: T[]; metadata?: { resourceVersion?: string } };
-  const informer = <T extends KubernetesObject>(path: string, cache: Cache<unknown>, flag: keyof typeof synced, list: (limit?: number) => Promise<Listing<T>>) =>
+  const informer = <T extends KubernetesObject>(path: string, cache: ProxyCache<unknown>, flag: keyof typeof synced, list: (limit?: number) => Promise<Listing<T>>) =>
     keepInformer<T>(signal, {
       kc: opts.kc,
       path,
@@ -256,8 +256,8 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
 
   await Promise.all([
     // A deadline on each listing (client-node's calls have none), like the Node informer's.
-    informer(SERVICES, caches.services as Cache<unknown>, 'services', (limit) => core.listServiceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
-    informer(SLICES, caches.slices as Cache<unknown>, 'slices', (limit) => discovery.listEndpointSliceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
+    informer(SERVICES, caches.services as ProxyCache<unknown>, 'services', (limit) => core.listServiceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
+    informer(SLICES, caches.slices as ProxyCache<unknown>, 'slices', (limit) => discovery.listEndpointSliceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
     periodic(opts.fullSyncIntervalMs ?? 5 * 60_000, async () => {
       full = true;
       schedule();
