@@ -22,7 +22,7 @@ import type { IPv4Net } from '../ip/ipv4.ts';
 import { callOptions } from '../kube/client.ts';
 import { keepInformer } from '../kube/informer.ts';
 import { ensureBridgeNetfilter } from './bridge.ts';
-import { selectEndpoints, type ProxyState } from './endpoints.ts';
+import { EndpointSelector, sliceService, type ProxyState } from './endpoints.ts';
 import { ProxySyncer, type SyncResult } from './sync.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service, type Validated } from './types.ts';
 
@@ -59,31 +59,51 @@ function keyOf(o: KubernetesObject): string {
   return `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
 }
 
-/** A validated cache of one kind, keyed by namespace/name. */
-class Cache<T> {
+/**
+ * A validated cache of one kind, keyed by namespace/name, indexed by the Service each object
+ * belongs to (`owner`: a Service itself, a slice's service-name label). Every change marks the
+ * Services it concerns dirty, the old owner too when a slice moved to another Service, so a
+ * partial sync recomputes those only.
+ */
+export class ProxyCache<T> {
   readonly #items = new Map<string, T>();
+  readonly #byOwner = new Map<string, Map<string, T>>();
   readonly #bad = new Map<string, string>();
+  /** Services (namespace/name) whose objects changed since the last {@link takeDirty}. */
+  #dirty = new Set<string>();
 
   readonly kind: string;
   readonly validate: (raw: unknown) => Validated<T>;
-  readonly opts: { log: Log; onInvalid?: (kind: string) => void; onChange: () => void };
+  readonly opts: { log: Log; owner: (v: T) => string; onInvalid?: (kind: string) => void; onChange: () => void };
 
-  constructor(kind: string, validate: (raw: unknown) => Validated<T>, opts: Cache<T>['opts']) {
+  constructor(kind: string, validate: (raw: unknown) => Validated<T>, opts: ProxyCache<T>['opts']) {
     this.kind = kind;
     this.validate = validate;
     this.opts = opts;
   }
 
-  values(): T[] {
-    return [...this.#items.values()];
+  get items(): ReadonlyMap<string, T> {
+    return this.#items;
   }
 
   get size(): number {
     return this.#items.size;
   }
 
+  /** The objects belonging to Service `id`. */
+  of(id: string): T[] {
+    const m = this.#byOwner.get(id);
+    return m ? [...m.values()] : [];
+  }
+
+  takeDirty(): Set<string> {
+    const d = this.#dirty;
+    this.#dirty = new Set();
+    return d;
+  }
+
   replace(items: KubernetesObject[]): void {
-    this.#items.clear();
+    for (const [k, v] of [...this.#items]) this.#drop(k, v);
     for (const o of items) this.#put(o, false);
     this.opts.onChange();
   }
@@ -95,23 +115,42 @@ class Cache<T> {
   remove(o: KubernetesObject): void {
     const k = keyOf(o);
     this.#bad.delete(k);
-    if (this.#items.delete(k)) this.opts.onChange();
+    const old = this.#items.get(k);
+    if (old === undefined) return;
+    this.#drop(k, old);
+    this.opts.onChange();
   }
 
   #put(o: KubernetesObject, notify: boolean): void {
     const k = keyOf(o);
     const v = this.validate(o);
+    const old = this.#items.get(k);
+    if (old !== undefined) this.#drop(k, old);
     if (v.ok) {
       this.#bad.delete(k);
       this.#items.set(k, v.value);
+      const owner = this.opts.owner(v.value);
+      this.#dirty.add(owner);
+      const m = this.#byOwner.get(owner);
+      if (m) m.set(k, v.value);
+      else this.#byOwner.set(owner, new Map([[k, v.value]]));
     } else {
       // One line per object and reason, not one per resync.
       if (this.#bad.get(k) !== v.reason) this.opts.log.warn(`proxy: ignoring ${this.kind} "${k}": ${v.reason}`);
       this.#bad.set(k, v.reason);
       this.opts.onInvalid?.(this.kind);
-      if (!this.#items.delete(k)) return;
+      if (old === undefined) return;
     }
     if (notify) this.opts.onChange();
+  }
+
+  #drop(k: string, v: T): void {
+    this.#items.delete(k);
+    const owner = this.opts.owner(v);
+    this.#dirty.add(owner);
+    const m = this.#byOwner.get(owner);
+    m?.delete(k);
+    if (m?.size === 0) this.#byOwner.delete(owner);
   }
 }
 
@@ -137,27 +176,32 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
     if (!running && synced.services && synced.slices && !signal.aborted) running = drain();
   };
   const caches = {
-    services: new Cache<Service>('Service', validateService, { log, onInvalid: opts.onInvalid, onChange: schedule }),
-    slices: new Cache<EndpointSlice>('EndpointSlice', validateEndpointSlice, { log, onInvalid: opts.onInvalid, onChange: schedule }),
+    services: new ProxyCache<Service>('Service', validateService, { log, owner: (s) => `${s.metadata.namespace}/${s.metadata.name}`, onInvalid: opts.onInvalid, onChange: schedule }),
+    slices: new ProxyCache<EndpointSlice>('EndpointSlice', validateEndpointSlice, { log, owner: sliceService, onInvalid: opts.onInvalid, onChange: schedule }),
   };
+  const selector = new EndpointSelector({ nodeName: opts.nodeName, nodePortRange: opts.nodePortRange });
+  const slicesOf = (id: string) => caches.slices.of(id);
 
   let failingSince = 0;
   async function drain(): Promise<void> {
     try {
       while (dirty && !signal.aborted) {
         dirty = false;
-        const state = selectEndpoints(caches.services.values(), caches.slices.values(), { nodeName: opts.nodeName, nodePortRange: opts.nodePortRange });
         // A full sync asked for while this one runs (the periodic timer, drift) is kept for the next.
         const wantFull = full;
         full = false;
+        // the Services whose objects changed since the last pass; a full sync recomputes all
+        const touched = new Set([...caches.services.takeDirty(), ...caches.slices.takeDirty()]);
+        const { state, changed } = selector.select(caches.services.items, slicesOf, wantFull ? undefined : touched);
         try {
-          const r = await syncer.sync(state, { full: wantFull });
+          const r = await syncer.sync(state, { full: wantFull, changed: wantFull ? undefined : changed });
           if (failingSince) log.info(`proxy: syncing again after ${Math.round((clock.now() - failingSince) / 1000)}s`);
           failingSince = 0;
           opts.onSync?.(r, state);
           if (r.mode !== 'unchanged') log.debug(`proxy: ${r.mode} sync, ${state.ports.length} service port(s), ${Math.round(r.ms)} ms`);
         } catch (err) {
-          full ||= wantFull;
+          // the syncer's next sync is full whatever failed: recompute everything for it too
+          full = true;
           opts.onSyncError?.(err);
           if (!failingSince) log.error(`proxy: sync failed: ${errText(err)}; retrying with backoff`);
           failingSince ||= clock.now();
@@ -177,7 +221,7 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
   const core = opts.kc.makeApiClient(CoreV1Api);
   const discovery = opts.kc.makeApiClient(DiscoveryV1Api);
   type Listing<T> = { items: T[]; metadata?: { resourceVersion?: string } };
-  const informer = <T extends KubernetesObject>(path: string, cache: Cache<unknown>, flag: keyof typeof synced, list: (limit?: number) => Promise<Listing<T>>) =>
+  const informer = <T extends KubernetesObject>(path: string, cache: ProxyCache<unknown>, flag: keyof typeof synced, list: (limit?: number) => Promise<Listing<T>>) =>
     keepInformer<T>(signal, {
       kc: opts.kc,
       path,
@@ -212,8 +256,8 @@ export async function runServiceProxy(signal: AbortSignal, opts: ServiceProxyOpt
 
   await Promise.all([
     // A deadline on each listing (client-node's calls have none), like the Node informer's.
-    informer(SERVICES, caches.services as Cache<unknown>, 'services', (limit) => core.listServiceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
-    informer(SLICES, caches.slices as Cache<unknown>, 'slices', (limit) => discovery.listEndpointSliceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
+    informer(SERVICES, caches.services as ProxyCache<unknown>, 'services', (limit) => core.listServiceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
+    informer(SLICES, caches.slices as ProxyCache<unknown>, 'slices', (limit) => discovery.listEndpointSliceForAllNamespaces(limit ? { limit } : {}, limit ? probeOptions : listOptions)),
     periodic(opts.fullSyncIntervalMs ?? 5 * 60_000, async () => {
       full = true;
       schedule();

@@ -301,40 +301,183 @@ let piecesBefore = new Map<string, Piece>();
 // identity, such a port costs neither the build nor the JSON key.
 const byIdentity = new WeakMap<ServicePortState, { optsKey: string; piece: Piece }>();
 
-function pieceOf(sp: ServicePortState, opts: RulesetOptions, optsKey: string): Piece {
+function pieceOf(sp: ServicePortState, opts: RulesetOptions, optsKey: string, byValue = true): Piece {
   const same = byIdentity.get(sp);
   if (same && same.optsKey === optsKey) return same.piece;
-  const piece = pieceByValue(sp, opts, optsKey);
+  const piece = byValue ? pieceByValue(sp, opts, optsKey) : newPiece(sp, opts);
   byIdentity.set(sp, { optsKey, piece });
   return piece;
 }
 
+function newPiece(sp: ServicePortState, opts: RulesetOptions): Piece {
+  const rs: Ruleset = { frame: [], sets: new Map(), chains: new Map(), elements: new Map() };
+  addServicePort(rs, sp, opts);
+  return rs;
+}
+
 function pieceByValue(sp: ServicePortState, opts: RulesetOptions, optsKey: string): Piece {
   const key = `${optsKey}\n${JSON.stringify(sp)}`;
-  let piece = pieces.get(key) ?? piecesBefore.get(key);
-  if (!piece) {
-    const rs: Ruleset = { frame: [], sets: new Map(), chains: new Map(), elements: new Map() };
-    addServicePort(rs, sp, opts);
-    piece = rs;
-  }
+  const piece = pieces.get(key) ?? piecesBefore.get(key) ?? newPiece(sp, opts);
   pieces.set(key, piece);
   return piece;
 }
 
+function optsKeyOf(opts: RulesetOptions): string {
+  return opts.clusterCIDR ? formatCIDR(opts.clusterCIDR) : '';
+}
+
+/** Adds `piece` to `rs`; `refs` counts the pieces holding each element. */
+function addPiece(rs: Ruleset, piece: Piece, refs?: Map<string, Map<string, number>>): void {
+  for (const [name, decl] of piece.sets) rs.sets.set(name, decl);
+  for (const [name, rules] of piece.chains) if (!rs.chains.has(name)) rs.chains.set(name, rules);
+  for (const [map, m] of piece.elements) {
+    for (const [k, v] of m) setElement(rs, map, k, v);
+    if (refs) for (const k of m.keys()) bump(refs, map, k, 1);
+  }
+}
+
+function bump(refs: Map<string, Map<string, number>>, map: string, key: string, by: number): number {
+  const m = refs.get(map) ?? new Map<string, number>();
+  refs.set(map, m);
+  const n = (m.get(key) ?? 0) + by;
+  m.set(key, n);
+  return n;
+}
+
+function copy<V>(from: Map<string, V>, to: Map<string, V>, name: string): void {
+  const v = from.get(name);
+  if (v !== undefined) to.set(name, v);
+}
+
+function emptyRuleset(frame: string[]): Ruleset {
+  return { frame, sets: new Map(), chains: new Map(), elements: new Map() };
+}
+
 /** Builds the ruleset model for `state` (pure: the memo only saves work). */
 export function buildRuleset(state: ProxyState, opts: RulesetOptions = {}): Ruleset {
-  const rs: Ruleset = { frame: frame(opts), sets: new Map(), chains: new Map(), elements: new Map() };
+  const rs = emptyRuleset(frame(opts));
   piecesBefore = pieces;
   pieces = new Map();
-  const optsKey = opts.clusterCIDR ? formatCIDR(opts.clusterCIDR) : '';
-  for (const sp of state.ports) {
-    const piece = pieceOf(sp, opts, optsKey);
-    for (const [name, decl] of piece.sets) rs.sets.set(name, decl);
-    for (const [name, rules] of piece.chains) if (!rs.chains.has(name)) rs.chains.set(name, rules);
-    for (const [map, m] of piece.elements) for (const [k, v] of m) setElement(rs, map, k, v);
-  }
+  const optsKey = optsKeyOf(opts);
+  for (const sp of state.ports) addPiece(rs, pieceOf(sp, opts, optsKey));
   piecesBefore = new Map();
   return rs;
+}
+
+/**
+ * The part of the ruleset some Services change: `before` is what the whole ruleset holds of
+ * their chains, sets and elements now, `after` what it will, so `diffRulesets(before, after)`
+ * and `partialScript(before, after)` are those of the whole rulesets.
+ */
+export interface RulesetDelta {
+  before: Ruleset;
+  after: Ruleset;
+  /** The Services' ports on each side, for the stale-conntrack decisions. */
+  beforePorts: ServicePortState[];
+  afterPorts: ServicePortState[];
+  /** Their pieces after, and the element counts after, for {@link LiveRuleset.commit}. */
+  pieces: Map<string, { ports: readonly ServicePortState[]; pieces: Piece[] }>;
+  refs: Map<string, Map<string, number>>;
+}
+
+/**
+ * A ruleset kept Service by Service: built whole for a full sync, then changed only where some
+ * Services changed, so a partial sync costs what changed. Rebuilding and comparing the whole
+ * model instead cost about 4 ms per change at 1000 Services x 10 endpoints (11k chains merged and
+ * compared each time). Chains and sets belong to one Service port (their names say which); an
+ * element may be in several pieces (every port of a ClusterIP adds it to `cluster-ips`), so each
+ * is counted and goes only with its last piece.
+ */
+export class LiveRuleset {
+  readonly rs: Ruleset;
+  readonly #opts: RulesetOptions;
+  readonly #optsKey: string;
+  /** Service (namespace/name) -> its ports and their pieces. */
+  readonly #services = new Map<string, { ports: readonly ServicePortState[]; pieces: Piece[] }>();
+  /** map -> element key -> how many pieces hold it. */
+  readonly #refs = new Map<string, Map<string, number>>();
+
+  constructor(state: ProxyState, opts: RulesetOptions = {}) {
+    this.#opts = opts;
+    this.#optsKey = optsKeyOf(opts);
+    this.rs = emptyRuleset(frame(opts));
+    piecesBefore = pieces;
+    pieces = new Map();
+    for (const sp of state.ports) {
+      const id = `${sp.namespace}/${sp.name}`;
+      const svc = this.#services.get(id) ?? { ports: [], pieces: [] };
+      this.#services.set(id, svc);
+      const piece = pieceOf(sp, opts, this.#optsKey);
+      (svc.ports as ServicePortState[]).push(sp);
+      svc.pieces.push(piece);
+      addPiece(this.rs, piece, this.#refs);
+    }
+    piecesBefore = new Map();
+  }
+
+  /** Both sides of replacing the ports of the Services in `changed` (id -> ports now). */
+  delta(changed: ReadonlyMap<string, readonly ServicePortState[]>): RulesetDelta {
+    const d: RulesetDelta = { before: emptyRuleset(this.rs.frame), after: emptyRuleset(this.rs.frame), beforePorts: [], afterPorts: [], pieces: new Map(), refs: new Map() };
+    const counts = new Map<string, Map<string, number>>();
+    for (const id of [...changed.keys()].sort()) {
+      const old = this.#services.get(id);
+      for (const piece of old?.pieces ?? []) {
+        for (const name of piece.sets.keys()) copy(this.rs.sets, d.before.sets, name);
+        for (const name of piece.chains.keys()) copy(this.rs.chains, d.before.chains, name);
+        for (const [map, m] of piece.elements) for (const k of m.keys()) bump(counts, map, k, -1);
+      }
+      const ports = changed.get(id)!;
+      // a changed port is new by value too: no JSON key for the by-value memo
+      const next = ports.map((sp) => pieceOf(sp, this.#opts, this.#optsKey, false));
+      for (const piece of next) addPiece(d.after, piece);
+      for (const piece of next) for (const [map, m] of piece.elements) for (const k of m.keys()) bump(counts, map, k, 1);
+      d.pieces.set(id, { ports, pieces: next });
+      d.beforePorts.push(...(old?.ports ?? []));
+      d.afterPorts.push(...ports);
+    }
+    // each touched element as the whole ruleset has it before and after
+    for (const [map, m] of counts) {
+      const now = this.rs.elements.get(map);
+      const after = d.after.elements.get(map);
+      for (const [k, by] of m) {
+        const v = now?.get(k);
+        if (v !== undefined) setElement(d.before, map, k, v);
+        const n = (this.#refs.get(map)?.get(k) ?? 0) + by;
+        bump(d.refs, map, k, n);
+        // held by a Service that did not change (a ClusterIP with other ports): stays as it is
+        if (n > 0 && after?.get(k) === undefined && v !== undefined) setElement(d.after, map, k, v);
+      }
+    }
+    return d;
+  }
+
+  /** Makes `d` (from {@link delta}, nothing committed since) the ruleset. */
+  commit(d: RulesetDelta): void {
+    for (const name of d.before.sets.keys()) this.rs.sets.delete(name);
+    for (const name of d.before.chains.keys()) this.rs.chains.delete(name);
+    for (const [name, decl] of d.after.sets) this.rs.sets.set(name, decl);
+    for (const [name, rules] of d.after.chains) this.rs.chains.set(name, rules);
+    for (const [map, m] of d.refs) {
+      const refs = this.#refs.get(map) ?? new Map<string, number>();
+      this.#refs.set(map, refs);
+      for (const [k, n] of m) {
+        if (n > 0) {
+          refs.set(k, n);
+          setElement(this.rs, map, k, d.after.elements.get(map)!.get(k)!);
+        } else {
+          refs.delete(k);
+          this.rs.elements.get(map)?.delete(k);
+        }
+      }
+      // as a fresh build has it: no map without elements
+      if (this.rs.elements.get(map)?.size === 0) this.rs.elements.delete(map);
+      if (refs.size === 0) this.#refs.delete(map);
+    }
+    for (const [id, svc] of d.pieces) {
+      if (svc.ports.length) this.#services.set(id, svc);
+      else this.#services.delete(id);
+    }
+  }
 }
 
 function elementLines(verb: 'add' | 'delete', map: string, entries: Array<[string, string]>, withValues: boolean): string[] {

@@ -18,15 +18,16 @@ import { servicePortKey, type ProxyEndpoint, type ProxyState, type ServicePortSt
 import { conntrackDelete, nftApply, NftShell, readProxyNames, readProxyTable, SHELL_MAX_SCRIPT, tableFingerprintSliced, type ConntrackFilter, type ExecOptions } from './nft.ts';
 import { NfnlExecutor } from './nfnl.ts';
 import {
-  buildRuleset,
   canPartial,
   diffRulesets,
   fullScript,
+  LiveRuleset,
   partialScript,
   refreshScript,
   rulesetNames,
   tableNames,
   type Ruleset,
+  type RulesetDelta,
   type RulesetDiff,
   type RulesetOptions,
   type TableNames,
@@ -112,7 +113,7 @@ export interface SyncResult {
 export class ProxySyncer {
   readonly #opts: SyncerOptions;
   readonly #log: Log;
-  #applied: { rs: Ruleset; state: ProxyState } | undefined;
+  #applied: { live: LiveRuleset; state: ProxyState } | undefined;
   #fingerprint: string | undefined;
   #needFull = true;
   /** The kernel's table is what the last sync applied (no failure, no drift seen since). */
@@ -154,12 +155,21 @@ export class ProxySyncer {
     return p;
   }
 
-  /** Brings the kernel to `state`: a full sync the first time, after a failure or when asked. */
-  sync(state: ProxyState, opts: { full?: boolean } = {}): Promise<SyncResult> {
+  /**
+   * Brings the kernel to `state`: a full sync the first time, after a failure or when asked.
+   * `changed` (what `EndpointSelector.select` says changed since the previous call's
+   * state: Service -> its ports now) narrows a partial sync to those Services, so its cost
+   * follows the change, not the table; without it the whole state is compared.
+   */
+  sync(state: ProxyState, opts: { full?: boolean; changed?: ReadonlyMap<string, readonly ServicePortState[]> } = {}): Promise<SyncResult> {
     this.#pending++;
     return this.#serial(async () => {
       try {
-        return await this.#sync(state, opts.full ?? false);
+        return await this.#sync(state, opts.full ?? false, opts.changed);
+      } catch (err) {
+        // whatever failed, the next `changed` is not relative to what the kernel has
+        this.#needFull = true;
+        throw err;
       } finally {
         this.#pending--;
         this.#gen++;
@@ -167,19 +177,24 @@ export class ProxySyncer {
     });
   }
 
-  async #sync(state: ProxyState, full: boolean): Promise<SyncResult> {
+  async #sync(state: ProxyState, full: boolean, changed: ReadonlyMap<string, readonly ServicePortState[]> | undefined): Promise<SyncResult> {
     const t0 = performance.now();
-    const next = buildRuleset(state, this.#opts.ruleset);
     const prev = this.#applied;
+    const partial = !full && !this.#needFull ? prev : undefined;
+    // a partial sync with `changed` looks at those Services' share of the ruleset only
+    let delta: RulesetDelta | undefined = partial && changed ? partial.live.delta(changed) : undefined;
+    if (delta && !canPartial(partial!.live.rs, delta.after)) delta = undefined;
+    const live = delta ? undefined : new LiveRuleset(state, this.#opts.ruleset);
+    const sides = delta ?? (partial && canPartial(partial.live.rs, live!.rs) ? { before: partial.live.rs, after: live!.rs } : undefined);
     // phase times for the debug log: where a slow sync spends its time
     let tApply = t0;
     let tApplied = t0;
     let mode: SyncResult['mode'];
     let diff: RulesetDiff | undefined;
     let via: SyncResult['via'];
-    if (!full && !this.#needFull && prev && canPartial(prev.rs, next)) {
-      diff = diffRulesets(prev.rs, next);
-      const script = partialScript(prev.rs, next, diff);
+    if (sides) {
+      diff = diffRulesets(sides.before, sides.after);
+      const script = partialScript(sides.before, sides.after, diff);
       mode = script ? 'partial' : 'unchanged';
       tApply = performance.now();
       if (script) {
@@ -198,7 +213,7 @@ export class ProxySyncer {
       tApply = performance.now();
       try {
         // An asked-for full sync (periodic, drift) reads the kernel: it is the clean-up of record.
-        await this.#full(next, full ? undefined : prev?.rs);
+        await this.#full(live!.rs, full ? undefined : prev?.live.rs);
       } catch (err) {
         this.#needFull = true;
         this.#kernelKnown = false;
@@ -209,7 +224,8 @@ export class ProxySyncer {
     tApplied = performance.now();
     this.#needFull = false;
     this.#kernelKnown = true;
-    this.#applied = { rs: next, state };
+    if (delta) prev!.live.commit(delta);
+    this.#applied = { live: live ?? prev!.live, state };
     if (mode !== 'unchanged') this.#knownGen = await this.#generation();
     const readBack = this.#opts.readBack ?? 'always';
     if ((mode === 'partial' && readBack === 'full') || (mode !== 'unchanged' && readBack === 'lazy')) this.#baselineStale = true;
@@ -224,7 +240,7 @@ export class ProxySyncer {
       }
     }
     let flowsDeleted = 0;
-    const stale = staleUDPFlows(prev?.state, state);
+    const stale = delta ? staleUDPFlows({ ports: delta.beforePorts, skipped: [] }, { ports: delta.afterPorts, skipped: [] }) : staleUDPFlows(prev?.state, state);
     if (stale.length) {
       try {
         flowsDeleted = await conntrackDelete(stale, this.#opts);

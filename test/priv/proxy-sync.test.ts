@@ -8,12 +8,12 @@ import test from 'ava';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
+import { EndpointSelector, selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
 import { silentLog } from '../../src/core/log.ts';
-import { nftApply } from '../../src/proxy/nft.ts';
+import { nftApply, tableFingerprint } from '../../src/proxy/nft.ts';
 import { buildRuleset, fullScript } from '../../src/proxy/ruleset.ts';
 import { ProxySyncer } from '../../src/proxy/sync.ts';
-import { validateEndpointSlice, validateService } from '../../src/proxy/types.ts';
+import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../../src/proxy/types.ts';
 import { buildTopo, POD_IPS, rawService, rawSlice, tally, type Topo } from './proxy-topo.ts';
 
 let topo: Topo;
@@ -119,6 +119,47 @@ test.serial('partial sync rewrites only the changed service; a deleted one leave
   const [none] = await Promise.all([syncer.sync(state({ a: [A, all], b: [B, []] })), syncer.sync(state({ a: [A, all], b: [B, [{ ip: P2 }]] }))]);
   t.is(none.mode, 'partial', 'concurrent syncs are serialized and each is a valid partial');
   t.deepEqual(Object.keys(tally(await topo.request(topo.client, { host: B, port: 80, count: 20 }))), ['pod-2']);
+});
+
+test.serial('partial syncs narrowed to the changed Services leave the table a full sync of the same state leaves', async (t) => {
+  const syncer = new ProxySyncer({ netns: topo.nodeNetns, log: silentLog });
+  const selector = new EndpointSelector({ nodeName: 'node-a' });
+  const services = new Map<string, Service>();
+  const slices = new Map<string, EndpointSlice>();
+  const put = (name: string, ip: string, eps: Array<{ ip: string; ready?: boolean }>) => {
+    const s = validateService(rawService(name, { clusterIP: ip, ports: svcPorts }));
+    const sl = validateEndpointSlice(rawSlice(name, eps, ports));
+    services.set(`default/${name}`, s.ok ? s.value : fail(s.reason));
+    slices.set(`default/${name}`, sl.ok ? sl.value : fail(sl.reason));
+  };
+  const slicesOf = (id: string) => (slices.has(id) ? [slices.get(id)!] : []);
+  const table = () => tableFingerprint(topo.nsh(topo.node, '/usr/sbin/nft', ['-j', 'list', 'table', 'ip', 'weft-proxy']));
+  put('na', A, [{ ip: P1 }, { ip: P2 }]);
+  put('nb', B, [{ ip: P1 }]);
+  put('nc', C, [{ ip: P3 }]);
+  t.is((await syncer.sync(selector.select(services, slicesOf).state, { full: true })).mode, 'full');
+  const steps: Array<[string, () => void]> = [
+    ['an endpoint replaced', () => put('nb', B, [{ ip: P2 }])],
+    ['a Service gone', () => services.delete('default/nc')],
+    ['its slice gone', () => slices.delete('default/nc')],
+    ['a Service added, no endpoint yet', () => put('nd', C, [])],
+    ['a ClusterIP now shared with another Service', () => put('nd', A, [{ ip: P3, ready: false }])],
+  ];
+  const ids = ['default/na', 'default/nb', 'default/nc', 'default/nd'];
+  for (const [what, change] of steps) {
+    const before = new Map(ids.map((id) => [id, [services.get(id), slices.get(id)]]));
+    change();
+    const dirty = ids.filter((id) => before.get(id)![0] !== services.get(id) || before.get(id)![1] !== slices.get(id));
+    const { state: st, changed } = selector.select(services, slicesOf, dirty);
+    const r = await syncer.sync(st, { changed });
+    t.true(r.mode === 'partial' || r.mode === 'unchanged', what);
+    const partial = table();
+    t.is((await syncer.sync(st, { full: true })).mode, 'full');
+    t.is(partial, table(), `${what}: the same table as a full sync's`);
+  }
+  const counts = tally(await topo.request(topo.client, { host: B, port: 80, count: 20 }));
+  t.deepEqual(Object.keys(counts), ['pod-2']);
+  syncer.close();
 });
 
 test.serial('a full sync rewrites the table in place: base chains keep their hooks, stale and foreign chains go', async (t) => {
