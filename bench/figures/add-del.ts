@@ -43,15 +43,26 @@ export async function addDelSamples(scope: BenchScope, sides: Side[], pods: numb
   for (let i = 0; i < pods + 1; i++) {
     for (const s of order(i)) {
       const o = expectOk(`${s.name} DEL pod ${i}`, await callCni(call(s, i, 'DEL')));
-      if (ipJson(podNs.get(s)![i], 'link', 'show').some((l) => l.ifname === 'eth0')) throw new Error(`${s.name} DEL pod ${i}: eth0 still in the pod`);
+      // weftd replies once the veth is down and finishes its deletion right after (the kernel's
+      // RCU wait): gone within a moment, not necessarily when the reply arrives
+      if (!(await goneSoon(() => !ipJson(podNs.get(s)![i], 'link', 'show').some((l) => l.ifname === 'eth0')))) throw new Error(`${s.name} DEL pod ${i}: eth0 still in the pod 1 s later`);
       if (i > 0) s.del.push(o.ms);
     }
   }
 }
 
+/** True once `gone()` holds, checked every 10 ms for up to 1 s. */
+async function goneSoon(gone: () => boolean): Promise<boolean> {
+  for (let i = 0; i < 100; i++) {
+    if (gone()) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return gone();
+}
+
 export async function figAddDel(
   ctx: BenchContext,
-  opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object> } = {},
+  opts: { weftPlugin?: string; id?: string; title?: string; serve?: (scope: BenchScope, nodeNs: string, dir: string) => Promise<object>; target?: number } = {},
 ): Promise<Figure> {
   const id = opts.id ?? 'add';
   const title = opts.title ?? 'pod ADD/DEL latency (standalone weft binary)';
@@ -70,7 +81,9 @@ export async function figAddDel(
     const weftWhy = await probe(scope, weft);
     await addDelSamples(scope, weftWhy ? [ref] : [weft, ref], pods, ctx.log);
     const leftover = weftWhy ? '' : sh('ip', ['-n', wNode, '-o', 'link', 'show', 'type', 'veth']).trim();
-    const rows: Row[] = [row('ADD median', median(weft.add), median(ref.add)), row('DEL median', median(weft.del), median(ref.del))];
+    // The hardening issue's targets: the standalone binary within 3x of the reference, the fast path within 0.5x.
+    const target = opts.target ?? 3;
+    const rows: Row[] = [row('ADD median', median(weft.add), median(ref.add), target), row('DEL median', median(weft.del), median(ref.del), target)];
     return {
       id,
       title,
@@ -95,9 +108,10 @@ export async function figAddDel(
   }
 }
 
-function row(metric: string, w: number, r: number): Row {
-  if (Number.isNaN(w)) return { metric, unit: 'ms', weft: null, ref: round(r), refName: 'bridge+host-local', target: '<= 1.00x' };
-  return { metric, unit: 'ms', weft: round(w), ref: round(r), refName: 'bridge+host-local', target: '<= 1.00x', met: w <= r };
+function row(metric: string, w: number, r: number, ratio: number): Row {
+  const target = `<= ${ratio.toFixed(2)}x`;
+  if (Number.isNaN(w)) return { metric, unit: 'ms', weft: null, ref: round(r), refName: 'bridge+host-local', target };
+  return { metric, unit: 'ms', weft: round(w), ref: round(r), refName: 'bridge+host-local', target, met: w <= r * ratio };
 }
 
 /** One untimed ADD + DEL: undefined when the plugin works, else why not. */

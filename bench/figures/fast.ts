@@ -58,7 +58,7 @@ export async function figFastAdd(ctx: BenchContext): Promise<Figure> {
   const why = missing(bins.launcher, 'run `node scripts/build-launcher.ts`');
   if (why) return unavailable('fast', title, why);
   const box: { handled?: Handled[] } = {};
-  const fig = await figAddDel(ctx, { weftPlugin: bins.launcher, id: 'fast', title, serve: serverFor(box) });
+  const fig = await figAddDel(ctx, { weftPlugin: bins.launcher, id: 'fast', title, serve: serverFor(box), target: 0.5 });
   return inProcessSummary(fig, box.handled);
 }
 

@@ -4,7 +4,10 @@
  * namespace vanished, or twice in a row succeeds. Needs neither the subnet file nor the pod's
  * namespace: the host veth's name derives from (containerID, ifname).
  * The link goes first, the allocation last: a crash in between leaves only an allocation,
- * which GC (or the next DEL) still finds.
+ * which GC (or the next DEL) still finds. In weftd the link is set down and deleted in the
+ * background (Deps.retireHostLink): a crash before that ends leaves a down veth labelled with
+ * its owner, which the next DEL or GC deletes, as does the runtime's removal of the pod's
+ * namespace.
  */
 import { isGone, LinkNotFoundError, type Netlink } from '../netlink/index.ts';
 import { formatIPv4 } from '../ip/ipv4.ts';
@@ -15,14 +18,20 @@ import { hostVethName, openPodNetns, vethAlias, type Deps, type Request } from '
 /**
  * Deletes link `name` when it is a veth and, with `owner`, when its alias is that owner's
  * ({@link vethAlias}) or empty (an ADD that died before labelling it); a veth labelled for
- * another pod, whose name merely collides, is left alone. Gone already is fine.
+ * another pod, whose name merely collides, is left alone. Gone already is fine. With `retire`,
+ * the link is set down here and handed over for deletion in the background. True when the
+ * link was there and is deleted (or going).
  */
-export async function deleteVeth(nl: Netlink, name: string, opts: { owner?: string; del?: (index: number) => Promise<void> } = {}): Promise<boolean> {
+export async function deleteVeth(nl: Netlink, name: string, opts: { owner?: string; retire?: (index: number) => void } = {}): Promise<boolean> {
   try {
     const link = await nl.linkByName(name);
     if (link.kind !== undefined && link.kind !== 'veth') return false;
     if (opts.owner !== undefined && link.alias && link.alias !== opts.owner) return false;
-    await (opts.del ? opts.del(link.index) : nl.linkDel(link.index));
+    if (opts.retire) {
+      // Down first: the pod is cut off before its address can be handed to another pod.
+      await nl.linkSetDown(link.index);
+      opts.retire(link.index);
+    } else await nl.linkDel(link.index);
     return true;
   } catch (err) {
     if (err instanceof LinkNotFoundError || isGone(err)) return false;
@@ -36,13 +45,14 @@ export async function cmdDel(req: Request, deps: Deps): Promise<void> {
   const pod = env.netns ? openPodNetns(deps, env.netns, { missingOk: true }) : undefined;
   try {
     const host = deps.openNetlink();
+    let paired = false;
     try {
-      await deleteVeth(host, hostVethName(env.containerID, env.ifname), { owner: vethAlias(env.containerID, env.ifname), del: deps.deleteHostLink?.bind(deps) });
+      paired = await deleteVeth(host, hostVethName(env.containerID, env.ifname), { owner: vethAlias(env.containerID, env.ifname), retire: deps.retireHostLink?.bind(deps) });
     } finally {
       host.close();
     }
-    // The pair is normally gone with its host end; this covers a pod end left on its own.
-    if (pod) {
+    // The pod end goes with its host end; this covers a pod end left on its own.
+    if (pod && !paired) {
       const nl = deps.openNetlink(pod);
       try {
         await deleteVeth(nl, env.ifname);

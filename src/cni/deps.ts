@@ -15,9 +15,9 @@ import type { Deps } from './plugin.ts';
  * the standalone binary serves whatever configuration its runtime hands it.
  * Fault injection for tests wraps these (test/helpers/cni-faults.ts); nothing here reads a switch.
  */
-export function systemDeps(opts: { log: (msg: string) => void; network?: OwnNetwork; deleteHostLink?: (index: number) => Promise<void> }): Deps {
+export function systemDeps(opts: { log: (msg: string) => void; network?: OwnNetwork; retireHostLink?: (index: number) => void }): Deps {
   return {
-    deleteHostLink: opts.deleteHostLink,
+    retireHostLink: opts.retireHostLink,
     openNetlink: (netns) => openNetlink(netns ? { netns } : {}),
     openNetns,
     isOwnNetns,

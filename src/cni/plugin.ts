@@ -31,10 +31,14 @@ export interface Deps {
   /** Diagnostics; never stdout. */
   log(msg: string): void;
   /**
-   * Deletes a link of the node's namespace by index, together with others asked for meanwhile
-   * (the fast path: one kernel unregistration for a burst of DELs); without it, one at a time.
+   * The fast path's: deletes a host veth that DEL has already set down (so its pod is off the
+   * bridge), in the background, together with others asked for meanwhile (one kernel
+   * unregistration for a burst). A veth's deletion waits out an RCU grace period in the kernel
+   * (~15-25 ms here), which the reply does not wait for; weftd holds the request's
+   * (containerID, ifname) until it is done (src/fastpath/server.ts). Without it (the standalone
+   * binary, which exits when it replies) DEL deletes the veth itself before replying.
    */
-  deleteHostLink?(index: number): Promise<void>;
+  retireHostLink?(index: number): void;
 }
 
 /**

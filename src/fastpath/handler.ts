@@ -25,7 +25,7 @@ export function cniHandler(opts: HandlerOptions): CniHandler {
 }
 
 // One per thread (the main one, each worker): the DELs this thread serves delete their host veths
-// together (src/netlink/batchdel.ts).
+// together (src/netlink/batchdel.ts), after their replies.
 let hostLinks: LinkBatchDeleter | undefined;
 
 /** Runs one forwarded request through the CNI skel. */
@@ -33,7 +33,9 @@ export async function handleCniWith(req: CniRequest, opts: HandlerOptions): Prom
   let stdout = '';
   let stderr = '';
   hostLinks ??= new LinkBatchDeleter(() => openNetlink());
-  const deps = systemDeps({ network: opts.network, log: (msg) => (stderr += `${msg}\n`), deleteHostLink: (index) => hostLinks!.delete(index) });
+  const retiring: Promise<void>[] = [];
+  const retireHostLink = (index: number) => void retiring.push(hostLinks!.delete(index).catch((err) => Promise.reject(new Error(`delete host veth ${index}`, { cause: err }))));
+  const deps = systemDeps({ network: opts.network, log: (msg) => (stderr += `${msg}\n`), retireHostLink });
   const code = await runSkel(
     {
       env: req.env,
@@ -43,5 +45,5 @@ export async function handleCniWith(req: CniRequest, opts: HandlerOptions): Prom
     },
     opts.wrap ? opts.wrap(deps) : deps,
   );
-  return { code, stdout, stderr };
+  return retiring.length ? { code, stdout, stderr, settled: Promise.all(retiring).then(() => undefined) } : { code, stdout, stderr };
 }

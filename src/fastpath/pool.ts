@@ -32,6 +32,8 @@ export interface WorkerPool {
 interface Slot {
   worker: Worker;
   pending: Map<number, (reply: CniReply) => void>;
+  /** Replied requests whose background work (a veth deletion) is still running. */
+  settling: Map<number, { resolve(): void; reject(err: Error): void }>;
   /** When it last had nothing to do (ms). */
   idleSince: number;
   /** Has sent its first message: loaded and listening. */
@@ -83,16 +85,24 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
     const worker = new Worker(file, { workerData: { weftCniWorker: init } });
     // Never what keeps weftd alive: it exits when its own work is done (after drain()).
     worker.unref();
-    const slot: Slot = { worker, pending: new Map(), idleSince: Date.now(), ready: false };
+    const slot: Slot = { worker, pending: new Map(), settling: new Map(), idleSince: Date.now(), ready: false };
     worker.on('message', (m: FromWorker | 'ready') => {
       if (m === 'ready') {
         slot.ready = true;
         return;
       }
+      if ('settled' in m) {
+        const s = slot.settling.get(m.id);
+        slot.settling.delete(m.id);
+        if (m.error) s?.reject(new Error(m.error));
+        else s?.resolve();
+        return;
+      }
       const done = slot.pending.get(m.id);
       slot.pending.delete(m.id);
       if (!slot.pending.size) slot.idleSince = Date.now();
-      done?.(m.reply);
+      const settled = m.more ? new Promise<void>((resolve, reject) => slot.settling.set(m.id, { resolve, reject })) : undefined;
+      done?.(settled ? { ...m.reply, settled } : m.reply);
     });
     let gone = false;
     const fail = (why: string) => {
@@ -100,6 +110,8 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
       gone = true;
       for (const done of slot.pending.values()) done(died(why));
       slot.pending.clear();
+      for (const s of slot.settling.values()) s.reject(new Error(`cni worker ${why}`));
+      slot.settling.clear();
       const i = slots.indexOf(slot);
       if (i < 0) return; // retired on purpose
       slots.splice(i, 1);
@@ -119,7 +131,7 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
       const now = Date.now();
       for (const slot of [...slots]) {
         if (slots.length <= min) break;
-        if (!slot.pending.size && now - slot.idleSince > idleMs) {
+        if (!slot.pending.size && !slot.settling.size && now - slot.idleSince > idleMs) {
           slots.splice(slots.indexOf(slot), 1);
           void slot.worker.terminate();
         }
@@ -144,12 +156,13 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
             });
         }
       }
-      // The least busy loaded worker: one slow request (a veth delete) does not queue others
-      // behind it, and none waits for a worker still starting.
+      // The least busy loaded worker: one slow request (a veth delete, also one left running
+      // after its reply) does not queue others behind it, and none waits for a worker still starting.
       const pool = ready.length ? ready : slots;
-      const slot = pool.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+      const busy = (x: Slot) => x.pending.size + x.settling.size;
+      const slot = pool.reduce((a, b) => (busy(b) < busy(a) ? b : a));
       // All busy: start another for the requests after this one.
-      if (slot.pending.size && slots.length < max && slots.every((x) => x.ready)) slots.push(spawn());
+      if (busy(slot) && slots.length < max && slots.every((x) => x.ready)) slots.push(spawn());
       const id = ++seq;
       slot.pending.set(id, resolve);
       slot.worker.postMessage({ id, req } satisfies ToWorker);

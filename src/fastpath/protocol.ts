@@ -34,6 +34,12 @@ export interface CniReply {
   code: number;
   stdout: string;
   stderr?: string;
+  /**
+   * In-process only, never on the wire: work the reply does not wait for (a DEL's veth
+   * deletion). The server runs the next request for the same (containerID, ifname), and lets
+   * weftd exit, only once it has settled; it rejects with what failed.
+   */
+  settled?: Promise<void>;
 }
 
 export class ProtocolError extends Error {

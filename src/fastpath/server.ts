@@ -8,7 +8,8 @@
  * - every connection's SO_PEERCRED uid must be 0; anyone else is refused (and logged) before a
  *   byte is read;
  * - a request is bounded in size (protocol.ts) and time (`requestTimeoutMs` until the go byte);
- * - requests for one (containerID, ifname) run one after another, in arrival order;
+ * - requests for one (containerID, ifname) run one after another, in arrival order, each after
+ *   the work its predecessor's reply left running (a DEL's veth deletion);
  * - `drain()` lets requests in flight finish (bounded) before the daemon exits.
  */
 import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
@@ -327,6 +328,11 @@ function handle(sock: Socket, st: ConnState): void {
         reply = { code: 1, stdout: `${JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: `weftd: ${(err as Error)?.message ?? err}` })}\n` };
       }
       if (!sock.destroyed) sock.end(encodeReply(reply));
+      // What the reply did not wait for (a DEL's veth deletion) still holds this request's
+      // (containerID, ifname) and the drain; its failure is weftd's to report, not the runtime's.
+      await reply.settled?.catch((err: Error) =>
+        st.warn(`cni fast path: after ${r.env.CNI_COMMAND} of ${r.env.CNI_CONTAINERID ?? '?'}: ${err.message}${err.cause ? `: ${(err.cause as Error).message ?? err.cause}` : ''}`),
+      );
     };
     void inOrder(st.chains, { key, run }).finally(() => c.finish());
   });

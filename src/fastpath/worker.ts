@@ -2,12 +2,18 @@
  * A CNI worker thread of the fast path (./pool.ts): runs requests with the same handler as the
  * main thread would ({@link handleCniWith}), so netlink's blocking sendmsg, namespace switches
  * (setns moves only this thread), sysctl and IPAM file calls never stall weftd's event loop.
- * Requests arrive as `{ id, req }` and are answered `{ id, reply }`; several run at once.
+ * Requests arrive as `{ id, req }` and are answered `{ id, reply }` (then `{ id, settled }`
+ * when the reply left work running: a DEL's veth deletion); several run at once.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { OwnNetwork } from '../cni/config.ts';
 import { handleCniWith } from './handler.ts';
 import type { CniReply, CniRequest } from './protocol.ts';
+
+function errorText(err: unknown): string {
+  const e = err as Error;
+  return e?.cause ? `${e.message}: ${(e.cause as Error)?.message ?? e.cause}` : String(e?.message ?? err);
+}
 
 /** What the pool passes as workerData. */
 export interface WorkerInit {
@@ -16,8 +22,11 @@ export interface WorkerInit {
 
 /** Messages between the pool and a worker. */
 export type ToWorker = { id: number; req: CniRequest };
-/** A reply, or 'ready' once, when the worker has loaded. */
-export type FromWorker = { id: number; reply: CniReply };
+/**
+ * A reply (`more`: its background work follows, as a `settled` message with the same id, and
+ * `error` when it failed), or 'ready' once, when the worker has loaded.
+ */
+export type FromWorker = { id: number; reply: Omit<CniReply, 'settled'>; more?: boolean } | { id: number; settled: true; error?: string };
 
 if (parentPort && (workerData as { weftCniWorker?: WorkerInit } | undefined)?.weftCniWorker) {
   const port = parentPort;
@@ -25,7 +34,13 @@ if (parentPort && (workerData as { weftCniWorker?: WorkerInit } | undefined)?.we
   port.postMessage('ready');
   port.on('message', (msg: ToWorker) => {
     void handleCniWith(msg.req, { network }).then(
-      (reply) => port.postMessage({ id: msg.id, reply } satisfies FromWorker),
+      ({ settled, ...reply }) => {
+        port.postMessage({ id: msg.id, reply, more: settled !== undefined } satisfies FromWorker);
+        settled?.then(
+          () => port.postMessage({ id: msg.id, settled: true } satisfies FromWorker),
+          (err) => port.postMessage({ id: msg.id, settled: true, error: errorText(err) } satisfies FromWorker),
+        );
+      },
       (err) =>
         port.postMessage({
           id: msg.id,

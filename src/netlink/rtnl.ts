@@ -272,6 +272,10 @@ class RtNetlink implements Netlink {
     await this.#sock.request(`set link ${index} up`, RTM_SETLINK, ACK, upFlags(true, index));
   }
 
+  async linkSetDown(index: number): Promise<void> {
+    await this.#sock.request(`set link ${index} down`, RTM_SETLINK, ACK, ifinfomsg({ index, flags: 0, change: IFF_UP }));
+  }
+
   async linkSetMtu(index: number, mtu: number): Promise<void> {
     await this.#sock.request(`set link ${index} mtu ${mtu}`, RTM_SETLINK, ACK, Buffer.concat([ifinfomsg({ index }), nla(IFLA_MTU, u32(mtu))]));
   }

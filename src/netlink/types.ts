@@ -105,6 +105,8 @@ export interface Netlink {
    */
   linksDel(indices: readonly number[]): Promise<void>;
   linkSetUp(index: number): Promise<void>;
+  /** Down (IFF_UP cleared): a bridge port stops forwarding at once, without the wait a delete has. */
+  linkSetDown(index: number): Promise<void>;
   linkSetMtu(index: number, mtu: number): Promise<void>;
   /**
    * Enslaves the link; with `alias`, sets IFLA_IFALIAS (at most 255 bytes) in the same request

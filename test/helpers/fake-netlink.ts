@@ -59,6 +59,9 @@ export class FakeNetlink implements Netlink {
   async linkSetUp(index: number) {
     this.links_.find((l) => l.index === index)!.up = true;
   }
+  async linkSetDown(index: number) {
+    this.links_.find((l) => l.index === index)!.up = false;
+  }
   async linkSetMtu(index: number, mtu: number) {
     this.links_.find((l) => l.index === index)!.mtu = mtu;
   }

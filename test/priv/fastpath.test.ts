@@ -137,8 +137,41 @@ for (const [workers, third] of [
     const dels = await Promise.all(pods.map((pod, i) => cni(node, { bin: LAUNCHER, command: 'DEL', conf, containerID: `c${i}`, netns: pod, ifname: 'eth0' })));
     for (const d of dels) t.is(d.code, 0, d.stdout + d.stderr);
     t.deepEqual(ipFiles(fx), []);
-    t.deepEqual(ipJson(node, 'link', 'show', 'type', 'veth'), []);
+    // DEL replies once the veths are down; the kernel's unregistration of a burst finishes after.
+    for (const l of ipJson(node, 'link', 'show', 'type', 'veth')) t.false(l.flags.includes('UP'), `${l.ifname} is down when DEL has replied`);
+    t.deepEqual(await eventually(() => (ipJson(node, 'link', 'show', 'type', 'veth').length ? undefined : []), 5000, 50), []);
   });
+
+test('a fast-path DEL replies before the kernel has unregistered the veth, and a new ADD of the same container and interface waits for it', async (t) => {
+  const { scope, node, fx } = setup(t, 49);
+  const server = await startServer(scope, node, fx, { workers: 2 });
+  const conf = fx.conf({ fastpathSocket: server.socket });
+  const pod = scope.netns('pod');
+  const call = (command: 'ADD' | 'DEL') => cni(node, { bin: LAUNCHER, command, conf, containerID: 'same', netns: pod, ifname: 'eth0' });
+  const others = Array.from({ length: 24 }, () => scope.netns('pod'));
+  const other = (command: 'ADD' | 'DEL', i: number) => cni(node, { bin: LAUNCHER, command, conf, containerID: `o${i}`, netns: others[i]!, ifname: 'eth0' });
+  // Each ADD comes right after a DEL of the same (containerID, ifname) into the same namespace,
+  // while a burst of other DELs keeps the deleter busy, so that DEL's veth is still queued for
+  // deletion when the ADD arrives: the ADD would fail with "already exists" if it did not wait.
+  t.is((await call('ADD')).code, 0);
+  for (let round = 0; round < 3; round++) {
+    for (const a of await Promise.all(others.map((_, i) => other('ADD', i)))) t.is(a.code, 0, a.stdout + a.stderr);
+    const burst = Promise.all(others.map((_, i) => other('DEL', i)));
+    const d = await call('DEL');
+    t.is(d.code, 0, `round ${round}: ${d.stdout}${d.stderr}`);
+    const a = await call('ADD');
+    t.is(a.code, 0, `round ${round}: ${a.stdout}${a.stderr}`);
+    for (const o of await burst) t.is(o.code, 0, o.stdout + o.stderr);
+  }
+  t.is((await call('DEL')).code, 0);
+  t.deepEqual(ipFiles(fx), [], 'every address released');
+  t.deepEqual(await eventually(() => (ipJson(node, 'link', 'show', 'type', 'veth').length ? undefined : []), 5000, 50), []);
+  t.deepEqual(
+    ipJson(pod, 'link', 'show').map((l) => l.ifname),
+    ['lo'],
+  );
+  t.notRegex(server.log(), /after DEL/, 'no background deletion failed');
+});
 
 test("with no server, and with a dead server's stale socket, the launcher falls back to the standalone binary", async (t) => {
   const { scope, node, fx } = setup(t, 43);
