@@ -86,9 +86,13 @@ export class RtSocket {
       timer.unref();
       if (!this.#waiting.size) this.#raw.ref();
       this.#waiting.set(seq, { op, got: [], dump: (flags & NLM_F.DUMP) === NLM_F.DUMP, ack: (flags & NLM_F.ACK) !== 0, timer, resolve, reject });
-      this.#raw.send(msg, {}, (err?: Error) => {
-        if (err) this.#settle(seq, new Error(`${op}: send`, { cause: err }));
-      });
+      try {
+        this.#raw.send(msg, {}, (err?: Error) => {
+          if (err) this.#settle(seq, new Error(`${op}: send`, { cause: err }));
+        });
+      } catch (err) {
+        this.#settle(seq, new Error(`${op}: send`, { cause: err }));
+      }
     });
   }
 
