@@ -5,7 +5,7 @@
  * addresses and routes) is registered on an undo stack and unwound on any failure, so a failed
  * ADD leaves nothing behind and reports the original error.
  */
-import { allocate, NoFreeAddressError } from '../ipam/index.ts';
+import { allocate, DuplicateAllocationError, NoFreeAddressError } from '../ipam/index.ts';
 import { formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
 import { findLink, isExists, isGone, type Link, type Netlink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
@@ -131,6 +131,10 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       ip = await allocate(store, { subnet: subnet.subnet, gateway: subnet.gateway }, owner);
     } catch (err) {
       if (err instanceof NoFreeAddressError) throw new CniError(ERR.NO_FREE_ADDRESS, err.message);
+      // A second ADD of a live attachment: report the interface, as the creation would.
+      if (err instanceof DuplicateAllocationError && (await findLink(podNl, env.ifname))) {
+        throw new CniError(ERR.IFACE_EXISTS, `interface "${env.ifname}" already exists in "${env.netns}"`);
+      }
       throw err;
     }
     undo.push(`release ${formatIPv4(ip)}`, () => store.locked(() => store.release(ip)));

@@ -102,6 +102,8 @@ test('ADD and DEL through the launcher with the server up match the standalone b
   t.is(again.code, 1);
   t.is(again.code, againSolo.code);
   t.is(again.json.code, againSolo.json.code);
+  t.is(again.json.code, 100, 'interface already exists');
+  t.deepEqual(ipFiles(fast.fx), ['198.18.41.2'], 'the failed second ADD took no address and released none');
 
   const d = await cni(fast.node, { bin: LAUNCHER, command: 'DEL', conf: conf(fast.fx), containerID: 'c1', netns: fastPod, ifname: 'eth0' });
   t.is(d.code, 0, d.stdout + d.stderr);
