@@ -282,6 +282,7 @@ export class ProxySyncer {
     let existing: TableNames | undefined;
     try {
       // What the last sync applied, while nothing says the kernel differs; else the kernel's own.
+      // (Only the chains named here are flushed: an asked-for full sync always reads them.)
       existing = prev && this.#kernelKnown ? rulesetNames(prev) : tableNames(await readProxyNames(this.#opts));
     } catch (err) {
       this.#log.warn('proxy table read failed; replacing it whole', { err: errText(err) });
