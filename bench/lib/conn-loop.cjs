@@ -1,12 +1,20 @@
 // TCP connection loop for the proxy figure, run inside a pod's namespace:
-//   node bench/lib/conn-loop.cjs HOST PORT COUNT
-// Makes COUNT connections one after another to an echo server (lab/echo/server.cjs), each
-// read to the server's end, and prints {"ok","errors","ns"}: ns from before the first connect
-// to after the last reply (process.hrtime), so Node's start-up is not counted.
+//   node bench/lib/conn-loop.cjs COUNT HOST:PORT [HOST:PORT ...]
+// Makes COUNT connections to each target, one at a time, to an echo server
+// (lab/echo/server.cjs), each read to the server's end. The targets take turns connection by
+// connection (A B, B A, A B, ...), so every target sees the same moments of the machine's load:
+// on a shared 2-core machine the load moves by +-15% from one second to the next, which
+// back-to-back runs of each target turned into noise in their ratio. Prints
+// {"targets":[{"ok","errors","ns"}]}: ns is the sum of that target's connection times (connect
+// to the reply's end, process.hrtime), so Node's start-up is not counted.
 'use strict';
 const net = require('node:net');
-const [host, port, count] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])];
-function one() {
+const count = Number(process.argv[2]);
+const targets = process.argv.slice(3).map((t) => {
+  const i = t.lastIndexOf(':');
+  return { host: t.slice(0, i), port: Number(t.slice(i + 1)), ok: 0, errors: 0, ns: 0n };
+});
+function one({ host, port }) {
   return new Promise((resolve) => {
     const c = net.connect({ host, port });
     let got = '';
@@ -26,10 +34,14 @@ function one() {
   });
 }
 (async () => {
-  let ok = 0,
-    errors = 0;
-  await one(); // warm-up (JIT, first ARP), not counted
-  const t0 = process.hrtime.bigint();
-  for (let i = 0; i < count; i++) (await one()) ? ok++ : errors++;
-  process.stdout.write(JSON.stringify({ ok, errors, ns: String(process.hrtime.bigint() - t0) }));
+  for (const t of targets) await one(t); // warm-up (JIT, first ARP), not counted
+  for (let i = 0; i < count; i++) {
+    const order = i % 2 ? [...targets].reverse() : targets;
+    for (const t of order) {
+      const t0 = process.hrtime.bigint();
+      (await one(t)) ? t.ok++ : t.errors++;
+      t.ns += process.hrtime.bigint() - t0;
+    }
+  }
+  process.stdout.write(JSON.stringify({ targets: targets.map(({ ok, errors, ns }) => ({ ok, errors, ns: String(ns) })) }));
 })();
