@@ -96,7 +96,7 @@ async function iperf(serverNs: string, bindIp: string, clientNs: string, target:
  * them in turns, connection by connection (bench/lib/conn-loop.cjs): both sides of a ratio see
  * the same moments of the machine's load.
  */
-async function connRates(clientNs: string, targets: Array<[string, number]>, count: number): Promise<{ perSec: number[]; ok: number[]; seconds: number[]; errors: number }> {
+async function connRates(clientNs: string, targets: Array<[string, number]>, count: number): Promise<{ perSec: number[]; ok: number[]; seconds: number[]; spread: unknown[]; errors: number }> {
   const { stdout } = await execFileP(
     'nsenter',
     [`--net=/run/netns/${clientNs}`, '--', process.execPath, join(root, 'bench', 'lib', 'conn-loop.cjs'), String(count), ...targets.map(([h, p]) => `${h}:${p}`)],
@@ -104,11 +104,12 @@ async function connRates(clientNs: string, targets: Array<[string, number]>, cou
       timeout: 30_000 + count * targets.length * 3000,
     },
   );
-  const r = JSON.parse(stdout) as { targets: Array<{ ok: number; errors: number; ns: string }> };
+  const r = JSON.parse(stdout) as { targets: Array<{ ok: number; errors: number; ns: string; us: unknown }> };
   return {
     perSec: r.targets.map((x) => x.ok / (Number(x.ns) / 1e9)),
     ok: r.targets.map((x) => x.ok),
     seconds: r.targets.map((x) => Number(x.ns) / 1e9),
+    spread: r.targets.map((x) => x.us),
     errors: r.targets.reduce((n, x) => n + x.errors, 0),
   };
 }
@@ -153,7 +154,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
   const nEp = 10;
   const changes = ctx.quick ? 30 : 100;
   const fulls = ctx.quick ? 2 : 6;
-  const rounds = ctx.quick ? 1 : 5;
+  const rounds = ctx.quick ? 1 : 7;
   const conns = ctx.quick ? 300 : 1000;
   const seconds = ctx.quick ? 2 : 4;
   const scope = new BenchScope();
@@ -272,6 +273,8 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     const t = { cipConn: [] as number[], podConn: [] as number[], cipGbps: [] as number[], podGbps: [] as number[], nodeCipConn: [] as number[], nodePodConn: [] as number[], errors: 0 };
     // every round's connections and their summed times, per side: the pooled rates
     const pool = { cip: { ok: 0, s: 0 }, pod: { ok: 0, s: 0 } };
+    // each round's connection times per side (us: p50, p90, p99, max, over 10 ms), in details
+    const spreads: Array<Record<string, unknown>> = [];
     for (let r = 0; r < rounds; r++) {
       const order: Array<'cip' | 'pod'> = r % 2 ? ['pod', 'cip'] : ['cip', 'pod'];
       // one loop, the two targets taking turns; which goes first alternates by round
@@ -282,6 +285,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
           conns,
         ).then((c) => {
           t.errors += c.errors;
+          spreads.push({ round: r, from: ns, ...Object.fromEntries(order.map((w, i) => [w, c.spread[i]])) });
           for (const [i, w] of order.entries()) {
             (w === 'cip' ? cipOut : podOut).push(c.perSec[i]!);
             if (pooled) {
@@ -508,7 +512,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
           tableDiff,
           firstFullMs,
         },
-        traffic: { ...t, pooled: pool },
+        traffic: { ...t, pooled: pool, spreads },
         rssMiB: { withServices: rss, afterChanges: rssAfter, noProxy: rssRef },
       },
     };

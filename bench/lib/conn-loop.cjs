@@ -5,14 +5,16 @@
 // connection (A B, B A, A B, ...), so every target sees the same moments of the machine's load:
 // on a shared 2-core machine the load moves by +-15% from one second to the next, which
 // back-to-back runs of each target turned into noise in their ratio. Prints
-// {"targets":[{"ok","errors","ns"}]}: ns is the sum of that target's connection times (connect
-// to the reply's end, process.hrtime), so Node's start-up is not counted.
+// {"targets":[{"ok","errors","ns","us"}]}: ns is the sum of that target's connection times
+// (connect to the reply's end, process.hrtime), so Node's start-up is not counted; us is their
+// spread in microseconds (p50, p90, p99, max, and how many took over 10 ms), to tell a few slow
+// connections from a slower path.
 'use strict';
 const net = require('node:net');
 const count = Number(process.argv[2]);
 const targets = process.argv.slice(3).map((t) => {
   const i = t.lastIndexOf(':');
-  return { host: t.slice(0, i), port: Number(t.slice(i + 1)), ok: 0, errors: 0, ns: 0n };
+  return { host: t.slice(0, i), port: Number(t.slice(i + 1)), ok: 0, errors: 0, ns: 0n, times: [] };
 });
 function one({ host, port }) {
   return new Promise((resolve) => {
@@ -40,8 +42,15 @@ function one({ host, port }) {
     for (const t of order) {
       const t0 = process.hrtime.bigint();
       (await one(t)) ? t.ok++ : t.errors++;
-      t.ns += process.hrtime.bigint() - t0;
+      const dt = process.hrtime.bigint() - t0;
+      t.ns += dt;
+      t.times.push(Number(dt) / 1000);
     }
   }
-  process.stdout.write(JSON.stringify({ targets: targets.map(({ ok, errors, ns }) => ({ ok, errors, ns: String(ns) })) }));
+  const spread = (xs) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const at = (q) => Math.round(s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0);
+    return { p50: at(0.5), p90: at(0.9), p99: at(0.99), max: Math.round(s[s.length - 1] ?? 0), over10ms: s.filter((x) => x > 10_000).length };
+  };
+  process.stdout.write(JSON.stringify({ targets: targets.map(({ ok, errors, ns, times }) => ({ ok, errors, ns: String(ns), us: spread(times) })) }));
 })();
