@@ -9,16 +9,27 @@
 // (connect to the reply's end, process.hrtime), so Node's start-up is not counted; us is their
 // spread in microseconds (p50, p90, p99, max, and how many took over 10 ms), to tell a few slow
 // connections from a slower path.
+//
+// Source ports: target i connects from ports 10000 + 10000 i upwards (wrapping after 10000),
+// never from another target's. The targets are one server reached two ways (through the
+// ClusterIP and straight), so on the server's side they share one space of 4-tuples: with the
+// kernel picking ports, a connection to one target sometimes got a port whose 4-tuple the server
+// still held in TIME_WAIT from the other target, with unrelated sequence numbers and timestamps,
+// and PAWS rejected its SYN (TcpExtPAWSTimewait, seen by hand). A direct connection is spared
+// more often (conntrack moves its source port off the old entry's tuple); a DNATed one is not.
+// Within one target a port comes back only after 10000 connections, with later sequence numbers.
 'use strict';
 const net = require('node:net');
 const count = Number(process.argv[2]);
 const targets = process.argv.slice(3).map((t) => {
   const i = t.lastIndexOf(':');
-  return { host: t.slice(0, i), port: Number(t.slice(i + 1)), ok: 0, errors: 0, ns: 0n, times: [] };
+  return { host: t.slice(0, i), port: Number(t.slice(i + 1)), ok: 0, errors: 0, ns: 0n, times: [], n: 0 };
 });
-function one({ host, port }) {
+for (const [i, t] of targets.entries()) t.base = 10000 + 10000 * i;
+function one(t) {
+  const localPort = t.base + (t.n++ % 10000);
   return new Promise((resolve) => {
-    const c = net.connect({ host, port });
+    const c = net.connect({ host: t.host, port: t.port, localPort });
     let got = '';
     const timer = setTimeout(() => {
       c.destroy();
