@@ -96,10 +96,15 @@ async function iperf(serverNs: string, bindIp: string, clientNs: string, target:
  * them in turns, connection by connection (bench/lib/conn-loop.cjs): both sides of a ratio see
  * the same moments of the machine's load.
  */
-async function connRates(clientNs: string, targets: Array<[string, number]>, count: number): Promise<{ perSec: number[]; ok: number[]; seconds: number[]; spread: unknown[]; errors: number }> {
+async function connRates(
+  clientNs: string,
+  targets: Array<[string, number]>,
+  count: number,
+  portOffset: number,
+): Promise<{ perSec: number[]; ok: number[]; seconds: number[]; spread: unknown[]; errors: number }> {
   const { stdout } = await execFileP(
     'nsenter',
-    [`--net=/run/netns/${clientNs}`, '--', process.execPath, join(root, 'bench', 'lib', 'conn-loop.cjs'), String(count), ...targets.map(([h, p]) => `${h}:${p}`)],
+    [`--net=/run/netns/${clientNs}`, '--', process.execPath, join(root, 'bench', 'lib', 'conn-loop.cjs'), String(count), String(portOffset), ...targets.map(([h, p]) => `${h}:${p}`)],
     {
       timeout: 30_000 + count * targets.length * 3000,
     },
@@ -283,6 +288,8 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
           ns,
           order.map((w) => [w === 'cip' ? cip : p2.ip, 8080]),
           conns,
+          // fresh source ports every round (conn-loop.cjs says why)
+          r * (conns + 1),
         ).then((c) => {
           t.errors += c.errors;
           spreads.push({ round: r, from: ns, ...Object.fromEntries(order.map((w, i) => [w, c.spread[i]])) });
