@@ -17,8 +17,9 @@
  *     in a scratch namespace, interleaved. The scratch table is compared with n1's (handles
  *     aside) to show it is the same ruleset.
  * (c) From the client pod: TCP connections per second (connect, read the echo reply, close; one
- *     after another) and iperf3 throughput, through the ClusterIP vs straight to the pod IP,
- *     interleaved rounds.
+ *     after another, the ClusterIP and the pod IP taking turns connection by connection in one
+ *     loop; each side's connections over their summed times, pooled over the rounds) and iperf3
+ *     throughput, through the ClusterIP vs straight to the pod IP, interleaved rounds.
  * (d) weftd's RSS on n1 with the 1000 Services, against n2's weftd (no proxy).
  */
 import { execFile } from 'node:child_process';
@@ -31,7 +32,7 @@ import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { selectEndpoints } from '../../src/proxy/endpoints.ts';
 import { NftShell, tableFingerprint } from '../../src/proxy/nft.ts';
 import { NfnlExecutor } from '../../src/proxy/nfnl.ts';
-import { buildRuleset, fullScript, partialScript } from '../../src/proxy/ruleset.ts';
+import { buildRuleset, fullScript, partialScript, refreshScript, rulesetNames } from '../../src/proxy/ruleset.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../../src/proxy/types.ts';
 import { BenchScope, sh, sleep } from '../lib/scope.ts';
 import { bins, missing, root } from '../lib/paths.ts';
@@ -90,12 +91,32 @@ async function iperf(serverNs: string, bindIp: string, clientNs: string, target:
   }
 }
 
-async function connRate(clientNs: string, host: string, port: number, count: number): Promise<{ perSec: number; errors: number }> {
-  const { stdout } = await execFileP('nsenter', [`--net=/run/netns/${clientNs}`, '--', process.execPath, join(root, 'bench', 'lib', 'conn-loop.cjs'), host, String(port), String(count)], {
-    timeout: 30_000 + count * 3000,
-  });
-  const r = JSON.parse(stdout) as { ok: number; errors: number; ns: string };
-  return { perSec: r.ok / (Number(r.ns) / 1e9), errors: r.errors };
+/**
+ * Connections per second to each of `targets` (host, port), measured in one loop that takes
+ * them in turns, connection by connection (bench/lib/conn-loop.cjs): both sides of a ratio see
+ * the same moments of the machine's load.
+ */
+async function connRates(
+  clientNs: string,
+  targets: Array<[string, number]>,
+  count: number,
+  portOffset: number,
+): Promise<{ perSec: number[]; ok: number[]; seconds: number[]; spread: unknown[]; errors: number }> {
+  const { stdout } = await execFileP(
+    'nsenter',
+    [`--net=/run/netns/${clientNs}`, '--', process.execPath, join(root, 'bench', 'lib', 'conn-loop.cjs'), String(count), String(portOffset), ...targets.map(([h, p]) => `${h}:${p}`)],
+    {
+      timeout: 30_000 + count * targets.length * 3000,
+    },
+  );
+  const r = JSON.parse(stdout) as { targets: Array<{ ok: number; errors: number; ns: string; us: unknown }> };
+  return {
+    perSec: r.targets.map((x) => x.ok / (Number(x.ns) / 1e9)),
+    ok: r.targets.map((x) => x.ok),
+    seconds: r.targets.map((x) => Number(x.ns) / 1e9),
+    spread: r.targets.map((x) => x.us),
+    errors: r.targets.reduce((n, x) => n + x.errors, 0),
+  };
 }
 
 /** Number of elements in map `name` of `ip weft-proxy` in `ns` (0 when absent). */
@@ -137,8 +158,8 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
   const nSvc = ctx.quick ? 200 : 1000;
   const nEp = 10;
   const changes = ctx.quick ? 30 : 100;
-  const fulls = ctx.quick ? 2 : 4;
-  const rounds = ctx.quick ? 1 : 5;
+  const fulls = ctx.quick ? 2 : 6;
+  const rounds = ctx.quick ? 1 : 7;
   const conns = ctx.quick ? 300 : 1000;
   const seconds = ctx.quick ? 2 : 4;
   const scope = new BenchScope();
@@ -255,21 +276,36 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     // (c) ClusterIP vs pod IP from the client pod on n1 to the server pod on n2.
     ctx.log(`  traffic: ${rounds} round(s)`);
     const t = { cipConn: [] as number[], podConn: [] as number[], cipGbps: [] as number[], podGbps: [] as number[], nodeCipConn: [] as number[], nodePodConn: [] as number[], errors: 0 };
+    // every round's connections and their summed times, per side: the pooled rates
+    const pool = { cip: { ok: 0, s: 0 }, pod: { ok: 0, s: 0 } };
+    // each round's connection times per side (us: p50, p90, p99, max, over 10 ms), in details
+    const spreads: Array<Record<string, unknown>> = [];
     for (let r = 0; r < rounds; r++) {
       const order: Array<'cip' | 'pod'> = r % 2 ? ['pod', 'cip'] : ['cip', 'pod'];
-      for (const w of order) {
-        const c = await connRate(p1.netns, w === 'cip' ? cip : p2.ip, 8080, conns);
-        t.errors += c.errors;
-        (w === 'cip' ? t.cipConn : t.podConn).push(c.perSec);
-      }
+      // one loop, the two targets taking turns; which goes first alternates by round
+      const turns = (ns: string, cipOut: number[], podOut: number[], pooled?: typeof pool) =>
+        connRates(
+          ns,
+          order.map((w) => [w === 'cip' ? cip : p2.ip, 8080]),
+          conns,
+          // fresh source ports every round (conn-loop.cjs says why)
+          r * (conns + 1),
+        ).then((c) => {
+          t.errors += c.errors;
+          spreads.push({ round: r, from: ns, ...Object.fromEntries(order.map((w, i) => [w, c.spread[i]])) });
+          for (const [i, w] of order.entries()) {
+            (w === 'cip' ? cipOut : podOut).push(c.perSec[i]!);
+            if (pooled) {
+              pooled[w].ok += c.ok[i]!;
+              pooled[w].s += c.seconds[i]!;
+            }
+          }
+        });
+      await turns(p1.netns, t.cipConn, t.podConn, pool);
       for (const w of order) (w === 'cip' ? t.cipGbps : t.podGbps).push(await iperf(p2.netns, p2.ip, p1.netns, w === 'cip' ? cip : p2.ip, seconds));
       // The same loop from n1 itself: its packets leave through the output hooks, not across
       // the pod bridge, so this tells br_netfilter's share from the DNAT's.
-      for (const w of order) {
-        const c = await connRate(n1.netns, w === 'cip' ? cip : p2.ip, 8080, conns);
-        t.errors += c.errors;
-        (w === 'cip' ? t.nodeCipConn : t.nodePodConn).push(c.perSec);
-      }
+      await turns(n1.netns, t.nodeCipConn, t.nodePodConn);
     }
 
     // (b) Full syncs: restart n1's weftd with a 10 s full-sync interval; a bare nft -f of the
@@ -282,6 +318,11 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     const script = fullScript(buildRuleset(state, { clusterCIDR: parseCIDR(topo.state.podNetwork) }));
     const scriptFile = join(scope.tmpdir('proxy-script'), 'ruleset.nft');
     writeFileSync(scriptFile, script);
+    // what weftd's full sync sends for the same ruleset over a table that holds it (the in-place
+    // rewrite, ordered for the kernel): a diagnostic, not the reference
+    const rsRef = buildRuleset(state, { clusterCIDR: parseCIDR(topo.state.podNetwork) });
+    const refreshFile = join(scope.tmpdir('proxy-script'), 'refresh.nft');
+    writeFileSync(refreshFile, refreshScript(rsRef, rulesetNames(rsRef)));
     const scratch = scope.netns('nft');
     nsn(scratch, NFT, ['-f', scriptFile]); // the table exists from here on: each timed run replaces it, as a full sync does
 
@@ -328,6 +369,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     const restart0 = process.hrtime.bigint();
     await topo.startDaemon(n1.name, { args: ['--proxy', '--proxy-full-sync-interval', '10s'] });
     const refApply: number[] = [];
+    const refRefresh: number[] = [];
     const refList: number[] = [];
     const refApplyN1: number[] = [];
     let got = 0;
@@ -340,6 +382,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         got = f.length;
         await sleep(200);
         refApply.push(timed(() => nsn(scratch, NFT, ['-f', scriptFile])));
+        refRefresh.push(timed(() => nsn(scratch, NFT, ['-f', refreshFile])));
         refList.push(timed(() => nsn(scratch, NFT, ['-j', 'list', 'table', 'ip', 'weft-proxy'])));
         // the same text into n1's namespace too (it replaces weftd's table with an identical
         // one): tells the namespace's share (other tables, conntrack) from weftd's
@@ -376,8 +419,12 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
     const p99 = percentile(lat, 99);
     const wf = median(weftFull);
     const rf = median(refApply);
-    const cc = median(t.cipConn);
-    const pc = median(t.podConn);
+    // Pooled: all rounds' connections over all their time, per side. The two sides took turns
+    // connection by connection, so their totals cover the same moments; the medians of each
+    // side's rounds (the row below) can come from different rounds, whose load differs by more
+    // than the effect measured.
+    const cc = pool.cip.ok / pool.cip.s;
+    const pc = pool.pod.ok / pool.pod.s;
     const cg = median(t.cipGbps);
     const pg = median(t.podGbps);
     const rows: Row[] = [
@@ -416,10 +463,11 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
       { metric: '  full sync phases, medians: model + script', unit: 'ms', weft: round(median(fullPhases.buildMs)) },
       { metric: '  ... nft -f (weftd)', unit: 'ms', weft: round(median(fullPhases.applyMs)), ref: round(rf), refName: 'nft -f' },
       { metric: '  ... bare nft -f of the same text in n1 itself', unit: 'ms', weft: round(median(refApplyN1)), ref: round(rf), refName: 'nft -f' },
+      { metric: "  ... bare nft -f of weftd's in-place script (same ruleset) in the scratch namespace", unit: 'ms', weft: round(median(refRefresh)), ref: round(rf), refName: 'nft -f' },
       { metric: '  ... after: read-back and fingerprint', unit: 'ms', weft: round(median(fullPhases.afterMs)), ref: round(median(refList)), refName: 'nft -j list' },
       { metric: '  weftd restart to the first full sync logged', unit: 'ms', weft: firstFullMs === undefined ? null : round(firstFullMs) },
       {
-        metric: `TCP connections/s, ClusterIP vs pod IP (${conns} per run)`,
+        metric: `TCP connections/s, ClusterIP vs pod IP, pooled over the ${rounds} rounds (${conns} each per round, in turns)`,
         unit: 'conn/s',
         weft: round(cc, 0),
         ref: round(pc, 0),
@@ -427,6 +475,7 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
         target: '>= 0.95x',
         met: cc / pc >= 0.95 && t.errors === 0,
       },
+      { metric: "  medians of the rounds' rates", unit: 'conn/s', weft: round(median(t.cipConn), 0), ref: round(median(t.podConn), 0), refName: 'pod IP' },
       { metric: '  median of the per-round ratios', unit: 'x', weft: round(median(t.cipConn.map((x, i) => x / t.podConn[i]!))) },
       { metric: '  the same from node n1 (no pod bridge on the way)', unit: 'conn/s', weft: round(median(t.nodeCipConn), 0), ref: round(median(t.nodePodConn), 0), refName: 'pod IP' },
       { metric: 'iperf3 throughput, ClusterIP vs pod IP', unit: 'Gbit/s', weft: round(cg), ref: round(pg), refName: 'pod IP', target: '>= 0.95x', met: cg / pg >= 0.95 },
@@ -446,8 +495,8 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
             .map(([k, v]) => `${k} ${v}`)
             .join(', ') || 'none logged'
         }`,
-        `full sync: weftd's "full sync ... ms" log line (build + nft -f + read-back of the table), at a restart and then every 10 s; reference: nft -f of the same ruleset text (${script.split('\n').length} lines) replacing the table in a scratch namespace, right after each; scratch table ${same ? 'equals' : 'DIFFERS FROM'} n1's table (handles aside)`,
-        `traffic: client pod on n1, echo/iperf3 server pod on n2 (VXLAN between them), ${rounds} interleaved round(s), medians; ${conns} sequential connect + read + close per run; iperf3 ${seconds} s; ${t.errors} failed connections`,
+        `full sync: weftd's "full sync ... ms" log line (build + nft -f of its in-place rewrite), at a restart and then every 10 s; reference: nft -f of the same ruleset text (fullScript, ${script.split('\n').length} lines) replacing the table in a scratch namespace, right after each; scratch table ${same ? 'equals' : 'DIFFERS FROM'} n1's table (handles aside)`,
+        `traffic: client pod on n1, echo/iperf3 server pod on n2 (VXLAN between them), ${rounds} round(s); connections: one loop per round of ${conns} sequential connect + read + close to each target, the targets taking turns connection by connection (A B, B A, ...; which starts alternates by round), each target's rate = its connections / the sum of their times, pooled over the rounds for the target row; iperf3 ${seconds} s per target, interleaved, medians; ${t.errors} failed connections`,
       ],
       details: {
         nSvc,
@@ -463,13 +512,14 @@ export async function figProxy(ctx: BenchContext): Promise<Figure> {
           weftMs: weftFull,
           refApplyMs: refApply,
           refApplyN1Ms: refApplyN1,
+          refRefreshMs: refRefresh,
           refListMs: refList,
           scriptLines: script.split('\n').length,
           sameTable: same,
           tableDiff,
           firstFullMs,
         },
-        traffic: t,
+        traffic: { ...t, pooled: pool, spreads },
         rssMiB: { withServices: rss, afterChanges: rssAfter, noProxy: rssRef },
       },
     };

@@ -24,7 +24,7 @@ import { formatIPv4, maskOf, parseIPv4 } from '../ip/ipv4.ts';
 import { cstr, nla, NLA_F_NESTED, u32be, u64be } from '../netlink/attrs.ts';
 import { openNetns, withNetns } from '../netns/index.ts';
 import { ExecError } from './nft.ts';
-import { PROXY_TABLE } from './ruleset.ts';
+import { PROXY_TABLE, type TableNames } from './ruleset.ts';
 
 const NETLINK_NETFILTER = 12;
 const AF_INET = 2;
@@ -36,6 +36,13 @@ const NFT_MSG_GETGEN = (10 << 8) | 16;
 const NFT_MSG_NEWGEN = (10 << 8) | 15;
 const NFTA_GEN_ID = 1;
 const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
+const NLM_F_DUMP = 0x300;
+// (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GET{CHAIN,SET} and the NEW* its dump answers with
+const NFT_MSG_GETCHAIN = (10 << 8) | 4;
+const NFT_MSG_GETSET = (10 << 8) | 10;
+const NFT_MSG_NEWCHAIN = (10 << 8) | 3;
+const NFT_MSG_NEWSET = (10 << 8) | 9;
 const NLMSG_OVERRUN = 4;
 
 const NLM_F_REQUEST = 0x1;
@@ -77,6 +84,7 @@ const NFT_SET_ANONYMOUS = 0x1;
 const NFT_SET_CONSTANT = 0x2;
 const NFT_SET_MAP = 0x8;
 const NFT_SET_TIMEOUT = 0x10;
+const NFT_SET_OBJECT = 0x40;
 const NFT_SET_EVAL = 0x20;
 const NFT_DATA_VERDICT = 0xffffff00;
 const NFT_JUMP = 0xfffffffd;
@@ -618,6 +626,77 @@ export class NfnlExecutor {
       throw new ExecError(msg, { stderr: msg, code: Math.abs(first.errno) });
     }
     return { applied: true, messages: t.messages.length };
+  }
+
+  /**
+   * The names of the chains, sets and maps `ip weft-proxy` holds (anonymous sets left out), as
+   * {@link tableNames} reads them from `nft -j list chains/sets/maps ip`: what a full sync needs
+   * to know of the kernel's table, from two netlink dumps. The three nft processes took about
+   * 140 ms at 1000 Services x 10 endpoints (each loads its cache of the family), a tenth of the
+   * full sync's transaction. No table: empty names.
+   */
+  names(): Promise<TableNames> {
+    const p = this.#chain.then(async () => {
+      const out: TableNames = { chains: new Set(), sets: new Set(), maps: new Set() };
+      for (const o of await this.#dump(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME, undefined)) out.chains.add(o.name);
+      for (const o of await this.#dump(NFT_MSG_GETSET, NFT_MSG_NEWSET, NFTA_SET_NAME, NFTA_SET_FLAGS)) {
+        if (o.flags & NFT_SET_ANONYMOUS) continue;
+        (o.flags & (NFT_SET_MAP | NFT_SET_OBJECT) ? out.maps : out.sets).add(o.name);
+      }
+      return out;
+    });
+    this.#chain = p.catch(() => {});
+    return p;
+  }
+
+  /**
+   * The objects of our table in a dump (`reply` messages): each one's name attribute and, when
+   * `flagsType` is given, its flags (u32, big endian). The table attribute is type 1 in both.
+   */
+  async #dump(type: number, reply: number, nameType: number, flagsType: number | undefined): Promise<Array<{ name: string; flags: number }>> {
+    const sock = this.#open();
+    const seq = this.#seq;
+    this.#seq = (this.#seq + 1) % 0x7fffffff;
+    const out: Array<{ name: string; flags: number }> = [];
+    const want = Buffer.from(`${PROXY_TABLE}\0`);
+    await this.#exchange<void>(
+      sock,
+      nlmsg(type, NLM_F_REQUEST | NLM_F_DUMP, seq, AF_INET, 0, str(TABLE, PROXY_TABLE)),
+      () => `the dump (${out.length} objects so far)`,
+      (buf, done) => {
+        for (let off = 0; off + 16 <= buf.length; ) {
+          const len = buf.readUInt32LE(off);
+          if (len < 16 || off + len > buf.length) break;
+          const t = buf.readUInt16LE(off + 4);
+          if (buf.readUInt32LE(off + 8) === seq) {
+            if (t === NLMSG_DONE) return done();
+            if (t === NLMSG_ERROR && len >= 20) {
+              const errno = buf.readInt32LE(off + 16);
+              // ENOENT: no such table
+              if (errno === -2) return done();
+              return done(new ExecError(`nfnl: dump: ${errnoText(errno)}`, { stderr: '', code: Math.abs(errno) }));
+            }
+            if (t === reply) {
+              let ours = false;
+              let name: string | undefined;
+              let flags = 0;
+              for (let at = off + 20; at + 4 <= off + len; ) {
+                const alen = buf.readUInt16LE(at);
+                if (alen < 4 || at + alen > off + len) break;
+                const at2 = buf.readUInt16LE(at + 2) & 0x3fff;
+                if (at2 === TABLE) ours = alen - 4 === want.length && buf.compare(want, 0, want.length, at + 4, at + alen) === 0;
+                else if (at2 === nameType && alen > 5) name = buf.toString('utf8', at + 4, at + alen - 1);
+                else if (at2 === flagsType && alen >= 8) flags = buf.readUInt32BE(at + 4);
+                at += (alen + 3) & ~3;
+              }
+              if (ours && name !== undefined) out.push({ name, flags });
+            }
+          }
+          off += (len + 3) & ~3;
+        }
+      },
+    );
+    return out;
   }
 
   /**

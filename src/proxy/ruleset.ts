@@ -35,8 +35,8 @@
  * here, and {@link nftName} checks the whole name again, so no input string reaches nft text
  * unchecked; the only comment is a constant.
  *
- * Full sync: `add table` + `flush table` + the whole table + deletion of what the kernel held
- * beyond it, one transaction (refreshScript): no moment without rules, the base chains never
+ * Full sync: `add table` + a flush of every chain + the whole table + deletion of what the
+ * kernel held beyond it, one transaction (refreshScript, ordered for the kernel's sake): no moment without rules, the base chains never
  * leave their hooks, and whatever someone else changed inside the table is gone. It also
  * empties the ClientIP affinity sets (sticky clients pick again once per full sync). Only with
  * no table yet, or after a declaration changed incompatibly, is the table replaced whole
@@ -528,36 +528,69 @@ export function rulesetNames(rs: Ruleset): TableNames {
   return out;
 }
 
+/** True when a chain's rules hold an anonymous set (`numgen ... vmap { ... }`, pickRules). */
+function bindsAnonymousSet(rules: readonly string[]): boolean {
+  return rules.some((r) => r.includes(' vmap { '));
+}
+
 /**
- * The whole table rewritten in place, as one `nft -f` transaction: `flush table` empties every
- * chain and `flush set`/`flush map` the frame's sets and maps, then everything is declared
- * (idempotent for what exists) and filled again, and what `existing` holds that the ruleset no
- * longer declares is deleted. Unlike
- * {@link fullScript} the base chains stay registered on their hooks throughout, so no packet
- * meets a moment of hook churn (kube-proxy's nftables mode syncs the same way). Fails where a
- * declaration changed incompatibly (a newer weft changed a map's type): then replace the table.
+ * The whole table rewritten in place, as one `nft -f` transaction: every chain `existing`
+ * names is flushed (what `flush table` does), and `flush set`/`flush map` empty the frame's
+ * sets and maps; then everything is declared and filled again, and what `existing` holds that
+ * the ruleset no longer declares is deleted. Unlike {@link fullScript} the base chains stay
+ * registered on their hooks throughout, so no packet meets a moment of hook churn (kube-proxy's
+ * nftables mode syncs the same way). Fails where a declaration changed incompatibly (a newer
+ * weft changed a map's type), or where `existing` names a chain the kernel lacks: then replace
+ * the table.
+ *
+ * Order matters to the kernel's cost, not to the result. Each rule that binds an anonymous set
+ * (the Service-port chains' `numgen` vmaps) makes nf_tables walk the whole transaction list so
+ * far (`__nft_set_trans_bind`, 6.x): with `flush table` first (a transaction entry per rule and
+ * per anonymous set of the old table, ~35k at 1000 Services x 10 endpoints) and the 10k
+ * endpoint chains' rules before them, those 1000 walks were about two thirds of the commit's
+ * CPU (perf, docs/benchmarks.md). So: declare only the chains the table lacks, then flush and
+ * refill the chains with anonymous sets one by one while the list is still short, and only
+ * then flush and refill everything else.
  */
 export function refreshScript(rs: Ruleset, existing: TableNames): string {
-  const lines = [`add table ${T}`, `flush table ${T}`];
   const want = rulesetNames(rs);
+  const lines = [`add table ${T}`];
+  const frameRules: string[] = [];
+  const frameElements: string[] = [];
+  for (const line of rs.frame) {
+    if (line.startsWith('add rule ')) frameRules.push(line);
+    else if (line.startsWith('add element ')) frameElements.push(line);
+    else lines.push(line); // declarations: idempotent for what exists
+  }
+  for (const name of sortedKeys(rs.sets)) lines.push(`add set ${T} ${name} ${rs.sets.get(name)}`);
+  const chains = sortedKeys(rs.chains);
+  for (const name of chains) if (!existing.chains.has(name)) lines.push(`add chain ${T} ${name}`);
+  const first = chains.filter((name) => bindsAnonymousSet(rs.chains.get(name)!));
+  const firstSet = new Set(first);
+  for (const name of first) {
+    if (existing.chains.has(name)) lines.push(`flush chain ${T} ${name}`);
+    for (const r of rs.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
+  }
+  // every other chain the table holds, ours or not, wanted or not: as `flush table` would
+  for (const name of [...existing.chains].sort()) if (!firstSet.has(name)) lines.push(`flush chain ${T} ${name}`);
+  lines.push(...frameRules);
+  for (const name of chains) if (!firstSet.has(name)) for (const r of rs.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
   // `flush table` empties chains only (nft 1.0.6 keeps every set's elements): the frame's sets
   // and maps are emptied here and refilled below, so an element nobody wants (a deleted
   // Service's, someone else's) goes too. The ClientIP affinity sets (rs.sets) keep theirs.
   for (const name of [...existing.sets].sort()) if (want.sets.has(name) && !rs.sets.has(name)) lines.push(`flush set ${T} ${name}`);
   for (const name of [...existing.maps].sort()) if (want.maps.has(name)) lines.push(`flush map ${T} ${name}`);
-  for (const name of [...existing.chains].sort()) if (!want.chains.has(name)) lines.push(`delete chain ${T} ${name}`);
-  for (const name of [...existing.sets].sort()) if (!want.sets.has(name)) lines.push(`delete set ${T} ${name}`);
+  // after every flush: nothing references what goes any more
+  // (maps and sets first: an element of a map that goes may still point at a chain that goes)
   for (const name of [...existing.maps].sort()) if (!want.maps.has(name)) lines.push(`delete map ${T} ${name}`);
-  return [...lines, ...fullScript(rs).split('\n').slice(2)].join('\n');
+  for (const name of [...existing.sets].sort()) if (!want.sets.has(name)) lines.push(`delete set ${T} ${name}`);
+  for (const name of [...existing.chains].sort()) if (!want.chains.has(name)) lines.push(`delete chain ${T} ${name}`);
+  lines.push(...frameElements, ...elementScript(rs));
+  return `${lines.join('\n')}\n`;
 }
 
-/** The whole table, replacing whatever is there, as one `nft -f` transaction. */
-export function fullScript(rs: Ruleset): string {
-  const lines = [`add table ${T}`, `delete table ${T}`, ...rs.frame];
-  for (const name of sortedKeys(rs.sets)) lines.push(`add set ${T} ${name} ${rs.sets.get(name)}`);
-  const chains = sortedKeys(rs.chains);
-  for (const name of chains) lines.push(`add chain ${T} ${name}`);
-  for (const name of chains) for (const r of rs.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
+function elementScript(rs: Ruleset): string[] {
+  const lines: string[] = [];
   for (const map of sortedKeys(rs.elements)) {
     const m = rs.elements.get(map)!;
     lines.push(
@@ -569,6 +602,20 @@ export function fullScript(rs: Ruleset): string {
       ),
     );
   }
+  return lines;
+}
+
+/** The whole table, replacing whatever is there, as one `nft -f` transaction. */
+export function fullScript(rs: Ruleset): string {
+  const lines = [`add table ${T}`, `delete table ${T}`, ...rs.frame];
+  for (const name of sortedKeys(rs.sets)) lines.push(`add set ${T} ${name} ${rs.sets.get(name)}`);
+  const chains = sortedKeys(rs.chains);
+  for (const name of chains) lines.push(`add chain ${T} ${name}`);
+  // the rules that bind anonymous sets while the transaction is short (see refreshScript)
+  const first = chains.filter((name) => bindsAnonymousSet(rs.chains.get(name)!));
+  const firstSet = new Set(first);
+  for (const name of [...first, ...chains.filter((c) => !firstSet.has(c))]) for (const r of rs.chains.get(name)!) lines.push(`add rule ${T} ${name} ${r}`);
+  lines.push(...elementScript(rs));
   return `${lines.join('\n')}\n`;
 }
 

@@ -282,7 +282,8 @@ export class ProxySyncer {
     let existing: TableNames | undefined;
     try {
       // What the last sync applied, while nothing says the kernel differs; else the kernel's own.
-      existing = prev && this.#kernelKnown ? rulesetNames(prev) : tableNames(await readProxyNames(this.#opts));
+      // (Only the chains named here are flushed: an asked-for full sync always reads them.)
+      existing = prev && this.#kernelKnown ? rulesetNames(prev) : await this.#kernelNames();
     } catch (err) {
       this.#log.warn('proxy table read failed; replacing it whole', { err: errText(err) });
     }
@@ -295,6 +296,18 @@ export class ProxySyncer {
       }
     }
     await nftApply(fullScript(next), this.#opts);
+  }
+
+  /** The kernel's chain, set and map names: netlink dumps, else nft's listings. */
+  async #kernelNames(): Promise<TableNames | undefined> {
+    if (this.#nfnl) {
+      try {
+        return await this.#nfnl.names();
+      } catch (err) {
+        this.#log.debug('proxy: netlink listing of the table failed; asking nft', { err: errText(err) });
+      }
+    }
+    return tableNames(await readProxyNames(this.#opts));
   }
 
   /**

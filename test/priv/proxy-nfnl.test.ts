@@ -7,9 +7,9 @@
  */
 import test from 'ava';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
-import { ExecError, nftApply, readProxyTable, tableFingerprint } from '../../src/proxy/nft.ts';
+import { ExecError, nftApply, readProxyNames, readProxyTable, tableFingerprint } from '../../src/proxy/nft.ts';
 import { NfnlExecutor } from '../../src/proxy/nfnl.ts';
-import { buildRuleset, fullScript, partialScript, type RulesetOptions } from '../../src/proxy/ruleset.ts';
+import { buildRuleset, fullScript, partialScript, tableNames, type RulesetOptions, type TableNames } from '../../src/proxy/ruleset.ts';
 import { ProxySyncer } from '../../src/proxy/sync.ts';
 import { shapeSteps } from '../helpers/proxy-shapes.ts';
 import { Scope } from '../helpers/netns.ts';
@@ -131,4 +131,24 @@ test('element lists too long for one message are split as nft splits them, same 
   const r = await nl.apply(script);
   t.true(r.applied && r.messages > 6, 'more than one message per list');
   t.deepEqual(await listing(ours), await listing(ref));
+});
+
+test("the table's chain, set and map names over netlink equal nft's listings (other tables' left out)", async (t) => {
+  const scope = new Scope();
+  t.teardown(() => scope.cleanup());
+  const ns = `/run/netns/${scope.netns('nfnl')}`;
+  const x = new NfnlExecutor({ netns: ns });
+  scope.defer(() => x.close());
+  const empty = await x.names();
+  t.deepEqual([empty.chains.size, empty.sets.size, empty.maps.size], [0, 0, 0], 'no table: no names');
+  // every shape: affinity sets (dynamic), the frame's set and maps, anonymous vmaps (left out)
+  for (const step of shapeSteps()) await nftApply(fullScript(buildRuleset(step.state, { nodePortAddresses: ['198.51.100.1'] })), { netns: ns });
+  // another table of the family with the same names: not ours
+  await nftApply('add table ip other\nadd chain ip other services\nadd set ip other cluster-ips { type ipv4_addr; }\nadd map ip other only-there { type ipv4_addr : verdict; }\n', { netns: ns });
+  const got = await x.names();
+  const want = tableNames(await readProxyNames({ netns: ns }))!;
+  const sorted = (n: TableNames) => [[...n.chains].sort(), [...n.sets].sort(), [...n.maps].sort()];
+  t.deepEqual(sorted(got), sorted(want));
+  t.true(got.sets.has('nodeport-ips') && got.maps.has('service-ips') && [...got.sets].some((s) => s.startsWith('aff-')), JSON.stringify(sorted(got)).slice(0, 300));
+  t.false(got.maps.has('only-there'));
 });

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { parseCIDR } from '../../src/ip/ipv4.ts';
 import { selectEndpoints, type ProxyState } from '../../src/proxy/endpoints.ts';
-import { buildRuleset, canPartial, diffRulesets, fullScript, refreshScript, tableNames, nftName, partialScript, shortHash } from '../../src/proxy/ruleset.ts';
+import { buildRuleset, canPartial, diffRulesets, fullScript, refreshScript, rulesetNames, tableNames, nftName, partialScript, shortHash } from '../../src/proxy/ruleset.ts';
 import { validateEndpointSlice, validateService, type EndpointSlice, type Service } from '../../src/proxy/types.ts';
 
 function service(name: string, spec: Record<string, unknown>): Service {
@@ -105,6 +105,18 @@ class Kernel {
     if ((m = /^flush chain ip weft-proxy (\S+)$/.exec(line))) {
       if (!this.chains.has(m[1]!)) throw new Error(`flush: no chain ${m[1]}`);
       this.chains.set(m[1]!, []);
+      return;
+    }
+    if ((m = /^flush (set|map) ip weft-proxy (\S+)$/.exec(line))) {
+      const els = this.elements.get(m[2]!);
+      if (!els) throw new Error(`flush: no ${m[1]} ${m[2]}`);
+      els.clear();
+      return;
+    }
+    if ((m = /^delete map ip weft-proxy (\S+)$/.exec(line))) {
+      if (!this.elements.has(m[1]!)) throw new Error(`delete: no map ${m[1]}`);
+      if (this.#referenced(m[1]!)) throw new Error(`delete: ${m[1]} still referenced`);
+      this.elements.delete(m[1]!);
       return;
     }
     if ((m = /^delete (chain|set) ip weft-proxy (\S+)$/.exec(line))) {
@@ -414,8 +426,9 @@ test('refreshScript: flush in place, delete only what the ruleset no longer decl
   t.deepEqual([...tableNames([doc(), doc(), doc()])!.chains], [], 'no table: nothing to delete');
   const s = refreshScript(rs, names);
   const lines = s.split('\n');
-  t.deepEqual(lines.slice(0, 2), ['add table ip weft-proxy', 'flush table ip weft-proxy']);
+  t.is(lines[0], 'add table ip weft-proxy');
   t.false(s.includes('delete table'), 'the table (and its base chains) is never deleted');
+  t.true(lines.includes('flush chain ip weft-proxy nat-prerouting') && lines.includes('flush chain ip weft-proxy svc-OLD-default/gone/tcp/http'), 'every chain the table holds is flushed');
   t.true(lines.includes('delete chain ip weft-proxy svc-OLD-default/gone/tcp/http'));
   t.true(lines.includes('delete set ip weft-proxy aff-OLD'));
   t.true(lines.includes('delete map ip weft-proxy old-map'));
@@ -428,5 +441,39 @@ test('refreshScript: flush in place, delete only what the ruleset no longer decl
     lines.some((l) => /^flush (set|map) ip weft-proxy (aff-|old-map)/.test(l)),
     'affinity state kept; what goes is not flushed',
   );
-  t.true(s.endsWith(fullScript(rs).split('\n').slice(2).join('\n')), 'then the whole ruleset, as a full sync writes it');
+});
+
+test('refreshScript: from any table to the ruleset, chains with anonymous sets refilled before the rest', (t) => {
+  const opts = { clusterCIDR: cidr };
+  const next = buildRuleset(basic(), opts);
+  const older = basic();
+  // the old table: one Service's endpoint replaced, another Service gone, a foreign chain and element
+  const web = older.ports.find((p) => p.name === 'web')!;
+  const moved = { ...web, clusterEndpoints: [{ ...web.clusterEndpoints[0]!, ip: '198.18.0.99' }, ...web.clusterEndpoints.slice(1)] };
+  const prev = buildRuleset({ ...older, ports: [moved, ...older.ports.filter((p) => p.name !== 'web' && p.name !== 'loc')] }, opts);
+  const k = new Kernel();
+  k.apply(fullScript(prev));
+  k.apply('add chain ip weft-proxy foreign-chain\nadd rule ip weft-proxy foreign-chain jump services\nadd element ip weft-proxy cluster-ips { 198.19.0.99 }\n');
+  const existing = rulesetNames(prev);
+  existing.chains.add('foreign-chain');
+  const s = refreshScript(next, existing);
+  k.apply(s);
+  const want = new Kernel();
+  want.apply(fullScript(next));
+  t.deepEqual(k.dump(), want.dump(), 'the same table as a fresh one');
+  const ls = lines(s);
+  const at = (re: RegExp) => ls.findIndex((l) => re.test(l));
+  const lastAt = (re: RegExp) => ls.length - 1 - [...ls].reverse().findIndex((l) => re.test(l));
+  // the kernel walks the whole transaction for each anonymous set a rule binds: those rules first
+  t.true(lastAt(/ vmap \{ /) < at(/^add rule ip weft-proxy ep-/), 'every numgen vmap before the first endpoint rule');
+  t.true(lastAt(/ vmap \{ /) < at(/^flush chain ip weft-proxy ep-/), 'and before the endpoint chains are flushed');
+  t.true(at(/^delete /) > lastAt(/^flush /), 'deletions after every flush');
+  t.false(
+    ls.some((l) => /^add chain ip weft-proxy (\S+)$/.test(l) && next.chains.has(l.split(' ')[4]!) && existing.chains.has(l.split(' ')[4]!)),
+    'only Service chains the table lacks are declared',
+  );
+  for (const name of existing.chains) t.is(ls.filter((l) => l === `flush chain ip weft-proxy ${name}`).length, 1, name);
+  // a fresh table's order is the same idea
+  const full = lines(fullScript(next));
+  t.true(full.findLastIndex((l) => / vmap \{ /.test(l)) < full.findIndex((l) => /^add rule ip weft-proxy ep-/.test(l)));
 });
