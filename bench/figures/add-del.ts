@@ -2,7 +2,7 @@
  * Figure 1: pod ADD and DEL latency, weft vs bridge + host-local on the same subnet, each in its
  * own node namespace, calls interleaved (weft, ref, ref, weft, ...) so machine noise hits both.
  */
-import { BenchScope, ipJson, sh } from '../lib/scope.ts';
+import { BenchScope, eventually, ipJson, sh } from '../lib/scope.ts';
 import { callCni, expectOk, resultIp, spawnBaseline, type CniCall } from '../lib/cni.ts';
 import { refConfig, weftConfig, writeSubnetEnv } from '../lib/confs.ts';
 import { bins, missing } from '../lib/paths.ts';
@@ -45,19 +45,10 @@ export async function addDelSamples(scope: BenchScope, sides: Side[], pods: numb
       const o = expectOk(`${s.name} DEL pod ${i}`, await callCni(call(s, i, 'DEL')));
       // weftd replies once the veth is down and finishes its deletion right after (the kernel's
       // RCU wait): gone within a moment, not necessarily when the reply arrives
-      if (!(await goneSoon(() => !ipJson(podNs.get(s)![i], 'link', 'show').some((l) => l.ifname === 'eth0')))) throw new Error(`${s.name} DEL pod ${i}: eth0 still in the pod 1 s later`);
+      if (!(await eventually(() => !ipJson(podNs.get(s)![i], 'link', 'show').some((l) => l.ifname === 'eth0'), 1000, 10))) throw new Error(`${s.name} DEL pod ${i}: eth0 still in the pod 1 s later`);
       if (i > 0) s.del.push(o.ms);
     }
   }
-}
-
-/** True once `gone()` holds, checked every 10 ms for up to 1 s. */
-async function goneSoon(gone: () => boolean): Promise<boolean> {
-  for (let i = 0; i < 100; i++) {
-    if (gone()) return true;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return gone();
 }
 
 export async function figAddDel(

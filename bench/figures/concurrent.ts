@@ -5,7 +5,7 @@
  */
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { BenchScope, ipJson } from '../lib/scope.ts';
+import { BenchScope, eventually, ipJson } from '../lib/scope.ts';
 import { callCniBatch, resultIp, type CniCall } from '../lib/cni.ts';
 import { bins, missing } from '../lib/paths.ts';
 import { round, summarize } from '../lib/stats.ts';
@@ -65,7 +65,7 @@ async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeN
   // weftd's DELs reply once their veths are down; the kernel's unregistration of the last
   // batch may still run: a leak is what is left a second later.
   const veths = () => ipJson(o.nodeNs, 'link', 'show', 'type', 'veth').length;
-  for (let i = 0; i < 100 && veths(); i++) await new Promise((r) => setTimeout(r, 10));
+  await eventually(() => veths() === 0, 1000, 10);
   return {
     name: o.name,
     addWallMs: round(add.wallMs),

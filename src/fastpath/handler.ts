@@ -34,7 +34,12 @@ export async function handleCniWith(req: CniRequest, opts: HandlerOptions): Prom
   let stderr = '';
   hostLinks ??= new LinkBatchDeleter(() => openNetlink());
   const retiring: Promise<void>[] = [];
-  const retireHostLink = (index: number) => void retiring.push(hostLinks!.delete(index).catch((err) => Promise.reject(new Error(`delete host veth ${index}`, { cause: err }))));
+  const retireHostLink = (index: number) =>
+    void retiring.push(
+      hostLinks!.delete(index).catch((err) => {
+        throw new Error(`delete host veth ${index}`, { cause: err });
+      }),
+    );
   const deps = systemDeps({ network: opts.network, log: (msg) => (stderr += `${msg}\n`), retireHostLink });
   const code = await runSkel(
     {

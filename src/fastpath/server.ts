@@ -15,6 +15,7 @@
 import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
+import { errText } from '../core/errors.ts';
 import { peerCred } from '../native/sys.ts';
 import { ACK, decodeRequest, encodeReply, GO, MAX_REQUEST, ProtocolError, type CniReply, type CniRequest } from './protocol.ts';
 
@@ -330,9 +331,7 @@ function handle(sock: Socket, st: ConnState): void {
       if (!sock.destroyed) sock.end(encodeReply(reply));
       // What the reply did not wait for (a DEL's veth deletion) still holds this request's
       // (containerID, ifname) and the drain; its failure is weftd's to report, not the runtime's.
-      await reply.settled?.catch((err: Error) =>
-        st.warn(`cni fast path: after ${r.env.CNI_COMMAND} of ${r.env.CNI_CONTAINERID ?? '?'}: ${err.message}${err.cause ? `: ${(err.cause as Error).message ?? err.cause}` : ''}`),
-      );
+      await reply.settled?.catch((err) => st.warn(`cni fast path: after ${r.env.CNI_COMMAND} of ${r.env.CNI_CONTAINERID ?? '?'}: ${errText(err)}`));
     };
     void inOrder(st.chains, { key, run }).finally(() => c.finish());
   });

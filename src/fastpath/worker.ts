@@ -6,14 +6,10 @@
  * when the reply left work running: a DEL's veth deletion); several run at once.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { errText } from '../core/errors.ts';
 import type { OwnNetwork } from '../cni/config.ts';
 import { handleCniWith } from './handler.ts';
 import type { CniReply, CniRequest } from './protocol.ts';
-
-function errorText(err: unknown): string {
-  const e = err as Error;
-  return e?.cause ? `${e.message}: ${(e.cause as Error)?.message ?? e.cause}` : String(e?.message ?? err);
-}
 
 /** What the pool passes as workerData. */
 export interface WorkerInit {
@@ -38,7 +34,7 @@ if (parentPort && (workerData as { weftCniWorker?: WorkerInit } | undefined)?.we
         port.postMessage({ id: msg.id, reply, more: settled !== undefined } satisfies FromWorker);
         settled?.then(
           () => port.postMessage({ id: msg.id, settled: true } satisfies FromWorker),
-          (err) => port.postMessage({ id: msg.id, settled: true, error: errorText(err) } satisfies FromWorker),
+          (err) => port.postMessage({ id: msg.id, settled: true, error: errText(err) } satisfies FromWorker),
         );
       },
       (err) =>

@@ -280,12 +280,6 @@ class RtNetlink implements Netlink {
     await this.#sock.request(`set link ${index} mtu ${mtu}`, RTM_SETLINK, ACK, Buffer.concat([ifinfomsg({ index }), nla(IFLA_MTU, u32(mtu))]));
   }
 
-  async linkSetMaster(index: number, masterIndex: number, opts: { alias?: string } = {}): Promise<void> {
-    const attrs = [ifinfomsg({ index }), nla(IFLA_MASTER, u32(masterIndex))];
-    if (opts.alias !== undefined) attrs.push(aliasAttr(index, opts.alias));
-    await this.#sock.request(`set link ${index} master ${masterIndex}`, RTM_SETLINK, ACK, Buffer.concat(attrs));
-  }
-
   async linkSetPort(index: number, opts: { alias?: string; hairpin: boolean }): Promise<void> {
     // RTM_NEWLINK on an existing link (no NLM_F_CREATE): the one request that takes bridge-port
     // settings (IFLA_INFO_SLAVE_DATA, handed to the master's driver) with link attributes.
@@ -293,10 +287,6 @@ class RtNetlink implements Netlink {
     if (opts.alias !== undefined) attrs.push(aliasAttr(index, opts.alias));
     attrs.push(nla(IFLA_LINKINFO | NLA_F_NESTED, nla(IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, nla(IFLA_BRPORT_MODE, u8(opts.hairpin ? 1 : 0)))));
     await this.#sock.request(`set bridge port ${index}`, RTM_NEWLINK, ACK, Buffer.concat(attrs));
-  }
-
-  async linkSetNetns(index: number, netnsFd: number): Promise<void> {
-    await this.#sock.request(`move link ${index} to netns`, RTM_SETLINK, ACK, Buffer.concat([ifinfomsg({ index }), nla(IFLA_NET_NS_FD, u32(netnsFd))]));
   }
 
   async addrs(index?: number): Promise<Addr[]> {

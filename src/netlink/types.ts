@@ -109,14 +109,10 @@ export interface Netlink {
   linkSetDown(index: number): Promise<void>;
   linkSetMtu(index: number, mtu: number): Promise<void>;
   /**
-   * Enslaves the link; with `alias`, sets IFLA_IFALIAS (at most 255 bytes) in the same request
-   * (the kernel ignores IFLA_IFALIAS when creating a link).
+   * A bridge port's owner label (IFLA_IFALIAS, at most 255 bytes) and hairpin mode, in one
+   * request (the kernel ignores IFLA_IFALIAS when creating a link, so linkAdd cannot set it).
    */
-  linkSetMaster(index: number, masterIndex: number, opts?: { alias?: string }): Promise<void>;
-  /** A bridge port's owner label (IFLA_IFALIAS, at most 255 bytes) and hairpin mode, in one request. */
   linkSetPort(index: number, opts: { alias?: string; hairpin: boolean }): Promise<void>;
-  /** Moves the link into the namespace behind `netnsFd`. */
-  linkSetNetns(index: number, netnsFd: number): Promise<void>;
   addrs(index?: number): Promise<Addr[]>;
   /** Throws NetlinkError 'EEXIST' when present. */
   addrAdd(addr: Addr): Promise<void>;

@@ -65,8 +65,6 @@ export class FakeNetlink implements Netlink {
   async linkSetMtu(index: number, mtu: number) {
     this.links_.find((l) => l.index === index)!.mtu = mtu;
   }
-  async linkSetMaster() {}
-  async linkSetNetns() {}
   async linkSetPort() {}
   async addrs(index?: number) {
     return this.addrs_.filter((a) => index === undefined || a.index === index);
