@@ -43,11 +43,14 @@ interface Burst {
   leakedVeths: number;
   addLatency: ReturnType<typeof summarize>;
   firstError?: string;
+  /** Wall-clock ms (Date.now()) from the first ADD's fork to the last DEL's exit. */
+  window: { start: number; end: number };
 }
 
 async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeNs: string; config: object; store: string; pods: number }): Promise<Burst> {
   const pods = Array.from({ length: o.pods }, () => scope.netns(`c${o.name}`));
   const calls = (command: 'ADD' | 'DEL'): CniCall[] => pods.map((podNs, i) => ({ plugin: o.plugin, command, containerId: `conc-${o.name}-${i}`, podNs, nodeNs: o.nodeNs, config: o.config }));
+  const start = Date.now();
   const add = await callCniBatch(calls('ADD'), scope.tmpdir(`add${o.name}`));
   const failed = add.calls.filter((c) => c.code !== 0);
   const ips = add.calls.filter((c) => c.code === 0).map((c) => resultIp(c.result));
@@ -61,6 +64,7 @@ async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeN
     }
   });
   const del = await callCniBatch(calls('DEL'), scope.tmpdir(`del${o.name}`));
+  const end = Date.now();
   const delFailed = del.calls.filter((c) => c.code !== 0);
   // weftd's DELs reply once their veths are down; the kernel's unregistration of the last
   // batch may still run: a leak is what is left a second later.
@@ -78,6 +82,7 @@ async function burst(scope: BenchScope, o: { name: string; plugin: string; nodeN
     leakedVeths: veths(),
     addLatency: summarize(add.calls.map((c) => c.ms)),
     firstError: (failed[0] ?? delFailed[0])?.stdout.trim().slice(0, 300),
+    window: { start, end },
   };
 }
 

@@ -71,10 +71,17 @@ export async function figFastConcurrent(ctx: BenchContext): Promise<Figure> {
   const box: { handled?: Handled[]; loopDelays?: Served['loopDelays'] } = {};
   const fig = await figConcurrent(ctx, { weftPlugin: bins.launcher, id: 'fastconc', title, serve: serverFor(box, { workers: Number(process.env.WEFT_BENCH_CNI_WORKERS ?? 2), loop: true }) });
   if (fig.available) {
-    const delays = (box.loopDelays ?? []).map((d) => d.ms);
-    const worst = delays.length ? Math.max(...delays) : null;
-    fig.rows.push({ metric: "server's main thread: worst event-loop delay in any 1 s of the run", unit: 'ms', weft: worst, target: '< 50 ms', met: worst === null ? undefined : worst < 50 });
-    fig.details.loopDelayMaxPerSecond = delays;
+    // Each report is the worst delay of the second before it: those overlapping weft's burst
+    // (first ADD forked to last DEL exited) are the target's; the whole run's also takes in the
+    // reference plugin's burst, namespace set-up and checks, which compete for the same CPUs.
+    const all = box.loopDelays ?? [];
+    const win = (fig.details.weft as { window?: { start: number; end: number } } | undefined)?.window;
+    const inBurst = win ? all.filter((d) => d.at > win.start && d.at - 1000 < win.end).map((d) => d.ms) : [];
+    const worst = (ms: number[]) => (ms.length ? Math.max(...ms) : null);
+    fig.rows.push({ metric: "server's main thread: worst event-loop delay in a second of weft's burst", unit: 'ms', weft: worst(inBurst), target: '< 50 ms', met: inBurst.length ? worst(inBurst)! < 50 : undefined });
+    fig.rows.push({ metric: "server's main thread: worst event-loop delay in any second of the run", unit: 'ms', weft: worst(all.map((d) => d.ms)) });
+    fig.details.loopDelayMaxPerSecond = all.map((d) => ({ ms: d.ms, sinceBurstStart: win ? d.at - win.start : null }));
+    fig.details.burstMs = win ? win.end - win.start : null;
     const n = (cmd: string) => (box.handled ?? []).filter((h) => h.command === cmd).length;
     // The probe ADD/DEL before the burst is served too; the rest fell back to the standalone binary.
     fig.notes.push(`served by the fast-path server (the rest fell back to the standalone binary): ${n('ADD') - 1} ADDs, ${n('DEL') - 1} DELs of ${fig.details.pods}`);

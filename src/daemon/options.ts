@@ -12,6 +12,7 @@ import { DEFAULT_SOCKET } from '../fastpath/server.ts';
 import { LOG_LEVELS } from './logger.ts';
 import { DEFAULT_CNI_DATA_DIR } from './pods.ts';
 import { UsageError } from '../core/errors.ts';
+import { DEFAULT_NICE } from '../core/priority.ts';
 
 export { UsageError };
 
@@ -58,6 +59,8 @@ export interface DaemonOptions {
   cniBridge: string;
   /** Most worker threads for CNI requests (started on demand); 0 runs them on the main thread. */
   cniWorkers: number;
+  /** Nice value of the main thread (src/core/priority.ts); 0 leaves it. */
+  nice: number;
 }
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes, NUL-terminated). */
@@ -105,6 +108,11 @@ const FLAGS = {
   },
   'cni-bridge': { type: 'string', default: 'cni0', help: 'the bridge of the only network the CNI fast path serves' },
   'cni-workers': { type: 'string', default: '2', help: 'most worker threads running CNI requests, started on demand and stopped after 60 s idle ("0": on the main thread)' },
+  nice: {
+    type: 'string',
+    default: String(DEFAULT_NICE),
+    help: 'nice value (-20 to 19) of weftd\'s main thread, its control loop, so that pod bursts do not hold it up; CNI worker threads keep the process\'s own; "0" leaves it',
+  },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -219,6 +227,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
   const cniWorkersText = str('cni-workers')!;
   const cniWorkers = Number(cniWorkersText);
   if (!/^\d+$/.test(cniWorkersText) || cniWorkers > 16) throw new UsageError(`--cni-workers: "${cniWorkersText}" is not a number from 0 to 16`);
+  const niceText = str('nice')!.trim();
+  const nice = Number(niceText);
+  if (!/^-?\d+$/.test(niceText) || nice < -20 || nice > 19) throw new UsageError(`--nice: "${niceText}" is not a number from -20 to 19`);
   const tls = { cafile: str('etcd-cafile'), certfile: str('etcd-certfile'), keyfile: str('etcd-keyfile') };
   if ((tls.certfile || tls.keyfile) && !(tls.certfile && tls.keyfile)) throw new UsageError('--etcd-certfile and --etcd-keyfile go together');
   return {
@@ -251,5 +262,6 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, hostname: s
     cniDataDir,
     cniBridge,
     cniWorkers,
+    nice,
   };
 }

@@ -7,6 +7,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { errText } from '../core/errors.ts';
+import { setWorkerThreadNice } from '../core/priority.ts';
 import type { OwnNetwork } from '../cni/config.ts';
 import { handleCniWith } from './handler.ts';
 import type { CniReply, CniRequest } from './protocol.ts';
@@ -14,6 +15,8 @@ import type { CniReply, CniRequest } from './protocol.ts';
 /** What the pool passes as workerData. */
 export interface WorkerInit {
   network: OwnNetwork;
+  /** This thread's nice value (src/core/priority.ts); undefined keeps the inherited one. */
+  nice?: number;
 }
 
 /** Messages between the pool and a worker. */
@@ -26,7 +29,8 @@ export type FromWorker = { id: number; reply: Omit<CniReply, 'settled'>; more?: 
 
 if (parentPort && (workerData as { weftCniWorker?: WorkerInit } | undefined)?.weftCniWorker) {
   const port = parentPort;
-  const { network } = (workerData as { weftCniWorker: WorkerInit }).weftCniWorker;
+  const { network, nice } = (workerData as { weftCniWorker: WorkerInit }).weftCniWorker;
+  setWorkerThreadNice(nice);
   port.postMessage('ready');
   port.on('message', (msg: ToWorker) => {
     void handleCniWith(msg.req, { network }).then(

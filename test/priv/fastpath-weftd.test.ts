@@ -4,7 +4,7 @@
  * the standalone binary and the pod is still torn down.
  */
 import test from 'ava';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
@@ -13,6 +13,19 @@ import { cni } from '../helpers/cni.ts';
 import { eventually, ipJson, ping, Scope } from '../helpers/netns.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
+
+/** The threads of `pid`: id, name and nice value (/proc/PID/task/TID/stat field 19). */
+function threads(pid: number): Array<{ tid: number; comm: string; nice: number }> {
+  return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return [{ tid: Number(tid), comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), nice: Number(fields[16]) }];
+    } catch {
+      return []; // the thread ended meanwhile
+    }
+  });
+}
 
 test('weftd serves the launcher; with weftd stopped the launcher falls back', async (t) => {
   const src = join(root, 'src', 'fastpath', 'launcher.c');
@@ -39,6 +52,14 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
   t.truthy(subnet);
   t.is(add.json.ips[0].address, `${subnet![1]}.2/24`);
   t.true(ping(pod, `${subnet![1]}.1`), 'pod reaches its gateway');
+  // --nice (default -10) raised weftd's main thread only; the CNI worker the request started
+  // (the first after an idle spell runs on the main thread meanwhile) runs at the process's own.
+  const pid = node.pid!;
+  t.is(threads(pid).find((th) => th.tid === pid)?.nice, -10, 'main thread raised');
+  // A worker inherits -10 until its module has loaded and put its own back.
+  const workers = () => threads(pid).filter((th) => th.comm === 'WorkerThread');
+  const settled = await eventually(() => workers().length > 0 && workers().every((th) => th.nice === 0), 10_000);
+  t.true(settled, `CNI worker threads at nice 0: ${JSON.stringify(workers())}`);
 
   await cluster.topo.stopDaemon('n1');
   t.false(existsSync(socket), 'weftd removed its socket on a clean stop');

@@ -35,6 +35,7 @@ test('options: defaults', (t) => {
     watchStallMs: 15000,
     cniBridge: 'cni0',
     cniWorkers: 2,
+    nice: -10,
   });
 });
 
@@ -93,6 +94,9 @@ test('options: bad values are usage errors that say what is wrong', (t) => {
     [[], { WEFTD_RESYNC_INTERVAL: 'often' }, /--resync-interval: invalid duration "often"/],
     [['--etcd-certfile', '/c.pem'], {}, /go together/],
     [[], { WEFTD_IP_MASQ: 'maybe' }, /WEFTD_IP_MASQ: expected true or false/],
+    [['--nice=-21'], {}, /--nice: "-21" is not a number from -20 to 19/],
+    [['--nice', '20'], {}, /--nice: "20" is not a number from -20 to 19/],
+    [[], { WEFTD_NICE: 'high' }, /--nice: "high" is not a number/],
   ];
   for (const [argv, env, re] of bad) {
     const err = t.throws(() => parseOptions(argv, env, 'h'), { instanceOf: UsageError }, argv.join(' '));
@@ -118,6 +122,14 @@ test('options: --cni-socket from flag or $WEFTD_CNI_SOCKET, empty disables the f
   }
   t.notThrows(() => parseOptions(['--cni-socket', `/${'d'.repeat(106)}`], {}, 'h'), '107 bytes fit');
   t.regex(usage(), /--cni-socket .*\(default "\/run\/weft\/cni.sock"\) {2}\[\$WEFTD_CNI_SOCKET\]/);
+});
+
+test('options: --nice from flag or $WEFTD_NICE, -20 to 19', (t) => {
+  const nice = (argv: string[], env: Record<string, string> = {}) => parseOptions(argv, env, 'h')!.nice;
+  t.is(nice([]), -10);
+  t.is(nice(['--nice', '0']), 0);
+  t.is(nice(['--nice=-20']), -20);
+  t.is(nice([], { WEFTD_NICE: '19' }), 19);
 });
 
 test('durations', (t) => {
