@@ -11,7 +11,7 @@ import type { BackendFactory } from '../src/daemon/backend.ts';
 import { createLogger } from '../src/daemon/logger.ts';
 import { Metrics } from '../src/daemon/metrics.ts';
 import { errText, UsageError } from '../src/core/errors.ts';
-import { setMainThreadNice } from '../src/core/priority.ts';
+import { setProcessNice } from '../src/core/priority.ts';
 import { parseOptions, usage } from '../src/daemon/options.ts';
 import { runDaemon } from '../src/daemon/run.ts';
 import { openNetlink } from '../src/netlink/index.ts';
@@ -38,8 +38,8 @@ async function main(): Promise<number> {
   }
   const log = createLogger({ level: opts.logLevel, node: opts.nodeName });
   // Before any thread is started on demand: those inherit it (src/core/priority.ts).
-  const priority = setMainThreadNice(opts.nice);
-  if (priority.error) log.warn(`--nice ${opts.nice}: not applied: ${priority.error}`);
+  const niceError = opts.nice === 0 ? undefined : setProcessNice(opts.nice);
+  if (niceError) log.warn(`--nice ${opts.nice}: not applied: ${niceError}`);
   const metrics = new Metrics();
   const ac = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
@@ -120,7 +120,7 @@ async function main(): Promise<number> {
   let fastpath: Promise<FastpathServer | undefined> = Promise.resolve(undefined);
   if (opts.cniSocket) {
     const network = { subnetFile: opts.subnetFile, dataDir: opts.cniDataDir, bridge: opts.cniBridge };
-    const workers = { ...DEFAULT_WORKERS, max: opts.cniWorkers, nice: priority.workerNice };
+    const workers = { ...DEFAULT_WORKERS, max: opts.cniWorkers };
     fastpath = startCniFastpath({ path: opts.cniSocket, signal: ac.signal, network, workers, log: (m) => log.debug(m), warn: (m) => log.warn(m) }).then(
       (s) => {
         log.info(`serving CNI requests on ${s.path}`);

@@ -78,7 +78,13 @@ export async function figFastConcurrent(ctx: BenchContext): Promise<Figure> {
     const win = (fig.details.weft as { window?: { start: number; end: number } } | undefined)?.window;
     const inBurst = win ? all.filter((d) => d.at > win.start && d.at - 1000 < win.end).map((d) => d.ms) : [];
     const worst = (ms: number[]) => (ms.length ? Math.max(...ms) : null);
-    fig.rows.push({ metric: "server's main thread: worst event-loop delay in a second of weft's burst", unit: 'ms', weft: worst(inBurst), target: '< 50 ms', met: inBurst.length ? worst(inBurst)! < 50 : undefined });
+    fig.rows.push({
+      metric: "server's main thread: worst event-loop delay in a second of weft's burst",
+      unit: 'ms',
+      weft: worst(inBurst),
+      target: '< 50 ms',
+      met: inBurst.length ? worst(inBurst)! < 50 : undefined,
+    });
     fig.rows.push({ metric: "server's main thread: worst event-loop delay in any second of the run", unit: 'ms', weft: worst(all.map((d) => d.ms)) });
     fig.details.loopDelayMaxPerSecond = all.map((d) => ({ ms: d.ms, sinceBurstStart: win ? d.at - win.start : null }));
     fig.details.burstMs = win ? win.end - win.start : null;

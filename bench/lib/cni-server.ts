@@ -10,13 +10,13 @@
  * fixtures' layout, test/helpers/cni.ts), bridge cni0; WEFT_SERVE_SUBNET_FILE, _DATA_DIR and
  * _BRIDGE override them. WEFT_SERVE_WORKERS=N runs requests on up to N worker threads (WEFT_SERVE_MIN_WORKERS kept, default 0; requests run in-process while none has loaded, as in weftd), as weftd does
  * (no per-dependency timing then: the dependencies live in the workers). WEFT_SERVE_LOOP=1 prints
- * the main thread's worst event-loop delay each second (`loop-delay-max <ms>`). The main thread's
+ * the main thread's worst event-loop delay each second (`loop-delay-max <ms>`). Its threads'
  * nice value is weftd's default (WEFT_SERVE_NICE sets another; 0 leaves it).
  */
 import { dirname, join } from 'node:path';
 import { handleCniWith, serveCni, startWorkerPool } from '../../src/fastpath/index.ts';
 import type { Deps } from '../../src/cni/plugin.ts';
-import { DEFAULT_NICE, setMainThreadNice } from '../../src/core/priority.ts';
+import { DEFAULT_NICE, setProcessNice } from '../../src/core/priority.ts';
 
 /** ms per kind ('netlink', 'ipam', 'netns', 'sysctl') and per method ('netlink.linkAdd'). */
 type Acc = Record<string, number>;
@@ -83,11 +83,12 @@ async function main(): Promise<void> {
     bridge: env.WEFT_SERVE_BRIDGE ?? 'cni0',
   };
   const workers = Number(env.WEFT_SERVE_WORKERS ?? '0');
-  // As weftd: its main thread raised, the workers back at the process's nice (src/core/priority.ts).
-  const priority = setMainThreadNice(Number(env.WEFT_SERVE_NICE ?? DEFAULT_NICE));
-  if (priority.error) process.stderr.write(`cni-server: nice not applied: ${priority.error}\n`);
+  // As weftd (--nice): every thread, those started later included (src/core/priority.ts).
+  const nice = Number(env.WEFT_SERVE_NICE ?? DEFAULT_NICE);
+  const niceError = nice === 0 ? undefined : setProcessNice(nice);
+  if (niceError) process.stderr.write(`cni-server: nice not applied: ${niceError}\n`);
   const inline = (req: Parameters<typeof handleCniWith>[0]) => handleCniWith(req, { network });
-  const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '0'), max: workers, inline, nice: priority.workerNice }) : undefined;
+  const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '0'), max: workers, inline }) : undefined;
   const server = await serveCni({
     path,
     signal: ac.signal,

@@ -59,7 +59,7 @@ export interface DaemonOptions {
   cniBridge: string;
   /** Most worker threads for CNI requests (started on demand); 0 runs them on the main thread. */
   cniWorkers: number;
-  /** Nice value of the main thread (src/core/priority.ts); 0 leaves it. */
+  /** Nice value of every weftd thread (src/core/priority.ts); 0 leaves it. */
   nice: number;
 }
 
@@ -111,7 +111,7 @@ const FLAGS = {
   nice: {
     type: 'string',
     default: String(DEFAULT_NICE),
-    help: 'nice value (-20 to 19) of weftd\'s main thread, its control loop, so that pod bursts do not hold it up; CNI worker threads keep the process\'s own; "0" leaves it',
+    help: 'nice value (-20 to 19) of weftd\'s threads, so that pod bursts do not hold up its control loop; "0" leaves it',
   },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;

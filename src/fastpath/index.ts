@@ -29,11 +29,8 @@ export interface StartOptions {
   warn?: (msg: string) => void;
   /** Fields left out are the CNI defaults (/run/flannel/subnet.env, /var/lib/cni/networks, cni0). */
   network?: Partial<OwnNetwork>;
-  /**
-   * Worker threads running the requests (default {@link DEFAULT_WORKERS}); max 0 runs them on
-   * the main thread. `nice`: theirs, when the main thread's was raised (src/core/priority.ts).
-   */
-  workers?: { min: number; max: number; nice?: number };
+  /** Worker threads running the requests (default {@link DEFAULT_WORKERS}); max 0 runs them on the main thread. */
+  workers?: { min: number; max: number };
 }
 
 /**

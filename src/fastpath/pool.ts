@@ -58,8 +58,6 @@ export interface PoolOptions {
    * inside sendmsg, on the calling thread).
    */
   inline?: CniHandler;
-  /** The workers' nice value, when the main thread's (which they would inherit) was raised. */
-  nice?: number;
   log?: (msg: string) => void;
 }
 
@@ -83,7 +81,7 @@ export function startWorkerPool(opts: PoolOptions): WorkerPool {
     stdout: `${JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: `weftd: cni worker ${msg}` })}\n`,
   });
   const spawn = (): Slot => {
-    const init: WorkerInit = { network: opts.network, nice: opts.nice };
+    const init: WorkerInit = { network: opts.network };
     const worker = new Worker(file, { workerData: { weftCniWorker: init } });
     // Never what keeps weftd alive: it exits when its own work is done (after drain()).
     worker.unref();

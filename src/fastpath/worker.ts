@@ -7,7 +7,6 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { errText } from '../core/errors.ts';
-import { setWorkerThreadNice } from '../core/priority.ts';
 import type { OwnNetwork } from '../cni/config.ts';
 import { handleCniWith } from './handler.ts';
 import type { CniReply, CniRequest } from './protocol.ts';
@@ -15,8 +14,6 @@ import type { CniReply, CniRequest } from './protocol.ts';
 /** What the pool passes as workerData. */
 export interface WorkerInit {
   network: OwnNetwork;
-  /** This thread's nice value (src/core/priority.ts); undefined keeps the inherited one. */
-  nice?: number;
 }
 
 /** Messages between the pool and a worker. */
@@ -29,8 +26,7 @@ export type FromWorker = { id: number; reply: Omit<CniReply, 'settled'>; more?: 
 
 if (parentPort && (workerData as { weftCniWorker?: WorkerInit } | undefined)?.weftCniWorker) {
   const port = parentPort;
-  const { network, nice } = (workerData as { weftCniWorker: WorkerInit }).weftCniWorker;
-  setWorkerThreadNice(nice);
+  const { network } = (workerData as { weftCniWorker: WorkerInit }).weftCniWorker;
   port.postMessage('ready');
   port.on('message', (msg: ToWorker) => {
     void handleCniWith(msg.req, { network }).then(

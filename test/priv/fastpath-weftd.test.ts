@@ -52,14 +52,17 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
   t.truthy(subnet);
   t.is(add.json.ips[0].address, `${subnet![1]}.2/24`);
   t.true(ping(pod, `${subnet![1]}.1`), 'pod reaches its gateway');
-  // --nice (default -10) raised weftd's main thread only; the CNI worker the request started
-  // (the first after an idle spell runs on the main thread meanwhile) runs at the process's own.
+  // --nice (default -10): every weftd thread, the CNI worker this request started too (the
+  // first request after an idle spell runs on the main thread while a worker starts).
   const pid = node.pid!;
-  t.is(threads(pid).find((th) => th.tid === pid)?.nice, -10, 'main thread raised');
-  // A worker inherits -10 until its module has loaded and put its own back.
-  const workers = () => threads(pid).filter((th) => th.comm === 'WorkerThread');
-  const settled = await eventually(() => workers().length > 0 && workers().every((th) => th.nice === 0), 10_000);
-  t.true(settled, `CNI worker threads at nice 0: ${JSON.stringify(workers())}`);
+  t.true(await eventually(() => threads(pid).some((th) => th.comm === 'WorkerThread'), 10_000), 'a CNI worker thread started');
+  const all = threads(pid);
+  t.true(all.length > 2);
+  t.deepEqual(
+    all.filter((th) => th.nice !== -10),
+    [],
+    'every thread at nice -10',
+  );
 
   await cluster.topo.stopDaemon('n1');
   t.false(existsSync(socket), 'weftd removed its socket on a clean stop');
