@@ -16,7 +16,7 @@ import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { errText } from '../core/errors.ts';
-import { peerCred } from '../native/sys.ts';
+import { peerCred, reserveFdTable } from '../native/sys.ts';
 import { ACK, decodeRequest, encodeReply, GO, MAX_REQUEST, ProtocolError, type CniReply, type CniRequest } from './protocol.ts';
 
 /** Runs one CNI request in-process; must never throw (errors are CNI error JSON + exit code). */
@@ -165,6 +165,13 @@ export async function serveCni(opts: FastpathOptions): Promise<FastpathServer> {
   const server: Server = createServer({ allowHalfOpen: true }, (sock) => handle(sock, state));
   server.maxConnections = MAX_CONNECTIONS;
   await listenPrivate(server, path);
+  // Room for every connection (and what their requests open) before a burst needs it: growing
+  // the table later stalls the event loop (src/native/sys.ts). Best effort: it only costs time.
+  try {
+    reserveFdTable(2 * MAX_CONNECTIONS);
+  } catch (err) {
+    warn(`cni fast path: could not grow the file descriptor table: ${errText(err)}`);
+  }
   let closed: Promise<void> | undefined;
   const close = () =>
     (closed ??= new Promise<void>((resolve) => {

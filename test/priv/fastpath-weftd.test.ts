@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { buildLauncher, LAUNCHER } from '../../scripts/build-launcher.ts';
+import { MAX_CONNECTIONS } from '../../src/fastpath/server.ts';
 import { startCluster } from '../helpers/cluster.ts';
 import { cni } from '../helpers/cni.ts';
 import { eventually, ipJson, ping, Scope } from '../helpers/netns.ts';
@@ -63,6 +64,9 @@ test('weftd serves the launcher; with weftd stopped the launcher falls back', as
     [],
     'every thread at nice -10',
   );
+  // Its descriptor table was grown for 2 x MAX_CONNECTIONS up front, not in the middle of a burst.
+  const fdSize = Number(/^FDSize:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+  t.true(fdSize >= 2 * MAX_CONNECTIONS, `FDSize ${fdSize}`);
 
   await cluster.topo.stopDaemon('n1');
   t.false(existsSync(socket), 'weftd removed its socket on a clean stop');

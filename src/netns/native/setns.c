@@ -1,19 +1,22 @@
 /*
  * weft's only native code: the few system calls Node has no binding for. setns(2) for the
  * calling thread; SO_PEERCRED of a unix socket (who is asking the CNI fast path); fstatfs(2)'s
- * f_type (is an open file a namespace); non-blocking flock(2) (host-local's IPAM lock).
+ * f_type (is an open file a namespace); non-blocking flock(2) (host-local's IPAM lock);
+ * fcntl(2)'s F_DUPFD (growing the file descriptor table ahead of a burst).
  * Plain N-API (no V8 headers), so one build works on every Node release and needs only a C
  * compiler plus the node-api-headers package. Typed wrappers: src/native/sys.ts.
  */
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/vfs.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <node_api.h>
 
 static napi_value throw_errno(napi_env env, int err, const char *syscall) {
@@ -121,11 +124,31 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* reserveFds(n: number): boolean -- makes the descriptor table hold n descriptors now, by
+ * duplicating one to the lowest free number >= n-1 (F_DUPFD never replaces an open one) and
+ * closing it again; false when the limit (RLIMIT_NOFILE) is below n. */
+static napi_value js_reserve_fds(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t n = fd_arg(env, info, argv, &argc, "reserveFds");
+  if (n < 0) return NULL;
+  int base = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (base < 0) return throw_errno(env, errno, "open(/dev/null)");
+  int hi = n > 0 ? fcntl(base, F_DUPFD_CLOEXEC, n - 1) : base;
+  int err = errno;
+  if (hi >= 0 && hi != base) close(hi);
+  close(base);
+  if (hi < 0 && err != EMFILE && err != EINVAL) return throw_errno(env, err, "fcntl(F_DUPFD)");
+  napi_value v;
+  napi_get_boolean(env, hi >= 0, &v);
+  return v;
+}
+
 NAPI_MODULE_INIT() {
   static const struct {
     const char *name;
     napi_callback cb;
-  } fns[] = {{"setns", js_setns}, {"peerCred", js_peercred}, {"fsType", js_fstype}, {"flockTry", js_flock}};
+  } fns[] = {{"setns", js_setns}, {"peerCred", js_peercred}, {"fsType", js_fstype}, {"flockTry", js_flock}, {"reserveFds", js_reserve_fds}};
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;
     napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].cb, NULL, &fn);
