@@ -6,7 +6,7 @@
  * ADD leaves nothing behind and reports the original error.
  */
 import { allocate, DuplicateAllocationError, NoFreeAddressError } from '../ipam/index.ts';
-import { formatCIDR, formatIPv4, type IPv4Net } from '../ip/ipv4.ts';
+import { formatCIDR, formatIPv4, randomMAC, type IPv4Net } from '../ip/ipv4.ts';
 import { findLink, isExists, isGone, type Link, type Netlink } from '../netlink/index.ts';
 import { CniError, ERR } from './errors.ts';
 import { hostVethName, requirePodNetns, vethAlias, type Deps, type Request } from './plugin.ts';
@@ -140,10 +140,12 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     undo.push(`release ${formatIPv4(ip)}`, () => store.locked(() => store.release(ip)));
 
     const vethName = hostVethName(env.containerID, env.ifname);
+    // Chosen here rather than by the kernel, so the pod end needs no lookup (below).
+    const podMac = randomMAC();
     let created: Link | undefined;
     try {
       // The host end up and on the bridge as it is created: one request, not three.
-      created = await host.linkAdd({ kind: 'veth', name: vethName, peerName: env.ifname, peerNetnsFd: pod.fd, mtu, peerMtu: mtu, up: true, masterIndex: br.index });
+      created = await host.linkAdd({ kind: 'veth', name: vethName, peerName: env.ifname, peerNetnsFd: pod.fd, mtu, peerMtu: mtu, peerMac: podMac, up: true, masterIndex: br.index });
     } catch (err) {
       if (isExists(err) && (await findLink(host, vethName))) {
         throw new CniError(ERR.VETH_EXISTS, `host veth "${vethName}" for this container already exists`, 'a stale attachment: DEL (or GC) removes it');
@@ -166,7 +168,8 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
     // Owner label and hairpin in one request: DEL and GC delete only a veth labelled as theirs.
     await host.linkSetPort(hostLink.index, { alias: vethAlias(env.containerID, env.ifname), hairpin: conf.hairpinMode });
 
-    const podLink = await podNl.linkByName(env.ifname);
+    // The pod end: its index is the host end's IFLA_LINK, its MAC the one given.
+    const podLink: Pick<Link, 'index' | 'name' | 'mac'> = created?.linkIndex ? { index: created.linkIndex, name: env.ifname, mac: podMac } : await podNl.linkByName(env.ifname);
     const routes = podRoutes(subnet, conf.isDefaultGateway);
     // Sent back to back, answered in order: the kernel handles each request as it is sent, so
     // the link is up and the routes' gateway on-link by the time each arrives. Each failure

@@ -96,6 +96,17 @@ export function macToBuffer(mac: string): Buffer {
   return Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
 }
 
+/**
+ * A random locally administered unicast MAC, as the kernel picks for a device created without
+ * one (eth_hw_addr_random). Math.random suffices: the address needs to be unique on a bridge,
+ * not unguessable, and node:crypto would cost the CNI plugin's start-up a module load.
+ */
+export function randomMAC(): string {
+  const b = Array.from({ length: 6 }, () => Math.floor(Math.random() * 256));
+  b[0] = (b[0] & 0xfe) | 0x02;
+  return bufferToMAC(Uint8Array.from(b));
+}
+
 export function bufferToMAC(b: Buffer | Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
 }

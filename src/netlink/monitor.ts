@@ -34,6 +34,7 @@ import {
   IFLA_INFO_KIND,
   IFLA_LINKINFO,
   IFLA_MASTER,
+  IFLA_LINK,
   IFLA_MTU,
   NDA_DST,
   NDA_LLADDR,
@@ -159,6 +160,8 @@ function parseLink(op: RtOp, body: Buffer): RtEvent | undefined {
   if (master && master.length >= 4 && master.readUInt32LE(0)) link.masterIndex = master.readUInt32LE(0);
   const alias = a.get(IFLA_IFALIAS);
   if (alias?.length && alias[0] !== 0) link.alias = cstring(alias);
+  const peer = a.get(IFLA_LINK);
+  if (peer && peer.length >= 4 && peer.readUInt32LE(0) && peer.readUInt32LE(0) !== link.index) link.linkIndex = peer.readUInt32LE(0);
   const info = a.get(IFLA_LINKINFO);
   if (info) {
     const ia = parseAttrs(info);

@@ -83,6 +83,7 @@ function linkInfo(spec: LinkSpec): Buffer {
       const peerAttrs = [nla(IFLA_IFNAME, cstr(spec.peerName))];
       if (spec.peerMtu ?? spec.mtu) peerAttrs.push(nla(IFLA_MTU, u32((spec.peerMtu ?? spec.mtu)!)));
       if (spec.peerNetnsFd !== undefined) peerAttrs.push(nla(IFLA_NET_NS_FD, u32(spec.peerNetnsFd)));
+      if (spec.peerMac) peerAttrs.push(nla(IFLA_ADDRESS, macToBuffer(spec.peerMac)));
       // The peer stays down: it is configured before the pair is joined, and opening it then
       // fails (veth_open: ENOTCONN).
       const peer = nla(VETH_INFO_PEER | NLA_F_NESTED, Buffer.concat([ifinfomsg(), ...peerAttrs]));

@@ -28,6 +28,8 @@ export interface Link {
   masterIndex?: number;
   /** IFLA_IFALIAS, when set (weft records a host veth's owner there). */
   alias?: string;
+  /** IFLA_LINK, when not the link itself: a veth's other end's index (in that end's namespace). */
+  linkIndex?: number;
   vxlan?: VxlanInfo;
 }
 
@@ -49,6 +51,8 @@ export type LinkSpec =
       /** Namespace fd the peer is created in (the pod's); host namespace of the socket otherwise. */
       peerNetnsFd?: number;
       peerMtu?: number;
+      /** The peer's MAC (the kernel picks a random one otherwise). */
+      peerMac?: string;
     })
   | (LinkSpecBase & { kind: 'vxlan'; vni: number; port: number; local: string; parentIndex: number; learning?: boolean });
 

@@ -25,7 +25,7 @@ test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, f
   const br = await nl.linkByName('br-t');
   t.is(br.kind, 'bridge');
   // Up and enslaved as created; the kernel (6.3+, this machine's 6.18) echoes the new end.
-  const echoed = await nl.linkAdd({ kind: 'veth', name: 'veth-t', peerName: 'eth0', peerNetnsFd: pod.fd, mtu: 1450, up: true, masterIndex: br.index });
+  const echoed = await nl.linkAdd({ kind: 'veth', name: 'veth-t', peerName: 'eth0', peerNetnsFd: pod.fd, mtu: 1450, peerMac: '02:00:5e:10:20:30', up: true, masterIndex: br.index });
   const host = await nl.linkByName('veth-t');
   t.deepEqual(echoed && { index: echoed.index, name: echoed.name, mac: echoed.mac, kind: echoed.kind }, { index: host.index, name: 'veth-t', mac: host.mac, kind: 'veth' });
   t.is(host.masterIndex, br.index);
@@ -36,6 +36,10 @@ test('netlink layer programs bridge, veth into another netns, vxlan, neighbor, f
   await t.throwsAsync(nl.linkSetPort(host.index, { alias: `${alias}x`, hairpin: true }), { message: /longer than 255 bytes/ });
   const eth0 = await pnl.linkByName('eth0');
   t.is(eth0.mtu, 1450);
+  // The pod end as asked, and findable from the host end without a lookup in the pod's namespace.
+  t.is(eth0.mac, '02:00:5e:10:20:30');
+  t.is(echoed?.linkIndex, eth0.index);
+  t.is(host.linkIndex, eth0.index);
   t.false(eth0.up, 'the peer is left down (it cannot be opened before the pair is joined)');
   await t.throwsAsync(nl.linkByName('eth0'), { instanceOf: LinkNotFoundError });
   const err = await t.throwsAsync(nl.linkAdd({ kind: 'bridge', name: 'br-t' }), { instanceOf: NetlinkError });
