@@ -19,6 +19,8 @@ export interface ServeOptions {
   workers?: number;
   /** Report the main thread's event-loop delay every second. */
   loop?: boolean;
+  /** Time each dependency call (default); false times only whole requests, with nothing wrapped. */
+  parts?: boolean;
 }
 
 export interface Handled {
@@ -37,7 +39,7 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
     // The one network it serves: bench/lib/confs.ts weftConfig's paths under `dir`.
     env: {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
-      WEFT_FASTPATH_TIMING: '1',
+      WEFT_FASTPATH_TIMING: opts.parts === false ? 'total' : '1',
       WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam'),
       WEFT_SERVE_WORKERS: workers,
       ...(opts.loop ? { WEFT_SERVE_LOOP: '1' } : {}),
