@@ -68,7 +68,7 @@ function instrument(deps: Deps, acc: Acc): Deps {
         'netlink',
       ),
     openNetns: (path) => timeCall(() => deps.openNetns(path), acc, 'netns'),
-    writeSysctl: (path, value, ns) => timeCall(() => deps.writeSysctl(path, value, ns), acc, 'sysctl'),
+    writeSysctl: (path, value) => timeCall(() => deps.writeSysctl(path, value), acc, 'sysctl'),
     store: (conf) => timed(deps.store(conf), acc, 'ipam'),
   };
 }

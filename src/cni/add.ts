@@ -165,17 +165,17 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
 
     // The kernel echoes the new end since 6.3; older ones need the lookup.
     const hostLink = created ?? (await host.linkByName(vethName));
-    // Owner label and hairpin in one request: DEL and GC delete only a veth labelled as theirs.
-    await host.linkSetPort(hostLink.index, { alias: vethAlias(env.containerID, env.ifname), hairpin: conf.hairpinMode });
-
     // The pod end: its index is the host end's IFLA_LINK, its MAC the one given.
     const podLink: Pick<Link, 'index' | 'name' | 'mac'> = created?.linkIndex ? { index: created.linkIndex, name: env.ifname, mac: podMac } : await podNl.linkByName(env.ifname);
     const routes = podRoutes(subnet, conf.isDefaultGateway);
-    // Sent back to back, answered in order: the kernel handles each request as it is sent, so
-    // the link is up and the routes' gateway on-link by the time each arrives. Each failure
-    // names its step.
+    // Sent back to back, each socket's answered in order: the kernel handles each request as it
+    // is sent, so the pod's link is up and the routes' gateway on-link by the time each arrives.
+    // Each failure names its step.
     const steps = [
-      podNl.linkSetUp(podLink.index),
+      // Owner label and hairpin in one request: DEL and GC delete only a veth labelled as theirs.
+      host.linkSetPort(hostLink.index, { alias: vethAlias(env.containerID, env.ifname), hairpin: conf.hairpinMode }),
+      // arp_notify as the bridge plugin sets it: a gratuitous ARP whenever the link comes up.
+      podNl.linkSetUp(podLink.index, { arpNotify: true }),
       podNl.addrAdd({ index: podLink.index, ip: formatIPv4(ip), prefixLen: subnet.subnet.prefixLen }),
       ...routes.map((r) =>
         podNl.routeReplace({ dst: r.dst, gateway: r.gw, index: podLink.index }).catch((err) => {
@@ -192,9 +192,6 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       await deps.masq.add(addr, formatCIDR(subnet.network));
       undo.push(`remove masquerade for ${addr}`, () => deps.masq.remove(addr));
     }
-
-    // Announce the new address with a gratuitous ARP when the link comes up (as the bridge plugin).
-    deps.writeSysctl(`net/ipv4/conf/${env.ifname}/arp_notify`, '1', pod);
 
     // The veths' MACs are as created; the bridge's may have changed when it gained a port.
     const brNow = await host.linkByIndex(br.index);

@@ -20,8 +20,8 @@ export interface Deps {
   openNetns(path: string): NetNs;
   /** True when `ns` is the namespace this process serves (never a pod's). */
   isOwnNetns(ns: NetNs): boolean;
-  /** Writes a `/proc/sys` file, given as a path below it (`net/ipv4/ip_forward`), in `netns` or here. */
-  writeSysctl(path: string, value: string, netns?: NetNs): void;
+  /** Writes a `/proc/sys` file of this namespace, given as a path below it (`net/ipv4/ip_forward`). */
+  writeSysctl(path: string, value: string): void;
   /** The IPAM store of a network. */
   store(conf: NetConf): Store;
   /** Per-pod masquerade (./masq.ts), for nodes where weftd does not masquerade. */

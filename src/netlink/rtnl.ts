@@ -16,11 +16,13 @@ import {
   IFA_LOCAL,
   IFF_UP,
   IFLA_ADDRESS,
+  IFLA_AF_SPEC,
   IFLA_BRPORT_MODE,
   IFLA_EXT_MASK,
   IFLA_GROUP,
   IFLA_IFALIAS,
   IFLA_IFNAME,
+  IFLA_INET_CONF,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
   IFLA_INFO_SLAVE_DATA,
@@ -33,6 +35,7 @@ import {
   IFLA_VXLAN_LINK,
   IFLA_VXLAN_LOCAL,
   IFLA_VXLAN_PORT,
+  IPV4_DEVCONF_ARP_NOTIFY,
   NDA_DST,
   NDA_LLADDR,
   NTF_SELF,
@@ -269,8 +272,13 @@ class RtNetlink implements Netlink {
     }
   }
 
-  async linkSetUp(index: number): Promise<void> {
-    await this.#sock.request(`set link ${index} up`, RTM_SETLINK, ACK, upFlags(true, index));
+  async linkSetUp(index: number, opts: { arpNotify?: boolean } = {}): Promise<void> {
+    const attrs = [upFlags(true, index)];
+    if (opts.arpNotify !== undefined) {
+      const conf = nla(IFLA_INET_CONF | NLA_F_NESTED, nla(IPV4_DEVCONF_ARP_NOTIFY, u32(opts.arpNotify ? 1 : 0)));
+      attrs.push(nla(IFLA_AF_SPEC | NLA_F_NESTED, nla(AF_INET | NLA_F_NESTED, conf)));
+    }
+    await this.#sock.request(`set link ${index} up`, RTM_SETLINK, ACK, Buffer.concat(attrs));
   }
 
   async linkSetDown(index: number): Promise<void> {

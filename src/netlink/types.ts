@@ -108,7 +108,11 @@ export interface Netlink {
    * is deleted. Links already gone are skipped. On failure the tags are taken off again.
    */
   linksDel(indices: readonly number[]): Promise<void>;
-  linkSetUp(index: number): Promise<void>;
+  /**
+   * Up. `arpNotify` sets the link's IPv4 `arp_notify` in the same request (IFLA_AF_SPEC), as
+   * writing net/ipv4/conf/<link>/arp_notify would, without entering its namespace.
+   */
+  linkSetUp(index: number, opts?: { arpNotify?: boolean }): Promise<void>;
   /** Down (IFF_UP cleared): a bridge port stops forwarding at once, without the wait a delete has. */
   linkSetDown(index: number): Promise<void>;
   linkSetMtu(index: number, mtu: number): Promise<void>;

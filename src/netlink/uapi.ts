@@ -39,6 +39,11 @@ export const IFLA_LINKINFO = 18;
 export const IFLA_IFALIAS = 20;
 export const IFLA_GROUP = 27;
 export const IFLA_NET_NS_FD = 28;
+export const IFLA_AF_SPEC = 26;
+/** Inside IFLA_AF_SPEC's AF_INET (linux/if_link.h): the interface's IPv4 settings, by IPV4_DEVCONF_* number. */
+export const IFLA_INET_CONF = 1;
+/** linux/ip.h: the `arp_notify` sysctl's number. */
+export const IPV4_DEVCONF_ARP_NOTIFY = 22;
 export const IFLA_EXT_MASK = 29;
 export const IFLA_INFO_KIND = 1;
 export const IFLA_INFO_DATA = 2;

@@ -42,7 +42,7 @@ export function withFaultAt(deps: Deps, at: number, opts: { calls?: string[] } =
     ...deps,
     openNetlink: (ns) => (hit('openNetlink'), wrapObj(deps.openNetlink(ns), ns ? 'pod' : 'host')),
     openNetns: (path) => (hit('openNetns'), deps.openNetns(path)),
-    writeSysctl: (path, value, ns) => (hit(`sysctl ${path}`), deps.writeSysctl(path, value, ns)),
+    writeSysctl: (path, value) => (hit(`sysctl ${path}`), deps.writeSysctl(path, value)),
     store: (conf) => wrapObj(deps.store(conf), 'store'),
     masq: wrapObj(deps.masq, 'masq'),
   };
