@@ -183,7 +183,10 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
         }),
       ),
     ];
-    const settled = await Promise.allSettled(steps);
+    // The bridge's MAC may have changed when it gained the port (it takes its lowest port's
+    // unless one was set): read after linkAdd, behind the port settings on the same socket.
+    const bridgeNow = host.linkByIndex(br.index);
+    const settled = await Promise.allSettled([...steps, bridgeNow]);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
 
@@ -193,8 +196,8 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
       undo.push(`remove masquerade for ${addr}`, () => deps.masq.remove(addr));
     }
 
-    // The veths' MACs are as created; the bridge's may have changed when it gained a port.
-    const brNow = await host.linkByIndex(br.index);
+    // The veths' MACs are as created.
+    const brNow = await bridgeNow;
     const [hostNow, podNow] = [hostLink, podLink];
     const address: IPv4Net = { ip, prefixLen: subnet.subnet.prefixLen };
     const result = buildResult(
