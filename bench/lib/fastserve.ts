@@ -43,7 +43,7 @@ export async function startFastServer(scope: BenchScope, nodeNs: string, dir: st
       WEFT_SERVE_DATA_DIR: join(dir, 'weft-ipam'),
       WEFT_SERVE_WORKERS: workers,
       ...(opts.loop ? { WEFT_SERVE_LOOP: '1' } : {}),
-      // weftd's --nice for the server's main thread; WEFT_BENCH_NICE=0 measures without it
+      // weftd's --nice for the server's threads; WEFT_BENCH_NICE=0 measures without it
       ...(process.env.WEFT_BENCH_NICE !== undefined ? { WEFT_SERVE_NICE: process.env.WEFT_BENCH_NICE } : {}),
     },
   });

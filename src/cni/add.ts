@@ -165,7 +165,8 @@ async function attach(req: Request, deps: Deps, ctx: AttachCtx): Promise<Record<
 
     // The kernel echoes the new end since 6.3; older ones need the lookup.
     const hostLink = created ?? (await host.linkByName(vethName));
-    // The pod end: its index is the host end's IFLA_LINK, its MAC the one given.
+    // The pod end: its index is the host end's IFLA_LINK, its MAC the one given. (The kernel
+    // leaves IFLA_LINK out when both ends have the same number, each in its namespace.)
     const podLink: Pick<Link, 'index' | 'name' | 'mac'> = created?.linkIndex ? { index: created.linkIndex, name: env.ifname, mac: podMac } : await podNl.linkByName(env.ifname);
     const routes = podRoutes(subnet, conf.isDefaultGateway);
     // Sent back to back, each socket's answered in order: the kernel handles each request as it

@@ -10,6 +10,10 @@
  * Measured (bench fastconc, 100 pods through the launcher, 2 shared cores, descriptor table
  * pre-grown): the main thread's worst event-loop delay in a second of the burst was 28-92 ms at
  * nice 0 and 10-38 ms at -10, five runs each (bench/results/sample-2026-12-01-nice{0,}-fd*).
+ * The nice value weighs threads against the others in their CPU cgroup: there the server and
+ * the launchers shared one. Under Kubernetes the launchers run in the runtime's cgroup and the
+ * kernel weighs weftd's pod against it by CPU request; nice still orders what runs inside it
+ * (docs/benchmarks.md has runs with the two in separate cgroups).
  */
 import { readdirSync } from 'node:fs';
 import { setPriority } from 'node:os';
@@ -30,7 +34,8 @@ export function setProcessNice(nice: number): string | undefined {
       setPriority(Number(tid), nice);
     } catch (err) {
       // A thread that ended meanwhile is not an error worth reporting; the first refusal is.
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') error ??= errText(err);
+      // os.setPriority throws ERR_SYSTEM_ERROR with the errno's name in `info.code`.
+      if ((err as { info?: { code?: string } }).info?.code !== 'ESRCH') error ??= errText(err);
     }
   }
   return error;

@@ -168,7 +168,7 @@ export async function serveCni(opts: FastpathOptions): Promise<FastpathServer> {
   // Room for every connection (and what their requests open) before a burst needs it: growing
   // the table later stalls the event loop (src/native/sys.ts). Best effort: it only costs time.
   try {
-    reserveFdTable(2 * MAX_CONNECTIONS);
+    if (!reserveFdTable(2 * MAX_CONNECTIONS)) warn(`cni fast path: the descriptor limit (RLIMIT_NOFILE) is below ${2 * MAX_CONNECTIONS}: the table was not grown`);
   } catch (err) {
     warn(`cni fast path: could not grow the file descriptor table: ${errText(err)}`);
   }

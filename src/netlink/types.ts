@@ -28,7 +28,10 @@ export interface Link {
   masterIndex?: number;
   /** IFLA_IFALIAS, when set (weft records a host veth's owner there). */
   alias?: string;
-  /** IFLA_LINK, when not the link itself: a veth's other end's index (in that end's namespace). */
+  /**
+   * IFLA_LINK, when it names another link: the one this pairs with or sits on (a veth's other
+   * end, numbered in that end's namespace; a VXLAN device's underlay).
+   */
   linkIndex?: number;
   vxlan?: VxlanInfo;
 }

@@ -130,16 +130,24 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
 static napi_value js_reserve_fds(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  int32_t n = fd_arg(env, info, argv, &argc, "reserveFds");
-  if (n < 0) return NULL;
+  double d = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_double(env, argv[0], &d) != napi_ok || !(d >= 1 && d <= 1 << 30)) {
+    napi_throw_type_error(env, NULL, "reserveFds: expects a count from 1 to 2^30");
+    return NULL;
+  }
+  int n = (int)d;
+  napi_value v;
   int base = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (base < 0) return throw_errno(env, errno, "open(/dev/null)");
-  int hi = n > 0 ? fcntl(base, F_DUPFD_CLOEXEC, n - 1) : base;
+  if (base < 0) {
+    if (errno != EMFILE && errno != ENFILE) return throw_errno(env, errno, "open(/dev/null)");
+    napi_get_boolean(env, false, &v); /* no descriptor left at all: nothing to grow with */
+    return v;
+  }
+  int hi = fcntl(base, F_DUPFD_CLOEXEC, n - 1);
   int err = errno;
   if (hi >= 0 && hi != base) close(hi);
   close(base);
   if (hi < 0 && err != EMFILE && err != EINVAL) return throw_errno(env, err, "fcntl(F_DUPFD)");
-  napi_value v;
   napi_get_boolean(env, hi >= 0, &v);
   return v;
 }
