@@ -38,7 +38,7 @@ async function main(): Promise<number> {
   }
   const log = createLogger({ level: opts.logLevel, node: opts.nodeName });
   // Before any thread is started on demand: those inherit it (src/core/priority.ts).
-  const niceError = opts.nice === 0 ? undefined : setProcessNice(opts.nice);
+  const niceError = setProcessNice(opts.nice);
   if (niceError) log.warn(`--nice ${opts.nice}: not applied: ${niceError}`);
   const metrics = new Metrics();
   const ac = new AbortController();

@@ -87,8 +87,7 @@ async function main(): Promise<void> {
   };
   const workers = Number(env.WEFT_SERVE_WORKERS ?? '0');
   // As weftd (--nice): every thread, those started later included (src/core/priority.ts).
-  const nice = Number(env.WEFT_SERVE_NICE ?? DEFAULT_NICE);
-  const niceError = nice === 0 ? undefined : setProcessNice(nice);
+  const niceError = setProcessNice(Number(env.WEFT_SERVE_NICE ?? DEFAULT_NICE));
   if (niceError) process.stderr.write(`cni-server: nice not applied: ${niceError}\n`);
   const inline = (req: Parameters<typeof handleCniWith>[0]) => handleCniWith(req, { network });
   const pool = workers > 0 ? startWorkerPool({ network, min: Number(env.WEFT_SERVE_MIN_WORKERS ?? '0'), max: workers, inline }) : undefined;

@@ -23,10 +23,12 @@ import { errText } from './errors.ts';
 export const DEFAULT_NICE = -10;
 
 /**
- * Sets the nice value (-20..19) of every thread of this process; returns why it could not (no
- * CAP_SYS_NICE: a hand-run weftd works the same, less steadily in bursts), or undefined.
+ * Sets the nice value (-20..19) of every thread of this process (0: leaves them as they are);
+ * returns why it could not (no CAP_SYS_NICE: a hand-run weftd works the same, less steadily in
+ * bursts), or undefined.
  */
 export function setProcessNice(nice: number): string | undefined {
+  if (nice === 0) return undefined;
   let error: string | undefined;
   for (const tid of readdirSync('/proc/self/task')) {
     try {

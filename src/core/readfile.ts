@@ -25,15 +25,7 @@ export function readFileBounded(path: string, maxBytes: number): string {
   const fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
   try {
     if (!fstatSync(fd).isFile()) throw new BoundedReadError(path, 'EINVAL', 'is not a regular file');
-    const buf = Buffer.alloc(maxBytes + 1);
-    let len = 0;
-    for (;;) {
-      const n = readSync(fd, buf, len, buf.length - len, null);
-      if (n === 0) break;
-      len += n;
-      if (len > maxBytes) throw new BoundedReadError(path, 'EFBIG', `is larger than ${maxBytes} bytes`);
-    }
-    return buf.toString('utf8', 0, len);
+    return readCapped(fd, path, maxBytes, false);
   } finally {
     closeSync(fd);
   }
@@ -41,8 +33,8 @@ export function readFileBounded(path: string, maxBytes: number): string {
 
 /**
  * {@link readFileBounded} for a file already known to be a regular file (a directory entry's
- * type): one read of `maxBytes + 1`, no fstat. Opened O_NONBLOCK | O_NOFOLLOW, so a FIFO or a
- * symlink swapped in meanwhile cannot block or redirect it; a device reads at most the cap.
+ * type): no fstat. Opened O_NONBLOCK | O_NOFOLLOW, so a FIFO or a symlink swapped in meanwhile
+ * cannot block or redirect it; a device reads at most the cap.
  */
 export function readSmallFile(path: string, maxBytes: number): string {
   let fd: number;
@@ -54,16 +46,7 @@ export function readSmallFile(path: string, maxBytes: number): string {
     throw err;
   }
   try {
-    const buf = Buffer.allocUnsafe(maxBytes + 1);
-    let len = 0;
-    for (;;) {
-      const want = buf.length - len;
-      const n = readSync(fd, buf, len, want, null);
-      len += n;
-      if (len > maxBytes) throw new BoundedReadError(path, 'EFBIG', `is larger than ${maxBytes} bytes`);
-      if (n < want) break; // a regular file's short read is its end
-    }
-    return buf.toString('utf8', 0, len);
+    return readCapped(fd, path, maxBytes, true);
   } catch (err) {
     // a FIFO swapped in, with a writer and nothing written
     if ((err as NodeJS.ErrnoException).code === 'EAGAIN') throw new BoundedReadError(path, 'EINVAL', 'is not a regular file');
@@ -71,4 +54,22 @@ export function readSmallFile(path: string, maxBytes: number): string {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * Reads `fd` to its end, at most `maxBytes` (more is an error). `shortReadEnds`: a short read is
+ * the end (a regular file on a disk: one read for a small file); otherwise only a read of 0 is,
+ * as /proc and /sys files answer a page at a time.
+ */
+function readCapped(fd: number, path: string, maxBytes: number, shortReadEnds: boolean): string {
+  const buf = Buffer.allocUnsafe(maxBytes + 1);
+  let len = 0;
+  for (;;) {
+    const want = buf.length - len;
+    const n = readSync(fd, buf, len, want, null);
+    len += n;
+    if (len > maxBytes) throw new BoundedReadError(path, 'EFBIG', `is larger than ${maxBytes} bytes`);
+    if (n === 0 || (shortReadEnds && n < want)) break;
+  }
+  return buf.toString('utf8', 0, len);
 }

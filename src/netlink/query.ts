@@ -14,9 +14,7 @@ import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt.js';
 import { bufferToIPv4, bufferToMAC, formatIPv4, ipv4ToBuffer, parseIPv4 } from '../ip/ipv4.ts';
 import { withNetns, type NetNs } from '../netns/index.ts';
 import { NetlinkError } from './errors.ts';
-
-const AF_INET = 2;
-const AF_BRIDGE = 7;
+import { AF_BRIDGE, AF_INET } from './uapi.ts';
 
 /** Route types as `ip route` names them (linux/rtnetlink.h RTN_*). */
 const ROUTE_TYPES = ['unspec', 'unicast', 'local', 'broadcast', 'anycast', 'multicast', 'blackhole', 'unreachable', 'prohibit', 'throw', 'nat', 'xresolve'] as const;

@@ -8,7 +8,7 @@ import { formatIPv4, ipv4ToBuffer, bufferToIPv4, macToBuffer, parseCIDR, parseIP
 import { cstr, ifinfomsg, nla, NLA_F_NESTED, parseAttrs, u16be, u32, u8 } from './attrs.ts';
 import { isGone, LinkNotFoundError, NetlinkError } from './errors.ts';
 import { parseRtMessage, type RtEvent } from './monitor.ts';
-import { NLM_F, RtSocket, type NlMessage } from './socket.ts';
+import { RtSocket, type NlMessage } from './socket.ts';
 import {
   AF_BRIDGE,
   AF_INET,
@@ -37,6 +37,7 @@ import {
   IFLA_VXLAN_PORT,
   IPV4_DEVCONF_ARP_NOTIFY,
   NDA_DST,
+  NLM_F,
   NDA_LLADDR,
   NTF_SELF,
   NUD_PERMANENT,

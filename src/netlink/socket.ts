@@ -11,9 +11,7 @@
 import { getSystemErrorName } from 'node:util';
 import { RawNetlinkSocket } from 'netlink/dist/raw.js';
 import { NetlinkError } from './errors.ts';
-import { NETLINK_ROUTE, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN } from './uapi.ts';
-
-export const NLM_F = { REQUEST: 0x1, ACK: 0x4, ECHO: 0x8, DUMP: 0x300, REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400 } as const;
+import { NETLINK_ROUTE, NLM_F, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN } from './uapi.ts';
 
 /** How long one request waits for its answers. The kernel answers at once; a reply can still be lost. */
 const REQUEST_TIMEOUT_MS = 15_000;

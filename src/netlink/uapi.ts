@@ -1,4 +1,7 @@
-/** rtnetlink numbers from the kernel's uapi headers: the one home for rtnl.ts and monitor.ts. */
+/**
+ * Netlink and rtnetlink numbers from the kernel's uapi headers: the one home for rtnl.ts,
+ * monitor.ts and socket.ts, and for the generic netlink ones nf_tables' proxy/nfnl.ts uses.
+ */
 
 // Address families and link flags (linux/socket.h, linux/if.h)
 export const AF_INET = 2;
@@ -24,6 +27,8 @@ export const NLMSG_ERROR = 2;
 export const NLMSG_DONE = 3;
 export const NLMSG_OVERRUN = 4;
 export const NLMSG_HDRLEN = 16;
+/** Header flags (linux/netlink.h). */
+export const NLM_F = { REQUEST: 0x1, ACK: 0x4, ECHO: 0x8, DUMP: 0x300, REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400, APPEND: 0x800 } as const;
 export const IFINFOMSG_LEN = 16;
 export const IFADDRMSG_LEN = 8;
 export const RTMSG_LEN = 12;

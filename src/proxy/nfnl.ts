@@ -22,12 +22,12 @@ import { getSystemErrorMap } from 'node:util';
 import { RawNetlinkSocket } from 'netlink/dist/raw.js';
 import { formatIPv4, maskOf, parseIPv4 } from '../ip/ipv4.ts';
 import { cstr, nla, NLA_F_NESTED, u32be, u64be } from '../netlink/attrs.ts';
+import { AF_INET, NLM_F, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN } from '../netlink/uapi.ts';
 import { openNetns, withNetns } from '../netns/index.ts';
 import { ExecError } from './nft.ts';
 import { PROXY_TABLE, type TableNames } from './ruleset.ts';
 
 const NETLINK_NETFILTER = 12;
-const AF_INET = 2;
 const NFNL_SUBSYS_NFTABLES = 10;
 const NFNL_MSG_BATCH_BEGIN = 0x10;
 const NFNL_MSG_BATCH_END = 0x11;
@@ -35,20 +35,11 @@ const NFNL_MSG_BATCH_END = 0x11;
 const NFT_MSG_GETGEN = (10 << 8) | 16;
 const NFT_MSG_NEWGEN = (10 << 8) | 15;
 const NFTA_GEN_ID = 1;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const NLM_F_DUMP = 0x300;
 // (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GET{CHAIN,SET} and the NEW* its dump answers with
 const NFT_MSG_GETCHAIN = (10 << 8) | 4;
 const NFT_MSG_GETSET = (10 << 8) | 10;
 const NFT_MSG_NEWCHAIN = (10 << 8) | 3;
 const NFT_MSG_NEWSET = (10 << 8) | 9;
-const NLMSG_OVERRUN = 4;
-
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
-const NLM_F_CREATE = 0x400;
-const NLM_F_APPEND = 0x800;
 
 // linux/netfilter/nf_tables.h
 const MSG = { NEWCHAIN: 3, DELCHAIN: 5, NEWRULE: 6, DELRULE: 8, NEWSET: 9, DELSET: 11, NEWSETELEM: 12, DELSETELEM: 14 } as const;
@@ -244,7 +235,7 @@ interface Ctx {
 }
 
 function push(ctx: Ctx, type: number, flags: number, ...attrs: Buffer[]): void {
-  ctx.out.push({ type: (NFNL_SUBSYS_NFTABLES << 8) | type, flags: NLM_F_REQUEST | flags, attrs: cat(...attrs), line: ctx.line });
+  ctx.out.push({ type: (NFNL_SUBSYS_NFTABLES << 8) | type, flags: NLM_F.REQUEST | flags, attrs: cat(...attrs), line: ctx.line });
 }
 
 const tableAttr = str(TABLE, PROXY_TABLE);
@@ -361,7 +352,7 @@ function numgenVmap(ctx: Ctx, mod: number, body: string): Buffer[] {
   push(
     ctx,
     MSG.NEWSET,
-    NLM_F_CREATE,
+    NLM_F.CREATE,
     tableAttr,
     str(NFTA_SET_NAME, anon),
     a32(NFTA_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP),
@@ -374,7 +365,7 @@ function numgenVmap(ctx: Ctx, mod: number, body: string): Buffer[] {
     nla(NFTA_SET_USERDATA, UDATA_NUMGEN_VMAP),
   );
   const elems = arms.map((a) => cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, hostU32(a.key))), nla(NFTA_SET_ELEM_DATA | N, verdictData(a.code, a.chain))));
-  pushElements(ctx, MSG.NEWSETELEM, NLM_F_CREATE, [tableAttr, str(NFTA_SET_ELEM_LIST_SET, anon), a32(NFTA_SET_ELEM_LIST_SET_ID, id)], elems);
+  pushElements(ctx, MSG.NEWSETELEM, NLM_F.CREATE, [tableAttr, str(NFTA_SET_ELEM_LIST_SET, anon), a32(NFTA_SET_ELEM_LIST_SET_ID, id)], elems);
   return [expr('numgen', a32(1, NFT_REG_1), a32(2, mod), a32(3, NFT_NG_RANDOM), a32(4, 0)), expr('lookup', a32(2, NFT_REG_1), a32(3, NFT_REG_VERDICT), str(1, anon), a32(4, id))];
 }
 
@@ -403,7 +394,7 @@ function translateLine(ctx: Ctx, text: string): void {
     return;
   }
   if (op === 'add chain' && rest === undefined) {
-    push(ctx, MSG.NEWCHAIN, NLM_F_CREATE, tableAttr, str(NFTA_CHAIN_NAME, name(obj, false)));
+    push(ctx, MSG.NEWCHAIN, NLM_F.CREATE, tableAttr, str(NFTA_CHAIN_NAME, name(obj, false)));
     return;
   }
   if (op === 'delete set' && rest === undefined) {
@@ -419,7 +410,7 @@ function translateLine(ctx: Ctx, text: string): void {
     push(
       ctx,
       MSG.NEWSET,
-      NLM_F_CREATE,
+      NLM_F.CREATE,
       tableAttr,
       str(NFTA_SET_NAME, set),
       a32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL),
@@ -435,7 +426,7 @@ function translateLine(ctx: Ctx, text: string): void {
   if (op === 'add rule' && rest !== undefined) {
     const chain = name(obj, false);
     const exprs = ruleExprs(ctx, rest);
-    push(ctx, MSG.NEWRULE, NLM_F_CREATE | NLM_F_APPEND, tableAttr, str(NFTA_RULE_CHAIN, chain), nla(NFTA_RULE_EXPRESSIONS | N, cat(...exprs)));
+    push(ctx, MSG.NEWRULE, NLM_F.CREATE | NLM_F.APPEND, tableAttr, str(NFTA_RULE_CHAIN, chain), nla(NFTA_RULE_EXPRESSIONS | N, cat(...exprs)));
     return;
   }
   if ((op === 'add element' || op === 'delete element') && rest !== undefined) {
@@ -454,7 +445,7 @@ function translateLine(ctx: Ctx, text: string): void {
       return cat(nla(NFTA_SET_ELEM_KEY | N, nla(NFTA_DATA_VALUE, key(k, map.parts))), ...(data ? [data] : []));
     });
     const ref = add ? setRef(ctx, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID, obj) : [str(NFTA_SET_ELEM_LIST_SET, obj)];
-    pushElements(ctx, add ? MSG.NEWSETELEM : MSG.DELSETELEM, add ? NLM_F_CREATE : 0, [tableAttr, ...ref], bodies);
+    pushElements(ctx, add ? MSG.NEWSETELEM : MSG.DELSETELEM, add ? NLM_F.CREATE : 0, [tableAttr, ...ref], bodies);
     return;
   }
   throw new Unsupported('command');
@@ -492,11 +483,11 @@ function nlmsg(type: number, flags: number, seq: number, family: number, resId: 
   return cat(b, attrs);
 }
 
-/** The datagram: BATCH_BEGIN, the messages (seq0+1...), BATCH_END; `ack` asks for NLM_F_ACK on each message. */
+/** The datagram: BATCH_BEGIN, the messages (seq0+1...), BATCH_END; `ack` asks for NLM_F.ACK on each message. */
 export function encodeBatch(messages: NfMessage[], seq0: number, ack = true): Buffer {
-  const parts = [nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq0, 0, NFNL_SUBSYS_NFTABLES, Buffer.alloc(0))];
-  for (const [i, m] of messages.entries()) parts.push(nlmsg(m.type, m.flags | (ack ? NLM_F_ACK : 0), seq0 + 1 + i, AF_INET, 0, m.attrs));
-  parts.push(nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq0 + 1 + messages.length, 0, NFNL_SUBSYS_NFTABLES, Buffer.alloc(0)));
+  const parts = [nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F.REQUEST, seq0, 0, NFNL_SUBSYS_NFTABLES, Buffer.alloc(0))];
+  for (const [i, m] of messages.entries()) parts.push(nlmsg(m.type, m.flags | (ack ? NLM_F.ACK : 0), seq0 + 1 + i, AF_INET, 0, m.attrs));
+  parts.push(nlmsg(NFNL_MSG_BATCH_END, NLM_F.REQUEST, seq0 + 1 + messages.length, 0, NFNL_SUBSYS_NFTABLES, Buffer.alloc(0)));
   return cat(...parts);
 }
 
@@ -661,7 +652,7 @@ export class NfnlExecutor {
     const want = Buffer.from(`${PROXY_TABLE}\0`);
     await this.#exchange<void>(
       sock,
-      nlmsg(type, NLM_F_REQUEST | NLM_F_DUMP, seq, AF_INET, 0, str(TABLE, PROXY_TABLE)),
+      nlmsg(type, NLM_F.REQUEST | NLM_F.DUMP, seq, AF_INET, 0, str(TABLE, PROXY_TABLE)),
       () => `the dump (${out.length} objects so far)`,
       (buf, done) => {
         for (let off = 0; off + 16 <= buf.length; ) {
@@ -715,7 +706,7 @@ export class NfnlExecutor {
     this.#seq = (this.#seq + 1) % 0x7fffffff;
     return this.#exchange<number>(
       sock,
-      nlmsg(NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0, 0, Buffer.alloc(0)),
+      nlmsg(NFT_MSG_GETGEN, NLM_F.REQUEST, seq, 0, 0, Buffer.alloc(0)),
       () => 'GETGEN',
       (buf, done) => {
         for (let off = 0; off + 16 <= buf.length; ) {
